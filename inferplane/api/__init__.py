@@ -1,0 +1,1 @@
+"""The OpenAI API surface inferplane speaks: request and response schemas."""

@@ -1,0 +1,1 @@
+"""The `inferplane` command line. One module per command group."""

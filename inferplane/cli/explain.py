@@ -1,0 +1,132 @@
+"""`inferplane explain CONFIG --tenant T --model M --input-tokens N --max-tokens K`: how one
+request would be placed, every candidate with its verdict or scores, the pick, spillover and cost.
+
+Without ``--signals`` every substrate is assumed idle with fresh signals; ``--signals FILE``
+describes load, health and staleness (see ``inferplane.signal_scenario``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from inferplane.cli.table import render_table
+from inferplane.config import build, load_config
+from inferplane.placement import PlacementDecision, PlacementRequest, place
+from inferplane.placement.fleet import FleetSpec
+from inferplane.signal_scenario import load_scenario, snapshot_from_scenario
+
+# The decision time of a what-if; only ages relative to it matter.
+WHATIF_NOW_S = 1_000_000.0
+
+SCORE_HEADERS = {
+    "predicted_latency": "latency",
+    "queue_pressure": "queue",
+    "memory_pressure": "memory",
+    "cost": "cost",
+    "locality": "locality",
+    "reserved_tier": "reserved",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="show how a request would be placed", description=__doc__)
+    p.add_argument("config", help="path to a YAML config")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--model", required=True, help="model name or alias")
+    p.add_argument("--input-tokens", type=int, required=True)
+    p.add_argument("--max-tokens", type=int, required=True, help="max output tokens")
+    p.add_argument("--sla-class", help="default: the tenant's default class")
+    p.add_argument("--signals", help="YAML/JSON file of live signals (default: all idle, fresh)")
+    p.add_argument("--ingress-zone", help="default: the config's ingress topology")
+    p.add_argument("--ingress-region", help="default: the config's ingress topology")
+    p.add_argument("--request-id", default="explain-1", help="seeds the tie-break (default explain-1)")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.set_defaults(func=cmd)
+
+
+def decide(args: argparse.Namespace) -> tuple[PlacementDecision, FleetSpec, str]:
+    built = build(load_config(args.config))
+    if args.input_tokens < 0 or args.max_tokens < 1:
+        raise ValueError("--input-tokens must be >= 0 and --max-tokens >= 1")
+    tenant = built.policy.tenants.get(args.tenant)
+    if tenant is None:
+        raise ValueError(f"unknown tenant `{args.tenant}`; tenants: {', '.join(sorted(built.policy.tenants))}")
+    scenario = load_scenario(args.signals) if args.signals else None
+    snapshot = snapshot_from_scenario(built.fleet, scenario, WHATIF_NOW_S)
+    request = PlacementRequest(
+        request_id=args.request_id,
+        tenant=args.tenant,
+        model=args.model,
+        sla_class=args.sla_class or tenant.default_sla_class,
+        input_tokens=args.input_tokens,
+        max_output_tokens=args.max_tokens,
+        arrived_at_s=WHATIF_NOW_S,
+        ingress_region=args.ingress_region or built.ingress_region,
+        ingress_zone=args.ingress_zone or built.ingress_zone,
+    )
+    signals_note = (
+        f"signals from {args.signals} ({len(scenario.substrates)} substrates; the rest idle and fresh)"
+        if scenario else "signals: every substrate assumed idle and fresh (no --signals file)"
+    )
+    return place(request, snapshot, built.policy), built.fleet, signals_note
+
+
+def decision_json(decision: PlacementDecision, fleet: FleetSpec) -> dict:
+    out = decision.to_dict()
+    for cand in out["candidates"]:
+        spec = fleet.substrate(cand["name"])
+        cand.update(substrate_class=spec.substrate_class, kind=spec.kind, jurisdiction=spec.jurisdiction,
+                    emulated=spec.emulated, emulates=spec.emulates)
+    return out
+
+
+def render(decision: PlacementDecision, fleet: FleetSpec, signals_note: str) -> str:
+    if not decision.candidates:
+        return f"rejected ({decision.http_status} {decision.rejection_code.value}): {decision.rejection_message}"
+    fallback_rank = {name: i + 1 for i, name in enumerate(decision.fallbacks)}
+    headers = ["substrate", "class", "jur", "zone", "verdict", "ttft s", "e2e s", "cost USD"]
+    headers += [SCORE_HEADERS.get(n, n) for n in decision.scorer_names] + ["total"]
+    rows = []
+    order = sorted(decision.candidates, key=lambda c: (not c.eligible, -c.total, c.name))
+    for c in order:
+        spec = fleet.substrate(c.name)
+        base = [spec.display_name, spec.substrate_class, spec.jurisdiction, spec.zone]
+        if not c.eligible:
+            rows.append(base + [f"rejected: {c.code.value}: {c.reason}"] + [""] * (4 + len(decision.scorer_names)))
+            continue
+        verdict = "PICK" if c.name == decision.substrate else f"fallback {fallback_rank[c.name]}"
+        verdict += "" if c.meets_sla else " (misses SLA)"
+        rows.append(base + [verdict, f"{c.ttft_s:.3f}", f"{c.e2e_s:.2f}", f"{c.cost_usd:.6f}"]
+                    + [f"{v:.2f}" for v in c.scores] + [f"{c.total:.3f}"])
+    align = "lllll" + "r" * (len(headers) - 5)
+    lines = [
+        f"request  tenant={decision.tenant} model={decision.model} sla={decision.sla_class}",
+        f"         {signals_note}",
+        "",
+        render_table(headers, rows, align),
+        "",
+    ]
+    if decision.placed:
+        spill = (f"yes ({decision.spillover_reason.value}; primary is {decision.primary})"
+                 if decision.spillover else "no")
+        lines.append(
+            f"placed on {fleet.substrate(decision.substrate).display_name} · spillover: {spill} · "
+            f"predicted ttft {decision.predicted_ttft_s:.3f} s, e2e {decision.predicted_e2e_s:.2f} s · "
+            f"estimated cost ${decision.estimated_cost_usd:.6f}"
+        )
+        lines.append(f"fallbacks: {', '.join(decision.fallbacks) or '(none)'}")
+    else:
+        lines.append(f"rejected ({decision.http_status} {decision.rejection_code.value}): {decision.rejection_message}")
+    lines.append(f"policy {decision.policy_hash} · snapshot v{decision.snapshot_version} · "
+                 f"placement {decision.placement_id}")
+    return "\n".join(lines)
+
+
+def cmd(args: argparse.Namespace) -> int:
+    decision, fleet, note = decide(args)
+    if args.json:
+        print(json.dumps(decision_json(decision, fleet), indent=2))
+    else:
+        print(render(decision, fleet, note))
+    return 0

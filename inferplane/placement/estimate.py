@@ -1,0 +1,84 @@
+"""Latency and cost prediction for one request on one substrate. Pure arithmetic.
+
+Latency (seconds), from the substrate's latency profile and its live load:
+
+    occupancy   = in_flight + queued
+    batch_frac  = min(1, (in_flight + 1) / max_concurrent)
+    decode_rate = decode_tokens_per_s / (1 + (slowdown_at_full_batch - 1) * batch_frac)
+    service     = input_tokens / prefill_tokens_per_s + max_output_tokens / decode_rate
+    queue_wait  = 0                                             if occupancy < max_concurrent
+                = (occupancy - max_concurrent + 1) / max_concurrent * service   otherwise
+    ttft        = network_rtt + base_ttft + queue_wait + input_tokens / prefill_tokens_per_s
+    e2e         = ttft + max_output_tokens / decode_rate
+
+When fresh outcome signals exist, the prediction is never more optimistic than what was observed:
+ttft = max(ttft, recent_ttft) and the per-token time is max(1 / decode_rate, recent_tpot).
+A load signal that is missing or stale is taken as a full substrate (occupancy = max_concurrent),
+so uncertainty never makes a substrate look faster.
+
+Cost (USD): input and output tokens at the substrate's prices, plus owned hardware amortised over
+its concurrent slots (``usd_per_slot_second * e2e``), plus egress for the request's bytes
+(4 bytes per token) when the substrate is outside the ingress's region (or the region is unknown).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from inferplane.placement.fleet import SubstrateSpec
+from inferplane.placement.signals import SubstrateSignals, fresh_value
+
+BYTES_PER_TOKEN = 4
+
+
+class Estimate(NamedTuple):
+    ttft_s: float
+    e2e_s: float
+    cost_usd: float
+    occupancy: float
+    """in_flight + queued as used for the prediction (max_concurrent when unknown)."""
+
+
+def estimate(
+    spec: SubstrateSpec,
+    signals: SubstrateSignals,
+    input_tokens: int,
+    max_output_tokens: int,
+    ingress_region: str | None,
+    now_s: float,
+    bound_s: float,
+) -> Estimate:
+    lat = spec.latency
+    cap = spec.max_concurrent
+    in_flight = fresh_value(signals.in_flight, now_s, bound_s)
+    if in_flight is None:
+        in_flight = float(cap)
+        queued = 0.0
+    else:
+        queued = fresh_value(signals.queued, now_s, bound_s) or 0.0
+    occupancy = in_flight + queued
+
+    batch_frac = min(1.0, (in_flight + 1.0) / cap)
+    decode_rate = lat.decode_tokens_per_s / (1.0 + (lat.decode_slowdown_at_full_batch - 1.0) * batch_frac)
+    prefill_s = input_tokens / lat.prefill_tokens_per_s
+    per_token_s = 1.0 / decode_rate
+    recent_tpot = fresh_value(signals.recent_tpot_s, now_s, bound_s)
+    if recent_tpot is not None and recent_tpot > per_token_s:
+        per_token_s = recent_tpot
+    decode_s = max_output_tokens * per_token_s
+    if occupancy < cap:
+        queue_wait = 0.0
+    else:
+        queue_wait = (occupancy - cap + 1.0) / cap * (prefill_s + decode_s)
+    ttft = lat.network_rtt_s + lat.base_ttft_s + queue_wait + prefill_s
+    recent_ttft = fresh_value(signals.recent_ttft_s, now_s, bound_s)
+    if recent_ttft is not None and recent_ttft > ttft:
+        ttft = recent_ttft
+    e2e = ttft + decode_s
+
+    c = spec.cost
+    cost = input_tokens * c.usd_per_input_token + max_output_tokens * c.usd_per_output_token
+    cost += c.usd_per_slot_second * e2e
+    if c.egress_usd_per_byte and spec.region != ingress_region:
+        cost += (input_tokens + max_output_tokens) * BYTES_PER_TOKEN * c.egress_usd_per_byte
+    return Estimate(ttft, e2e, cost, occupancy)

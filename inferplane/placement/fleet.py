@@ -1,0 +1,92 @@
+"""The static fleet: substrates and model routes, compiled once from the config.
+
+Everything here is immutable and cheap to read on the hot path: units are converted to seconds,
+USD per token and countries once, at build time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyModel:
+    """The substrate's latency profile, in seconds and tokens per second."""
+
+    base_ttft_s: float
+    network_rtt_s: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    decode_slowdown_at_full_batch: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Prices converted for per-request arithmetic."""
+
+    usd_per_input_token: float
+    usd_per_output_token: float
+    usd_per_slot_second: float
+    """Owned hardware: GPU-hour price x GPUs of the substrate / 3600 / concurrent slots."""
+    egress_usd_per_byte: float
+
+
+@dataclass(frozen=True, slots=True)
+class SubstrateSpec:
+    index: int
+    name: str
+    substrate_class: str
+    kind: str
+    emulated: bool
+    emulates: str | None
+    context_windows: Mapping[str, int]
+    region: str
+    zone: str
+    jurisdiction: str
+    countries: frozenset[str]
+    tier: str
+    max_concurrent: int
+    max_queued: int
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    latency: LatencyModel
+    cost: CostModel
+    required_signals: tuple[str, ...]
+
+    @property
+    def display_name(self) -> str:
+        """The name as shown to people: emulated substrates always say so."""
+        return f"{self.name} (emulated)" if self.emulated and "emulated" not in self.name else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    name: str
+    aliases: tuple[str, ...]
+    primary: str
+    spillover_substrates: frozenset[str] | None
+    """None: any substrate serving the model may take spillover (class rules still apply)."""
+    substrate_indices: tuple[int, ...]
+    """Indices (into ``FleetSpec.substrates``) of the substrates serving this model."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FleetSpec:
+    """Compared and hashed by identity: every snapshot of one fleet shares the same object, which
+    lets the engine memoise per-fleet work."""
+
+    substrates: tuple[SubstrateSpec, ...]
+    models: Mapping[str, ModelRoute]
+    model_names: Mapping[str, str]
+    """Every public name and alias -> the canonical model name."""
+
+    def resolve_model(self, name: str) -> ModelRoute | None:
+        canonical = self.model_names.get(name)
+        return None if canonical is None else self.models[canonical]
+
+    def substrate(self, name: str) -> SubstrateSpec:
+        for s in self.substrates:
+            if s.name == name:
+                return s
+        raise KeyError(name)

@@ -1,0 +1,60 @@
+"""The runtime placement policy: tenants' rules, SLA classes, weights, spillover and bounds.
+
+Built once from a validated config (``inferplane.config.build``) and passed to ``place()``; a
+replay can pass a different policy over the same fleet. ``policy_hash`` identifies it in every
+decision and audit row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    name: str
+    allowed_jurisdictions: tuple[str, ...]
+    """As configured (for messages), e.g. ``("EU",)``."""
+    allowed_countries: frozenset[str]
+    """The same, expanded to country codes."""
+    default_sla_class: str
+    allowed_sla_classes: frozenset[str]
+    allowed_models: frozenset[str] | None
+    """Canonical model names, or None for all."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlaPolicy:
+    name: str
+    ttft_deadline_s: float
+    e2e_deadline_s: float
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScorerWeight:
+    scorer: str
+    weight: float
+    """Normalised: the weights of a policy sum to 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementPolicy:
+    tenants: Mapping[str, TenantPolicy]
+    sla_classes: Mapping[str, SlaPolicy]
+    weights: tuple[ScorerWeight, ...]
+    spillover_mode: str
+    """``on_need`` or ``scored`` (see the config schema)."""
+    spillover_classes: frozenset[str]
+    spillover_classes_per_model: Mapping[str, frozenset[str]]
+    signal_staleness_bound_s: float
+    snapshot_staleness_bound_s: float
+    cost_reference_usd_per_token: float
+    policy_hash: str
+    memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    """The engine's memo of work that depends only on (fleet, policy, tenant, model): referentially
+    transparent, so ``place()`` stays a pure function of its arguments."""
+
+    def spill_classes(self, model: str) -> frozenset[str]:
+        return self.spillover_classes_per_model.get(model, self.spillover_classes)

@@ -1,0 +1,47 @@
+"""The typed per-request input to placement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    """Everything placement knows about one request. Built by the ingress (or the replay).
+
+    ``arrived_at_s`` is the caller's clock reading (seconds since the epoch in the plane, simulated
+    seconds in a replay): the engine reads no clock, so signal ages are ``arrived_at_s`` minus the
+    time each signal was observed.
+    """
+
+    request_id: str
+    tenant: str
+    model: str
+    sla_class: str
+    input_tokens: int
+    max_output_tokens: int
+    arrived_at_s: float
+    ingress_region: str | None = None
+    ingress_zone: str | None = None
+    exclude: frozenset[str] = frozenset()
+    attempt: int = 1
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.max_output_tokens
+
+    def retry_excluding(self, failed: str) -> PlacementRequest:
+        """The same request, one attempt later, never again on ``failed``."""
+        return PlacementRequest(
+            request_id=self.request_id,
+            tenant=self.tenant,
+            model=self.model,
+            sla_class=self.sla_class,
+            input_tokens=self.input_tokens,
+            max_output_tokens=self.max_output_tokens,
+            arrived_at_s=self.arrived_at_s,
+            ingress_region=self.ingress_region,
+            ingress_zone=self.ingress_zone,
+            exclude=self.exclude | {failed},
+            attempt=self.attempt + 1,
+        )

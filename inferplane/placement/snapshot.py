@@ -1,0 +1,39 @@
+"""The versioned view of the fleet that placement decides on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from inferplane.placement.fleet import FleetSpec
+from inferplane.placement.signals import SubstrateSignals
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """The fleet's static spec and each substrate's live signals, as of ``taken_at_s``.
+
+    ``signals[i]`` belongs to ``fleet.substrates[i]``. The placement authority hands out a new
+    snapshot with a higher ``version`` whenever it publishes; decisions record the version they used.
+    """
+
+    version: int
+    taken_at_s: float
+    fleet: FleetSpec
+    signals: tuple[SubstrateSignals, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.signals) != len(self.fleet.substrates):
+            raise ValueError("one SubstrateSignals per substrate, in fleet order")
+
+    def with_signals(
+        self, version: int, taken_at_s: float, updates: Mapping[str, SubstrateSignals]
+    ) -> FleetSnapshot:
+        """A newer snapshot in which the named substrates carry new signals."""
+        unknown = set(updates) - {s.name for s in self.fleet.substrates}
+        if unknown:
+            raise KeyError(f"unknown substrates: {sorted(unknown)}")
+        signals = tuple(
+            updates.get(spec.name, current) for spec, current in zip(self.fleet.substrates, self.signals)
+        )
+        return FleetSnapshot(version=version, taken_at_s=taken_at_s, fleet=self.fleet, signals=signals)

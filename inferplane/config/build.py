@@ -8,6 +8,7 @@ sets of countries, weights normalised to sum to 1.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -67,8 +68,8 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
         for c in cfg.sla_classes
     }
     raw_weights = cfg.policy.scorer_weights.model_dump()
-    total = sum(raw_weights.values())
-    weights = tuple(ScorerWeight(name, w / total) for name, w in raw_weights.items() if w > 0)
+    weights = tuple(ScorerWeight(n, w) for n, w in zip(raw_weights, normalised_weights(list(raw_weights.values())))
+                    if w > 0)
     spill = cfg.policy.spillover
     policy = PlacementPolicy(
         tenants=MappingProxyType(tenants),
@@ -92,6 +93,17 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
         ingress_region=None if topo is None else topo.region,
         ingress_zone=None if topo is None else topo.zone,
     )
+
+
+def normalised_weights(raw: list[float]) -> list[float]:
+    """``raw / sum(raw)``, nudged so that the left-to-right float sum is at most 1: a substrate
+    scoring 1 everywhere then totals at most 1, not 1.0000000000000002."""
+    total = sum(raw)
+    out = [w / total for w in raw]
+    while sum(out) > 1.0:
+        i = max(range(len(out)), key=out.__getitem__)
+        out[i] = math.nextafter(out[i], 0.0)
+    return out
 
 
 def policy_hash(cfg: InferplaneConfig) -> str:

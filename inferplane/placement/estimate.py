@@ -13,8 +13,9 @@ Latency (seconds), from the substrate's latency profile and its live load:
 
 When fresh outcome signals exist, the prediction is never more optimistic than what was observed:
 ttft = max(ttft, recent_ttft) and the per-token time is max(1 / decode_rate, recent_tpot).
-A load signal that is missing or stale is taken as a full substrate (occupancy = max_concurrent),
-so uncertainty never makes a substrate look faster.
+A load signal (in flight, or a reported queue) that is missing or stale is taken as a full
+substrate, or as its last known load if that was worse (occupancy = max(max_concurrent, last in
+flight + last queued)), so uncertainty never makes a substrate look faster.
 
 Cost (USD): input and output tokens at the substrate's prices, plus owned hardware amortised over
 its concurrent slots (``usd_per_slot_second * e2e``), plus egress for the request's bytes
@@ -26,7 +27,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from inferplane.placement.fleet import SubstrateSpec
-from inferplane.placement.signals import SubstrateSignals, fresh_value
+from inferplane.placement.signals import SubstrateSignals, fresh_value, queued_value
 
 BYTES_PER_TOKEN = 4
 
@@ -51,12 +52,15 @@ def estimate(
     lat = spec.latency
     cap = spec.max_concurrent
     in_flight = fresh_value(signals.in_flight, now_s, bound_s)
-    if in_flight is None:
+    queued = queued_value(signals, now_s, bound_s)
+    if in_flight is None or queued is None:
+        # Unknown load: full, or the last known load if that was worse.
+        last = (signals.in_flight.value if signals.in_flight is not None else 0.0) + (
+            signals.queued.value if signals.queued is not None else 0.0)
+        occupancy = max(float(cap), last)
         in_flight = float(cap)
-        queued = 0.0
     else:
-        queued = fresh_value(signals.queued, now_s, bound_s) or 0.0
-    occupancy = in_flight + queued
+        occupancy = in_flight + queued
 
     batch_frac = min(1.0, (in_flight + 1.0) / cap)
     decode_rate = lat.decode_tokens_per_s / (1.0 + (lat.decode_slowdown_at_full_batch - 1.0) * batch_frac)

@@ -14,7 +14,7 @@ from typing import NamedTuple, Protocol
 
 from inferplane.placement.context import PlacementContext
 from inferplane.placement.fleet import SubstrateSpec
-from inferplane.placement.signals import CircuitState, SubstrateSignals, fresh_value
+from inferplane.placement.signals import CircuitState, SubstrateSignals, fresh_value, queued_value
 from inferplane.jurisdiction import is_within
 
 
@@ -155,7 +155,9 @@ class Admission:
         in_flight = fresh_value(signals.in_flight, ctx.now_s, ctx.staleness_bound_s)
         if in_flight is None:  # SignalsFresh normally rejects first; never admit on unknown load
             return Rejection(self.code, "load unknown", "no fresh in_flight signal")
-        queued = fresh_value(signals.queued, ctx.now_s, ctx.staleness_bound_s) or 0.0
+        queued = queued_value(signals, ctx.now_s, ctx.staleness_bound_s)
+        if queued is None:
+            return Rejection(self.code, "load unknown", "queued signal is stale")
         limit = spec.max_concurrent + spec.max_queued
         if in_flight + queued < limit:
             return None

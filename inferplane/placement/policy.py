@@ -52,9 +52,10 @@ class PlacementPolicy:
     snapshot_staleness_bound_s: float
     cost_reference_usd_per_token: float
     policy_hash: str
-    memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    memo: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
     """The engine's memo of work that depends only on (fleet, policy, tenant, model): referentially
-    transparent, so ``place()`` stays a pure function of its arguments."""
+    transparent, so ``place()`` stays a pure function of its arguments. Not an init field, so a copy
+    made with ``dataclasses.replace`` starts with an empty memo of its own."""
 
     def spill_classes(self, model: str) -> frozenset[str]:
         return self.spillover_classes_per_model.get(model, self.spillover_classes)

@@ -62,3 +62,14 @@ def fresh_value(reading: Reading | None, now_s: float, bound_s: float) -> float 
     if reading is None or now_s - reading.observed_at_s > bound_s:
         return None
     return reading.value
+
+
+def queued_value(signals: SubstrateSignals, now_s: float, bound_s: float) -> float | None:
+    """Requests waiting: 0 when never reported (a substrate without a queue of its own), the
+    value while fresh, None when reported but stale (unknown, which must count against it)."""
+    reading = signals.queued
+    if reading is None:
+        return 0.0
+    if now_s - reading.observed_at_s > bound_s:
+        return None
+    return reading.value

@@ -1,0 +1,239 @@
+"""Table-driven tests of every hard filter: code, groupable summary and per-substrate detail.
+
+Each row builds a small fleet through the real config path, picks the substrate named ``x``, and
+runs one filter on it. ``None`` means admitted.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+
+from inferplane.placement.filters import (
+    DEFAULT_FILTERS,
+    LADDER,
+    Admission,
+    ContextWindowFits,
+    Excluded,
+    Healthy,
+    JurisdictionAllowed,
+    RateLimitHeadroom,
+    RejectionCode,
+    SignalsFresh,
+    SpilloverAllowed,
+)
+from inferplane.placement.signals import SubstrateSignals
+from tests.builders import (
+    FleetBuilder,
+    SubstrateBuilder,
+    context,
+    fleet,
+    request,
+    signals,
+    substrate,
+)
+
+
+class Expect(NamedTuple):
+    summary: str
+    detail: str
+
+
+def case(case_id: str, flt, builder: FleetBuilder, expected: Expect | None, *,
+         sig: SubstrateSignals | None = None, **req) -> pytest.param:
+    """One row: run ``flt`` on substrate ``x`` of ``builder``'s fleet with ``sig`` (default: idle,
+    fresh, KV cache reported) for ``request(**req)``."""
+    return pytest.param(flt, builder, sig or signals(kv=0.0), req, expected, id=case_id)
+
+
+def primary_and_x(x: SubstrateBuilder) -> FleetBuilder:
+    """Primary ``p`` and the substrate ``x`` under test, which is therefore a spillover target."""
+    return fleet(substrate("p"), x)
+
+
+def only_x(x: SubstrateBuilder) -> FleetBuilder:
+    return fleet(x)
+
+
+def x() -> SubstrateBuilder:
+    """The substrate under test: an emulated provider API in DE, 16 slots, serving ``m``."""
+    return substrate("x")
+
+
+def tenant_allowed(x: SubstrateBuilder, *allowed: str) -> FleetBuilder:
+    return fleet(x).tenant("t", allowed=allowed).group("NORTH-AMERICA", ["US", "CA"])
+
+
+CASES = [
+    # -- Excluded ------------------------------------------------------------------------------
+    case("excluded/not-excluded", Excluded(), only_x(x()), None),
+    case("excluded/other-name-excluded", Excluded(), only_x(x()), None, exclude={"y", "xx"}),
+    case("excluded/excluded", Excluded(), only_x(x()),
+         Expect("already tried for this request", "failed on an earlier attempt"), exclude={"x"}),
+    # -- SpilloverAllowed ----------------------------------------------------------------------
+    case("spillover/primary-always-allowed", SpilloverAllowed(),
+         fleet(x().cls("giant_context"), substrate("y")).model("m", primary="x", spillover=[])
+         .spillover(classes=["provider_api"]), None),
+    case("spillover/any-substrate-any-class", SpilloverAllowed(), primary_and_x(x()), None),
+    case("spillover/listed", SpilloverAllowed(),
+         primary_and_x(x()).model("m", primary="p", spillover=["x"]), None),
+    case("spillover/not-listed", SpilloverAllowed(),
+         fleet(substrate("p"), x(), substrate("y")).model("m", primary="p", spillover=["y"]),
+         Expect("not a spillover target of the model", "`m` may not spill to it")),
+    case("spillover/empty-list-forbids", SpilloverAllowed(),
+         primary_and_x(x()).model("m", primary="p", spillover=[]),
+         Expect("not a spillover target of the model", "`m` may not spill to it")),
+    case("spillover/class-not-allowed", SpilloverAllowed(),
+         primary_and_x(x().cls("giant_context")).spillover(classes=["provider_api", "gpu_cluster"]),
+         Expect("class not in spillover classes {gpu_cluster, provider_api}",
+                "class giant_context not allowed for spillover")),
+    case("spillover/per-model-classes-override", SpilloverAllowed(),
+         primary_and_x(x().cls("giant_context"))
+         .spillover(classes=["giant_context", "provider_api"], per_model={"m": ["provider_api"]}),
+         Expect("class not in spillover classes {provider_api}",
+                "class giant_context not allowed for spillover")),
+    case("spillover/per-model-classes-allow", SpilloverAllowed(),
+         primary_and_x(x().cls("giant_context"))
+         .spillover(classes=["provider_api"], per_model={"m": ["giant_context"]}), None),
+    # -- JurisdictionAllowed -------------------------------------------------------------------
+    case("jurisdiction/same-country", JurisdictionAllowed(), tenant_allowed(x().jurisdiction("DE"), "DE"), None),
+    case("jurisdiction/country-in-group", JurisdictionAllowed(),
+         tenant_allowed(x().jurisdiction("DE"), "EU"), None),
+    case("jurisdiction/group-in-same-group", JurisdictionAllowed(),
+         tenant_allowed(x().jurisdiction("EU"), "EU"), None),
+    case("jurisdiction/group-vs-one-member", JurisdictionAllowed(),
+         tenant_allowed(x().jurisdiction("EU"), "DE"), Expect("jurisdiction not in {DE}", "EU not in {DE}")),
+    case("jurisdiction/outside", JurisdictionAllowed(), tenant_allowed(x().jurisdiction("US"), "EU"),
+         Expect("jurisdiction not in {EU}", "US not in {EU}")),
+    case("jurisdiction/outside-several-sorted", JurisdictionAllowed(),
+         tenant_allowed(x().jurisdiction("US"), "FR", "DE"),
+         Expect("jurisdiction not in {DE, FR}", "US not in {DE, FR}")),
+    case("jurisdiction/group-partly-allowed", JurisdictionAllowed(),
+         tenant_allowed(x().jurisdiction("NORTH-AMERICA"), "US"),
+         Expect("jurisdiction not in {US}", "NORTH-AMERICA not in {US}")),
+    case("jurisdiction/group-covered-by-countries", JurisdictionAllowed(),
+         tenant_allowed(x().jurisdiction("NORTH-AMERICA"), "US", "CA"), None),
+    case("jurisdiction/wildcard", JurisdictionAllowed(), tenant_allowed(x().jurisdiction("JP"), "*"), None),
+    case("jurisdiction/wildcard-group", JurisdictionAllowed(),
+         tenant_allowed(x().jurisdiction("EU"), "*"), None),
+    # -- ContextWindowFits ---------------------------------------------------------------------
+    case("context/fits-exactly", ContextWindowFits(), only_x(x().serves("m", window=8192)), None,
+         input_tokens=8000, max_output_tokens=192),
+    case("context/one-over", ContextWindowFits(), only_x(x().serves("m", window=8192)),
+         Expect("context window < 8193", "window 8192 < 8193 tokens needed"),
+         input_tokens=8001, max_output_tokens=192),
+    case("context/output-counts", ContextWindowFits(), only_x(x().serves("m", window=4096)),
+         Expect("context window < 5096", "window 4096 < 5096 tokens needed"),
+         input_tokens=96, max_output_tokens=5000),
+    case("context/window-of-the-requested-model", ContextWindowFits(),
+         fleet(x().serves("m", window=4096).serves("big", window=131072)).model("m", primary="x")
+         .model("big", primary="x"),
+         Expect("context window < 40000", "window 4096 < 40000 tokens needed"),
+         input_tokens=39000, max_output_tokens=1000),
+    case("context/alias-resolves-to-window", ContextWindowFits(),
+         fleet(x().serves("m", window=4096)).model("m", primary="x", aliases=["m-alias"]), None,
+         model="m-alias", input_tokens=4000, max_output_tokens=96),
+    # -- Healthy -------------------------------------------------------------------------------
+    case("healthy/closed", Healthy(), only_x(x()), None, sig=signals(circuit="closed")),
+    case("healthy/half-open", Healthy(), only_x(x()), None, sig=signals(circuit="half_open")),
+    case("healthy/open", Healthy(), only_x(x()), Expect("circuit open", "circuit open"),
+         sig=signals(circuit="open")),
+    # -- SignalsFresh (bound 2 s, the schema default) --------------------------------------------
+    case("fresh/emulated-fresh", SignalsFresh(), only_x(x()), None, sig=signals(age_s=0.5)),
+    case("fresh/at-the-bound-is-fresh", SignalsFresh(), only_x(x()), None, sig=signals(age_s=2.0)),
+    case("fresh/emulated-missing-in-flight", SignalsFresh(), only_x(x()),
+         Expect("signals unknown or stale", "no in_flight signal"), sig=signals(in_flight=None)),
+    case("fresh/emulated-stale-in-flight", SignalsFresh(), only_x(x()),
+         Expect("signals unknown or stale", "in_flight 3.0s old > bound 2.0s"), sig=signals(age_s=3.0)),
+    case("fresh/custom-bound", SignalsFresh(), only_x(x()).staleness_ms(500),
+         Expect("signals unknown or stale", "in_flight 0.8s old > bound 0.5s"), sig=signals(age_s=0.75)),
+    case("fresh/queued-is-optional", SignalsFresh(), only_x(x()), None, sig=signals(queued=None)),
+    case("fresh/openai-needs-no-kv", SignalsFresh(), only_x(x().kind("openai_compatible")), None,
+         sig=signals(kv=None)),
+    case("fresh/vllm-needs-kv", SignalsFresh(), only_x(x().kind("vllm")),
+         Expect("signals unknown or stale", "no kv_cache_usage signal"), sig=signals(kv=None)),
+    case("fresh/vllm-stale-kv", SignalsFresh(), only_x(x().kind("vllm")),
+         Expect("signals unknown or stale", "kv_cache_usage 2.5s old > bound 2.0s"),
+         sig=signals(kv=0.1, ages={"kv_cache_usage": 2.5})),
+    case("fresh/vllm-in-flight-checked-first", SignalsFresh(), only_x(x().kind("vllm")),
+         Expect("signals unknown or stale", "no in_flight signal"), sig=signals(in_flight=None, kv=None)),
+    case("fresh/vllm-all-fresh", SignalsFresh(), only_x(x().kind("vllm")), None, sig=signals(kv=0.9)),
+    # -- Admission (16 concurrent unless stated) -------------------------------------------------
+    case("admission/room", Admission(), only_x(x().capacity(16)), None, sig=signals(in_flight=15)),
+    case("admission/full", Admission(), only_x(x().capacity(16)),
+         Expect("at capacity", "16 in flight+queued >= 16"), sig=signals(in_flight=16)),
+    case("admission/queue-counts", Admission(), only_x(x().capacity(16)),
+         Expect("at capacity", "16 in flight+queued >= 16"), sig=signals(in_flight=10, queued=6)),
+    case("admission/max-queued-room", Admission(), only_x(x().capacity(16, queued=4)), None,
+         sig=signals(in_flight=16, queued=3)),
+    case("admission/max-queued-full", Admission(), only_x(x().capacity(16, queued=4)),
+         Expect("at capacity", "20 in flight+queued >= 20"), sig=signals(in_flight=16, queued=4)),
+    case("admission/queued-not-reported", Admission(), only_x(x().capacity(16)), None,
+         sig=signals(in_flight=15, queued=None)),
+    case("admission/unknown-load", Admission(), only_x(x()),
+         Expect("load unknown", "no fresh in_flight signal"), sig=signals(in_flight=None)),
+    case("admission/stale-load", Admission(), only_x(x()),
+         Expect("load unknown", "no fresh in_flight signal"), sig=signals(in_flight=0, age_s=2.5)),
+    # -- RateLimitHeadroom (request: 1000 + 200 tokens) -----------------------------------------
+    case("ratelimit/nothing-reported", RateLimitHeadroom(), only_x(x()), None),
+    case("ratelimit/one-request-left", RateLimitHeadroom(), only_x(x()), None, sig=signals(rl_requests=1)),
+    case("ratelimit/no-requests-left", RateLimitHeadroom(), only_x(x()),
+         Expect("rate limit reached", "0 requests remaining"), sig=signals(rl_requests=0)),
+    case("ratelimit/tokens-just-enough", RateLimitHeadroom(), only_x(x()), None,
+         sig=signals(rl_requests=5, rl_tokens=1200)),
+    case("ratelimit/tokens-one-short", RateLimitHeadroom(), only_x(x()),
+         Expect("rate limit reached", "1199 tokens remaining < 1200"), sig=signals(rl_tokens=1199)),
+    case("ratelimit/requests-checked-first", RateLimitHeadroom(), only_x(x()),
+         Expect("rate limit reached", "0 requests remaining"), sig=signals(rl_requests=0, rl_tokens=0)),
+    case("ratelimit/stale-headers-ignored", RateLimitHeadroom(), only_x(x()), None,
+         sig=signals(rl_requests=0, rl_tokens=0, ages={"rate_limit_requests_remaining": 60.0,
+                                                        "rate_limit_tokens_remaining": 60.0})),
+]
+
+
+@pytest.mark.parametrize(("flt", "builder", "sig", "req", "expected"), CASES)
+def test_filter(flt, builder: FleetBuilder, sig: SubstrateSignals, req: dict, expected: Expect | None) -> None:
+    built = builder.build()
+    spec = built.fleet.substrate("x")
+    rejection = flt.check(context(built, request(**req)), spec, sig)
+    if expected is None:
+        assert rejection is None
+    else:
+        assert rejection is not None, "expected a rejection"
+        assert (rejection.code, rejection.summary, rejection.detail) == (flt.code, *expected)
+
+
+def test_every_filter_has_a_row() -> None:
+    tested = {type(p.values[0]) for p in CASES}
+    assert tested == {type(f) for f in DEFAULT_FILTERS}
+
+
+def test_ladder_follows_filter_order() -> None:
+    """The ladder is the filter order; policy rejections sit below context, health, staleness and
+    capacity, which is what makes a request's status say how close it came (403 < 400 < 503 < 429)."""
+    assert [LADDER[f.code] for f in DEFAULT_FILTERS] == list(range(len(DEFAULT_FILTERS)))
+    order = [RejectionCode.SPILLOVER_FORBIDDEN, RejectionCode.JURISDICTION, RejectionCode.CONTEXT_WINDOW,
+             RejectionCode.UNHEALTHY, RejectionCode.STALE_SIGNALS, RejectionCode.CAPACITY,
+             RejectionCode.RATE_LIMITED]
+    assert sorted(order, key=LADDER.__getitem__) == order
+
+
+# -- Staleness counts against a substrate, never for it ------------------------------------------
+
+
+def test_admission_stale_queue_reading_does_not_admit() -> None:
+    """A queue reading that exists but is older than the bound must not count as an empty queue.
+
+    Fresh, 16 running + 16 queued puts the substrate at its limit (16 + 16) and Admission rejects
+    it. The same queue reading 3 s old (bound 2 s) is no evidence of less load, yet it is read as 0
+    queued and the substrate is admitted. DESIGN.md: "a stale signal counts against a substrate,
+    not for it"; signals.py: stale optional readings "score as the worst case"."""
+    built = only_x(x().capacity(16, queued=16)).build()
+    spec = built.fleet.substrate("x")
+    ctx = context(built)
+    fresh = signals(in_flight=16, queued=16)
+    stale_queue = signals(in_flight=16, queued=16, ages={"queued": 3.0})
+    assert Admission().check(ctx, spec, fresh) is not None
+    rejection = Admission().check(ctx, spec, stale_queue)
+    assert rejection is not None and rejection.code is RejectionCode.CAPACITY

@@ -1,0 +1,74 @@
+"""The contract between the plane and a substrate: one request in, a stream of events out.
+
+An adapter turns a ``GenerationRequest`` into an async stream of ``TextDelta`` events ending with
+exactly one ``Finished``. It raises only ``substrate_adapters.errors`` exceptions. Before the first
+``TextDelta`` an error lets the plane re-place the request on a fallback; after it, the stream is
+ended with an error event. Cancelling the iteration (the client went away) must abort the work on
+the substrate and free its slot.
+
+``load()`` reports what the adapter itself knows about its substrate (in flight, queued, rate-limit
+headroom): the signal collector reads it. Adapters import nothing from Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    request_id: str
+    model: str
+    """The substrate's own name for the model (``upstream_name``)."""
+    api: Literal["chat", "completion"]
+    messages: tuple[ChatTurn, ...] = ()
+    prompt: str | None = None
+    max_tokens: int = 16
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: str
+    """``stop`` or ``length``."""
+    prompt_tokens: int
+    completion_tokens: int
+
+
+GenerationEvent = TextDelta | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterLoad:
+    """What an adapter knows of its substrate right now. None: not known to this adapter."""
+
+    in_flight: int
+    queued: int = 0
+    kv_cache_usage: float | None = None
+    rate_limit_requests_remaining: float | None = None
+    rate_limit_tokens_remaining: float | None = None
+    retry_after_until_s: float | None = None
+
+
+class SubstrateAdapter(Protocol):
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]: ...
+
+    def load(self) -> AdapterLoad: ...
+
+    async def aclose(self) -> None: ...

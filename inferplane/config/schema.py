@@ -483,6 +483,20 @@ class Ingress(_Strict):
         description="Where the ingress runs when Ray node labels do not say (locality and egress "
         "are judged from here).",
     )
+    host: str = Field(
+        default="127.0.0.1", description="Address the HTTP proxy binds to; loopback unless told."
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8000, description="HTTP port.")
+    replicas: Replicas = Field(default_factory=Replicas, description="Ingress replicas in Serve.")
+    max_body_bytes: PositiveInt = Field(
+        default=1_048_576, description="Largest request body accepted; larger gets 413."
+    )
+    default_max_tokens: PositiveInt = Field(
+        default=256, description="Output tokens assumed when a request sets no max_tokens."
+    )
+    snapshot_refresh_ms: PositiveFloat = Field(
+        default=100.0, description="How often each ingress replica syncs with the placement actor."
+    )
 
 
 class InferplaneConfig(_Strict):

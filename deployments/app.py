@@ -1,0 +1,58 @@
+"""Builds the Serve application from a config: one deployment per substrate, and the ingress.
+
+``build_app(config_text)`` is what ``inferplane run`` and ``inferplane deploy`` use;
+``app_builder`` is the import path a Serve config file (``inferplane build``) points at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.serve import Application
+
+from inferplane.config import parse_config
+from inferplane.config.schema import Replicas, SubstrateKind
+
+from deployments.ingress import Ingress
+from deployments.substrate import SubstrateDeployment
+
+DEFAULT_APP_NAME = "inferplane"
+INGRESS_NAME = "inferplane-ingress"
+
+
+def _replica_options(replicas: Replicas) -> dict:
+    if replicas.autoscaling is not None:
+        a = replicas.autoscaling
+        return {"autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                       "target_ongoing_requests": a.target_ongoing_requests}}
+    return {"num_replicas": replicas.num_replicas or 1}
+
+
+def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool = False) -> Application:
+    cfg = parse_config(config_text, source="<config>")
+    handles = {}
+    for s in cfg.substrates:
+        block = s.vllm or s.openai_compatible or s.emulated
+        replicas = block.replicas
+        count = replicas.autoscaling.max_replicas if replicas.autoscaling else (replicas.num_replicas or 1)
+        per_replica = -(-(s.capacity.max_concurrent_requests + s.capacity.max_queued_requests) // count)
+        actor_options: dict = {"num_cpus": 0}
+        if s.kind is SubstrateKind.VLLM and gpu:
+            actor_options["num_gpus"] = s.vllm.engine.tensor_parallel_size
+        handles[s.name] = SubstrateDeployment.options(
+            name=s.name,
+            ray_actor_options=actor_options,
+            # Serve's default (5) would hold requests at the handle before the substrate sees them.
+            max_ongoing_requests=max(16, 2 * per_replica),
+            **_replica_options(replicas),
+        ).bind(config_text, s.name, app_name)
+    return Ingress.options(name=INGRESS_NAME, **_replica_options(cfg.ingress.replicas)).bind(
+        config_text, app_name, handles)
+
+
+def app_builder(args: dict) -> Application:
+    """Entry point for a Serve config file: ``import_path: deployments.app:app_builder`` with
+    ``args: {config: PATH, app_name: NAME}``."""
+    path = Path(args["config"])
+    return build_app(path.read_text(encoding="utf-8"), args.get("app_name", DEFAULT_APP_NAME),
+                     gpu=bool(args.get("gpu", False)))

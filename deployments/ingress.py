@@ -1,0 +1,373 @@
+"""The ingress: one Serve deployment speaking the OpenAI API. Parse, place, dispatch, record.
+
+Placement runs locally on the latest snapshot from the PlacementActor (refreshed by a background
+thread every ``ingress.snapshot_refresh_ms``), so the hot path never waits on an actor round trip.
+A snapshot older than the policy's ``snapshot_staleness_bound_ms`` fails closed with 503.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real `Request` type on the
+# routes of a Serve class-based ingress.
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, deque
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+
+from inferplane.api.errors import ApiError
+from inferplane.api.openai_schema import ChatCompletionRequest, CompletionRequest
+from inferplane.api.responses import chunk, completion_body, usage_chunk
+from inferplane.api.tokens import chat_text, estimate_chat_tokens, estimate_completion_tokens
+from inferplane.auth import TenantKeys
+from inferplane.config import build, parse_config
+from inferplane.fleet_state import Outcome
+from inferplane.placement import FleetSnapshot, PlacementDecision, PlacementRequest, Reading, place
+from inferplane.placement.filters import STATIC_FILTERS
+
+from deployments import placement_actor
+
+log = logging.getLogger("inferplane.ingress")
+app = FastAPI(title="inferplane", docs_url=None, redoc_url=None, openapi_url=None)
+
+SLA_HEADER = "x-inferplane-sla-class"
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+
+
+def _first_validation_error(exc: ValidationError) -> ApiError:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] in ("json_invalid", "json_type"):
+        return ApiError(400, "invalid_json", f"request body is not valid JSON: {first['msg']}")
+    return ApiError(400, "invalid_request", f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None)
+
+
+def _sse_line(obj: dict) -> str:
+    # Defined above the class: serve.ingress captures the module's names when it decorates.
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, config_text: str, app_name: str, substrates: dict) -> None:
+        built = build(parse_config(config_text, source="<deployed config>"))
+        self._fleet = built.fleet
+        self._policy = built.policy
+        self._region = built.ingress_region
+        self._zone = built.ingress_zone
+        cfg = built.config
+        self._keys = TenantKeys((t.name, t.api_keys_sha256) for t in cfg.tenants)
+        self._max_body = cfg.ingress.max_body_bytes
+        self._default_max_tokens = cfg.ingress.default_max_tokens
+        self._upstream = {(s.name, m.name): m.upstream_name or m.name for s in cfg.substrates for m in s.models}
+        self._emulated = {s.name: s.emulated for s in self._fleet.substrates}
+        self._handles = substrates
+        self._actor = placement_actor.get_or_create(app_name, config_text)
+        self._id = f"ingress-{uuid.uuid4().hex[:8]}"
+        self._snapshot: FleetSnapshot | None = None
+        # (published snapshot, the in-flight counts this replica reported in the same call)
+        self._base: tuple[FleetSnapshot, dict[str, int]] | None = None
+        self._view: FleetSnapshot | None = None
+        self._view_dirty = True
+        self._index = {s.name: s.index for s in self._fleet.substrates}
+        self._in_flight: Counter[str] = Counter()
+        self._outcomes: deque[Outcome] = deque(maxlen=4096)
+        self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sync_loop, name="inferplane-sync", daemon=True).start()
+
+    # -- snapshot sync (background thread) ---------------------------------------------------
+    def _sync_loop(self) -> None:
+        while not self._stop.is_set():
+            outcomes = []
+            while self._outcomes:
+                outcomes.append(self._outcomes.popleft())
+            try:
+                reported = dict(self._in_flight)
+                published = ray.get(self._actor.sync.remote(self._id, reported, outcomes), timeout=2.0)
+                if published is None:
+                    pass  # the actor is warming up after a (re)start: keep the last snapshot
+                elif published.policy_hash != self._policy.policy_hash:
+                    log.error("placement actor runs another config (%s); keeping the last snapshot",
+                              published.policy_hash)
+                else:
+                    snap = FleetSnapshot(published.version, published.taken_at_s, self._fleet, published.signals)
+                    self._base = (snap, reported)
+                    self._snapshot = snap
+                    self._view_dirty = True
+            except Exception as exc:  # actor restarting or unreachable: serve on the last snapshot
+                log.warning("snapshot sync failed (%s); serving on snapshot v%s", type(exc).__name__,
+                            None if self._snapshot is None else self._snapshot.version)
+            self._stop.wait(self._refresh_s)
+
+    def _local_view(self) -> FleetSnapshot:
+        """The published snapshot with this replica's own dispatches since then applied to the
+        in-flight signals, so a burst between two syncs is not placed as if the fleet were idle.
+        Rebuilt only when a count changed (an O(substrates) tuple copy)."""
+        if self._view_dirty or self._view is None:
+            snap, reported = self._base
+            signals = list(snap.signals)
+            for name, count in self._in_flight.items():
+                delta = count - reported.get(name, 0)
+                if delta:
+                    i = self._index[name]
+                    sig = signals[i]
+                    if sig.in_flight is not None:
+                        reading = Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s)
+                        signals[i] = dataclasses.replace(sig, in_flight=reading)
+            self._view = FleetSnapshot(snap.version, snap.taken_at_s, snap.fleet, tuple(signals))
+            self._view_dirty = False
+        return self._view
+
+    def _dispatched(self, name: str, delta: int) -> None:
+        self._in_flight[name] += delta
+        self._view_dirty = True
+
+    def _current_snapshot(self, now: float) -> FleetSnapshot:
+        snap = self._snapshot
+        if snap is None:
+            raise ApiError(503, "placement_unavailable", "the plane has no fleet snapshot yet; retry shortly",
+                           retry_after_s=1)
+        age = now - snap.taken_at_s
+        if age > self._policy.snapshot_staleness_bound_s:
+            raise ApiError(503, "placement_unavailable",
+                           f"fleet snapshot is {age:.1f}s old, over the {self._policy.snapshot_staleness_bound_s:.1f}s "
+                           "bound; failing closed", retry_after_s=1)
+        return self._local_view()
+
+    # -- routes ------------------------------------------------------------------------------
+    @app.get("/healthz")
+    def healthz(self) -> Response:
+        snap = self._snapshot
+        now = time.time()
+        age = None if snap is None else now - snap.taken_at_s
+        ok = age is not None and age <= self._policy.snapshot_staleness_bound_s
+        return JSONResponse({"status": "ok" if ok else "degraded",
+                             "snapshot_version": None if snap is None else snap.version,
+                             "snapshot_age_s": age}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    def models(self, request: Request) -> Response:
+        tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
+        if tenant_name is None:
+            return _error_response(ApiError(401, "invalid_api_key", "missing or invalid API key"))
+        return JSONResponse({"object": "list", "data": self._models_for(tenant_name)})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(request, "completion")
+
+    def _models_for(self, tenant_name: str) -> list[dict]:
+        from inferplane.placement.context import PlacementContext
+
+        tenant = self._policy.tenants[tenant_name]
+        out = []
+        for route in self._fleet.models.values():
+            if tenant.allowed_models is not None and route.name not in tenant.allowed_models:
+                continue
+            ctx = PlacementContext(None, tenant, None, route, self._policy, self._policy.spill_classes(route.name),
+                                   0.0, 0.0)
+            reachable = any(
+                all(f.check(ctx, self._fleet.substrates[i], None) is None for f in STATIC_FILTERS)
+                for i in route.substrate_indices
+            )
+            if reachable:
+                out.append({"id": route.name, "object": "model", "created": 0, "owned_by": "inferplane"})
+        return out
+
+    # -- the request path --------------------------------------------------------------------
+    async def _serve(self, request: Request, api: str) -> Response:
+        try:
+            return await self._place_and_dispatch(request, api)
+        except ApiError as err:
+            return _error_response(err)
+
+    async def _place_and_dispatch(self, request: Request, api: str) -> Response:
+        arrived = time.time()
+        tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
+        if tenant_name is None:
+            raise ApiError(401, "invalid_api_key", "missing or invalid API key")
+        raw = await request.body()
+        if len(raw) > self._max_body:
+            raise ApiError(413, "request_too_large", f"request body is {len(raw)} bytes; the limit is {self._max_body}")
+        try:
+            if api == "chat":
+                body = ChatCompletionRequest.model_validate_json(raw)
+                input_tokens = estimate_chat_tokens(body)
+                max_tokens = body.max_completion_tokens or body.max_tokens or self._default_max_tokens
+            else:
+                body = CompletionRequest.model_validate_json(raw)
+                input_tokens = estimate_completion_tokens(body)
+                max_tokens = body.max_tokens or self._default_max_tokens
+        except ValidationError as exc:
+            raise _first_validation_error(exc) from None
+
+        tenant = self._policy.tenants[tenant_name]
+        sla_class = request.headers.get(SLA_HEADER) or tenant.default_sla_class
+        preq = PlacementRequest(
+            request_id=f"req-{uuid.uuid4().hex}", tenant=tenant_name, model=body.model, sla_class=sla_class,
+            input_tokens=input_tokens, max_output_tokens=max_tokens, arrived_at_s=arrived,
+            ingress_region=self._region, ingress_zone=self._zone,
+        )
+        snapshot = self._current_snapshot(arrived)
+        decision = place(preq, snapshot, self._policy)
+        payload = self._payload(api, body, max_tokens, preq.request_id)
+
+        while True:
+            if not decision.placed:
+                raise self._rejection(decision)
+            name = decision.substrate
+            self._dispatched(name, +1)
+            dispatched = time.time()
+            stream = self._handles[name].options(stream=True).generate.remote(
+                dict(payload, model=self._upstream[(name, decision.model)]))
+            first = await self._first_event(stream)
+            if first["t"] == "error":
+                self._dispatched(name, -1)
+                self._outcomes.append(Outcome(name, False, None, None, time.time()))
+                if not first["retryable"]:
+                    raise ApiError(400, "substrate_rejected_request", first["message"])
+                log.info("placement %s on %s failed before the first byte (%s); re-placing",
+                         decision.placement_id, name, first["code"])
+                preq = preq.retry_excluding(name)
+                snapshot = self._current_snapshot(time.time())
+                decision = place(preq, snapshot, self._policy)
+                continue
+            break
+
+        headers = {
+            "x-inferplane-substrate": name,
+            "x-inferplane-placement-id": decision.placement_id,
+            "x-inferplane-spillover": "true" if decision.spillover else "false",
+            "x-inferplane-attempts": str(decision.attempt),
+        }
+        if decision.spillover:
+            headers["x-inferplane-spillover-reason"] = decision.spillover_reason.value
+        if self._emulated[name]:
+            headers["x-inferplane-emulated"] = "true"
+        rid = ("chatcmpl-" if api == "chat" else "cmpl-") + preq.request_id[4:]
+        created = int(arrived)
+        model = decision.model
+        if getattr(body, "stream", False):
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                self._stream_events(api, rid, created, model, name, first, stream, dispatched, include_usage),
+                media_type="text/event-stream", headers=headers)
+        return await self._collect(api, rid, created, model, name, first, stream, dispatched, headers)
+
+    def _rejection(self, decision: PlacementDecision) -> ApiError:
+        status = decision.http_status
+        retry_after = 1.0 if status in (429, 503) else None
+        return ApiError(status, decision.rejection_code.value, decision.rejection_message, retry_after_s=retry_after)
+
+    @staticmethod
+    async def _first_event(stream) -> dict:
+        try:
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return {"t": "error", "code": "empty_stream", "message": "substrate ended without output",
+                    "retryable": True, "status": None, "retry_after_s": None}
+        except Exception as exc:  # replica died or unreachable: retryable before the first byte
+            return {"t": "error", "code": type(exc).__name__, "message": "substrate replica unavailable",
+                    "retryable": True, "status": None, "retry_after_s": None}
+
+    def _payload(self, api: str, body, max_tokens: int, request_id: str) -> dict:
+        payload = {"request_id": request_id, "api": api, "max_tokens": max_tokens,
+                   "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
+                   "stop": [body.stop] if isinstance(body.stop, str) else body.stop}
+        if api == "chat":
+            payload["messages"] = [{"role": m.role, "content": chat_text(m)} for m in body.messages]
+        else:
+            payload["prompt"] = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        return payload
+
+    def _finish(self, name: str, ok: bool, dispatched: float, first_at: float | None, completion_tokens: int) -> None:
+        self._dispatched(name, -1)
+        now = time.time()
+        ttft = None if first_at is None else first_at - dispatched
+        tpot = None if first_at is None or completion_tokens < 2 else (now - first_at) / (completion_tokens - 1)
+        self._outcomes.append(Outcome(name, ok, ttft, tpot, now))
+
+    async def _collect(self, api, rid, created, model, name, first, stream, dispatched, headers) -> Response:
+        first_at = time.time()
+        parts: list[str] = []
+        done = None
+        try:
+            event = first
+            while True:
+                if event["t"] == "delta":
+                    parts.append(event["text"])
+                elif event["t"] == "done":
+                    done = event
+                    break
+                elif event["t"] == "error":
+                    raise ApiError(502, "substrate_error", f"substrate {name} failed mid-generation: {event['code']}")
+                event = await stream.__anext__()
+        except StopAsyncIteration:
+            pass
+        except ApiError:
+            self._finish(name, False, dispatched, first_at, 0)
+            raise
+        except Exception as exc:
+            self._finish(name, False, dispatched, first_at, 0)
+            raise ApiError(502, "substrate_error", f"substrate {name} failed mid-generation: {type(exc).__name__}")
+        if done is None:
+            self._finish(name, False, dispatched, first_at, 0)
+            raise ApiError(502, "substrate_error", f"substrate {name} ended without finishing")
+        self._finish(name, True, dispatched, first_at, done["completion_tokens"])
+        body = completion_body(api, rid, created, model, "".join(parts), done["finish_reason"],
+                               done["prompt_tokens"], done["completion_tokens"])
+        return JSONResponse(body, headers=headers)
+
+    async def _stream_events(self, api, rid, created, model, name, first, stream, dispatched, include_usage):
+        first_at = time.time()
+        ok = False
+        tokens = 0
+        try:
+            if api == "chat":
+                yield _sse_line(chunk(api, rid, created, model, "", first=True))
+            event = first
+            while True:
+                if event["t"] == "delta":
+                    yield _sse_line(chunk(api, rid, created, model, event["text"]))
+                elif event["t"] == "done":
+                    tokens = event["completion_tokens"]
+                    yield _sse_line(chunk(api, rid, created, model, None if api == "chat" else "",
+                                     finish_reason=event["finish_reason"]))
+                    if include_usage:
+                        yield _sse_line(usage_chunk(api, rid, created, model, event["prompt_tokens"], tokens))
+                    yield "data: [DONE]\n\n"
+                    ok = True
+                    return
+                else:
+                    break
+                try:
+                    event = await stream.__anext__()
+                except StopAsyncIteration:
+                    break
+            err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream")
+            yield _sse_line(err.body())
+        except Exception as exc:  # noqa: BLE001 - the stream has started: end it with an error event
+            if isinstance(exc, GeneratorExit):
+                raise
+            err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream: {type(exc).__name__}")
+            yield _sse_line(err.body())
+        finally:
+            self._finish(name, ok, dispatched, first_at, tokens)
+
+    def __del__(self) -> None:
+        self._stop.set()

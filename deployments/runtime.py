@@ -1,0 +1,86 @@
+"""Starting, deploying and stopping the plane on Ray: what `inferplane run` and `deploy` do.
+
+Ray picks the machine's external address for its node unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
+is 0 before ``ray`` is imported (measured with Ray 2.60): ``loopback_environment()`` sets it, so
+a local plane stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def loopback_environment() -> None:
+    for key, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def start_local_ray(*, dashboard: bool = True) -> None:
+    loopback_environment()
+    import ray
+
+    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="WARNING",
+             log_to_driver=False)
+
+
+def connect(address: str, timeout_s: float = 30.0) -> None:
+    """Connect to an existing cluster; fail instead of retrying forever on a dead address."""
+    import concurrent.futures
+
+    import ray
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(ray.init, address=address, logging_level="WARNING")
+        try:
+            future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise ConnectionError(f"no Ray cluster answered at {address} within {timeout_s:.0f}s") from None
+
+
+def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool = False) -> None:
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(config_text, app_name, gpu=gpu), name=app_name, route_prefix="/", blocking=False)
+
+
+def wait_ready(url: str, timeout_s: float = 300.0) -> float:
+    """Poll ``/healthz`` until the ingress has a fresh snapshot; returns seconds waited."""
+    import httpx
+
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            r = httpx.get(f"{url}/healthz", timeout=2.0)
+            if r.status_code == 200:
+                return time.monotonic() - t0
+            last = f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise TimeoutError(f"the plane was not ready after {timeout_s:.0f}s (last: {last})")
+
+
+def teardown(app_name: str, config_text: str) -> None:
+    """Delete the app and its placement actor (named from the config, so no listing is needed),
+    then leave Ray."""
+    import ray
+    from ray import serve
+
+    from deployments.placement_actor import NAMESPACE, actor_name
+
+    try:
+        serve.delete(app_name)
+        serve.shutdown()
+    finally:
+        try:
+            ray.kill(ray.get_actor(actor_name(app_name, config_text), namespace=NAMESPACE))
+        except ValueError:
+            pass
+        ray.shutdown()

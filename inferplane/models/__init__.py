@@ -1,0 +1,1 @@
+"""Models inferplane can serve without a hub: prepared once from files that installed wheels ship."""

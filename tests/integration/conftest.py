@@ -1,0 +1,84 @@
+"""A real local Ray and a real Serve application, shared by the integration tests.
+
+Everything stays on loopback (Ray's node address included, see deployments.runtime) and the
+cluster is this session's own: started here, shut down here, never `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+EU_KEY = "sk-inferplane-demo-eu"
+GLOBAL_KEY = "sk-inferplane-demo-global"
+EMULATED_CONFIG = Path(__file__).parent / "emulated.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Plane:
+    url: str
+    app_name: str
+    config_text: str
+
+    def substrate(self, name: str):
+        from ray import serve
+
+        return serve.get_deployment_handle(name, app_name=self.app_name)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _deploy(config_text: str, app_name: str, ready_timeout_s: float):
+    """Deploy ``config_text`` on a free loopback port; returns (Plane, teardown)."""
+    from ray import serve
+
+    from deployments import runtime
+
+    port = free_port()
+    text = config_text
+    runtime.deploy(text, app_name, "127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    runtime.wait_ready(url, timeout_s=ready_timeout_s)
+
+    def teardown() -> None:
+        import ray
+
+        from deployments.placement_actor import NAMESPACE, actor_name
+
+        serve.delete(app_name)
+        serve.shutdown()
+        try:
+            ray.kill(ray.get_actor(actor_name(app_name, text), namespace=NAMESPACE))
+        except ValueError:
+            pass
+
+    return Plane(url=url, app_name=app_name, config_text=text), teardown
+
+
+@pytest.fixture(scope="module")
+def emulated_plane(ray_cluster):
+    plane, teardown = _deploy(EMULATED_CONFIG.read_text(), "inferplane-test", 120)
+    yield plane
+    teardown()

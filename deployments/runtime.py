@@ -40,10 +40,16 @@ def connect(address: str, timeout_s: float = 30.0) -> None:
             raise ConnectionError(f"no Ray cluster answered at {address} within {timeout_s:.0f}s") from None
 
 
-def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool = False) -> None:
+def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool | None = None) -> None:
+    """Deploy the app. ``gpu=None`` asks Ray for GPUs for vLLM substrates exactly when the cluster
+    has any (then each replica gets ``tensor_parallel_size`` of them)."""
+    import ray
     from ray import serve
 
     from deployments.app import build_app
+
+    if gpu is None:
+        gpu = ray.cluster_resources().get("GPU", 0) > 0
 
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config_text, app_name, gpu=gpu), name=app_name, route_prefix="/", blocking=False)

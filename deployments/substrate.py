@@ -19,7 +19,6 @@ import ray
 from ray import serve
 
 from inferplane.config import parse_config
-from inferplane.fleet_state import SubstrateReport
 from substrate_adapters.base import ChatTurn, Finished, GenerationRequest, TextDelta
 from substrate_adapters.construct import adapter_for
 from substrate_adapters.errors import SubstrateError, SubstrateRateLimited
@@ -60,13 +59,7 @@ class SubstrateDeployment:
 
     def _report_loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            load = self._adapter.load()
-            report = SubstrateReport(
-                in_flight=load.in_flight, queued=load.queued, kv_cache_usage=load.kv_cache_usage,
-                rate_limit_requests_remaining=load.rate_limit_requests_remaining,
-                rate_limit_tokens_remaining=load.rate_limit_tokens_remaining,
-                retry_after_until_s=load.retry_after_until_s,
-            )
+            report = self._adapter.load()
             try:
                 ray.get(self._actor.report_substrate.remote(self._name, self._replica_id, report), timeout=2.0)
             except Exception as exc:  # the actor restarts; keep beating

@@ -29,7 +29,8 @@ OUTCOME_WINDOW = 64
 
 @dataclass(frozen=True, slots=True)
 class SubstrateReport:
-    """One substrate replica's view of itself."""
+    """One substrate replica's view of itself (what its adapter's ``load()`` returns).
+    None: not known to that adapter."""
 
     in_flight: int
     queued: int = 0

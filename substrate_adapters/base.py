@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from inferplane.fleet_state import SubstrateReport
+
 
 @dataclass(frozen=True, slots=True)
 class ChatTurn:
@@ -54,16 +56,9 @@ class Finished:
 GenerationEvent = TextDelta | Finished
 
 
-@dataclass(frozen=True, slots=True)
-class AdapterLoad:
-    """What an adapter knows of its substrate right now. None: not known to this adapter."""
-
-    in_flight: int
-    queued: int = 0
-    kv_cache_usage: float | None = None
-    rate_limit_requests_remaining: float | None = None
-    rate_limit_tokens_remaining: float | None = None
-    retry_after_until_s: float | None = None
+# What an adapter knows of its substrate right now is exactly what a substrate replica reports to
+# the placement authority: one type, defined with the authority's state.
+AdapterLoad = SubstrateReport
 
 
 class SubstrateAdapter(Protocol):

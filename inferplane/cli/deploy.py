@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("config")
     d.add_argument("--address", required=True, help="Ray address, e.g. ray://head:10001 or auto")
     d.add_argument("--app-name", default="inferplane")
-    d.add_argument("--gpu", action="store_true", help="ask Ray for GPUs for vLLM substrates")
+    d.add_argument("--gpu", action="store_true", default=None,
+                   help="ask Ray for GPUs for vLLM substrates (default: when the cluster has GPUs)")
     d.set_defaults(func=cmd_deploy)
     b = sub.add_parser("build", help="write a Serve config file for `serve deploy`", description=__doc__)
     b.add_argument("config")

@@ -30,6 +30,7 @@ from inferplane.config import build, parse_config
 from inferplane.fleet_state import Outcome
 from inferplane.placement import FleetSnapshot, PlacementDecision, PlacementRequest, Reading, place
 from inferplane.placement.filters import STATIC_FILTERS
+from inferplane.placement.signals import SubstrateSignals
 
 from deployments import placement_actor
 
@@ -182,7 +183,7 @@ class Ingress:
             ctx = PlacementContext(None, tenant, None, route, self._policy, self._policy.spill_classes(route.name),
                                    0.0, 0.0)
             reachable = any(
-                all(f.check(ctx, self._fleet.substrates[i], None) is None for f in STATIC_FILTERS)
+                all(f.check(ctx, self._fleet.substrates[i], SubstrateSignals()) is None for f in STATIC_FILTERS)
                 for i in route.substrate_indices
             )
             if reachable:

@@ -31,10 +31,12 @@ from inferplane.placement.filters import DYNAMIC_FILTERS, STATIC_FILTERS, Reject
 from inferplane.placement.policy import PlacementPolicy
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import SCORERS
+from inferplane.placement.signals import SubstrateSignals
 from inferplane.placement.snapshot import FleetSnapshot
 from inferplane.placement.fleet import FleetSpec, SubstrateSpec
 
 _DYNAMIC_CHECKS = tuple(f.check for f in DYNAMIC_FILTERS)
+_NO_SIGNALS = SubstrateSignals()  # static filters read no signals
 
 
 def placement_id(request_id: str, attempt: int) -> str:
@@ -58,7 +60,7 @@ def _static_plan(
             spec = fleet.substrates[idx]
             rejection = None
             for f in STATIC_FILTERS:
-                rejection = f.check(ctx, spec, None)
+                rejection = f.check(ctx, spec, _NO_SIGNALS)
                 if rejection is not None:
                     break
             rows.append((idx, spec, rejection))
@@ -163,7 +165,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     if spillover:
         if primary is None:
             reason = SpilloverReason.PRIMARY_NOT_ALLOWED
-        elif not primary.eligible:
+        elif primary.code is not None:  # the primary was rejected
             reason = SPILLOVER_REASON_BY_REJECTION[primary.code]
         elif not primary.meets_sla:
             reason = SpilloverReason.PRIMARY_CANNOT_MEET_SLA

@@ -37,6 +37,12 @@ def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool =
         count = replicas.autoscaling.max_replicas if replicas.autoscaling else (replicas.num_replicas or 1)
         per_replica = -(-(s.capacity.max_concurrent_requests + s.capacity.max_queued_requests) // count)
         actor_options: dict = {"num_cpus": 0}
+        if cfg.policy.topology.pin_replicas_to_labels:
+            t = cfg.policy.topology
+            # Replicas go to nodes labelled with the substrate's declared zone. Jurisdiction is not
+            # assumed from that: each replica reports its node's jurisdiction label, and a node
+            # outside the declared jurisdiction takes the substrate away from tenants who need it.
+            actor_options["label_selector"] = {t.zone_label: s.topology.zone}
         if s.kind is SubstrateKind.VLLM and gpu:
             actor_options["num_gpus"] = s.vllm.engine.tensor_parallel_size
         handles[s.name] = SubstrateDeployment.options(
@@ -46,7 +52,11 @@ def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool =
             max_ongoing_requests=max(16, 2 * per_replica),
             **_replica_options(replicas),
         ).bind(config_text, s.name, app_name)
-    return Ingress.options(name=INGRESS_NAME, **_replica_options(cfg.ingress.replicas)).bind(
+    ingress_options: dict = {"ray_actor_options": {"num_cpus": 0}}
+    if cfg.policy.topology.pin_replicas_to_labels and cfg.ingress.topology is not None:
+        ingress_options["ray_actor_options"]["label_selector"] = {
+            cfg.policy.topology.zone_label: cfg.ingress.topology.zone}
+    return Ingress.options(name=INGRESS_NAME, **ingress_options, **_replica_options(cfg.ingress.replicas)).bind(
         config_text, app_name, handles)
 
 

@@ -33,6 +33,7 @@ from inferplane.placement.filters import STATIC_FILTERS
 from inferplane.placement.signals import SubstrateSignals
 
 from deployments import placement_actor
+from deployments.substrate import node_identity
 
 log = logging.getLogger("inferplane.ingress")
 app = FastAPI(title="inferplane", docs_url=None, redoc_url=None, openapi_url=None)
@@ -64,9 +65,11 @@ class Ingress:
         built = build(parse_config(config_text, source="<deployed config>"))
         self._fleet = built.fleet
         self._policy = built.policy
-        self._region = built.ingress_region
-        self._zone = built.ingress_zone
         cfg = built.config
+        # Where this replica runs: its node's labels, else the config's ingress topology.
+        node = node_identity(cfg.policy.topology)
+        self._region = node["node_region"] or built.ingress_region
+        self._zone = node["node_zone"] or built.ingress_zone
         self._keys = TenantKeys((t.name, t.api_keys_sha256) for t in cfg.tenants)
         self._max_body = cfg.ingress.max_body_bytes
         self._default_max_tokens = cfg.ingress.default_max_tokens
@@ -95,7 +98,12 @@ class Ingress:
                 outcomes.append(self._outcomes.popleft())
             try:
                 reported = dict(self._in_flight)
-                published = ray.get(self._actor.sync.remote(self._id, reported, outcomes), timeout=2.0)
+                current = self._snapshot
+                published = ray.get(self._actor.sync.remote(
+                    self._id, reported, outcomes,
+                    None if current is None else current.version,
+                    None if current is None else time.time() - current.taken_at_s,
+                    self._zone), timeout=2.0)
                 if published is None:
                     pass  # the actor is warming up after a (re)start: keep the last snapshot
                 elif published.policy_hash != self._policy.policy_hash:
@@ -239,9 +247,9 @@ class Ingress:
             first = await self._first_event(stream)
             if first["t"] == "error":
                 self._dispatched(name, -1)
-                self._outcomes.append(Outcome(name, False, None, None, time.time()))
-                if not first["retryable"]:
+                if not first["retryable"]:  # the request's fault, not the substrate's health
                     raise ApiError(400, "substrate_rejected_request", first["message"])
+                self._outcomes.append(Outcome(name, False, None, None, time.time(), first.get("retry_after_s")))
                 log.info("placement %s on %s failed before the first byte (%s); re-placing",
                          decision.placement_id, name, first["code"])
                 preq = preq.retry_excluding(name)

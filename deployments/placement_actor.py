@@ -16,6 +16,7 @@ import time
 import ray
 
 from inferplane.config import build, parse_config
+from inferplane.health import BreakerSettings
 from inferplane.fleet_state import FleetState, Outcome, PublishedSnapshot, SubstrateReport
 
 NAMESPACE = "inferplane"
@@ -35,13 +36,18 @@ def actor_name(app_name: str, config_text: str) -> str:
 class PlacementActor:
     def __init__(self, config_text: str) -> None:
         built = build(parse_config(config_text, source="<deployed config>"))
-        self._state = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s)
+        self._state = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s,
+                                 breaker_settings(built.config.policy.health),
+                                 built.config.policy.health.latency_window_ms / 1000.0)
         self._started_at_s = time.time()
 
-    def sync(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome]) -> PublishedSnapshot | None:
+    def sync(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome],
+             snapshot_version: int | None = None, snapshot_age_s: float | None = None,
+             zone: str | None = None) -> PublishedSnapshot | None:
         """Record an ingress replica's report; return the current snapshot (None while warming up)."""
         now = time.time()
-        self._state.report_ingress(ingress_id, in_flight, outcomes, now)
+        self._state.report_ingress(ingress_id, in_flight, outcomes, now, snapshot_version=snapshot_version,
+                                   snapshot_age_s=snapshot_age_s, zone=zone)
         if now - self._started_at_s < WARMUP_S:
             return None
         return self._state.snapshot(now)
@@ -52,8 +58,31 @@ class PlacementActor:
     def snapshot(self) -> PublishedSnapshot:
         return self._state.snapshot(time.time())
 
+    def push_signal(self, name: str, value: float, scope: str, target: str = "*") -> None:
+        """The push API for platform signals: ``scope`` is ``substrate``, ``zone``, ``region`` or
+        ``fleet``; ``target`` names the substrate, zone or region. Rules in the policy's
+        ``external_signals`` decide what a value does."""
+        self._state.push_external(name, value, scope, target, time.time())
+
+    def status(self) -> dict:
+        out = self._state.status(time.time())
+        out["actor_started_at_s"] = self._started_at_s
+        return out
+
     def started_at_s(self) -> float:
         return self._started_at_s
+
+
+def breaker_settings(health) -> BreakerSettings:
+    return BreakerSettings(
+        consecutive_failures=health.consecutive_failures_to_open,
+        error_rate_to_open=health.error_rate_to_open,
+        min_samples=health.min_samples,
+        window_s=health.window_ms / 1000.0,
+        open_cooldown_s=health.open_cooldown_ms / 1000.0,
+        max_cooldown_s=health.max_cooldown_ms / 1000.0,
+        probe_successes=health.probe_successes_to_close,
+    )
 
 
 def get_or_create(app_name: str, config_text: str) -> ray.actor.ActorHandle:

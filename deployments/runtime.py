@@ -40,7 +40,8 @@ def connect(address: str, timeout_s: float = 30.0) -> None:
             raise ConnectionError(f"no Ray cluster answered at {address} within {timeout_s:.0f}s") from None
 
 
-def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool | None = None) -> None:
+def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool | None = None,
+           proxy_location: str = "EveryNode") -> None:
     """Deploy the app. ``gpu=None`` asks Ray for GPUs for vLLM substrates exactly when the cluster
     has any (then each replica gets ``tensor_parallel_size`` of them)."""
     import ray
@@ -51,7 +52,7 @@ def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool |
     if gpu is None:
         gpu = ray.cluster_resources().get("GPU", 0) > 0
 
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
     serve.run(build_app(config_text, app_name, gpu=gpu), name=app_name, route_prefix="/", blocking=False)
 
 

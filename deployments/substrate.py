@@ -12,6 +12,7 @@ An adapter error is an event, not an exception: the ingress decides whether to r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
@@ -27,6 +28,15 @@ from deployments import placement_actor
 
 HEARTBEAT_S = 0.25
 log = logging.getLogger("inferplane.substrate")
+
+
+def node_identity(topology) -> dict:
+    """The Ray node this process runs on and its region, zone and jurisdiction labels."""
+    ctx = ray.get_runtime_context()
+    labels = ctx.get_node_labels() or {}
+    return {"node_id": ctx.get_node_id(), "node_region": labels.get(topology.region_label),
+            "node_zone": labels.get(topology.zone_label),
+            "node_jurisdiction": labels.get(topology.jurisdiction_label)}
 
 
 def request_from_payload(payload: dict) -> GenerationRequest:
@@ -53,13 +63,14 @@ class SubstrateDeployment:
         self._adapter = adapter_for(substrate)
         self._actor = placement_actor.get_or_create(app_name, config_text)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
+        self._node = node_identity(cfg.policy.topology)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._report_loop, name="inferplane-heartbeat", daemon=True)
         self._heartbeat.start()
 
     def _report_loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            report = self._adapter.load()
+            report = dataclasses.replace(self._adapter.load(), **self._node)
             try:
                 ray.get(self._actor.report_substrate.remote(self._name, self._replica_id, report), timeout=2.0)
             except Exception as exc:  # the actor restarts; keep beating

@@ -1,19 +1,31 @@
 """The placement authority's state: what it knows of every substrate, turned into snapshots.
 
 Pure bookkeeping with an injected clock; the Ray actor (``deployments.placement_actor``) is a thin
-wrapper around it. Two kinds of report arrive:
+wrapper around it. Three kinds of report arrive, each a documented signal source:
 
-- from each ingress replica: its in-flight requests per substrate and its recent outcomes
-  (time to first token, time per output token, errors);
-- from each substrate replica: what its adapter knows (in flight, queued, KV-cache use, rate-limit
-  headroom, Retry-After). These are also the substrate's heartbeat.
+- **ingress replicas** (every ``ingress.snapshot_refresh_ms``): their in-flight requests per
+  substrate and their outcomes (time to first token, time per output token, success, Retry-After);
+- **substrate replicas** (every 0.25 s, their heartbeat): what their adapter reads from the
+  substrate itself (vLLM engine: running, waiting, KV-cache use; provider API: rate-limit headroom
+  and Retry-After from response headers; emulated: its queue), plus the Ray node they run on and
+  that node's region, zone and jurisdiction labels;
+- **the platform team**: named external signals pushed for a substrate, a zone, a region or the
+  whole fleet (``push_external``), used by the policy's ``external_signals`` rules.
 
-A substrate's in-flight signal is the sum over the live ingress replicas' reports (the ingress
-knows what it dispatched, including requests still waiting in Serve's handle), and exists only
-while a substrate replica reports: no heartbeat, no signal, not eligible. Queued, KV-cache use and rate-limit headroom come from the substrate
-replicas (summed or maxed across replicas). Each signal keeps the time of the oldest report it was
-built from, so its age is honest. Reports from a replica that has gone quiet for longer than the
-staleness bound are dropped.
+Derivation, per substrate:
+
+- ``in_flight`` is the sum over live ingress replicas (what was dispatched, including requests
+  still waiting in Serve's handle) and exists only while at least one substrate replica reports:
+  no heartbeat, no signal, not eligible.
+- ``queued`` sums, ``kv_cache_usage`` takes the max, rate-limit headroom the min over replicas.
+- ``recent_ttft_s`` / ``recent_tpot_s`` are medians and ``error_rate`` the failure fraction of the
+  last ``OUTCOME_WINDOW`` outcomes no older than ``latency_window_s``.
+- ``circuit`` comes from the substrate's ``CircuitBreaker`` (``inferplane.health``), fed by the
+  outcomes and by Retry-After.
+- ``node_countries`` is the set of jurisdiction labels of the nodes of its live replicas.
+
+Every reading carries the time of the oldest report it was built from, so its age is honest.
+Reports from replicas silent for longer than the staleness bound are dropped.
 """
 
 from __future__ import annotations
@@ -21,16 +33,18 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from inferplane.health import BreakerSettings, CircuitBreaker
 from inferplane.placement.fleet import FleetSpec
-from inferplane.placement.signals import CircuitState, Reading, SubstrateSignals
+from inferplane.placement.signals import Reading, SubstrateSignals
 
 OUTCOME_WINDOW = 64
+EXTERNAL_SCOPES = ("substrate", "zone", "region", "fleet")
 
 
 @dataclass(frozen=True, slots=True)
 class SubstrateReport:
-    """One substrate replica's view of itself (what its adapter's ``load()`` returns).
-    None: not known to that adapter."""
+    """One substrate replica's view of itself: what its adapter's ``load()`` returns, and (filled
+    by the replica) the node it runs on. None: not known."""
 
     in_flight: int
     queued: int = 0
@@ -38,6 +52,10 @@ class SubstrateReport:
     rate_limit_requests_remaining: float | None = None
     rate_limit_tokens_remaining: float | None = None
     retry_after_until_s: float | None = None
+    node_id: str | None = None
+    node_region: str | None = None
+    node_zone: str | None = None
+    node_jurisdiction: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +65,7 @@ class Outcome:
     ttft_s: float | None
     tpot_s: float | None
     at_s: float
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,31 +79,65 @@ class PublishedSnapshot:
     signals: tuple[SubstrateSignals, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class IngressReport:
+    at_s: float
+    in_flight: dict[str, int]
+    snapshot_version: int | None
+    snapshot_age_s: float | None
+    zone: str | None
+
+
 class FleetState:
-    def __init__(self, fleet: FleetSpec, policy_hash: str, staleness_bound_s: float) -> None:
+    def __init__(self, fleet: FleetSpec, policy_hash: str, staleness_bound_s: float,
+                 breaker: BreakerSettings | None = None, latency_window_s: float = 10.0) -> None:
+        self._latency_window = latency_window_s
         self._fleet = fleet
         self._names = [s.name for s in fleet.substrates]
         self._policy_hash = policy_hash
         self._bound = staleness_bound_s
-        self._ingress: dict[str, tuple[float, dict[str, int]]] = {}
+        self._ingress: dict[str, IngressReport] = {}
         self._replicas: dict[str, dict[str, tuple[float, SubstrateReport]]] = {n: {} for n in self._names}
         self._outcomes: dict[str, deque[Outcome]] = {n: deque(maxlen=OUTCOME_WINDOW) for n in self._names}
+        self._breakers = {n: CircuitBreaker(breaker or BreakerSettings()) for n in self._names}
+        self._external: dict[tuple[str, str, str], Reading] = {}
         self._version = 0
         self._published: PublishedSnapshot | None = None
         self._dirty = True
 
     # -- reports ------------------------------------------------------------------------------
-    def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float) -> None:
-        self._ingress[ingress_id] = (now_s, {k: v for k, v in in_flight.items() if k in self._replicas})
+    def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
+                       *, snapshot_version: int | None = None, snapshot_age_s: float | None = None,
+                       zone: str | None = None) -> None:
+        counts = {k: v for k, v in in_flight.items() if k in self._replicas}
+        self._ingress[ingress_id] = IngressReport(now_s, counts, snapshot_version, snapshot_age_s, zone)
         for o in outcomes:
-            if o.substrate in self._outcomes:
-                self._outcomes[o.substrate].append(o)
+            if o.substrate not in self._outcomes:
+                continue
+            self._outcomes[o.substrate].append(o)
+            breaker = self._breakers[o.substrate]
+            breaker.record(o.ok, o.at_s)
+            if o.retry_after_s:
+                breaker.retry_after(o.at_s + o.retry_after_s, now_s)
         self._dirty = True
 
     def report_substrate(self, substrate: str, replica_id: str, report: SubstrateReport, now_s: float) -> None:
         if substrate not in self._replicas:
             raise KeyError(f"unknown substrate {substrate!r}")
         self._replicas[substrate][replica_id] = (now_s, report)
+        if report.retry_after_until_s is not None:
+            self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
+        self._dirty = True
+
+    def push_external(self, name: str, value: float, scope: str, target: str, now_s: float) -> None:
+        """A platform signal (power headroom, zone congestion, regional failover state...) for a
+        substrate, zone or region by name, or for the whole fleet (``scope="fleet"``, any target).
+        The most specific value wins: substrate, then zone, then region, then fleet."""
+        if scope not in EXTERNAL_SCOPES:
+            raise ValueError(f"scope must be one of {EXTERNAL_SCOPES}, not {scope!r}")
+        if scope == "substrate" and target not in self._replicas:
+            raise KeyError(f"unknown substrate {target!r}")
+        self._external[(scope, "*" if scope == "fleet" else target, name)] = Reading(float(value), now_s)
         self._dirty = True
 
     # -- snapshots ----------------------------------------------------------------------------
@@ -97,53 +150,65 @@ class FleetState:
                 version=self._version,
                 taken_at_s=now_s,
                 policy_hash=self._policy_hash,
-                signals=tuple(self._signals(spec.name, spec.kind, now_s) for spec in self._fleet.substrates),
+                signals=tuple(self._signals(spec.name, spec.zone, spec.region, now_s)
+                              for spec in self._fleet.substrates),
             )
             self._dirty = False
         return self._published
 
     def _expire(self, now_s: float) -> None:
         horizon = now_s - self._bound
-        for ingress_id in [i for i, (t, _) in self._ingress.items() if t < horizon]:
+        for ingress_id in [i for i, r in self._ingress.items() if r.at_s < horizon]:
             del self._ingress[ingress_id]
         for per_replica in self._replicas.values():
             for rid in [r for r, (t, _) in per_replica.items() if t < horizon]:
                 del per_replica[rid]
 
-    def _signals(self, name: str, kind: str, now_s: float) -> SubstrateSignals:
-        ingress_reports = [(t, counts.get(name, 0)) for t, counts in self._ingress.values()]
+    def _external_for(self, name: str, zone: str, region: str) -> tuple[tuple[str, Reading], ...]:
+        by_name: dict[str, tuple[int, Reading]] = {}
+        targets = {"substrate": name, "zone": zone, "region": region, "fleet": "*"}
+        for (scope, target, signal), reading in self._external.items():
+            if targets[scope] != target:
+                continue
+            rank = EXTERNAL_SCOPES.index(scope)
+            if signal not in by_name or rank < by_name[signal][0]:
+                by_name[signal] = (rank, reading)
+        return tuple(sorted((signal, reading) for signal, (_, reading) in by_name.items()))
+
+    def _signals(self, name: str, zone: str, region: str, now_s: float) -> SubstrateSignals:
+        ingress_reports = [(r.at_s, r.in_flight.get(name, 0)) for r in self._ingress.values()]
         replica_reports = list(self._replicas[name].values())
         # Liveness comes from the substrate's own replicas: without a fresh replica report the
         # substrate is unknown, whatever the ingress replicas think they sent it.
-        in_flight = None
+        in_flight = queued = kv = rl_req = rl_tok = None
+        node_countries = None
+        unlabelled = 0
         if replica_reports:
             newest_replica = max(t for t, _ in replica_reports)
-            if ingress_reports:
-                value = float(sum(v for _, v in ingress_reports))
-                at = min(newest_replica, min(t for t, _ in ingress_reports))
-            else:
-                value = float(sum(r.in_flight for _, r in replica_reports))
-                at = min(t for t, _ in replica_reports)
-            in_flight = Reading(value, at)
-        queued = kv = rl_req = rl_tok = None
-        circuit = CircuitState.CLOSED
-        if replica_reports:
             oldest = min(t for t, _ in replica_reports)
+            if ingress_reports:
+                in_flight = Reading(float(sum(v for _, v in ingress_reports)),
+                                    min(newest_replica, min(t for t, _ in ingress_reports)))
+            else:
+                in_flight = Reading(float(sum(r.in_flight for _, r in replica_reports)), oldest)
             queued = Reading(float(sum(r.queued for _, r in replica_reports)), oldest)
             kvs = [r.kv_cache_usage for _, r in replica_reports if r.kv_cache_usage is not None]
             if kvs:
                 kv = Reading(max(kvs), oldest)
-            reqs = [r.rate_limit_requests_remaining for _, r in replica_reports if r.rate_limit_requests_remaining is not None]
+            reqs = [r.rate_limit_requests_remaining for _, r in replica_reports
+                    if r.rate_limit_requests_remaining is not None]
             if reqs:
                 rl_req = Reading(min(reqs), oldest)
-            toks = [r.rate_limit_tokens_remaining for _, r in replica_reports if r.rate_limit_tokens_remaining is not None]
+            toks = [r.rate_limit_tokens_remaining for _, r in replica_reports
+                    if r.rate_limit_tokens_remaining is not None]
             if toks:
                 rl_tok = Reading(min(toks), oldest)
-            if any(r.retry_after_until_s is not None and r.retry_after_until_s > now_s for _, r in replica_reports):
-                circuit = CircuitState.OPEN
-        outcomes = self._outcomes[name]
+            labels = [r.node_jurisdiction for _, r in replica_reports]
+            unlabelled = sum(1 for j in labels if not j)
+            if any(labels):
+                node_countries = frozenset(j for j in labels if j)
         ttft = tpot = err = None
-        recent = [o for o in outcomes if now_s - o.at_s <= self._bound * 5]
+        recent = [o for o in self._outcomes[name] if now_s - o.at_s <= self._latency_window]
         if recent:
             at = max(o.at_s for o in recent)
             ttfts = sorted(o.ttft_s for o in recent if o.ttft_s is not None)
@@ -156,5 +221,49 @@ class FleetState:
         return SubstrateSignals(
             in_flight=in_flight, queued=queued, kv_cache_usage=kv,
             rate_limit_requests_remaining=rl_req, rate_limit_tokens_remaining=rl_tok,
-            recent_ttft_s=ttft, recent_tpot_s=tpot, error_rate=err, circuit=circuit,
+            recent_ttft_s=ttft, recent_tpot_s=tpot, error_rate=err,
+            circuit=self._breakers[name].state(now_s),
+            node_countries=node_countries, unlabelled_replicas=unlabelled,
+            external=self._external_for(name, zone, region),
         )
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self, now_s: float) -> dict:
+        """The fleet as this authority sees it, as plain data (``inferplane status``)."""
+        snap = self.snapshot(now_s)
+        substrates = []
+        for spec, sig in zip(self._fleet.substrates, snap.signals):
+            readings = {}
+            for field in ("in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage",
+                          "rate_limit_requests_remaining", "rate_limit_tokens_remaining",
+                          "recent_ttft_s", "recent_tpot_s", "error_rate"):
+                r = getattr(sig, field)
+                readings[field] = None if r is None else {"value": r.value, "age_s": now_s - r.observed_at_s}
+            breaker = self._breakers[spec.name]
+            declared = spec.countries
+            mismatch = sorted((sig.node_countries or frozenset()) - declared)
+            substrates.append({
+                "name": spec.name, "class": spec.substrate_class, "kind": spec.kind, "emulated": spec.emulated,
+                "declared": {"region": spec.region, "zone": spec.zone, "jurisdiction": spec.jurisdiction},
+                "replicas": [
+                    {"replica": rid, "node": r.node_id, "region": r.node_region, "zone": r.node_zone,
+                     "jurisdiction": r.node_jurisdiction, "age_s": now_s - t, "in_flight": r.in_flight,
+                     "queued": r.queued}
+                    for rid, (t, r) in sorted(self._replicas[spec.name].items())
+                ],
+                "signals": readings,
+                "circuit": {"state": sig.circuit.value, "reason": breaker.reason,
+                            "open_until_in_s": None if breaker.open_until_s is None
+                            else max(0.0, breaker.open_until_s - now_s)},
+                "node_jurisdiction_mismatch": mismatch,
+                "unlabelled_replicas": sig.unlabelled_replicas,
+                "external": {n: {"value": r.value, "age_s": now_s - r.observed_at_s} for n, r in sig.external},
+            })
+        ingress = [
+            {"ingress": iid, "report_age_s": now_s - r.at_s, "snapshot_version": r.snapshot_version,
+             "snapshot_age_s": r.snapshot_age_s, "zone": r.zone, "in_flight": r.in_flight}
+            for iid, r in sorted(self._ingress.items())
+        ]
+        return {"snapshot_version": snap.version, "snapshot_taken_at_s": snap.taken_at_s,
+                "policy_hash": self._policy_hash, "staleness_bound_s": self._bound,
+                "substrates": substrates, "ingress": ingress}

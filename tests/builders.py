@@ -221,6 +221,15 @@ class FleetBuilder:
             rules["per_model"] = {m: list(c) for m, c in per_model.items()}
         return self
 
+    def policy(self, section: str, **values: Any) -> FleetBuilder:
+        """Set fields of a policy section, e.g. ``policy("health", half_open_probe_limit=2)``."""
+        self._policy.setdefault(section, {}).update(values)
+        return self
+
+    def external_rule(self, name: str, **rule: Any) -> FleetBuilder:
+        self._policy.setdefault("external_signals", []).append({"name": name, **rule})
+        return self
+
     def staleness_ms(self, bound_ms: float) -> FleetBuilder:
         self._policy["signal_staleness_bound_ms"] = bound_ms
         return self

@@ -15,15 +15,21 @@ from inferplane.placement.filters import (
     LADDER,
     Admission,
     ContextWindowFits,
+    DeadlineReachable,
     Excluded,
+    ExternalSignals,
     Healthy,
     JurisdictionAllowed,
+    NodeJurisdiction,
     RateLimitHeadroom,
     RejectionCode,
     SignalsFresh,
     SpilloverAllowed,
 )
-from inferplane.placement.signals import SubstrateSignals
+import dataclasses
+
+from inferplane.placement.estimate import Estimate
+from inferplane.placement.signals import Reading, SubstrateSignals
 from tests.builders import (
     FleetBuilder,
     SubstrateBuilder,
@@ -136,9 +142,50 @@ CASES = [
          model="m-alias", input_tokens=4000, max_output_tokens=96),
     # -- Healthy -------------------------------------------------------------------------------
     case("healthy/closed", Healthy(), only_x(x()), None, sig=signals(circuit="closed")),
-    case("healthy/half-open", Healthy(), only_x(x()), None, sig=signals(circuit="half_open")),
+    case("healthy/half-open-no-probe-yet", Healthy(), only_x(x()), None, sig=signals(circuit="half_open")),
+    case("healthy/half-open-probe-in-flight", Healthy(), only_x(x()),
+         Expect("circuit half-open", "half-open: probe already in flight"),
+         sig=signals(circuit="half_open", in_flight=1)),
+    case("healthy/half-open-probe-limit-2", Healthy(), only_x(x()).policy("health", half_open_probe_limit=2),
+         None, sig=signals(circuit="half_open", in_flight=1)),
     case("healthy/open", Healthy(), only_x(x()), Expect("circuit open", "circuit open"),
          sig=signals(circuit="open")),
+    # -- NodeJurisdiction ----------------------------------------------------------------------
+    case("node/no-labels-not-required", NodeJurisdiction(), tenant_allowed(x(), "EU"), None, tenant="t"),
+    case("node/no-labels-required", NodeJurisdiction(),
+         tenant_allowed(x(), "EU").policy("topology", require_node_labels=True),
+         Expect("replica on an unlabelled node", "a replica's node has no jurisdiction label"), tenant="t"),
+    case("node/one-replica-unlabelled-required", NodeJurisdiction(),
+         tenant_allowed(x(), "EU").policy("topology", require_node_labels=True),
+         Expect("replica on an unlabelled node", "a replica's node has no jurisdiction label"), tenant="t",
+         sig=dataclasses.replace(signals(), node_countries=frozenset({"DE"}), unlabelled_replicas=1)),
+    case("node/labelled-inside", NodeJurisdiction(), tenant_allowed(x(), "EU"), None, tenant="t",
+         sig=dataclasses.replace(signals(), node_countries=frozenset({"DE", "FR"}))),
+    case("node/replica-outside", NodeJurisdiction(), tenant_allowed(x(), "EU"),
+         Expect("replica node jurisdiction not in {EU}", "replicas on nodes labelled {DE, US}, not in {EU}"),
+         tenant="t", sig=dataclasses.replace(signals(), node_countries=frozenset({"DE", "US"}))),
+    case("node/any-tenant-admits-any-node", NodeJurisdiction(), tenant_allowed(x(), "*"), None, tenant="t",
+         sig=dataclasses.replace(signals(), node_countries=frozenset({"US"}))),
+    # -- ExternalSignals (pushed at NOW - 1 s unless stated; ttl 60 s) -----------------------------
+    case("external/no-rules", ExternalSignals(), only_x(x()), None,
+         sig=dataclasses.replace(signals(), external=(("power_headroom", Reading(0.0, 999_999.0)),))),
+    case("external/missing-ignored", ExternalSignals(), only_x(x()).external_rule("power_headroom", reject_below=0.2),
+         None),
+    case("external/missing-rejects", ExternalSignals(),
+         only_x(x()).external_rule("power_headroom", reject_below=0.2, missing="reject"),
+         Expect("power_headroom unknown", "no fresh power_headroom signal")),
+    case("external/below", ExternalSignals(), only_x(x()).external_rule("power_headroom", reject_below=0.2),
+         Expect("power_headroom < 0.2", "power_headroom 0.1 < 0.2"),
+         sig=dataclasses.replace(signals(), external=(("power_headroom", Reading(0.1, 999_999.0)),))),
+    case("external/above", ExternalSignals(), only_x(x()).external_rule("zone_congestion", reject_above=0.8),
+         Expect("zone_congestion > 0.8", "zone_congestion 0.9 > 0.8"),
+         sig=dataclasses.replace(signals(), external=(("zone_congestion", Reading(0.9, 999_999.0)),))),
+    case("external/inside", ExternalSignals(), only_x(x()).external_rule("power_headroom", reject_below=0.2),
+         None, sig=dataclasses.replace(signals(), external=(("power_headroom", Reading(0.5, 999_999.0)),))),
+    case("external/expired-counts-as-missing", ExternalSignals(),
+         only_x(x()).external_rule("power_headroom", reject_below=0.2, missing="reject", ttl_ms=1000),
+         Expect("power_headroom unknown", "no fresh power_headroom signal"),
+         sig=dataclasses.replace(signals(), external=(("power_headroom", Reading(0.9, 999_990.0)),))),
     # -- SignalsFresh (bound 2 s, the schema default) --------------------------------------------
     case("fresh/emulated-fresh", SignalsFresh(), only_x(x()), None, sig=signals(age_s=0.5)),
     case("fresh/at-the-bound-is-fresh", SignalsFresh(), only_x(x()), None, sig=signals(age_s=2.0)),
@@ -237,3 +284,19 @@ def test_admission_stale_queue_reading_does_not_admit() -> None:
     assert Admission().check(ctx, spec, fresh) is not None
     rejection = Admission().check(ctx, spec, stale_queue)
     assert rejection is not None and rejection.code is RejectionCode.CAPACITY
+
+
+@pytest.mark.parametrize(("factor", "ttft_s", "e2e_s", "rejected"), [
+    (3.0, 4.5, 10.0, False),     # exactly 3x the 1.5 s TTFT deadline: still eligible
+    (3.0, 4.51, 10.0, True),     # past it
+    (3.0, 0.5, 60.01, True),     # past 3x the 20 s end-to-end deadline
+    (None, 100.0, 1000.0, False),  # the cut disabled: a slow substrate stays a fallback
+])
+def test_deadline_reachable(factor, ttft_s, e2e_s, rejected) -> None:
+    built = only_x(x()).policy("health", drop_when_predicted_over_deadline=factor).build()
+    spec = built.fleet.substrate("x")
+    rejection = DeadlineReachable().check_estimate(context(built, request()), spec,
+                                                   Estimate(ttft_s, e2e_s, 0.0, 0.0))
+    assert (rejection is not None) == rejected
+    if rejected:
+        assert rejection.code is RejectionCode.PREDICTED_TOO_SLOW

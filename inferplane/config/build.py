@@ -16,7 +16,7 @@ from types import MappingProxyType
 from inferplane.config.schema import InferplaneConfig, Substrate, SubstrateKind
 from inferplane.jurisdiction import JurisdictionCatalog
 from inferplane.placement.fleet import CostModel, FleetSpec, LatencyModel, ModelRoute, SubstrateSpec
-from inferplane.placement.policy import PlacementPolicy, ScorerWeight, SlaPolicy, TenantPolicy
+from inferplane.placement.policy import ExternalRule, PlacementPolicy, ScorerWeight, SlaPolicy, TenantPolicy
 from inferplane.placement.signals import REQUIRED_SIGNALS
 
 
@@ -84,6 +84,13 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
         snapshot_staleness_bound_s=cfg.policy.snapshot_staleness_bound_ms / 1000.0,
         cost_reference_usd_per_token=cfg.policy.cost_reference_usd_per_1m_tokens / 1e6,
         policy_hash=policy_hash(cfg),
+        half_open_probe_limit=cfg.policy.health.half_open_probe_limit,
+        slow_drop_factor=cfg.policy.health.drop_when_predicted_over_deadline,
+        require_node_labels=cfg.policy.topology.require_node_labels,
+        external_rules=tuple(
+            ExternalRule(r.name, r.reject_below, r.reject_above, r.missing == "reject", r.ttl_ms / 1000.0)
+            for r in cfg.policy.external_signals
+        ),
     )
     topo = cfg.ingress.topology
     return BuiltConfig(

@@ -454,6 +454,70 @@ class SpilloverRules(_Strict):
     )
 
 
+class HealthPolicy(_Strict):
+    """The circuit breaker of every substrate (see ``inferplane.health``) and the slow-substrate cut."""
+
+    consecutive_failures_to_open: PositiveInt = Field(
+        default=5, description="Failures in a row that open the circuit.")
+    error_rate_to_open: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.5, description="Error rate over the window that opens the circuit.")
+    min_samples: PositiveInt = Field(
+        default=10, description="Outcomes in the window before the error rate counts.")
+    window_ms: PositiveFloat = Field(default=30_000.0, description="Error-rate window, ms.")
+    open_cooldown_ms: PositiveFloat = Field(
+        default=5_000.0, description="First cool-down before half-open probes, ms.")
+    max_cooldown_ms: PositiveFloat = Field(
+        default=60_000.0, description="Cool-down cap; it doubles each time a probe fails, ms.")
+    probe_successes_to_close: PositiveInt = Field(
+        default=2, description="Successful probes that close a half-open circuit.")
+    half_open_probe_limit: PositiveInt = Field(
+        default=1, description="Requests in flight on a half-open substrate at once.")
+    latency_window_ms: PositiveFloat = Field(
+        default=10_000.0,
+        description="Outcomes this recent feed the observed-latency and error-rate signals; a "
+        "substrate that recovered is believed again once its slow outcomes age out.")
+    drop_when_predicted_over_deadline: Annotated[float, Field(ge=1.0)] | None = Field(
+        default=3.0,
+        description="A substrate predicted to take more than this many times a deadline (from its "
+        "queue and recent latency) leaves the candidate set; null keeps it as a slow fallback.",
+    )
+
+
+class TopologyPolicy(_Strict):
+    """How Ray node labels are read and enforced (``ray start --labels=region=...,zone=...``)."""
+
+    region_label: str = Field(default="region", description="Node label holding the region.")
+    zone_label: str = Field(default="zone", description="Node label holding the zone.")
+    jurisdiction_label: str = Field(
+        default="jurisdiction", description="Node label holding the country code.")
+    require_node_labels: bool = Field(
+        default=False,
+        description="A substrate replica on a node without a jurisdiction label makes the substrate "
+        "ineligible (fail closed). Set true on labelled production clusters.",
+    )
+    pin_replicas_to_labels: bool = Field(
+        default=False,
+        description="Schedule each substrate's replicas only on nodes whose labels match its declared "
+        "zone and jurisdiction (Ray label selectors). Needs labelled nodes, or replicas never start.",
+    )
+
+
+class ExternalSignalRule(_Strict):
+    """How a signal pushed by the platform team (``PlacementActor.push_signal``) is used."""
+
+    name: Name = Field(description="The signal's name, e.g. `power_headroom`.")
+    reject_below: float | None = Field(
+        default=None, description="Substrates whose value is below this are not eligible.")
+    reject_above: float | None = Field(
+        default=None, description="Substrates whose value is above this are not eligible.")
+    missing: Literal["ignore", "reject"] = Field(
+        default="ignore",
+        description="A substrate with no fresh value: `ignore` the rule, or `reject` (fail closed).",
+    )
+    ttl_ms: PositiveFloat = Field(
+        default=60_000.0, description="A pushed value is used for this long, ms.")
+
+
 class Policy(_Strict):
     scorer_weights: ScorerWeights = Field(
         default_factory=ScorerWeights, description="Weights of the soft scorers."
@@ -475,6 +539,10 @@ class Policy(_Strict):
         default=1.0,
         description="The effective price at which the cost scorer gives 0.5 (score = r / (r + c)).",
     )
+    health: HealthPolicy = Field(default_factory=HealthPolicy, description="Circuit breakers.")
+    topology: TopologyPolicy = Field(default_factory=TopologyPolicy, description="Node labels.")
+    external_signals: list[ExternalSignalRule] = Field(
+        default_factory=list, description="Rules for signals the platform team pushes.")
 
 
 class Ingress(_Strict):

@@ -34,6 +34,9 @@ SPILLOVER_REASON_BY_REJECTION: dict[RejectionCode, SpilloverReason] = {
     RejectionCode.SPILLOVER_FORBIDDEN: SpilloverReason.PRIMARY_NOT_ALLOWED,
     RejectionCode.CONTEXT_WINDOW: SpilloverReason.PRIMARY_CONTEXT_TOO_SMALL,
     RejectionCode.EXCLUDED: SpilloverReason.PRIMARY_FAILED,
+    RejectionCode.NODE_JURISDICTION: SpilloverReason.PRIMARY_NOT_ALLOWED,
+    RejectionCode.EXTERNAL_SIGNAL: SpilloverReason.PRIMARY_UNHEALTHY,
+    RejectionCode.PREDICTED_TOO_SLOW: SpilloverReason.PRIMARY_CANNOT_MEET_SLA,
 }
 
 # HTTP status for a request no substrate can take, by the furthest rejection on the ladder.
@@ -46,6 +49,9 @@ STATUS_BY_REJECTION: dict[RejectionCode, int] = {
     RejectionCode.STALE_SIGNALS: 503,
     RejectionCode.CAPACITY: 429,
     RejectionCode.RATE_LIMITED: 429,
+    RejectionCode.NODE_JURISDICTION: 403,
+    RejectionCode.EXTERNAL_SIGNAL: 503,
+    RejectionCode.PREDICTED_TOO_SLOW: 503,
     RejectionCode.UNKNOWN_MODEL: 404,
     RejectionCode.UNKNOWN_TENANT: 401,
     RejectionCode.MODEL_NOT_ALLOWED: 403,

@@ -27,7 +27,13 @@ from inferplane.placement.decision import (
     roll_up,
 )
 from inferplane.placement.estimate import estimate
-from inferplane.placement.filters import DYNAMIC_FILTERS, STATIC_FILTERS, Rejection, RejectionCode
+from inferplane.placement.filters import (
+    DEADLINE_FILTER,
+    DYNAMIC_FILTERS,
+    STATIC_FILTERS,
+    Rejection,
+    RejectionCode,
+)
 from inferplane.placement.policy import PlacementPolicy
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import SCORERS
@@ -140,6 +146,12 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                 None, 0.0, None, None, None, False))
             continue
         est = estimate(spec, sig, input_tokens, output_tokens, region, now, bound)
+        rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est)
+        if rejection is not None:
+            verdicts.append(CandidateVerdict(
+                spec.name, False, rejection.code, rejection.summary, rejection.detail,
+                None, 0.0, est.ttft_s, est.e2e_s, est.cost_usd, False))
+            continue
         scores = tuple([fn(ctx, spec, sig, est) for fn in score_fns])
         total = sum(map(mul, weights, scores))
         meets = est.ttft_s <= ttft_deadline and est.e2e_s <= e2e_deadline

@@ -24,10 +24,13 @@ class RejectionCode(str, enum.Enum):
     JURISDICTION = "jurisdiction"
     EXCLUDED = "excluded"
     CONTEXT_WINDOW = "context_window"
+    NODE_JURISDICTION = "node_jurisdiction"
     UNHEALTHY = "unhealthy"
     STALE_SIGNALS = "stale_signals"
     CAPACITY = "capacity"
     RATE_LIMITED = "rate_limited"
+    EXTERNAL_SIGNAL = "external_signal"
+    PREDICTED_TOO_SLOW = "predicted_too_slow"
     # Per request, before any substrate is considered.
     UNKNOWN_MODEL = "unknown_model"
     UNKNOWN_TENANT = "unknown_tenant"
@@ -116,14 +119,39 @@ class ContextWindowFits:
         return Rejection(self.code, f"context window < {needed}", f"window {window} < {needed} tokens needed")
 
 
+class NodeJurisdiction:
+    """Admits only when the nodes its replicas actually run on are inside the tenant's
+    jurisdictions, from the nodes' jurisdiction labels. A replica on an unlabelled node rejects when
+    the policy requires labels (fail closed); otherwise the declared jurisdiction stands alone."""
+
+    code = RejectionCode.NODE_JURISDICTION
+
+    def check(self, ctx, spec, signals):
+        if ctx.policy.require_node_labels and (signals.node_countries is None or signals.unlabelled_replicas):
+            return Rejection(self.code, "replica on an unlabelled node", "a replica's node has no jurisdiction label")
+        observed = signals.node_countries
+        if observed is not None and not is_within(observed, ctx.tenant.allowed_countries):
+            allowed = _set(ctx.tenant.allowed_jurisdictions)
+            return Rejection(self.code, f"replica node jurisdiction not in {allowed}",
+                             f"replicas on nodes labelled {_set(observed)}, not in {allowed}")
+        return None
+
+
 class Healthy:
-    """Rejects a substrate whose circuit is open."""
+    """Rejects a substrate whose circuit is open; while half-open, admits only while fewer than
+    ``policy.half_open_probe_limit`` requests are in flight there (probes, not a stampede)."""
 
     code = RejectionCode.UNHEALTHY
 
     def check(self, ctx, spec, signals):
-        if signals.circuit is CircuitState.OPEN:
+        circuit = signals.circuit
+        if circuit is CircuitState.CLOSED:
+            return None
+        if circuit is CircuitState.OPEN:
             return Rejection(self.code, "circuit open", "circuit open")
+        in_flight = signals.in_flight.value if signals.in_flight is not None else 0.0
+        if in_flight >= ctx.policy.half_open_probe_limit:
+            return Rejection(self.code, "circuit half-open", "half-open: probe already in flight")
         return None
 
 
@@ -185,6 +213,51 @@ class RateLimitHeadroom:
         return None
 
 
+class ExternalSignals:
+    """Applies the policy's rules for signals the platform team pushes (power headroom, zone
+    congestion, regional failover...): a fresh value outside a rule's bounds rejects; a missing or
+    expired one rejects only when the rule says ``missing: reject``."""
+
+    code = RejectionCode.EXTERNAL_SIGNAL
+
+    def check(self, ctx, spec, signals):
+        rules = ctx.policy.external_rules
+        if not rules:
+            return None
+        pushed = dict(signals.external)
+        for rule in rules:
+            reading = pushed.get(rule.name)
+            if reading is None or ctx.now_s - reading.observed_at_s > rule.ttl_s:
+                if rule.missing_rejects:
+                    return Rejection(self.code, f"{rule.name} unknown", f"no fresh {rule.name} signal")
+                continue
+            v = reading.value
+            if rule.reject_below is not None and v < rule.reject_below:
+                return Rejection(self.code, f"{rule.name} < {rule.reject_below:g}", f"{rule.name} {v:g} < {rule.reject_below:g}")
+            if rule.reject_above is not None and v > rule.reject_above:
+                return Rejection(self.code, f"{rule.name} > {rule.reject_above:g}", f"{rule.name} {v:g} > {rule.reject_above:g}")
+        return None
+
+
+class DeadlineReachable:
+    """After the latency estimate: rejects a substrate predicted to take more than
+    ``policy.slow_drop_factor`` times either deadline of the SLA class, so a degraded substrate
+    (slow, queue deep) leaves the candidate set before clients see timeouts. Unlike the filters
+    above it reads the estimate: ``check_estimate(ctx, spec, est)``."""
+
+    code = RejectionCode.PREDICTED_TOO_SLOW
+
+    def check_estimate(self, ctx, spec, est):
+        factor = ctx.policy.slow_drop_factor
+        if factor is None:
+            return None
+        sla = ctx.sla
+        if est.ttft_s > factor * sla.ttft_deadline_s or est.e2e_s > factor * sla.e2e_deadline_s:
+            return Rejection(self.code, f"predicted over {factor:g}x the deadlines",
+                             f"predicted ttft {est.ttft_s:.2f}s, e2e {est.e2e_s:.1f}s")
+        return None
+
+
 # Filters that depend only on the tenant, the model and the substrate's static spec: the engine
 # runs them once per (fleet, tenant, model) and reuses the verdicts.
 STATIC_FILTERS: tuple[Filter, ...] = (
@@ -195,11 +268,16 @@ STATIC_FILTERS: tuple[Filter, ...] = (
 DYNAMIC_FILTERS: tuple[Filter, ...] = (
     Excluded(),
     ContextWindowFits(),
+    NodeJurisdiction(),
     Healthy(),
     SignalsFresh(),
     Admission(),
     RateLimitHeadroom(),
+    ExternalSignals(),
 )
 DEFAULT_FILTERS: tuple[Filter, ...] = STATIC_FILTERS + DYNAMIC_FILTERS
+DEADLINE_FILTER = DeadlineReachable()
 
-LADDER: dict[RejectionCode, int] = {f.code: i for i, f in enumerate(DEFAULT_FILTERS)}
+LADDER: dict[RejectionCode, int] = {
+    code: i for i, code in enumerate([f.code for f in DEFAULT_FILTERS] + [DEADLINE_FILTER.code])
+}

@@ -40,6 +40,15 @@ class ScorerWeight:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalRule:
+    name: str
+    reject_below: float | None
+    reject_above: float | None
+    missing_rejects: bool
+    ttl_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class PlacementPolicy:
     tenants: Mapping[str, TenantPolicy]
     sla_classes: Mapping[str, SlaPolicy]
@@ -52,6 +61,11 @@ class PlacementPolicy:
     snapshot_staleness_bound_s: float
     cost_reference_usd_per_token: float
     policy_hash: str
+    half_open_probe_limit: int = 1
+    slow_drop_factor: float | None = 3.0
+    """A substrate predicted beyond this multiple of a deadline is not eligible (None: keep it)."""
+    require_node_labels: bool = False
+    external_rules: tuple[ExternalRule, ...] = ()
     memo: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
     """The engine's memo of work that depends only on (fleet, policy, tenant, model): referentially
     transparent, so ``place()`` stays a pure function of its arguments. Not an init field, so a copy

@@ -46,6 +46,13 @@ class SubstrateSignals:
     recent_tpot_s: Reading | None = None
     error_rate: Reading | None = None
     circuit: CircuitState = CircuitState.CLOSED
+    node_countries: frozenset[str] | None = None
+    """Countries in the jurisdiction labels of the nodes its live replicas run on; None when no
+    replica reported a label."""
+    unlabelled_replicas: int = 0
+    """Live replicas on nodes without a jurisdiction label."""
+    external: tuple[tuple[str, Reading], ...] = ()
+    """Signals pushed by the platform team that apply to this substrate (by name)."""
 
     @staticmethod
     def idle(observed_at_s: float, *, kv_cache_usage: float | None = 0.0) -> SubstrateSignals:

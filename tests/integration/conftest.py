@@ -41,7 +41,7 @@ class Plane:
         return serve.get_deployment_handle(name, app_name=self.app_name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
     import ray
 
@@ -50,7 +50,7 @@ def ray_cluster():
     ray.shutdown()
 
 
-def _deploy(config_text: str, app_name: str, ready_timeout_s: float):
+def _deploy(config_text: str, app_name: str, ready_timeout_s: float, proxy_location: str = "EveryNode"):
     """Deploy ``config_text`` on a free loopback port; returns (Plane, teardown)."""
     from ray import serve
 
@@ -58,7 +58,7 @@ def _deploy(config_text: str, app_name: str, ready_timeout_s: float):
 
     port = free_port()
     text = config_text
-    runtime.deploy(text, app_name, "127.0.0.1", port)
+    runtime.deploy(text, app_name, "127.0.0.1", port, proxy_location=proxy_location)
     url = f"http://127.0.0.1:{port}"
     runtime.wait_ready(url, timeout_s=ready_timeout_s)
 

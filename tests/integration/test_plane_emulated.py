@@ -153,7 +153,7 @@ def test_policy_forbids_is_403_with_the_rule(emulated_plane):
 
 
 def test_sla_class_header_cannot_widen_policy(emulated_plane):
-    # global-app may only use its default class; asking for another is refused, not honoured.
+    # global-app may not use `batch`; asking for it is refused, not honoured.
     r = _post(emulated_plane, GLOBAL_KEY, CHAT, headers={"x-inferplane-sla-class": "batch"})
     _assert_openai_error(r, 403, "sla_class_not_allowed")
     r = _post(emulated_plane, EU_KEY, CHAT, headers={"x-inferplane-sla-class": "platinum"})

@@ -1,0 +1,78 @@
+"""`inferplane status [--address ADDR]`: the live fleet as the placement actor sees it.
+
+Substrates, their replicas with node, zone and jurisdiction labels, every signal with its age,
+circuit states, the snapshot version, and the ingress replicas with their snapshot age. `--json`
+prints the same as data. Reads the actor of a running plane (`inferplane run` or `deploy`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from inferplane.cli.table import render_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="the live fleet: signals, ages, circuits, replicas", description=__doc__)
+    p.add_argument("--address", default="auto", help="Ray address (default: the local cluster)")
+    p.add_argument("--app-name", default="inferplane")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd)
+
+
+def fetch_status(address: str, app_name: str) -> dict:
+    from deployments import runtime
+
+    runtime.loopback_environment()
+    import ray
+
+    from deployments.placement_actor import NAMESPACE
+
+    runtime.connect(address)
+    prefix = f"inferplane-placement-{app_name}-"
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)]
+    if not names:
+        raise ValueError(f"no placement actor for app `{app_name}` on this cluster; is the plane running?")
+    return ray.get(ray.get_actor(names[0], namespace=NAMESPACE).status.remote(), timeout=10)
+
+
+def _reading(r: dict | None, fmt: str = "{:.0f}") -> str:
+    if r is None:
+        return "-"
+    return f"{fmt.format(r['value'])} ({r['age_s']:.1f}s)"
+
+
+def render(status: dict) -> str:
+    rows = []
+    for s in status["substrates"]:
+        sig = s["signals"]
+        circuit = s["circuit"]["state"] + (f": {s['circuit']['reason']}" if s["circuit"]["reason"] else "")
+        replicas = ", ".join(f"{r['node'][:8] if r['node'] else '?'}@{r['zone'] or '-'}/{r['jurisdiction'] or '-'}"
+                             for r in s["replicas"]) or "none reporting"
+        warn = f" MISMATCH {s['node_jurisdiction_mismatch']}" if s["node_jurisdiction_mismatch"] else ""
+        name = s["name"] + (" (emulated)" if s["emulated"] and "emulated" not in s["name"] else "")
+        rows.append([name, s["declared"]["jurisdiction"], s["declared"]["zone"], circuit,
+                     _reading(sig["in_flight"]), _reading(sig["queued"]), _reading(sig["kv_cache_usage"], "{:.2f}"),
+                     _reading(sig["rate_limit_requests_remaining"]), _reading(sig["recent_ttft_s"], "{:.3f}"),
+                     _reading(sig["error_rate"], "{:.2f}"), replicas + warn])
+    out = [f"snapshot v{status['snapshot_version']} · policy {status['policy_hash']} · "
+           f"staleness bound {status['staleness_bound_s']:.1f}s · readings show value (age)", "",
+           render_table(["substrate", "jur", "zone", "circuit", "in flight", "queued", "kv cache",
+                         "rl requests", "ttft s", "errors", "replicas node@zone/jur"], rows), ""]
+    ingress_rows = [[i["ingress"], i["zone"] or "-", str(i["snapshot_version"]),
+                     "-" if i["snapshot_age_s"] is None else f"{i['snapshot_age_s']:.2f}s",
+                     f"{i['report_age_s']:.2f}s"] for i in status["ingress"]]
+    out.append(render_table(["ingress replica", "zone", "snapshot", "snapshot age", "last sync"], ingress_rows))
+    external = [(s["name"], n, v) for s in status["substrates"] for n, v in s["external"].items()]
+    if external:
+        out += ["", render_table(["substrate", "external signal", "value (age)"],
+                                 [[a, n, f"{v['value']:g} ({v['age_s']:.1f}s)"] for a, n, v in external])]
+    return "\n".join(out)
+
+
+def cmd(args: argparse.Namespace) -> int:
+    status = fetch_status(args.address, args.app_name)
+    print(json.dumps(status, indent=2) if args.json else render(status))
+    return 0

@@ -1,0 +1,140 @@
+"""The placement authority's bookkeeping on a virtual clock: what each report turns into."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferplane.fleet_state import FleetState, Outcome, SubstrateReport
+from inferplane.health import BreakerSettings
+from inferplane.placement import place
+from inferplane.placement.signals import CircuitState
+from inferplane.placement.snapshot import FleetSnapshot
+from tests.builders import fleet, request, substrate
+
+BOUND = 2.0
+
+
+def setup(**policy):
+    builder = fleet(substrate("p").zone("eu-central", "eu-central-1a").jurisdiction("DE"),
+                    substrate("q").zone("us-east", "us-east-1a").jurisdiction("US"),
+                    substrate("v").kind("vllm").zone("eu-central", "eu-central-1b").jurisdiction("DE"))
+    built = builder.tenant("eu", allowed=["EU"]).build()
+    state = FleetState(built.fleet, built.policy.policy_hash, BOUND,
+                       BreakerSettings(consecutive_failures=2, open_cooldown_s=1.0, probe_successes=1),
+                       latency_window_s=5.0)
+    return built, state
+
+
+def sig(state: FleetState, name: str, now: float):
+    snap = state.snapshot(now)
+    names = [s.name for s in state._fleet.substrates]
+    return snap.signals[names.index(name)]
+
+
+def test_no_heartbeat_no_signal_even_if_the_ingress_reports_counts():
+    built, state = setup()
+    state.report_ingress("i1", {"p": 3}, [], 100.0)
+    assert sig(state, "p", 100.0).in_flight is None
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=1, queued=2), 100.0)
+    s = sig(state, "p", 100.5)
+    assert s.in_flight.value == 3.0 and s.queued.value == 2.0   # ingress counts win for in-flight
+
+
+def test_in_flight_sums_ingress_replicas_and_ages_with_the_oldest():
+    built, state = setup()
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.0)
+    state.report_ingress("i1", {"p": 2}, [], 99.8)
+    state.report_ingress("i2", {"p": 5}, [], 100.0)
+    s = sig(state, "p", 100.0)
+    assert s.in_flight.value == 7.0 and s.in_flight.observed_at_s == 99.8
+
+
+def test_silent_replicas_expire_after_the_bound():
+    built, state = setup()
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.0)
+    assert sig(state, "p", 101.0).in_flight is not None
+    state.report_ingress("i1", {}, [], 102.5)  # something new, so a new snapshot is built
+    assert sig(state, "p", 102.5).in_flight is None
+
+
+def test_vllm_engine_stats_pass_through_max_and_sum_over_replicas():
+    built, state = setup()
+    state.report_substrate("v", "r1", SubstrateReport(in_flight=2, queued=1, kv_cache_usage=0.3), 100.0)
+    state.report_substrate("v", "r2", SubstrateReport(in_flight=1, queued=4, kv_cache_usage=0.7), 100.1)
+    s = sig(state, "v", 100.2)
+    assert (s.queued.value, s.kv_cache_usage.value) == (5.0, 0.7)
+    assert s.kv_cache_usage.observed_at_s == 100.0
+
+
+def test_outcomes_give_medians_error_rate_and_open_the_circuit():
+    built, state = setup()
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.0)
+    outcomes = [Outcome("p", True, 0.1, 0.01, 100.0), Outcome("p", True, 0.3, 0.03, 100.1),
+                Outcome("p", True, 0.2, 0.02, 100.2)]
+    state.report_ingress("i1", {}, outcomes, 100.2)
+    s = sig(state, "p", 100.2)
+    assert (s.recent_ttft_s.value, s.recent_tpot_s.value, s.error_rate.value) == (0.2, 0.02, 0.0)
+    state.report_ingress("i1", {}, [Outcome("p", False, None, None, 100.3), Outcome("p", False, None, None, 100.4)],
+                         100.4)
+    s = sig(state, "p", 100.4)
+    assert s.circuit is CircuitState.OPEN and s.error_rate.value == pytest.approx(2 / 5)
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 101.5)
+    assert sig(state, "p", 101.5).circuit is CircuitState.HALF_OPEN
+    state.report_ingress("i1", {}, [Outcome("p", True, 0.1, 0.01, 101.6)], 101.6)
+    assert sig(state, "p", 101.6).circuit is CircuitState.CLOSED
+
+
+def test_old_outcomes_age_out_so_a_recovered_substrate_is_believed_again():
+    built, state = setup()
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.0)
+    state.report_ingress("i1", {}, [Outcome("p", True, 9.0, 0.5, 100.0)], 100.0)
+    assert sig(state, "p", 100.0).recent_ttft_s.value == 9.0
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 105.5)
+    assert sig(state, "p", 105.5).recent_ttft_s is None
+
+
+def test_retry_after_from_a_replica_or_an_outcome_opens_the_circuit():
+    built, state = setup()
+    state.report_substrate("q", "r1", SubstrateReport(in_flight=0, retry_after_until_s=130.0), 100.0)
+    assert sig(state, "q", 100.0).circuit is CircuitState.OPEN
+    state.report_ingress("i1", {}, [Outcome("p", False, None, None, 100.0, retry_after_s=10.0)], 100.0)
+    assert state._breakers["p"].open_until_s == 110.0
+
+
+def test_node_labels_outside_the_declared_jurisdiction_keep_eu_tenants_away():
+    built, state = setup()
+    for name in ("p", "q", "v"):
+        state.report_substrate(name, "r1", SubstrateReport(in_flight=0, kv_cache_usage=0.0,
+                                                           node_jurisdiction="DE"), 100.0)
+    # p is declared DE but a second replica landed on a US node.
+    state.report_substrate("p", "r2", SubstrateReport(in_flight=0, node_id="n2", node_jurisdiction="US"), 100.0)
+    state.report_ingress("i1", {}, [], 100.0)
+    pub = state.snapshot(100.0)
+    snap = FleetSnapshot(pub.version, pub.taken_at_s, built.fleet, pub.signals)
+    decision = place(request(tenant="eu", now=100.0), snap, built.policy)
+    assert decision.substrate == "v"
+    verdict = {c.name: c for c in decision.candidates}["p"]
+    assert verdict.code.value == "node_jurisdiction" and "{DE, US}" in verdict.reason
+    assert state.status(100.0)["substrates"][0]["node_jurisdiction_mismatch"] == ["US"]
+
+
+def test_external_signals_most_specific_scope_wins():
+    built, state = setup()
+    state.push_external("power_headroom", 0.9, "fleet", "*", 100.0)
+    state.push_external("power_headroom", 0.5, "region", "eu-central", 100.0)
+    state.push_external("power_headroom", 0.1, "zone", "eu-central-1a", 100.0)
+    state.push_external("power_headroom", 0.7, "substrate", "v", 100.0)
+    got = {name: dict(sig(state, name, 100.0).external)["power_headroom"].value for name in ("p", "q", "v")}
+    assert got == {"p": 0.1, "q": 0.9, "v": 0.7}
+    with pytest.raises(ValueError):
+        state.push_external("x", 1.0, "planet", "earth", 100.0)
+    with pytest.raises(KeyError):
+        state.push_external("x", 1.0, "substrate", "nope", 100.0)
+
+
+def test_snapshot_versions_only_move_when_something_changed():
+    built, state = setup()
+    a = state.snapshot(100.0)
+    assert state.snapshot(100.5).version == a.version
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.6)
+    assert state.snapshot(100.6).version == a.version + 1

@@ -9,6 +9,7 @@ A snapshot older than the policy's ``snapshot_staleness_bound_ms`` fails closed 
 # routes of a Serve class-based ingress.
 import dataclasses
 import json
+import os
 import logging
 import threading
 import time
@@ -31,6 +32,8 @@ from inferplane.fleet_state import Outcome
 from inferplane.placement import FleetSnapshot, PlacementDecision, PlacementRequest, Reading, place
 from inferplane.placement.filters import STATIC_FILTERS
 from inferplane.placement.signals import SubstrateSignals
+from inferplane.telemetry.audit import AuditLog, RequestOutcome, audit_row
+from inferplane.telemetry.metrics import LabelVocabulary, MetricsOutbox, rejection_code_for
 
 from deployments import placement_actor
 from deployments.substrate import node_identity
@@ -56,6 +59,26 @@ def _first_validation_error(exc: ValidationError) -> ApiError:
 def _sse_line(obj: dict) -> str:
     # Defined above the class: serve.ingress captures the module's names when it decorates.
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+class RequestRecord:
+    """What the ingress learns about one request as it goes: the audit row and the metrics are
+    written from it exactly once, when the request ends (answered, failed or refused)."""
+
+    __slots__ = ("request_id", "arrived_s", "tenant", "model", "sla_class", "decision", "streamed",
+                 "snapshot_age_s", "input_tokens", "recorded")
+
+    def __init__(self, arrived_s: float) -> None:
+        self.request_id = f"req-{uuid.uuid4().hex}"
+        self.arrived_s = arrived_s
+        self.tenant: str | None = None
+        self.model: str | None = None
+        self.sla_class: str | None = None
+        self.decision: PlacementDecision | None = None
+        self.streamed = False
+        self.snapshot_age_s: float | None = None
+        self.input_tokens: int | None = None
+        self.recorded = False
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
@@ -87,6 +110,10 @@ class Ingress:
         self._in_flight: Counter[str] = Counter()
         self._outcomes: deque[Outcome] = deque(maxlen=4096)
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
+        self._audit = AuditLog(os.path.expanduser(cfg.telemetry.audit_dir), self._id,
+                               flush_interval_s=cfg.telemetry.audit_flush_interval_ms / 1000.0)
+        self._metrics = MetricsOutbox(LabelVocabulary.of(self._fleet, self._policy))
+        self._audit_dropped = 0
         self._stop = threading.Event()
         threading.Thread(target=self._sync_loop, name="inferplane-sync", daemon=True).start()
 
@@ -96,6 +123,11 @@ class Ingress:
             outcomes = []
             while self._outcomes:
                 outcomes.append(self._outcomes.popleft())
+            dropped = self._audit.dropped_rows
+            if dropped > self._audit_dropped:
+                self._metrics.delta.record_audit_dropped(dropped - self._audit_dropped)
+                self._audit_dropped = dropped
+            batch = self._metrics.pending()
             try:
                 reported = dict(self._in_flight)
                 current = self._snapshot
@@ -103,7 +135,8 @@ class Ingress:
                     self._id, reported, outcomes,
                     None if current is None else current.version,
                     None if current is None else time.time() - current.taken_at_s,
-                    self._zone), timeout=2.0)
+                    self._zone, batch), timeout=2.0)
+                self._metrics.acknowledge(batch)
                 if published is None:
                     pass  # the actor is warming up after a (re)start: keep the last snapshot
                 elif published.policy_hash != self._policy.policy_hash:
@@ -115,6 +148,7 @@ class Ingress:
                     self._snapshot = snap
                     self._view_dirty = True
             except Exception as exc:  # actor restarting or unreachable: serve on the last snapshot
+                self._outcomes.extendleft(reversed(outcomes))  # not lost: sent with the next sync
                 log.warning("snapshot sync failed (%s); serving on snapshot v%s", type(exc).__name__,
                             None if self._snapshot is None else self._snapshot.version)
             self._stop.wait(self._refresh_s)
@@ -200,16 +234,25 @@ class Ingress:
 
     # -- the request path --------------------------------------------------------------------
     async def _serve(self, request: Request, api: str) -> Response:
+        rec = RequestRecord(time.time())
         try:
-            return await self._place_and_dispatch(request, api)
+            return await self._place_and_dispatch(request, api, rec)
         except ApiError as err:
+            self._record(rec, err.status, err.code, None, None, None)
             return _error_response(err)
 
-    async def _place_and_dispatch(self, request: Request, api: str) -> Response:
-        arrived = time.time()
+    def _place(self, preq: PlacementRequest, snapshot: FleetSnapshot) -> PlacementDecision:
+        t0 = time.perf_counter()
+        decision = place(preq, snapshot, self._policy)
+        self._metrics.delta.record_decision(decision, time.perf_counter() - t0)
+        return decision
+
+    async def _place_and_dispatch(self, request: Request, api: str, rec: RequestRecord) -> Response:
+        arrived = rec.arrived_s
         tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
         if tenant_name is None:
             raise ApiError(401, "invalid_api_key", "missing or invalid API key")
+        rec.tenant = tenant_name
         raw = await request.body()
         if len(raw) > self._max_body:
             raise ApiError(413, "request_too_large", f"request body is {len(raw)} bytes; the limit is {self._max_body}")
@@ -224,16 +267,20 @@ class Ingress:
                 max_tokens = body.max_tokens or self._default_max_tokens
         except ValidationError as exc:
             raise _first_validation_error(exc) from None
+        rec.model, rec.input_tokens = body.model, input_tokens
+        rec.streamed = bool(getattr(body, "stream", False))
 
         tenant = self._policy.tenants[tenant_name]
         sla_class = request.headers.get(SLA_HEADER) or tenant.default_sla_class
+        rec.sla_class = sla_class
         preq = PlacementRequest(
-            request_id=f"req-{uuid.uuid4().hex}", tenant=tenant_name, model=body.model, sla_class=sla_class,
+            request_id=rec.request_id, tenant=tenant_name, model=body.model, sla_class=sla_class,
             input_tokens=input_tokens, max_output_tokens=max_tokens, arrived_at_s=arrived,
             ingress_region=self._region, ingress_zone=self._zone,
         )
         snapshot = self._current_snapshot(arrived)
-        decision = place(preq, snapshot, self._policy)
+        rec.snapshot_age_s = arrived - snapshot.taken_at_s
+        decision = rec.decision = self._place(preq, snapshot)
         payload = self._payload(api, body, max_tokens, preq.request_id)
 
         while True:
@@ -253,8 +300,7 @@ class Ingress:
                 log.info("placement %s on %s failed before the first byte (%s); re-placing",
                          decision.placement_id, name, first["code"])
                 preq = preq.retry_excluding(name)
-                snapshot = self._current_snapshot(time.time())
-                decision = place(preq, snapshot, self._policy)
+                decision = rec.decision = self._place(preq, self._current_snapshot(time.time()))
                 continue
             break
 
@@ -271,12 +317,44 @@ class Ingress:
         rid = ("chatcmpl-" if api == "chat" else "cmpl-") + preq.request_id[4:]
         created = int(arrived)
         model = decision.model
-        if getattr(body, "stream", False):
+        if rec.streamed:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                self._stream_events(api, rid, created, model, name, first, stream, dispatched, include_usage),
+                self._stream_events(api, rid, created, model, name, first, stream, dispatched, include_usage, rec),
                 media_type="text/event-stream", headers=headers)
-        return await self._collect(api, rid, created, model, name, first, stream, dispatched, headers)
+        return await self._collect(api, rid, created, model, name, first, stream, dispatched, headers, rec)
+
+    def _record(self, rec: RequestRecord, status: int, error_code: str | None, first_at: float | None,
+                completion_tokens: int | None, prompt_tokens: int | None) -> None:
+        """Write the request's audit row and metrics, once. Never raises into the request path."""
+        if rec.recorded:
+            return
+        rec.recorded = True
+        now = time.time()
+        try:
+            decision = rec.decision
+            if decision is None:
+                self._metrics.delta.record_rejection(rejection_code_for(error_code or "invalid"), rec.tenant, rec.model)
+            outcome = RequestOutcome(
+                status_code=status, error_code=error_code,
+                attempts=decision.attempt if decision is not None else 0,
+                ttft_s=None if first_at is None else first_at - rec.arrived_s,
+                e2e_s=now - rec.arrived_s if status == 200 else None,
+                input_tokens=prompt_tokens if prompt_tokens is not None else rec.input_tokens,
+                output_tokens=completion_tokens, streamed=rec.streamed, finished_at_s=now)
+            sla = self._policy.sla_classes.get(rec.sla_class) if rec.sla_class else None
+            row = audit_row(request_id=rec.request_id, ingress_id=self._id, received_at_s=rec.arrived_s,
+                            tenant=rec.tenant, model=rec.model, sla_class=rec.sla_class, decision=decision,
+                            outcome=outcome, fleet=self._fleet, ingress_region=self._region,
+                            snapshot_age_s=rec.snapshot_age_s, sla=sla)
+            self._audit.append(row)
+            if decision is not None and decision.placed:
+                self._metrics.delta.record_outcome(
+                    decision.substrate, decision.tenant, decision.model, decision.sla_class, status == 200,
+                    outcome.ttft_s, outcome.e2e_s, outcome.tpot_s, outcome.input_tokens or 0,
+                    completion_tokens or 0, row["cost_usd"] or 0.0)
+        except Exception:  # telemetry must never fail a request; the failure itself is logged
+            log.exception("could not record request %s", rec.request_id)
 
     def _rejection(self, decision: PlacementDecision) -> ApiError:
         status = decision.http_status
@@ -311,7 +389,7 @@ class Ingress:
         tpot = None if first_at is None or completion_tokens < 2 else (now - first_at) / (completion_tokens - 1)
         self._outcomes.append(Outcome(name, ok, ttft, tpot, now))
 
-    async def _collect(self, api, rid, created, model, name, first, stream, dispatched, headers) -> Response:
+    async def _collect(self, api, rid, created, model, name, first, stream, dispatched, headers, rec) -> Response:
         first_at = time.time()
         parts: list[str] = []
         done = None
@@ -338,14 +416,17 @@ class Ingress:
             self._finish(name, False, dispatched, first_at, 0)
             raise ApiError(502, "substrate_error", f"substrate {name} ended without finishing")
         self._finish(name, True, dispatched, first_at, done["completion_tokens"])
+        self._record(rec, 200, None, first_at, done["completion_tokens"], done["prompt_tokens"])
         body = completion_body(api, rid, created, model, "".join(parts), done["finish_reason"],
                                done["prompt_tokens"], done["completion_tokens"])
         return JSONResponse(body, headers=headers)
 
-    async def _stream_events(self, api, rid, created, model, name, first, stream, dispatched, include_usage):
+    async def _stream_events(self, api, rid, created, model, name, first, stream, dispatched, include_usage, rec):
         first_at = time.time()
         ok = False
         tokens = 0
+        prompt_tokens = None
+        error_code = "client_disconnected"
         try:
             if api == "chat":
                 yield _sse_line(chunk(api, rid, created, model, "", first=True))
@@ -355,6 +436,7 @@ class Ingress:
                     yield _sse_line(chunk(api, rid, created, model, event["text"]))
                 elif event["t"] == "done":
                     tokens = event["completion_tokens"]
+                    prompt_tokens = event["prompt_tokens"]
                     yield _sse_line(chunk(api, rid, created, model, None if api == "chat" else "",
                                      finish_reason=event["finish_reason"]))
                     if include_usage:
@@ -369,14 +451,20 @@ class Ingress:
                 except StopAsyncIteration:
                     break
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream")
+            error_code = err.code
             yield _sse_line(err.body())
         except Exception as exc:  # noqa: BLE001 - the stream has started: end it with an error event
             if isinstance(exc, GeneratorExit):
                 raise
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream: {type(exc).__name__}")
+            error_code = err.code
             yield _sse_line(err.body())
         finally:
             self._finish(name, ok, dispatched, first_at, tokens)
+            # The status line went out as 200; the row says how the stream really ended.
+            self._record(rec, 200 if ok else 502, None if ok else error_code, first_at, tokens, prompt_tokens)
 
     def __del__(self) -> None:
+        # Graceful shutdown: stop syncing and flush every audit row still pending.
         self._stop.set()
+        self._audit.close()

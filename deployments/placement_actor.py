@@ -11,15 +11,20 @@ snapshot up to the policy's snapshot staleness bound.
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 
 import ray
 
 from inferplane.config import build, parse_config
 from inferplane.health import BreakerSettings
+from inferplane.placement.snapshot import FleetSnapshot
+from inferplane.telemetry.metrics import LabelVocabulary, PlaneMetrics, serve_metrics
 from inferplane.fleet_state import FleetState, Outcome, PublishedSnapshot, SubstrateReport
 
 NAMESPACE = "inferplane"
+log = logging.getLogger("inferplane.placement_actor")
 # After a (re)start the actor knows nothing until substrate replicas report (every 0.25 s). It
 # publishes nothing for this long, so ingress replicas keep their last snapshot instead of
 # switching to one in which every substrate is unknown.
@@ -34,40 +39,100 @@ def actor_name(app_name: str, config_text: str) -> str:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=64)
 class PlacementActor:
-    def __init__(self, config_text: str) -> None:
+    def __init__(self, config_text: str, app_name: str = "inferplane") -> None:
         built = build(parse_config(config_text, source="<deployed config>"))
+        self._app_name = app_name
+        self._serve_status: dict = {}
+        self._updating_since: dict[str, float] = {}
+        threading.Thread(target=self._poll_serve, name="inferplane-serve-status", daemon=True).start()
         self._state = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s,
                                  breaker_settings(built.config.policy.health),
                                  built.config.policy.health.latency_window_ms / 1000.0)
         self._started_at_s = time.time()
+        # Ray runs this actor's methods on a thread pool (max_concurrency): one lock keeps the
+        # state's bookkeeping and snapshot versions consistent.
+        self._lock = threading.Lock()
+        self._fleet = built.fleet
+        self._metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy))
+        self._bound = built.policy.signal_staleness_bound_s
+        tel = built.config.telemetry
+        try:
+            self._metrics_server = serve_metrics(self._metrics.registry, tel.metrics_host, tel.metrics_port)
+        except OSError as exc:  # the port is taken (another plane on this node): say so, keep placing
+            log.error("cannot serve metrics on %s:%s: %s", tel.metrics_host, tel.metrics_port, exc)
+            self._metrics_server = None
 
     def sync(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome],
              snapshot_version: int | None = None, snapshot_age_s: float | None = None,
-             zone: str | None = None) -> PublishedSnapshot | None:
-        """Record an ingress replica's report; return the current snapshot (None while warming up)."""
+             zone: str | None = None, metrics: list | None = None) -> PublishedSnapshot | None:
+        """Record an ingress replica's report and metrics; return the current snapshot (None while
+        warming up)."""
         now = time.time()
-        self._state.report_ingress(ingress_id, in_flight, outcomes, now, snapshot_version=snapshot_version,
-                                   snapshot_age_s=snapshot_age_s, zone=zone)
-        if now - self._started_at_s < WARMUP_S:
-            return None
-        return self._state.snapshot(now)
+        with self._lock:
+            self._state.report_ingress(ingress_id, in_flight, outcomes, now, snapshot_version=snapshot_version,
+                                       snapshot_age_s=snapshot_age_s, zone=zone)
+            published = None if now - self._started_at_s < WARMUP_S else self._state.snapshot(now)
+        if metrics:
+            self._metrics.apply_batch(ingress_id, metrics)
+        if snapshot_version is not None and snapshot_age_s is not None:
+            self._metrics.set_ingress(ingress_id, snapshot_version, snapshot_age_s, now_s=now)
+        self._metrics.expire_ingress(now, self._bound)
+        if published is not None:
+            self._metrics.set_signals(FleetSnapshot(published.version, published.taken_at_s, self._fleet,
+                                                    published.signals), now)
+        return published
 
     def report_substrate(self, substrate: str, replica_id: str, report: SubstrateReport) -> None:
-        self._state.report_substrate(substrate, replica_id, report, time.time())
+        with self._lock:
+            self._state.report_substrate(substrate, replica_id, report, time.time())
 
     def snapshot(self) -> PublishedSnapshot:
-        return self._state.snapshot(time.time())
+        with self._lock:
+            return self._state.snapshot(time.time())
 
     def push_signal(self, name: str, value: float, scope: str, target: str = "*") -> None:
         """The push API for platform signals: ``scope`` is ``substrate``, ``zone``, ``region`` or
         ``fleet``; ``target`` names the substrate, zone or region. Rules in the policy's
         ``external_signals`` decide what a value does."""
-        self._state.push_external(name, value, scope, target, time.time())
+        with self._lock:
+            self._state.push_external(name, value, scope, target, time.time())
 
     def status(self) -> dict:
-        out = self._state.status(time.time())
+        with self._lock:
+            out = self._state.status(time.time())
         out["actor_started_at_s"] = self._started_at_s
+        for sub in out["substrates"]:
+            sub["serve"] = self._serve_status.get(sub["name"])
         return out
+
+    def _poll_serve(self) -> None:
+        """Replica counts and states of each substrate deployment, from Serve, every 2 s. A
+        deployment UPDATING for over a minute is flagged: an unsatisfiable label selector leaves
+        it there with no message of its own."""
+        from ray import serve
+
+        while True:
+            try:
+                app = serve.status().applications.get(self._app_name)
+                now = time.time()
+                found = {}
+                for name, dep in (app.deployments.items() if app else ()):
+                    state = str(getattr(dep.status, "value", dep.status))
+                    if state == "UPDATING":
+                        self._updating_since.setdefault(name, now)
+                    else:
+                        self._updating_since.pop(name, None)
+                    stuck = now - self._updating_since.get(name, now) > 60.0
+                    found[name] = {
+                        "status": state,
+                        "replica_states": {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()},
+                        "message": "stuck UPDATING for over 60 s: no node satisfies its label selector?"
+                        if stuck else (dep.message or None),
+                    }
+                self._serve_status = found
+            except Exception as exc:  # Serve not up yet, or shutting down
+                log.debug("serve.status() failed: %s", type(exc).__name__)
+            time.sleep(2.0)
 
     def started_at_s(self) -> float:
         return self._started_at_s
@@ -92,4 +157,4 @@ def get_or_create(app_name: str, config_text: str) -> ray.actor.ActorHandle:
         namespace=NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
-    ).remote(config_text)
+    ).remote(config_text, app_name)

@@ -24,7 +24,7 @@ from substrate_adapters.base import ChatTurn, Finished, GenerationRequest, TextD
 from substrate_adapters.construct import adapter_for
 from substrate_adapters.errors import SubstrateError, SubstrateRateLimited
 
-from deployments import placement_actor
+from deployments import node_stats, placement_actor
 
 HEARTBEAT_S = 0.25
 log = logging.getLogger("inferplane.substrate")
@@ -64,13 +64,17 @@ class SubstrateDeployment:
         self._actor = placement_actor.get_or_create(app_name, config_text)
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._node = node_identity(cfg.policy.topology)
+        self._gpu = node_stats.GpuMemory()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._report_loop, name="inferplane-heartbeat", daemon=True)
         self._heartbeat.start()
 
     def _report_loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            report = dataclasses.replace(self._adapter.load(), **self._node)
+            report = dataclasses.replace(
+                self._adapter.load(), **self._node, gpu_memory_used_ratio=self._gpu.used_ratio(),
+                node_memory_used_ratio=node_stats.memory_used_ratio(),
+                node_cpu_used_ratio=node_stats.cpu_used_ratio())
             try:
                 ray.get(self._actor.report_substrate.remote(self._name, self._replica_id, report), timeout=2.0)
             except Exception as exc:  # the actor restarts; keep beating

@@ -8,7 +8,8 @@ wrapper around it. Three kinds of report arrive, each a documented signal source
 - **substrate replicas** (every 0.25 s, their heartbeat): what their adapter reads from the
   substrate itself (vLLM engine: running, waiting, KV-cache use; provider API: rate-limit headroom
   and Retry-After from response headers; emulated: its queue), plus the Ray node they run on and
-  that node's region, zone and jurisdiction labels;
+  that node's region, zone and jurisdiction labels, its memory and CPU pressure, and the memory of
+  the GPUs the replica holds (NVML);
 - **the platform team**: named external signals pushed for a substrate, a zone, a region or the
   whole fleet (``push_external``), used by the policy's ``external_signals`` rules.
 
@@ -17,7 +18,8 @@ Derivation, per substrate:
 - ``in_flight`` is the sum over live ingress replicas (what was dispatched, including requests
   still waiting in Serve's handle) and exists only while at least one substrate replica reports:
   no heartbeat, no signal, not eligible.
-- ``queued`` sums, ``kv_cache_usage`` takes the max, rate-limit headroom the min over replicas.
+- ``queued`` sums; ``kv_cache_usage`` and ``gpu_memory_used_ratio`` take the max, rate-limit
+  headroom the min over replicas.
 - ``recent_ttft_s`` / ``recent_tpot_s`` are medians and ``error_rate`` the failure fraction of the
   last ``OUTCOME_WINDOW`` outcomes no older than ``latency_window_s``.
 - ``circuit`` comes from the substrate's ``CircuitBreaker`` (``inferplane.health``), fed by the
@@ -56,6 +58,9 @@ class SubstrateReport:
     node_region: str | None = None
     node_zone: str | None = None
     node_jurisdiction: str | None = None
+    gpu_memory_used_ratio: float | None = None
+    node_memory_used_ratio: float | None = None
+    node_cpu_used_ratio: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +185,7 @@ class FleetState:
         replica_reports = list(self._replicas[name].values())
         # Liveness comes from the substrate's own replicas: without a fresh replica report the
         # substrate is unknown, whatever the ingress replicas think they sent it.
-        in_flight = queued = kv = rl_req = rl_tok = None
+        in_flight = queued = kv = gpu = rl_req = rl_tok = None
         node_countries = None
         unlabelled = 0
         if replica_reports:
@@ -195,6 +200,9 @@ class FleetState:
             kvs = [r.kv_cache_usage for _, r in replica_reports if r.kv_cache_usage is not None]
             if kvs:
                 kv = Reading(max(kvs), oldest)
+            gpus = [r.gpu_memory_used_ratio for _, r in replica_reports if r.gpu_memory_used_ratio is not None]
+            if gpus:
+                gpu = Reading(max(gpus), oldest)
             reqs = [r.rate_limit_requests_remaining for _, r in replica_reports
                     if r.rate_limit_requests_remaining is not None]
             if reqs:
@@ -219,7 +227,7 @@ class FleetState:
                 tpot = Reading(tpots[len(tpots) // 2], at)
             err = Reading(sum(1 for o in recent if not o.ok) / len(recent), at)
         return SubstrateSignals(
-            in_flight=in_flight, queued=queued, kv_cache_usage=kv,
+            in_flight=in_flight, queued=queued, kv_cache_usage=kv, gpu_memory_used_ratio=gpu,
             rate_limit_requests_remaining=rl_req, rate_limit_tokens_remaining=rl_tok,
             recent_ttft_s=ttft, recent_tpot_s=tpot, error_rate=err,
             circuit=self._breakers[name].state(now_s),
@@ -248,7 +256,9 @@ class FleetState:
                 "replicas": [
                     {"replica": rid, "node": r.node_id, "region": r.node_region, "zone": r.node_zone,
                      "jurisdiction": r.node_jurisdiction, "age_s": now_s - t, "in_flight": r.in_flight,
-                     "queued": r.queued}
+                     "queued": r.queued, "gpu_memory_used_ratio": r.gpu_memory_used_ratio,
+                     "node_memory_used_ratio": r.node_memory_used_ratio,
+                     "node_cpu_used_ratio": r.node_cpu_used_ratio}
                     for rid, (t, r) in sorted(self._replicas[spec.name].items())
                 ],
                 "signals": readings,

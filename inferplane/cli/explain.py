@@ -1,5 +1,6 @@
 """`inferplane explain CONFIG --tenant T --model M --input-tokens N --max-tokens K`: how one
 request would be placed, every candidate with its verdict or scores, the pick, spillover and cost.
+`inferplane explain --audit AUDIT_DIR PLACEMENT_ID` shows a recorded decision the same way.
 
 Without ``--signals`` every substrate is assumed idle with fresh signals; ``--signals FILE``
 describes load, health and staleness (see ``inferplane.signal_scenario``).
@@ -31,11 +32,13 @@ SCORE_HEADERS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="show how a request would be placed", description=__doc__)
-    p.add_argument("config", help="path to a YAML config")
-    p.add_argument("--tenant", required=True)
-    p.add_argument("--model", required=True, help="model name or alias")
-    p.add_argument("--input-tokens", type=int, required=True)
-    p.add_argument("--max-tokens", type=int, required=True, help="max output tokens")
+    p.add_argument("config", nargs="?", help="path to a YAML config")
+    p.add_argument("--audit", nargs=2, metavar=("AUDIT_DIR", "PLACEMENT_ID"),
+                   help="show a recorded decision from the audit log instead")
+    p.add_argument("--tenant")
+    p.add_argument("--model", help="model name or alias")
+    p.add_argument("--input-tokens", type=int)
+    p.add_argument("--max-tokens", type=int, help="max output tokens")
     p.add_argument("--sla-class", help="default: the tenant's default class")
     p.add_argument("--signals", help="YAML/JSON file of live signals (default: all idle, fresh)")
     p.add_argument("--ingress-zone", help="default: the config's ingress topology")
@@ -124,6 +127,16 @@ def render(decision: PlacementDecision, fleet: FleetSpec, signals_note: str) -> 
 
 
 def cmd(args: argparse.Namespace) -> int:
+    if args.audit:
+        from inferplane.cli.report import render_recorded_decision
+
+        print(render_recorded_decision(*args.audit))
+        return 0
+    missing = [flag for flag, value in (("CONFIG", args.config), ("--tenant", args.tenant), ("--model", args.model),
+                                        ("--input-tokens", args.input_tokens), ("--max-tokens", args.max_tokens))
+               if value is None]
+    if missing:
+        raise ValueError(f"explain needs {', '.join(missing)} (or --audit AUDIT_DIR PLACEMENT_ID)")
     decision, fleet, note = decide(args)
     if args.json:
         print(json.dumps(decision_json(decision, fleet), indent=2))

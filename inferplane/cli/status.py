@@ -53,6 +53,12 @@ def render(status: dict) -> str:
                              for r in s["replicas"]) or "none reporting"
         warn = f" MISMATCH {s['node_jurisdiction_mismatch']}" if s["node_jurisdiction_mismatch"] else ""
         name = s["name"] + (" (emulated)" if s["emulated"] and "emulated" not in s["name"] else "")
+        serve_state = s.get("serve")
+        if serve_state:
+            counts = ",".join(f"{k.lower()}={v}" for k, v in sorted(serve_state["replica_states"].items()))
+            replicas = f"[{serve_state['status'].lower()} {counts}] " + replicas
+            if serve_state.get("message"):
+                warn += f" ({serve_state['message']})"
         rows.append([name, s["declared"]["jurisdiction"], s["declared"]["zone"], circuit,
                      _reading(sig["in_flight"]), _reading(sig["queued"]), _reading(sig["kv_cache_usage"], "{:.2f}"),
                      _reading(sig["rate_limit_requests_remaining"]), _reading(sig["recent_ttft_s"], "{:.3f}"),

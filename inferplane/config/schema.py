@@ -567,6 +567,21 @@ class Ingress(_Strict):
     )
 
 
+class Telemetry(_Strict):
+    audit_dir: str = Field(
+        default="~/.local/state/inferplane/audit",
+        description="Where the Parquet audit log is written (one dataset, partitioned by date). Each "
+        "ingress replica writes its own files; on a multi-node cluster use a shared filesystem.",
+    )
+    audit_flush_interval_ms: PositiveFloat = Field(
+        default=2000.0, description="Audit rows become readable within this bound, ms.")
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the one Prometheus scrape endpoint (served by the placement actor).")
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=9464, description="Port of the scrape endpoint.")
+
+
 class InferplaneConfig(_Strict):
     schema_version: Literal[1] = Field(description="Version of this schema; currently 1.")
     jurisdiction_groups: dict[
@@ -586,3 +601,4 @@ class InferplaneConfig(_Strict):
     tenants: Annotated[list[Tenant], Field(min_length=1)] = Field(description="Who may call.")
     policy: Policy = Field(default_factory=Policy, description="Placement policy.")
     ingress: Ingress = Field(default_factory=Ingress, description="The OpenAI-compatible ingress.")
+    telemetry: Telemetry = Field(default_factory=Telemetry, description="Audit log and metrics.")

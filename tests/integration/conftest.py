@@ -34,6 +34,8 @@ class Plane:
     url: str
     app_name: str
     config_text: str
+    audit_dir: str = ""
+    metrics_url: str = ""
 
     def substrate(self, name: str):
         from ray import serve
@@ -56,8 +58,14 @@ def _deploy(config_text: str, app_name: str, ready_timeout_s: float, proxy_locat
 
     from deployments import runtime
 
+    import tempfile
+
     port = free_port()
-    text = config_text
+    audit_dir = tempfile.mkdtemp(prefix=f"{app_name}-audit-")
+    metrics_port = free_port()
+    # Each plane under test writes its own audit set and serves metrics on its own port.
+    text = config_text.rstrip() + (f"\ntelemetry: {{audit_dir: {audit_dir}, metrics_port: {metrics_port}, "
+                                   "audit_flush_interval_ms: 500}\n")
     runtime.deploy(text, app_name, "127.0.0.1", port, proxy_location=proxy_location)
     url = f"http://127.0.0.1:{port}"
     runtime.wait_ready(url, timeout_s=ready_timeout_s)
@@ -74,7 +82,8 @@ def _deploy(config_text: str, app_name: str, ready_timeout_s: float, proxy_locat
         except ValueError:
             pass
 
-    return Plane(url=url, app_name=app_name, config_text=text), teardown
+    return Plane(url=url, app_name=app_name, config_text=text, audit_dir=audit_dir,
+                 metrics_url=f"http://127.0.0.1:{metrics_port}/metrics"), teardown
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,7 @@
+"""Placement telemetry: what every request cost, the audit log of every decision, and the metrics.
+
+- ``cost``: the cost of a finished request from its substrate's cost model.
+- ``audit``: the versioned Parquet audit log, one row per request, derived from the decision.
+- ``metrics``: Prometheus metrics, recorded per ingress replica as picklable deltas and merged in
+  the placement actor, so that one scrape endpoint is correct across every replica.
+"""

@@ -1,0 +1,806 @@
+"""The placement audit log: one Parquet row per request, served, failed or rejected.
+
+Schema version 1 (``AUDIT_SCHEMA_VERSION``; every file also carries it in its Parquet key-value
+metadata as ``inferplane.audit.schema_version``). Columns, in order ("?" = nullable):
+
+==================================  =====================  ==========  ============================================
+column                              type                   unit        meaning
+==================================  =====================  ==========  ============================================
+schema_version                      int16                  -           the schema version of the row (1)
+request_id                          string                 -           the ingress's request id
+placement_id                        string?                -           the final placement attempt's id (the
+                                                                       ``x-inferplane-placement-id`` header);
+                                                                       null when rejected before placement
+time                                timestamp[us, UTC]     -           when the ingress received the request;
+                                                                       the ``date=`` partition is its UTC date
+finished_at                         timestamp[us, UTC]     -           when the response ended (last byte or error)
+ingress_id                          string                 -           the ingress replica that answered
+ingress_region                      string?                -           the ingress's region
+tenant                              string?                -           the authenticated tenant (null: no valid key)
+model                               string?                -           the canonical model name; a name the fleet
+                                                                       does not serve is ``unknown:<sha256[:12]>``
+sla_class                           string?                -           the SLA class; an unconfigured name is
+                                                                       ``unknown:<sha256[:12]>``
+substrate                           string?                -           the chosen substrate (null: not placed)
+substrate_class                     string?                -           its class (``gpu_cluster``, ...)
+substrate_kind                      string?                -           its kind (``vllm``, ...)
+emulated                            bool?                  -           true when the substrate is an emulation
+jurisdiction                        string?                -           its jurisdiction token (``DE``, ``EU``)
+region                              string?                -           its region
+zone                                string?                -           its zone
+primary_substrate                   string?                -           the model's primary substrate
+spillover                           bool                   -           placed off the primary
+spillover_reason                    string?                -           ``SpilloverReason`` value
+boundary                            string                 -           the widest boundary between primary and
+                                                                       chosen: none, zone, region, jurisdiction
+spillover_extra_cost_usd            float64?               USD         estimated cost on the chosen minus the
+                                                                       primary's estimate in the same decision
+                                                                       (null unless the primary was estimated)
+spillover_extra_cost_actual_usd     float64?               USD         cost_usd minus the same tokens and time
+                                                                       priced by the primary's cost model
+candidate_count                     int32                  substrates  substrates serving the model considered
+eligible_count                      int32                  substrates  candidates that passed every filter
+rejections                          string?                -           the rejected candidates rolled up:
+                                                                       "2 jurisdiction not in {EU}, 1 at capacity"
+rejection_counts                    map<string, int32>     substrates  rejected candidates by rejection code
+rejection_code                      string?                -           why nothing could take the request
+rejection_message                   string?                -           the message the client got for it
+attempts                            int16                  attempts    placement attempts (1 + retries)
+status_code                         int16                  -           the HTTP status answered
+error_code                          string?                -           the error code answered (snake_case)
+streamed                            bool                   -           an SSE stream was requested
+ttft_s                              float64?               s           receipt to first token
+e2e_s                               float64?               s           receipt to end of response
+tpot_s                              float64?               s/token     (e2e - ttft) / (output_tokens - 1)
+input_tokens                        int32?                 tokens      prompt tokens
+output_tokens                       int32?                 tokens      completion tokens
+cost_usd                            float64?               USD         attributed cost (``telemetry.cost``) of
+                                                                       the final attempt; null if never placed
+cost_tokens_usd                     float64?               USD         its token part
+cost_gpu_usd                        float64?               USD         its amortised-hardware part
+cost_egress_usd                     float64?               USD         its egress part
+predicted_ttft_s                    float64?               s           the engine's prediction for the chosen
+predicted_e2e_s                     float64?               s           the engine's prediction for the chosen
+estimated_cost_usd                  float64?               USD         the engine's estimate for the chosen
+ttft_deadline_s                     float64?               s           the SLA class's deadline, when known
+e2e_deadline_s                      float64?               s           the SLA class's deadline, when known
+met_sla                             bool?                  -           200 within both deadlines (null: unknown)
+snapshot_version                    int64?                 -           the fleet snapshot the decision used
+snapshot_age_s                      float64?               s           its age when the request was placed
+policy_hash                         string?                -           the policy the decision used
+decision_json                       string?                -           ``PlacementDecision.to_dict()`` as compact
+                                                                       JSON, each candidate with its substrate's
+                                                                       static facts (class, kind, jurisdiction,
+                                                                       region, zone, emulated) at decision time
+==================================  =====================  ==========  ============================================
+
+Never written: API keys (tenant or provider), prompt text, completion text. ``audit_row`` receives
+none of them, and client-controlled strings that reach it through the decision (the model name and
+the SLA-class header) are written only when they name a configured model or class; otherwise as
+a digest. A new column may be added in a later version (readers fill it with null for old files);
+renaming or retyping one is a new version.
+
+Files: ``DIR/date=YYYY-MM-DD/audit-<writer_id>-<seq>.parquet`` (Hive partitioning by the row's UTC
+date). Each ``flush`` writes complete files under a hidden temporary name (``.``-prefixed, which
+``pyarrow.dataset`` and pandas skip) and renames them into place, so readers never see half a file.
+The background thread flushes every ``flush_interval_s`` (2 s by default); ``close`` flushes the
+rest. Compaction (rotation): a writer merges its small files of one partition into one
+``audit-<writer_id>-<first>to<last>.parquet`` once they span ``rotate_interval_s`` or reach
+``rotate_bytes``, and on ``close``. The merged file is renamed into place before its sources are
+removed; ``read_audit`` ignores a small file covered by a merged file of the same writer, so it
+never counts a row twice, and a writer that restarts removes covered leftovers of a crash. (A raw
+``pyarrow.dataset`` reader can see both during the few milliseconds between the rename and the
+removals.) ``writer_id`` must be unique among running writers; the ingress uses its replica id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from inferplane.placement.decision import CandidateVerdict, PlacementDecision, SpilloverReason
+from inferplane.placement.filters import RejectionCode
+from inferplane.placement.fleet import FleetSpec, SubstrateSpec
+from inferplane.placement.policy import SlaPolicy
+from inferplane.telemetry.cost import request_cost
+
+log = logging.getLogger("inferplane.audit")
+
+AUDIT_SCHEMA_VERSION = 1
+_TS = pa.timestamp("us", tz="UTC")
+
+AUDIT_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("schema_version", pa.int16(), nullable=False),
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("placement_id", pa.string()),
+        pa.field("time", _TS, nullable=False),
+        pa.field("finished_at", _TS, nullable=False),
+        pa.field("ingress_id", pa.string(), nullable=False),
+        pa.field("ingress_region", pa.string()),
+        pa.field("tenant", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("sla_class", pa.string()),
+        pa.field("substrate", pa.string()),
+        pa.field("substrate_class", pa.string()),
+        pa.field("substrate_kind", pa.string()),
+        pa.field("emulated", pa.bool_()),
+        pa.field("jurisdiction", pa.string()),
+        pa.field("region", pa.string()),
+        pa.field("zone", pa.string()),
+        pa.field("primary_substrate", pa.string()),
+        pa.field("spillover", pa.bool_(), nullable=False),
+        pa.field("spillover_reason", pa.string()),
+        pa.field("boundary", pa.string(), nullable=False),
+        pa.field("spillover_extra_cost_usd", pa.float64()),
+        pa.field("spillover_extra_cost_actual_usd", pa.float64()),
+        pa.field("candidate_count", pa.int32(), nullable=False),
+        pa.field("eligible_count", pa.int32(), nullable=False),
+        pa.field("rejections", pa.string()),
+        pa.field("rejection_counts", pa.map_(pa.string(), pa.int32()), nullable=False),
+        pa.field("rejection_code", pa.string()),
+        pa.field("rejection_message", pa.string()),
+        pa.field("attempts", pa.int16(), nullable=False),
+        pa.field("status_code", pa.int16(), nullable=False),
+        pa.field("error_code", pa.string()),
+        pa.field("streamed", pa.bool_(), nullable=False),
+        pa.field("ttft_s", pa.float64()),
+        pa.field("e2e_s", pa.float64()),
+        pa.field("tpot_s", pa.float64()),
+        pa.field("input_tokens", pa.int32()),
+        pa.field("output_tokens", pa.int32()),
+        pa.field("cost_usd", pa.float64()),
+        pa.field("cost_tokens_usd", pa.float64()),
+        pa.field("cost_gpu_usd", pa.float64()),
+        pa.field("cost_egress_usd", pa.float64()),
+        pa.field("predicted_ttft_s", pa.float64()),
+        pa.field("predicted_e2e_s", pa.float64()),
+        pa.field("estimated_cost_usd", pa.float64()),
+        pa.field("ttft_deadline_s", pa.float64()),
+        pa.field("e2e_deadline_s", pa.float64()),
+        pa.field("met_sla", pa.bool_()),
+        pa.field("snapshot_version", pa.int64()),
+        pa.field("snapshot_age_s", pa.float64()),
+        pa.field("policy_hash", pa.string()),
+        pa.field("decision_json", pa.string()),
+    ],
+    metadata={"inferplane.audit.schema_version": str(AUDIT_SCHEMA_VERSION)},
+)
+COLUMNS: tuple[str, ...] = tuple(AUDIT_SCHEMA.names)
+_COLUMN_SET = frozenset(COLUMNS)
+
+BOUNDARIES = ("none", "zone", "region", "jurisdiction")
+
+# The engine validates these client-supplied names in this order; a refusal at one of these
+# codes means the SLA class named in the request was not (yet) checked against the config.
+_SLA_UNCHECKED = frozenset({
+    RejectionCode.UNKNOWN_MODEL, RejectionCode.UNKNOWN_TENANT, RejectionCode.MODEL_NOT_ALLOWED,
+    RejectionCode.UNKNOWN_SLA_CLASS,
+})
+_ERROR_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+# -------------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutcome:
+    """How a request ended, as the ingress saw it. Times are seconds from receipt (what the client
+    experienced, placement and retries included); ``finished_at_s`` is on the plane's clock."""
+
+    status_code: int
+    error_code: str | None
+    attempts: int
+    ttft_s: float | None
+    e2e_s: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    streamed: bool
+    finished_at_s: float
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first: ``(e2e - ttft) / (output_tokens - 1)``."""
+        if self.ttft_s is None or self.e2e_s is None or self.output_tokens is None or self.output_tokens < 2:
+            return None
+        return max(0.0, self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _digest(value: str) -> str:
+    return "unknown:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _safe_error_code(code: str | None) -> str | None:
+    if code is None or _ERROR_CODE_RE.fullmatch(code):
+        return code
+    return _digest(code)
+
+
+def _spec_or_none(fleet: FleetSpec, name: str | None) -> SubstrateSpec | None:
+    if name is None:
+        return None
+    for spec in fleet.substrates:
+        if spec.name == name:
+            return spec
+    return None
+
+
+def boundary_crossed(primary: SubstrateSpec | None, chosen: SubstrateSpec | None) -> str:
+    """The widest boundary between the primary and the chosen substrate: ``jurisdiction`` when the
+    countries they may execute in differ, else ``region``, else ``zone``, else ``none``. An unknown
+    primary counts as the widest (unknown is never assumed to be close)."""
+    if chosen is None:
+        return "none"
+    if primary is None:
+        return "jurisdiction"
+    if primary.countries != chosen.countries:
+        return "jurisdiction"
+    if primary.region != chosen.region:
+        return "region"
+    if primary.zone != chosen.zone:
+        return "zone"
+    return "none"
+
+
+def roll_up_rejections(decision: PlacementDecision) -> tuple[str | None, dict[str, int]]:
+    """The rejected candidates as "n summary, ..." (most frequent first) and counts by code."""
+    rejected = [c for c in decision.candidates if not c.eligible]
+    if not rejected:
+        return None, {}
+    by_summary = Counter(c.summary or (c.code.value if c.code else "rejected") for c in rejected)
+    text = ", ".join(f"{n} {s}" for s, n in sorted(by_summary.items(), key=lambda kv: (-kv[1], kv[0])))
+    by_code = Counter(c.code.value for c in rejected if c.code is not None)
+    return text, dict(sorted(by_code.items()))
+
+
+def recorded_decision(decision: PlacementDecision, fleet: FleetSpec,
+                      redact: Mapping[str, str] | None = None) -> dict:
+    """``decision.to_dict()`` with ``scorer_names`` and, on each candidate, its rejection summary
+    and its substrate's static facts from ``fleet`` (class, kind, jurisdiction, region, zone,
+    emulated, display name); client text replaced per ``redact`` (raw value -> what to write) in
+    ``model``, ``sla_class`` and ``rejection_message``. ``decision_from_record`` inverts it."""
+    out = decision.to_dict()
+    for cand, verdict in zip(out["candidates"], decision.candidates):
+        cand["summary"] = verdict.summary
+        spec = _spec_or_none(fleet, cand["name"])
+        if spec is not None:
+            cand.update(substrate_class=spec.substrate_class, kind=spec.kind, jurisdiction=spec.jurisdiction,
+                        region=spec.region, zone=spec.zone, emulated=spec.emulated, emulates=spec.emulates,
+                        display_name=spec.display_name)
+    out["scorer_names"] = list(decision.scorer_names)
+    for raw, safe in (redact or {}).items():
+        if not raw:
+            continue
+        for key in ("model", "sla_class"):
+            if out[key] == raw:
+                out[key] = safe
+        if out["rejection_message"]:
+            out["rejection_message"] = out["rejection_message"].replace(raw, safe)
+    return out
+
+
+def decision_from_record(record: Mapping[str, Any]) -> PlacementDecision:
+    """The ``PlacementDecision`` a ``recorded_decision`` dict (an audit row's ``decision_json``) was
+    made from."""
+    names = tuple(record.get("scorer_names") or next(
+        (list(c["scores"]) for c in record["candidates"] if c.get("scores") is not None), []))
+    candidates = tuple(
+        CandidateVerdict(
+            name=c["name"], eligible=c["eligible"],
+            code=None if c["code"] is None else RejectionCode(c["code"]),
+            summary=c.get("summary"), reason=c["reason"],
+            scores=None if c["scores"] is None else tuple(c["scores"][n] for n in names),
+            total=c["total"], ttft_s=c["predicted_ttft_s"], e2e_s=c["predicted_e2e_s"],
+            cost_usd=c["estimated_cost_usd"], meets_sla=c["meets_sla"],
+        )
+        for c in record["candidates"]
+    )
+    reason = record["spillover_reason"]
+    code = record["rejection_code"]
+    return PlacementDecision(
+        placement_id=record["placement_id"], request_id=record["request_id"], attempt=record["attempt"],
+        tenant=record["tenant"], model=record["model"], sla_class=record["sla_class"],
+        substrate=record["substrate"], fallbacks=tuple(record["fallbacks"]), primary=record["primary"],
+        spillover=record["spillover"], spillover_reason=None if reason is None else SpilloverReason(reason),
+        candidates=candidates, scorer_names=names, predicted_ttft_s=record["predicted_ttft_s"],
+        predicted_e2e_s=record["predicted_e2e_s"], estimated_cost_usd=record["estimated_cost_usd"],
+        rejection_code=None if code is None else RejectionCode(code),
+        rejection_message=record["rejection_message"], policy_hash=record["policy_hash"],
+        snapshot_version=record["snapshot_version"],
+    )
+
+
+def audit_row(
+    *,
+    request_id: str,
+    ingress_id: str,
+    received_at_s: float,
+    tenant: str | None,
+    model: str | None,
+    sla_class: str | None,
+    decision: PlacementDecision | None,
+    outcome: RequestOutcome,
+    fleet: FleetSpec,
+    ingress_region: str | None,
+    snapshot_age_s: float | None,
+    sla: SlaPolicy | None = None,
+) -> dict[str, Any]:
+    """The audit row of one finished request, derived from its final decision and its outcome.
+
+    ``decision`` is None for a request refused before placement (no valid key: ``tenant`` None;
+    unreadable body; no fleet snapshot); then ``tenant``/``model``/``sla_class`` are what the ingress
+    knew. With a decision, those come from the decision. ``sla`` (the request's SLA class from the
+    policy, when it exists) adds the deadlines and ``met_sla``. Cost is ``request_cost`` on the
+    chosen substrate with the outcome's tokens and end-to-end time.
+    """
+    if decision is not None:
+        tenant, model, sla_class = decision.tenant, decision.model, decision.sla_class
+
+    # Client-controlled names are written only when the config knows them.
+    redact: dict[str, str] = {}
+    if model is not None:
+        canonical = fleet.model_names.get(model)
+        if canonical is None:
+            redact[model] = _digest(model)
+            model = redact[model]
+        else:
+            model = canonical
+    if sla_class is not None:
+        checked = (sla is not None and sla.name == sla_class) or (
+            decision is not None and decision.rejection_code not in _SLA_UNCHECKED)
+        if not checked:
+            redact[sla_class] = _digest(sla_class)
+            sla_class = redact[sla_class]
+
+    chosen = primary = None
+    spill = False
+    cost = None
+    row_decision: dict[str, Any] = {
+        "placement_id": None, "substrate": None, "substrate_class": None, "substrate_kind": None,
+        "emulated": None, "jurisdiction": None, "region": None, "zone": None, "primary_substrate": None,
+        "spillover": False, "spillover_reason": None, "boundary": "none", "spillover_extra_cost_usd": None,
+        "spillover_extra_cost_actual_usd": None, "candidate_count": 0, "eligible_count": 0,
+        "rejections": None, "rejection_counts": {}, "rejection_code": None, "rejection_message": None,
+        "predicted_ttft_s": None, "predicted_e2e_s": None, "estimated_cost_usd": None,
+        "snapshot_version": None, "policy_hash": None, "decision_json": None,
+    }
+    e2e = outcome.e2e_s if outcome.e2e_s is not None else 0.0
+    in_tok = outcome.input_tokens or 0
+    out_tok = outcome.output_tokens or 0
+    if decision is not None:
+        chosen = _spec_or_none(fleet, decision.substrate)
+        primary = _spec_or_none(fleet, decision.primary)
+        spill = decision.placed and decision.spillover
+        rejections, by_code = roll_up_rejections(decision)
+        message = decision.rejection_message
+        for raw, safe in redact.items():
+            if message and raw:
+                message = message.replace(raw, safe)
+        row_decision.update(
+            placement_id=decision.placement_id,
+            substrate=decision.substrate,
+            primary_substrate=decision.primary,
+            spillover=spill,
+            spillover_reason=decision.spillover_reason.value if spill and decision.spillover_reason else None,
+            candidate_count=len(decision.candidates),
+            eligible_count=decision.eligible_count,
+            rejections=rejections,
+            rejection_counts=by_code,
+            rejection_code=None if decision.rejection_code is None else decision.rejection_code.value,
+            rejection_message=message,
+            predicted_ttft_s=decision.predicted_ttft_s,
+            predicted_e2e_s=decision.predicted_e2e_s,
+            estimated_cost_usd=decision.estimated_cost_usd,
+            snapshot_version=decision.snapshot_version,
+            policy_hash=decision.policy_hash,
+            decision_json=json.dumps(recorded_decision(decision, fleet, redact), separators=(",", ":"),
+                                     allow_nan=False),
+        )
+        if chosen is not None:
+            row_decision.update(
+                substrate_class=chosen.substrate_class, substrate_kind=chosen.kind, emulated=chosen.emulated,
+                jurisdiction=chosen.jurisdiction, region=chosen.region, zone=chosen.zone,
+            )
+            cost = request_cost(chosen, in_tok, out_tok, e2e, ingress_region)
+        if spill:
+            row_decision["boundary"] = boundary_crossed(primary, chosen)
+            primary_verdict = next((c for c in decision.candidates if c.name == decision.primary), None)
+            if (primary_verdict is not None and primary_verdict.cost_usd is not None
+                    and decision.estimated_cost_usd is not None):
+                row_decision["spillover_extra_cost_usd"] = decision.estimated_cost_usd - primary_verdict.cost_usd
+            if primary is not None and cost is not None:
+                on_primary = request_cost(primary, in_tok, out_tok, e2e, ingress_region)
+                row_decision["spillover_extra_cost_actual_usd"] = cost.total_usd - on_primary.total_usd
+
+    ttft_deadline = e2e_deadline = met = None
+    if sla is not None and sla.name == sla_class:
+        ttft_deadline, e2e_deadline = sla.ttft_deadline_s, sla.e2e_deadline_s
+        met = (outcome.status_code == 200 and outcome.ttft_s is not None and outcome.e2e_s is not None
+               and outcome.ttft_s <= ttft_deadline and outcome.e2e_s <= e2e_deadline)
+
+    row: dict[str, Any] = {
+        "schema_version": AUDIT_SCHEMA_VERSION,
+        "request_id": request_id,
+        "time": _utc(received_at_s),
+        "finished_at": _utc(outcome.finished_at_s),
+        "ingress_id": ingress_id,
+        "ingress_region": ingress_region,
+        "tenant": tenant,
+        "model": model,
+        "sla_class": sla_class,
+        **row_decision,
+        "attempts": outcome.attempts,
+        "status_code": outcome.status_code,
+        "error_code": _safe_error_code(outcome.error_code),
+        "streamed": outcome.streamed,
+        "ttft_s": outcome.ttft_s,
+        "e2e_s": outcome.e2e_s,
+        "tpot_s": outcome.tpot_s,
+        "input_tokens": outcome.input_tokens,
+        "output_tokens": outcome.output_tokens,
+        "cost_usd": None if cost is None else cost.total_usd,
+        "cost_tokens_usd": None if cost is None else cost.tokens_usd,
+        "cost_gpu_usd": None if cost is None else cost.gpu_usd,
+        "cost_egress_usd": None if cost is None else cost.egress_usd,
+        "ttft_deadline_s": ttft_deadline,
+        "e2e_deadline_s": e2e_deadline,
+        "met_sla": met,
+        "snapshot_age_s": snapshot_age_s if decision is not None else None,
+    }
+    return {name: row[name] for name in COLUMNS}
+
+
+# -------------------------------------------------------------------------------------------------
+# Files
+
+_WRITER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FILE_RE = re.compile(r"^audit-(?P<writer>.+)-(?P<first>\d{10})(?:to(?P<last>\d{10}))?\.parquet$")
+_PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFile:
+    path: Path
+    writer: str
+    first_seq: int
+    last_seq: int
+
+    @property
+    def merged(self) -> bool:
+        return self.first_seq != self.last_seq
+
+
+def _parse(path: Path) -> AuditFile | None:
+    m = _FILE_RE.fullmatch(path.name)
+    if m is None:
+        return None
+    first = int(m["first"])
+    return AuditFile(path, m["writer"], first, int(m["last"]) if m["last"] else first)
+
+
+def _partitions(directory: Path) -> list[tuple[date, Path]]:
+    out = []
+    if not directory.is_dir():
+        return out
+    for child in directory.iterdir():
+        m = _PARTITION_RE.fullmatch(child.name)
+        if m and child.is_dir():
+            out.append((date.fromisoformat(m[1]), child))
+    return sorted(out)
+
+
+def _visible(partition: Path) -> list[AuditFile]:
+    """The partition's audit files, without small files covered by a merged file of their writer."""
+    files = [f for f in map(_parse, sorted(partition.iterdir())) if f is not None]
+    merged: dict[str, list[tuple[int, int]]] = {}
+    for f in files:
+        if f.merged:
+            merged.setdefault(f.writer, []).append((f.first_seq, f.last_seq))
+    return [f for f in files
+            if f.merged or not any(a <= f.first_seq <= b for a, b in merged.get(f.writer, ()))]
+
+
+def audit_files(directory: str | os.PathLike[str], since: date | None = None) -> list[Path]:
+    """The files that make up the dataset now, each row in exactly one of them."""
+    return [f.path for d, part in _partitions(Path(directory)) if since is None or d >= since
+            for f in _visible(part)]
+
+
+def read_audit(directory: str | os.PathLike[str], since: datetime | None = None, *,
+               where: ds.Expression | None = None) -> pa.Table:
+    """Every audit row in ``directory`` (received at or after ``since``, and matching ``where``, a
+    ``pyarrow.dataset`` expression, if given), ordered by time.
+
+    Safe while writers run: it reads only complete files, and re-lists if a compaction removed a
+    file between listing and reading. Columns are ``AUDIT_SCHEMA``'s; a file of an older version
+    reads with nulls in the columns it lacks. A naive ``since`` is taken as UTC.
+    """
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    flt = where
+    if since is not None:
+        after = ds.field("time") >= pa.scalar(since, type=_TS)
+        flt = after if flt is None else flt & after
+    for attempt in range(8):
+        paths = audit_files(directory, None if since is None else since.astimezone(UTC).date())
+        if not paths:
+            return AUDIT_SCHEMA.empty_table()
+        try:
+            dataset = ds.dataset([str(p) for p in paths], schema=AUDIT_SCHEMA, format="parquet")
+            table = dataset.to_table(filter=flt)
+            break
+        except FileNotFoundError:
+            if attempt == 7:
+                raise
+    return table.sort_by([("time", "ascending"), ("request_id", "ascending")])
+
+
+def _write_atomically(table: pa.Table, final: Path, compression: str | None) -> int:
+    """Write ``table`` to a hidden temporary file, fsync it, rename it to ``final``; its size."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression=compression or "none")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+    return final.stat().st_size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class _SmallFile:
+    seq: int
+    path: Path
+    size: int
+    written_at_s: float
+
+
+class AuditLog:
+    """Appends audit rows from any thread; writes them to Parquet from a background thread.
+
+    ``append`` only takes a lock and appends to a list: no I/O, safe on an event loop. Rows are
+    written within ``flush_interval_s`` (plus the write). Up to ``max_pending_rows`` rows wait in
+    memory while the disk fails (failed writes are retried at the next flush); beyond that, rows
+    are dropped and counted in ``dropped_rows``. ``close`` flushes everything, compacts, and is
+    idempotent. ``background=False`` starts no thread (tests call ``flush`` themselves).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        writer_id: str,
+        *,
+        flush_interval_s: float = 2.0,
+        rotate_bytes: int = 64 * 2**20,
+        rotate_interval_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+        compression: str | None = "zstd",
+        max_pending_rows: int = 1_000_000,
+        compact_on_close: bool = True,
+        background: bool = True,
+    ) -> None:
+        if not _WRITER_RE.fullmatch(writer_id):
+            raise ValueError(f"writer_id {writer_id!r} must match {_WRITER_RE.pattern}")
+        if flush_interval_s <= 0 or rotate_interval_s <= 0 or rotate_bytes <= 0:
+            raise ValueError("flush_interval_s, rotate_interval_s and rotate_bytes must be > 0")
+        self._dir = Path(directory)
+        self._writer = writer_id
+        self._flush_interval_s = flush_interval_s
+        self._rotate_bytes = rotate_bytes
+        self._rotate_interval_s = rotate_interval_s
+        self._clock = clock
+        self._compression = compression
+        self._max_pending = max_pending_rows
+        self._compact_on_close = compact_on_close
+        self._lock = threading.Lock()  # guards _pending and _dropped
+        self._io_lock = threading.Lock()  # one flush or compaction at a time
+        self._pending: list[dict[str, Any]] = []
+        self._dropped = 0
+        self._closed = False
+        self._segments: dict[str, list[_SmallFile]] = {}
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._seq = self._recover()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name=f"inferplane-audit-{writer_id}", daemon=True)
+            self._thread.start()
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
+    def dropped_rows(self) -> int:
+        return self._dropped
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self._pending)
+
+    # -- the hot path ------------------------------------------------------------------------
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Queue one row (as made by ``audit_row``). Raises on a row with other columns."""
+        if row.keys() != _COLUMN_SET:
+            missing, extra = _COLUMN_SET - row.keys(), row.keys() - _COLUMN_SET
+            raise ValueError(f"not an audit row: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        with self._lock:
+            if self._closed:  # checked under the lock: a row queued before close() is written by it
+                raise RuntimeError("the audit log is closed")
+            if len(self._pending) >= self._max_pending:
+                self._dropped += 1
+                return
+            self._pending.append(row)
+
+    # -- writing -----------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Write every queued row now, then compact what is due; the number of rows written."""
+        with self._io_lock:
+            written = self._flush_locked()
+            self._compact_locked(self._clock(), force=False)
+            return written
+
+    def close(self) -> None:
+        """Stop the thread, write every queued row, compact. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._io_lock:
+            self._flush_locked()
+            self._compact_locked(self._clock(), force=self._compact_on_close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_interval_s):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("audit flush failed; %d rows queued for the next one", len(self._pending))
+
+    def _flush_locked(self) -> int:
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if not rows:
+            return 0
+        by_date: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            ts: datetime = row["time"]
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+            by_date.setdefault(ts.astimezone(UTC).date().isoformat(), []).append(row)
+        written = 0
+        batches = sorted(by_date.items())
+        for i, (day, batch) in enumerate(batches):
+            table = self._table(batch)
+            if table.num_rows == 0:
+                continue
+            try:
+                self._write_small(day, table)
+            except BaseException:
+                # Nothing of this batch or later ones is visible: queue them again, in order.
+                unwritten = [r for _, b in batches[i:] for r in b]
+                with self._lock:
+                    self._pending[:0] = unwritten
+                raise
+            written += table.num_rows
+        return written
+
+    def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        try:
+            return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            good = []
+            for row in rows:
+                try:
+                    pa.Table.from_pylist([row], schema=AUDIT_SCHEMA)
+                    good.append(row)
+                except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                    with self._lock:
+                        self._dropped += 1
+                    log.error("dropping an audit row that does not fit the schema (request %s): %s",
+                              row.get("request_id"), type(exc).__name__)
+            return pa.Table.from_pylist(good, schema=AUDIT_SCHEMA)
+
+    def _write_small(self, day: str, table: pa.Table) -> None:
+        part = self._dir / f"date={day}"
+        part.mkdir(exist_ok=True)
+        seq = self._seq
+        self._seq += 1
+        path = part / f"audit-{self._writer}-{seq:010d}.parquet"
+        size = _write_atomically(table, path, self._compression)
+        self._segments.setdefault(day, []).append(_SmallFile(seq, path, size, self._clock()))
+
+    # -- compaction --------------------------------------------------------------------------
+    def _compact_locked(self, now_s: float, *, force: bool) -> None:
+        for day in list(self._segments):
+            files = self._segments[day]
+            due = force or (files and (now_s - files[0].written_at_s >= self._rotate_interval_s
+                                       or sum(f.size for f in files) >= self._rotate_bytes))
+            if not due:
+                continue
+            del self._segments[day]
+            if len(files) >= 2:
+                try:
+                    self._merge(day, files)
+                except Exception:  # the small files stay: nothing is lost, only not merged
+                    log.exception("could not merge %d audit files of %s; leaving them as they are", len(files), day)
+
+    def _merge(self, day: str, files: list[_SmallFile]) -> None:
+        """One file for ``files``: written and renamed into place before the sources go, so a
+        crash in between leaves a merged file that covers them (dropped at the next start)."""
+        table = pa.concat_tables([pq.read_table(f.path, schema=AUDIT_SCHEMA) for f in files]).combine_chunks()
+        target = self._dir / f"date={day}" / f"audit-{self._writer}-{files[0].seq:010d}to{files[-1].seq:010d}.parquet"
+        _write_atomically(table, target, self._compression)
+        for f in files:
+            f.path.unlink(missing_ok=True)
+        _fsync_dir(target.parent)
+
+    def _recover(self) -> int:
+        """Finish what a previous run of this writer left: drop its temporary files and small files
+        covered by a merged one, adopt its other small files for compaction; the next sequence."""
+        last = 0
+        now = self._clock()
+        for _, part in _partitions(self._dir):
+            mine: list[AuditFile] = []
+            for child in sorted(part.iterdir()):
+                if child.name.startswith(".") and child.name.endswith(".tmp"):
+                    tmp = _parse(Path(child.name[1:-len(".tmp")]))
+                    if tmp is not None and tmp.writer == self._writer:
+                        child.unlink(missing_ok=True)  # an interrupted write of ours
+                    continue
+                f = _parse(child)
+                if f is not None and f.writer == self._writer:
+                    mine.append(f)
+                    last = max(last, f.last_seq)
+            ranges = [(f.first_seq, f.last_seq) for f in mine if f.merged]
+            day = part.name[len("date="):]
+            for f in mine:
+                if f.merged:
+                    continue
+                if any(a <= f.first_seq <= b for a, b in ranges):
+                    f.path.unlink(missing_ok=True)
+                else:
+                    self._segments.setdefault(day, []).append(
+                        _SmallFile(f.first_seq, f.path, f.path.stat().st_size, now))
+        return last + 1

@@ -1,0 +1,58 @@
+"""What a finished request cost, from its substrate's cost model (``SubstrateSpec.cost``).
+
+All amounts in USD. For a request with ``input_tokens`` in, ``output_tokens`` out and an
+end-to-end time of ``e2e_s`` seconds on substrate ``s`` (``c = s.cost``):
+
+    tokens_usd = input_tokens * c.usd_per_input_token + output_tokens * c.usd_per_output_token
+    gpu_usd    = c.usd_per_slot_second * e2e_s
+    egress_usd = (input_tokens + output_tokens) * 4 * c.egress_usd_per_byte
+                     if s.region != ingress_region (or ingress_region is unknown), else 0
+    total_usd  = tokens_usd + gpu_usd + egress_usd
+
+``gpu_usd`` amortises owned hardware: ``usd_per_slot_second`` is the substrate's GPU-hour price x
+its GPUs / 3600 / its concurrent slots (``config.build``), so a request is charged for the one
+slot it held for as long as it held it. Idle slots are charged to nobody: the sum over requests is
+the hardware's cost only when every slot is busy, and the gap is the cost of idle capacity.
+
+Egress is charged at 4 bytes per token (``estimate.BYTES_PER_TOKEN``), the same rule the placement
+engine uses for its estimate, so a request's estimated and attributed costs differ only in tokens
+and time, never in formula.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from inferplane.placement.estimate import BYTES_PER_TOKEN
+from inferplane.placement.fleet import SubstrateSpec
+
+
+class CostBreakdown(NamedTuple):
+    tokens_usd: float
+    gpu_usd: float
+    egress_usd: float
+    total_usd: float
+
+
+ZERO = CostBreakdown(0.0, 0.0, 0.0, 0.0)
+
+
+def request_cost(
+    spec: SubstrateSpec,
+    input_tokens: int,
+    output_tokens: int,
+    e2e_s: float,
+    ingress_region: str | None,
+) -> CostBreakdown:
+    """The cost of one finished request on ``spec`` (see the module docstring for the formula)."""
+    if input_tokens < 0 or output_tokens < 0:
+        raise ValueError(f"token counts must be >= 0, got {input_tokens} in, {output_tokens} out")
+    if not e2e_s >= 0.0:  # also rejects NaN
+        raise ValueError(f"e2e_s must be >= 0, got {e2e_s}")
+    c = spec.cost
+    tokens_usd = input_tokens * c.usd_per_input_token + output_tokens * c.usd_per_output_token
+    gpu_usd = c.usd_per_slot_second * e2e_s
+    egress_usd = 0.0
+    if ingress_region is None or spec.region != ingress_region:
+        egress_usd = (input_tokens + output_tokens) * BYTES_PER_TOKEN * c.egress_usd_per_byte
+    return CostBreakdown(tokens_usd, gpu_usd, egress_usd, tokens_usd + gpu_usd + egress_usd)

@@ -1,0 +1,528 @@
+"""Prometheus metrics of the plane, correct across every ingress replica from one scrape endpoint.
+
+A scrape through the Serve proxy lands on one random ingress replica, so per-replica metrics would
+be wrong. Instead each ingress replica records into a ``MetricsDelta`` (plain dicts keyed by label
+tuples; histogram bucket counts), hands it to the PlacementActor on its periodic sync and starts a
+new one. The actor merges every delta into ``PlaneMetrics``, a ``prometheus_client`` collector in
+its own ``CollectorRegistry``, served by ``serve_metrics``: the only endpoint to scrape.
+
+``MetricsOutbox`` makes the hand-over exactly-once: each delta gets a sequence number and stays
+in the outbox until a sync that carried it succeeds; ``PlaneMetrics.apply`` skips a
+``(source, seq)`` it has already merged, so a sync that timed out after the actor applied it is
+not counted twice when resent.
+
+Metrics (counters end in ``_total``; times in seconds; money in USD):
+
+- ``inferplane_placements_total{tenant,model,sla_class,substrate,spillover}``: placements, one per
+  ``place()`` that named a substrate (a retry is another placement).
+- ``inferplane_spillovers_total{from_substrate,to_substrate,reason}``: placements off the primary.
+- ``inferplane_rejections_total{code,tenant,model}``: requests refused, by code: the decision's
+  ``RejectionCode`` (``jurisdiction``, ``context_window``, ``capacity``, ``unhealthy``...), or the
+  ingress's own (``auth``, ``invalid``, ``snapshot_stale``; see ``rejection_code_for``).
+- ``inferplane_requests_total{tenant,model,sla_class,substrate,outcome}``: finished requests that
+  ran on a substrate, ``outcome`` ``ok`` or ``error``.
+- ``inferplane_input_tokens_total`` / ``inferplane_output_tokens_total{tenant,substrate}``.
+- ``inferplane_cost_usd_total{tenant,substrate}``: attributed cost (``telemetry.cost``).
+- ``inferplane_placement_duration_seconds{result}``: time in ``place()`` (histogram).
+- ``inferplane_request_duration_seconds{substrate,sla_class}``: end-to-end time of successful
+  requests, from receipt (histogram).
+- ``inferplane_time_to_first_token_seconds{substrate,sla_class}`` and
+  ``inferplane_time_per_output_token_seconds{substrate}`` (histograms).
+- ``inferplane_audit_rows_dropped_total``: audit rows an ingress could not queue.
+- Per substrate, from the actor's latest snapshot (a signal that is missing has no sample):
+  ``inferplane_substrate_info{substrate,substrate_class,kind,jurisdiction,region,zone,emulated}`` (1),
+  ``inferplane_substrate_in_flight_requests``, ``inferplane_substrate_queued_requests``,
+  ``inferplane_substrate_gpu_memory_used_ratio``, ``inferplane_substrate_kv_cache_usage_ratio``,
+  ``inferplane_substrate_rate_limit_remaining_requests``,
+  ``inferplane_substrate_rate_limit_remaining_tokens``, ``inferplane_substrate_error_ratio``,
+  ``inferplane_substrate_circuit_state`` (0 closed, 1 half-open, 2 open),
+  ``inferplane_substrate_external_signal{substrate,signal}`` (values the platform team pushed) and
+  ``inferplane_substrate_signal_age_seconds{substrate,signal}`` (age when the snapshot was taken).
+- ``inferplane_snapshot_version`` and ``inferplane_signals_updated_timestamp_seconds`` (the actor's),
+  ``inferplane_ingress_snapshot_version{ingress}`` and ``inferplane_ingress_snapshot_age_seconds{ingress}``
+  (each ingress replica's, as of its last sync).
+
+Label values never carry client text: given a ``LabelVocabulary`` (the config's tenants, models,
+SLA classes and substrates), any other value becomes ``other``; a missing one is ``""``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from inferplane.placement.decision import PlacementDecision, SpilloverReason
+from inferplane.placement.fleet import FleetSpec
+from inferplane.placement.policy import PlacementPolicy
+from inferplane.placement.signals import CircuitState
+from inferplane.placement.snapshot import FleetSnapshot
+
+PREFIX = "inferplane_"
+METRICS_PORT = 9464
+OTHER = "other"
+
+PLACEMENT_BUCKETS_S = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
+TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterDef:
+    name: str
+    """Without the prefix and without ``_total`` (prometheus_client appends it)."""
+    doc: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramDef:
+    name: str
+    doc: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...]
+
+
+COUNTERS: dict[str, CounterDef] = {c.name: c for c in (
+    CounterDef("placements", "Placements (each place() that named a substrate; a retry is another).",
+               ("tenant", "model", "sla_class", "substrate", "spillover")),
+    CounterDef("spillovers", "Placements off the model's primary substrate, by reason.",
+               ("from_substrate", "to_substrate", "reason")),
+    CounterDef("rejections", "Requests refused, by rejection code.", ("code", "tenant", "model")),
+    CounterDef("requests", "Finished requests that ran on a substrate, by outcome (ok or error).",
+               ("tenant", "model", "sla_class", "substrate", "outcome")),
+    CounterDef("input_tokens", "Input (prompt) tokens of finished requests.", ("tenant", "substrate")),
+    CounterDef("output_tokens", "Output (completion) tokens of finished requests.", ("tenant", "substrate")),
+    CounterDef("cost_usd", "Attributed cost of finished requests, USD.", ("tenant", "substrate")),
+    CounterDef("audit_rows_dropped", "Audit rows an ingress replica could not queue.", ()),
+)}
+HISTOGRAMS: dict[str, HistogramDef] = {h.name: h for h in (
+    HistogramDef("placement_duration_seconds", "Time spent in place(), seconds.", ("result",),
+                 PLACEMENT_BUCKETS_S),
+    HistogramDef("request_duration_seconds", "End-to-end time of successful requests from receipt, seconds.",
+                 ("substrate", "sla_class"), LATENCY_BUCKETS_S),
+    HistogramDef("time_to_first_token_seconds", "Time from receipt to the first token, seconds.",
+                 ("substrate", "sla_class"), TTFT_BUCKETS_S),
+    HistogramDef("time_per_output_token_seconds", "Mean time per output token after the first, seconds.",
+                 ("substrate",), TPOT_BUCKETS_S),
+)}
+
+CIRCUIT_VALUE = {CircuitState.CLOSED: 0.0, CircuitState.HALF_OPEN: 1.0, CircuitState.OPEN: 2.0}
+# signal field -> (gauge name, help)
+SIGNAL_GAUGES: dict[str, tuple[str, str]] = {
+    "in_flight": ("substrate_in_flight_requests", "Requests running on the substrate."),
+    "queued": ("substrate_queued_requests", "Requests waiting in the substrate's queue."),
+    "gpu_memory_used_ratio": ("substrate_gpu_memory_used_ratio", "GPU memory used, 0-1."),
+    "kv_cache_usage": ("substrate_kv_cache_usage_ratio", "KV-cache use, 0-1."),
+    "rate_limit_requests_remaining": ("substrate_rate_limit_remaining_requests",
+                                      "Requests left in the API's rate-limit window."),
+    "rate_limit_tokens_remaining": ("substrate_rate_limit_remaining_tokens",
+                                    "Tokens left in the API's rate-limit window."),
+    "error_rate": ("substrate_error_ratio", "Share of recent outcomes that failed, 0-1."),
+}
+SIGNAL_FIELDS = (*SIGNAL_GAUGES, "recent_ttft_s", "recent_tpot_s")
+
+# Codes the ingress answers with before placement -> the rejection code counted.
+API_ERROR_REJECTION: dict[str, str] = {
+    "invalid_api_key": "auth",
+    "invalid_json": "invalid",
+    "invalid_request": "invalid",
+    "request_too_large": "invalid",
+    "placement_unavailable": "snapshot_stale",
+}
+_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_SHAPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_REASONS = frozenset(r.value for r in SpilloverReason)
+_FIXED = {"spillover": frozenset({"true", "false"}), "outcome": frozenset({"ok", "error"}),
+          "result": frozenset({"placed", "rejected"})}
+
+
+def rejection_code_for(api_error_code: str) -> str:
+    """The rejection code to count for an error the ingress answers before placement."""
+    return API_ERROR_REJECTION.get(api_error_code, api_error_code)
+
+
+# -------------------------------------------------------------------------------------------------
+# Label values
+
+
+@dataclass(frozen=True, slots=True)
+class LabelVocabulary:
+    """The values each label may take; anything else is recorded as ``other``."""
+
+    tenants: frozenset[str]
+    models: Mapping[str, str]
+    """Every public name and alias -> the canonical name."""
+    sla_classes: frozenset[str]
+    substrates: frozenset[str]
+
+    @staticmethod
+    def of(fleet: FleetSpec, policy: PlacementPolicy) -> LabelVocabulary:
+        return LabelVocabulary(
+            tenants=frozenset(policy.tenants), models=dict(fleet.model_names),
+            sla_classes=frozenset(policy.sla_classes), substrates=frozenset(s.name for s in fleet.substrates),
+        )
+
+    def clean(self, label: str, value: str) -> str:
+        if label == "tenant":
+            return value if value in self.tenants else OTHER
+        if label == "model":
+            return self.models.get(value, OTHER)
+        if label == "sla_class":
+            return value if value in self.sla_classes else OTHER
+        if label in ("substrate", "from_substrate", "to_substrate"):
+            return value if value in self.substrates else OTHER
+        return _clean_shape(label, value)
+
+
+def _clean_shape(label: str, value: str) -> str:
+    """Without a vocabulary: fixed sets and codes are checked exactly, names by their shape."""
+    if label in _FIXED:
+        return value if value in _FIXED[label] else OTHER
+    if label == "reason":
+        return value if value in _REASONS else OTHER
+    if label == "code":
+        return value if _CODE_RE.fullmatch(value) else OTHER
+    return value if _SHAPE_RE.fullmatch(value) else OTHER
+
+
+def _clean(vocab: LabelVocabulary | None, labels: tuple[str, ...], values: Iterable[Any]) -> tuple[str, ...]:
+    out = []
+    for label, value in zip(labels, values, strict=True):
+        if value is None or value == "":
+            out.append("")
+        elif vocab is not None:
+            out.append(vocab.clean(label, str(value)))
+        else:
+            out.append(_clean_shape(label, str(value)))
+    return tuple(out)
+
+
+# -------------------------------------------------------------------------------------------------
+# Deltas (ingress side)
+
+
+class MetricsDelta:
+    """Counts and observations since the last hand-over. Thread-safe; picklable (the vocabulary and
+    the lock stay behind). ``counters[name][labels] = value``; ``histograms[name][labels] =
+    [sum, [count per bucket..., count above the last bound]]`` (not cumulative)."""
+
+    __slots__ = ("_lock", "_vocab", "counters", "histograms")
+
+    def __init__(self, vocabulary: LabelVocabulary | None = None) -> None:
+        self.counters: dict[str, dict[tuple[str, ...], float]] = {}
+        self.histograms: dict[str, dict[tuple[str, ...], list]] = {}
+        self._vocab = vocabulary
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> tuple:
+        with self._lock:
+            return ({n: dict(v) for n, v in self.counters.items()},
+                    {n: {k: [s, list(c)] for k, (s, c) in v.items()} for n, v in self.histograms.items()})
+
+    def __setstate__(self, state: tuple) -> None:
+        self.counters, self.histograms = state
+        self._vocab = None
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self.counters or self.histograms)
+
+    # -- recording ---------------------------------------------------------------------------
+    def _inc(self, name: str, values: tuple, amount: float = 1.0) -> None:
+        key = _clean(self._vocab, COUNTERS[name].labels, values)
+        series = self.counters.setdefault(name, {})
+        series[key] = series.get(key, 0.0) + amount
+
+    def _observe(self, name: str, values: tuple, value: float) -> None:
+        h = HISTOGRAMS[name]
+        key = _clean(self._vocab, h.labels, values)
+        series = self.histograms.setdefault(name, {})
+        entry = series.get(key)
+        if entry is None:
+            entry = series[key] = [0.0, [0] * (len(h.buckets) + 1)]
+        entry[0] += value
+        entry[1][bisect.bisect_left(h.buckets, value)] += 1  # le is inclusive
+
+    def record_decision(self, decision: PlacementDecision, placement_seconds: float) -> None:
+        """One ``place()`` call: its duration; a placement (and a spillover when it is one), or a
+        rejection with the decision's code. Call it for every attempt of a request."""
+        with self._lock:
+            self._observe("placement_duration_seconds", ("placed" if decision.placed else "rejected",),
+                          placement_seconds)
+            if decision.placed:
+                self._inc("placements", (decision.tenant, decision.model, decision.sla_class, decision.substrate,
+                                         "true" if decision.spillover else "false"))
+                if decision.spillover:
+                    reason = decision.spillover_reason
+                    self._inc("spillovers", (decision.primary, decision.substrate,
+                                             None if reason is None else reason.value))
+            else:
+                code = decision.rejection_code
+                self._inc("rejections", (None if code is None else code.value, decision.tenant, decision.model))
+
+    def record_rejection(self, code: str, tenant: str | None, model: str | None) -> None:
+        """A request refused outside ``place()`` (``auth``, ``invalid``, ``snapshot_stale``...)."""
+        with self._lock:
+            self._inc("rejections", (code, tenant, model))
+
+    def record_spillover(self, from_substrate: str, to_substrate: str, reason: SpilloverReason | str) -> None:
+        """A spillover decided outside ``record_decision`` (``record_decision`` counts its own)."""
+        with self._lock:
+            self._inc("spillovers", (from_substrate, to_substrate,
+                                     reason.value if isinstance(reason, SpilloverReason) else reason))
+
+    def record_outcome(
+        self, substrate: str | None, tenant: str | None, model: str | None, sla_class: str | None, ok: bool,
+        ttft_s: float | None, e2e_s: float | None, tpot_s: float | None, input_tokens: int | None,
+        output_tokens: int | None, cost_usd: float | None,
+    ) -> None:
+        """A finished request that ran on ``substrate``. End-to-end time is observed for successful
+        requests only (a fast failure is not a fast answer); TTFT and TPOT whenever known."""
+        with self._lock:
+            self._inc("requests", (tenant, model, sla_class, substrate, "ok" if ok else "error"))
+            if ok and e2e_s is not None:
+                self._observe("request_duration_seconds", (substrate, sla_class), e2e_s)
+            if ttft_s is not None:
+                self._observe("time_to_first_token_seconds", (substrate, sla_class), ttft_s)
+            if tpot_s is not None:
+                self._observe("time_per_output_token_seconds", (substrate,), tpot_s)
+            self._inc("input_tokens", (tenant, substrate), float(input_tokens or 0))
+            self._inc("output_tokens", (tenant, substrate), float(output_tokens or 0))
+            if cost_usd is not None:
+                self._inc("cost_usd", (tenant, substrate), cost_usd)
+
+    def record_audit_dropped(self, rows: int) -> None:
+        with self._lock:
+            self._inc("audit_rows_dropped", (), float(rows))
+
+    # -- hand-over ---------------------------------------------------------------------------
+    def take(self) -> MetricsDelta:
+        """Everything recorded so far, as a new delta; this one starts again from zero."""
+        out = MetricsDelta()
+        with self._lock:
+            out.counters, self.counters = self.counters, {}
+            out.histograms, self.histograms = self.histograms, {}
+        return out
+
+    def merge(self, other: MetricsDelta, vocabulary: LabelVocabulary | None = None) -> None:
+        """Add ``other`` into this one (labels cleaned again by ``vocabulary`` when given)."""
+        counters, histograms = other.__getstate__()
+        with self._lock:
+            for name, series in counters.items():
+                d = COUNTERS.get(name)
+                if d is None:
+                    continue
+                mine = self.counters.setdefault(name, {})
+                for key, value in series.items():
+                    k = _clean(vocabulary, d.labels, key) if vocabulary is not None else key
+                    mine[k] = mine.get(k, 0.0) + value
+            for name, series in histograms.items():
+                h = HISTOGRAMS.get(name)
+                if h is None:
+                    continue
+                mine = self.histograms.setdefault(name, {})
+                for key, (total, counts) in series.items():
+                    if len(counts) != len(h.buckets) + 1:
+                        continue  # recorded with other buckets (another version): not mergeable
+                    k = _clean(vocabulary, h.labels, key) if vocabulary is not None else key
+                    entry = mine.get(k)
+                    if entry is None:
+                        mine[k] = [total, list(counts)]
+                    else:
+                        entry[0] += total
+                        entry[1] = [a + b for a, b in zip(entry[1], counts)]
+
+
+class MetricsOutbox:
+    """The ingress side of the hand-over: record into ``delta``; on each sync send ``pending()``
+    and, only if the call succeeded, ``acknowledge`` it. Unacknowledged batches are sent again and
+    the actor skips the ones it has applied. After ``max_batches`` failed syncs the backlog is
+    merged into one batch (a batch merged after a sync that did reach the actor is then counted
+    twice: the one at-least-once corner, after a long outage)."""
+
+    def __init__(self, vocabulary: LabelVocabulary | None = None, max_batches: int = 256) -> None:
+        self.delta = MetricsDelta(vocabulary)
+        self._seq = 0
+        self._unacked: list[tuple[int, MetricsDelta]] = []
+        self._max = max_batches
+        self._lock = threading.Lock()
+
+    def pending(self) -> list[tuple[int, MetricsDelta]]:
+        with self._lock:
+            fresh = self.delta.take()
+            if fresh:
+                self._seq += 1
+                self._unacked.append((self._seq, fresh))
+            if len(self._unacked) > self._max:
+                merged = MetricsDelta()
+                for _, d in self._unacked:
+                    merged.merge(d)
+                self._seq += 1
+                self._unacked = [(self._seq, merged)]
+            return list(self._unacked)
+
+    def acknowledge(self, sent: list[tuple[int, MetricsDelta]]) -> None:
+        if not sent:
+            return
+        upto = sent[-1][0]
+        with self._lock:
+            self._unacked = [(s, d) for s, d in self._unacked if s > upto]
+
+
+# -------------------------------------------------------------------------------------------------
+# The collector (actor side)
+
+
+class PlaneMetrics:
+    """Every ingress replica's deltas merged, plus the actor's signals, as one Prometheus collector
+    registered in its own ``registry``. Thread-safe."""
+
+    def __init__(self, vocabulary: LabelVocabulary | None = None) -> None:
+        self._vocab = vocabulary
+        self._lock = threading.Lock()
+        self._totals = MetricsDelta()
+        self._applied: dict[str, int] = {}
+        self._snapshot: FleetSnapshot | None = None
+        self._signals_at_s: float | None = None
+        self._ingress: dict[str, tuple[int, float, float | None]] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def apply(self, delta: MetricsDelta, *, source: str | None = None, seq: int | None = None) -> bool:
+        """Merge one delta; with ``source`` and ``seq``, only if that sequence number of that source
+        is newer than the last applied (returns False for a resent one)."""
+        with self._lock:
+            if source is not None and seq is not None:
+                if seq <= self._applied.get(source, 0):
+                    return False
+                self._applied[source] = seq
+            self._totals.merge(delta, self._vocab)
+            return True
+
+    def apply_batch(self, source: str, batch: Iterable[tuple[int, MetricsDelta]]) -> int:
+        """``apply`` each ``(seq, delta)`` of a ``MetricsOutbox.pending()``; how many were new."""
+        return sum(self.apply(delta, source=source, seq=seq) for seq, delta in batch)
+
+    def set_signals(self, snapshot: FleetSnapshot, now_s: float) -> None:
+        """The latest snapshot's per-substrate signals; ages are taken at ``now_s``. The actor holds a
+        ``PublishedSnapshot``: pass ``FleetSnapshot(p.version, p.taken_at_s, fleet, p.signals)``."""
+        if not isinstance(snapshot, FleetSnapshot):  # fail here, not in every scrape
+            raise TypeError(f"set_signals takes a FleetSnapshot, not {type(snapshot).__name__}")
+        with self._lock:
+            self._snapshot = snapshot
+            self._signals_at_s = now_s
+
+    def set_ingress(self, ingress_id: str, snapshot_version: int, snapshot_age_s: float,
+                    now_s: float | None = None) -> None:
+        """An ingress replica's snapshot version and age at its last sync."""
+        with self._lock:
+            self._ingress[ingress_id] = (snapshot_version, snapshot_age_s, now_s)
+
+    def expire_ingress(self, now_s: float, max_silence_s: float) -> None:
+        """Forget ingress replicas not heard of (``set_ingress`` with ``now_s``) for ``max_silence_s``."""
+        with self._lock:
+            for ingress_id in [i for i, (_, _, at) in self._ingress.items()
+                               if at is not None and now_s - at > max_silence_s]:
+                del self._ingress[ingress_id]
+                self._applied.pop(ingress_id, None)
+
+    # -- the Collector protocol --------------------------------------------------------------
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counters, histograms = self._totals.__getstate__()
+            snapshot, at_s = self._snapshot, self._signals_at_s
+            ingress = dict(self._ingress)
+        for d in COUNTERS.values():
+            fam = CounterMetricFamily(PREFIX + d.name, d.doc, labels=d.labels)
+            for key, value in sorted(counters.get(d.name, {}).items()):
+                fam.add_metric(key, value)
+            yield fam
+        for h in HISTOGRAMS.values():
+            fam = HistogramMetricFamily(PREFIX + h.name, h.doc, labels=h.labels)
+            for key, (total, counts) in sorted(histograms.get(h.name, {}).items()):
+                cumulative, running = [], 0
+                for bound, n in zip((*h.buckets, float("inf")), counts):
+                    running += n
+                    cumulative.append((floatToGoString(bound), running))
+                fam.add_metric(key, cumulative, sum_value=total)
+            yield fam
+        yield from self._signal_families(snapshot, at_s)
+        version = GaugeMetricFamily(PREFIX + "ingress_snapshot_version",
+                                    "The fleet snapshot version an ingress replica places on.", labels=("ingress",))
+        age = GaugeMetricFamily(PREFIX + "ingress_snapshot_age_seconds",
+                                "Age of an ingress replica's snapshot at its last sync, seconds.",
+                                labels=("ingress",))
+        for ingress_id, (v, a, _) in sorted(ingress.items()):
+            key = _clean(None, ("ingress",), (ingress_id,))
+            version.add_metric(key, v)
+            age.add_metric(key, a)
+        yield version
+        yield age
+
+    def _signal_families(self, snapshot: FleetSnapshot | None, at_s: float | None) -> Iterator[Metric]:
+        info = GaugeMetricFamily(PREFIX + "substrate_info", "Static facts of a substrate (value 1).",
+                                 labels=("substrate", "substrate_class", "kind", "jurisdiction", "region",
+                                         "zone", "emulated"))
+        gauges = {field: GaugeMetricFamily(PREFIX + name, doc, labels=("substrate",))
+                  for field, (name, doc) in SIGNAL_GAUGES.items()}
+        circuit = GaugeMetricFamily(PREFIX + "substrate_circuit_state",
+                                    "Circuit breaker: 0 closed, 1 half-open, 2 open.", labels=("substrate",))
+        ages = GaugeMetricFamily(PREFIX + "substrate_signal_age_seconds",
+                                 "Age of each signal when the snapshot was taken, seconds.",
+                                 labels=("substrate", "signal"))
+        external = GaugeMetricFamily(PREFIX + "substrate_external_signal",
+                                     "Signals the platform team pushed for a substrate, by name.",
+                                     labels=("substrate", "signal"))
+        version = GaugeMetricFamily(PREFIX + "snapshot_version", "The actor's latest fleet snapshot version.")
+        updated = GaugeMetricFamily(PREFIX + "signals_updated_timestamp_seconds",
+                                    "When the actor last published signals, Unix seconds.")
+        if snapshot is not None and at_s is not None:
+            version.add_metric((), snapshot.version)
+            updated.add_metric((), at_s)
+            for spec, sig in zip(snapshot.fleet.substrates, snapshot.signals):
+                name = (spec.name,)
+                info.add_metric((spec.name, spec.substrate_class, spec.kind, spec.jurisdiction, spec.region,
+                                 spec.zone, "true" if spec.emulated else "false"), 1.0)
+                circuit.add_metric(name, CIRCUIT_VALUE[sig.circuit])
+                for field in SIGNAL_FIELDS:
+                    reading = getattr(sig, field)
+                    if reading is None:
+                        continue
+                    if field in gauges:
+                        gauges[field].add_metric(name, reading.value)
+                    ages.add_metric((spec.name, field), max(0.0, at_s - reading.observed_at_s))
+                for signal, reading in getattr(sig, "external", ()):
+                    key = (spec.name, _clean_shape("signal", signal))
+                    external.add_metric(key, reading.value)
+                    ages.add_metric(key, max(0.0, at_s - reading.observed_at_s))
+        yield info
+        yield from gauges.values()
+        yield circuit
+        yield ages
+        yield external
+        yield version
+        yield updated
+
+
+def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = METRICS_PORT):
+    """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread (prometheus_client's
+    server). Returns ``(server, thread)``; ``server.shutdown()`` stops it. ``port=0`` picks one:
+    ``server.server_port``."""
+    return start_http_server(port, addr=host, registry=registry)

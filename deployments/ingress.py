@@ -114,6 +114,8 @@ class Ingress:
                                flush_interval_s=cfg.telemetry.audit_flush_interval_ms / 1000.0)
         self._metrics = MetricsOutbox(LabelVocabulary.of(self._fleet, self._policy))
         self._audit_dropped = 0
+        self._spend: Counter[str] = Counter()  # attributed cost since the last sync, by tenant
+        self._spend_lock = threading.Lock()  # the event loop adds, the sync thread takes
         self._stop = threading.Event()
         threading.Thread(target=self._sync_loop, name="inferplane-sync", daemon=True).start()
 
@@ -128,6 +130,8 @@ class Ingress:
                 self._metrics.delta.record_audit_dropped(dropped - self._audit_dropped)
                 self._audit_dropped = dropped
             batch = self._metrics.pending()
+            with self._spend_lock:
+                spend, self._spend = self._spend, Counter()
             try:
                 reported = dict(self._in_flight)
                 current = self._snapshot
@@ -135,7 +139,7 @@ class Ingress:
                     self._id, reported, outcomes,
                     None if current is None else current.version,
                     None if current is None else time.time() - current.taken_at_s,
-                    self._zone, batch), timeout=2.0)
+                    self._zone, batch, dict(spend)), timeout=2.0)
                 self._metrics.acknowledge(batch)
                 if published is None:
                     pass  # the actor is warming up after a (re)start: keep the last snapshot
@@ -143,12 +147,15 @@ class Ingress:
                     log.error("placement actor runs another config (%s); keeping the last snapshot",
                               published.policy_hash)
                 else:
-                    snap = FleetSnapshot(published.version, published.taken_at_s, self._fleet, published.signals)
+                    snap = FleetSnapshot(published.version, published.taken_at_s, self._fleet, published.signals,
+                                         published.tenant_spend_usd)
                     self._base = (snap, reported)
                     self._snapshot = snap
                     self._view_dirty = True
             except Exception as exc:  # actor restarting or unreachable: serve on the last snapshot
                 self._outcomes.extendleft(reversed(outcomes))  # not lost: sent with the next sync
+                with self._spend_lock:
+                    self._spend.update(spend)
                 log.warning("snapshot sync failed (%s); serving on snapshot v%s", type(exc).__name__,
                             None if self._snapshot is None else self._snapshot.version)
             self._stop.wait(self._refresh_s)
@@ -168,7 +175,8 @@ class Ingress:
                     if sig.in_flight is not None:
                         reading = Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s)
                         signals[i] = dataclasses.replace(sig, in_flight=reading)
-            self._view = FleetSnapshot(snap.version, snap.taken_at_s, snap.fleet, tuple(signals))
+            self._view = FleetSnapshot(snap.version, snap.taken_at_s, snap.fleet, tuple(signals),
+                                       snap.tenant_spend_usd)
             self._view_dirty = False
         return self._view
 
@@ -348,6 +356,9 @@ class Ingress:
                             outcome=outcome, fleet=self._fleet, ingress_region=self._region,
                             snapshot_age_s=rec.snapshot_age_s, sla=sla)
             self._audit.append(row)
+            if row["cost_usd"] and rec.tenant:
+                with self._spend_lock:
+                    self._spend[rec.tenant] += row["cost_usd"]
             if decision is not None and decision.placed:
                 self._metrics.delta.record_outcome(
                     decision.substrate, decision.tenant, decision.model, decision.sla_class, status == 200,

@@ -47,7 +47,9 @@ class PlacementActor:
         threading.Thread(target=self._poll_serve, name="inferplane-serve-status", daemon=True).start()
         self._state = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s,
                                  breaker_settings(built.config.policy.health),
-                                 built.config.policy.health.latency_window_ms / 1000.0)
+                                 built.config.policy.health.latency_window_ms / 1000.0,
+                                 {t.name: t.budget.period for t in built.config.tenants if t.budget})
+        self._seed_spend_from_audit(built.config)
         self._started_at_s = time.time()
         # Ray runs this actor's methods on a thread pool (max_concurrency): one lock keeps the
         # state's bookkeeping and snapshot versions consistent.
@@ -62,15 +64,41 @@ class PlacementActor:
             log.error("cannot serve metrics on %s:%s: %s", tel.metrics_host, tel.metrics_port, exc)
             self._metrics_server = None
 
+    def _seed_spend_from_audit(self, cfg) -> None:
+        """After a (re)start, this period's spend of every budgeted tenant comes back from the audit
+        log, so a restart never resets a budget."""
+        budgeted = [t for t in cfg.tenants if t.budget]
+        if not budgeted:
+            return
+        import datetime as dt
+        import os
+
+        from inferplane.fleet_state import period_key
+        from inferplane.telemetry.audit import read_audit
+
+        now = time.time()
+        try:
+            for t in budgeted:
+                start = dt.datetime.strptime(period_key(t.budget.period, now) + ("" if t.budget.period == "day" else "-01"),
+                                             "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
+                rows = read_audit(os.path.expanduser(cfg.telemetry.audit_dir), since=start).to_pylist()
+                spent = sum(r["cost_usd"] or 0.0 for r in rows if r["tenant"] == t.name)
+                self._state.add_spend({t.name: spent}, now)
+        except Exception as exc:  # no audit yet: every budget starts at zero
+            log.info("no spend recovered from the audit log: %s", type(exc).__name__)
+
     def sync(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome],
              snapshot_version: int | None = None, snapshot_age_s: float | None = None,
-             zone: str | None = None, metrics: list | None = None) -> PublishedSnapshot | None:
+             zone: str | None = None, metrics: list | None = None,
+             spend_usd: dict[str, float] | None = None) -> PublishedSnapshot | None:
         """Record an ingress replica's report and metrics; return the current snapshot (None while
         warming up)."""
         now = time.time()
         with self._lock:
             self._state.report_ingress(ingress_id, in_flight, outcomes, now, snapshot_version=snapshot_version,
                                        snapshot_age_s=snapshot_age_s, zone=zone)
+            if spend_usd:
+                self._state.add_spend(spend_usd, now)
             published = None if now - self._started_at_s < WARMUP_S else self._state.snapshot(now)
         if metrics:
             self._metrics.apply_batch(ingress_id, metrics)

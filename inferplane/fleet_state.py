@@ -33,7 +33,8 @@ Reports from replicas silent for longer than the staleness bound are dropped.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+import datetime as _dt
+from dataclasses import dataclass, field
 
 from inferplane.health import BreakerSettings, CircuitBreaker
 from inferplane.placement.fleet import FleetSpec
@@ -82,6 +83,7 @@ class PublishedSnapshot:
     taken_at_s: float
     policy_hash: str
     signals: tuple[SubstrateSignals, ...]
+    tenant_spend_usd: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +97,12 @@ class IngressReport:
 
 class FleetState:
     def __init__(self, fleet: FleetSpec, policy_hash: str, staleness_bound_s: float,
-                 breaker: BreakerSettings | None = None, latency_window_s: float = 10.0) -> None:
+                 breaker: BreakerSettings | None = None, latency_window_s: float = 10.0,
+                 budget_periods: dict[str, str] | None = None) -> None:
         self._latency_window = latency_window_s
+        # tenant -> "day" or "month"; spend is kept per (tenant, current period key)
+        self._budget_periods = dict(budget_periods or {})
+        self._spend: dict[str, tuple[str, float]] = {}
         self._fleet = fleet
         self._names = [s.name for s in fleet.substrates]
         self._policy_hash = policy_hash
@@ -125,6 +131,21 @@ class FleetState:
             if o.retry_after_s:
                 breaker.retry_after(o.at_s + o.retry_after_s, now_s)
         self._dirty = True
+
+    def add_spend(self, spend_usd: dict[str, float], now_s: float) -> None:
+        """Attributed cost of finished requests, by tenant (only tenants with a budget are kept)."""
+        for tenant, usd in spend_usd.items():
+            period = self._budget_periods.get(tenant)
+            if period is None or not usd:
+                continue
+            key = period_key(period, now_s)
+            current_key, total = self._spend.get(tenant, (key, 0.0))
+            self._spend[tenant] = (key, (total if current_key == key else 0.0) + usd)
+            self._dirty = True
+
+    def tenant_spend(self, now_s: float) -> dict[str, float]:
+        return {t: usd for t, (key, usd) in self._spend.items()
+                if key == period_key(self._budget_periods[t], now_s)}
 
     def report_substrate(self, substrate: str, replica_id: str, report: SubstrateReport, now_s: float) -> None:
         if substrate not in self._replicas:
@@ -157,6 +178,7 @@ class FleetState:
                 policy_hash=self._policy_hash,
                 signals=tuple(self._signals(spec.name, spec.zone, spec.region, now_s)
                               for spec in self._fleet.substrates),
+                tenant_spend_usd=self.tenant_spend(now_s),
             )
             self._dirty = False
         return self._published
@@ -275,5 +297,12 @@ class FleetState:
             for iid, r in sorted(self._ingress.items())
         ]
         return {"snapshot_version": snap.version, "snapshot_taken_at_s": snap.taken_at_s,
+                "tenant_spend_usd": snap.tenant_spend_usd,
                 "policy_hash": self._policy_hash, "staleness_bound_s": self._bound,
                 "substrates": substrates, "ingress": ingress}
+
+
+def period_key(period: str, now_s: float) -> str:
+    """The UTC calendar period a budget counts in: ``2026-11-26`` (day) or ``2026-11`` (month)."""
+    day = _dt.datetime.fromtimestamp(now_s, tz=_dt.timezone.utc)
+    return day.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")

@@ -186,9 +186,12 @@ class FleetBuilder:
         return self
 
     def tenant(self, name: str = TENANT, *, allowed: Iterable[str] = ("*",), sla: str = SLA,
-               allowed_sla: Iterable[str] | None = None, models: Iterable[str] | None = None) -> FleetBuilder:
+               allowed_sla: Iterable[str] | None = None, models: Iterable[str] | None = None,
+               budget: Mapping[str, Any] | None = None) -> FleetBuilder:
         t: dict[str, Any] = {"name": name, "api_keys_sha256": [f"{len(self._tenants):064x}"],
                              "allowed_jurisdictions": list(allowed), "default_sla_class": sla}
+        if budget is not None:
+            t["budget"] = dict(budget)
         if allowed_sla is not None:
             t["allowed_sla_classes"] = list(allowed_sla)
         if models is not None:

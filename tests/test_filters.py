@@ -21,6 +21,7 @@ from inferplane.placement.filters import (
     Healthy,
     JurisdictionAllowed,
     NodeJurisdiction,
+    WithinBudget,
     RateLimitHeadroom,
     RejectionCode,
     SignalsFresh,
@@ -186,6 +187,8 @@ CASES = [
          only_x(x()).external_rule("power_headroom", reject_below=0.2, missing="reject", ttl_ms=1000),
          Expect("power_headroom unknown", "no fresh power_headroom signal"),
          sig=dataclasses.replace(signals(), external=(("power_headroom", Reading(0.9, 999_990.0)),))),
+    # -- WithinBudget (over-budget restriction is set per request by the engine: see test_budget)
+    case("budget/not-over-budget", WithinBudget(), only_x(x()), None),
     # -- SignalsFresh (bound 2 s, the schema default) --------------------------------------------
     case("fresh/emulated-fresh", SignalsFresh(), only_x(x()), None, sig=signals(age_s=0.5)),
     case("fresh/at-the-bound-is-fresh", SignalsFresh(), only_x(x()), None, sig=signals(age_s=2.0)),

@@ -138,3 +138,15 @@ def test_snapshot_versions_only_move_when_something_changed():
     assert state.snapshot(100.5).version == a.version
     state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.6)
     assert state.snapshot(100.6).version == a.version + 1
+
+
+def test_budget_spend_adds_up_per_period_and_resets_at_the_next():
+    built, _ = setup()
+    state = FleetState(built.fleet, built.policy.policy_hash, BOUND, budget_periods={"eu": "day"})
+    day1 = 1_795_000_000.0  # 2026-11-18 UTC
+    state.add_spend({"eu": 1.5, "t": 9.0}, day1)
+    state.add_spend({"eu": 0.25}, day1 + 60)
+    assert state.snapshot(day1 + 60).tenant_spend_usd == {"eu": 1.75}  # only budgeted tenants
+    assert state.tenant_spend(day1 + 86_400) == {}                      # a new day starts at zero
+    state.add_spend({"eu": 2.0}, day1 + 86_400)
+    assert state.tenant_spend(day1 + 86_400) == {"eu": 2.0}

@@ -62,6 +62,9 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
             default_sla_class=t.default_sla_class,
             allowed_sla_classes=frozenset(allowed_sla),
             allowed_models=None if t.allowed_models is None else frozenset(names[n] for n in t.allowed_models),
+            budget_usd=None if t.budget is None else t.budget.usd_per_period,
+            over_budget_classes=None if t.budget is None or t.budget.when_exceeded == "reject"
+            else frozenset(c.value for c in t.budget.restrict_to_classes),
         )
     sla = {
         c.name: SlaPolicy(c.name, c.ttft_deadline_ms / 1000.0, c.e2e_deadline_ms / 1000.0, c.priority)

@@ -359,6 +359,22 @@ class Model(_Strict):
     )
 
 
+class Budget(_Strict):
+    """A tenant's spending limit per calendar period (UTC), from attributed request costs."""
+
+    usd_per_period: NonNegativeFloat = Field(description="Spend allowed per period, USD.")
+    period: Literal["day", "month"] = Field(default="month", description="`day` or `month` (UTC).")
+    when_exceeded: Literal["reject", "restrict"] = Field(
+        default="reject",
+        description="`reject`: refuse with 402; `restrict`: only substrates of `restrict_to_classes`.",
+    )
+    restrict_to_classes: list[SubstrateClass] = Field(
+        default_factory=list,
+        description="With `restrict`: the substrate classes an over-budget tenant may still use "
+        "(typically reserved capacity already paid for).",
+    )
+
+
 class Tenant(_Strict):
     name: Name = Field(description="The tenant's name, as it appears in metrics and the audit log.")
     api_keys_sha256: Annotated[list[Sha256Hex], Field(min_length=1)] = Field(
@@ -377,6 +393,7 @@ class Tenant(_Strict):
     allowed_models: list[ModelName] | None = Field(
         default=None, description="Models the tenant may use. Omit for all."
     )
+    budget: Budget | None = Field(default=None, description="A spending limit; omit for none.")
 
     @field_validator("api_keys_sha256")
     @classmethod

@@ -19,3 +19,5 @@ class PlacementContext:
     spill_classes: frozenset[str]
     now_s: float
     staleness_bound_s: float
+    over_budget_classes: frozenset[str] | None = None
+    """Set when the tenant is over budget with a `restrict` rule: the classes it may still use."""

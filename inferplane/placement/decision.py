@@ -23,6 +23,7 @@ class SpilloverReason(str, enum.Enum):
     PRIMARY_CONTEXT_TOO_SMALL = "primary_context_too_small"
     PRIMARY_FAILED = "primary_failed"
     PRIMARY_OUTSCORED = "primary_outscored"
+    OVER_BUDGET = "over_budget"
 
 
 SPILLOVER_REASON_BY_REJECTION: dict[RejectionCode, SpilloverReason] = {
@@ -37,6 +38,7 @@ SPILLOVER_REASON_BY_REJECTION: dict[RejectionCode, SpilloverReason] = {
     RejectionCode.NODE_JURISDICTION: SpilloverReason.PRIMARY_NOT_ALLOWED,
     RejectionCode.EXTERNAL_SIGNAL: SpilloverReason.PRIMARY_UNHEALTHY,
     RejectionCode.PREDICTED_TOO_SLOW: SpilloverReason.PRIMARY_CANNOT_MEET_SLA,
+    RejectionCode.OVER_BUDGET: SpilloverReason.OVER_BUDGET,
 }
 
 # HTTP status for a request no substrate can take, by the furthest rejection on the ladder.
@@ -52,6 +54,7 @@ STATUS_BY_REJECTION: dict[RejectionCode, int] = {
     RejectionCode.NODE_JURISDICTION: 403,
     RejectionCode.EXTERNAL_SIGNAL: 503,
     RejectionCode.PREDICTED_TOO_SLOW: 503,
+    RejectionCode.OVER_BUDGET: 402,
     RejectionCode.UNKNOWN_MODEL: 404,
     RejectionCode.UNKNOWN_TENANT: 401,
     RejectionCode.MODEL_NOT_ALLOWED: 403,

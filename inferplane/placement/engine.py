@@ -119,9 +119,20 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         return refuse(RejectionCode.SLA_CLASS_NOT_ALLOWED,
                       f"tenant `{tenant.name}` may not use SLA class `{request.sla_class}`", route.name)
 
+    over_budget_classes = None
+    if tenant.budget_usd is not None:
+        spent = snapshot.tenant_spend_usd.get(tenant.name, 0.0)
+        if spent >= tenant.budget_usd:
+            if tenant.over_budget_classes is None:
+                return refuse(RejectionCode.OVER_BUDGET,
+                              f"tenant `{tenant.name}` has spent ${spent:.2f} of its ${tenant.budget_usd:.2f} "
+                              "budget for this period", route.name)
+            over_budget_classes = tenant.over_budget_classes
+
     bound = policy.signal_staleness_bound_s
     now = request.arrived_at_s
-    ctx = PlacementContext(request, tenant, sla, route, policy, policy.spill_classes(route.name), now, bound)
+    ctx = PlacementContext(request, tenant, sla, route, policy, policy.spill_classes(route.name), now, bound,
+                           over_budget_classes)
     ttft_deadline, e2e_deadline = sla.ttft_deadline_s, sla.e2e_deadline_s
     signals = snapshot.signals
     seed = zlib.crc32(request.request_id.encode())

@@ -30,6 +30,7 @@ class RejectionCode(str, enum.Enum):
     CAPACITY = "capacity"
     RATE_LIMITED = "rate_limited"
     EXTERNAL_SIGNAL = "external_signal"
+    OVER_BUDGET = "over_budget"
     PREDICTED_TOO_SLOW = "predicted_too_slow"
     # Per request, before any substrate is considered.
     UNKNOWN_MODEL = "unknown_model"
@@ -239,6 +240,21 @@ class ExternalSignals:
         return None
 
 
+class WithinBudget:
+    """A tenant over its budget (its attributed spend this period, from the snapshot) may use only
+    the substrate classes its budget rule keeps open; with no such classes, the engine refuses the
+    request before filtering (402)."""
+
+    code = RejectionCode.OVER_BUDGET
+
+    def check(self, ctx, spec, signals):
+        classes = ctx.over_budget_classes
+        if classes is None or spec.substrate_class in classes:
+            return None
+        return Rejection(self.code, f"over budget: only {_set(classes)}",
+                         f"class {spec.substrate_class} closed to the tenant over budget")
+
+
 class DeadlineReachable:
     """After the latency estimate: rejects a substrate predicted to take more than
     ``policy.slow_drop_factor`` times either deadline of the SLA class, so a degraded substrate
@@ -274,6 +290,7 @@ DYNAMIC_FILTERS: tuple[Filter, ...] = (
     Admission(),
     RateLimitHeadroom(),
     ExternalSignals(),
+    WithinBudget(),
 )
 DEFAULT_FILTERS: tuple[Filter, ...] = STATIC_FILTERS + DYNAMIC_FILTERS
 DEADLINE_FILTER = DeadlineReachable()

@@ -22,6 +22,10 @@ class TenantPolicy:
     allowed_sla_classes: frozenset[str]
     allowed_models: frozenset[str] | None
     """Canonical model names, or None for all."""
+    budget_usd: float | None = None
+    """Spend allowed in the current period, or None for no limit."""
+    over_budget_classes: frozenset[str] | None = None
+    """Over budget: None rejects (402); a set restricts to those substrate classes."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inferplane.placement.fleet import FleetSpec
 from inferplane.placement.signals import SubstrateSignals
@@ -21,6 +21,8 @@ class FleetSnapshot:
     taken_at_s: float
     fleet: FleetSpec
     signals: tuple[SubstrateSignals, ...]
+    tenant_spend_usd: Mapping[str, float] = field(default_factory=dict)
+    """Each tenant's attributed spend in its budget's current period (tenants with a budget)."""
 
     def __post_init__(self) -> None:
         if len(self.signals) != len(self.fleet.substrates):
@@ -36,4 +38,5 @@ class FleetSnapshot:
         signals = tuple(
             updates.get(spec.name, current) for spec, current in zip(self.fleet.substrates, self.signals)
         )
-        return FleetSnapshot(version=version, taken_at_s=taken_at_s, fleet=self.fleet, signals=signals)
+        return FleetSnapshot(version=version, taken_at_s=taken_at_s, fleet=self.fleet, signals=signals,
+                             tenant_spend_usd=self.tenant_spend_usd)

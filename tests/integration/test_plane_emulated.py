@@ -237,3 +237,17 @@ def test_killing_the_placement_actor_does_not_stop_traffic(emulated_plane):
     assert ray.get(actor.started_at_s.remote(), timeout=30) > started
     health = httpx.get(emulated_plane.url + "/healthz", timeout=5).json()
     assert health["status"] == "ok" and health["snapshot_age_s"] < 1.0
+
+
+def test_tenant_over_budget_gets_402(emulated_plane):
+    body = dict(CHAT, model="llama-3.1-8b-instant")
+    first = _post(emulated_plane, "sk-inferplane-test-thrifty", body)
+    assert first.status_code == 200  # this request's cost takes the tenant past its tiny budget
+    deadline = time.monotonic() + 5
+    while True:
+        r = _post(emulated_plane, "sk-inferplane-test-thrifty", body)
+        if r.status_code != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    err = _assert_openai_error(r, 402, "over_budget")
+    assert "budget for this period" in err["message"]

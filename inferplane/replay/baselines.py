@@ -1,0 +1,193 @@
+"""Baseline routers: what teams deploy today, each a gateway that sees only what a gateway sees.
+
+A gateway knows its endpoints (the substrates serving the model, in config order), its own
+in-flight count per endpoint, and the errors it got back. It does not see queue depth, KV cache,
+rate-limit headroom, deadlines or any other signal of the plane. Common to all four:
+
+- **retry**: a 429, 5xx, connect error or timeout before the first byte is retried on another
+  endpoint not yet tried for this request, until none is left (then the client gets the error);
+  a 4xx other than 429 is returned to the client as it is;
+- **per-try timeout**: ``baselines.first_byte_timeout_s`` (scenario) on every endpoint, on top of
+  the endpoint client's own (``openai_compatible.request_timeout_s``);
+- **outlier ejection** (Envoy-style): ``consecutive_errors`` 5xx/timeouts in a row eject an
+  endpoint for ``ejection_s``; a 429 ejects it until its Retry-After at once. Ejected endpoints are
+  skipped while any endpoint is left; when all are ejected the gateway uses them all (panic mode).
+- **access**: a tenant's key is scoped to the models it may use (``allowed_models``);
+- **no spillover log**: a gateway records no placement decision, so every request it serves off the
+  model's primary substrate is an unlogged spillover.
+
+The four policies:
+
+``round_robin``        endpoints in turn, over every endpoint serving the model.
+``least_outstanding``  the endpoint with the fewest of the gateway's own in-flight requests
+                       (ties: in turn), over every endpoint serving the model.
+``ordered_fallback``   the model's primary first, then its spillover list (or config order), next
+                       on 429/5xx/timeout. Region tags are honoured as a gateway honours them: one
+                       gateway route per tenant, listing only the endpoints whose jurisdiction tag
+                       lies inside the tenant's allowed jurisdictions (the reading chosen here).
+``cheapest_first``     endpoints by list price, ``usd_per_1m_input_tokens + usd_per_1m_output_tokens``
+                       (owned and reserved hardware is already paid for: 0), ties in config order,
+                       over every endpoint serving the model; next on error.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from inferplane.config import BuiltConfig
+from inferplane.jurisdiction import is_within
+from inferplane.placement.fleet import SubstrateSpec
+from inferplane.replay.attempt import Failure
+from inferplane.replay.router import Periodic, Placement
+from inferplane.replay.scenario import BaselineSection
+from inferplane.replay.workload import ReplayRequest
+
+BASELINES = ("round_robin", "least_outstanding", "ordered_fallback", "cheapest_first")
+
+
+class _Gateway:
+    """Endpoint lists, in-flight counts, retries and outlier ejection; subclasses choose."""
+
+    name = "gateway"
+
+    def __init__(self, built: BuiltConfig, settings: BaselineSection) -> None:
+        self._fleet = built.fleet
+        self._policy = built.policy
+        self._settings = settings
+        self.in_flight: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self.ejected_until: dict[str, float] = {}
+        self._turn = 0
+        self._serving: dict[str, tuple[str, ...]] = {}
+
+    def endpoints(self, request: ReplayRequest) -> tuple[str, ...]:
+        serving = self._serving.get(request.model)
+        if serving is None:
+            route = self._fleet.resolve_model(request.model)
+            serving = () if route is None else tuple(self._fleet.substrates[i].name for i in route.substrate_indices)
+            self._serving[request.model] = serving
+        return serving
+
+    def choose(self, request: ReplayRequest, pool: tuple[str, ...]) -> str:
+        raise NotImplementedError
+
+    def place(self, request: ReplayRequest, tried: tuple[str, ...], now_s: float) -> Placement:
+        allowed_models = self._policy.tenants[request.tenant].allowed_models
+        if allowed_models is not None and request.model not in allowed_models:
+            return Placement(None, rejection="model_not_allowed")  # the gateway's key scopes
+        left = tuple(e for e in self.endpoints(request) if e not in tried)
+        if not left:
+            return Placement(None, rejection="no_endpoint_left" if tried else "no_endpoint")
+        healthy = tuple(e for e in left if self.ejected_until.get(e, 0.0) <= now_s)
+        pick = self.choose(request, healthy or left)
+        return Placement(pick, spillover_logged=False, first_byte_timeout_s=self._settings.first_byte_timeout_s)
+
+    def dispatched(self, request: ReplayRequest, substrate: str, now_s: float) -> None:
+        self.in_flight[substrate] += 1
+
+    def finished(self, request: ReplayRequest, substrate: str, dispatched_s: float, first_token_s: float,
+                 output_tokens: int, now_s: float) -> None:
+        self.in_flight[substrate] -= 1
+        self._errors[substrate] = 0
+
+    def failed(self, request: ReplayRequest, substrate: str, failure: Failure, retry_after_s: float | None,
+               now_s: float) -> None:
+        self.in_flight[substrate] -= 1
+        if failure is Failure.REJECTED:
+            return
+        if failure is Failure.RATE_LIMITED:
+            self.ejected_until[substrate] = now_s + (retry_after_s if retry_after_s is not None else 1.0)
+            return
+        self._errors[substrate] += 1
+        if self._errors[substrate] >= self._settings.consecutive_errors:
+            self.ejected_until[substrate] = now_s + self._settings.ejection_s
+            self._errors[substrate] = 0
+
+    def periodic(self) -> tuple[Periodic, ...]:
+        return ()
+
+
+class RoundRobin(_Gateway):
+    name = "round_robin"
+
+    def choose(self, request: ReplayRequest, pool: tuple[str, ...]) -> str:
+        everyone = self.endpoints(request)
+        for step in range(len(everyone)):
+            candidate = everyone[(self._turn + step) % len(everyone)]
+            if candidate in pool:
+                self._turn = (self._turn + step + 1) % len(everyone)
+                return candidate
+        return pool[0]
+
+
+class LeastOutstanding(_Gateway):
+    name = "least_outstanding"
+
+    def choose(self, request: ReplayRequest, pool: tuple[str, ...]) -> str:
+        fewest = min(self.in_flight[e] for e in pool)
+        ties = [e for e in pool if self.in_flight[e] == fewest]
+        self._turn += 1
+        return ties[self._turn % len(ties)]
+
+
+class OrderedFallback(_Gateway):
+    name = "ordered_fallback"
+
+    def __init__(self, built: BuiltConfig, settings: BaselineSection) -> None:
+        super().__init__(built, settings)
+        self._routes: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def endpoints(self, request: ReplayRequest) -> tuple[str, ...]:
+        key = (request.tenant, request.model)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._route(request)
+            self._routes[key] = route
+        return route
+
+    def _route(self, request: ReplayRequest) -> tuple[str, ...]:
+        model = self._fleet.resolve_model(request.model)
+        if model is None:
+            return ()
+        serving = [self._fleet.substrates[i] for i in model.substrate_indices]
+        listed = list(model.spillover_substrates or ())
+        ordered = sorted(serving, key=lambda s: (s.name != model.primary,
+                                                 listed.index(s.name) if s.name in listed else len(listed),
+                                                 s.index))
+        allowed = self._policy.tenants[request.tenant].allowed_countries
+        return tuple(s.name for s in ordered if is_within(s.countries, allowed))
+
+    def choose(self, request: ReplayRequest, pool: tuple[str, ...]) -> str:
+        return pool[0]
+
+
+def list_price_usd_per_1m(spec: SubstrateSpec) -> float:
+    """What a price-aware gateway sorts by: input + output list price per 1M tokens (0 for hardware
+    that is owned or reserved, whose price is per GPU-hour whether used or not)."""
+    return (spec.cost.usd_per_input_token + spec.cost.usd_per_output_token) * 1e6
+
+
+class CheapestFirst(_Gateway):
+    name = "cheapest_first"
+
+    def __init__(self, built: BuiltConfig, settings: BaselineSection) -> None:
+        super().__init__(built, settings)
+        self._by_price: dict[str, tuple[str, ...]] = {}
+
+    def endpoints(self, request: ReplayRequest) -> tuple[str, ...]:
+        by_price = self._by_price.get(request.model)
+        if by_price is None:
+            serving = [self._fleet.substrate(n) for n in super().endpoints(request)]
+            by_price = tuple(s.name for s in sorted(serving, key=lambda s: (list_price_usd_per_1m(s), s.index)))
+            self._by_price[request.model] = by_price
+        return by_price
+
+    def choose(self, request: ReplayRequest, pool: tuple[str, ...]) -> str:
+        return pool[0]
+
+
+def baseline(name: str, built: BuiltConfig, settings: BaselineSection) -> _Gateway:
+    classes = {c.name: c for c in (RoundRobin, LeastOutstanding, OrderedFallback, CheapestFirst)}
+    if name not in classes:
+        raise ValueError(f"unknown baseline `{name}`; baselines: {', '.join(BASELINES)}")
+    return classes[name](built, settings)

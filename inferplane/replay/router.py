@@ -1,0 +1,58 @@
+"""The contract between the simulator and a router (inferplane's placement or a baseline).
+
+The simulator asks ``place`` for every attempt of every request and tells the router what
+happened to what it dispatched, the way production tells it: a dispatch, a first token, a finish,
+an error. A router sees nothing else of the substrates unless it says how it learns it (the
+plane's placement actor receives the substrates' own load reports; a gateway does not).
+
+Contract of ``place(request, tried, now_s)``: ``tried`` are the substrates that already failed
+this request, in order (empty on the first attempt); the answer names a substrate or refuses with
+a reason. ``spillover_logged`` is True only when the router recorded, in a decision someone can
+audit, that this placement is a spillover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from inferplane.placement.decision import PlacementDecision
+from inferplane.replay.attempt import Failure
+from inferplane.replay.workload import ReplayRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    substrate: str | None
+    """None: the router refuses the request (``rejection`` says why)."""
+    spillover_logged: bool = False
+    rejection: str | None = None
+    first_byte_timeout_s: float | None = None
+    """The router's own per-try timeout to the first token, on top of the substrate client's."""
+    decision: PlacementDecision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    """A callback the simulator runs every ``period_s`` from ``first_s`` while requests remain."""
+
+    period_s: float
+    first_s: float
+    run: Callable[[float], None]
+
+
+class Router(Protocol):
+    name: str
+
+    def place(self, request: ReplayRequest, tried: tuple[str, ...], now_s: float) -> Placement: ...
+
+    def dispatched(self, request: ReplayRequest, substrate: str, now_s: float) -> None: ...
+
+    def finished(self, request: ReplayRequest, substrate: str, dispatched_s: float, first_token_s: float,
+                 output_tokens: int, now_s: float) -> None: ...
+
+    def failed(self, request: ReplayRequest, substrate: str, failure: Failure, retry_after_s: float | None,
+               now_s: float) -> None: ...
+
+    def periodic(self) -> tuple[Periodic, ...]: ...

@@ -1,0 +1,173 @@
+"""A whole replay: scenario + trace -> workload -> one simulation per router -> bound -> report.
+
+``replay(options)`` returns the report (plain JSON-able data) and the simulation results (for
+plots). Every router runs on its own ``Simulator`` over the same workload and the same seeded
+physics, so the only difference between two runs is the router.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, replace
+
+from inferplane.replay.baselines import BASELINES, baseline
+from inferplane.replay.bound import DEFAULT_WINDOW_S, build_programme, least_cost_usd, solve_bound
+from inferplane.replay.outcome import fixed_cost_usd
+from inferplane.replay.plane_router import PlaneRouter
+from inferplane.replay.report import run_report
+from inferplane.replay.scenario import Event, Scenario, load_scenario
+from inferplane.replay.simulator import SimulationResult, Simulator
+from inferplane.replay.substrate_physics import physics_for
+from inferplane.replay.trace import load_trace
+from inferplane.replay.workload import ReplayRequest, build_workload, parse_tenants, validate_spec
+from substrate_adapters.physics import PhysicsModel
+
+PLANE = "inferplane"
+ROUTERS = (PLANE, *BASELINES)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    scenario: str
+    trace: str
+    routers: tuple[str, ...] = ROUTERS
+    format: str | None = None
+    time_scale: float | None = None
+    rate_scale: float | None = None
+    limit: int | None = None
+    seed: int | None = None
+    tenants: str | None = None
+    events: tuple[Event, ...] = ()
+    bound: bool = True
+    window_s: float = DEFAULT_WINDOW_S
+    progress: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    scenario: Scenario
+    requests: tuple[ReplayRequest, ...]
+    physics: tuple[PhysicsModel, ...]
+    events: tuple[Event, ...]
+    trace_rows: int
+
+
+def parse_routers(text: str) -> tuple[str, ...]:
+    """``all``, one name, or a comma-separated list."""
+    if text == "all":
+        return ROUTERS
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ROUTERS]
+    if unknown or not names:
+        raise ValueError(f"unknown router {', '.join(unknown) or '(none)'}; routers: all, {', '.join(ROUTERS)}")
+    return names
+
+
+def prepare(options: ReplayOptions) -> Prepared:
+    scenario = load_scenario(options.scenario)
+    built = scenario.built
+    names = {s.name for s in built.fleet.substrates}
+    for e in options.events:
+        if e.substrate not in names:
+            raise ValueError(f"event on unknown substrate `{e.substrate}`; substrates: {', '.join(sorted(names))}")
+    spec = scenario.workload
+    changes: dict = {}
+    if options.seed is not None:
+        changes["seed"] = options.seed
+    if options.tenants is not None:
+        changes["tenants"] = parse_tenants(options.tenants, spec.tenants)
+    if options.time_scale is not None:
+        changes["time_scale"] = options.time_scale
+    if options.rate_scale is not None:
+        changes["rate_scale"] = options.rate_scale
+    spec = replace(spec, **changes)
+    validate_spec(spec, built.policy, frozenset(built.fleet.models))
+    rows = load_trace(options.trace, options.format or scenario.trace.format,
+                      options.limit if options.limit is not None else scenario.trace.limit)
+    requests = build_workload(rows, spec, built.policy)
+    sim = scenario.simulation
+    physics = tuple(
+        physics_for(s, i, jitter_ratio=sim.jitter_ratio, seed=spec.seed, override=sim.physics.get(s.name))
+        for i, s in enumerate(built.config.substrates))
+    scenario = replace(scenario, workload=spec)
+    return Prepared(scenario, requests, physics, scenario.events + options.events, len(rows))
+
+
+def simulate(prepared: Prepared, router_name: str, *, progress: bool = False) -> SimulationResult:
+    scenario = prepared.scenario
+    built = scenario.built
+    sim = Simulator(built, prepared.physics, prepared.requests, prepared.events,
+                    sample_interval_s=scenario.simulation.sample_interval_s)
+    if router_name == PLANE:
+        router = PlaneRouter(built, sim.loads(), heartbeat_s=scenario.simulation.heartbeat_ms / 1000.0,
+                             start_s=sim.start_s)
+    else:
+        router = baseline(router_name, built, scenario.baselines)
+    if not progress:
+        return sim.run(router)
+    from tqdm import tqdm
+
+    first = prepared.requests[0].arrival_s
+    total = prepared.requests[-1].arrival_s - first
+    with tqdm(total=round(total), desc=f"{router_name:>17}", unit="sim s", file=sys.stderr, leave=True,
+              dynamic_ncols=True, mininterval=0.5) as bar:
+        def step(now: float) -> None:
+            done = min(round(total), max(0, round(now - first)))
+            if done > bar.n:
+                bar.update(done - bar.n)
+        result = sim.run(router, step)
+        bar.update(max(0, round(total) - bar.n))
+    return result
+
+
+def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
+    t_all = time.perf_counter()
+    prepared = prepare(options)
+    scenario = prepared.scenario
+    built = scenario.built
+    results = tuple(simulate(prepared, name, progress=options.progress) for name in options.routers)
+    span = results[0].span_s if results else 0.0
+    fixed = fixed_cost_usd(built.fleet, span)
+    runs = [run_report(r, fixed) for r in results]
+    bound_out = None
+    if options.bound:
+        if options.progress:
+            print("solving the bound (fluid LP, HiGHS)...", file=sys.stderr)
+        programme = build_programme(built, prepared.physics, prepared.requests, prepared.events,
+                                    span_s=span, window_s=options.window_s)
+        bound = solve_bound(programme)
+        bound_out = bound.to_dict()
+        for run in runs:
+            floor = least_cost_usd(programme, min(run["met_sla"], bound.met))
+            run["bound_fraction"] = {
+                "sla": run["sla_attainment"] / bound.sla_attainment if bound.sla_attainment > 0 else None,
+                "cost": floor / run["cost_usd"] if run["cost_usd"] > 0 else None,
+                "least_cost_at_this_attainment_usd": floor,
+            }
+    spec = scenario.workload
+    report = {
+        "scenario": scenario.path,
+        "config": scenario.config_path,
+        "policy_hash": built.policy.policy_hash,
+        "description": scenario.description,
+        "trace": {
+            "path": options.trace, "format": options.format or scenario.trace.format or "from suffix",
+            "rows": prepared.trace_rows, "requests": len(prepared.requests),
+            "span_s": span, "time_scale": spec.time_scale, "rate_scale": spec.rate_scale,
+            "load_factor": spec.load_factor,
+            "offered_rps": len(prepared.requests) / span if span > 0 else None,
+        },
+        "workload": {
+            "model": spec.model, "seed": spec.seed,
+            "tenants": [{"name": t.tenant, "share": t.share, "sla_classes": dict(t.sla_mix) or "default"}
+                        for t in spec.tenants],
+            "max_tokens": {"rule": spec.max_tokens.rule, "tokens": spec.max_tokens.tokens},
+        },
+        "events": [{"kind": e.kind.value, "substrate": e.substrate, "at_s": e.at_s, "for_s": e.for_s,
+                    "value": e.value} for e in prepared.events],
+        "runs": runs,
+        "bound": bound_out,
+        "wall_time_s": time.perf_counter() - t_all,
+    }
+    return report, results

@@ -1,0 +1,275 @@
+"""A replay scenario: which config, which workload, which faults, and how the simulation runs.
+
+``inferplane replay FILE`` takes either a plain inferplane config (then: the config's first model,
+every tenant at an equal share in its default SLA class, no faults) or a scenario file::
+
+    scenario_version: 1
+    description: what this scenario asks
+    config: enterprise-burst.fleet.yaml        # relative to this file; a config `serve` would take
+    trace: {format: azure, time_scale: 1.0, rate_scale: 1.0}
+    workload:
+      model: llama-3.1-70b-instruct
+      seed: 7
+      max_tokens: {rule: round_up, tokens: 256}
+      tenants:
+        - {name: eu-bank, share: 0.3, sla_classes: {interactive: 0.7, batch: 0.3}}
+        - {name: global-app, share: 0.7}
+    simulation: {jitter_ratio: 0.1, physics: {gpu-fra: {decode_tokens_per_s: 40}}}
+    baselines: {first_byte_timeout_s: 10, ejection_s: 30, consecutive_errors: 3}
+    events:
+      - {kind: outage, substrate: gpu-fra, at_s: 900, for_s: 120}
+      - {kind: failure_rate, substrate: groq-us, at_s: 0, for_s: 600, value: 0.2}
+      - {kind: slowdown, substrate: provider-us, at_s: 1200, for_s: 300, value: 2.0}
+
+Command-line options override ``trace`` and the tenant shares; events from the command line are
+added to the file's. Times are simulated seconds from the (scaled) trace's start.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inferplane.config import BuiltConfig, ConfigError, ConfigProblem, build, load_config
+from inferplane.replay.trace import FORMATS
+from inferplane.replay.workload import MaxTokens, TenantShare, WorkloadSpec
+
+SCENARIO_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TraceDefaults(_Strict):
+    format: Literal["azure", "mooncake", "parquet"] | None = Field(
+        default=None, description=f"Trace format ({', '.join(FORMATS)}); default: from the file suffix.")
+    time_scale: Annotated[float, Field(gt=0)] = Field(
+        default=1.0, description="Arrival times are multiplied by this (< 1 compresses the trace).")
+    rate_scale: Annotated[float, Field(gt=0)] = Field(
+        default=1.0, description="Requests per trace row on average (> 1 superposes copies, < 1 thins).")
+    limit: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Use only the first N rows.")
+
+
+class MaxTokensSpec(_Strict):
+    rule: Literal["trace", "round_up", "fixed"] = Field(
+        default="round_up", description="How the client's max_tokens follows from the trace's output "
+        "(see inferplane.replay.workload).")
+    tokens: Annotated[int, Field(ge=1)] = Field(
+        default=256, description="The quantum for round_up, the cap for fixed.")
+
+
+class TenantMixEntry(_Strict):
+    name: str = Field(description="A tenant of the config.")
+    share: Annotated[float, Field(ge=0)] = Field(description="Relative share of the trace's requests.")
+    sla_classes: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
+        default=None, description="SLA class -> relative share; omit for the tenant's default class.")
+
+
+class WorkloadSection(_Strict):
+    model: str | None = Field(default=None, description="The model every request asks for; default: "
+                              "the config's first model.")
+    seed: int = Field(default=0, description="Seed of the tenant, class and copy draws.")
+    max_tokens: MaxTokensSpec = Field(default_factory=MaxTokensSpec, description="The client's max_tokens.")
+    tenants: list[TenantMixEntry] | None = Field(
+        default=None, description="The tenant mix; default: every tenant, equal shares.")
+
+
+class PhysicsOverride(_Strict):
+    """Replaces fields of a substrate's simulated physics (the truth the replay runs on)."""
+
+    ttft_ms: Annotated[float, Field(ge=0)] | None = Field(default=None, description="Fixed start-up, ms.")
+    network_rtt_ms: Annotated[float, Field(ge=0)] | None = Field(default=None, description="Round trip, ms.")
+    prefill_tokens_per_s: Annotated[float, Field(gt=0)] | None = Field(default=None, description="Prefill rate.")
+    decode_tokens_per_s: Annotated[float, Field(gt=0)] | None = Field(default=None, description="Decode rate.")
+    decode_slowdown_at_full_batch: Annotated[float, Field(ge=1)] | None = Field(
+        default=None, description="Per-stream decode slowdown at a full batch.")
+    max_concurrency: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Slots.")
+    jitter_ratio: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description="Jitter.")
+    failure_rate: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Probability of failing before the first token.")
+
+
+class SimulationSection(_Strict):
+    jitter_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.0, description="Jitter of substrates whose physics is derived from their latency "
+        "profile (vllm, openai_compatible); emulated substrates keep their own.")
+    heartbeat_ms: Annotated[float, Field(gt=0)] = Field(
+        default=250.0, description="How often each substrate reports its load to the placement actor "
+        "(the plane's HEARTBEAT_S, deployments/substrate.py).")
+    physics: dict[str, PhysicsOverride] = Field(
+        default_factory=dict, description="Substrate name -> overrides of its simulated physics.")
+    sample_interval_s: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="How often substrate load is sampled for the load-over-time plot.")
+
+
+class BaselineSection(_Strict):
+    first_byte_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=10.0, description="A gateway's per-try timeout to the first byte; then it tries the next "
+        "endpoint.")
+    ejection_s: Annotated[float, Field(gt=0)] = Field(
+        default=30.0, description="How long a gateway ejects an endpoint after consecutive errors.")
+    consecutive_errors: Annotated[int, Field(ge=1)] = Field(
+        default=3, description="Consecutive 5xx/timeouts that eject an endpoint (a 429 ejects it until "
+        "its Retry-After at once).")
+
+
+class EventKind(str, enum.Enum):
+    OUTAGE = "outage"
+    FAILURE_RATE = "failure_rate"
+    SLOWDOWN = "slowdown"
+
+
+class EventSpec(_Strict):
+    kind: EventKind = Field(description="outage (unreachable, no heartbeat), failure_rate (fail before the "
+                            "first token with probability `value`), slowdown (every duration x `value`).")
+    substrate: str = Field(description="The substrate it hits.")
+    at_s: Annotated[float, Field(ge=0)] = Field(description="Start, simulated seconds from the trace's start.")
+    for_s: Annotated[float, Field(gt=0)] = Field(description="Duration, seconds.")
+    value: float | None = Field(default=None, description="The failure rate (0-1) or slowdown factor (>= 1).")
+
+    @model_validator(mode="after")
+    def _value_fits_kind(self) -> EventSpec:
+        if self.kind is EventKind.OUTAGE:
+            if self.value is not None:
+                raise ValueError("an outage takes no value")
+        elif self.value is None:
+            raise ValueError(f"a {self.kind.value} event needs a value")
+        elif self.kind is EventKind.FAILURE_RATE and not 0.0 <= self.value <= 1.0:
+            raise ValueError("a failure rate is in [0, 1]")
+        elif self.kind is EventKind.SLOWDOWN and self.value < 1.0:
+            raise ValueError("a slowdown factor is >= 1")
+        return self
+
+
+class ScenarioFile(_Strict):
+    scenario_version: Literal[1] = Field(description="Version of the scenario format; currently 1.")
+    description: str = Field(default="", description="What the scenario asks.")
+    config: str = Field(description="The inferplane config, relative to this file.")
+    trace: TraceDefaults = Field(default_factory=TraceDefaults, description="Trace defaults.")
+    workload: WorkloadSection = Field(default_factory=WorkloadSection, description="The workload.")
+    simulation: SimulationSection = Field(default_factory=SimulationSection, description="Simulation.")
+    baselines: BaselineSection = Field(default_factory=BaselineSection, description="Baseline gateways.")
+    events: list[EventSpec] = Field(default_factory=list, description="Injected faults.")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventKind
+    substrate: str
+    at_s: float
+    for_s: float
+    value: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """Everything a replay needs besides the trace, resolved and validated."""
+
+    path: str
+    config_path: str
+    built: BuiltConfig
+    description: str
+    trace: TraceDefaults
+    workload: WorkloadSpec
+    simulation: SimulationSection
+    baselines: BaselineSection
+    events: tuple[Event, ...]
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """A scenario file, or a plain config taken as a scenario with defaults."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, [ConfigProblem((), "file not found")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, [ConfigProblem((), f"not valid YAML: {exc}")]) from None
+    if isinstance(doc, dict) and "schema_version" in doc:
+        built = build(load_config(path))
+        spec = ScenarioFile(scenario_version=1, config=str(path))
+        return _resolve(path, path, built, spec)
+    try:
+        spec = ScenarioFile.model_validate(doc if isinstance(doc, dict) else {})
+    except ValidationError as exc:
+        raise ConfigError(path, [ConfigProblem(tuple(e["loc"]), e["msg"].removeprefix("Value error, "))
+                                 for e in exc.errors()]) from None
+    config_path = (path.parent / spec.config).resolve()
+    built = build(load_config(config_path))
+    return _resolve(path, config_path, built, spec)
+
+
+def _resolve(path: Path, config_path: Path, built: BuiltConfig, spec: ScenarioFile) -> Scenario:
+    problems: list[ConfigProblem] = []
+    substrates = {s.name for s in built.fleet.substrates}
+    models = list(built.fleet.models)
+    model = spec.workload.model or models[0]
+    if built.fleet.resolve_model(model) is None:
+        problems.append(ConfigProblem(("workload", "model"), f"`{model}` is not a model of the config; "
+                                      f"models: {', '.join(models)}"))
+    route = built.fleet.resolve_model(model)
+    if spec.workload.tenants is None:
+        tenants = tuple(TenantShare(name, 1.0) for name, t in built.policy.tenants.items()
+                        if route is None or t.allowed_models is None or route.name in t.allowed_models)
+    else:
+        tenants = tuple(
+            TenantShare(t.name, t.share, tuple((t.sla_classes or {}).items())) for t in spec.workload.tenants)
+        for i, t in enumerate(spec.workload.tenants):
+            policy = built.policy.tenants.get(t.name)
+            if policy is None:
+                problems.append(ConfigProblem(("workload", "tenants", i, "name"), f"`{t.name}` is not a tenant "
+                                              f"of the config; tenants: {', '.join(built.policy.tenants)}"))
+                continue
+            for cls in t.sla_classes or {}:
+                if cls not in policy.allowed_sla_classes:
+                    problems.append(ConfigProblem(
+                        ("workload", "tenants", i, "sla_classes", cls),
+                        f"tenant `{t.name}` may not use this class; allowed: "
+                        f"{', '.join(sorted(policy.allowed_sla_classes))}"))
+    for name in spec.simulation.physics:
+        if name not in substrates:
+            problems.append(ConfigProblem(("simulation", "physics", name), f"no such substrate; substrates: "
+                                          f"{', '.join(sorted(substrates))}"))
+    for i, e in enumerate(spec.events):
+        if e.substrate not in substrates:
+            problems.append(ConfigProblem(("events", i, "substrate"), f"`{e.substrate}` is not a substrate; "
+                                          f"substrates: {', '.join(sorted(substrates))}"))
+    if not tenants:
+        problems.append(ConfigProblem(("workload", "tenants"), f"no tenant may use model `{model}`"))
+    if problems:
+        raise ConfigError(path, problems)
+    workload = WorkloadSpec(
+        model=route.name, tenants=tenants, seed=spec.workload.seed,
+        max_tokens=MaxTokens(spec.workload.max_tokens.rule, spec.workload.max_tokens.tokens),
+        time_scale=spec.trace.time_scale, rate_scale=spec.trace.rate_scale,
+    )
+    return Scenario(
+        path=str(path), config_path=str(config_path), built=built, description=spec.description,
+        trace=spec.trace, workload=workload, simulation=spec.simulation, baselines=spec.baselines,
+        events=tuple(Event(e.kind, e.substrate, e.at_s, e.for_s, e.value) for e in spec.events),
+    )
+
+
+def parse_event(kind: EventKind, text: str) -> Event:
+    """``NAME:AT_S:FOR_S`` (outage) or ``NAME:AT_S:FOR_S:VALUE`` (failure_rate, slowdown), from the CLI."""
+    parts = text.split(":")
+    want = 3 if kind is EventKind.OUTAGE else 4
+    if len(parts) != want:
+        shape = "NAME:AT_S:FOR_S" + ("" if kind is EventKind.OUTAGE else ":VALUE")
+        raise ValueError(f"--{kind.value.replace('_', '-')} `{text}` is not {shape}")
+    try:
+        spec = EventSpec(kind=kind, substrate=parts[0], at_s=float(parts[1]), for_s=float(parts[2]),
+                         value=float(parts[3]) if want == 4 else None)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ValueError(f"--{kind.value.replace('_', '-')} `{text}`: "
+                         f"{first['msg'].removeprefix('Value error, ')}") from None
+    except ValueError:
+        raise ValueError(f"--{kind.value.replace('_', '-')} `{text}`: AT_S, FOR_S and VALUE are numbers") from None
+    return Event(spec.kind, spec.substrate, spec.at_s, spec.for_s, spec.value)

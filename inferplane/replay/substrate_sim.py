@@ -1,0 +1,276 @@
+"""One substrate in simulated time, following ``substrate_adapters.physics`` (shared, not copied).
+
+For one attempt, in the order of the emulated adapter (``substrate_adapters.emulated``):
+
+    1. unreachable (an outage event)          -> fails UNAVAILABLE after one network_rtt
+       failure draw  ``draws.fails(rate)``    -> fails UNAVAILABLE after one network_rtt
+    2. travels ``outbound_delay_s * draws.jitter(j)``
+    3. rate limits (APIs with requests_per_minute / tokens_per_minute): two token buckets, each
+       holding at most one minute's allowance and refilled continuously at allowance / 60 per
+       second; an attempt takes 1 request and input + max_tokens tokens. Short of either: 429
+       (RATE_LIMITED) after network_rtt / 2, with Retry-After = the time until both buckets hold
+       enough; the substrate then reports ``retry_after_until_s`` (the plane opens its circuit).
+       A prompt over the context window: REJECTED (final) after network_rtt / 2.
+    4. waits in a FIFO for one of ``max_concurrency`` slots (unbounded, as vLLM's waiting queue and
+       the emulated FIFO are; admission limits are the router's business)
+    5. holds its slot for ``first_token_delay_s(input) * draws.jitter(j)``: the first token arrives
+    6. decodes ``output_tokens - 1`` more tokens, one per ``decode_interval_s(running)``, with
+       ``running`` (slots held) read continuously: the continuous-time limit of the emulated
+       adapter's step schedule. All streams of a substrate decode at the same per-stream rate, so
+       one virtual clock tracks them: V advances at 1 / decode_interval_s(running) tokens per
+       second, a stream that starts decoding at V0 finishes when V = V0 + output_tokens - 1.
+    7. releases its slot; the oldest waiter is admitted.
+
+A caller's timeout (``abandon``) takes an attempt out of the queue or frees its slot at once.
+Events: ``slowdown`` multiplies every later duration (``PhysicsModel.with_slowdown``; decode at once,
+through V), ``failure_rate`` sets the draw's probability, ``outage`` makes the substrate unreachable
+and silent (no load reports: the plane's signals go stale); as with the emulated adapter's
+``set_outage``, attempts already past step 1 finish.
+
+``load()`` is what the substrate's adapter would report (``substrate_adapters.*.load``):
+
+    emulated            in_flight = running,            queued = waiting
+    vllm                in_flight = running + waiting,  queued = waiting,
+                        kv_cache_usage = running / max_concurrency (each slot a fixed KV share)
+    openai_compatible   in_flight = attempts sent and not finished, queued = 0,
+                        rate-limit headroom = the buckets' levels, retry_after_until_s
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from inferplane.fleet_state import SubstrateReport
+from inferplane.placement.fleet import SubstrateSpec
+from inferplane.replay.attempt import Attempt, Failure, Phase
+from inferplane.replay.clock import EventQueue
+from substrate_adapters.physics import (
+    PhysicsDraws,
+    PhysicsModel,
+    decode_interval_s,
+    first_token_delay_s,
+    outbound_delay_s,
+)
+
+EPSILON_TOKENS = 1e-7
+
+
+@dataclass(frozen=True, slots=True)
+class SubstrateCallbacks:
+    completed: Callable[[float, Attempt], None]
+    failed: Callable[[float, Attempt], None]
+
+
+class SimSubstrate:
+    def __init__(self, spec: SubstrateSpec, physics: PhysicsModel, queue: EventQueue,
+                 callbacks: SubstrateCallbacks) -> None:
+        self.spec = spec
+        self.base_physics = physics
+        self.physics = physics
+        self._q = queue
+        self._cb = callbacks
+        self._draws = PhysicsDraws(physics.seed)
+        self.slots = physics.max_concurrency
+        self.running = 0
+        self.sent = 0
+        self.waiting: deque[Attempt] = deque()
+        self.reachable = True
+        # Virtual decode clock.
+        self._v = 0.0
+        self._v_at = queue.now
+        self._v_rate = 1.0 / decode_interval_s(physics, 0)
+        self._decoding: list[tuple[float, int, Attempt]] = []
+        self._seq = 0
+        self._completion_version = 0
+        # Rate limits.
+        self._rpm = spec.requests_per_minute
+        self._tpm = spec.tokens_per_minute
+        self._req_level = float(self._rpm or 0)
+        self._tok_level = float(self._tpm or 0)
+        self._bucket_at = queue.now
+        self.retry_after_until_s: float | None = None
+        # Counters for the report.
+        self.busy_slot_s = 0.0
+        self._busy_at = queue.now
+
+    # -- faults -----------------------------------------------------------------------------
+    def set_slowdown(self, now: float, factor: float) -> None:
+        self._advance(now)
+        self.physics = self.physics.with_slowdown(factor)
+        self._set_rate(now)
+
+    def set_failure_rate(self, rate: float) -> None:
+        self.physics = self.physics.with_failure_rate(rate)
+
+    def set_reachable(self, reachable: bool) -> None:
+        self.reachable = reachable
+
+    # -- an attempt's life ------------------------------------------------------------------
+    def send(self, now: float, attempt: Attempt) -> None:
+        self.sent += 1
+        rtt = self.physics.network_rtt_s * self.physics.slowdown_factor
+        if not self.reachable or self._draws.fails(self.physics.failure_rate):
+            self._q.at(now + rtt, self._fail, attempt, Failure.UNAVAILABLE, None)
+            return
+        delay = outbound_delay_s(self.physics) * self._draws.jitter(self.physics.jitter_ratio)
+        self._q.at(now + delay, self._arrive, attempt)
+
+    def abandon(self, now: float, attempt: Attempt) -> None:
+        """The caller timed out before the first token: leave the queue or free the slot."""
+        phase = attempt.phase
+        attempt.phase = Phase.ABANDONED
+        self.sent -= 1
+        if phase is Phase.QUEUED:
+            self.waiting.remove(attempt)
+        elif phase is Phase.PREFILL:
+            self._release(now)
+
+    def _arrive(self, now: float, attempt: Attempt) -> None:
+        if attempt.phase is not Phase.OUTBOUND:
+            return  # abandoned on the way
+        req = attempt.request
+        back = self.physics.network_rtt_s * self.physics.slowdown_factor / 2.0
+        if req.input_tokens + req.max_tokens > self.spec.context_windows.get(req.model, 0):
+            self._q.at(now + back, self._fail, attempt, Failure.REJECTED, None)
+            return
+        if self._rpm is not None or self._tpm is not None:
+            wait = self._take_rate_limit(now, req.input_tokens + req.max_tokens)
+            if wait is not None:
+                self.retry_after_until_s = now + wait
+                self._q.at(now + back, self._fail, attempt, Failure.RATE_LIMITED, wait)
+                return
+        if self.running < self.slots and not self.waiting:
+            self._admit(now, attempt)
+        else:
+            attempt.phase = Phase.QUEUED
+            self.waiting.append(attempt)
+
+    def _admit(self, now: float, attempt: Attempt) -> None:
+        self._advance(now)
+        self.running += 1
+        self._set_rate(now)
+        attempt.phase = Phase.PREFILL
+        delay = first_token_delay_s(self.physics, attempt.request.input_tokens)
+        self._q.at(now + delay * self._draws.jitter(self.physics.jitter_ratio), self._first_token, attempt)
+
+    def _first_token(self, now: float, attempt: Attempt) -> None:
+        if attempt.phase is not Phase.PREFILL:
+            return  # abandoned while prefilling
+        attempt.phase = Phase.DECODE
+        attempt.first_token_s = now
+        remaining = attempt.request.output_tokens - 1
+        if remaining <= 0:
+            self._finish(now, attempt)
+            self._release(now)
+            return
+        self._advance(now)
+        self._seq += 1
+        heapq.heappush(self._decoding, (self._v + remaining, self._seq, attempt))
+        self._schedule_completion(now)
+
+    def _completion(self, now: float, version: int) -> None:
+        if version != self._completion_version:
+            return
+        self._advance(now)
+        finished = 0
+        while self._decoding and self._decoding[0][0] <= self._v + EPSILON_TOKENS:
+            _, _, attempt = heapq.heappop(self._decoding)
+            self._finish(now, attempt)
+            finished += 1
+        self._release(now, finished)
+
+    def _finish(self, now: float, attempt: Attempt) -> None:
+        attempt.phase = Phase.DONE
+        attempt.done_s = now
+        self.sent -= 1
+        self._cb.completed(now, attempt)
+
+    def _fail(self, now: float, attempt: Attempt, failure: Failure, retry_after_s: float | None) -> None:
+        if attempt.phase is Phase.ABANDONED:
+            return
+        attempt.phase = Phase.FAILED
+        attempt.failure = failure
+        attempt.retry_after_s = retry_after_s
+        self.sent -= 1
+        self._cb.failed(now, attempt)
+
+    def _release(self, now: float, slots: int = 1) -> None:
+        """Free ``slots`` slots, admit waiters FIFO, and re-time the next completion."""
+        if slots:
+            self._advance(now)
+            self.running -= slots
+        while self.waiting and self.running < self.slots:
+            self._admit(now, self.waiting.popleft())
+        self._set_rate(now)
+
+    # -- the virtual decode clock -------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        dt = now - self._v_at
+        if dt > 0:
+            self._v += dt * self._v_rate
+            self.busy_slot_s += dt * self.running
+        self._v_at = now
+
+    def _set_rate(self, now: float) -> None:
+        self._v_rate = 1.0 / decode_interval_s(self.physics, self.running)
+        self._schedule_completion(now)
+
+    def _schedule_completion(self, now: float) -> None:
+        self._completion_version += 1
+        if self._decoding:
+            dt = (self._decoding[0][0] - self._v) / self._v_rate
+            self._q.at(now + (dt if dt > 0 else 0.0), self._completion, self._completion_version)
+
+    # -- rate limits --------------------------------------------------------------------------
+    def _refill(self, now: float) -> None:
+        dt = now - self._bucket_at
+        if dt > 0:
+            if self._rpm is not None:
+                self._req_level = min(float(self._rpm), self._req_level + dt * self._rpm / 60.0)
+            if self._tpm is not None:
+                self._tok_level = min(float(self._tpm), self._tok_level + dt * self._tpm / 60.0)
+        self._bucket_at = now
+
+    def _take_rate_limit(self, now: float, tokens: int) -> float | None:
+        """Take one request and ``tokens`` from the buckets; None if taken, else Retry-After (s)."""
+        self._refill(now)
+        wait = 0.0
+        if self._rpm is not None and self._req_level < 1.0:
+            wait = max(wait, (1.0 - self._req_level) * 60.0 / self._rpm)
+        if self._tpm is not None and self._tok_level < tokens:
+            if tokens > self._tpm:
+                wait = max(wait, 60.0)  # larger than a minute's allowance: refused every time
+            else:
+                wait = max(wait, (tokens - self._tok_level) * 60.0 / self._tpm)
+        if wait > 0.0:
+            return wait
+        if self._rpm is not None:
+            self._req_level -= 1.0
+        if self._tpm is not None:
+            self._tok_level -= tokens
+        return None
+
+    # -- what the adapter reports -------------------------------------------------------------
+    def load(self, now: float) -> SubstrateReport:
+        kind = self.spec.kind
+        if kind == "vllm":
+            return SubstrateReport(in_flight=self.running + len(self.waiting), queued=len(self.waiting),
+                                   kv_cache_usage=self.running / self.slots)
+        if kind == "openai_compatible":
+            self._refill(now)
+            until = self.retry_after_until_s
+            return SubstrateReport(
+                in_flight=self.sent, queued=0,
+                rate_limit_requests_remaining=None if self._rpm is None else self._req_level,
+                rate_limit_tokens_remaining=None if self._tpm is None else self._tok_level,
+                retry_after_until_s=until if until is not None and until > now else None,
+            )
+        return SubstrateReport(in_flight=self.running, queued=len(self.waiting))
+
+    def busy_until(self, now: float) -> float:
+        """Slot-seconds held since the start, up to ``now`` (for utilisation)."""
+        self._advance(now)
+        return self.busy_slot_s

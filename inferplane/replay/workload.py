@@ -1,0 +1,206 @@
+"""From trace rows to the requests a replay sends: tenants, SLA classes, max_tokens, scaling.
+
+The public traces carry no tenant, SLA class or ``max_tokens``; a replay assigns them by a seeded
+rule that depends only on (seed, trace row, copy), never on the order of drawing, so a row keeps
+its tenant whatever ``--limit`` cuts off:
+
+    u(purpose)  = first 8 bytes of blake2b("{seed}/{row index}/{copy}/{purpose}") / 2**64, in [0, 1)
+    tenant      = the first tenant in the mix whose cumulative share exceeds u("tenant")
+                  (shares are normalised to sum to 1)
+    SLA class   = the same rule on u("sla") over the tenant's class mix; a tenant given no class
+                  mix sends every request in its ``default_sla_class``
+    (a parquet trace that names a row's tenant or class is taken as it is)
+
+``max_tokens``, what the client asks for (the placement engine predicts with it; the substrate
+generates the trace's ``output_tokens``):
+
+    trace      max_tokens = output_tokens (the client knows its output length: an oracle)
+    round_up   max_tokens = ceil(output_tokens / quantum) * quantum (clients ask in coarse steps)
+    fixed      max_tokens = N, and the substrate stops at min(output_tokens, N)
+
+Scaling (both are stated in every report):
+
+    time_scale X   arrival_s' = arrival_s * X (X < 1 compresses the trace: the same requests,
+                   faster; the replay's simulated span is X times the trace's)
+    rate_scale X   keeps the time axis and changes the count: each row is sent floor(X) times,
+                   plus once more when u("copy") < frac(X); copy 0 at the row's arrival, copy k >= 1
+                   at arrival + u("offset") * (gap to the next row), so bursts keep their shape.
+                   X < 1 thins the trace by the same rule (a row survives when u("copy") < X).
+
+The offered load is rate_scale / time_scale times the trace's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from inferplane.placement.policy import PlacementPolicy
+from inferplane.replay.trace import TraceRow
+
+MaxTokensRule = Literal["trace", "round_up", "fixed"]
+
+
+class WorkloadError(ValueError):
+    """A tenant mix, SLA mix or scaling the config cannot honour."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantShare:
+    tenant: str
+    share: float
+    sla_mix: tuple[tuple[str, float], ...] = ()
+    """(class, share) pairs; empty: every request in the tenant's default class."""
+
+
+@dataclass(frozen=True, slots=True)
+class MaxTokens:
+    rule: MaxTokensRule = "round_up"
+    tokens: int = 256
+    """The quantum for ``round_up``, the cap for ``fixed``; unused for ``trace``."""
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise WorkloadError("max_tokens quantum/cap must be at least 1")
+
+    def apply(self, output_tokens: int) -> tuple[int, int]:
+        """(max_tokens the client sends, tokens the substrate generates), both >= 1."""
+        out = max(1, output_tokens)
+        if self.rule == "trace":
+            return out, out
+        if self.rule == "round_up":
+            return math.ceil(out / self.tokens) * self.tokens, out
+        return self.tokens, min(out, self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    model: str
+    tenants: tuple[TenantShare, ...]
+    seed: int = 0
+    max_tokens: MaxTokens = MaxTokens()
+    time_scale: float = 1.0
+    rate_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.tenants:
+            raise WorkloadError("the tenant mix is empty")
+        if any(t.share < 0 for t in self.tenants) or sum(t.share for t in self.tenants) <= 0:
+            raise WorkloadError("tenant shares must be >= 0 and sum to more than 0")
+        if not (self.time_scale > 0 and math.isfinite(self.time_scale)):
+            raise WorkloadError(f"time scale must be > 0, got {self.time_scale}")
+        if not (self.rate_scale > 0 and math.isfinite(self.rate_scale)):
+            raise WorkloadError(f"rate scale must be > 0, got {self.rate_scale}")
+
+    @property
+    def load_factor(self) -> float:
+        """Offered load relative to the trace: rate_scale / time_scale."""
+        return self.rate_scale / self.time_scale
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """One request the replay sends. Times in simulated seconds from the trace's start."""
+
+    index: int
+    """Position in the workload (0-based, arrival order)."""
+    request_id: str
+    trace_index: int
+    copy: int
+    arrival_s: float
+    tenant: str
+    sla_class: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    """What the substrate generates."""
+    max_tokens: int
+    """What the client asks for (placement predicts with it)."""
+
+
+def parse_tenants(spec: str, base: tuple[TenantShare, ...] = ()) -> tuple[TenantShare, ...]:
+    """``eu-bank:0.3,global-app:0.7`` -> shares; a tenant's SLA mix is kept from ``base`` (the
+    scenario's) when it names the same tenant."""
+    mixes = {t.tenant: t.sla_mix for t in base}
+    out = []
+    for part in spec.split(","):
+        name, sep, share = part.strip().partition(":")
+        if not sep or not name:
+            raise WorkloadError(f"--tenants: `{part}` is not NAME:SHARE (e.g. eu-bank:0.3,global-app:0.7)")
+        try:
+            value = float(share)
+        except ValueError:
+            raise WorkloadError(f"--tenants: share `{share}` of {name} is not a number") from None
+        out.append(TenantShare(name, value, mixes.get(name, ())))
+    return tuple(out)
+
+
+def unit_draw(seed: int, row: int, copy: int, purpose: str) -> float:
+    """A uniform draw in [0, 1) fixed by (seed, row, copy, purpose)."""
+    digest = hashlib.blake2b(f"{seed}/{row}/{copy}/{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _pick(shares: tuple[tuple[str, float], ...], u: float) -> str:
+    total = sum(s for _, s in shares)
+    acc = 0.0
+    for name, share in shares:
+        acc += share / total
+        if u < acc:
+            return name
+    return shares[-1][0]
+
+
+def validate_spec(spec: WorkloadSpec, policy: PlacementPolicy, model_names: frozenset[str]) -> None:
+    """Every tenant and class exists and may be used together, and the model is served."""
+    if spec.model not in model_names:
+        raise WorkloadError(f"model `{spec.model}` is not in the config; models: {', '.join(sorted(model_names))}")
+    for t in spec.tenants:
+        tenant = policy.tenants.get(t.tenant)
+        if tenant is None:
+            raise WorkloadError(f"tenant `{t.tenant}` is not in the config; tenants: "
+                                f"{', '.join(sorted(policy.tenants))}")
+        for cls, share in t.sla_mix:
+            if share < 0:
+                raise WorkloadError(f"tenant `{t.tenant}`: SLA share of `{cls}` is negative")
+            if cls not in tenant.allowed_sla_classes:
+                raise WorkloadError(f"tenant `{t.tenant}` may not use SLA class `{cls}`; allowed: "
+                                    f"{', '.join(sorted(tenant.allowed_sla_classes))}")
+
+
+def build_workload(rows: tuple[TraceRow, ...], spec: WorkloadSpec, policy: PlacementPolicy) -> tuple[ReplayRequest, ...]:
+    """The requests of ``rows`` under ``spec``, in arrival order (see the module docstring)."""
+    tenant_shares = tuple((t.tenant, t.share) for t in spec.tenants)
+    mixes = {t.tenant: t.sla_mix for t in spec.tenants}
+    whole, frac = divmod(spec.rate_scale, 1.0)
+    mean_gap = (rows[-1].arrival_s - rows[0].arrival_s) / max(1, len(rows) - 1)
+    drafts: list[tuple[float, int, int, TraceRow]] = []
+    for pos, row in enumerate(rows):
+        copies = int(whole) + (1 if unit_draw(spec.seed, row.index, 0, "copy") < frac else 0)
+        gap = rows[pos + 1].arrival_s - row.arrival_s if pos + 1 < len(rows) else mean_gap
+        for k in range(copies):
+            offset = 0.0 if k == 0 else unit_draw(spec.seed, row.index, k, "offset") * gap
+            drafts.append(((row.arrival_s + offset) * spec.time_scale, row.index, k, row))
+    drafts.sort(key=lambda d: (d[0], d[1], d[2]))
+
+    out: list[ReplayRequest] = []
+    for arrival, trace_index, k, row in drafts:
+        tenant = row.tenant or _pick(tenant_shares, unit_draw(spec.seed, trace_index, k, "tenant"))
+        tenant_policy = policy.tenants.get(tenant)
+        if tenant_policy is None:
+            raise WorkloadError(f"trace row {trace_index}: tenant `{tenant}` is not in the config")
+        sla = row.sla_class
+        if sla is None:
+            mix = mixes.get(tenant, ())
+            sla = _pick(mix, unit_draw(spec.seed, trace_index, k, "sla")) if mix else tenant_policy.default_sla_class
+        max_tokens, output = spec.max_tokens.apply(row.output_tokens)
+        out.append(ReplayRequest(
+            index=len(out), request_id=f"replay-{trace_index}" + (f".{k}" if k else ""),
+            trace_index=trace_index, copy=k, arrival_s=arrival, tenant=tenant, sla_class=sla,
+            model=spec.model, input_tokens=row.input_tokens, output_tokens=output, max_tokens=max_tokens,
+        ))
+    if not out:
+        raise WorkloadError(f"rate scale {spec.rate_scale} left no request of {len(rows)} rows")
+    return tuple(out)

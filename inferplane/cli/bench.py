@@ -16,6 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--rounds", type=int, default=30)
     e.add_argument("--json", dest="json_out", help="also write the results to this file")
     e.set_defaults(func=cmd_engine)
+    o = bsub.add_parser("overhead", help="the plane against a plain Ray Serve app over the same backends")
+    o.add_argument("--concurrency", default="1,16,64", help="comma-separated (default 1,16,64)")
+    o.add_argument("--requests", type=int, default=1200, help="requests per target per concurrency")
+    o.add_argument("--rounds", type=int, default=2, help="alternations of plain and plane")
+    o.add_argument("--ingress-replicas", type=int, default=1)
+    o.add_argument("--json", dest="json_out", help="also write the results to this file")
+    o.set_defaults(func=cmd_overhead)
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -36,4 +43,25 @@ def cmd_engine(args: argparse.Namespace) -> int:
             json.dump(results, fh, indent=2)
     first = results[0]
     print(f"engine_vs_parse_ratio={first['ratio']:.2f}")
+    return 0
+
+
+def cmd_overhead(args: argparse.Namespace) -> int:
+    from inferplane.benchmarks.overhead import measure_overhead
+
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    print(f"plain Ray Serve vs inferplane over 4 zero-latency emulated backends, {args.requests} requests "
+          f"per target per concurrency in {args.rounds} alternating rounds, loopback", flush=True)
+    rows = measure_overhead(concurrencies, args.requests, args.rounds, ingress_replicas=args.ingress_replicas,
+                            echo=lambda line: print(line, flush=True))
+    table = [[str(r["concurrency"]), f"{r['plain']['rps']:.1f}", f"{r['plane']['rps']:.1f}",
+              f"{r['plain']['p50_ms']:.1f}", f"{r['plane']['p50_ms']:.1f}", f"{r['plain']['p99_ms']:.1f}",
+              f"{r['plane']['p99_ms']:.1f}", f"{r['throughput_ratio']:.3f}", f"{r['p50_ratio']:.3f}",
+              str(r["plain"]["errors"] + r["plane"]["errors"])] for r in rows]
+    print(render_table(["conc", "plain rps", "plane rps", "plain p50 ms", "plane p50 ms", "plain p99 ms",
+                        "plane p99 ms", "rps ratio", "p50 ratio", "errors"], table, "r" * 10))
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(rows, fh, indent=2)
+    print(f"throughput_ratio={rows[-1]['throughput_ratio']:.3f}")
     return 0

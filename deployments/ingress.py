@@ -307,8 +307,9 @@ class Ingress:
                 self._outcomes.append(Outcome(name, False, None, None, time.time(), first.get("retry_after_s")))
                 log.info("placement %s on %s failed before the first byte (%s); re-placing",
                          decision.placement_id, name, first["code"])
-                preq = preq.retry_excluding(name)
-                decision = rec.decision = self._place(preq, self._current_snapshot(time.time()))
+                now = time.time()
+                preq = preq.retry_excluding(name, now)
+                decision = rec.decision = self._place(preq, self._current_snapshot(now))
                 continue
             break
 

@@ -51,6 +51,10 @@ class PlainIngress:
                         yield _line({"id": payload["request_id"], "object": "chat.completion.chunk",
                                      "created": created, "model": body["model"],
                                      "choices": [{"index": 0, "delta": {}, "finish_reason": event["finish_reason"]}]})
+                        yield _line({"id": payload["request_id"], "object": "chat.completion.chunk",
+                                     "created": created, "model": body["model"], "choices": [],
+                                     "usage": {"prompt_tokens": event["prompt_tokens"],
+                                               "completion_tokens": event["completion_tokens"]}})
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")

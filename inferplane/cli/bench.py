@@ -23,6 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--ingress-replicas", type=int, default=1)
     o.add_argument("--json", dest="json_out", help="also write the results to this file")
     o.set_defaults(func=cmd_overhead)
+    v = bsub.add_parser("vllm", help="the same vLLM CPU engine served plainly and through the plane")
+    v.add_argument("--concurrency", type=int, default=16)
+    v.add_argument("--requests", type=int, default=48, help="streamed requests per target per round")
+    v.add_argument("--max-tokens", type=int, default=64)
+    v.add_argument("--rounds", type=int, default=2)
+    v.add_argument("--json", dest="json_out", help="also write the results to this file")
+    v.set_defaults(func=cmd_vllm)
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -64,4 +71,23 @@ def cmd_overhead(args: argparse.Namespace) -> int:
         with open(args.json_out, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=2)
     print(f"throughput_ratio={rows[-1]['throughput_ratio']:.3f}")
+    return 0
+
+
+def cmd_vllm(args: argparse.Namespace) -> int:
+    from inferplane.benchmarks.vllm_bench import measure_vllm
+
+    print(f"SmolLM2-135M-Instruct on one vLLM CPU engine: plain Serve endpoint vs inferplane, "
+          f"{args.requests} streamed requests x {args.max_tokens} tokens at concurrency {args.concurrency}, "
+          f"{args.rounds} alternating rounds", flush=True)
+    r = measure_vllm(args.concurrency, args.requests, args.max_tokens, args.rounds,
+                     echo=lambda line: print(line, flush=True))
+    rows = [[t, f"{r[t]['tokens_per_s']:.1f}", f"{r[t]['ttft_p50_ms']:.0f}", f"{r[t]['ttft_p90_ms']:.0f}",
+             str(r[t]["errors"])] for t in ("plain", "plane")]
+    print(render_table(["path", "output tok/s", "ttft p50 ms", "ttft p90 ms", "errors"], rows, "lrrrr"))
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as fh:
+            json.dump(r, fh, indent=2)
+    print(f"ttft_p50_ratio={r['ttft_p50_ratio']:.3f}")
+    print(f"tokens_per_s_ratio={r['tokens_per_s_ratio']:.3f}")
     return 0

@@ -30,8 +30,9 @@ class PlacementRequest:
     def total_tokens(self) -> int:
         return self.input_tokens + self.max_output_tokens
 
-    def retry_excluding(self, failed: str) -> PlacementRequest:
-        """The same request, one attempt later, never again on ``failed``."""
+    def retry_excluding(self, failed: str, now_s: float | None = None) -> PlacementRequest:
+        """The same request, one attempt later, never again on ``failed``. ``now_s`` is the time of
+        the retry: signal ages are judged from then, not from the first arrival."""
         return PlacementRequest(
             request_id=self.request_id,
             tenant=self.tenant,
@@ -39,7 +40,7 @@ class PlacementRequest:
             sla_class=self.sla_class,
             input_tokens=self.input_tokens,
             max_output_tokens=self.max_output_tokens,
-            arrived_at_s=self.arrived_at_s,
+            arrived_at_s=self.arrived_at_s if now_s is None else now_s,
             ingress_region=self.ingress_region,
             ingress_zone=self.ingress_zone,
             exclude=self.exclude | {failed},

@@ -114,6 +114,7 @@ class Ingress:
                                flush_interval_s=cfg.telemetry.audit_flush_interval_ms / 1000.0)
         self._metrics = MetricsOutbox(LabelVocabulary.of(self._fleet, self._policy))
         self._audit_dropped = 0
+        self._finished: deque = deque()  # (RequestRecord, RequestOutcome) awaiting the sync thread
         self._spend: Counter[str] = Counter()  # attributed cost since the last sync, by tenant
         self._spend_lock = threading.Lock()  # the event loop adds, the sync thread takes
         self._stop = threading.Event()
@@ -122,6 +123,7 @@ class Ingress:
     # -- snapshot sync (background thread) ---------------------------------------------------
     def _sync_loop(self) -> None:
         while not self._stop.is_set():
+            self._write_finished()
             outcomes = []
             while self._outcomes:
                 outcomes.append(self._outcomes.popleft())
@@ -335,38 +337,48 @@ class Ingress:
 
     def _record(self, rec: RequestRecord, status: int, error_code: str | None, first_at: float | None,
                 completion_tokens: int | None, prompt_tokens: int | None) -> None:
-        """Write the request's audit row and metrics, once. Never raises into the request path."""
+        """Queue the request's audit row and metrics, once; the sync thread builds and writes them
+        (building a row, with the decision as JSON, was 8 % of the request path in a profile)."""
         if rec.recorded:
             return
         rec.recorded = True
         now = time.time()
-        try:
-            decision = rec.decision
-            if decision is None:
-                self._metrics.delta.record_rejection(rejection_code_for(error_code or "invalid"), rec.tenant, rec.model)
-            outcome = RequestOutcome(
-                status_code=status, error_code=error_code,
-                attempts=decision.attempt if decision is not None else 0,
-                ttft_s=None if first_at is None else first_at - rec.arrived_s,
-                e2e_s=now - rec.arrived_s if status == 200 else None,
-                input_tokens=prompt_tokens if prompt_tokens is not None else rec.input_tokens,
-                output_tokens=completion_tokens, streamed=rec.streamed, finished_at_s=now)
-            sla = self._policy.sla_classes.get(rec.sla_class) if rec.sla_class else None
-            row = audit_row(request_id=rec.request_id, ingress_id=self._id, received_at_s=rec.arrived_s,
-                            tenant=rec.tenant, model=rec.model, sla_class=rec.sla_class, decision=decision,
-                            outcome=outcome, fleet=self._fleet, ingress_region=self._region,
-                            snapshot_age_s=rec.snapshot_age_s, sla=sla)
-            self._audit.append(row)
-            if row["cost_usd"] and rec.tenant:
-                with self._spend_lock:
-                    self._spend[rec.tenant] += row["cost_usd"]
-            if decision is not None and decision.placed:
-                self._metrics.delta.record_outcome(
-                    decision.substrate, decision.tenant, decision.model, decision.sla_class, status == 200,
-                    outcome.ttft_s, outcome.e2e_s, outcome.tpot_s, outcome.input_tokens or 0,
-                    completion_tokens or 0, row["cost_usd"] or 0.0)
-        except Exception:  # telemetry must never fail a request; the failure itself is logged
-            log.exception("could not record request %s", rec.request_id)
+        decision = rec.decision
+        outcome = RequestOutcome(
+            status_code=status, error_code=error_code,
+            attempts=decision.attempt if decision is not None else 0,
+            ttft_s=None if first_at is None else first_at - rec.arrived_s,
+            e2e_s=now - rec.arrived_s if status == 200 else None,
+            input_tokens=prompt_tokens if prompt_tokens is not None else rec.input_tokens,
+            output_tokens=completion_tokens, streamed=rec.streamed, finished_at_s=now)
+        self._finished.append((rec, outcome))
+
+    def _write_finished(self) -> None:
+        """Audit rows, outcome metrics and spend for the requests that finished since the last call.
+        Runs in the sync thread (and on shutdown); a failure is logged, never raised."""
+        while self._finished:
+            rec, outcome = self._finished.popleft()
+            try:
+                decision = rec.decision
+                if decision is None:
+                    self._metrics.delta.record_rejection(
+                        rejection_code_for(outcome.error_code or "invalid"), rec.tenant, rec.model)
+                sla = self._policy.sla_classes.get(rec.sla_class) if rec.sla_class else None
+                row = audit_row(request_id=rec.request_id, ingress_id=self._id, received_at_s=rec.arrived_s,
+                                tenant=rec.tenant, model=rec.model, sla_class=rec.sla_class, decision=decision,
+                                outcome=outcome, fleet=self._fleet, ingress_region=self._region,
+                                snapshot_age_s=rec.snapshot_age_s, sla=sla)
+                self._audit.append(row)
+                if row["cost_usd"] and rec.tenant:
+                    with self._spend_lock:
+                        self._spend[rec.tenant] += row["cost_usd"]
+                if decision is not None and decision.placed:
+                    self._metrics.delta.record_outcome(
+                        decision.substrate, decision.tenant, decision.model, decision.sla_class,
+                        outcome.status_code == 200, outcome.ttft_s, outcome.e2e_s, outcome.tpot_s,
+                        outcome.input_tokens or 0, outcome.output_tokens or 0, row["cost_usd"] or 0.0)
+            except Exception:  # telemetry must never fail the plane; the failure itself is logged
+                log.exception("could not record request %s", rec.request_id)
 
     def _rejection(self, decision: PlacementDecision) -> ApiError:
         status = decision.http_status
@@ -479,4 +491,5 @@ class Ingress:
     def __del__(self) -> None:
         # Graceful shutdown: stop syncing and flush every audit row still pending.
         self._stop.set()
+        self._write_finished()
         self._audit.close()

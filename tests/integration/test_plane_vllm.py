@@ -67,3 +67,58 @@ def test_engine_stats_reach_the_snapshot(vllm_plane):
     kv = snap.signals[index].kv_cache_usage
     assert kv is not None and 0.0 <= kv.value <= 1.0
     assert time.time() - kv.observed_at_s < 2.0  # fresh: replicas report every 0.25 s
+
+
+def test_engine_load_reaches_the_snapshot_and_changes_placement(vllm_plane):
+    """24 concurrent 200-token streams on an engine batching 16: the engine's own queue and KV-cache
+    use show in the snapshot while they run, and the plane moves the global tenant's overflow off
+    the saturated primary (saying why), instead of queueing it behind the engine."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    from deployments.placement_actor import NAMESPACE, actor_name
+    from inferplane.config import parse_config
+
+    names = [s.name for s in parse_config(vllm_plane.config_text).substrates]
+    i = names.index("local-vllm")
+    actor = ray.get_actor(actor_name(vllm_plane.app_name, vllm_plane.config_text), namespace=NAMESPACE)
+    seen = {"queued": 0.0, "kv": 0.0, "max_age_s": 0.0}
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            snap = ray.get(actor.snapshot.remote())
+            sig = snap.signals[i]
+            if sig.queued is not None:
+                seen["queued"] = max(seen["queued"], sig.queued.value)
+            if sig.kv_cache_usage is not None:
+                seen["kv"] = max(seen["kv"], sig.kv_cache_usage.value)
+                seen["max_age_s"] = max(seen["max_age_s"], snap.taken_at_s - sig.kv_cache_usage.observed_at_s)
+            time.sleep(0.1)
+
+    async def burst():
+        body = {"model": "smollm2", "messages": QUESTION, "max_tokens": 200, "temperature": 0.8,
+                "stream": False}
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(*[
+                client.post(f"{vllm_plane.url}/v1/chat/completions", json=body,
+                            headers={"Authorization": f"Bearer {GLOBAL_KEY}"}) for _ in range(40)])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        responses = asyncio.run(burst())
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    assert seen["kv"] > 0.0, seen                        # the engine's KV-cache use was read, not guessed
+    assert seen["queued"] > 0.0, seen                    # and its waiting queue
+    assert seen["max_age_s"] < 2.0, seen                 # within the staleness bound
+    spilled = [r for r in responses if r.headers["x-inferplane-spillover"] == "true"]
+    on_engine = [r for r in responses if r.headers["x-inferplane-substrate"] == "local-vllm"]
+    assert spilled and on_engine, (len(spilled), len(on_engine))
+    assert {r.headers["x-inferplane-spillover-reason"] for r in spilled} <= {
+        "primary_saturated", "primary_cannot_meet_sla"}

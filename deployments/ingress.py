@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferplane.api.errors import ApiError
 from inferplane.api.openai_schema import ChatCompletionRequest, CompletionRequest
@@ -59,6 +60,15 @@ def _first_validation_error(exc: ValidationError) -> ApiError:
 def _sse_line(obj: dict) -> str:
     # Defined above the class: serve.ingress captures the module's names when it decorates.
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """An unknown path or an unserved method answers in the OpenAI error shape too, not
+    FastAPI's ``{"detail": ...}`` (clients and SDKs parse ``error.message``)."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+    err = ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 class RequestRecord:
@@ -289,7 +299,7 @@ class Ingress:
             ingress_region=self._region, ingress_zone=self._zone,
         )
         snapshot = self._current_snapshot(arrived)
-        rec.snapshot_age_s = arrived - snapshot.taken_at_s
+        rec.snapshot_age_s = time.time() - snapshot.taken_at_s  # at placement (a sync may land mid-parse)
         decision = rec.decision = self._place(preq, snapshot)
         payload = self._payload(api, body, max_tokens, preq.request_id)
 

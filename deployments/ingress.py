@@ -7,7 +7,6 @@ A snapshot older than the policy's ``snapshot_staleness_bound_ms`` fails closed 
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` type on the
 # routes of a Serve class-based ingress.
-import dataclasses
 import json
 import os
 import logging
@@ -30,7 +29,7 @@ from inferplane.api.tokens import chat_text, estimate_chat_tokens, estimate_comp
 from inferplane.auth import TenantKeys
 from inferplane.config import build, parse_config
 from inferplane.fleet_state import Outcome
-from inferplane.placement import FleetSnapshot, PlacementDecision, PlacementRequest, Reading, place
+from inferplane.placement import FleetSnapshot, PlacementDecision, PlacementRequest, place
 from inferplane.placement.filters import STATIC_FILTERS
 from inferplane.placement.signals import SubstrateSignals
 from inferplane.telemetry.audit import AuditLog, RequestOutcome, audit_row
@@ -173,22 +172,11 @@ class Ingress:
             self._stop.wait(self._refresh_s)
 
     def _local_view(self) -> FleetSnapshot:
-        """The published snapshot with this replica's own dispatches since then applied to the
-        in-flight signals, so a burst between two syncs is not placed as if the fleet were idle.
-        Rebuilt only when a count changed (an O(substrates) tuple copy)."""
+        """The published snapshot with this replica's own dispatches since then applied, rebuilt
+        only when a count changed (``FleetSnapshot.with_dispatches``)."""
         if self._view_dirty or self._view is None:
             snap, reported = self._base
-            signals = list(snap.signals)
-            for name, count in self._in_flight.items():
-                delta = count - reported.get(name, 0)
-                if delta:
-                    i = self._index[name]
-                    sig = signals[i]
-                    if sig.in_flight is not None:
-                        reading = Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s)
-                        signals[i] = dataclasses.replace(sig, in_flight=reading)
-            self._view = FleetSnapshot(snap.version, snap.taken_at_s, snap.fleet, tuple(signals),
-                                       snap.tenant_spend_usd)
+            self._view = snap.with_dispatches(reported, self._in_flight)
             self._view_dirty = False
         return self._view
 

@@ -18,17 +18,13 @@ import time
 import ray
 
 from inferplane.config import build, parse_config
-from inferplane.health import BreakerSettings
+from inferplane.health import settings_from_policy
 from inferplane.placement.snapshot import FleetSnapshot
 from inferplane.telemetry.metrics import LabelVocabulary, PlaneMetrics, serve_metrics
-from inferplane.fleet_state import FleetState, Outcome, PublishedSnapshot, SubstrateReport
+from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, Outcome, PublishedSnapshot, SubstrateReport
 
 NAMESPACE = "inferplane"
 log = logging.getLogger("inferplane.placement_actor")
-# After a (re)start the actor knows nothing until substrate replicas report (every 0.25 s). It
-# publishes nothing for this long, so ingress replicas keep their last snapshot instead of
-# switching to one in which every substrate is unknown.
-WARMUP_S = 0.75
 
 
 def actor_name(app_name: str, config_text: str) -> str:
@@ -46,7 +42,7 @@ class PlacementActor:
         self._updating_since: dict[str, float] = {}
         threading.Thread(target=self._poll_serve, name="inferplane-serve-status", daemon=True).start()
         self._state = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s,
-                                 breaker_settings(built.config.policy.health),
+                                 settings_from_policy(built.config.policy.health),
                                  built.config.policy.health.latency_window_ms / 1000.0,
                                  {t.name: t.budget.period for t in built.config.tenants if t.budget})
         self._seed_spend_from_audit(built.config)
@@ -99,7 +95,9 @@ class PlacementActor:
                                        snapshot_age_s=snapshot_age_s, zone=zone)
             if spend_usd:
                 self._state.add_spend(spend_usd, now)
-            published = None if now - self._started_at_s < WARMUP_S else self._state.snapshot(now)
+            up = now - self._started_at_s
+            warming = up < ACTOR_WARMUP_S or (up < self._bound and not self._state.all_reporting())
+            published = None if warming else self._state.snapshot(now)
         if metrics:
             self._metrics.apply_batch(ingress_id, metrics)
         if snapshot_version is not None and snapshot_age_s is not None:
@@ -164,18 +162,6 @@ class PlacementActor:
 
     def started_at_s(self) -> float:
         return self._started_at_s
-
-
-def breaker_settings(health) -> BreakerSettings:
-    return BreakerSettings(
-        consecutive_failures=health.consecutive_failures_to_open,
-        error_rate_to_open=health.error_rate_to_open,
-        min_samples=health.min_samples,
-        window_s=health.window_ms / 1000.0,
-        open_cooldown_s=health.open_cooldown_ms / 1000.0,
-        max_cooldown_s=health.max_cooldown_ms / 1000.0,
-        probe_successes=health.probe_successes_to_close,
-    )
 
 
 def get_or_create(app_name: str, config_text: str) -> ray.actor.ActorHandle:

@@ -25,8 +25,8 @@ from substrate_adapters.construct import adapter_for
 from substrate_adapters.errors import SubstrateError, SubstrateRateLimited
 
 from deployments import node_stats, placement_actor
+from inferplane.fleet_state import HEARTBEAT_S
 
-HEARTBEAT_S = 0.25
 log = logging.getLogger("inferplane.substrate")
 
 

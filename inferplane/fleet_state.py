@@ -41,6 +41,12 @@ from inferplane.placement.fleet import FleetSpec
 from inferplane.placement.signals import Reading, SubstrateSignals
 
 OUTCOME_WINDOW = 64
+HEARTBEAT_S = 0.25
+"""How often each substrate replica reports its load (its heartbeat)."""
+ACTOR_WARMUP_S = 0.75
+"""After a (re)start the authority publishes nothing for at least this long, and then not until
+every substrate has reported or the staleness bound has passed: until then every substrate would
+look unknown, and ingress replicas do better on their last snapshot."""
 EXTERNAL_SCOPES = ("substrate", "zone", "region", "fleet")
 
 
@@ -155,6 +161,11 @@ class FleetState:
             self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
         self._dirty = True
 
+    def all_reporting(self) -> bool:
+        """Whether every substrate has at least one replica report (a restarted authority waits
+        for this, up to a bound, before it publishes)."""
+        return all(self._replicas.values())
+
     def push_external(self, name: str, value: float, scope: str, target: str, now_s: float) -> None:
         """A platform signal (power headroom, zone congestion, regional failover state...) for a
         substrate, zone or region by name, or for the whole fleet (``scope="fleet"``, any target).
@@ -264,11 +275,11 @@ class FleetState:
         substrates = []
         for spec, sig in zip(self._fleet.substrates, snap.signals):
             readings = {}
-            for field in ("in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage",
+            for signal in ("in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage",
                           "rate_limit_requests_remaining", "rate_limit_tokens_remaining",
                           "recent_ttft_s", "recent_tpot_s", "error_rate"):
-                r = getattr(sig, field)
-                readings[field] = None if r is None else {"value": r.value, "age_s": now_s - r.observed_at_s}
+                r = getattr(sig, signal)
+                readings[signal] = None if r is None else {"value": r.value, "age_s": now_s - r.observed_at_s}
             breaker = self._breakers[spec.name]
             declared = spec.countries
             mismatch = sorted((sig.node_countries or frozenset()) - declared)

@@ -31,6 +31,19 @@ class BreakerSettings:
     probe_successes: int = 2
 
 
+def settings_from_policy(health) -> BreakerSettings:
+    """The config's ``policy.health`` (``HealthPolicy``) as breaker settings, in seconds."""
+    return BreakerSettings(
+        consecutive_failures=health.consecutive_failures_to_open,
+        error_rate_to_open=health.error_rate_to_open,
+        min_samples=health.min_samples,
+        window_s=health.window_ms / 1000.0,
+        open_cooldown_s=health.open_cooldown_ms / 1000.0,
+        max_cooldown_s=health.max_cooldown_ms / 1000.0,
+        probe_successes=health.probe_successes_to_close,
+    )
+
+
 class CircuitBreaker:
     def __init__(self, settings: BreakerSettings) -> None:
         self._s = settings

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from inferplane.placement.fleet import FleetSpec
-from inferplane.placement.signals import SubstrateSignals
+from inferplane.placement.signals import Reading, SubstrateSignals
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,23 @@ class FleetSnapshot:
     def __post_init__(self) -> None:
         if len(self.signals) != len(self.fleet.substrates):
             raise ValueError("one SubstrateSignals per substrate, in fleet order")
+
+    def with_dispatches(self, reported: Mapping[str, int], current: Mapping[str, int]) -> FleetSnapshot:
+        """This snapshot as one ingress replica sees it: the in-flight counts it reported when the
+        snapshot was made are replaced by its current ones (``in_flight + current - reported``), so
+        a burst between two syncs is not placed as if the fleet were idle. Ages do not change."""
+        signals = list(self.signals)
+        changed = False
+        for i, spec in enumerate(self.fleet.substrates):
+            delta = current.get(spec.name, 0) - reported.get(spec.name, 0)
+            sig = signals[i]
+            if delta and sig.in_flight is not None:
+                reading = Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s)
+                signals[i] = dataclasses.replace(sig, in_flight=reading)
+                changed = True
+        if not changed:
+            return self
+        return FleetSnapshot(self.version, self.taken_at_s, self.fleet, tuple(signals), self.tenant_spend_usd)
 
     def with_signals(
         self, version: int, taken_at_s: float, updates: Mapping[str, SubstrateSignals]

@@ -11,7 +11,7 @@ What runs is the plane's own code, not a model of it:
 - each simulated ingress replica syncs with it every ``ingress.snapshot_refresh_ms`` (reporting
   its in-flight counts, its outcomes, the attributed cost of its finished requests by tenant
   (``telemetry.cost.request_cost``, which budgets read), and receiving the snapshot; the actor
-  publishes nothing in its first ``WARMUP_S``), and places every request with
+  publishes nothing in its first ``ACTOR_WARMUP_S``), and places every request with
   ``place(request, snapshot, policy)`` on its local view: the published snapshot plus its own
   dispatches since (the rule of ``deployments/ingress.py``'s ``_local_view``, restated here
   because that module imports Ray);
@@ -26,21 +26,18 @@ Requests go to the ingress replicas in turn (``request.index % replicas``).
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable, Mapping
 
 from inferplane.config import BuiltConfig
-from inferplane.config.schema import HealthPolicy
-from inferplane.fleet_state import FleetState, Outcome, SubstrateReport
-from inferplane.health import BreakerSettings
-from inferplane.placement import FleetSnapshot, PlacementRequest, Reading, place
+from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, Outcome, SubstrateReport
+from inferplane.health import settings_from_policy
+from inferplane.placement import FleetSnapshot, PlacementRequest, place
 from inferplane.replay.attempt import Failure
 from inferplane.replay.router import Periodic, Placement
 from inferplane.replay.workload import ReplayRequest
 from inferplane.telemetry.cost import request_cost
 
-WARMUP_S = 0.75
 """The actor's warm-up after a start (``deployments/placement_actor.py``)."""
 
 
@@ -63,18 +60,7 @@ class _IngressReplica:
     def local_view(self) -> FleetSnapshot:
         """The published snapshot with this replica's dispatches since then applied to in_flight."""
         if self.dirty or self.view is None:
-            snap = self.snapshot
-            signals = list(snap.signals)
-            for name, count in self.in_flight.items():
-                delta = count - self.reported.get(name, 0)
-                if delta:
-                    i = self.index[name]
-                    sig = signals[i]
-                    if sig.in_flight is not None:
-                        reading = Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s)
-                        signals[i] = dataclasses.replace(sig, in_flight=reading)
-            self.view = FleetSnapshot(snap.version, snap.taken_at_s, snap.fleet, tuple(signals),
-                                      snap.tenant_spend_usd)
+            self.view = self.snapshot.with_dispatches(self.reported, self.in_flight)
             self.dirty = False
         return self.view
 
@@ -95,7 +81,7 @@ class PlaneRouter:
         self._start_s = start_s
         health = cfg.policy.health
         self._state = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s,
-                                 breaker_settings(health), health.latency_window_ms / 1000.0,
+                                 settings_from_policy(health), health.latency_window_ms / 1000.0,
                                  {t.name: t.budget.period for t in cfg.tenants if t.budget})
         scaling = cfg.ingress.replicas.autoscaling
         n = scaling.min_replicas if scaling is not None else (cfg.ingress.replicas.num_replicas or 1)
@@ -135,7 +121,7 @@ class PlaneRouter:
                                        zone=self._zone)
             if spend:
                 self._state.add_spend(dict(spend), now)
-            if now - self._start_s < WARMUP_S:
+            if now - self._start_s < ACTOR_WARMUP_S:
                 return
             published = self._state.snapshot(now)
             replica.snapshot = FleetSnapshot(published.version, published.taken_at_s, self._fleet, published.signals,
@@ -194,17 +180,3 @@ class PlaneRouter:
         replica.dirty = True
         if failure.retryable:
             replica.outcomes.append(Outcome(substrate, False, None, None, now_s, retry_after_s))
-
-
-def breaker_settings(health: HealthPolicy) -> BreakerSettings:
-    """``policy.health`` as the breakers' settings, the mapping ``deployments/placement_actor.py``
-    makes (restated: that module imports Ray)."""
-    return BreakerSettings(
-        consecutive_failures=health.consecutive_failures_to_open,
-        error_rate_to_open=health.error_rate_to_open,
-        min_samples=health.min_samples,
-        window_s=health.window_ms / 1000.0,
-        open_cooldown_s=health.open_cooldown_ms / 1000.0,
-        max_cooldown_s=health.max_cooldown_ms / 1000.0,
-        probe_successes=health.probe_successes_to_close,
-    )

@@ -22,7 +22,8 @@ def start_local_ray(*, dashboard: bool = True) -> None:
     loopback_environment()
     import ray
 
-    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="WARNING",
+    # address="local": always a new cluster of our own, never one that happens to be running here.
+    ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="WARNING",
              log_to_driver=False)
 
 

@@ -134,7 +134,7 @@ def start(backends: int = 4, ingress_replicas: int = 1):
     text = zero_latency_config(backends, tempfile.mkdtemp(prefix="bench-audit-"), free_port())
     if ingress_replicas != 1:
         text = text.replace("ingress:\n", f"ingress:\n  replicas: {{num_replicas: {ingress_replicas}}}\n", 1)
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     runtime.deploy(text, PLANE_APP, "127.0.0.1", port)
     names = [f"backend-{i}-emulated" for i in range(backends)]
     serve.run(build_plain_app(PLANE_APP, names, "bench"), name=PLAIN_APP, route_prefix="/plain", blocking=False)

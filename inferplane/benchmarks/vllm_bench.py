@@ -95,7 +95,7 @@ def measure_vllm(concurrency: int = 16, requests: int = 48, max_tokens: int = 64
     prepare_config_models(str(CONFIG), echo=lambda line: echo("  " + line))
     port = free_port()
     text = vllm_only_config(tempfile.mkdtemp(prefix="bench-audit-"), free_port())
-    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         runtime.deploy(text, PLANE_APP, "127.0.0.1", port)
         serve.run(build_plain_app(PLANE_APP, ["local-vllm"], "smollm2-135m-instruct"), name=PLAIN_APP,

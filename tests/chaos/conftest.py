@@ -157,7 +157,7 @@ def chaos_ray():
 
     # Inherited by this Ray's workers: the only place the provider key is given to the plane.
     os.environ[PROVIDER_KEY_ENV] = PROVIDER_KEY
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -44,7 +44,7 @@ def plane():
     import ray
 
     os.environ["INFERPLANE_TEST_PROVIDER_KEY"] = PROVIDER_KEY  # inherited by the local raylet's workers
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     text = EMULATED_CONFIG.read_text()
     text = text.replace("models:\n  - {name: smollm2-135m-instruct", BROKEN.rstrip("\n") + "\nmodels:\n"
                         "  - {name: broken-model, primary_substrate: provider-broken}\n"

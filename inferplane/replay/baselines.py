@@ -32,6 +32,8 @@ The four policies:
 
 from __future__ import annotations
 
+import abc
+
 from collections import Counter
 
 from inferplane.config import BuiltConfig
@@ -45,7 +47,7 @@ from inferplane.replay.workload import ReplayRequest
 BASELINES = ("round_robin", "least_outstanding", "ordered_fallback", "cheapest_first")
 
 
-class _Gateway:
+class _Gateway(abc.ABC):
     """Endpoint lists, in-flight counts, retries and outlier ejection; subclasses choose."""
 
     name = "gateway"
@@ -68,8 +70,9 @@ class _Gateway:
             self._serving[request.model] = serving
         return serving
 
+    @abc.abstractmethod
     def choose(self, request: ReplayRequest, pool: tuple[str, ...]) -> str:
-        raise NotImplementedError
+        """The endpoint this gateway sends ``request`` to, from the non-ejected ``pool``."""
 
     def place(self, request: ReplayRequest, tried: tuple[str, ...], now_s: float) -> Placement:
         allowed_models = self._policy.tenants[request.tenant].allowed_models

@@ -89,6 +89,6 @@ def teardown(app_name: str, config_text: str) -> None:
     finally:
         try:
             ray.kill(ray.get_actor(actor_name(app_name, config_text), namespace=NAMESPACE))
-        except ValueError:
+        except ValueError:  # no such actor: nothing left to remove
             pass
         ray.shutdown()

@@ -34,6 +34,9 @@ class GenerationRequest:
     messages: tuple[ChatTurn, ...] = ()
     prompt: str | None = None
     max_tokens: int = 16
+    min_tokens: int = 0
+    """Generate at least this many tokens, ignoring end-of-sequence until then (calibration uses it
+    to fix output lengths; the OpenAI API does not expose it, so client requests leave it at 0)."""
     temperature: float | None = None
     top_p: float | None = None
     stop: tuple[str, ...] = ()

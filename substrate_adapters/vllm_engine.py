@@ -168,6 +168,7 @@ class VllmEngineAdapter:
         prompt = await self._prompt(request)
         params = SamplingParams(
             max_tokens=request.max_tokens,
+            min_tokens=min(request.min_tokens, request.max_tokens),
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             stop=list(request.stop) or None,

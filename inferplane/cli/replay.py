@@ -7,6 +7,17 @@ with an offline LP. CONFIG is a scenario file (configs/scenarios/) or a plain co
     inferplane replay configs/scenarios/enterprise-burst.yaml \\
         --trace ../shared/data/traces/AzureLLMInferenceTrace_conv.csv --router all \\
         --out report.json --plots plots/
+
+With ``--target URL`` the same workload is sent through a running plane instead (streamed, at the
+trace's arrival times, bounded in count, duration and concurrency, loopback only unless
+``--allow-remote``), and then simulated again with the shapes the requests really had; the report
+gives both runs and the simulated / measured ratios of median and p90 latency. Tenant keys come
+from ``--api-key TENANT=KEY`` or ``INFERPLANE_REPLAY_API_KEYS=tenant=key,...``:
+
+    inferplane run configs/scenarios/fidelity-cpu.fleet.yaml &
+    INFERPLANE_REPLAY_API_KEYS=global-app=sk-inferplane-demo-global \\
+        inferplane replay configs/scenarios/fidelity-cpu.yaml \\
+        --trace ../shared/data/traces/AzureLLMInferenceTrace_conv.csv --target http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -43,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
+    live = p.add_argument_group("live replay against a running plane")
+    live.add_argument("--target", metavar="URL", help="send the workload to the plane at URL instead of simulating")
+    live.add_argument("--api-key", action="append", default=[], metavar="TENANT=KEY",
+                      help="a tenant's key (repeatable; or INFERPLANE_REPLAY_API_KEYS=tenant=key,...)")
+    live.add_argument("--max-in-flight", type=int, default=256, help="concurrent requests at most (default 256)")
+    live.add_argument("--max-duration-s", type=float, default=900.0,
+                      help="send nothing due later than this after the start (default 900)")
+    live.add_argument("--request-timeout-s", type=float, default=300.0, help="abandon a request after this")
+    live.add_argument("--allow-remote", action="store_true", help="allow a target that is not loopback")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: when stderr is a terminal)")
     p.set_defaults(func=cmd)
@@ -81,6 +101,17 @@ def render(report: dict) -> str:
         lines += ["", f"bound (fluid LP, {bound['window_s']:.0f} s windows, {bound['pairs']} request-substrate "
                       f"pairs): SLA {100 * bound['sla_attainment']:.2f} % at least ${bound['cost_usd']:.2f} "
                       f"(of which ${bound['fixed_cost_usd']:.2f} reserved hardware)"]
+    fidelity = report.get("fidelity")
+    if fidelity:
+        live = report["live"]
+        lines += ["", f"live: {live['sent']} sent to {live['target']} ({live['not_sent']} not sent, "
+                      f"send lag p99 {live['send_lag_p99_s']:.3f} s)",
+                  f"fidelity over the {fidelity['requests_compared']} requests completed in both runs "
+                  "(simulated with the shapes they really had):"]
+        lines.append(render_table(
+            ["latency", "simulated s", "measured s", "simulated / measured"],
+            [[name, _f(m["simulated_s"], ".3f"), _f(m["measured_s"], ".3f"), _f(m["simulated_over_measured"], ".2f")]
+             for name, m in fidelity["metrics"].items()], "lrrr"))
     speeds = ", ".join(f"{r['router']} {r['replay_speed']:.0f}" for r in report["runs"] if r["replay_speed"])
     lines.append(f"replay speed (simulated s per wall s): {speeds}")
     lines.append("times in seconds; cost = reserved hardware over the span + usage billed; "
@@ -101,7 +132,19 @@ def cmd(args: argparse.Namespace) -> int:
         scenario=args.config, trace=args.trace, routers=parse_routers(args.router), format=args.format,
         time_scale=args.time_scale, rate_scale=args.rate_scale, limit=args.limit, seed=args.seed,
         tenants=args.tenants, events=events, bound=not args.no_bound, window_s=args.window_s, progress=progress)
-    report, results = replay(options)
+    if args.target:
+        import os
+
+        from inferplane.replay.live import LiveOptions, parse_api_keys
+        from inferplane.replay.runner import replay_live
+
+        live = LiveOptions(
+            target=args.target, api_keys=parse_api_keys(args.api_key, os.environ.get("INFERPLANE_REPLAY_API_KEYS")),
+            max_in_flight=args.max_in_flight, max_duration_s=args.max_duration_s,
+            request_timeout_s=args.request_timeout_s, allow_remote=args.allow_remote)
+        report, results = replay_live(options, live)
+    else:
+        report, results = replay(options)
     if args.plots:
         from inferplane.replay.plots import write_plots
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 from inferplane.replay.baselines import BASELINES, baseline
 from inferplane.replay.bound import DEFAULT_WINDOW_S, build_programme, least_cost_usd, solve_bound
+from inferplane.replay.fidelity import compare, measured_shapes
+from inferplane.replay.live import LiveOptions, run_live
 from inferplane.replay.outcome import fixed_cost_usd
 from inferplane.replay.plane_router import PlaneRouter
 from inferplane.replay.report import run_report
@@ -145,8 +147,16 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
                 "cost": floor / run["cost_usd"] if run["cost_usd"] > 0 else None,
                 "least_cost_at_this_attainment_usd": floor,
             }
+    report = _header(options, prepared, span)
+    report.update(runs=runs, bound=bound_out, wall_time_s=time.perf_counter() - t_all)
+    return report, results
+
+
+def _header(options: ReplayOptions, prepared: Prepared, span: float) -> dict:
+    scenario = prepared.scenario
+    built = scenario.built
     spec = scenario.workload
-    report = {
+    return {
         "scenario": scenario.path,
         "config": scenario.config_path,
         "policy_hash": built.policy.policy_hash,
@@ -166,8 +176,35 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
         },
         "events": [{"kind": e.kind.value, "substrate": e.substrate, "at_s": e.at_s, "for_s": e.for_s,
                     "value": e.value} for e in prepared.events],
-        "runs": runs,
-        "bound": bound_out,
-        "wall_time_s": time.perf_counter() - t_all,
     }
-    return report, results
+
+
+def replay_live(options: ReplayOptions, live: LiveOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
+    """Send the workload through the plane at ``live.target`` (``inferplane.replay.live``), then
+    simulate the same requests with the shapes they really had and compare
+    (``inferplane.replay.fidelity``). Runs: the live one, then the simulated one."""
+    t_all = time.perf_counter()
+    if options.routers not in (ROUTERS, (PLANE,)):
+        raise ValueError("a live replay measures the running plane: --router applies to simulated replays only")
+    prepared = prepare(options)
+    if prepared.events:
+        raise ValueError("a live replay cannot inject faults (outage, failure rate, slowdown) into a running "
+                         "plane; drop the events or replay in simulation")
+    built = prepared.scenario.built
+    run = run_live(built, prepared.requests, live, progress=options.progress)
+    shapes = measured_shapes(run)
+    simulated = simulate(replace(prepared, requests=shapes), PLANE)
+    simulated = replace(simulated, router=f"{PLANE} (simulated)")
+    span = run.result.span_s
+    fixed = fixed_cost_usd(built.fleet, span)
+    runs = [run_report(run.result, fixed), run_report(simulated, fixed)]
+    runs[0]["slot_utilisation"] = None  # a client cannot see slots; the plane's metrics can
+    report = _header(options, prepared, span)
+    report.update(
+        runs=runs, bound=None,
+        live={"target": live.target, "sent": len(run.requests), "not_sent": run.not_sent,
+              "send_lag_p99_s": run.send_lag_p99_s,
+              "max_in_flight": live.max_in_flight, "max_duration_s": live.max_duration_s},
+        fidelity=compare(run, simulated, shapes),
+        wall_time_s=time.perf_counter() - t_all)
+    return report, (run.result, simulated)

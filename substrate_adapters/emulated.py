@@ -11,10 +11,13 @@ One request, with the formulas of ``substrate_adapters.physics``:
        (``SubstrateUnavailable``, before any token and before taking a slot);
     2. sleep ``outbound_delay * jitter`` (the request's trip to the substrate);
     3. wait for a slot in a FIFO of ``max_concurrency`` slots (``load().queued`` counts the wait);
-    4. sleep ``first_token_delay(prompt_tokens) * jitter``, emit the first token;
+    4. wait for one of ``prefill_slots`` prefill lanes (FIFO), sleep
+       ``first_token_delay(prompt_tokens) * jitter`` holding it, emit the first token;
     5. emit the other ``max_tokens - 1`` tokens one ``decode_interval(running) * jitter`` apart,
        ``running`` read again at every step; when the interval is below ``MIN_STEP_S`` several
-       tokens share one sleep and one ``TextDelta``, whose duration is the sum of theirs;
+       tokens share one sleep and one ``TextDelta``, whose duration is the sum of theirs. Each step
+       is pushed back by the decode time other requests' prefills took from it meanwhile:
+       ``(1 - decode_share_during_prefill)`` of the time any lane was held (``_PrefillLanes``);
     6. ``Finished("length", prompt_tokens, tokens emitted)``.
 
 Each ``jitter`` is a fresh draw from the substrate's seeded ``PhysicsDraws``, taken in the order
@@ -50,6 +53,7 @@ from substrate_adapters.physics import (
     decode_interval_s,
     first_token_delay_s,
     outbound_delay_s,
+    prefill_slots,
 )
 
 MIN_STEP_S = 0.005
@@ -110,6 +114,40 @@ class _FifoSlots:
         self.running -= 1
 
 
+class _PrefillLanes:
+    """At most ``limit`` first-token phases at once, handed out FIFO, and the decode time they
+    take from streams: ``stalled_s()`` = the integral over time of ``(1 - share)`` while at least
+    one lane is held (a stream's lost decode time between two readings is their difference)."""
+
+    def __init__(self, limit: int, share: float, clock: Callable[[], float]) -> None:
+        self._lanes = _FifoSlots(limit)
+        self._loss = 1.0 - share
+        self._clock = clock
+        self._held = 0
+        self._stalled = 0.0
+        self._since = 0.0
+
+    async def acquire(self) -> None:
+        await self._lanes.acquire()
+        self._count(+1)
+
+    def release(self) -> None:
+        self._count(-1)
+        self._lanes.release()
+
+    def stalled_s(self) -> float:
+        if self._held == 0:
+            return self._stalled
+        return self._stalled + (self._clock() - self._since) * self._loss
+
+    def _count(self, delta: int) -> None:
+        now = self._clock()
+        if self._held > 0:
+            self._stalled += (now - self._since) * self._loss
+        self._held += delta
+        self._since = now
+
+
 class EmulatedAdapter:
     """A ``SubstrateAdapter`` whose timing follows ``settings.physics``.
 
@@ -134,6 +172,7 @@ class EmulatedAdapter:
         self._physics = PhysicsModel.from_config(settings.physics)
         self._draws = PhysicsDraws(self._physics.seed)
         self._slots = _FifoSlots(self._physics.max_concurrency)
+        self._lanes = _PrefillLanes(prefill_slots(self._physics), self._physics.decode_share_during_prefill, clock)
         self._label = _slug(substrate_name) if substrate_name else _slug(settings.emulates)
         self.emulates = settings.emulates
         self._clock = clock
@@ -183,16 +222,25 @@ class EmulatedAdapter:
         try:
             # Sleep to absolute deadlines on the clock so that oversleeping and a slow consumer
             # do not add up over a long stream: the schedule, not the sum of sleeps, is the physics.
-            first_token_s = first_token_delay_s(self._physics, prompt_tokens)
-            deadline = self._clock() + first_token_s * self._draws.jitter(jitter)
-            await self._sleep_until(deadline)
+            await self._lanes.acquire()
+            try:
+                first_token_s = first_token_delay_s(self._physics, prompt_tokens)
+                deadline = self._clock() + first_token_s * self._draws.jitter(jitter)
+                await self._sleep_until(deadline)
+            finally:
+                self._lanes.release()
             yield TextDelta(self._word(0))
             emitted = 1
+            stalled = self._lanes.stalled_s()
             while emitted < total:
                 interval = decode_interval_s(self._physics, self._slots.running)
                 step = min(total - emitted, max(1, math.ceil(MIN_STEP_S / interval)))
                 deadline += step * interval * self._draws.jitter(jitter)
                 await self._sleep_until(deadline)
+                while (lost := self._lanes.stalled_s() - stalled) > 1e-9:  # prefills ran meanwhile
+                    stalled += lost
+                    deadline += lost
+                    await self._sleep_until(deadline)
                 yield TextDelta(
                     "".join(" " + self._word(i) for i in range(emitted, emitted + step))
                 )

@@ -18,6 +18,16 @@ counting the request being timed, so it is at least 1 for an admitted request.
     decode_interval    = slowdown_factor / stream_decode_rate
     service_time       = first_token_delay + (output_tokens - 1) * decode_interval
 
+Compute shared between prefill and decode (a CPU host; a GPU engine whose long prefills fill its
+steps), two optional terms, both measured by ``inferplane calibrate``:
+
+    prefill_concurrency          at most this many admitted requests are in their first-token
+                                 phase (``first_token_delay``) at once; the others wait their turn
+                                 in arrival order, holding their slots (None: every slot at once)
+    decode_share_during_prefill  while at least one prefill runs, every decoding stream advances
+                                 at this fraction of ``stream_decode_rate`` (1: prefill does not
+                                 disturb decode; near 0: a decode step waits for the prefill)
+
 So with an empty queue, the time to first token seen by the caller is
 ``slowdown_factor * (network_rtt + ttft + prefill)``, the same shape the placement estimate
 predicts (``inferplane.placement.estimate``). The first token arrives at ``first_token_delay``;
@@ -55,6 +65,10 @@ class PhysicsModel:
     """Probability that a request fails before its first token."""
     slowdown_factor: float = 1.0
     seed: int = 0
+    prefill_concurrency: int | None = None
+    """Prefills at once (first-token phases); None: as many as slots."""
+    decode_share_during_prefill: float = 1.0
+    """Fraction of its decode rate a stream keeps while any prefill runs."""
 
     def __post_init__(self) -> None:
         if self.prefill_tokens_per_s <= 0 or self.decode_tokens_per_s <= 0:
@@ -71,6 +85,10 @@ class PhysicsModel:
             raise ValueError("failure_rate must be in [0, 1]")
         if self.slowdown_factor < 1.0:
             raise ValueError("slowdown_factor must be >= 1 (1 = no injected slowdown)")
+        if self.prefill_concurrency is not None and self.prefill_concurrency < 1:
+            raise ValueError("prefill_concurrency must be at least 1 (or None: every slot)")
+        if not 0.0 <= self.decode_share_during_prefill <= 1.0:
+            raise ValueError("decode_share_during_prefill must be in [0, 1]")
 
     @classmethod
     def from_config(cls, physics: EmulatedPhysics) -> PhysicsModel:
@@ -86,6 +104,8 @@ class PhysicsModel:
             failure_rate=physics.failure_rate,
             slowdown_factor=physics.slowdown_factor,
             seed=physics.seed,
+            prefill_concurrency=physics.prefill_concurrency,
+            decode_share_during_prefill=physics.decode_share_during_prefill,
         )
 
     def with_slowdown(self, factor: float) -> PhysicsModel:
@@ -129,6 +149,17 @@ def stream_decode_rate(model: PhysicsModel, running: int) -> float:
 def decode_interval_s(model: PhysicsModel, running: int) -> float:
     """Time between two tokens of one stream: ``slowdown_factor / stream_decode_rate(running)``."""
     return model.slowdown_factor / stream_decode_rate(model, running)
+
+
+def decode_share(model: PhysicsModel, prefilling: int) -> float:
+    """The fraction of ``stream_decode_rate`` a decoding stream gets while ``prefilling``
+    requests are in their first-token phase: ``decode_share_during_prefill`` if any, else 1."""
+    return model.decode_share_during_prefill if prefilling > 0 else 1.0
+
+
+def prefill_slots(model: PhysicsModel) -> int:
+    """How many first-token phases may run at once: ``prefill_concurrency`` or every slot."""
+    return model.prefill_concurrency or model.max_concurrency
 
 
 def service_time_s(

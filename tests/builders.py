@@ -99,10 +99,12 @@ class SubstrateBuilder:
         return self
 
     def latency(self, *, base_ttft_ms: float = 100.0, rtt_ms: float = 0.0, prefill: float = 10_000.0,
-                decode: float = 100.0, slowdown: float = 1.0) -> SubstrateBuilder:
+                decode: float = 100.0, slowdown: float = 1.0, prefill_lanes: int | None = None,
+                decode_share: float = 1.0) -> SubstrateBuilder:
         self._latency = {"base_ttft_ms": base_ttft_ms, "network_rtt_ms": rtt_ms,
                          "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
-                         "decode_slowdown_at_full_batch": slowdown}
+                         "decode_slowdown_at_full_batch": slowdown, "prefill_concurrency": prefill_lanes,
+                         "decode_share_during_prefill": decode_share}
         return self
 
     def cost(self, *, input_per_1m: float = 0.0, output_per_1m: float = 0.0, gpu_hour: float = 0.0,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from inferplane.benchmarks.calibrate import fit_decode, fit_prefill, least_squares
+from inferplane.benchmarks.calibrate import (
+    decode_share_from,
+    fit_decode,
+    fit_prefill,
+    least_squares,
+    prefill_lanes,
+)
 from substrate_adapters.physics import PhysicsModel, stream_decode_rate
 
 
@@ -55,3 +61,14 @@ def test_decode_fit_never_reports_a_speed_up_from_batching():
     rate, slowdown = fit_decode([(1, 10.0), (16, 12.0)], 16)
     assert slowdown == 1.0
     assert rate > 0
+
+
+@pytest.mark.parametrize(("ratio", "lanes"), [(1.05, None), (1.49, None), (1.5, 1), (2.1, 1)])
+def test_prefill_lanes_from_the_pair_ratio(ratio, lanes):
+    assert prefill_lanes(ratio) == lanes
+
+
+@pytest.mark.parametrize(("lost", "prefill", "share"), [(0.0, 2.0, 1.0), (2.0, 2.0, 0.0), (0.5, 2.0, 0.75),
+                                                        (3.0, 2.0, 0.0), (1.0, 0.0, 1.0)])
+def test_decode_share_is_what_the_streams_kept_of_the_prefill_time(lost, prefill, share):
+    assert decode_share_from(lost, prefill) == pytest.approx(share)

@@ -275,6 +275,38 @@ def test_decode_slows_as_more_requests_run():
     assert crowded_end == pytest.approx(0.24 + 9 * 0.06)  # 4 of 4 slots: 50 / 3 tok/s
 
 
+def test_one_prefill_lane_serialises_first_tokens():
+    async def main(lanes: int | None) -> list[float]:
+        vt = VirtualTime()
+        a = adapter(vt, prefill_concurrency=lanes)
+        runs = await vt.finish(*(timed(vt, a.generate(chat(max_tokens=1))) for _ in range(2)))
+        return [events[0][0] for events in runs]
+
+    # Both admitted at 0.02; the first holds the lane 0.22 s (first token 0.24), the second takes it
+    # then: 0.24 + 0.22 = 0.46. With a lane per slot, both at 0.24.
+    assert asyncio.run(main(1)) == pytest.approx([0.24, 0.46])
+    assert asyncio.run(main(None)) == pytest.approx([0.24, 0.24])
+
+
+@pytest.mark.parametrize(("share", "a_done"), [(1.0, 0.44), (0.0, 0.66), (0.5, 0.55)])
+def test_a_stream_loses_its_share_of_decode_while_another_request_prefills(share, a_done):
+    async def main() -> float:
+        vt = VirtualTime()
+        a = adapter(vt, decode_slowdown_at_full_batch=1.0, prefill_concurrency=1,
+                    decode_share_during_prefill=share)
+
+        async def later() -> list[tuple[float, GenerationEvent]]:
+            await vt.sleep(0.3)
+            return await timed(vt, a.generate(chat(max_tokens=1)))
+
+        first, _ = await vt.finish(timed(vt, a.generate(chat(max_tokens=11))), later())
+        return first[-1][0]
+
+    # A: first token 0.24, then 10 tokens 0.02 s apart: alone, done at 0.44. B is sent at 0.3 and
+    # holds the lane from 0.32 to 0.54 (0.22 s); A loses (1 - share) * 0.22 s of decode.
+    assert asyncio.run(main()) == pytest.approx(a_done)
+
+
 # ------------------------------------------------------------------------------------------------
 # Cancellation
 

@@ -79,6 +79,35 @@ def test_decode_slows_with_the_batch_and_recovers():
     assert b.e2e_s == pytest.approx(0.61)
 
 
+def shared_compute_pool(*, lanes: int | None, share: float) -> BuiltConfig:
+    """No rtt, ttft 100 ms, prefill 1,000 tok/s, decode 50 tok/s, 4 slots, no batch slowdown."""
+    s = (substrate("pool").kind("vllm").cls("gpu_cluster").capacity(4, queued=4)
+         .latency(base_ttft_ms=100, rtt_ms=0, prefill=1000, decode=50, prefill_lanes=lanes, decode_share=share))
+    return fleet(s).build()
+
+
+def test_one_prefill_lane_serialises_first_tokens():
+    # Both admitted at 0. A holds the lane for 0.1 + 0.5 = 0.6 s (first token 0.6); B waits for the
+    # lane and prefills 0.6 -> 1.2. With a lane per slot (None) both see their first token at 0.6.
+    serial = replay_of(shared_compute_pool(lanes=1, share=1.0), [req(0, 0.0, 500, 1), req(1, 0.0, 500, 1)])
+    parallel = replay_of(shared_compute_pool(lanes=None, share=1.0), [req(0, 0.0, 500, 1), req(1, 0.0, 500, 1)])
+    assert [o.ttft_s for o in serial.outcomes] == pytest.approx([0.6, 1.2])
+    assert [o.ttft_s for o in parallel.outcomes] == pytest.approx([0.6, 0.6])
+
+
+@pytest.mark.parametrize(("share", "a_done"), [(1.0, 0.3), (0.0, 0.7), (0.5, 0.4)])
+def test_decode_slows_to_its_share_while_another_request_prefills(share, a_done):
+    # A: first token at 0.1 (no prefill), then 10 tokens at 1/50 s: alone, done at 0.3.
+    # B arrives at 0.2 and prefills 0.1 + 300/1000 = 0.4 s (0.2 -> 0.6); A has 5 tokens left.
+    #   share 1:   A is undisturbed: done 0.3.
+    #   share 0:   A stalls from 0.2 to 0.6, then 5 tokens in 0.1 s: done 0.7.
+    #   share 0.5: A's 5 tokens at 25 tok/s take 0.2 s: done 0.4 (B still prefilling).
+    result = replay_of(shared_compute_pool(lanes=1, share=share), [req(0, 0.0, 0, 11), req(1, 0.2, 300, 1)])
+    a, b = result.outcomes
+    assert a.e2e_s == pytest.approx(a_done)
+    assert b.ttft_s == pytest.approx(0.4)
+
+
 def test_rate_limit_answers_429_and_the_gateway_tries_the_next_endpoint():
     # api allows 1 request a minute (a bucket of 1, refilled at 1/60 per s): the first request takes
     # it; the second gets a 429 after rtt/2 out and rtt/2 back (0.04 s) and goes to the pool.

@@ -20,7 +20,13 @@ and measures the engine directly:
    first token)``, averaged over the k streams. ``1 / rate(k)`` is linear in k under the model, so
    a least-squares fit of ``1 / rate = c + d * k`` gives ``decode_tokens_per_s = 1 / c`` and
    ``decode_slowdown_at_full_batch = 1 + d * K / c``;
-3. **prefill under load** (reported, not modelled): the first-token time of one prompt joining
+3. **prefill lanes**: two prompts of the same length sent together, against one alone: the later
+   first token over the lone one is ~2 when the engine prefills one prompt at a time (then
+   ``prefill_concurrency = 1``), ~1 when it prefills them side by side (left unset);
+4. **decode during prefill**: ``K / 4`` streams of ``2 L`` tokens, alone and then with one long
+   prompt sent into them after a second; the streams' extra time over the prompt's prefill time
+   is the decode they lost to it: ``decode_share_during_prefill = 1 - lost / prefill``;
+5. **prefill under load** (reported, not modelled): the first-token time of one prompt joining
    ``K - 1`` decoding streams, over the same prompt alone: the model does not slow prefill with
    the batch, and this is how much that leaves out.
 
@@ -69,17 +75,29 @@ class Calibration:
     decode: tuple[DecodePoint, ...]
     ttft_alone_s: float
     ttft_joining_full_batch_s: float
+    prefill_pair_ratio: float
+    """Later first token of two prompts sent together / one prompt alone."""
+    prefill_concurrency: int | None
+    decode_share_during_prefill: float
+    decode_lost_s: float
+    """Extra time of the decoding streams with the long prompt sent into them."""
+    long_prefill_s: float
+    """That prompt's time to first token."""
     wall_s: float
     declared: dict = field(default_factory=dict)
     """The substrate's ``latency`` block as configured, for comparison."""
 
     def latency_block(self) -> dict:
-        return {
+        block = {
             "base_ttft_ms": round(self.base_ttft_ms),
             "prefill_tokens_per_s": round(self.prefill_tokens_per_s),
             "decode_tokens_per_s": round(self.decode_tokens_per_s, 1),
             "decode_slowdown_at_full_batch": round(self.decode_slowdown_at_full_batch, 2),
         }
+        if self.prefill_concurrency is not None:
+            block["prefill_concurrency"] = self.prefill_concurrency
+        block["decode_share_during_prefill"] = round(self.decode_share_during_prefill, 2)
+        return block
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -116,6 +134,19 @@ def fit_decode(points: list[tuple[int, float]], max_concurrency: int) -> tuple[f
     if c <= 0:
         raise ValueError("decode rates do not fit the batch model (intercept <= 0)")
     return 1.0 / c, max(1.0, 1.0 + d * max_concurrency / c)
+
+
+def prefill_lanes(pair_ratio: float) -> int | None:
+    """1 when two prompts sent together take nearer twice one's time than once (the engine
+    prefills one at a time), else None (side by side)."""
+    return 1 if pair_ratio >= 1.5 else None
+
+
+def decode_share_from(lost_s: float, prefill_s: float) -> float:
+    """``1 - lost / prefill``, clamped to [0, 1]: the fraction of decode kept during a prefill."""
+    if prefill_s <= 0:
+        return 1.0
+    return min(1.0, max(0.0, 1.0 - lost_s / prefill_s))
 
 
 def _prompt(rng: random.Random, words: int) -> str:
@@ -182,8 +213,31 @@ async def _measure(adapter, model: str, max_concurrency: int, prompt_words: tupl
     await asyncio.gather(*background)
     echo(f"  prefill of {words} words alone {statistics.median(alone) * 1000:.0f} ms, joining "
          f"{max_concurrency - 1} decoding streams {statistics.median(joining) * 1000:.0f} ms")
+    pairs = []
+    for _ in range(repeats):
+        both = await asyncio.gather(*[_one(adapter, rid(), _prompt(rng, words), 1, model) for _ in range(2)])
+        pairs.append(max(first for first, *_ in both))
+    pair_ratio = statistics.median(pairs) / statistics.median(alone)
+    echo(f"  two prompts of {words} words together: the later first token x{pair_ratio:.2f} of one alone")
+    k = max(1, max_concurrency // 4)
+
+    async def streams_end() -> float:
+        done = await asyncio.gather(*[_one(adapter, rid(), _prompt(rng, 24), 2 * decode_tokens, model)
+                                      for _ in range(k)])
+        return max(last for _, last, _, _ in done)
+
+    async def long_prompt_later() -> float:
+        await asyncio.sleep(1.0)
+        return (await _one(adapter, rid(), _prompt(rng, prompt_words[-1]), 1, model))[0]
+
+    quiet = await streams_end()
+    disturbed, long_prefill = await asyncio.gather(streams_end(), long_prompt_later())
+    lost = max(0.0, disturbed - quiet)
+    echo(f"  {k} streams of {2 * decode_tokens} tokens: {quiet:.2f} s alone, {disturbed:.2f} s with a "
+         f"{prompt_words[-1]}-word prompt ({long_prefill:.2f} s to its first token) sent into them")
     return {"prefill": prefill, "prefill_medians": medians, "decode": decode,
-            "alone": statistics.median(alone), "joining": statistics.median(joining)}
+            "alone": statistics.median(alone), "joining": statistics.median(joining),
+            "pair_ratio": pair_ratio, "lost": lost, "long_prefill": long_prefill}
 
 
 def calibrate(config_path: str, substrate: str, *, prompt_words: tuple[int, ...] = (32, 512, 1024, 2048),
@@ -235,8 +289,13 @@ def calibrate(config_path: str, substrate: str, *, prompt_words: tuple[int, ...]
         prefill=tuple(PrefillPoint(n, t, base_s + n / prefill_rate) for n, t in raw["prefill_medians"]),
         decode=tuple(DecodePoint(k, r, rate_model(k), agg) for k, r, agg in raw["decode"]),
         ttft_alone_s=raw["alone"], ttft_joining_full_batch_s=raw["joining"],
+        prefill_pair_ratio=raw["pair_ratio"], prefill_concurrency=prefill_lanes(raw["pair_ratio"]),
+        decode_share_during_prefill=decode_share_from(raw["lost"], raw["long_prefill"]),
+        decode_lost_s=raw["lost"], long_prefill_s=raw["long_prefill"],
         wall_s=time.perf_counter() - t0,
         declared={"base_ttft_ms": lat.base_ttft_ms, "prefill_tokens_per_s": lat.prefill_tokens_per_s,
                   "decode_tokens_per_s": lat.decode_tokens_per_s,
-                  "decode_slowdown_at_full_batch": lat.decode_slowdown_at_full_batch},
+                  "decode_slowdown_at_full_batch": lat.decode_slowdown_at_full_batch,
+                  "prefill_concurrency": lat.prefill_concurrency,
+                  "decode_share_during_prefill": lat.decode_share_during_prefill},
     )

@@ -39,7 +39,7 @@ def render(c) -> str:
         [[str(d.streams), f"{d.tokens_per_s:.1f}", f"{d.model_tokens_per_s:.1f}",
           f"{d.model_tokens_per_s / d.tokens_per_s:.2f}", f"{d.aggregate_tokens_per_s:.1f}"] for d in c.decode],
         "rrrrr")
-    declared = "  ".join(f"{k} {v:g}" for k, v in c.declared.items())
+    declared = "  ".join(f"{k} {v:g}" for k, v in c.declared.items() if v is not None)
     block = yaml.safe_dump({"latency": c.latency_block()}, sort_keys=False, default_flow_style=None).strip()
     return "\n".join([
         f"calibration of {c.substrate} (K = {c.max_concurrent_requests} slots), {c.wall_s:.0f} s", "",
@@ -47,6 +47,10 @@ def render(c) -> str:
         (f"prefill joining {c.max_concurrent_requests - 1} decoding streams: "
          f"{c.ttft_joining_full_batch_s * 1000:.0f} ms against {c.ttft_alone_s * 1000:.0f} ms alone "
          f"(x{c.ttft_joining_full_batch_s / c.ttft_alone_s:.2f}; the model does not slow prefill with the batch)"),
+        (f"two prompts sent together: the later first token x{c.prefill_pair_ratio:.2f} of one alone "
+         f"-> prefill_concurrency {c.prefill_concurrency or 'unset (side by side)'}"),
+        (f"decoding streams lost {c.decode_lost_s:.2f} s to a {c.long_prefill_s:.2f} s prefill "
+         f"-> decode_share_during_prefill {c.decode_share_during_prefill:.2f}"),
         f"declared now: {declared}", "",
         "fitted (paste into the substrate):", block])
 

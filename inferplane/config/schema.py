@@ -170,6 +170,16 @@ class LatencyProfile(_Strict):
         description="Factor by which per-stream decode slows when all concurrent slots are busy "
         "(1 = batching costs nothing).",
     )
+    prefill_concurrency: PositiveInt | None = Field(
+        default=None,
+        description="Prefills the substrate runs at once; later ones wait their turn (a "
+        "compute-bound engine: 1). Unset: every slot prefills in parallel. Used by replays.",
+    )
+    decode_share_during_prefill: Fraction = Field(
+        default=1.0,
+        description="Fraction of its decode rate a stream keeps while a prefill runs on the "
+        "substrate (1 = prefill does not disturb decode; a CPU engine: near 0). Used by replays.",
+    )
 
 
 class VllmEngineArgs(_Strict):
@@ -272,6 +282,12 @@ class EmulatedPhysics(_Strict):
         default=1.0, description="Multiplier on every duration (an injected slowdown)."
     )
     seed: int = Field(default=0, description="Seed of the jitter and failure draws.")
+    prefill_concurrency: PositiveInt | None = Field(
+        default=None, description="Prefills at once, later ones wait in order; unset: every slot."
+    )
+    decode_share_during_prefill: Fraction = Field(
+        default=1.0, description="Fraction of its decode rate a stream keeps while a prefill runs."
+    )
 
 
 class EmulatedSettings(_Strict):

@@ -93,6 +93,10 @@ class PhysicsOverride(_Strict):
     jitter_ratio: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description="Jitter.")
     failure_rate: Annotated[float, Field(ge=0, le=1)] | None = Field(
         default=None, description="Probability of failing before the first token.")
+    prefill_concurrency: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Prefills at once, later ones wait in order.")
+    decode_share_during_prefill: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Fraction of its decode rate a stream keeps while a prefill runs.")
 
 
 class SimulationSection(_Strict):

@@ -6,6 +6,7 @@ to one request is what an emulated substrate would do to it.
 
 ``emulated``           ``PhysicsModel.from_config(emulated.physics)``, with the slots of all its
                        replicas pooled: ``max_concurrency = physics.max_concurrency * replicas``
+                       (and ``prefill_concurrency``, when set, likewise)
                        (each replica has its own FIFO in the plane; pooling assumes Serve spreads
                        load evenly, which keeps the batch fraction running / slots the same).
 ``vllm``,              derived from what the config declares about the substrate, the same numbers
@@ -17,6 +18,8 @@ to one request is what an emulated substrate would do to it.
                            decode_tokens_per_s           = latency.decode_tokens_per_s
                            decode_slowdown_at_full_batch = latency.decode_slowdown_at_full_batch
                            max_concurrency               = capacity.max_concurrent_requests
+                           prefill_concurrency           = latency.prefill_concurrency
+                           decode_share_during_prefill   = latency.decode_share_during_prefill
                            jitter_ratio                  = simulation.jitter_ratio (scenario)
                            failure_rate                  = 0 (faults come from events)
 
@@ -49,7 +52,10 @@ def physics_for(substrate: Substrate, index: int, *, jitter_ratio: float, seed: 
     own_seed = seed * 1000003 + index
     if substrate.kind is SubstrateKind.EMULATED:
         model = PhysicsModel.from_config(substrate.emulated.physics)
-        model = replace(model, max_concurrency=model.max_concurrency * _replicas(substrate), seed=own_seed)
+        replicas = _replicas(substrate)
+        lanes = None if model.prefill_concurrency is None else model.prefill_concurrency * replicas
+        model = replace(model, max_concurrency=model.max_concurrency * replicas, prefill_concurrency=lanes,
+                        seed=own_seed)
     else:
         lat = substrate.latency
         model = PhysicsModel(
@@ -59,6 +65,8 @@ def physics_for(substrate: Substrate, index: int, *, jitter_ratio: float, seed: 
             decode_tokens_per_s=lat.decode_tokens_per_s,
             decode_slowdown_at_full_batch=lat.decode_slowdown_at_full_batch,
             max_concurrency=substrate.capacity.max_concurrent_requests,
+            prefill_concurrency=lat.prefill_concurrency,
+            decode_share_during_prefill=lat.decode_share_during_prefill,
             jitter_ratio=jitter_ratio,
             failure_rate=0.0,
             seed=own_seed,

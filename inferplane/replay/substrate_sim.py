@@ -13,12 +13,15 @@ For one attempt, in the order of the emulated adapter (``substrate_adapters.emul
        A prompt over the context window: REJECTED (final) after network_rtt / 2.
     4. waits in a FIFO for one of ``max_concurrency`` slots (unbounded, as vLLM's waiting queue and
        the emulated FIFO are; admission limits are the router's business)
-    5. holds its slot for ``first_token_delay_s(input) * draws.jitter(j)``: the first token arrives
-    6. decodes ``output_tokens - 1`` more tokens, one per ``decode_interval_s(running)``, with
-       ``running`` (slots held) read continuously: the continuous-time limit of the emulated
-       adapter's step schedule. All streams of a substrate decode at the same per-stream rate, so
-       one virtual clock tracks them: V advances at 1 / decode_interval_s(running) tokens per
-       second, a stream that starts decoding at V0 finishes when V = V0 + output_tokens - 1.
+    5. holding its slot, waits (in arrival order) for one of ``prefill_slots`` prefill lanes, then
+       holds the lane for ``first_token_delay_s(input) * draws.jitter(j)``: the first token arrives
+    6. decodes ``output_tokens - 1`` more tokens, one per ``decode_interval_s(running)``, slowed to
+       ``decode_share(prefilling)`` of that rate while any prefill runs, with ``running`` (slots
+       held) and ``prefilling`` (lanes held) read continuously: the continuous-time limit of the
+       emulated adapter's step schedule. All streams of a substrate decode at the same per-stream
+       rate, so one virtual clock tracks them: V advances at
+       decode_share(prefilling) / decode_interval_s(running) tokens per second, and a stream that
+       starts decoding at V0 finishes when V = V0 + output_tokens - 1.
     7. releases its slot; the oldest waiter is admitted.
 
 A caller's timeout (``abandon``) takes an attempt out of the queue or frees its slot at once.
@@ -51,8 +54,10 @@ from substrate_adapters.physics import (
     PhysicsDraws,
     PhysicsModel,
     decode_interval_s,
+    decode_share,
     first_token_delay_s,
     outbound_delay_s,
+    prefill_slots,
 )
 
 EPSILON_TOKENS = 1e-7
@@ -75,8 +80,10 @@ class SimSubstrate:
         self._draws = PhysicsDraws(physics.seed)
         self.slots = physics.max_concurrency
         self.running = 0
+        self.prefilling = 0
         self.sent = 0
         self.waiting: deque[Attempt] = deque()
+        self._prefill_waiting: deque[Attempt] = deque()
         self.reachable = True
         # Virtual decode clock.
         self._v = 0.0
@@ -126,6 +133,10 @@ class SimSubstrate:
         if phase is Phase.QUEUED:
             self.waiting.remove(attempt)
         elif phase is Phase.PREFILL:
+            if attempt in self._prefill_waiting:
+                self._prefill_waiting.remove(attempt)
+            else:
+                self._end_prefill(now)
             self._release(now)
 
     def _arrive(self, now: float, attempt: Attempt) -> None:
@@ -153,12 +164,31 @@ class SimSubstrate:
         self.running += 1
         self._set_rate(now)
         attempt.phase = Phase.PREFILL
+        if self.prefilling < prefill_slots(self.physics) and not self._prefill_waiting:
+            self._start_prefill(now, attempt)
+        else:
+            self._prefill_waiting.append(attempt)
+
+    def _start_prefill(self, now: float, attempt: Attempt) -> None:
+        self._advance(now)
+        self.prefilling += 1
+        self._set_rate(now)
         delay = first_token_delay_s(self.physics, attempt.request.input_tokens)
         self._q.at(now + delay * self._draws.jitter(self.physics.jitter_ratio), self._first_token, attempt)
+
+    def _end_prefill(self, now: float) -> None:
+        """A lane is free: the next waiting prefill takes it, or decode speeds up again."""
+        self._advance(now)
+        self.prefilling -= 1
+        if self._prefill_waiting and self.prefilling < prefill_slots(self.physics):
+            self._start_prefill(now, self._prefill_waiting.popleft())
+        else:
+            self._set_rate(now)
 
     def _first_token(self, now: float, attempt: Attempt) -> None:
         if attempt.phase is not Phase.PREFILL:
             return  # abandoned while prefilling
+        self._end_prefill(now)
         attempt.phase = Phase.DECODE
         attempt.first_token_s = now
         remaining = attempt.request.output_tokens - 1
@@ -215,12 +245,12 @@ class SimSubstrate:
         self._v_at = now
 
     def _set_rate(self, now: float) -> None:
-        self._v_rate = 1.0 / decode_interval_s(self.physics, self.running)
+        self._v_rate = decode_share(self.physics, self.prefilling) / decode_interval_s(self.physics, self.running)
         self._schedule_completion(now)
 
     def _schedule_completion(self, now: float) -> None:
         self._completion_version += 1
-        if self._decoding:
+        if self._decoding and self._v_rate > 0:  # at rate 0 (decode stalled) the next change re-times it
             dt = (self._decoding[0][0] - self._v) / self._v_rate
             self._q.at(now + (dt if dt > 0 else 0.0), self._completion, self._completion_version)
 

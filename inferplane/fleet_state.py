@@ -21,7 +21,9 @@ Derivation, per substrate:
 - ``queued`` sums; ``kv_cache_usage`` and ``gpu_memory_used_ratio`` take the max, rate-limit
   headroom the min over replicas.
 - ``recent_ttft_s`` / ``recent_tpot_s`` are medians and ``error_rate`` the failure fraction of the
-  last ``OUTCOME_WINDOW`` outcomes no older than ``latency_window_s``.
+  last ``OUTCOME_WINDOW`` outcomes no older than ``latency_window_s``; when none is that recent,
+  of those within ``latency_window_s`` of the newest, dated by it (stale readings: the estimate
+  ignores them, the deadline filter admits only probes while they say "too slow").
 - ``circuit`` comes from the substrate's ``CircuitBreaker`` (``inferplane.health``), fed by the
   outcomes and by Retry-After.
 - ``node_countries`` is the set of jurisdiction labels of the nodes of its live replicas.
@@ -249,7 +251,13 @@ class FleetState:
             if any(labels):
                 node_countries = frozenset(j for j in labels if j)
         ttft = tpot = err = None
-        recent = [o for o in self._outcomes[name] if now_s - o.at_s <= self._latency_window]
+        outcomes = self._outcomes[name]
+        recent = [o for o in outcomes if now_s - o.at_s <= self._latency_window]
+        if not recent and outcomes:
+            # Nothing recent: the last window that had outcomes, dated by its newest, so placement
+            # still knows what the substrate last did, and how long ago (DeadlineReachable probes it).
+            newest = outcomes[-1].at_s
+            recent = [o for o in outcomes if newest - o.at_s <= self._latency_window]
         if recent:
             at = max(o.at_s for o in recent)
             ttfts = sorted(o.ttft_s for o in recent if o.ttft_s is not None)

@@ -6,10 +6,12 @@ runs one filter on it. ``None`` means admitted.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import pytest
 
+from inferplane.placement.estimate import Estimate
 from inferplane.placement.filters import (
     DEFAULT_FILTERS,
     LADDER,
@@ -21,15 +23,12 @@ from inferplane.placement.filters import (
     Healthy,
     JurisdictionAllowed,
     NodeJurisdiction,
-    WithinBudget,
     RateLimitHeadroom,
     RejectionCode,
     SignalsFresh,
     SpilloverAllowed,
+    WithinBudget,
 )
-import dataclasses
-
-from inferplane.placement.estimate import Estimate
 from inferplane.placement.signals import Reading, SubstrateSignals
 from tests.builders import (
     FleetBuilder,
@@ -303,3 +302,31 @@ def test_deadline_reachable(factor, ttft_s, e2e_s, rejected) -> None:
     assert (rejection is not None) == rejected
     if rejected:
         assert rejection.code is RejectionCode.PREDICTED_TOO_SLOW
+
+
+@pytest.mark.parametrize(("in_flight", "ttft_age_s", "rejected"), [
+    (0, 60.0, False),  # last seen too slow, long ago: one probe may go
+    (1, 60.0, True),   # ... but only one at a time (half_open_probe_limit 1)
+    (1, 0.0, False),   # a fresh reading is the estimate's business, not a probe limit's
+])
+def test_a_substrate_last_seen_too_slow_is_only_probed(in_flight, ttft_age_s, rejected) -> None:
+    """After a cut, the slow outcomes age out and the estimate falls back to the (fast) profile; the
+    last observation (9 s to first token against a 1.5 s deadline, 3x cut) still holds it to probes."""
+    built = only_x(x()).policy("health", drop_when_predicted_over_deadline=3.0).build()
+    assert built.policy.half_open_probe_limit == 1
+    spec = built.fleet.substrate("x")
+    sig = signals(in_flight=in_flight, ttft_s=9.0, tpot_s=0.01, ages={"recent_ttft_s": ttft_age_s,
+                                                                     "recent_tpot_s": ttft_age_s})
+    rejection = DeadlineReachable().check_estimate(context(built, request()), spec,
+                                                   Estimate(0.5, 2.0, 0.0, 0.0), sig, 100)
+    assert (rejection is not None) == rejected
+    if rejected:
+        assert rejection.code is RejectionCode.PREDICTED_TOO_SLOW and "probing" in rejection.summary
+
+
+def test_a_substrate_last_seen_fast_enough_is_not_held_to_probes() -> None:
+    built = only_x(x()).policy("health", drop_when_predicted_over_deadline=3.0).build()
+    spec = built.fleet.substrate("x")
+    sig = signals(in_flight=8, ttft_s=1.0, tpot_s=0.01, ages={"recent_ttft_s": 60.0, "recent_tpot_s": 60.0})
+    assert DeadlineReachable().check_estimate(context(built, request()), spec,
+                                              Estimate(0.5, 2.0, 0.0, 0.0), sig, 100) is None

@@ -7,7 +7,7 @@ import pytest
 from inferplane.fleet_state import FleetState, Outcome, SubstrateReport
 from inferplane.health import BreakerSettings
 from inferplane.placement import place
-from inferplane.placement.signals import CircuitState
+from inferplane.placement.signals import CircuitState, fresh_value
 from inferplane.placement.snapshot import FleetSnapshot
 from tests.builders import fleet, request, substrate
 
@@ -84,13 +84,20 @@ def test_outcomes_give_medians_error_rate_and_open_the_circuit():
     assert sig(state, "p", 101.6).circuit is CircuitState.CLOSED
 
 
-def test_old_outcomes_age_out_so_a_recovered_substrate_is_believed_again():
+def test_old_outcomes_age_out_of_the_estimate_but_stay_known_with_their_age():
     built, state = setup()
     state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.0)
-    state.report_ingress("i1", {}, [Outcome("p", True, 9.0, 0.5, 100.0)], 100.0)
+    state.report_ingress("i1", {}, [Outcome("p", True, 8.0, 0.5, 99.0), Outcome("p", True, 9.0, 0.5, 100.0)],
+                         100.0)
     assert sig(state, "p", 100.0).recent_ttft_s.value == 9.0
     state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 105.5)
-    assert sig(state, "p", 105.5).recent_ttft_s is None
+    last = sig(state, "p", 105.5).recent_ttft_s
+    # The last window with outcomes, dated by its newest: too old for the estimate (bound 2 s) ...
+    assert (last.value, last.observed_at_s) == (9.0, 100.0)
+    assert fresh_value(last, 105.5, 2.0) is None
+    # ... and a fresh outcome replaces it at once: a recovered substrate is believed again.
+    state.report_ingress("i1", {}, [Outcome("p", True, 0.2, 0.01, 105.6)], 105.6)
+    assert sig(state, "p", 105.6).recent_ttft_s.value == 0.2
 
 
 def test_retry_after_from_a_replica_or_an_outcome_opens_the_circuit():

@@ -157,7 +157,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                 None, 0.0, None, None, None, False))
             continue
         est = estimate(spec, sig, input_tokens, output_tokens, region, now, bound)
-        rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est)
+        rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, sig, output_tokens)
         if rejection is not None:
             verdicts.append(CandidateVerdict(
                 spec.name, False, rejection.code, rejection.summary, rejection.detail,

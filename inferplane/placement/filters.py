@@ -259,19 +259,53 @@ class DeadlineReachable:
     """After the latency estimate: rejects a substrate predicted to take more than
     ``policy.slow_drop_factor`` times either deadline of the SLA class, so a degraded substrate
     (slow, queue deep) leaves the candidate set before clients see timeouts. Unlike the filters
-    above it reads the estimate: ``check_estimate(ctx, spec, est)``."""
+    above it reads the estimate: ``check_estimate(ctx, spec, est, signals, max_output_tokens)``.
+
+    Once cut, a substrate produces no outcomes, so its observed latencies age past the staleness
+    bound and the estimate falls back to the static profile. Re-admitting it then would send it a
+    wave of requests that are late again. So while its last observed latencies (stale) would still
+    put it over the cut, it is admitted only as a probe, while fewer than
+    ``policy.half_open_probe_limit`` requests are in flight there; a probe's outcome refreshes the
+    observation, and either keeps the cut or ends it:
+
+        stale_ttft = max(est.ttft, last recent_ttft)
+        stale_e2e  = max(est.e2e, stale_ttft + max_output_tokens * last recent_tpot)
+    """
 
     code = RejectionCode.PREDICTED_TOO_SLOW
 
-    def check_estimate(self, ctx, spec, est):
+    def check_estimate(self, ctx, spec, est, signals=None, max_output_tokens: int = 0):
         factor = ctx.policy.slow_drop_factor
         if factor is None:
             return None
         sla = ctx.sla
-        if est.ttft_s > factor * sla.ttft_deadline_s or est.e2e_s > factor * sla.e2e_deadline_s:
+        ttft_cut, e2e_cut = factor * sla.ttft_deadline_s, factor * sla.e2e_deadline_s
+        if est.ttft_s > ttft_cut or est.e2e_s > e2e_cut:
             return Rejection(self.code, f"predicted over {factor:g}x the deadlines",
                              f"predicted ttft {est.ttft_s:.2f}s, e2e {est.e2e_s:.1f}s")
+        if signals is None:
+            return None
+        last_ttft = _stale_value(signals.recent_ttft_s, ctx)
+        last_tpot = _stale_value(signals.recent_tpot_s, ctx)
+        if last_ttft is None and last_tpot is None:
+            return None
+        ttft = max(est.ttft_s, last_ttft or 0.0)
+        e2e = max(est.e2e_s, ttft + max_output_tokens * (last_tpot or 0.0))
+        if ttft <= ttft_cut and e2e <= e2e_cut:
+            return None
+        in_flight = signals.in_flight.value if signals.in_flight is not None else 0.0
+        if in_flight < ctx.policy.half_open_probe_limit:
+            return None
+        return Rejection(self.code, f"last seen over {factor:g}x the deadlines; probing",
+                         f"last observed ttft {ttft:.2f}s, e2e {e2e:.1f}s; {in_flight:.0f} probe(s) in flight")
+
+
+def _stale_value(reading, ctx) -> float | None:
+    """A reading's value only when it is older than the staleness bound (fresh ones are in the
+    estimate already)."""
+    if reading is None or ctx.now_s - reading.observed_at_s <= ctx.staleness_bound_s:
         return None
+    return reading.value
 
 
 # Filters that depend only on the tenant, the model and the substrate's static spec: the engine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -13,8 +14,10 @@ from substrate_adapters.physics import (
     PhysicsDraws,
     PhysicsModel,
     decode_interval_s,
+    decode_share,
     first_token_delay_s,
     outbound_delay_s,
+    prefill_slots,
     service_time_s,
     stream_decode_rate,
 )
@@ -48,6 +51,8 @@ def test_from_config_converts_milliseconds_and_keeps_the_rest():
             failure_rate=0.01,
             slowdown_factor=1.5,
             seed=7,
+            prefill_concurrency=1,
+            decode_share_during_prefill=0.25,
         )
     )
     assert model == PhysicsModel(
@@ -61,6 +66,8 @@ def test_from_config_converts_milliseconds_and_keeps_the_rest():
         failure_rate=0.01,
         slowdown_factor=1.5,
         seed=7,
+        prefill_concurrency=1,
+        decode_share_during_prefill=0.25,
     )
 
 
@@ -129,6 +136,9 @@ def test_with_slowdown_and_with_failure_rate_change_one_field():
         dict(max_concurrency=0),
         dict(decode_slowdown_at_full_batch=0.9),
         dict(decode_tokens_per_s=0.0),
+        dict(prefill_concurrency=0),
+        dict(decode_share_during_prefill=1.1),
+        dict(decode_share_during_prefill=-0.1),
     ],
 )
 def test_invalid_physics_is_refused_when_built(bad):
@@ -219,3 +229,12 @@ def test_failure_rate_zero_never_fails_and_one_always_fails():
     draws = PhysicsDraws(9)
     assert not any(draws.fails(0.0) for _ in range(5000))
     assert all(draws.fails(1.0) for _ in range(5000))
+
+
+def test_decode_share_applies_only_while_something_prefills():
+    model = PhysicsModel(ttft_s=0.1, network_rtt_s=0.0, prefill_tokens_per_s=1000.0, decode_tokens_per_s=50.0,
+                         decode_slowdown_at_full_batch=1.0, max_concurrency=8, jitter_ratio=0.0, failure_rate=0.0,
+                         prefill_concurrency=2, decode_share_during_prefill=0.3)
+    assert (decode_share(model, 0), decode_share(model, 1), decode_share(model, 2)) == (1.0, 0.3, 0.3)
+    assert prefill_slots(model) == 2
+    assert prefill_slots(replace(model, prefill_concurrency=None)) == 8

@@ -3,6 +3,11 @@
 Placement runs locally on the latest snapshot from the PlacementActor (refreshed by a background
 thread every ``ingress.snapshot_refresh_ms``), so the hot path never waits on an actor round trip.
 A snapshot older than the policy's ``snapshot_staleness_bound_ms`` fails closed with 503.
+
+Every request's audit facts are journaled (``telemetry.journal``) before its response's last bytes
+leave; the full row is built later in the sync thread. A replica adopts the journal segments of
+ingress replicas on its node that were killed (at start, then every ``ORPHAN_SCAN_INTERVAL_S``),
+so an answered request keeps its audit row when the replica that answered it dies.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` type on the
@@ -33,6 +38,7 @@ from inferplane.placement import FleetSnapshot, PlacementDecision, PlacementRequ
 from inferplane.placement.filters import STATIC_FILTERS
 from inferplane.placement.signals import SubstrateSignals
 from inferplane.telemetry.audit import AuditLog, RequestOutcome, audit_row
+from inferplane.telemetry.journal import Journal, journal_entry, recover
 from inferplane.telemetry.metrics import LabelVocabulary, MetricsOutbox, rejection_code_for
 
 from deployments import placement_actor
@@ -42,6 +48,8 @@ log = logging.getLogger("inferplane.ingress")
 app = FastAPI(title="inferplane", docs_url=None, redoc_url=None, openapi_url=None)
 
 SLA_HEADER = "x-inferplane-sla-class"
+ORPHAN_SCAN_INTERVAL_S = 5.0
+"""How often a replica looks for journal segments of killed replicas after its start-up scan."""
 
 
 def _error_response(err: ApiError) -> JSONResponse:
@@ -119,8 +127,10 @@ class Ingress:
         self._in_flight: Counter[str] = Counter()
         self._outcomes: deque[Outcome] = deque(maxlen=4096)
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
-        self._audit = AuditLog(os.path.expanduser(cfg.telemetry.audit_dir), self._id,
-                               flush_interval_s=cfg.telemetry.audit_flush_interval_ms / 1000.0)
+        audit_dir = os.path.expanduser(cfg.telemetry.audit_dir)
+        self._journal = Journal(audit_dir, self._id)
+        self._audit = AuditLog(audit_dir, self._id, flush_interval_s=cfg.telemetry.audit_flush_interval_ms / 1000.0,
+                               on_written=self._journal.written)
         self._metrics = MetricsOutbox(LabelVocabulary.of(self._fleet, self._policy))
         self._audit_dropped = 0
         self._finished: deque = deque()  # (RequestRecord, RequestOutcome) awaiting the sync thread
@@ -128,6 +138,24 @@ class Ingress:
         self._spend_lock = threading.Lock()  # the event loop adds, the sync thread takes
         self._stop = threading.Event()
         threading.Thread(target=self._sync_loop, name="inferplane-sync", daemon=True).start()
+        self._recovery = threading.Thread(target=self._recover_loop, name="inferplane-journal-recovery", daemon=True)
+        self._recovery.start()
+
+    # -- journal recovery (background thread) ------------------------------------------------
+    def _recover_loop(self) -> None:
+        """Adopt the journal segments of killed ingress replicas on this node: rows for their
+        answered requests that had none yet go to this replica's audit log."""
+        while True:
+            try:
+                found = recover(self._journal, self._audit, self._fleet, self._policy)
+                if found.segments:
+                    log.warning("adopted %d journal segments of ended ingress replicas: %d rows rebuilt, %d already "
+                                "written, %d unreadable lines skipped", found.segments, found.rows,
+                                found.already_written, found.bad_lines)
+            except Exception:  # telemetry must never fail the plane; the segments wait for the next scan
+                log.exception("journal recovery failed")
+            if self._stop.wait(ORPHAN_SCAN_INTERVAL_S):
+                return
 
     # -- snapshot sync (background thread) ---------------------------------------------------
     def _sync_loop(self) -> None:
@@ -335,8 +363,10 @@ class Ingress:
 
     def _record(self, rec: RequestRecord, status: int, error_code: str | None, first_at: float | None,
                 completion_tokens: int | None, prompt_tokens: int | None) -> None:
-        """Queue the request's audit row and metrics, once; the sync thread builds and writes them
-        (building a row, with the decision as JSON, was 8 % of the request path in a profile)."""
+        """Journal the request's audit facts, then queue its audit row and metrics, once; the sync
+        thread builds and writes them (building a row, with the decision as JSON, was 8 % of the
+        request path in a profile). Called before the response's last bytes are sent, so a kill
+        after the answer left cannot lose its row."""
         if rec.recorded:
             return
         rec.recorded = True
@@ -349,7 +379,16 @@ class Ingress:
             e2e_s=now - rec.arrived_s if status == 200 else None,
             input_tokens=prompt_tokens if prompt_tokens is not None else rec.input_tokens,
             output_tokens=completion_tokens, streamed=rec.streamed, finished_at_s=now)
-        self._finished.append((rec, outcome))
+        sla = self._policy.sla_classes.get(rec.sla_class) if rec.sla_class else None
+        try:
+            self._journal.write(journal_entry(
+                request_id=rec.request_id, ingress_id=self._id, received_at_s=rec.arrived_s, tenant=rec.tenant,
+                model=rec.model, sla_class=rec.sla_class, decision=decision, outcome=outcome, fleet=self._fleet,
+                ingress_region=self._region, snapshot_age_s=rec.snapshot_age_s, sla=sla,
+                config_hash=self._policy.policy_hash))
+        except Exception:  # telemetry must never fail the plane; the row is still queued below
+            log.exception("could not journal request %s", rec.request_id)
+        self._finished.append((rec, outcome))  # after the journal write, so the row written releases it
 
     def _write_finished(self) -> None:
         """Audit rows, outcome metrics and spend for the requests that finished since the last call.
@@ -444,11 +483,12 @@ class Ingress:
         return JSONResponse(body, headers=headers)
 
     async def _stream_events(self, api, rid, created, model, name, first, stream, dispatched, include_usage, rec):
+        """The SSE stream. The status line went out as 200, so the row says how the stream really
+        ended; it is recorded (journaled) before the stream's last line: ``[DONE]`` or the error event."""
         first_at = time.time()
         ok = False
         tokens = 0
         prompt_tokens = None
-        error_code = "client_disconnected"
         try:
             if api == "chat":
                 yield _sse_line(chunk(api, rid, created, model, "", first=True))
@@ -463,8 +503,9 @@ class Ingress:
                                      finish_reason=event["finish_reason"]))
                     if include_usage:
                         yield _sse_line(usage_chunk(api, rid, created, model, event["prompt_tokens"], tokens))
-                    yield "data: [DONE]\n\n"
                     ok = True
+                    self._record(rec, 200, None, first_at, tokens, prompt_tokens)
+                    yield "data: [DONE]\n\n"
                     return
                 else:
                     break
@@ -473,21 +514,22 @@ class Ingress:
                 except StopAsyncIteration:
                     break
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream")
-            error_code = err.code
+            self._record(rec, 502, err.code, first_at, tokens, prompt_tokens)
             yield _sse_line(err.body())
         except Exception as exc:  # noqa: BLE001 - the stream has started: end it with an error event
-            if isinstance(exc, GeneratorExit):
-                raise
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream: {type(exc).__name__}")
-            error_code = err.code
+            self._record(rec, 502, err.code, first_at, tokens, prompt_tokens)
             yield _sse_line(err.body())
         finally:
             self._finish(name, ok, dispatched, first_at, tokens)
-            # The status line went out as 200; the row says how the stream really ended.
-            self._record(rec, 200 if ok else 502, None if ok else error_code, first_at, tokens, prompt_tokens)
+            # Only a client gone mid-stream is not recorded yet (``_record`` keeps the first record).
+            self._record(rec, 502, "client_disconnected", first_at, tokens, prompt_tokens)
 
     def __del__(self) -> None:
-        # Graceful shutdown: stop syncing and flush every audit row still pending.
+        # Graceful shutdown: stop syncing and recovering, write every audit row still pending, then
+        # delete the journal segments those rows were waiting in.
         self._stop.set()
+        self._recovery.join()
         self._write_finished()
         self._audit.close()
+        self._journal.close()

@@ -26,6 +26,7 @@ from inferplane.telemetry.audit import (
     boundary_crossed,
     decision_from_record,
     read_audit,
+    request_ids,
 )
 from inferplane.telemetry.cost import request_cost
 from tests.builders import NOW, fleet, request, signals, snapshot, substrate
@@ -531,3 +532,57 @@ def test_a_failed_merge_leaves_the_small_files_and_loses_nothing(tmp_path: Path,
     monkeypatch.undo()
     assert len(audit_files(tmp_path)) == 2
     assert read_audit(tmp_path).column("request_id").to_pylist() == [f"r-{i:06d}" for i in range(10)]
+
+
+def test_on_written_is_told_each_files_request_ids_once_it_is_in_place(tmp_path: Path, monkeypatch) -> None:
+    built = plane()
+    told: list[tuple[list[str], int]] = []
+
+    def on_written(ids: list[str]) -> None:
+        told.append((ids, len(audit_files(tmp_path))))  # the file is visible when the hook runs
+
+    log = AuditLog(tmp_path, "w", background=False, on_written=on_written)
+    midnight = datetime(2025, 6, 16, tzinfo=UTC).timestamp()
+    for row in rows_numbered(template_row(built), 4, received=midnight - 2):
+        log.append(row)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(audit_module, "_write_atomically", disk_full)
+    with pytest.raises(OSError):
+        log.flush()
+    assert told == []  # nothing is in place, nothing is told
+    monkeypatch.undo()
+    log.flush()
+    assert told == [(["r-000000", "r-000001"], 1), (["r-000002", "r-000003"], 2)]
+    log.close()
+
+
+def test_a_failing_on_written_hook_never_writes_a_row_twice(tmp_path: Path) -> None:
+    built = plane()
+
+    def broken(ids: list[str]) -> None:
+        raise RuntimeError("bookkeeping bug")
+
+    log = AuditLog(tmp_path, "w", background=False, on_written=broken)
+    for row in rows_numbered(template_row(built), 3):
+        log.append(row)
+    assert log.flush() == 3
+    assert log.flush() == 0
+    log.close()
+    assert read_audit(tmp_path).num_rows == 3
+
+
+def test_request_ids_reads_only_the_given_writers_files_of_the_given_days(tmp_path: Path) -> None:
+    built = plane()
+    template = template_row(built)
+    midnight = datetime(2025, 6, 16, tzinfo=UTC).timestamp()
+    for writer in ("ingress-a", "ingress-a-2", "ingress-b"):
+        with AuditLog(tmp_path, writer, background=False) as log:
+            for row in rows_numbered(template, 2, prefix=writer, received=midnight - 1):
+                log.append(row)
+    day1, day2 = datetime(2025, 6, 15).date(), datetime(2025, 6, 16).date()
+    assert request_ids(tmp_path, {"ingress-a"}, {day1, day2}) == {"ingress-a-000000", "ingress-a-000001"}
+    assert request_ids(tmp_path, {"ingress-a", "ingress-b"}, {day2}) == {"ingress-a-000001", "ingress-b-000001"}
+    assert request_ids(tmp_path, {"ingress-c"}, {day1, day2}) == set()

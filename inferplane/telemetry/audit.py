@@ -72,13 +72,20 @@ decision_json                       string?                -           ``Placeme
                                                                        JSON, each candidate with its substrate's
                                                                        static facts (class, kind, jurisdiction,
                                                                        region, zone, emulated) at decision time
+recovered_by                        string?                -           the ingress replica that rebuilt the row
+                                                                       from a killed writer's journal
+                                                                       (``telemetry.journal``); null when written
+                                                                       by the replica that answered. A recovered
+                                                                       row has no ``decision_json``, and no column
+                                                                       derived from the config when that changed
 ==================================  =====================  ==========  ============================================
 
 Never written: API keys (tenant or provider), prompt text, completion text. ``audit_row`` receives
 none of them, and client-controlled strings that reach it through the decision (the model name and
 the SLA-class header) are written only when they name a configured model or class; otherwise as
 a digest. A new column may be added in a later version (readers fill it with null for old files);
-renaming or retyping one is a new version.
+renaming or retyping one is a new version. ``recovered_by`` was added that way: a file written
+before it reads with null there, which is what it means (none of its rows was recovered).
 
 Files: ``DIR/date=YYYY-MM-DD/audit-<writer_id>-<seq>.parquet`` (Hive partitioning by the row's UTC
 date). Each ``flush`` writes complete files under a hidden temporary name (``.``-prefixed, which
@@ -91,6 +98,9 @@ removed; ``read_audit`` ignores a small file covered by a merged file of the sam
 never counts a row twice, and a writer that restarts removes covered leftovers of a crash. (A raw
 ``pyarrow.dataset`` reader can see both during the few milliseconds between the rename and the
 removals.) ``writer_id`` must be unique among running writers; the ingress uses its replica id.
+``on_written`` (optional) is told the request ids of each file once it is durably in place; the
+write-ahead journal (``telemetry.journal``, under ``DIR/_journal/``, which these readers and
+``pyarrow.dataset`` skip) deletes its segments from it.
 """
 
 from __future__ import annotations
@@ -103,7 +113,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -178,6 +188,7 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("snapshot_age_s", pa.float64()),
         pa.field("policy_hash", pa.string()),
         pa.field("decision_json", pa.string()),
+        pa.field("recovered_by", pa.string()),
     ],
     metadata={"inferplane.audit.schema_version": str(AUDIT_SCHEMA_VERSION)},
 )
@@ -230,7 +241,8 @@ def _digest(value: str) -> str:
     return "unknown:" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def _safe_error_code(code: str | None) -> str | None:
+def safe_error_code(code: str | None) -> str | None:
+    """An error code as a row writes it: snake_case as it is, anything else as a digest."""
     if code is None or _ERROR_CODE_RE.fullmatch(code):
         return code
     return _digest(code)
@@ -330,6 +342,109 @@ def decision_from_record(record: Mapping[str, Any]) -> PlacementDecision:
     )
 
 
+def recorded_names(model: str | None, sla_class: str | None, decision: PlacementDecision | None,
+                   fleet: FleetSpec, sla: SlaPolicy | None) -> tuple[str | None, str | None, dict[str, str]]:
+    """The model and SLA-class names as a row writes them, and what was replaced (raw -> written).
+
+    Client-controlled names are written only when the config knows them: a model by its canonical
+    name, an SLA class when ``sla`` is that class or the engine checked it (``decision`` was not
+    refused before the SLA check); otherwise each as ``unknown:<sha256[:12]>``.
+    """
+    redact: dict[str, str] = {}
+    if model is not None:
+        canonical = fleet.model_names.get(model)
+        if canonical is None:
+            redact[model] = _digest(model)
+            model = redact[model]
+        else:
+            model = canonical
+    if sla_class is not None:
+        checked = (sla is not None and sla.name == sla_class) or (
+            decision is not None and decision.rejection_code not in _SLA_UNCHECKED)
+        if not checked:
+            redact[sla_class] = _digest(sla_class)
+            sla_class = redact[sla_class]
+    return model, sla_class, redact
+
+
+def decision_columns(decision: PlacementDecision, redact: Mapping[str, str]) -> dict[str, Any]:
+    """The columns read off the decision itself (no fleet lookup, no JSON): ids, the chosen and
+    primary substrates, the spillover and its estimated extra cost over the primary's estimate,
+    counts, the rejections rolled up, predictions, snapshot and policy. ``redact`` (from
+    ``recorded_names``) is applied to the rejection message."""
+    spill = decision.placed and decision.spillover
+    rejections, by_code = roll_up_rejections(decision)
+    message = decision.rejection_message
+    for raw, safe in redact.items():
+        if message and raw:
+            message = message.replace(raw, safe)
+    extra_estimate = None
+    if spill and decision.estimated_cost_usd is not None:
+        primary = next((c for c in decision.candidates if c.name == decision.primary), None)
+        if primary is not None and primary.cost_usd is not None:
+            extra_estimate = decision.estimated_cost_usd - primary.cost_usd
+    return {
+        "placement_id": decision.placement_id,
+        "substrate": decision.substrate,
+        "primary_substrate": decision.primary,
+        "spillover": spill,
+        "spillover_reason": decision.spillover_reason.value if spill and decision.spillover_reason else None,
+        "spillover_extra_cost_usd": extra_estimate,
+        "candidate_count": len(decision.candidates),
+        "eligible_count": decision.eligible_count,
+        "rejections": rejections,
+        "rejection_counts": by_code,
+        "rejection_code": None if decision.rejection_code is None else decision.rejection_code.value,
+        "rejection_message": message,
+        "predicted_ttft_s": decision.predicted_ttft_s,
+        "predicted_e2e_s": decision.predicted_e2e_s,
+        "estimated_cost_usd": decision.estimated_cost_usd,
+        "snapshot_version": decision.snapshot_version,
+        "policy_hash": decision.policy_hash,
+    }
+
+
+def substrate_columns(fleet: FleetSpec, substrate: str | None, primary: str | None, spillover: bool,
+                      outcome: RequestOutcome, ingress_region: str | None) -> dict[str, Any]:
+    """The columns that come from the fleet's static facts: the chosen substrate's class, kind,
+    emulation, jurisdiction, region and zone; its attributed cost (``request_cost`` with the
+    outcome's tokens and end-to-end time, 0 where unknown); for a spillover, the boundary crossed
+    (``boundary_crossed``) and the cost minus the same work priced by the primary's cost model.
+    Null (boundary ``none``) for a substrate ``fleet`` does not know."""
+    chosen = _spec_or_none(fleet, substrate)
+    out: dict[str, Any] = {
+        "substrate_class": None, "substrate_kind": None, "emulated": None, "jurisdiction": None, "region": None,
+        "zone": None, "boundary": "none", "spillover_extra_cost_actual_usd": None, "cost_usd": None,
+        "cost_tokens_usd": None, "cost_gpu_usd": None, "cost_egress_usd": None,
+    }
+    if chosen is None:
+        return out
+    e2e = outcome.e2e_s if outcome.e2e_s is not None else 0.0
+    in_tok = outcome.input_tokens or 0
+    out_tok = outcome.output_tokens or 0
+    cost = request_cost(chosen, in_tok, out_tok, e2e, ingress_region)
+    out.update(substrate_class=chosen.substrate_class, substrate_kind=chosen.kind, emulated=chosen.emulated,
+               jurisdiction=chosen.jurisdiction, region=chosen.region, zone=chosen.zone, cost_usd=cost.total_usd,
+               cost_tokens_usd=cost.tokens_usd, cost_gpu_usd=cost.gpu_usd, cost_egress_usd=cost.egress_usd)
+    if spillover:
+        primary_spec = _spec_or_none(fleet, primary)
+        out["boundary"] = boundary_crossed(primary_spec, chosen)
+        if primary_spec is not None:
+            on_primary = request_cost(primary_spec, in_tok, out_tok, e2e, ingress_region)
+            out["spillover_extra_cost_actual_usd"] = cost.total_usd - on_primary.total_usd
+    return out
+
+
+def sla_columns(sla: SlaPolicy | None, sla_class: str | None, outcome: RequestOutcome) -> dict[str, Any]:
+    """The deadlines of ``sla`` and ``met_sla`` (200 within both), when ``sla`` is the request's
+    class as written; else null."""
+    if sla is None or sla.name != sla_class:
+        return {"ttft_deadline_s": None, "e2e_deadline_s": None, "met_sla": None}
+    met = (outcome.status_code == 200 and outcome.ttft_s is not None and outcome.e2e_s is not None
+           and outcome.ttft_s <= sla.ttft_deadline_s and outcome.e2e_s <= sla.e2e_deadline_s)
+    return {"ttft_deadline_s": sla.ttft_deadline_s, "e2e_deadline_s": sla.e2e_deadline_s, "met_sla": met}
+
+
 def audit_row(
     *,
     request_id: str,
@@ -355,92 +470,11 @@ def audit_row(
     """
     if decision is not None:
         tenant, model, sla_class = decision.tenant, decision.model, decision.sla_class
-
-    # Client-controlled names are written only when the config knows them.
-    redact: dict[str, str] = {}
-    if model is not None:
-        canonical = fleet.model_names.get(model)
-        if canonical is None:
-            redact[model] = _digest(model)
-            model = redact[model]
-        else:
-            model = canonical
-    if sla_class is not None:
-        checked = (sla is not None and sla.name == sla_class) or (
-            decision is not None and decision.rejection_code not in _SLA_UNCHECKED)
-        if not checked:
-            redact[sla_class] = _digest(sla_class)
-            sla_class = redact[sla_class]
-
-    chosen = primary = None
-    spill = False
-    cost = None
-    row_decision: dict[str, Any] = {
-        "placement_id": None, "substrate": None, "substrate_class": None, "substrate_kind": None,
-        "emulated": None, "jurisdiction": None, "region": None, "zone": None, "primary_substrate": None,
-        "spillover": False, "spillover_reason": None, "boundary": "none", "spillover_extra_cost_usd": None,
-        "spillover_extra_cost_actual_usd": None, "candidate_count": 0, "eligible_count": 0,
-        "rejections": None, "rejection_counts": {}, "rejection_code": None, "rejection_message": None,
-        "predicted_ttft_s": None, "predicted_e2e_s": None, "estimated_cost_usd": None,
-        "snapshot_version": None, "policy_hash": None, "decision_json": None,
-    }
-    e2e = outcome.e2e_s if outcome.e2e_s is not None else 0.0
-    in_tok = outcome.input_tokens or 0
-    out_tok = outcome.output_tokens or 0
-    if decision is not None:
-        chosen = _spec_or_none(fleet, decision.substrate)
-        primary = _spec_or_none(fleet, decision.primary)
-        spill = decision.placed and decision.spillover
-        rejections, by_code = roll_up_rejections(decision)
-        message = decision.rejection_message
-        for raw, safe in redact.items():
-            if message and raw:
-                message = message.replace(raw, safe)
-        row_decision.update(
-            placement_id=decision.placement_id,
-            substrate=decision.substrate,
-            primary_substrate=decision.primary,
-            spillover=spill,
-            spillover_reason=decision.spillover_reason.value if spill and decision.spillover_reason else None,
-            candidate_count=len(decision.candidates),
-            eligible_count=decision.eligible_count,
-            rejections=rejections,
-            rejection_counts=by_code,
-            rejection_code=None if decision.rejection_code is None else decision.rejection_code.value,
-            rejection_message=message,
-            predicted_ttft_s=decision.predicted_ttft_s,
-            predicted_e2e_s=decision.predicted_e2e_s,
-            estimated_cost_usd=decision.estimated_cost_usd,
-            snapshot_version=decision.snapshot_version,
-            policy_hash=decision.policy_hash,
-            decision_json=json.dumps(recorded_decision(decision, fleet, redact), separators=(",", ":"),
-                                     allow_nan=False),
-        )
-        if chosen is not None:
-            row_decision.update(
-                substrate_class=chosen.substrate_class, substrate_kind=chosen.kind, emulated=chosen.emulated,
-                jurisdiction=chosen.jurisdiction, region=chosen.region, zone=chosen.zone,
-            )
-            cost = request_cost(chosen, in_tok, out_tok, e2e, ingress_region)
-        if spill:
-            row_decision["boundary"] = boundary_crossed(primary, chosen)
-            primary_verdict = next((c for c in decision.candidates if c.name == decision.primary), None)
-            if (primary_verdict is not None and primary_verdict.cost_usd is not None
-                    and decision.estimated_cost_usd is not None):
-                row_decision["spillover_extra_cost_usd"] = decision.estimated_cost_usd - primary_verdict.cost_usd
-            if primary is not None and cost is not None:
-                on_primary = request_cost(primary, in_tok, out_tok, e2e, ingress_region)
-                row_decision["spillover_extra_cost_actual_usd"] = cost.total_usd - on_primary.total_usd
-
-    ttft_deadline = e2e_deadline = met = None
-    if sla is not None and sla.name == sla_class:
-        ttft_deadline, e2e_deadline = sla.ttft_deadline_s, sla.e2e_deadline_s
-        met = (outcome.status_code == 200 and outcome.ttft_s is not None and outcome.e2e_s is not None
-               and outcome.ttft_s <= ttft_deadline and outcome.e2e_s <= e2e_deadline)
-
+    model, sla_class, redact = recorded_names(model, sla_class, decision, fleet, sla)
     row: dict[str, Any] = {
         "schema_version": AUDIT_SCHEMA_VERSION,
         "request_id": request_id,
+        "placement_id": None,
         "time": _utc(received_at_s),
         "finished_at": _utc(outcome.finished_at_s),
         "ingress_id": ingress_id,
@@ -448,32 +482,52 @@ def audit_row(
         "tenant": tenant,
         "model": model,
         "sla_class": sla_class,
-        **row_decision,
+        "substrate": None,
+        "primary_substrate": None,
+        "spillover": False,
+        "spillover_reason": None,
+        "spillover_extra_cost_usd": None,
+        "candidate_count": 0,
+        "eligible_count": 0,
+        "rejections": None,
+        "rejection_counts": {},
+        "rejection_code": None,
+        "rejection_message": None,
         "attempts": outcome.attempts,
         "status_code": outcome.status_code,
-        "error_code": _safe_error_code(outcome.error_code),
+        "error_code": safe_error_code(outcome.error_code),
         "streamed": outcome.streamed,
         "ttft_s": outcome.ttft_s,
         "e2e_s": outcome.e2e_s,
         "tpot_s": outcome.tpot_s,
         "input_tokens": outcome.input_tokens,
         "output_tokens": outcome.output_tokens,
-        "cost_usd": None if cost is None else cost.total_usd,
-        "cost_tokens_usd": None if cost is None else cost.tokens_usd,
-        "cost_gpu_usd": None if cost is None else cost.gpu_usd,
-        "cost_egress_usd": None if cost is None else cost.egress_usd,
-        "ttft_deadline_s": ttft_deadline,
-        "e2e_deadline_s": e2e_deadline,
-        "met_sla": met,
-        "snapshot_age_s": snapshot_age_s if decision is not None else None,
+        "predicted_ttft_s": None,
+        "predicted_e2e_s": None,
+        "estimated_cost_usd": None,
+        "snapshot_version": None,
+        "snapshot_age_s": None,
+        "policy_hash": None,
+        "decision_json": None,
+        "recovered_by": None,
+        **sla_columns(sla, sla_class, outcome),
     }
+    if decision is None:
+        row.update(substrate_columns(fleet, None, None, False, outcome, ingress_region))
+    else:
+        row.update(decision_columns(decision, redact))
+        row.update(substrate_columns(fleet, decision.substrate, decision.primary, row["spillover"], outcome,
+                                     ingress_region))
+        row["snapshot_age_s"] = snapshot_age_s
+        row["decision_json"] = json.dumps(recorded_decision(decision, fleet, redact), separators=(",", ":"),
+                                          allow_nan=False)
     return {name: row[name] for name in COLUMNS}
 
 
 # -------------------------------------------------------------------------------------------------
 # Files
 
-_WRITER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+WRITER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FILE_RE = re.compile(r"^audit-(?P<writer>.+)-(?P<first>\d{10})(?:to(?P<last>\d{10}))?\.parquet$")
 _PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
@@ -555,6 +609,23 @@ def read_audit(directory: str | os.PathLike[str], since: datetime | None = None,
     return table.sort_by([("time", "ascending"), ("request_id", "ascending")])
 
 
+def request_ids(directory: str | os.PathLike[str], writers: Collection[str], days: Collection[date]) -> set[str]:
+    """The request ids in the files of ``writers`` (by file name) in the ``date=`` partitions of
+    ``days``; only the ``request_id`` column is read. Re-lists if a compaction removed a file
+    between listing and reading."""
+    retries = 7
+    while True:
+        paths = [f.path for d, part in _partitions(Path(directory)) if d in days
+                 for f in map(_parse, sorted(part.iterdir())) if f is not None and f.writer in writers]
+        try:
+            return {rid for path in paths
+                    for rid in pq.read_table(path, columns=["request_id"]).column(0).to_pylist()}
+        except FileNotFoundError:
+            if retries == 0:
+                raise
+            retries -= 1
+
+
 def _write_atomically(table: pa.Table, final: Path, compression: str | None) -> int:
     """Write ``table`` to a hidden temporary file, fsync it, rename it to ``final``; its size."""
     tmp = final.with_name(f".{final.name}.tmp")
@@ -595,6 +666,9 @@ class AuditLog:
     memory while the disk fails (failed writes are retried at the next flush); beyond that, rows
     are dropped and counted in ``dropped_rows``. ``close`` flushes everything, compacts, and is
     idempotent. ``background=False`` starts no thread (tests call ``flush`` themselves).
+    ``on_written(request_ids)`` is called, from the flushing thread, after each file is fsynced and
+    renamed into place, with the request ids of its rows; an exception from it is logged (the rows
+    stay written, never queued again).
     """
 
     def __init__(
@@ -610,9 +684,10 @@ class AuditLog:
         max_pending_rows: int = 1_000_000,
         compact_on_close: bool = True,
         background: bool = True,
+        on_written: Callable[[list[str]], None] | None = None,
     ) -> None:
-        if not _WRITER_RE.fullmatch(writer_id):
-            raise ValueError(f"writer_id {writer_id!r} must match {_WRITER_RE.pattern}")
+        if not WRITER_ID_RE.fullmatch(writer_id):
+            raise ValueError(f"writer_id {writer_id!r} must match {WRITER_ID_RE.pattern}")
         if flush_interval_s <= 0 or rotate_interval_s <= 0 or rotate_bytes <= 0:
             raise ValueError("flush_interval_s, rotate_interval_s and rotate_bytes must be > 0")
         self._dir = Path(directory)
@@ -624,6 +699,7 @@ class AuditLog:
         self._compression = compression
         self._max_pending = max_pending_rows
         self._compact_on_close = compact_on_close
+        self._on_written = on_written
         self._lock = threading.Lock()  # guards _pending and _dropped
         self._io_lock = threading.Lock()  # one flush or compaction at a time
         self._pending: list[dict[str, Any]] = []
@@ -724,7 +800,16 @@ class AuditLog:
                     self._pending[:0] = unwritten
                 raise
             written += table.num_rows
+            self._tell_written(table)
         return written
+
+    def _tell_written(self, table: pa.Table) -> None:
+        if self._on_written is None:
+            return
+        try:
+            self._on_written(table.column("request_id").to_pylist())
+        except Exception:  # the rows are durable; only the hook's bookkeeping is behind
+            log.exception("on_written failed after writing %d audit rows", table.num_rows)
 
     def _table(self, rows: list[dict[str, Any]]) -> pa.Table:
         try:

@@ -174,8 +174,9 @@ def test_failed_provider_requests_are_refused_clearly_and_leak_no_secret(plane):
     metrics_text = httpx.get(p.metrics_url, timeout=10).text
     for secret in (PROVIDER_KEY, GLOBAL_KEY, EU_KEY, PROMPT_SECRET):
         assert secret not in metrics_text
-        for path in glob.glob(f"{p.audit_dir}/**/*.parquet", recursive=True):
-            assert secret.encode() not in Path(path).read_bytes(), path
+        for path in glob.glob(f"{p.audit_dir}/**/*", recursive=True):  # Parquet and journal segments
+            if Path(path).is_file():
+                assert secret.encode() not in Path(path).read_bytes(), path
     import ray
 
     log_dir = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"

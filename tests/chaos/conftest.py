@@ -31,9 +31,6 @@ APP_NAME = "inferplane-chaos"
 PROVIDER_KEY_ENV = "INFERPLANE_CHAOS_PROVIDER_KEY"
 # A planted secret: it must reach the fake provider's Authorization header and nothing else.
 PROVIDER_KEY = "sk-chaos-planted-provider-secret-7f3a9c51e0"
-SUITE_BUDGET_S = 630.0
-"""The chaos package must finish within 12 minutes on the 2-core machine; the soak sizes itself
-from what is left of this."""
 
 
 # -- the reliability report ------------------------------------------------------------------------

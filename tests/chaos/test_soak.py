@@ -6,8 +6,9 @@ request, answer no error other than the documented capacity errors (429/503 with
 every request inside its tenant's jurisdictions, and keep the memory (RSS) of every process of the
 plane within 10 % of what it was after warm-up.
 
-The emulated soak aims at 20,000 requests but stops earlier when the suite's time budget says so
-(on 2 busy cores the plane does roughly 70-120 requests/s); the report gives the count and rate.
+The emulated soak sends 20,000 requests (``INFERPLANE_CHAOS_SOAK_REQUESTS`` lowers it for a quick
+try) within at most ``MAX_SOAK_S``: on 2 cores shared by the client and the plane it runs at about
+65-70 requests/s, so about 5 minutes; the report gives the count and rate.
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.conftest import REPORT, SUITE_BUDGET_S, deploy_beside, ray_processes
+from tests.chaos.conftest import deploy_beside, ray_processes
 from tests.chaos.traffic import Ask, closed_loop
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
 CAPACITY_CODES = {"capacity", "rate_limited", "excluded", "unhealthy", "stale_signals", "predicted_too_slow"}
-TARGET_REQUESTS = 20_000
-MAX_SOAK_S = float(os.environ.get("INFERPLANE_CHAOS_SOAK_S", "240"))
-"""The emulated soak's longest run, seconds (an environment variable shortens it for a quick try)."""
-RESERVE_S = 45.0  # teardown and the final audit read after the soak
+TARGET_REQUESTS = int(os.environ.get("INFERPLANE_CHAOS_SOAK_REQUESTS", "20000"))
+MAX_SOAK_S = 600.0
+"""A bound, not a target: the soak fails if the plane cannot answer its requests within it
+(20,000 in 600 s is 33 requests/s, half of what 2 busy cores do)."""
 
 
 class RssWatch:
@@ -192,13 +193,10 @@ def test_soak_through_the_real_vllm_cpu_substrate(chaos_plane, report):
 
 
 def test_soak_over_emulated_substrates(chaos_plane, report):
-    """Up to 20,000 requests at concurrency 64, sized to what is left of the suite's budget."""
-    budget = min(MAX_SOAK_S, SUITE_BUDGET_S - REPORT.elapsed_s() - RESERVE_S)
-    budget = max(budget, 60.0)
-    run = _soak(chaos_plane, _mix(1), concurrency=64, max_requests=TARGET_REQUESTS, max_seconds=budget,
-                warmup_requests=2500, processes=_plane_processes(chaos_plane.app_name))
+    """20,000 requests at concurrency 64 over the chaos plane's emulated substrates."""
+    run = _soak(chaos_plane, _mix(1), concurrency=64, max_requests=TARGET_REQUESTS, max_seconds=MAX_SOAK_S,
+                warmup_requests=min(2500, TARGET_REQUESTS // 8), processes=_plane_processes(chaos_plane.app_name))
     fig = report.scenario("6a soak: emulated, c=64")
     _check_soak(chaos_plane, run, fig)
-    if len(run["replies"]) < TARGET_REQUESTS:
-        fig.note += (f"; stopped at {len(run['replies'])} of {TARGET_REQUESTS} after {budget:.0f}s "
-                     f"(the suite's time budget on 2 cores)")
+    assert len(run["replies"]) == TARGET_REQUESTS, (
+        f"only {len(run['replies'])} of {TARGET_REQUESTS} requests within {MAX_SOAK_S:.0f}s")

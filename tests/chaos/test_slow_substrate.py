@@ -168,7 +168,8 @@ def test_slowed_substrate_leaves_before_deadlines_are_missed_at_scale(pools, rep
     assert without["cut"] == 0
     assert with_cut["missed"] <= without["missed"], (with_cut["missed"], without["missed"])
     # Once cut, the pool's slow outcomes age out of the latency window; it is then re-admitted by
-    # probes (half_open_probe_limit = 1 in flight, ~4 s each at a tenth of its speed), not in a
-    # wave of up to 24 requests as before. The first seconds are what was placed before the plane
-    # saw a slow outcome.
-    assert max(with_cut["by_second"][4:]) <= 3, with_cut["by_second"]
+    # probes (half_open_probe_limit = 1 in flight, ~4 s each at a tenth of its speed), not in
+    # waves as the plane without the cut shows. The first ~6 s are what was placed before the
+    # first slowed requests finished (4 s each) and their outcomes reached the plane.
+    settled = with_cut["by_second"][6:]
+    assert sum(settled) <= 6, (with_cut["by_second"], without["by_second"])

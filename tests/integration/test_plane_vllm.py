@@ -135,7 +135,11 @@ def test_a_seeded_long_prompt_does_not_kill_the_engine(vllm_plane):
         seed=7, extra_headers={"x-inferplane-sla-class": "batch"})
     assert raw.headers["x-inferplane-substrate"] == "local-vllm"
     assert raw.parse().usage.prompt_tokens > 2048  # more than one default prefill chunk
-    again = client.chat.completions.with_raw_response.create(model="smollm2", messages=QUESTION, max_tokens=16,
-                                                             temperature=0)
+    # Batch again: after a 6 s prefill the engine's recent TTFT rightly sends interactive requests
+    # elsewhere. A dead engine would fail this one over to the sovereign pool.
+    again = client.chat.completions.with_raw_response.create(
+        model="smollm2", messages=QUESTION, max_tokens=16, temperature=0,
+        extra_headers={"x-inferplane-sla-class": "batch"})
     assert again.headers["x-inferplane-substrate"] == "local-vllm"
+    assert again.headers["x-inferplane-attempts"] == "1"
     assert "Paris" in again.parse().choices[0].message.content

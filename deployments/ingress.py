@@ -133,7 +133,7 @@ class Ingress:
                                on_written=self._journal.written)
         self._metrics = MetricsOutbox(LabelVocabulary.of(self._fleet, self._policy))
         self._audit_dropped = 0
-        self._finished: deque = deque()  # (RequestRecord, RequestOutcome) awaiting the sync thread
+        self._finished: deque = deque()  # (RequestRecord, RequestOutcome, SlaPolicy | None) for the sync thread
         self._spend: Counter[str] = Counter()  # attributed cost since the last sync, by tenant
         self._spend_lock = threading.Lock()  # the event loop adds, the sync thread takes
         self._stop = threading.Event()
@@ -388,19 +388,18 @@ class Ingress:
                 config_hash=self._policy.policy_hash))
         except Exception:  # telemetry must never fail the plane; the row is still queued below
             log.exception("could not journal request %s", rec.request_id)
-        self._finished.append((rec, outcome))  # after the journal write, so the row written releases it
+        self._finished.append((rec, outcome, sla))  # after the journal write, so the row written releases it
 
     def _write_finished(self) -> None:
         """Audit rows, outcome metrics and spend for the requests that finished since the last call.
         Runs in the sync thread (and on shutdown); a failure is logged, never raised."""
         while self._finished:
-            rec, outcome = self._finished.popleft()
+            rec, outcome, sla = self._finished.popleft()
             try:
                 decision = rec.decision
                 if decision is None:
                     self._metrics.delta.record_rejection(
                         rejection_code_for(outcome.error_code or "invalid"), rec.tenant, rec.model)
-                sla = self._policy.sla_classes.get(rec.sla_class) if rec.sla_class else None
                 row = audit_row(request_id=rec.request_id, ingress_id=self._id, received_at_s=rec.arrived_s,
                                 tenant=rec.tenant, model=rec.model, sla_class=rec.sla_class, decision=decision,
                                 outcome=outcome, fleet=self._fleet, ingress_region=self._region,

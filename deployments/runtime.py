@@ -8,6 +8,7 @@ a local plane stays on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -16,6 +17,13 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 def loopback_environment() -> None:
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_local_ray(*, dashboard: bool = True) -> None:

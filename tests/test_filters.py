@@ -298,7 +298,7 @@ def test_deadline_reachable(factor, ttft_s, e2e_s, rejected) -> None:
     built = only_x(x()).policy("health", drop_when_predicted_over_deadline=factor).build()
     spec = built.fleet.substrate("x")
     rejection = DeadlineReachable().check_estimate(context(built, request()), spec,
-                                                   Estimate(ttft_s, e2e_s, 0.0, 0.0))
+                                                   Estimate(ttft_s, e2e_s, 0.0, 0.0), signals(), 100)
     assert (rejection is not None) == rejected
     if rejected:
         assert rejection.code is RejectionCode.PREDICTED_TOO_SLOW

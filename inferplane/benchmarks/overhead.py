@@ -117,7 +117,6 @@ def start(backends: int = 4, ingress_replicas: int = 1):
 
     runtime.loopback_environment()
     import os
-    import socket
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -125,13 +124,8 @@ def start(backends: int = 4, ingress_replicas: int = 1):
 
     from deployments.plain import build_plain_app
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    port = free_port()
-    text = zero_latency_config(backends, tempfile.mkdtemp(prefix="bench-audit-"), free_port())
+    port = runtime.free_loopback_port()
+    text = zero_latency_config(backends, tempfile.mkdtemp(prefix="bench-audit-"), runtime.free_loopback_port())
     if ingress_replicas != 1:
         text = text.replace("ingress:\n", f"ingress:\n  replicas: {{num_replicas: {ingress_replicas}}}\n", 1)
     ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -87,14 +86,9 @@ def measure_vllm(concurrency: int = 16, requests: int = 48, max_tokens: int = 64
 
     from deployments.plain import build_plain_app
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     prepare_config_models(str(CONFIG), echo=lambda line: echo("  " + line))
-    port = free_port()
-    text = vllm_only_config(tempfile.mkdtemp(prefix="bench-audit-"), free_port())
+    port = runtime.free_loopback_port()
+    text = vllm_only_config(tempfile.mkdtemp(prefix="bench-audit-"), runtime.free_loopback_port())
     ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         runtime.deploy(text, PLANE_APP, "127.0.0.1", port)

@@ -14,7 +14,13 @@ from typing import NamedTuple, Protocol
 
 from inferplane.placement.context import PlacementContext
 from inferplane.placement.fleet import SubstrateSpec
-from inferplane.placement.signals import CircuitState, SubstrateSignals, fresh_value, queued_value
+from inferplane.placement.signals import (
+    CircuitState,
+    SubstrateSignals,
+    fresh_value,
+    queued_value,
+    stale_value,
+)
 from inferplane.jurisdiction import is_within
 
 
@@ -274,7 +280,7 @@ class DeadlineReachable:
 
     code = RejectionCode.PREDICTED_TOO_SLOW
 
-    def check_estimate(self, ctx, spec, est, signals=None, max_output_tokens: int = 0):
+    def check_estimate(self, ctx, spec, est, signals, max_output_tokens: int):
         factor = ctx.policy.slow_drop_factor
         if factor is None:
             return None
@@ -283,10 +289,8 @@ class DeadlineReachable:
         if est.ttft_s > ttft_cut or est.e2e_s > e2e_cut:
             return Rejection(self.code, f"predicted over {factor:g}x the deadlines",
                              f"predicted ttft {est.ttft_s:.2f}s, e2e {est.e2e_s:.1f}s")
-        if signals is None:
-            return None
-        last_ttft = _stale_value(signals.recent_ttft_s, ctx)
-        last_tpot = _stale_value(signals.recent_tpot_s, ctx)
+        last_ttft = stale_value(signals.recent_ttft_s, ctx.now_s, ctx.staleness_bound_s)
+        last_tpot = stale_value(signals.recent_tpot_s, ctx.now_s, ctx.staleness_bound_s)
         if last_ttft is None and last_tpot is None:
             return None
         ttft = max(est.ttft_s, last_ttft or 0.0)
@@ -298,14 +302,6 @@ class DeadlineReachable:
             return None
         return Rejection(self.code, f"last seen over {factor:g}x the deadlines; probing",
                          f"last observed ttft {ttft:.2f}s, e2e {e2e:.1f}s; {in_flight:.0f} probe(s) in flight")
-
-
-def _stale_value(reading, ctx) -> float | None:
-    """A reading's value only when it is older than the staleness bound (fresh ones are in the
-    estimate already)."""
-    if reading is None or ctx.now_s - reading.observed_at_s <= ctx.staleness_bound_s:
-        return None
-    return reading.value
 
 
 # Filters that depend only on the tenant, the model and the substrate's static spec: the engine

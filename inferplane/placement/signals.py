@@ -71,6 +71,14 @@ def fresh_value(reading: Reading | None, now_s: float, bound_s: float) -> float 
     return reading.value
 
 
+def stale_value(reading: Reading | None, now_s: float, bound_s: float) -> float | None:
+    """The reading's value only if it is older than ``bound_s`` (the complement of
+    ``fresh_value``: what was last known, for a decision that must not forget it)."""
+    if reading is None or now_s - reading.observed_at_s <= bound_s:
+        return None
+    return reading.value
+
+
 def queued_value(signals: SubstrateSignals, now_s: float, bound_s: float) -> float | None:
     """Requests waiting: 0 when never reported (a substrate without a queue of its own), the
     value while fresh, None when reported but stale (unknown, which must count against it)."""

@@ -12,21 +12,16 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from deployments.runtime import free_loopback_port as free_port
+
 EU_KEY = "sk-inferplane-demo-eu"
 GLOBAL_KEY = "sk-inferplane-demo-global"
 EMULATED_CONFIG = Path(__file__).parent / "emulated.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -11,7 +11,8 @@ from pathlib import Path
 from ray.serve import Application
 
 from inferplane.config import parse_config
-from inferplane.config.schema import Replicas, SubstrateKind
+from inferplane.config.schema import VllmSubstrate
+from inferplane.config.sizing import replica_counts
 
 from deployments.ingress import Ingress
 from deployments.substrate import SubstrateDeployment
@@ -20,22 +21,12 @@ DEFAULT_APP_NAME = "inferplane"
 INGRESS_NAME = "inferplane-ingress"
 
 
-def _replica_options(replicas: Replicas) -> dict:
-    if replicas.autoscaling is not None:
-        a = replicas.autoscaling
-        return {"autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
-                                       "target_ongoing_requests": a.target_ongoing_requests}}
-    return {"num_replicas": replicas.num_replicas or 1}
-
-
 def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool = False) -> Application:
     cfg = parse_config(config_text, source="<config>")
     handles = {}
     for s in cfg.substrates:
-        block = s.vllm or s.openai_compatible or s.emulated
-        replicas = block.replicas
-        count = replicas.autoscaling.max_replicas if replicas.autoscaling else (replicas.num_replicas or 1)
-        per_replica = -(-(s.capacity.max_concurrent_requests + s.capacity.max_queued_requests) // count)
+        replicas = replica_counts(s.settings.replicas)
+        per_replica = replicas.share(s.capacity.max_concurrent_requests + s.capacity.max_queued_requests)
         actor_options: dict = {"num_cpus": 0}
         if cfg.policy.topology.pin_replicas_to_labels:
             t = cfg.policy.topology
@@ -43,20 +34,21 @@ def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool =
             # assumed from that: each replica reports its node's jurisdiction label, and a node
             # outside the declared jurisdiction takes the substrate away from tenants who need it.
             actor_options["label_selector"] = {t.zone_label: s.topology.zone}
-        if s.kind is SubstrateKind.VLLM and gpu:
+        if isinstance(s, VllmSubstrate) and gpu:
             actor_options["num_gpus"] = s.vllm.engine.tensor_parallel_size
         handles[s.name] = SubstrateDeployment.options(
             name=s.name,
             ray_actor_options=actor_options,
             # Serve's default (5) would hold requests at the handle before the substrate sees them.
             max_ongoing_requests=max(16, 2 * per_replica),
-            **_replica_options(replicas),
+            **replicas.serve_options(),
         ).bind(config_text, s.name, app_name)
     ingress_options: dict = {"ray_actor_options": {"num_cpus": 0}}
     if cfg.policy.topology.pin_replicas_to_labels and cfg.ingress.topology is not None:
         ingress_options["ray_actor_options"]["label_selector"] = {
             cfg.policy.topology.zone_label: cfg.ingress.topology.zone}
-    return Ingress.options(name=INGRESS_NAME, **ingress_options, **_replica_options(cfg.ingress.replicas)).bind(
+    ingress_replicas = replica_counts(cfg.ingress.replicas)
+    return Ingress.options(name=INGRESS_NAME, **ingress_options, **ingress_replicas.serve_options()).bind(
         config_text, app_name, handles)
 
 

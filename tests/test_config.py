@@ -156,7 +156,9 @@ MISTAKES = [
         "usd_per_1m_input_tokenz", id="unknown-key"),
     pytest.param(
         edit(("    kind: vllm\n", "    kind: vllm\n    zone: eu-central-1a\n")),
-        "substrates[0].zone", ["unknown key `zone`", "valid keys: capacity, class, cost, emulated,"],
+        "substrates[0].zone",
+        ["unknown key `zone`",
+         "valid keys: capacity, class, cost, jurisdiction, kind, latency, models, name, topology, vllm"],
         "    zone: eu-central-1a", id="unknown-key-lists-aliases"),
     pytest.param(
         BASE + "polcy: {}\n", "polcy",

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from inferplane.config import load_config
+from inferplane.config.sizing import replica_counts
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,17 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def serve_config(config_path: str, app_name: str, gpu: bool) -> dict:
     cfg = load_config(config_path)
-    deployments = []
-    for s in cfg.substrates:
-        r = (s.vllm or s.openai_compatible or s.emulated).replicas
-        entry: dict = {"name": s.name}
-        if r.autoscaling is not None:
-            a = r.autoscaling
-            entry["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
-                                           "target_ongoing_requests": a.target_ongoing_requests}
-        else:
-            entry["num_replicas"] = r.num_replicas or 1
-        deployments.append(entry)
+    deployments = [{"name": s.name, **replica_counts(s.settings.replicas).serve_options()} for s in cfg.substrates]
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": cfg.ingress.host, "port": cfg.ingress.port},

@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from inferplane.config.schema import InferplaneConfig, Substrate, SubstrateKind
+from inferplane.config.schema import EmulatedSubstrate, InferplaneConfig, Substrate, SubstrateKind
+from inferplane.config.sizing import substrate_sizing
 from inferplane.jurisdiction import JurisdictionCatalog
 from inferplane.placement.fleet import CostModel, FleetSpec, LatencyModel, ModelRoute, SubstrateSpec
 from inferplane.placement.policy import ExternalRule, PlacementPolicy, ScorerWeight, SlaPolicy, TenantPolicy
@@ -126,31 +127,22 @@ def policy_hash(cfg: InferplaneConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _replicas(s: Substrate) -> int:
-    block = s.vllm or s.openai_compatible or s.emulated
-    r = block.replicas
-    if r.autoscaling is not None:
-        return r.autoscaling.max_replicas
-    return r.num_replicas or 1
-
-
 def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateSpec:
-    slots = s.capacity.max_concurrent_requests
-    gpu_usd_per_s = s.cost.usd_per_gpu_hour * s.cost.gpus_per_replica * _replicas(s) / 3600.0
+    sizing = substrate_sizing(s)
     return SubstrateSpec(
         index=i,
         name=s.name,
         substrate_class=s.substrate_class.value,
         kind=s.kind.value,
         emulated=s.kind is SubstrateKind.EMULATED,
-        emulates=s.emulated.emulates if s.emulated is not None else None,
+        emulates=s.emulated.emulates if isinstance(s, EmulatedSubstrate) else None,
         context_windows=MappingProxyType({m.name: m.context_window_tokens for m in s.models}),
         region=s.topology.region,
         zone=s.topology.zone,
         jurisdiction=s.jurisdiction,
         countries=catalog.expand(s.jurisdiction),
         tier=s.capacity.tier.value,
-        max_concurrent=slots,
+        max_concurrent=sizing.slots,
         max_queued=s.capacity.max_queued_requests,
         requests_per_minute=s.capacity.requests_per_minute,
         tokens_per_minute=s.capacity.tokens_per_minute,
@@ -164,7 +156,7 @@ def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateS
         cost=CostModel(
             usd_per_input_token=s.cost.usd_per_1m_input_tokens / 1e6,
             usd_per_output_token=s.cost.usd_per_1m_output_tokens / 1e6,
-            usd_per_slot_second=gpu_usd_per_s / slots,
+            usd_per_slot_second=sizing.owned_usd_per_slot_second,
             egress_usd_per_byte=s.cost.egress_usd_per_gb / 1e9,
         ),
         required_signals=REQUIRED_SIGNALS[s.kind.value],

@@ -7,12 +7,16 @@ the validated document into runtime objects.
 
 from __future__ import annotations
 
+import enum
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from inferplane.config.errors import ConfigError, ConfigProblem, Loc
 from inferplane.config.references import check_references
@@ -66,16 +70,23 @@ def parse_config(text: str, source: str | Path = "<config>") -> InferplaneConfig
 
 
 def _problem(err: Any, root: yaml.Node | None) -> ConfigProblem:
-    loc: Loc = tuple(part for part in err["loc"] if not _is_validator_tag(part))
+    where = _where(err["loc"])
+    loc = where.loc
     message = err["msg"]
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
+        allowed = _keys(where.owner)
         message = f"unknown key `{loc[-1]}`" + (f"; valid keys: {', '.join(allowed)}" if allowed else "")
     elif err["type"] == "missing":
         message = "required"
+    elif err["type"] in ("union_tag_not_found", "union_tag_invalid") and where.union is not None:
+        # The union's tag is a key of the document (a substrate's `kind`): report it there.
+        loc = (*loc, where.union.discriminator)
+        valid = _either(where.union.variants)
+        message = (f"required: {valid}" if err["type"] == "union_tag_not_found"
+                   else f"Input should be {valid} (got {_short(err['ctx']['tag'])})")
     else:
         message = message.removeprefix("Value error, ")
-        description = _description(loc)
+        description = None if where.field is None else where.field.description
         if "input" in err and not _is_secretish(loc):
             message += f" (got {_short(err['input'])})"
         if description:
@@ -97,47 +108,94 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _walk_model(loc: Loc) -> tuple[type[BaseModel] | None, Any]:
-    """The pydantic model owning the last part of ``loc`` and that field's info, if resolvable."""
+def _either(names: Iterable[str]) -> str:
+    quoted = [f"'{n}'" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class _TaggedUnion:
+    """A ``Field(discriminator=...)`` union: pydantic puts the chosen tag into error locs."""
+
+    discriminator: str
+    variants: dict[str, type[BaseModel]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Where:
+    """Where a pydantic error loc points in the document and in the schema."""
+
+    loc: Loc
+    """The loc as the document spells it: union tags removed."""
+    owner: type[BaseModel] | None
+    """The model whose key the last part of ``loc`` is (for an unknown key: whose keys are valid)."""
+    field: FieldInfo | None
+    """That key's field, when the owner has it."""
+    union: _TaggedUnion | None
+    """The tagged union ``loc`` ends at, when its tag was missing or invalid."""
+
+
+def _where(raw: Loc) -> _Where:
     model: Any = InferplaneConfig
-    field = None
-    for part in loc:
-        if isinstance(part, int):
+    owner: type[BaseModel] | None = None
+    field: FieldInfo | None = None
+    union: _TaggedUnion | None = None
+    loc: list[str | int] = []
+    for part in raw:
+        if _is_validator_tag(part):
             continue
+        if isinstance(part, int):
+            loc.append(part)
+            continue
+        if union is not None and part in union.variants:
+            model, union = union.variants[part], None
+            continue
+        union = None
+        loc.append(part)
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None, None
-        fields = model.model_fields
-        name = next((n for n, f in fields.items() if n == part or f.alias == part), None)
+            owner, field, model = None, None, None
+            continue
+        owner, field = model, None
+        name = next((n for n, f in model.model_fields.items() if n == part or f.alias == part), None)
         if name is None:
-            return model, None
-        field = fields[name]
+            continue  # a key of a dict of models, or an unknown key
+        field = model.model_fields[name]
+        union = _tagged_union(field.annotation)
         model = _inner_model(field.annotation)
-    return model, field
+    return _Where(tuple(loc), owner, field, union)
+
+
+def _tagged_union(annotation: Any) -> _TaggedUnion | None:
+    if get_origin(annotation) is Annotated:
+        disc = next((getattr(m, "discriminator", None) for m in annotation.__metadata__
+                     if isinstance(getattr(m, "discriminator", None), str)), None)
+        if disc is not None:
+            variants = {}
+            for variant in get_args(annotation.__origin__):
+                for tag in get_args(variant.model_fields[disc].annotation):
+                    variants[tag.value if isinstance(tag, enum.Enum) else str(tag)] = variant
+            return _TaggedUnion(disc, variants)
+    for arg in get_args(annotation):
+        found = _tagged_union(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _inner_model(annotation: Any) -> Any:
-    import typing
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    for arg in typing.get_args(annotation):
+    for arg in get_args(annotation):
         found = _inner_model(arg)
         if found is not None:
             return found
     return None
 
 
-def _description(loc: Loc) -> str | None:
-    _, field = _walk_model(loc)
-    return None if field is None else field.description
-
-
-def _allowed_keys(loc: Loc) -> list[str]:
-    model, field = _walk_model(loc) if loc else (InferplaneConfig, None)
-    target = _inner_model(field.annotation) if field is not None else model
-    if not (isinstance(target, type) and issubclass(target, BaseModel)):
+def _keys(model: type[BaseModel] | None) -> list[str]:
+    if model is None:
         return []
-    return sorted(f.alias or n for n, f in target.model_fields.items())
+    return sorted(f.alias or n for n, f in model.model_fields.items())
 
 
 def _line_of(root: yaml.Node | None, loc: Loc) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from inferplane.config.errors import ConfigProblem
-from inferplane.config.schema import InferplaneConfig, SubstrateKind
+from inferplane.config.schema import InferplaneConfig, VllmSubstrate
 from inferplane.jurisdiction import ANY_JURISDICTION, ISO_COUNTRY_CODES
 
 
@@ -59,7 +59,7 @@ def check_references(cfg: InferplaneConfig) -> list[ConfigProblem]:
     substrates = {s.name: s for s in cfg.substrates}
     for i, s in enumerate(cfg.substrates):
         check_jurisdiction(("substrates", i, "jurisdiction"), s.jurisdiction, allow_any=False)
-        if s.kind is SubstrateKind.VLLM and s.vllm is not None:
+        if isinstance(s, VllmSubstrate):
             limit = s.vllm.engine.max_model_len
             for j, m in enumerate(s.models):
                 if m.context_window_tokens > limit:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -299,12 +299,15 @@ class EmulatedSettings(_Strict):
     replicas: Replicas = Field(default_factory=Replicas, description="Replicas in Serve.")
 
 
-class Substrate(_Strict):
+class _SubstrateBase(_Strict):
+    """What every substrate declares, whatever its kind. The kinds below add their settings block."""
+
+    KIND: ClassVar[SubstrateKind]
+
     name: Name = Field(description="Unique substrate name; also its Serve deployment name.")
     substrate_class: SubstrateClass = Field(
         alias="class", description="What the substrate is optimised for."
     )
-    kind: SubstrateKind = Field(description="How inferplane reaches it.")
     models: Annotated[list[ServedModel], Field(min_length=1)] = Field(
         description="The models it serves, each with its context window."
     )
@@ -316,15 +319,32 @@ class Substrate(_Strict):
     capacity: Capacity = Field(description="Admission limits and tier.")
     cost: Cost = Field(default_factory=Cost, description="The cost model.")
     latency: LatencyProfile = Field(description="The latency profile used for prediction.")
-    vllm: VllmSettings | None = Field(default=None, description="Settings when kind is `vllm`.")
-    openai_compatible: OpenAICompatibleSettings | None = Field(
-        default=None, description="Settings when kind is `openai_compatible`."
-    )
-    emulated: EmulatedSettings | None = Field(
-        default=None, description="Settings when kind is `emulated`."
-    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def settings(self) -> SubstrateSettings:
+        """The settings block of this substrate's kind (the `vllm:`, `openai_compatible:` or
+        `emulated:` block of the YAML)."""
+        raise NotImplementedError
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_settings_block(cls, data: Any) -> Any:
+        # Said here, before the fields, so a missing or foreign block gets one sentence instead of
+        # "required" plus "unknown key".
+        if not isinstance(data, dict):
+            return data
+        own = cls.KIND.value
+        if own not in data:
+            raise ValueError(f"kind `{own}` needs a `{own}` settings block")
+        foreign = [k.value for k in SubstrateKind if k is not cls.KIND and k.value in data]
+        if foreign:
+            raise ValueError(
+                f"kind `{own}` takes only a `{own}` block; remove "
+                + ", ".join(f"`{name}`" for name in foreign)
+            )
+        return data
 
     @field_validator("jurisdiction")
     @classmethod
@@ -333,26 +353,67 @@ class Substrate(_Strict):
             raise ValueError("a substrate must name where it executes; `*` is for tenants only")
         return value
 
-    @model_validator(mode="after")
-    def _settings_match_kind(self) -> Substrate:
-        blocks = {
-            SubstrateKind.VLLM: self.vllm,
-            SubstrateKind.OPENAI_COMPATIBLE: self.openai_compatible,
-            SubstrateKind.EMULATED: self.emulated,
-        }
-        if blocks[self.kind] is None:
-            raise ValueError(f"kind `{self.kind.value}` needs a `{self.kind.value}` settings block")
-        extra = [k.value for k, v in blocks.items() if v is not None and k is not self.kind]
-        if extra:
-            raise ValueError(
-                f"kind `{self.kind.value}` takes only a `{self.kind.value}` block; remove "
-                + ", ".join(f"`{e}`" for e in extra)
-            )
-        names = [m.name for m in self.models]
+    @field_validator("models")
+    @classmethod
+    def _models_once(cls, models: list[ServedModel]) -> list[ServedModel]:
+        names = [m.name for m in models]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"model listed twice: {', '.join(dup)}")
-        return self
+        return models
+
+
+class VllmSubstrate(_SubstrateBase):
+    """A vLLM engine that inferplane runs inside its Serve deployment."""
+
+    KIND: ClassVar[SubstrateKind] = SubstrateKind.VLLM
+
+    kind: Literal[SubstrateKind.VLLM] = Field(description="How inferplane reaches it: `vllm`.")
+    vllm: VllmSettings = Field(description="The engine and its replicas.")
+
+    @property
+    def settings(self) -> VllmSettings:
+        return self.vllm
+
+
+class OpenAICompatibleSubstrate(_SubstrateBase):
+    """An HTTP endpoint speaking the OpenAI API (a provider, or an engine run elsewhere)."""
+
+    KIND: ClassVar[SubstrateKind] = SubstrateKind.OPENAI_COMPATIBLE
+
+    kind: Literal[SubstrateKind.OPENAI_COMPATIBLE] = Field(
+        description="How inferplane reaches it: `openai_compatible`."
+    )
+    openai_compatible: OpenAICompatibleSettings = Field(
+        description="The endpoint, its credentials and the adapter's replicas."
+    )
+
+    @property
+    def settings(self) -> OpenAICompatibleSettings:
+        return self.openai_compatible
+
+
+class EmulatedSubstrate(_SubstrateBase):
+    """A seeded timing model standing in for a substrate inferplane cannot reach here."""
+
+    KIND: ClassVar[SubstrateKind] = SubstrateKind.EMULATED
+
+    kind: Literal[SubstrateKind.EMULATED] = Field(description="How inferplane reaches it: `emulated`.")
+    emulated: EmulatedSettings = Field(description="What it stands in for and its timing model.")
+
+    @property
+    def settings(self) -> EmulatedSettings:
+        return self.emulated
+
+
+SubstrateSettings = VllmSettings | OpenAICompatibleSettings | EmulatedSettings
+"""The settings block of some substrate; every kind's has ``replicas``."""
+
+Substrate = Annotated[
+    VllmSubstrate | OpenAICompatibleSubstrate | EmulatedSubstrate,
+    Field(discriminator="kind"),
+]
+"""One substrate, its variant chosen by ``kind``; ``substrate.settings`` is its kind's block."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from inferplane.config import BuiltConfig
+from inferplane.config.schema import OpenAICompatibleSubstrate
 from inferplane.fleet_state import SubstrateReport
 from inferplane.jurisdiction import is_within
 from inferplane.replay.attempt import Attempt, Failure, Phase
@@ -98,7 +99,7 @@ class Simulator:
         self._by_name = {s.spec.name: s for s in self.substrates}
         cfg = built.config
         self._client_timeout = {
-            s.name: (s.openai_compatible.request_timeout_s if s.openai_compatible is not None else None)
+            s.name: (s.openai_compatible.request_timeout_s if isinstance(s, OpenAICompatibleSubstrate) else None)
             for s in cfg.substrates
         }
         self._states: list[_RequestState] = [_RequestState(r) for r in requests]

@@ -5,7 +5,8 @@ The simulator uses the emulated substrate's timing model itself (shared code: th
 to one request is what an emulated substrate would do to it.
 
 ``emulated``           ``PhysicsModel.from_config(emulated.physics)``, with the slots of all its
-                       replicas pooled: ``max_concurrency = physics.max_concurrency * replicas``
+                       replicas pooled at full scale (``inferplane.config.sizing``):
+                       ``max_concurrency = physics.max_concurrency * max replicas``
                        (and ``prefill_concurrency``, when set, likewise)
                        (each replica has its own FIFO in the plane; pooling assumes Serve spreads
                        load evenly, which keeps the batch fraction running / slots the same).
@@ -35,27 +36,22 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from inferplane.config.schema import Substrate, SubstrateKind
+from inferplane.config.schema import EmulatedSubstrate, Substrate
+from inferplane.config.sizing import replica_counts
 from inferplane.replay.scenario import PhysicsOverride
 from substrate_adapters.physics import PhysicsModel
-
-
-def _replicas(substrate: Substrate) -> int:
-    block = substrate.vllm or substrate.openai_compatible or substrate.emulated
-    scaling = block.replicas.autoscaling
-    return scaling.max_replicas if scaling is not None else (block.replicas.num_replicas or 1)
 
 
 def physics_for(substrate: Substrate, index: int, *, jitter_ratio: float, seed: int,
                 override: PhysicsOverride | None = None) -> PhysicsModel:
     """The physics of ``substrate`` (the ``index``-th of its fleet) in a replay seeded ``seed``."""
     own_seed = seed * 1000003 + index
-    if substrate.kind is SubstrateKind.EMULATED:
+    if isinstance(substrate, EmulatedSubstrate):
         model = PhysicsModel.from_config(substrate.emulated.physics)
-        replicas = _replicas(substrate)
-        lanes = None if model.prefill_concurrency is None else model.prefill_concurrency * replicas
-        model = replace(model, max_concurrency=model.max_concurrency * replicas, prefill_concurrency=lanes,
-                        seed=own_seed)
+        replicas = replica_counts(substrate.emulated.replicas)
+        lanes = model.prefill_concurrency
+        model = replace(model, max_concurrency=replicas.pooled(model.max_concurrency),
+                        prefill_concurrency=None if lanes is None else replicas.pooled(lanes), seed=own_seed)
     else:
         lat = substrate.latency
         model = PhysicsModel(

@@ -1,0 +1,99 @@
+"""How many replicas a deployment runs, and what a substrate's slots cost: derived here only.
+
+A ``replicas:`` block is either a fixed count or Serve autoscaling. ``replica_counts`` turns it
+into three numbers; each consumer uses the one that matches what it models:
+
+==============================  ==========  ====================================================
+consumer                        count       why
+==============================  ==========  ====================================================
+``config.build`` (cost)         maximum     owned hardware is provisioned, and paid for, for the
+                                            most replicas the deployment may run
+``deployments.app``,            all three   Serve gets the fixed count, or min/max/target as its
+``cli.deploy`` (Serve options)              autoscaling config (``ReplicaCounts.serve_options``)
+``deployments.app``             maximum     a replica's share of the admitted requests
+(``max_ongoing_requests``)                  (``share``): the smallest share any replica can get
+``replay.substrate_physics``    maximum     the replay sizes a substrate's physics for its full
+                                            fleet, as the plane admits against the full capacity
+``replay.plane_router``         initial     the replay's ingress starts as Serve starts it:
+(ingress replicas)                          ``serving_at_start`` (at least one, since Serve
+                                            scales a scale-to-zero ingress up on first request)
+==============================  ==========  ====================================================
+
+``substrate_sizing`` adds a substrate's concurrent slots and the owned-hardware cost of one slot
+for one second:
+
+    usd_per_slot_second = usd_per_gpu_hour * gpus_per_replica * maximum / 3600 / slots
+
+where ``slots = capacity.max_concurrent_requests`` (across all replicas), so a reserved GPU fleet's
+cost is spread over the requests that could share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inferplane.config.schema import Replicas, Substrate
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaCounts:
+    """The replica counts of one deployment. A fixed count has all three equal."""
+
+    initial: int
+    """Replicas Serve starts with: the fixed count, or ``min_replicas`` (Serve's default
+    ``initial_replicas``) under autoscaling."""
+    minimum: int
+    """Fewest replicas; 0 under autoscaling means scale to zero."""
+    maximum: int
+    """Most replicas; at least 1."""
+    target_ongoing_requests: float | None
+    """Under autoscaling: ongoing requests per replica Serve's autoscaler aims for; else None."""
+
+    @property
+    def serving_at_start(self) -> int:
+        """Replicas that serve the first request: ``initial``, or 1 when it is 0."""
+        return max(1, self.initial)
+
+    def pooled(self, per_replica: int) -> int:
+        """``per_replica * maximum``: what all replicas hold together at full scale."""
+        return per_replica * self.maximum
+
+    def share(self, total: int) -> int:
+        """``ceil(total / maximum)``: one replica's part of ``total`` spread over full scale."""
+        return -(-total // self.maximum)
+
+    def serve_options(self) -> dict[str, object]:
+        """The replica options of a Serve deployment: ``num_replicas``, or ``autoscaling_config``."""
+        if self.target_ongoing_requests is None:
+            return {"num_replicas": self.initial}
+        return {"autoscaling_config": {"min_replicas": self.minimum, "max_replicas": self.maximum,
+                                       "target_ongoing_requests": self.target_ongoing_requests}}
+
+
+def replica_counts(replicas: Replicas) -> ReplicaCounts:
+    """The counts of a ``replicas:`` block (an explicit ``num_replicas: null`` means 1)."""
+    scaling = replicas.autoscaling
+    if scaling is None:
+        n = replicas.num_replicas or 1
+        return ReplicaCounts(initial=n, minimum=n, maximum=n, target_ongoing_requests=None)
+    return ReplicaCounts(initial=scaling.min_replicas, minimum=scaling.min_replicas,
+                         maximum=scaling.max_replicas, target_ongoing_requests=scaling.target_ongoing_requests)
+
+
+@dataclass(frozen=True, slots=True)
+class SubstrateSizing:
+    """One substrate's replicas, slots and the owned-hardware cost of a slot."""
+
+    replicas: ReplicaCounts
+    slots: int
+    """Requests it runs at once across all replicas (``capacity.max_concurrent_requests``)."""
+    owned_usd_per_slot_second: float
+    """Owned or reserved hardware paid for ``replicas.maximum`` replicas, per slot and second."""
+
+
+def substrate_sizing(substrate: Substrate) -> SubstrateSizing:
+    counts = replica_counts(substrate.settings.replicas)
+    slots = substrate.capacity.max_concurrent_requests
+    cost = substrate.cost
+    gpu_usd_per_s = cost.usd_per_gpu_hour * cost.gpus_per_replica * counts.maximum / 3600.0
+    return SubstrateSizing(replicas=counts, slots=slots, owned_usd_per_slot_second=gpu_usd_per_s / slots)

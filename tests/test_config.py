@@ -12,6 +12,13 @@ import pytest
 
 from inferplane.config import ConfigError, load_and_build, load_config, parse_config
 from inferplane.config.errors import format_loc
+from inferplane.config.schema import (
+    EmulatedSubstrate,
+    InferplaneConfig,
+    OpenAICompatibleSubstrate,
+    SubstrateKind,
+    VllmSubstrate,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [ROOT / "configs" / "local.yaml", ROOT / "configs" / "enterprise.example.yaml"]
@@ -121,6 +128,24 @@ def test_shipped_configs_validate_and_build(path: Path) -> None:
             assert built.fleet.resolve_model(alias) is route
 
 
+def test_each_kind_is_its_own_variant_with_its_settings_block() -> None:
+    gpu, api, onprem = parse_config(BASE).substrates
+    assert isinstance(gpu, VllmSubstrate) and gpu.kind is SubstrateKind.VLLM
+    assert isinstance(api, OpenAICompatibleSubstrate) and api.kind is SubstrateKind.OPENAI_COMPATIBLE
+    assert isinstance(onprem, EmulatedSubstrate) and onprem.kind is SubstrateKind.EMULATED
+    assert gpu.settings is gpu.vllm and gpu.settings.engine.max_model_len == 4096
+    assert api.settings is api.openai_compatible and api.settings.api_key_env == "API_US_KEY"
+    assert onprem.settings is onprem.emulated and onprem.settings.emulates == "sovereign pool"
+    assert all(s.settings.replicas.num_replicas == 1 for s in (gpu, api, onprem))
+
+
+def test_a_substrate_round_trips_through_its_dump() -> None:
+    cfg = parse_config(BASE)
+    again = InferplaneConfig.model_validate(cfg.model_dump(by_alias=True))
+    assert again == cfg
+    assert [type(s) for s in again.substrates] == [VllmSubstrate, OpenAICompatibleSubstrate, EmulatedSubstrate]
+
+
 def test_local_config_is_the_documented_demo() -> None:
     built = load_and_build(SHIPPED[0])
     subs = {s.name: s for s in built.fleet.substrates}
@@ -193,6 +218,31 @@ MISTAKES = [
               "    vllm: {engine: {model_path: /m, max_model_len: 8192}}\n    openai_compatible: {base_url:")),
         "substrates[1]", ["kind `openai_compatible` takes only a `openai_compatible` block; remove `vllm`"],
         "- name: api-us", id="kind-with-another-block"),
+    pytest.param(
+        edit(("kind: vllm", "kind: vlm")),
+        "substrates[0].kind", ["Input should be 'vllm', 'openai_compatible' or 'emulated'", "(got 'vlm')"],
+        "kind: vlm", id="unknown-kind"),
+    pytest.param(
+        edit(("    kind: vllm\n", "")),
+        "substrates[0].kind", ["required: 'vllm', 'openai_compatible' or 'emulated'"], "- name: gpu-de",
+        id="missing-kind"),
+    pytest.param(
+        edit(("max_model_len: 4096}", "max_model_len: 0}")),
+        "substrates[0].vllm.engine.max_model_len",
+        ["greater than 0", "(got 0)", "expected: Maximum input + output tokens per sequence"],
+        "max_model_len: 0", id="invalid-value-inside-the-kinds-block"),
+    pytest.param(
+        edit(("api_key_env: API_US_KEY}", "api_key_env: API_US_KEY, timeout_s: 3}")),
+        "substrates[1].openai_compatible.timeout_s",
+        ["unknown key `timeout_s`",
+         "valid keys: api_key_env, base_url, connect_timeout_s, replicas, request_timeout_s"],
+        "timeout_s: 3", id="unknown-key-inside-the-kinds-block"),
+    pytest.param(
+        edit(("      - {name: m, context_window_tokens: 4096}\n    topology: {region: eu-central",
+              "      - {name: m, context_window_tokens: 4096}\n      - {name: m, context_window_tokens: 2048}\n"
+              "    topology: {region: eu-central")),
+        "substrates[0].models", ["model listed twice: m"], ("{name: m, context_window_tokens: 4096}", 0),
+        id="model-served-twice"),
     pytest.param(
         edit(("- name: api-us", "- name: gpu-de")),
         "substrates[1].name", ["`gpu-de` is already used by substrates[0]"], ("- name: gpu-de", 1),

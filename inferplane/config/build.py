@@ -88,6 +88,7 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
         snapshot_staleness_bound_s=cfg.policy.snapshot_staleness_bound_ms / 1000.0,
         cost_reference_usd_per_token=cfg.policy.cost_reference_usd_per_1m_tokens / 1e6,
         policy_hash=policy_hash(cfg),
+        fleet=fleet,  # compiles the placement plan of (fleet, policy) once, here
         half_open_probe_limit=cfg.policy.health.half_open_probe_limit,
         slow_drop_factor=cfg.policy.health.drop_when_predicted_over_deadline,
         require_node_labels=cfg.policy.topology.require_node_labels,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import NamedTuple
 
 from inferplane.placement.filters import LADDER, RejectionCode
@@ -80,8 +80,21 @@ class CandidateVerdict(NamedTuple):
     meets_sla: bool
 
 
-@dataclass(frozen=True, slots=True)
+# The decision's fields, in order. ``candidates`` is kept apart: the engine may hand it over as a
+# function that works the verdicts out on first read (see ``PlacementDecision.deferred``).
+_FIELDS = ("placement_id", "request_id", "attempt", "tenant", "model", "sla_class", "substrate", "fallbacks",
+           "primary", "spillover", "spillover_reason", "scorer_names", "predicted_ttft_s", "predicted_e2e_s",
+           "estimated_cost_usd", "rejection_code", "rejection_message", "policy_hash", "snapshot_version")
+_set = object.__setattr__
+
+
 class PlacementDecision:
+    """Immutable. Built with keywords (every field below, ``candidates`` included), or by the engine
+    with ``deferred``. Its fields live in one tuple because one is built per placement: setting
+    twenty slots of a frozen dataclass one by one costs more than the placement arithmetic."""
+
+    __slots__ = ("_values", "_candidates", "_pending", "_eligible")
+
     placement_id: str
     request_id: str
     attempt: int
@@ -93,7 +106,6 @@ class PlacementDecision:
     primary: str | None
     spillover: bool
     spillover_reason: SpilloverReason | None
-    candidates: tuple[CandidateVerdict, ...]
     scorer_names: tuple[str, ...]
     predicted_ttft_s: float | None
     predicted_e2e_s: float | None
@@ -103,6 +115,65 @@ class PlacementDecision:
     rejection_message: str | None
     policy_hash: str
     snapshot_version: int
+
+    def __init__(self, *, placement_id: str, request_id: str, attempt: int, tenant: str, model: str,
+                 sla_class: str, substrate: str | None, fallbacks: tuple[str, ...], primary: str | None,
+                 spillover: bool, spillover_reason: SpilloverReason | None,
+                 candidates: tuple[CandidateVerdict, ...], scorer_names: tuple[str, ...],
+                 predicted_ttft_s: float | None, predicted_e2e_s: float | None,
+                 estimated_cost_usd: float | None, rejection_code: RejectionCode | None,
+                 rejection_message: str | None, policy_hash: str, snapshot_version: int) -> None:
+        _set(self, "_values", (placement_id, request_id, attempt, tenant, model, sla_class, substrate, fallbacks,
+                               primary, spillover, spillover_reason, scorer_names, predicted_ttft_s,
+                               predicted_e2e_s, estimated_cost_usd, rejection_code, rejection_message,
+                               policy_hash, snapshot_version))
+        _set(self, "_candidates", tuple(candidates))
+        _set(self, "_pending", None)
+        _set(self, "_eligible", None)
+
+    @classmethod
+    def deferred(cls, values: tuple, verdicts: Callable[[], tuple[CandidateVerdict, ...]],
+                 eligible_count: int) -> PlacementDecision:
+        """A decision whose fields are ``values`` (in ``_FIELDS`` order) and whose ``candidates``
+        are ``verdicts()``, called on first read. ``verdicts`` must be a pure function of immutable
+        inputs, so when it runs changes nothing."""
+        d = object.__new__(cls)
+        _set(d, "_values", values)
+        _set(d, "_candidates", None)
+        _set(d, "_pending", verdicts)
+        _set(d, "_eligible", eligible_count)
+        return d
+
+    @property
+    def candidates(self) -> tuple[CandidateVerdict, ...]:
+        """Every substrate serving the model, in the route's order, with its verdict."""
+        c = self._candidates
+        if c is None:
+            c = self._pending()
+            _set(self, "_candidates", c)  # the same value on every call: caching is unobservable
+        return c
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"PlacementDecision is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"PlacementDecision is immutable: cannot delete {name}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PlacementDecision):
+            return NotImplemented
+        return self._values == other._values and self.candidates == other.candidates
+
+    def __hash__(self) -> int:
+        return hash((self._values, self.candidates))
+
+    def __repr__(self) -> str:
+        parts = [f"{n}={v!r}" for n, v in zip(_FIELDS, self._values)]
+        parts.insert(_FIELDS.index("scorer_names"), f"candidates={self.candidates!r}")
+        return f"PlacementDecision({', '.join(parts)})"
+
+    def __reduce__(self):
+        return _restore, (self._values, self.candidates)
 
     @property
     def placed(self) -> bool:
@@ -117,6 +188,8 @@ class PlacementDecision:
 
     @property
     def eligible_count(self) -> int:
+        if self._eligible is not None:
+            return self._eligible
         return sum(1 for c in self.candidates if c.eligible)
 
     def scores_of(self, name: str) -> dict[str, float] | None:
@@ -164,6 +237,15 @@ class PlacementDecision:
                 for c in self.candidates
             ],
         }
+
+
+def _restore(values: tuple, candidates: tuple[CandidateVerdict, ...]) -> PlacementDecision:
+    return PlacementDecision(**dict(zip(_FIELDS, values)), candidates=candidates)
+
+
+for _i, _name in enumerate(_FIELDS):
+    setattr(PlacementDecision, _name, property(lambda self, _i=_i: self._values[_i]))
+del _i, _name
 
 
 def roll_up(candidates: tuple[CandidateVerdict, ...], model: str) -> tuple[RejectionCode, str]:

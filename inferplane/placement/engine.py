@@ -10,12 +10,23 @@ in the placement actor and in the replay simulator.
 4. Pick. ``on_need``: the primary if it is eligible and predicted to meet both deadlines, otherwise
    the best total. ``scored``: always the best total. Ties are broken by a key derived from the
    request id, so a replay of the same request on the same snapshot decides the same way.
+
+The filters and scorers (``filters.py``, ``scorers.py``) are the specification. The hot path does
+not call them for a substrate it can decide by arithmetic: the static filters' verdicts come from
+the policy's plan (``plan.py``), and what depends only on the snapshot from its prepared entries
+(``prepared.py``), which hold while the substrate's readings are all fresh. Such a substrate that
+passes everything costs a handful of float operations; any other (a reading stale, a filter
+rejecting, an over-budget restriction, external-signal rules) is evaluated by the specification
+itself (``evaluate``). The two agree exactly (``tests/test_engine_equivalence.py``): the arithmetic
+performs the specification's float operations in the same order. The decision's ``candidates``
+are worked out on first read, from the numbers the ranking used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import zlib
+from functools import partial
 from operator import mul
 
 from inferplane.placement.context import PlacementContext
@@ -26,23 +37,18 @@ from inferplane.placement.decision import (
     SpilloverReason,
     roll_up,
 )
-from inferplane.placement.estimate import estimate
-from inferplane.placement.filters import (
-    DEADLINE_FILTER,
-    DYNAMIC_FILTERS,
-    STATIC_FILTERS,
-    Rejection,
-    RejectionCode,
-)
+from inferplane.placement.estimate import Estimate, estimate
+from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejection, RejectionCode
+from inferplane.placement.fleet import FleetSpec, SubstrateSpec
+from inferplane.placement.plan import RoutePlan, route_plan, scoring
 from inferplane.placement.policy import PlacementPolicy
 from inferplane.placement.request import PlacementRequest
-from inferplane.placement.scorers import SCORERS
+from inferplane.placement.scorers import Scorer
 from inferplane.placement.signals import SubstrateSignals
 from inferplane.placement.snapshot import FleetSnapshot
-from inferplane.placement.fleet import FleetSpec, SubstrateSpec
 
 _DYNAMIC_CHECKS = tuple(f.check for f in DYNAMIC_FILTERS)
-_NO_SIGNALS = SubstrateSignals()  # static filters read no signals
+_INF = float("inf")
 
 
 def placement_id(request_id: str, attempt: int) -> str:
@@ -54,42 +60,71 @@ def _tie_key(seed: int, index: int) -> int:
     return ((seed ^ (index * 0x9E3779B1)) * 0x85EBCA6B) & 0xFFFFFFFF
 
 
-def _static_plan(
-    fleet: FleetSpec, policy: PlacementPolicy, ctx: PlacementContext
-) -> tuple[tuple[int, SubstrateSpec, Rejection | None], ...]:
-    """The static filters' verdicts for (fleet, tenant, model), computed once and memoised."""
-    key = (fleet, ctx.tenant.name, ctx.route.name)
-    plan = policy.memo.get(key)
-    if plan is None:
-        rows = []
-        for idx in ctx.route.substrate_indices:
-            spec = fleet.substrates[idx]
-            rejection = None
-            for f in STATIC_FILTERS:
-                rejection = f.check(ctx, spec, _NO_SIGNALS)
-                if rejection is not None:
-                    break
-            rows.append((idx, spec, rejection))
-        plan = tuple(rows)
-        policy.memo[key] = plan
-    return plan
+def evaluate(ctx: PlacementContext, spec: SubstrateSpec, signals: SubstrateSignals,
+             scorers: tuple[Scorer, ...], weights: tuple[float, ...]) -> CandidateVerdict:
+    """One statically admitted substrate's verdict by the specification: the dynamic filters in
+    order, the estimate, the deadline filter, then every scorer; total = sum of weight x score in
+    the policy's order."""
+    for check in _DYNAMIC_CHECKS:
+        rejection = check(ctx, spec, signals)
+        if rejection is not None:
+            return CandidateVerdict(spec.name, False, rejection.code, rejection.summary, rejection.detail,
+                                    None, 0.0, None, None, None, False)
+    request = ctx.request
+    est = estimate(spec, signals, request.input_tokens, request.max_output_tokens, request.ingress_region,
+                   ctx.now_s, ctx.staleness_bound_s)
+    rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, signals, request.max_output_tokens)
+    if rejection is not None:
+        return CandidateVerdict(spec.name, False, rejection.code, rejection.summary, rejection.detail,
+                                None, 0.0, est.ttft_s, est.e2e_s, est.cost_usd, False)
+    scores = tuple([s.score(ctx, spec, signals, est) for s in scorers])
+    meets = est.ttft_s <= ctx.sla.ttft_deadline_s and est.e2e_s <= ctx.sla.e2e_deadline_s
+    return CandidateVerdict(spec.name, True, None, None, None, scores, sum(map(mul, weights, scores)),
+                            est.ttft_s, est.e2e_s, est.cost_usd, meets)
 
 
-def _scoring(policy: PlacementPolicy):
-    scoring = policy.memo.get("scoring")
-    if scoring is None:
-        scoring = (
-            tuple(SCORERS[w.scorer].score for w in policy.weights),
-            tuple(w.weight for w in policy.weights),
-            tuple(w.scorer for w in policy.weights),
-        )
-        policy.memo["scoring"] = scoring
-    return scoring
+def _rejected(name: str, rejection: Rejection) -> CandidateVerdict:
+    return CandidateVerdict(name, False, rejection.code, rejection.summary, rejection.detail,
+                            None, 0.0, None, None, None, False)
+
+
+def _verdicts(ctx: PlacementContext, fleet: FleetSpec, snapshot: FleetSnapshot, rp: RoutePlan,
+              scorers: tuple[Scorer, ...], results: list) -> tuple[CandidateVerdict, ...]:
+    """Every serving substrate's verdict, in the route's order. ``results[pos]`` belongs to
+    ``rp.admitted[pos]``: a ``CandidateVerdict`` the specification worked out, or the numbers
+    ``(total, ttft_s, e2e_s, cost_usd)`` the arithmetic found for an eligible substrate; its
+    per-scorer breakdown is the specification's scorers on that estimate."""
+    out = []
+    pos = 0
+    sla = ctx.sla
+    for idx, rejection in rp.verdicts:
+        spec = fleet.substrates[idx]
+        if rejection is not None:
+            out.append(_rejected(spec.name, rejection))
+            continue
+        r = results[pos]
+        pos += 1
+        if type(r) is CandidateVerdict:
+            out.append(r)
+            continue
+        total, ttft, e2e, cost = r
+        est = Estimate(ttft, e2e, cost, snapshot.prepared[idx].occupancy)
+        sig = snapshot.signals[idx]
+        scores = tuple([s.score(ctx, spec, sig, est) for s in scorers])
+        out.append(CandidateVerdict(spec.name, True, None, None, None, scores, total, ttft, e2e, cost,
+                                    ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s))
+    return tuple(out)
 
 
 def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementPolicy) -> PlacementDecision:
     fleet = snapshot.fleet
-    score_fns, weights, scorer_names = _scoring(policy)
+    plan = policy.plan
+    if plan is not None and plan.fleet is not fleet:
+        plan = None  # another fleet than the one the plan was compiled for: work it out below
+    if plan is not None:
+        scorer_names, scorers, weights, fast_weights = plan.scorer_names, plan.scorers, plan.weights, plan.fast_weights
+    else:
+        scorer_names, scorers, weights, fast_weights = scoring(policy)
 
     def refuse(code: RejectionCode, message: str, model: str, primary: str | None = None,
                candidates: tuple[CandidateVerdict, ...] = ()) -> PlacementDecision:
@@ -129,79 +164,126 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                               "budget for this period", route.name)
             over_budget_classes = tenant.over_budget_classes
 
+    rp = None if plan is None else plan.routes.get((tenant.name, route.name))
+    if rp is None:
+        rp = route_plan(fleet, policy, tenant, route)
     bound = policy.signal_staleness_bound_s
     now = request.arrived_at_s
     ctx = PlacementContext(request, tenant, sla, route, policy, policy.spill_classes(route.name), now, bound,
                            over_budget_classes)
     ttft_deadline, e2e_deadline = sla.ttft_deadline_s, sla.e2e_deadline_s
-    signals = snapshot.signals
-    seed = zlib.crc32(request.request_id.encode())
-    input_tokens, output_tokens, region = request.input_tokens, request.max_output_tokens, request.ingress_region
+    n_in, n_out = request.input_tokens, request.max_output_tokens
+    needed = n_in + n_out
+    per_token_of = needed if needed > 0 else 1
+    region, zone = request.ingress_region, request.ingress_zone
+    exclude = request.exclude
+    require_labels, allowed = policy.require_node_labels, tenant.allowed_countries
+    factor = policy.slow_drop_factor
+    ttft_cut, e2e_cut = (_INF, _INF) if factor is None else (factor * ttft_deadline, factor * e2e_deadline)
+    cost_ref = policy.cost_reference_usd_per_token
+    arithmetic = fast_weights is not None and over_budget_classes is None and not policy.external_rules
+    if arithmetic:
+        w_lat, w_queue, w_memory, w_cost, w_local, w_reserved = fast_weights
+    prepared, signals, substrates = snapshot.prepared, snapshot.signals, fleet.substrates
+    names = rp.names
 
-    verdicts: list[CandidateVerdict] = []
-    ranked: list[tuple[float, int, int]] = []  # (-total, tie key, position in verdicts)
-    primary_pos = -1
-    primary_name = route.primary
-    for idx, spec, rejection in _static_plan(fleet, policy, ctx):
-        sig = signals[idx]
-        if spec.name == primary_name:
-            primary_pos = len(verdicts)
-        if rejection is None:
-            for check in _DYNAMIC_CHECKS:
-                rejection = check(ctx, spec, sig)
-                if rejection is not None:
-                    break
-        if rejection is not None:
-            verdicts.append(CandidateVerdict(
-                spec.name, False, rejection.code, rejection.summary, rejection.detail,
-                None, 0.0, None, None, None, False))
-            continue
-        est = estimate(spec, sig, input_tokens, output_tokens, region, now, bound)
-        rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, sig, output_tokens)
-        if rejection is not None:
-            verdicts.append(CandidateVerdict(
-                spec.name, False, rejection.code, rejection.summary, rejection.detail,
-                None, 0.0, est.ttft_s, est.e2e_s, est.cost_usd, False))
-            continue
-        scores = tuple([fn(ctx, spec, sig, est) for fn in score_fns])
-        total = sum(map(mul, weights, scores))
-        meets = est.ttft_s <= ttft_deadline and est.e2e_s <= e2e_deadline
-        ranked.append((-total, _tie_key(seed, idx), len(verdicts)))
-        verdicts.append(CandidateVerdict(
-            spec.name, True, None, None, None, scores, total, est.ttft_s, est.e2e_s, est.cost_usd, meets))
+    results: list = []  # per admitted substrate, see ``_verdicts``
+    eligible: list[int] = []  # positions in ``results``
+    negated: list[float] = []  # -total of each eligible one
+    for pos, idx in enumerate(rp.admitted):
+        if arithmetic:
+            (oldest, clear, tokens_left, nodes, unlabelled, _, fixed_s, prefill_rate, per_token_s, queue_factor,
+             ttft_floor, usd_in, usd_out, usd_slot_s, egress, s_region, s_zone, queue_score, memory_score,
+             reserved_score) = prepared[idx]
+            if (clear and now - oldest <= bound and needed <= rp.windows[pos] and needed <= tokens_left
+                    and not (exclude and names[pos] in exclude)
+                    and not ((require_labels and (nodes is None or unlabelled))
+                             or (nodes is not None and not (nodes and nodes <= allowed)))):
+                # estimate.estimate, with every reading fresh (prepared.py)
+                prefill_s = n_in / prefill_rate
+                decode_s = n_out * per_token_s
+                if queue_factor:
+                    ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
+                else:
+                    ttft = fixed_s + prefill_s
+                if ttft_floor > ttft:
+                    ttft = ttft_floor
+                e2e = ttft + decode_s
+                if ttft <= ttft_cut and e2e <= e2e_cut:  # else DeadlineReachable rejects: below
+                    cost = n_in * usd_in + n_out * usd_out
+                    cost += usd_slot_s * e2e
+                    if egress and s_region != region:
+                        cost += needed * 4 * egress
+                    # The scorers, summed in the policy's order (plan.FAST_SCORER_ORDER).
+                    a = 1.0 - ttft / ttft_deadline
+                    b = 1.0 - e2e / e2e_deadline
+                    latency_score = a if a < b else b
+                    latency_score = latency_score if latency_score > 0.0 else 0.0
+                    c = cost / per_token_of
+                    local = (1.0 if zone is not None and s_zone == zone
+                             else 0.5 if region is not None and s_region == region else 0.0)
+                    total = (w_lat * latency_score + w_queue * queue_score + w_memory * memory_score
+                             + w_cost * (cost_ref / (cost_ref + c)) + w_local * local + w_reserved * reserved_score)
+                    results.append((total, ttft, e2e, cost))
+                    eligible.append(pos)
+                    negated.append(-total)
+                    continue
+        verdict = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
+        results.append(verdict)
+        if verdict.eligible:
+            eligible.append(pos)
+            negated.append(-verdict.total)
 
-    candidates = tuple(verdicts)
-    if not ranked:
+    verdicts = partial(_verdicts, ctx, fleet, snapshot, rp, scorers, results)
+    if not eligible:
+        candidates = verdicts()
         code, message = roll_up(candidates, route.name)
         return refuse(code, message, route.name, route.primary, candidates)
 
-    ranked.sort()
-    order = [pos for _, _, pos in ranked]
-    primary = candidates[primary_pos] if primary_pos >= 0 else None
-    if policy.spillover_mode == "on_need" and primary is not None and primary.eligible and primary.meets_sla:
-        order.remove(primary_pos)
-        order.insert(0, primary_pos)
-    chosen = candidates[order[0]]
+    if len(set(negated)) == len(negated):
+        order = sorted(range(len(eligible)), key=negated.__getitem__)
+    else:  # equal totals: broken by a key derived from the request id
+        seed = zlib.crc32(request.request_id.encode())
+        admitted = rp.admitted
+        order = sorted(range(len(eligible)),
+                       key=lambda k: (negated[k], _tie_key(seed, admitted[eligible[k]])))
+    ranked = [eligible[k] for k in order]
 
-    spillover = chosen.name != route.primary
+    primary = rp.primary
+    primary_meets = False
+    primary_rejection = rp.primary_rejection
+    if primary >= 0:
+        r = results[primary]
+        if type(r) is CandidateVerdict:
+            primary_meets = r.meets_sla
+            if r.code is not None:
+                primary_rejection = r
+        else:
+            primary_meets = r[1] <= ttft_deadline and r[2] <= e2e_deadline
+    if policy.spillover_mode == "on_need" and primary_meets:  # meets_sla implies eligible
+        ranked.remove(primary)
+        ranked.insert(0, primary)
+    chosen = ranked[0]
+    r = results[chosen]
+    if type(r) is CandidateVerdict:
+        ttft, e2e, cost = r.ttft_s, r.e2e_s, r.cost_usd
+    else:
+        _, ttft, e2e, cost = r
+
+    spillover = chosen != primary
     reason = None
     if spillover:
-        if primary is None:
+        if not rp.primary_serves:
             reason = SpilloverReason.PRIMARY_NOT_ALLOWED
-        elif primary.code is not None:  # the primary was rejected
-            reason = SPILLOVER_REASON_BY_REJECTION[primary.code]
-        elif not primary.meets_sla:
+        elif primary_rejection is not None:  # the primary was rejected
+            reason = SPILLOVER_REASON_BY_REJECTION[primary_rejection.code]
+        elif not primary_meets:
             reason = SpilloverReason.PRIMARY_CANNOT_MEET_SLA
         else:
             reason = SpilloverReason.PRIMARY_OUTSCORED
 
-    return PlacementDecision(
-        placement_id=placement_id(request.request_id, request.attempt),
-        request_id=request.request_id, attempt=request.attempt, tenant=tenant.name, model=route.name,
-        sla_class=sla.name, substrate=chosen.name,
-        fallbacks=tuple(candidates[p].name for p in order[1:]),
-        primary=route.primary, spillover=spillover, spillover_reason=reason, candidates=candidates,
-        scorer_names=scorer_names, predicted_ttft_s=chosen.ttft_s, predicted_e2e_s=chosen.e2e_s,
-        estimated_cost_usd=chosen.cost_usd, rejection_code=None, rejection_message=None,
-        policy_hash=policy.policy_hash, snapshot_version=snapshot.version,
-    )
+    return PlacementDecision.deferred(
+        (placement_id(request.request_id, request.attempt), request.request_id, request.attempt, tenant.name,
+         route.name, sla.name, names[chosen], tuple([names[p] for p in ranked[1:]]), route.primary, spillover,
+         reason, scorer_names, ttft, e2e, cost, None, None, policy.policy_hash, snapshot.version),
+        verdicts, len(eligible))

@@ -7,7 +7,8 @@ USD per token and countries once, at build time.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +81,16 @@ class FleetSpec:
     models: Mapping[str, ModelRoute]
     model_names: Mapping[str, str]
     """Every public name and alias -> the canonical model name."""
+    index: Mapping[str, int] = field(init=False, repr=False)
+    """Substrate name -> its position in ``substrates``."""
+
+    def __post_init__(self) -> None:
+        # A derived field of a frozen dataclass, set once while it is being built.
+        object.__setattr__(self, "index", MappingProxyType({s.name: i for i, s in enumerate(self.substrates)}))
 
     def resolve_model(self, name: str) -> ModelRoute | None:
         canonical = self.model_names.get(name)
         return None if canonical is None else self.models[canonical]
 
     def substrate(self, name: str) -> SubstrateSpec:
-        for s in self.substrates:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+        return self.substrates[self.index[name]]

@@ -8,7 +8,12 @@ decision and audit row.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inferplane.placement.fleet import FleetSpec
+    from inferplane.placement.plan import PlacementPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +75,19 @@ class PlacementPolicy:
     """A substrate predicted beyond this multiple of a deadline is not eligible (None: keep it)."""
     require_node_labels: bool = False
     external_rules: tuple[ExternalRule, ...] = ()
-    memo: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
-    """The engine's memo of work that depends only on (fleet, policy, tenant, model): referentially
-    transparent, so ``place()`` stays a pure function of its arguments. Not an init field, so a copy
-    made with ``dataclasses.replace`` starts with an empty memo of its own."""
+    fleet: InitVar[FleetSpec | None] = None
+    """The fleet this policy places on: given, the policy compiles its ``plan`` for it."""
+    plan: PlacementPlan | None = field(default=None, init=False, compare=False, repr=False)
+    """What ``place()`` needs from (fleet, this policy) that no request changes (``plan.py``),
+    compiled once here. Not an init field: a copy made with ``dataclasses.replace`` has none, and
+    ``place()`` then works out the route it needs from the copy's own rules."""
+
+    def __post_init__(self, fleet: FleetSpec | None) -> None:
+        if fleet is not None:
+            from inferplane.placement.plan import compile_plan  # plan.py reads this module
+
+            # A derived field of a frozen dataclass, set once while it is being built.
+            object.__setattr__(self, "plan", compile_plan(fleet, self))
 
     def spill_classes(self, model: str) -> frozenset[str]:
         return self.spillover_classes_per_model.get(model, self.spillover_classes)

@@ -1,0 +1,141 @@
+"""What a snapshot works out per substrate once, so that ``place()`` does per-request arithmetic only.
+
+Everything here is a function of one substrate's static spec and its live signals, and of nothing
+the policy or the request says: a ``FleetSnapshot`` is built without a policy (the ingress builds it
+from what the placement actor publishes), and ``with_dispatches`` recomputes the entry of a
+substrate only when its in-flight count changed.
+
+Each entry assumes that every reading the substrate reported is fresh. That holds while the
+request's ``now - oldest_observed_at_s <= signal_staleness_bound_s`` (readings are fresh while
+``now - observed_at <= bound``, and float subtraction is monotone, so the oldest reading is the
+first to expire). Outside that window, or when ``clear`` is False, the engine evaluates the
+substrate with the ``Filter`` and ``Scorer`` objects themselves (the specification), so an entry
+only ever has to be right for an admitted substrate whose readings are all fresh.
+
+With every reading fresh, ``estimate.estimate`` reduces to (``in``/``out``: input/max output tokens)
+
+    prefill   = in / prefill_tokens_per_s
+    decode    = out * per_token_s
+    ttft      = max(fixed_s + queue_factor * (prefill + decode) + prefill, ttft_floor_s)
+    e2e       = ttft + decode
+    cost      = in * usd_per_input_token + out * usd_per_output_token + usd_per_slot_second * e2e
+                (+ (in + out) * 4 * egress_usd_per_byte outside the ingress's region)
+
+with the coefficients below, computed by the same float operations as ``estimate`` (so the engine's
+numbers are equal to the specification's, not merely close).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from inferplane.placement.fleet import SubstrateSpec
+from inferplane.placement.signals import CircuitState, SubstrateSignals
+
+_INF = float("inf")
+
+
+class PreparedSubstrate(NamedTuple):
+    """One substrate's request-independent numbers in one snapshot (fields as in the module doc)."""
+
+    oldest_observed_at_s: float
+    """The oldest reading the filters, the estimate or the scorers read (+inf when none)."""
+    clear: bool
+    """While fresh, passes every filter that reads only signals: circuit closed, in_flight and the
+    kind's required signals reported, in flight + queued below max_concurrent + max_queued, and
+    rate-limit requests remaining unreported or at least 1."""
+    tokens_remaining: float
+    """Rate-limit tokens remaining (+inf when unreported): a request needing more is rejected."""
+    node_countries: frozenset[str] | None
+    unlabelled_replicas: bool
+    occupancy: float
+    """in_flight + queued (an unreported queue counts 0)."""
+    fixed_s: float
+    """network_rtt_s + base_ttft_s."""
+    prefill_tokens_per_s: float
+    per_token_s: float
+    """max(1 / decode_rate at this batch size, recent_tpot)."""
+    queue_factor: float
+    """(occupancy - max_concurrent + 1) / max_concurrent when occupancy >= max_concurrent, else 0."""
+    ttft_floor_s: float
+    """recent_ttft, or -inf when unreported."""
+    usd_per_input_token: float
+    usd_per_output_token: float
+    usd_per_slot_second: float
+    egress_usd_per_byte: float
+    region: str
+    zone: str
+    queue_score: float
+    """``QueuePressure``: 1 - min(1, occupancy / max_concurrent)."""
+    memory_score: float
+    """``MemoryPressure`` with its readings fresh: 1 - min(1, max(gpu memory, KV cache)), 1 when neither."""
+    reserved_score: float
+    """``ReservedTier``: 1 reserved, 0 burst."""
+
+
+_READINGS = ("in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",
+             "rate_limit_tokens_remaining", "recent_ttft_s", "recent_tpot_s")
+
+
+def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate:
+    """The entry of ``spec`` with ``signals``; the formulas mirror ``estimate`` and the scorers."""
+    oldest = _INF
+    for name in _READINGS:
+        reading = getattr(signals, name)
+        if reading is not None and reading.observed_at_s < oldest:
+            oldest = reading.observed_at_s
+
+    cap = spec.max_concurrent
+    in_flight = None if signals.in_flight is None else signals.in_flight.value
+    queued = 0.0 if signals.queued is None else signals.queued.value
+    requests_left = signals.rate_limit_requests_remaining
+    clear = (
+        signals.circuit is CircuitState.CLOSED
+        and in_flight is not None
+        and all(getattr(signals, name) is not None for name in spec.required_signals)
+        and in_flight + queued < spec.max_concurrent + spec.max_queued
+        and (requests_left is None or not requests_left.value < 1)
+    )
+    tokens = signals.rate_limit_tokens_remaining
+
+    lat = spec.latency
+    if in_flight is None:  # never on the fast path (not clear); keep the numbers finite
+        in_flight = float(cap)
+    occupancy = in_flight + queued
+    batch_frac = min(1.0, (in_flight + 1.0) / cap)
+    decode_rate = lat.decode_tokens_per_s / (1.0 + (lat.decode_slowdown_at_full_batch - 1.0) * batch_frac)
+    per_token_s = 1.0 / decode_rate
+    if signals.recent_tpot_s is not None and signals.recent_tpot_s.value > per_token_s:
+        per_token_s = signals.recent_tpot_s.value
+    queue_factor = 0.0 if occupancy < cap else (occupancy - cap + 1.0) / cap
+
+    worst = -1.0
+    for reading in (signals.gpu_memory_used_ratio, signals.kv_cache_usage):
+        if reading is not None and reading.value > worst:
+            worst = reading.value
+    memory_score = 1.0 if worst < 0.0 else 1.0 - (worst if worst < 1.0 else 1.0)
+    ratio = occupancy / cap
+
+    c = spec.cost
+    return PreparedSubstrate(
+        oldest_observed_at_s=oldest,
+        clear=clear,
+        tokens_remaining=_INF if tokens is None else tokens.value,
+        node_countries=signals.node_countries,
+        unlabelled_replicas=bool(signals.unlabelled_replicas),
+        occupancy=occupancy,
+        fixed_s=lat.network_rtt_s + lat.base_ttft_s,
+        prefill_tokens_per_s=lat.prefill_tokens_per_s,
+        per_token_s=per_token_s,
+        queue_factor=queue_factor,
+        ttft_floor_s=-_INF if signals.recent_ttft_s is None else signals.recent_ttft_s.value,
+        usd_per_input_token=c.usd_per_input_token,
+        usd_per_output_token=c.usd_per_output_token,
+        usd_per_slot_second=c.usd_per_slot_second,
+        egress_usd_per_byte=c.egress_usd_per_byte,
+        region=spec.region,
+        zone=spec.zone,
+        queue_score=0.0 if ratio >= 1.0 else 1.0 - ratio,
+        memory_score=memory_score,
+        reserved_score=1.0 if spec.tier == "reserved" else 0.0,
+    )

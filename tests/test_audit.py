@@ -14,18 +14,19 @@ import pytest
 from inferplane.placement import PlacementDecision, place
 from inferplane.placement.decision import SpilloverReason
 from inferplane.placement.filters import RejectionCode
+from inferplane.plane.record import RequestRecord
 from inferplane.telemetry import audit as audit_module
 from inferplane.telemetry.audit import (
     AUDIT_SCHEMA,
     AUDIT_SCHEMA_VERSION,
     COLUMNS,
     AuditLog,
-    RequestOutcome,
     audit_files,
     audit_row,
     boundary_crossed,
     decision_from_record,
     read_audit,
+    redacted,
     request_ids,
 )
 from inferplane.telemetry.cost import request_cost
@@ -34,6 +35,7 @@ from tests.builders import NOW, fleet, request, signals, snapshot, substrate
 INGRESS_REGION, INGRESS_ZONE = "eu-central", "eu-central-1a"
 T0 = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 T0_DATE = "2025-06-15"
+CONFIG_MISMATCH = "0" * 16
 
 
 # -------------------------------------------------------------------------------------------------
@@ -69,21 +71,38 @@ def decide(built, *, busy=(), request_id: str = "req-1", tenant: str = "t", mode
     return place(req, snap, built.policy)
 
 
-def outcome(*, status: int = 200, error: str | None = None, attempts: int = 1, ttft: float | None = 0.25,
-            e2e: float | None = 2.0, tokens_in: int | None = 1000, tokens_out: int | None = 201,
-            streamed: bool = False, at: float = T0 + 2.0) -> RequestOutcome:
-    return RequestOutcome(status, error, attempts, ttft, e2e, tokens_in, tokens_out, streamed, at)
+def outcome(*, status: int = 200, error: str | None = None, ttft: float | None = 0.25, e2e: float | None = 2.0,
+            tokens_in: int | None = 1000, tokens_out: int | None = 201, streamed: bool = False,
+            at: float = T0 + 2.0) -> dict:
+    """How a request ended: the ``RequestRecord`` fields the ingress fills in when it ends."""
+    return {"status_code": status, "error_code": error, "ttft_s": ttft, "e2e_s": e2e, "input_tokens": tokens_in,
+            "output_tokens": tokens_out, "streamed": streamed, "finished_at_s": at}
 
 
-def row_for(built, decision: PlacementDecision | None, *, received: float = T0, out: RequestOutcome | None = None,
-            request_id: str | None = None, tenant: str | None = "t", model: str | None = "m",
-            sla_class: str | None = "interactive", ingress_id: str = "ingress-a", with_sla: bool = True) -> dict:
-    cls = built.policy.sla_classes.get(decision.sla_class if decision else sla_class or "") if with_sla else None
-    return audit_row(
+def record_for(built, decision: PlacementDecision | None, *, received: float = T0, out: dict | None = None,
+               request_id: str | None = None, tenant: str | None = "t", model: str | None = "m",
+               sla_class: str | None = "interactive", ingress_id: str = "ingress-a",
+               config_hash: str | None = None) -> RequestRecord:
+    """The record the ingress makes of a request: cost as it attributes it (``request_cost`` of the
+    chosen substrate with the outcome's tokens and time, 0 where unknown), written under
+    ``built``'s config unless ``config_hash`` says otherwise."""
+    out = out or outcome(at=received + 2.0)
+    cost = None
+    if decision is not None and decision.placed:
+        cost = request_cost(built.fleet.substrate(decision.substrate), out["input_tokens"] or 0,
+                            out["output_tokens"] or 0, out["e2e_s"] or 0.0, INGRESS_REGION)
+    return RequestRecord(
         request_id=request_id or (decision.request_id if decision else "req-x"), ingress_id=ingress_id,
-        received_at_s=received, tenant=tenant, model=model, sla_class=sla_class, decision=decision,
-        outcome=out or outcome(at=received + 2.0), fleet=built.fleet, ingress_region=INGRESS_REGION,
-        snapshot_age_s=0.125, sla=cls)
+        ingress_region=INGRESS_REGION, received_at_s=received, tenant=tenant, model=model, sla_class=sla_class,
+        decision=decision, snapshot_age_s=None if decision is None else 0.125, cost=cost,
+        config_hash=config_hash or built.policy.policy_hash, **out)
+
+
+def row_for(built, decision: PlacementDecision | None, *, with_sla: bool = True, **kw) -> dict:
+    """``audit_row`` of ``record_for(built, decision, **kw)``. ``with_sla=False``: the row as a replica
+    running another config rebuilds it from the journal (no deadlines, no substrate facts)."""
+    record = record_for(built, decision, **kw, **({} if with_sla else {"config_hash": CONFIG_MISMATCH}))
+    return audit_row(record, built.fleet, built.policy)
 
 
 class Clock:
@@ -495,15 +514,33 @@ def test_unplaced_at_request_level_records_the_code() -> None:
     d = decide(built, tenant="nobody")
     row = row_for(built, d)
     assert (row["rejection_code"], row["candidate_count"]) == (RejectionCode.UNKNOWN_TENANT.value, 0)
-    assert row["sla_class"] == "interactive"  # the ingress vouched for it (``sla=``)
-    unchecked = row_for(built, d, with_sla=False)
+    assert row["sla_class"] == "interactive"  # a class the config has
+    typed = decide(built, tenant="nobody", sla="what the client typed")
+    unchecked = row_for(built, typed, sla_class="what the client typed")
     assert unchecked["sla_class"].startswith("unknown:")  # the engine stopped before checking it
+    assert "what the client typed" not in unchecked["decision_json"]
+
+
+def test_redaction_is_idempotent_and_the_row_is_the_same_either_way() -> None:
+    built = plane()
+    typed = "sk-client-typed-this"
+    for d, kw in ((decide(built, model=typed), {"model": typed}),
+                  (decide(built, tenant="nobody", sla=typed), {"sla_class": typed}),
+                  (None, {"model": typed, "sla_class": typed + "-sla"}),
+                  (decide(built), {"out": outcome(status=502, error="upstream said " + typed)})):
+        record = record_for(built, d, **kw)
+        once = redacted(record, built.fleet, built.policy)
+        assert once != record and redacted(once, built.fleet, built.policy) == once
+        assert typed not in repr(once)
+        assert audit_row(once, built.fleet, built.policy) == audit_row(record, built.fleet, built.policy)
+    known = record_for(built, decide(built))
+    assert redacted(known, built.fleet, built.policy) is known  # nothing to redact: nothing copied
 
 
 def test_row_uses_the_final_attempt_after_a_retry() -> None:
     built = plane()
     retry = decide(built, exclude=("gpu",), attempt=2)
-    row = row_for(built, retry, out=outcome(attempts=2))
+    row = row_for(built, retry)
     assert (row["attempts"], row["spillover_reason"], row["placement_id"]) == (2, "primary_failed",
                                                                                 retry.placement_id)
     assert row["rejection_counts"] == {"excluded": 1}

@@ -11,7 +11,10 @@ import pytest
 
 from inferplane.auth import TenantKeys
 from inferplane.placement import place
-from inferplane.telemetry.audit import AuditLog, RequestOutcome, audit_row, read_audit
+from inferplane.plane.record import RequestRecord
+from inferplane.telemetry.audit import AuditLog, audit_row, read_audit
+from inferplane.telemetry.cost import request_cost
+from inferplane.telemetry.journal import Journal
 from tests.builders import build_doc, fleet, request, snapshot, substrate
 
 PROVIDER_KEY = "sk-provider-PLANTED-3f9a1c77e0b24d18"
@@ -32,9 +35,25 @@ def secret_fleet(monkeypatch: pytest.MonkeyPatch):
     return build_doc(doc)
 
 
-def rows_with_planted_secrets(built) -> list[dict]:
-    """Every way a secret could reach ``audit_row``: the client's key in the model field, prompt text
-    in the SLA-class header, a key or completion text in an upstream error code, a bad key."""
+def record(built, request_id: str, received: float, *, tenant, model, sla_class, decision, status: int,
+           error: str | None, ttft: float | None = 0.1, e2e: float | None = 0.5, tokens_in: int | None = 10,
+           tokens_out: int | None = 5, streamed: bool = True) -> RequestRecord:
+    """A request's record as the ingress makes it (the key, prompt and completion are never passed)."""
+    cost = None
+    if decision is not None and decision.placed:
+        cost = request_cost(built.fleet.substrate(decision.substrate), tokens_in or 0, tokens_out or 0, e2e or 0.0,
+                            "eu-central")
+    return RequestRecord(
+        request_id=request_id, ingress_id="ingress-a", ingress_region="eu-central", received_at_s=received,
+        finished_at_s=received + 0.5, tenant=tenant, model=model, sla_class=sla_class, streamed=streamed,
+        decision=decision, snapshot_age_s=None if decision is None else 0.01, status_code=status,
+        error_code=error, ttft_s=ttft, e2e_s=e2e, input_tokens=tokens_in, output_tokens=tokens_out, cost=cost,
+        config_hash=built.policy.policy_hash)
+
+
+def records_with_planted_secrets(built) -> list[RequestRecord]:
+    """Every way a secret could reach a record: the client's key in the model field, prompt text in
+    the SLA-class header, a key or completion text in an upstream error code, a bad key."""
     keys = TenantKeys((t.name, t.api_keys_sha256) for t in built.config.tenants)
     tenant = keys.tenant_for(f"Bearer {TENANT_KEY}")
     assert tenant == "acme-bank"
@@ -48,24 +67,22 @@ def rows_with_planted_secrets(built) -> list[dict]:
         ("m", "interactive", f"upstream rejected key {PROVIDER_KEY}", 502),
         ("m", "interactive", COMPLETION, 502),
     ]
-    rows = []
+    records = []
     for i, (model, sla_class, error, status) in enumerate(cases):
         decision = place(request(request_id=f"req-{i}", tenant=tenant, model=model, sla_class=sla_class,
                                  ingress_region="eu-central"), snap, built.policy)
-        rows.append(audit_row(
-            request_id=f"req-{i}", ingress_id="ingress-a", received_at_s=T0 + i, tenant=tenant, model=model,
-            sla_class=sla_class, decision=decision,
-            outcome=RequestOutcome(status, error, 1, 0.1, 0.5, 10, 5, True, T0 + i + 0.5),
-            fleet=built.fleet, ingress_region="eu-central", snapshot_age_s=0.01,
-            sla=built.policy.sla_classes.get(sla_class)))
+        records.append(record(built, f"req-{i}", T0 + i, tenant=tenant, model=model, sla_class=sla_class,
+                              decision=decision, status=status, error=error))
     # Refused before placement: a wrong key (the key itself is never passed), a body that did not parse.
     keys.tenant_for(f"Bearer {TENANT_KEY}x")
-    rows.append(audit_row(
-        request_id="req-bad-key", ingress_id="ingress-a", received_at_s=T0 + 10, tenant=None, model=TENANT_KEY,
-        sla_class=PROMPT, decision=None, outcome=RequestOutcome(401, "invalid_api_key", 0, None, 0.001, None, None,
-                                                                False, T0 + 10.001),
-        fleet=built.fleet, ingress_region="eu-central", snapshot_age_s=None))
-    return rows
+    records.append(record(built, "req-bad-key", T0 + 10, tenant=None, model=TENANT_KEY, sla_class=PROMPT,
+                          decision=None, status=401, error="invalid_api_key", ttft=None, e2e=0.001, tokens_in=None,
+                          tokens_out=None, streamed=False))
+    return records
+
+
+def rows_with_planted_secrets(built) -> list[dict]:
+    return [audit_row(r, built.fleet, built.policy) for r in records_with_planted_secrets(built)]
 
 
 def all_strings(value) -> list[str]:
@@ -114,13 +131,29 @@ def test_no_secret_in_any_audit_byte_or_log_line(tmp_path: Path, monkeypatch, ca
         assert secret not in caplog.text
 
 
+def test_no_secret_in_any_journal_byte(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The journal holds the records, redacted as the rows are: no byte a row would not carry."""
+    caplog.set_level(logging.DEBUG)
+    built = secret_fleet(monkeypatch)
+    journal = Journal(tmp_path, "ingress-a", fleet=built.fleet, policy=built.policy)
+    for r in records_with_planted_secrets(built):
+        journal.write(r)
+    assert journal.failed_writes == 0
+    (segment,) = (tmp_path / "_journal").iterdir()
+    raw = segment.read_bytes()
+    assert raw.count(b"\n") == 7 and b"acme-bank" in raw  # the scan does see plain strings
+    for secret in SECRETS:
+        assert secret.encode() not in raw
+        assert secret not in segment.name
+        assert secret not in caplog.text
+
+
 def test_what_a_client_typed_is_recorded_as_a_digest() -> None:
     built = fleet(substrate("gpu")).build()
     decision = place(request(model=TENANT_KEY), snapshot(built), built.policy)
-    row = audit_row(request_id="r", ingress_id="i", received_at_s=T0, tenant="t", model=TENANT_KEY,
-                    sla_class="interactive", decision=decision,
-                    outcome=RequestOutcome(404, "unknown_model", 1, None, 0.001, None, None, False, T0),
-                    fleet=built.fleet, ingress_region=None, snapshot_age_s=0.0)
+    row = audit_row(record(built, "r", T0, tenant="t", model=TENANT_KEY, sla_class="interactive",
+                           decision=decision, status=404, error="unknown_model", ttft=None, e2e=0.001,
+                           tokens_in=None, tokens_out=None, streamed=False), built.fleet, built.policy)
     digest = "unknown:" + hashlib.sha256(TENANT_KEY.encode()).hexdigest()[:12]
     assert row["model"] == digest
     assert row["rejection_message"] == f"model `{digest}` does not exist"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import threading
 import urllib.request
@@ -11,7 +12,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from inferplane.placement import PlacementDecision
 from inferplane.placement.signals import CircuitState, Reading, SubstrateSignals
+from inferplane.plane.record import RequestRecord
+from inferplane.telemetry.audit import DECISION_FIELDS
+from inferplane.telemetry.cost import CostBreakdown
 from inferplane.telemetry.metrics import (
     COUNTERS,
     HISTOGRAMS,
@@ -23,10 +28,21 @@ from inferplane.telemetry.metrics import (
     serve_metrics,
 )
 from tests.builders import NOW, snapshot
-from tests.test_audit import decide, plane
+from tests.test_audit import decide, outcome, plane, record_for
 
 # Dyadic values: their sums are exact in binary floating point, whatever the order.
 TTFT, E2E, TPOT, COST = 0.125, 0.5, 0.0078125, 0.0009765625
+TOKENS_OUT = 49  # (E2E - TTFT) / (49 - 1) = TPOT
+
+
+def finished(built, decision, *, ok: bool = True, ttft: float | None = TTFT, e2e: float | None = E2E,
+             tokens_in: int | None = 1000, tokens_out: int | None = TOKENS_OUT, cost: float = COST,
+             **kw) -> RequestRecord:
+    """The record of a request that ran on ``decision``'s substrate, attributed ``cost``."""
+    record = record_for(built, decision, out=outcome(status=200 if ok else 502, error=None if ok else "substrate_error",
+                                                     ttft=ttft, e2e=e2e, tokens_in=tokens_in, tokens_out=tokens_out),
+                        **kw)
+    return dataclasses.replace(record, cost=CostBreakdown(cost, 0.0, 0.0, cost))
 
 
 def scrape(metrics: PlaneMetrics) -> dict[tuple[str, frozenset], float]:
@@ -47,17 +63,21 @@ def sent_by_ingress(built, outbox: MetricsOutbox, *, placed: int, spilled: int, 
     for i in range(placed):
         d = decide(built, request_id=f"{tag}-p{i}")
         delta.record_decision(d, 0.0001)
-        delta.record_outcome("gpu", "t", "m", "interactive", True, TTFT, E2E, TPOT, 1000, 200, COST)
+        assert finished(built, d).tpot_s == TPOT
+        delta.record_request(finished(built, d))
     for i in range(spilled):
         d = decide(built, request_id=f"{tag}-s{i}", busy=("gpu", "sov", "de-west", "eu-api"))
         assert d.substrate == "us-api"
         delta.record_decision(d, 0.0001)
-        delta.record_outcome("us-api", "t", "m", "interactive", i % 2 == 0, TTFT, 2 * E2E, None, 100, 0, COST)
+        delta.record_request(finished(built, d, ok=i % 2 == 0, e2e=2 * E2E, tokens_in=100, tokens_out=0))
     for i in range(refused):
         d = decide(built, request_id=f"{tag}-r{i}", busy=("gpu", "sov", "de-west", "eu-api", "us-api"))
         delta.record_decision(d, 0.0001)
+        delta.record_request(record_for(built, d, out=outcome(status=429, error="capacity", ttft=None, e2e=0.001,
+                                                              tokens_out=None)))  # counted by record_decision
     for _ in range(auth):
-        delta.record_rejection(rejection_code_for("invalid_api_key"), None, None)
+        delta.record_request(record_for(built, None, tenant=None, out=outcome(status=401, error="invalid_api_key",
+                                                                              ttft=None, e2e=0.001)))
 
 
 def test_two_ingress_replicas_merge_into_exact_totals() -> None:
@@ -79,13 +99,13 @@ def test_two_ingress_replicas_merge_into_exact_totals() -> None:
     assert value(s, "inferplane_spillovers_total", from_substrate="gpu", to_substrate="us-api",
                  reason="primary_saturated") == 5
     assert value(s, "inferplane_rejections_total", code="capacity", tenant="t", model="m") == 2
-    assert value(s, "inferplane_rejections_total", code="auth", tenant="", model="") == 3
+    assert value(s, "inferplane_rejections_total", code="auth", tenant="", model="m") == 3
     assert value(s, "inferplane_requests_total", **common, substrate="gpu", outcome="ok") == 9
     # us-api: a sent 3 (ok, error, ok), b sent 2 (ok, error).
     assert value(s, "inferplane_requests_total", **common, substrate="us-api", outcome="ok") == 3
     assert value(s, "inferplane_requests_total", **common, substrate="us-api", outcome="error") == 2
     assert value(s, "inferplane_input_tokens_total", tenant="t", substrate="gpu") == 9000
-    assert value(s, "inferplane_output_tokens_total", tenant="t", substrate="gpu") == 1800
+    assert value(s, "inferplane_output_tokens_total", tenant="t", substrate="gpu") == 9 * TOKENS_OUT
     assert value(s, "inferplane_input_tokens_total", tenant="t", substrate="us-api") == 500
     assert value(s, "inferplane_cost_usd_total", tenant="t", substrate="gpu") == 9 * COST
     assert value(s, "inferplane_cost_usd_total", tenant="t", substrate="us-api") == 5 * COST
@@ -150,8 +170,9 @@ def test_take_hands_over_everything_and_starts_again() -> None:
 
 
 def test_bucket_bounds_are_inclusive() -> None:
+    built = plane()
     delta = MetricsDelta()
-    delta.record_outcome("gpu", "t", "m", "interactive", True, 0.1, 1.0, 0.01, 1, 1, 0.0)
+    delta.record_request(finished(built, decide(built), ttft=0.1, e2e=1.0, tokens_out=1, cost=0.0))
     metrics = PlaneMetrics()
     metrics.apply(delta)
     s = scrape(metrics)
@@ -166,10 +187,12 @@ def test_concurrent_recording_and_hand_over_lose_nothing() -> None:
     metrics = PlaneMetrics()
     threads, per_thread = 4, 2000
     done = threading.Event()
+    built = plane()
+    one = finished(built, decide(built), tokens_in=1, tokens_out=1)
 
     def record() -> None:
         for _ in range(per_thread):
-            outbox.delta.record_outcome("gpu", "t", "m", "interactive", True, TTFT, E2E, TPOT, 1, 1, COST)
+            outbox.delta.record_request(one)
 
     def sync() -> None:
         while not done.is_set():
@@ -249,8 +272,15 @@ def record_secrets(delta: MetricsDelta, built) -> None:
     delta.record_rejection(prompt, prompt, prompt)
     delta.record_decision(decide(built, model=key), 0.0001)  # unknown model: the decision echoes it
     delta.record_decision(decide(built, sla=prompt), 0.0001)
-    delta.record_outcome(provider, key, prompt, prompt, False, 0.1, 0.2, None, 1, 1, 0.0)
-    delta.record_spillover(key, provider, prompt)
+    # A request placed on a substrate whose record carries client text and a key in every name.
+    placed = decide(built)
+    d = PlacementDecision(**{name: getattr(placed, name) for name in DECISION_FIELDS}
+                          | {"substrate": provider, "tenant": key, "model": prompt, "sla_class": prompt})
+    delta.record_request(dataclasses.replace(finished(built, placed, ok=False, tenant=key, model=prompt,
+                                                      sla_class=prompt), decision=d))
+    # Refused before placement, the key typed as the model.
+    delta.record_request(record_for(built, None, tenant=None, model=key, sla_class=prompt,
+                                    out=outcome(status=401, error="invalid_api_key")))
 
 
 def test_label_values_never_carry_keys_or_prompt_text() -> None:
@@ -273,7 +303,7 @@ def test_label_values_never_carry_keys_or_prompt_text() -> None:
     for secret in SECRETS:
         assert secret not in text
     s = scrape(metrics)
-    assert value(s, "inferplane_rejections_total", code="auth", tenant="", model="other") == 2
+    assert value(s, "inferplane_rejections_total", code="auth", tenant="", model="other") == 4
     assert value(s, "inferplane_rejections_total", code="unknown_model", tenant="t", model="other") == 2
 
 

@@ -14,7 +14,6 @@ noise falls on both. ``bench vllm`` does the same over one real vLLM CPU engine.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -176,7 +175,3 @@ def measure_overhead(concurrencies: list[int], requests: int, rounds: int = 2, b
     finally:
         stop()
     return out
-
-
-def summarize(rows: list[dict]) -> float:
-    return statistics.fmean([rows[-1]["throughput_ratio"]])

@@ -1,6 +1,9 @@
 """`inferplane explain CONFIG --tenant T --model M --input-tokens N --max-tokens K`: how one
 request would be placed, every candidate with its verdict or scores, the pick, spillover and cost.
-`inferplane explain --audit AUDIT_DIR PLACEMENT_ID` shows a recorded decision the same way.
+`inferplane explain --audit AUDIT_DIR PLACEMENT_ID` shows a recorded decision the same way (the row
+of every request that reached the engine has one, recovered rows included). ``--json`` prints the decision
+as the audit log records it (``telemetry.audit.recorded_decision``: the same JSON as a row's
+``decision_json``).
 
 Without ``--signals`` every substrate is assumed idle with fresh signals; ``--signals FILE``
 describes load, health and staleness (see ``inferplane.signal_scenario``).
@@ -75,15 +78,6 @@ def decide(args: argparse.Namespace) -> tuple[PlacementDecision, FleetSpec, str]
     return place(request, snapshot, built.policy), built.fleet, signals_note
 
 
-def decision_json(decision: PlacementDecision, fleet: FleetSpec) -> dict:
-    out = decision.to_dict()
-    for cand in out["candidates"]:
-        spec = fleet.substrate(cand["name"])
-        cand.update(substrate_class=spec.substrate_class, kind=spec.kind, jurisdiction=spec.jurisdiction,
-                    emulated=spec.emulated, emulates=spec.emulates)
-    return out
-
-
 def render(decision: PlacementDecision, fleet: FleetSpec, signals_note: str) -> str:
     if not decision.candidates:
         return f"rejected ({decision.http_status} {decision.rejection_code.value}): {decision.rejection_message}"
@@ -139,7 +133,9 @@ def cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"explain needs {', '.join(missing)} (or --audit AUDIT_DIR PLACEMENT_ID)")
     decision, fleet, note = decide(args)
     if args.json:
-        print(json.dumps(decision_json(decision, fleet), indent=2))
+        from inferplane.telemetry.audit import recorded_decision  # pyarrow: only when needed
+
+        print(json.dumps(recorded_decision(decision, fleet), indent=2))
     else:
         print(render(decision, fleet, note))
     return 0

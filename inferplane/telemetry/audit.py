@@ -76,14 +76,18 @@ recovered_by                        string?                -           the ingre
                                                                        from a killed writer's journal
                                                                        (``telemetry.journal``); null when written
                                                                        by the replica that answered. A recovered
-                                                                       row has no ``decision_json``, and no column
-                                                                       derived from the config when that changed
+                                                                       row is the row its writer would have
+                                                                       written, ``decision_json`` included, but
+                                                                       for the columns taken from the config
+                                                                       when that changed (see ``audit_row``)
 ==================================  =====================  ==========  ============================================
 
-Never written: API keys (tenant or provider), prompt text, completion text. ``audit_row`` receives
-none of them, and client-controlled strings that reach it through the decision (the model name and
-the SLA-class header) are written only when they name a configured model or class; otherwise as
-a digest. A new column may be added in a later version (readers fill it with null for old files);
+Every row is built by ``audit_row`` from the request's frozen ``plane.record.RequestRecord``, and
+by nothing else (the journal stores records; recovery rebuilds rows with the same function).
+Never written: API keys (tenant or provider), prompt text, completion text. A record carries none
+of them, and client-controlled strings it does carry (the model name, the SLA-class header, an
+upstream's error code) are written only when they name a configured model or class (or are a
+snake_case code); otherwise as ``unknown:<sha256[:12]>`` (``redacted``). A new column may be added in a later version (readers fill it with null for old files);
 renaming or retyping one is a new version. ``recovered_by`` was added that way: a file written
 before it reads with null there, which is what it means (none of its rows was recovered).
 
@@ -105,7 +109,9 @@ write-ahead journal (``telemetry.journal``, under ``DIR/_journal/``, which these
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -123,10 +129,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from inferplane.placement.decision import CandidateVerdict, PlacementDecision, SpilloverReason
+from inferplane.placement.decision import CandidateVerdict, PlacementDecision, SpilloverReason, roll_up
 from inferplane.placement.filters import RejectionCode
 from inferplane.placement.fleet import FleetSpec, SubstrateSpec
-from inferplane.placement.policy import SlaPolicy
+from inferplane.placement.policy import PlacementPolicy
+from inferplane.plane.record import RequestRecord
 from inferplane.telemetry.cost import request_cost
 
 log = logging.getLogger("inferplane.audit")
@@ -204,36 +211,17 @@ _SLA_UNCHECKED = frozenset({
     RejectionCode.UNKNOWN_SLA_CLASS,
 })
 _ERROR_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_DIGEST_RE = re.compile(r"^unknown:[0-9a-f]{12}$")
+DECISION_FIELDS: tuple[str, ...] = tuple(inspect.signature(PlacementDecision).parameters)
+"""What makes a ``PlacementDecision``: its constructor's keywords, ``candidates`` included."""
 
 
 # -------------------------------------------------------------------------------------------------
 # Rows
 
 
-@dataclass(frozen=True, slots=True)
-class RequestOutcome:
-    """How a request ended, as the ingress saw it. Times are seconds from receipt (what the client
-    experienced, placement and retries included); ``finished_at_s`` is on the plane's clock."""
-
-    status_code: int
-    error_code: str | None
-    attempts: int
-    ttft_s: float | None
-    e2e_s: float | None
-    input_tokens: int | None
-    output_tokens: int | None
-    streamed: bool
-    finished_at_s: float
-
-    @property
-    def tpot_s(self) -> float | None:
-        """Mean time per output token after the first: ``(e2e - ttft) / (output_tokens - 1)``."""
-        if self.ttft_s is None or self.e2e_s is None or self.output_tokens is None or self.output_tokens < 2:
-            return None
-        return max(0.0, self.e2e_s - self.ttft_s) / (self.output_tokens - 1)
-
-
-def _utc(seconds: float) -> datetime:
+def utc(seconds: float) -> datetime:
+    """Epoch seconds as an aware UTC datetime (the ``time`` and ``finished_at`` columns)."""
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
@@ -242,14 +230,15 @@ def _digest(value: str) -> str:
 
 
 def safe_error_code(code: str | None) -> str | None:
-    """An error code as a row writes it: snake_case as it is, anything else as a digest."""
-    if code is None or _ERROR_CODE_RE.fullmatch(code):
+    """An error code as a row writes it: snake_case (or already a digest) as it is, anything else
+    as a digest."""
+    if code is None or _ERROR_CODE_RE.fullmatch(code) or _DIGEST_RE.fullmatch(code):
         return code
     return _digest(code)
 
 
-def _spec_or_none(fleet: FleetSpec, name: str | None) -> SubstrateSpec | None:
-    if name is None:
+def _spec_or_none(fleet: FleetSpec | None, name: str | None) -> SubstrateSpec | None:
+    if fleet is None or name is None:
         return None
     for spec in fleet.substrates:
         if spec.name == name:
@@ -275,22 +264,22 @@ def boundary_crossed(primary: SubstrateSpec | None, chosen: SubstrateSpec | None
 
 
 def roll_up_rejections(decision: PlacementDecision) -> tuple[str | None, dict[str, int]]:
-    """The rejected candidates as "n summary, ..." (most frequent first) and counts by code."""
+    """The rejected candidates as "n summary, ..." (most frequent first: the part of the engine's
+    ``placement.decision.roll_up`` message after "eligible: ") and their counts by code."""
     rejected = [c for c in decision.candidates if not c.eligible]
     if not rejected:
         return None, {}
-    by_summary = Counter(c.summary or (c.code.value if c.code else "rejected") for c in rejected)
-    text = ", ".join(f"{n} {s}" for s, n in sorted(by_summary.items(), key=lambda kv: (-kv[1], kv[0])))
+    _, message = roll_up(decision.candidates, decision.model)
     by_code = Counter(c.code.value for c in rejected if c.code is not None)
-    return text, dict(sorted(by_code.items()))
+    return message.split("` eligible: ", 1)[1], dict(sorted(by_code.items()))
 
 
-def recorded_decision(decision: PlacementDecision, fleet: FleetSpec,
-                      redact: Mapping[str, str] | None = None) -> dict:
+def recorded_decision(decision: PlacementDecision, fleet: FleetSpec | None) -> dict:
     """``decision.to_dict()`` with ``scorer_names`` and, on each candidate, its rejection summary
     and its substrate's static facts from ``fleet`` (class, kind, jurisdiction, region, zone,
-    emulated, display name); client text replaced per ``redact`` (raw value -> what to write) in
-    ``model``, ``sla_class`` and ``rejection_message``. ``decision_from_record`` inverts it."""
+    emulated, emulates, display name; none when ``fleet`` is None or does not know it): an audit
+    row's ``decision_json`` and ``inferplane explain --json``. ``decision_from_record`` inverts it.
+    Client text is written as it is in ``decision``: ``audit_row`` passes a ``redacted`` one."""
     out = decision.to_dict()
     for cand, verdict in zip(out["candidates"], decision.candidates):
         cand["summary"] = verdict.summary
@@ -300,14 +289,6 @@ def recorded_decision(decision: PlacementDecision, fleet: FleetSpec,
                         region=spec.region, zone=spec.zone, emulated=spec.emulated, emulates=spec.emulates,
                         display_name=spec.display_name)
     out["scorer_names"] = list(decision.scorer_names)
-    for raw, safe in (redact or {}).items():
-        if not raw:
-            continue
-        for key in ("model", "sla_class"):
-            if out[key] == raw:
-                out[key] = safe
-        if out["rejection_message"]:
-            out["rejection_message"] = out["rejection_message"].replace(raw, safe)
     return out
 
 
@@ -342,42 +323,159 @@ def decision_from_record(record: Mapping[str, Any]) -> PlacementDecision:
     )
 
 
-def recorded_names(model: str | None, sla_class: str | None, decision: PlacementDecision | None,
-                   fleet: FleetSpec, sla: SlaPolicy | None) -> tuple[str | None, str | None, dict[str, str]]:
-    """The model and SLA-class names as a row writes them, and what was replaced (raw -> written).
+def redacted(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy) -> RequestRecord:
+    """``record`` with the client text a row may not carry replaced by ``unknown:<sha256[:12]>``
+    (``record`` itself when there is none, the common case). Idempotent.
 
-    Client-controlled names are written only when the config knows them: a model by its canonical
-    name, an SLA class when ``sla`` is that class or the engine checked it (``decision`` was not
-    refused before the SLA check); otherwise each as ``unknown:<sha256[:12]>``.
+    A model name is kept when ``fleet`` serves it (by name or alias), or when it is the model of a
+    ``decision`` not refused as ``unknown_model`` (the engine resolved it: a canonical name of the
+    config it ran). An SLA-class name is kept when ``policy`` has that class, or when it is the
+    class of a decision the engine did not refuse before checking it. Either is replaced
+    everywhere it occurs: ``model``, ``sla_class``, the decision's ``model``, ``sla_class`` and
+    ``rejection_message``. An error code that is not snake_case is replaced too (``safe_error_code``).
+    The tenant is the authenticated tenant (a config name), never client text.
     """
-    redact: dict[str, str] = {}
+    d = record.decision
+    replace: dict[str, str] = {}
+    for name in (record.model, None if d is None else d.model):
+        if name and name not in fleet.model_names and not _DIGEST_RE.fullmatch(name) and not (
+                d is not None and name == d.model and d.rejection_code is not RejectionCode.UNKNOWN_MODEL):
+            replace[name] = _digest(name)
+    for name in (record.sla_class, None if d is None else d.sla_class):
+        if name and name not in policy.sla_classes and not _DIGEST_RE.fullmatch(name) and not (
+                d is not None and name == d.sla_class and d.rejection_code not in _SLA_UNCHECKED):
+            replace[name] = _digest(name)
+    error_code = safe_error_code(record.error_code)
+    if not replace and error_code == record.error_code:
+        return record
+    if d is not None and replace:
+        message = d.rejection_message
+        for raw, safe in replace.items():
+            if message:
+                message = message.replace(raw, safe)
+        fields = {name: getattr(d, name) for name in DECISION_FIELDS}
+        fields.update(model=replace.get(d.model, d.model), sla_class=replace.get(d.sla_class, d.sla_class),
+                      rejection_message=message)
+        d = PlacementDecision(**fields)
+    return dataclasses.replace(
+        record, decision=d, error_code=error_code,
+        model=None if record.model is None else replace.get(record.model, record.model),
+        sla_class=None if record.sla_class is None else replace.get(record.sla_class, record.sla_class))
+
+
+def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, *,
+              recovered_by: str | None = None) -> dict[str, Any]:
+    """The audit row of one finished request: the only function that builds one.
+
+    ``fleet`` and ``policy`` are the config of the replica writing the row. Names are written as
+    ``redacted`` leaves them (a model by its canonical name); with a decision, the tenant, model
+    and SLA class are the decision's. The columns taken from the config (the chosen substrate's
+    class, kind, emulation, jurisdiction, region and zone; the boundary a spillover crossed and its
+    cost against the primary's cost model; the SLA class's deadlines and ``met_sla``; each
+    candidate's static facts in ``decision_json``) are filled only when ``record.config_hash`` is
+    ``policy.policy_hash``: a replica rebuilding another config's record from the journal leaves
+    them null, and a spillover's boundary is then ``jurisdiction`` (unknown is never assumed
+    close). Cost is ``record.cost`` as the answering replica attributed it. ``recovered_by``: the
+    replica rebuilding the row from a journal (``telemetry.journal``), None for the one that answered.
+    """
+    record = redacted(record, fleet, policy)
+    d = record.decision
+    if d is None:
+        tenant, model, sla_class = record.tenant, record.model, record.sla_class
+    else:
+        tenant, model, sla_class = d.tenant, d.model, d.sla_class
     if model is not None:
-        canonical = fleet.model_names.get(model)
-        if canonical is None:
-            redact[model] = _digest(model)
-            model = redact[model]
-        else:
-            model = canonical
-    if sla_class is not None:
-        checked = (sla is not None and sla.name == sla_class) or (
-            decision is not None and decision.rejection_code not in _SLA_UNCHECKED)
-        if not checked:
-            redact[sla_class] = _digest(sla_class)
-            sla_class = redact[sla_class]
-    return model, sla_class, redact
+        model = fleet.model_names.get(model, model)
+    same_config = record.config_hash == policy.policy_hash
+    config_fleet = fleet if same_config else None
+    cost = record.cost
+    row: dict[str, Any] = {
+        "schema_version": AUDIT_SCHEMA_VERSION,
+        "request_id": record.request_id,
+        "placement_id": None,
+        "time": utc(record.received_at_s),
+        "finished_at": utc(record.finished_at_s),
+        "ingress_id": record.ingress_id,
+        "ingress_region": record.ingress_region,
+        "tenant": tenant,
+        "model": model,
+        "sla_class": sla_class,
+        "substrate": None,
+        "substrate_class": None,
+        "substrate_kind": None,
+        "emulated": None,
+        "jurisdiction": None,
+        "region": None,
+        "zone": None,
+        "primary_substrate": None,
+        "spillover": False,
+        "spillover_reason": None,
+        "boundary": "none",
+        "spillover_extra_cost_usd": None,
+        "spillover_extra_cost_actual_usd": None,
+        "candidate_count": 0,
+        "eligible_count": 0,
+        "rejections": None,
+        "rejection_counts": {},
+        "rejection_code": None,
+        "rejection_message": None,
+        "attempts": record.attempts,
+        "status_code": record.status_code,
+        "error_code": record.error_code,
+        "streamed": record.streamed,
+        "ttft_s": record.ttft_s,
+        "e2e_s": record.e2e_s,
+        "tpot_s": record.tpot_s,
+        "input_tokens": record.input_tokens,
+        "output_tokens": record.output_tokens,
+        "cost_usd": None if cost is None else cost.total_usd,
+        "cost_tokens_usd": None if cost is None else cost.tokens_usd,
+        "cost_gpu_usd": None if cost is None else cost.gpu_usd,
+        "cost_egress_usd": None if cost is None else cost.egress_usd,
+        "predicted_ttft_s": None,
+        "predicted_e2e_s": None,
+        "estimated_cost_usd": None,
+        "ttft_deadline_s": None,
+        "e2e_deadline_s": None,
+        "met_sla": None,
+        "snapshot_version": None,
+        "snapshot_age_s": None,
+        "policy_hash": None,
+        "decision_json": None,
+        "recovered_by": recovered_by,
+    }
+    if d is not None:
+        row.update(_decision_columns(d))
+        row["snapshot_age_s"] = record.snapshot_age_s
+        row["decision_json"] = json.dumps(recorded_decision(d, config_fleet), separators=(",", ":"),
+                                          allow_nan=False)
+        if row["spillover"] and not same_config:
+            row["boundary"] = "jurisdiction"
+        chosen = _spec_or_none(config_fleet, d.substrate)
+        if chosen is not None:
+            row.update(substrate_class=chosen.substrate_class, substrate_kind=chosen.kind, emulated=chosen.emulated,
+                       jurisdiction=chosen.jurisdiction, region=chosen.region, zone=chosen.zone)
+            if row["spillover"]:
+                primary = _spec_or_none(config_fleet, d.primary)
+                row["boundary"] = boundary_crossed(primary, chosen)
+                if primary is not None and cost is not None:
+                    on_primary = request_cost(primary, record.input_tokens or 0, record.output_tokens or 0,
+                                              record.e2e_s or 0.0, record.ingress_region)
+                    row["spillover_extra_cost_actual_usd"] = cost.total_usd - on_primary.total_usd
+    sla = policy.sla_classes.get(sla_class) if same_config and sla_class is not None else None
+    if sla is not None:
+        row.update(ttft_deadline_s=sla.ttft_deadline_s, e2e_deadline_s=sla.e2e_deadline_s, met_sla=(
+            record.status_code == 200 and record.ttft_s is not None and record.e2e_s is not None
+            and record.ttft_s <= sla.ttft_deadline_s and record.e2e_s <= sla.e2e_deadline_s))
+    return row
 
 
-def decision_columns(decision: PlacementDecision, redact: Mapping[str, str]) -> dict[str, Any]:
-    """The columns read off the decision itself (no fleet lookup, no JSON): ids, the chosen and
-    primary substrates, the spillover and its estimated extra cost over the primary's estimate,
-    counts, the rejections rolled up, predictions, snapshot and policy. ``redact`` (from
-    ``recorded_names``) is applied to the rejection message."""
+def _decision_columns(decision: PlacementDecision) -> dict[str, Any]:
+    """The columns read off the decision itself: ids, the chosen and primary substrates, the
+    spillover and its estimated extra cost over the primary's estimate, counts, the rejections
+    rolled up, predictions, snapshot and policy."""
     spill = decision.placed and decision.spillover
     rejections, by_code = roll_up_rejections(decision)
-    message = decision.rejection_message
-    for raw, safe in redact.items():
-        if message and raw:
-            message = message.replace(raw, safe)
     extra_estimate = None
     if spill and decision.estimated_cost_usd is not None:
         primary = next((c for c in decision.candidates if c.name == decision.primary), None)
@@ -395,133 +493,13 @@ def decision_columns(decision: PlacementDecision, redact: Mapping[str, str]) -> 
         "rejections": rejections,
         "rejection_counts": by_code,
         "rejection_code": None if decision.rejection_code is None else decision.rejection_code.value,
-        "rejection_message": message,
+        "rejection_message": decision.rejection_message,
         "predicted_ttft_s": decision.predicted_ttft_s,
         "predicted_e2e_s": decision.predicted_e2e_s,
         "estimated_cost_usd": decision.estimated_cost_usd,
         "snapshot_version": decision.snapshot_version,
         "policy_hash": decision.policy_hash,
     }
-
-
-def substrate_columns(fleet: FleetSpec, substrate: str | None, primary: str | None, spillover: bool,
-                      outcome: RequestOutcome, ingress_region: str | None) -> dict[str, Any]:
-    """The columns that come from the fleet's static facts: the chosen substrate's class, kind,
-    emulation, jurisdiction, region and zone; its attributed cost (``request_cost`` with the
-    outcome's tokens and end-to-end time, 0 where unknown); for a spillover, the boundary crossed
-    (``boundary_crossed``) and the cost minus the same work priced by the primary's cost model.
-    Null (boundary ``none``) for a substrate ``fleet`` does not know."""
-    chosen = _spec_or_none(fleet, substrate)
-    out: dict[str, Any] = {
-        "substrate_class": None, "substrate_kind": None, "emulated": None, "jurisdiction": None, "region": None,
-        "zone": None, "boundary": "none", "spillover_extra_cost_actual_usd": None, "cost_usd": None,
-        "cost_tokens_usd": None, "cost_gpu_usd": None, "cost_egress_usd": None,
-    }
-    if chosen is None:
-        return out
-    e2e = outcome.e2e_s if outcome.e2e_s is not None else 0.0
-    in_tok = outcome.input_tokens or 0
-    out_tok = outcome.output_tokens or 0
-    cost = request_cost(chosen, in_tok, out_tok, e2e, ingress_region)
-    out.update(substrate_class=chosen.substrate_class, substrate_kind=chosen.kind, emulated=chosen.emulated,
-               jurisdiction=chosen.jurisdiction, region=chosen.region, zone=chosen.zone, cost_usd=cost.total_usd,
-               cost_tokens_usd=cost.tokens_usd, cost_gpu_usd=cost.gpu_usd, cost_egress_usd=cost.egress_usd)
-    if spillover:
-        primary_spec = _spec_or_none(fleet, primary)
-        out["boundary"] = boundary_crossed(primary_spec, chosen)
-        if primary_spec is not None:
-            on_primary = request_cost(primary_spec, in_tok, out_tok, e2e, ingress_region)
-            out["spillover_extra_cost_actual_usd"] = cost.total_usd - on_primary.total_usd
-    return out
-
-
-def sla_columns(sla: SlaPolicy | None, sla_class: str | None, outcome: RequestOutcome) -> dict[str, Any]:
-    """The deadlines of ``sla`` and ``met_sla`` (200 within both), when ``sla`` is the request's
-    class as written; else null."""
-    if sla is None or sla.name != sla_class:
-        return {"ttft_deadline_s": None, "e2e_deadline_s": None, "met_sla": None}
-    met = (outcome.status_code == 200 and outcome.ttft_s is not None and outcome.e2e_s is not None
-           and outcome.ttft_s <= sla.ttft_deadline_s and outcome.e2e_s <= sla.e2e_deadline_s)
-    return {"ttft_deadline_s": sla.ttft_deadline_s, "e2e_deadline_s": sla.e2e_deadline_s, "met_sla": met}
-
-
-def audit_row(
-    *,
-    request_id: str,
-    ingress_id: str,
-    received_at_s: float,
-    tenant: str | None,
-    model: str | None,
-    sla_class: str | None,
-    decision: PlacementDecision | None,
-    outcome: RequestOutcome,
-    fleet: FleetSpec,
-    ingress_region: str | None,
-    snapshot_age_s: float | None,
-    sla: SlaPolicy | None = None,
-) -> dict[str, Any]:
-    """The audit row of one finished request, derived from its final decision and its outcome.
-
-    ``decision`` is None for a request refused before placement (no valid key: ``tenant`` None;
-    unreadable body; no fleet snapshot); then ``tenant``/``model``/``sla_class`` are what the ingress
-    knew. With a decision, those come from the decision. ``sla`` (the request's SLA class from the
-    policy, when it exists) adds the deadlines and ``met_sla``. Cost is ``request_cost`` on the
-    chosen substrate with the outcome's tokens and end-to-end time.
-    """
-    if decision is not None:
-        tenant, model, sla_class = decision.tenant, decision.model, decision.sla_class
-    model, sla_class, redact = recorded_names(model, sla_class, decision, fleet, sla)
-    row: dict[str, Any] = {
-        "schema_version": AUDIT_SCHEMA_VERSION,
-        "request_id": request_id,
-        "placement_id": None,
-        "time": _utc(received_at_s),
-        "finished_at": _utc(outcome.finished_at_s),
-        "ingress_id": ingress_id,
-        "ingress_region": ingress_region,
-        "tenant": tenant,
-        "model": model,
-        "sla_class": sla_class,
-        "substrate": None,
-        "primary_substrate": None,
-        "spillover": False,
-        "spillover_reason": None,
-        "spillover_extra_cost_usd": None,
-        "candidate_count": 0,
-        "eligible_count": 0,
-        "rejections": None,
-        "rejection_counts": {},
-        "rejection_code": None,
-        "rejection_message": None,
-        "attempts": outcome.attempts,
-        "status_code": outcome.status_code,
-        "error_code": safe_error_code(outcome.error_code),
-        "streamed": outcome.streamed,
-        "ttft_s": outcome.ttft_s,
-        "e2e_s": outcome.e2e_s,
-        "tpot_s": outcome.tpot_s,
-        "input_tokens": outcome.input_tokens,
-        "output_tokens": outcome.output_tokens,
-        "predicted_ttft_s": None,
-        "predicted_e2e_s": None,
-        "estimated_cost_usd": None,
-        "snapshot_version": None,
-        "snapshot_age_s": None,
-        "policy_hash": None,
-        "decision_json": None,
-        "recovered_by": None,
-        **sla_columns(sla, sla_class, outcome),
-    }
-    if decision is None:
-        row.update(substrate_columns(fleet, None, None, False, outcome, ingress_region))
-    else:
-        row.update(decision_columns(decision, redact))
-        row.update(substrate_columns(fleet, decision.substrate, decision.primary, row["spillover"], outcome,
-                                     ingress_region))
-        row["snapshot_age_s"] = snapshot_age_s
-        row["decision_json"] = json.dumps(recorded_decision(decision, fleet, redact), separators=(",", ":"),
-                                          allow_nan=False)
-    return {name: row[name] for name in COLUMNS}
 
 
 # -------------------------------------------------------------------------------------------------

@@ -1,21 +1,22 @@
-"""The write-ahead audit journal: a request's audit facts are on disk before its answer leaves, so an
+"""The write-ahead audit journal: a request's record is on disk before its answer leaves, so an
 ingress replica killed outright (SIGKILL, ``ray.kill``) loses no audit row of a request it answered.
 
 Why: the ingress builds audit rows in its sync thread (building the decision as JSON was ~8 % of
 the request path) and ``AuditLog`` keeps them in memory until its next flush; both buffers die
 with the process. The journal is the part of that path that must not, kept small:
 
-- **Entry** (``journal_entry``): one compact JSON line per finished request: the audit columns read
-  straight off the request, its outcome and its final decision (``decision_columns``: ids,
-  substrates, spillover, counts, rejections rolled up, predictions, snapshot, policy), the times in
-  epoch seconds and the writer's config hash; no fleet lookup and no decision JSON. Names are
-  written as the row writes them (``recorded_names``, ``safe_error_code``), so the journal holds no
-  more client text than the audit log: no key, prompt or completion.
-- **Write** (``Journal.write``, on the request path before the response's last bytes): one
-  ``os.write`` of the line on an ``O_APPEND`` fd. No fsync by default: the line is in the kernel's
-  page cache when ``write`` returns, which survives the process being killed but not the machine
-  losing power; ``fsync=True`` syncs each line (a disk flush per request). A failed write is counted
-  (``failed_writes``), logged once per run of failures, and never fails the request.
+- **Line** (``record_line``): the request's frozen ``plane.record.RequestRecord``, final decision
+  included, as one compact JSON line (the record's fields by name, the decision's by name, each
+  candidate a positional list); ``record_from_line`` reads it back to an equal record. It is not a
+  row: rows are built only by ``audit.audit_row``, from the record, in the sync thread or by
+  recovery. Client text is redacted before the line is written (``audit.redacted`` with the
+  writer's config), so the journal holds no more client text than the audit log: no key, prompt
+  or completion, and an unknown model or SLA-class name only as its digest.
+- **Write** (``Journal.write``, on the request path before the response's last bytes): redact,
+  encode, one ``os.write`` of the line on an ``O_APPEND`` fd. No fsync by default: the line is in
+  the kernel's page cache when ``write`` returns, which survives the process being killed but not
+  the machine losing power; ``fsync=True`` syncs each line (a disk flush per request). A failed
+  write is counted (``failed_writes``), logged once per run of failures, and never fails the request.
 - **Lifecycle**: segments rotate whenever the audit log reports a file written (``written``,
   passed to ``AuditLog`` as ``on_written``); a rotated segment is deleted once every request in it
   has its Parquet row in place. A writer thus keeps one or two segments; ``close`` (after the
@@ -23,21 +24,22 @@ with the process. The journal is the part of that path that must not, kept small
 - **Recovery** (``recover``): an orphan is a segment of this host whose pid no longer runs
   (``os.kill(pid, 0)`` raises ``ProcessLookupError``). A replica claims it by renaming it to a
   segment name of its own (atomic: of two claimants, one rename fails), appends a marker line
-  naming itself, drops the entries whose request already has a row (it reads only the
-  ``request_id`` column of the files of the writers that could have written one: the entries'
-  ingress replicas and every claimant named by a marker), queues rebuilt rows (``recovered_row``)
-  for the rest on its own ``AuditLog`` and tracks the segment as one of its own: deleted once
-  those rows are written. A claimant killed in turn leaves an orphan of its own pid, adopted
-  again, still exactly once. A line cut by a kill mid-write (the file's last, without its newline)
-  or otherwise unreadable is skipped and counted.
+  naming itself, drops the records whose request already has a row (it reads only the
+  ``request_id`` column of the files of the writers that could have written one: the records'
+  ingress replicas and every claimant named by a marker), queues the rows of the rest, built by
+  ``audit_row(record, fleet, policy, recovered_by=...)`` with its own config, on its own
+  ``AuditLog``, and tracks the segment as one of its own: deleted once those rows are written. A
+  claimant killed in turn leaves an orphan of its own pid, adopted again, still exactly once. A
+  line cut by a kill mid-write (the file's last, without its newline) or otherwise unreadable is
+  skipped and counted.
 
-Recovered rows carry ``recovered_by``, the replica that rebuilt them: a new nullable column, as no
-existing one can say "rebuilt" without changing what it means (``ingress_id`` must stay the replica
-that answered; a null ``decision_json`` also marks a request refused before placement). A recovered
-row fills every column but ``decision_json``; the columns derived from the fleet (substrate facts,
-cost, boundary, deadlines, ``met_sla``) come from the recovering replica's config when its policy
-hash equals the entry's, else they are null and a spillover's boundary is ``jurisdiction`` (unknown
-is never assumed close).
+Recovered rows carry ``recovered_by``, the replica that rebuilt them: a nullable column, as no
+other can say "rebuilt" without changing what it means (``ingress_id`` must stay the replica that
+answered). Since the record carries the decision, a recovered row has its ``decision_json`` too.
+The columns ``audit_row`` takes from the config (substrate facts, boundary, deadlines, ``met_sla``,
+each candidate's static facts) are the recovering replica's when its policy hash equals the
+record's ``config_hash``, else null, and a spillover's boundary is then ``jurisdiction`` (unknown
+is never assumed close); cost is the record's, attributed by the replica that answered.
 
 Files: ``DIR/_journal/<writer>@<host>@<pid>@<seq>.jsonl`` beside the audit log's ``DIR/date=...``
 partitions; ``_journal`` is skipped by ``pyarrow.dataset`` (leading ``_``) and by ``read_audit``
@@ -45,10 +47,13 @@ partitions; ``_journal`` is skipped by ``pyarrow.dataset`` (leading ``_``) and b
 alone: on a multi-node cluster sharing one audit directory, each node's segments are recovered by
 an ingress replica on that node (those of a node that never returns wait for an operator). A pid
 reused by a new process keeps a dead writer's segments waiting until that process ends too.
+Lines of an earlier version (``v`` other than ``LINE_VERSION``: version 1 held audit columns, not
+records) are counted as unreadable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -58,105 +63,92 @@ import socket
 import threading
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inferplane.placement.decision import PlacementDecision
+from inferplane.placement.decision import CandidateVerdict, PlacementDecision, SpilloverReason
+from inferplane.placement.filters import RejectionCode
 from inferplane.placement.fleet import FleetSpec
-from inferplane.placement.policy import PlacementPolicy, SlaPolicy
+from inferplane.placement.policy import PlacementPolicy
+from inferplane.plane.record import RequestRecord
 from inferplane.telemetry.audit import (
-    AUDIT_SCHEMA_VERSION,
-    COLUMNS,
+    DECISION_FIELDS,
     WRITER_ID_RE,
     AuditLog,
-    RequestOutcome,
-    decision_columns,
-    recorded_names,
+    audit_row,
+    redacted,
     request_ids,
-    safe_error_code,
-    sla_columns,
-    substrate_columns,
+    utc,
 )
+from inferplane.telemetry.cost import CostBreakdown
 
 log = logging.getLogger("inferplane.journal")
 
 JOURNAL_DIR = "_journal"
-ENTRY_VERSION = 1
-_COLUMN_SET = frozenset(COLUMNS)
+LINE_VERSION = 2
 _SEGMENT_RE = re.compile(r"^(?P<writer>[^@]+)@(?P<host>[^@]+)@(?P<pid>\d+)@(?P<seq>\d{10})\.jsonl$")
 _HOST_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]")
 _YEAR_10000_S = 253_402_300_800
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
+_LINE_KEYS = frozenset(_RECORD_FIELDS) | {"v"}
+_DECISION_KEYS = frozenset(DECISION_FIELDS)
 
 
 # -------------------------------------------------------------------------------------------------
-# Entries and the rows rebuilt from them
+# Lines
 
 
-def journal_entry(
-    *,
-    request_id: str,
-    ingress_id: str,
-    received_at_s: float,
-    tenant: str | None,
-    model: str | None,
-    sla_class: str | None,
-    decision: PlacementDecision | None,
-    outcome: RequestOutcome,
-    fleet: FleetSpec,
-    ingress_region: str | None,
-    snapshot_age_s: float | None,
-    sla: SlaPolicy | None,
-    config_hash: str,
-) -> dict[str, Any]:
-    """The journal entry of one finished request: ``audit_row``'s arguments (the same meaning) reduced
-    to what ``recovered_row`` cannot derive again from the config, plus the writer's ``config_hash``
-    (its policy hash). Keys that are audit columns hold the column's value; the others are ``v``
-    (``ENTRY_VERSION``), ``config``, ``received_at_s`` and ``finished_at_s`` (epoch seconds)."""
-    if decision is not None:
-        tenant, model, sla_class = decision.tenant, decision.model, decision.sla_class
-    model, sla_class, redact = recorded_names(model, sla_class, decision, fleet, sla)
-    entry: dict[str, Any] = {
-        "v": ENTRY_VERSION, "config": config_hash, "request_id": request_id, "received_at_s": received_at_s,
-        "finished_at_s": outcome.finished_at_s, "ingress_id": ingress_id, "ingress_region": ingress_region,
-        "tenant": tenant, "model": model, "sla_class": sla_class, "attempts": outcome.attempts,
-        "status_code": outcome.status_code, "error_code": safe_error_code(outcome.error_code),
-        "streamed": outcome.streamed, "ttft_s": outcome.ttft_s, "e2e_s": outcome.e2e_s,
-        "input_tokens": outcome.input_tokens, "output_tokens": outcome.output_tokens,
-    }
-    if decision is not None:
-        entry.update(decision_columns(decision, redact), snapshot_age_s=snapshot_age_s)
-    return entry
+def record_line(record: RequestRecord) -> bytes:
+    """``record`` as one journal line: compact JSON and a newline. Tuples (the decision's
+    candidates, scores, fallbacks, the cost) are written as lists and enums as their values; raises
+    ``ValueError`` on a NaN or an infinity (JSON has none). Writes ``record`` as it is: ``Journal.write``
+    redacts first."""
+    line = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    d = record.decision
+    if d is not None:
+        line["decision"] = {name: getattr(d, name) for name in DECISION_FIELDS}
+    line["v"] = LINE_VERSION
+    return json.dumps(line, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
-def recovered_row(entry: Mapping[str, Any], *, fleet: FleetSpec, policy: PlacementPolicy,
-                  recovered_by: str) -> dict[str, Any]:
-    """The audit row rebuilt from a journal entry by the replica ``recovered_by``: the entry's
-    columns as they are; ``tpot_s`` from its times; the fleet's columns (``substrate_columns``,
-    ``sla_columns``) when ``policy`` is the config the entry was written under, else null (a
-    spillover's boundary then ``jurisdiction``); ``decision_json`` null. Raises ``KeyError`` or
-    ``TypeError`` on an entry that is not one."""
-    outcome = RequestOutcome(
-        status_code=entry["status_code"], error_code=entry["error_code"], attempts=entry["attempts"],
-        ttft_s=entry["ttft_s"], e2e_s=entry["e2e_s"], input_tokens=entry["input_tokens"],
-        output_tokens=entry["output_tokens"], streamed=entry["streamed"], finished_at_s=entry["finished_at_s"])
-    row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row.update(spillover=False, boundary="none", candidate_count=0, eligible_count=0, rejection_counts={})
-    row.update((k, v) for k, v in entry.items() if k in _COLUMN_SET)
-    row.update(schema_version=AUDIT_SCHEMA_VERSION, time=_utc(entry["received_at_s"]),
-               finished_at=_utc(outcome.finished_at_s), tpot_s=outcome.tpot_s, decision_json=None,
-               recovered_by=recovered_by)
-    if entry["config"] == policy.policy_hash:
-        row.update(substrate_columns(fleet, row["substrate"], row["primary_substrate"], row["spillover"], outcome,
-                                     row["ingress_region"]))
-        row.update(sla_columns(policy.sla_classes.get(row["sla_class"] or ""), row["sla_class"], outcome))
-    elif row["spillover"]:
-        row["boundary"] = "jurisdiction"
-    return row
+def record_from_line(obj: Mapping[str, Any]) -> RequestRecord:
+    """The record a ``record_line`` (parsed as JSON) holds. Raises ``ValueError`` (or ``KeyError``,
+    ``TypeError``) on anything else: another version, missing or extra fields, a receipt time that
+    is not a time."""
+    if not isinstance(obj, dict) or obj.get("v") != LINE_VERSION or obj.keys() != _LINE_KEYS:
+        raise ValueError("not a journal line of this version")
+    if not isinstance(obj["request_id"], str) or not isinstance(obj["ingress_id"], str):
+        raise TypeError("request_id and ingress_id must be strings")
+    for key in ("received_at_s", "finished_at_s"):
+        t = obj[key]
+        if not (isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t < _YEAR_10000_S):
+            raise ValueError(f"{key} is not a time")
+    fields = {name: obj[name] for name in _RECORD_FIELDS}
+    if fields["decision"] is not None:
+        fields["decision"] = _decision_from_line(fields["decision"])
+    if fields["cost"] is not None:
+        fields["cost"] = CostBreakdown(*fields["cost"])
+    return RequestRecord(**fields)
 
 
-def _utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)
+def _decision_from_line(obj: Mapping[str, Any]) -> PlacementDecision:
+    if not isinstance(obj, dict) or obj.keys() != _DECISION_KEYS:
+        raise ValueError("not a decision")
+    fields = dict(obj)
+    reason, code = fields["spillover_reason"], fields["rejection_code"]
+    fields.update(
+        fallbacks=tuple(fields["fallbacks"]), scorer_names=tuple(fields["scorer_names"]),
+        spillover_reason=None if reason is None else SpilloverReason(reason),
+        rejection_code=None if code is None else RejectionCode(code),
+        candidates=tuple(_candidate(c) for c in fields["candidates"]),
+    )
+    return PlacementDecision(**fields)
+
+
+def _candidate(values: list) -> CandidateVerdict:
+    c = CandidateVerdict(*values)
+    return c._replace(code=None if c.code is None else RejectionCode(c.code),
+                      scores=None if c.scores is None else tuple(c.scores))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -203,17 +195,18 @@ def this_host() -> str:
 
 @dataclass(frozen=True, slots=True)
 class SegmentContents:
-    entries: list[dict[str, Any]]
+    records: list[RequestRecord]
     writers: set[str]
-    """Every writer that may have written a row for an entry: the entries' ingress replicas and the
+    """Every writer that may have written a row for a record: the records' ingress replicas and the
     claimants named by markers."""
     bad_lines: int
 
 
 def read_segment(path: Path) -> SegmentContents:
-    """The entries of a segment. A line cut by a kill mid-write is not JSON (the object lacks its
-    end); it, and any line that is neither an entry nor a marker, is counted in ``bad_lines``."""
-    entries: list[dict[str, Any]] = []
+    """The records of a segment, in the order written. A line cut by a kill mid-write is not JSON
+    (the object lacks its end); it, and any line that is neither a record (``record_from_line``)
+    nor a marker, is counted in ``bad_lines``."""
+    records: list[RequestRecord] = []
     writers: set[str] = set()
     bad = 0
     for piece in path.read_bytes().split(b"\n"):
@@ -224,23 +217,20 @@ def read_segment(path: Path) -> SegmentContents:
         except ValueError:
             bad += 1
             continue
-        if _is_entry(obj):
-            entries.append(obj)
-            writers.add(str(obj.get("ingress_id")))
-        elif isinstance(obj, dict) and isinstance(obj.get("adopted_by"), str):
-            writers.add(obj["adopted_by"])
-        else:
+        if isinstance(obj, dict) and "adopted_by" in obj:
+            if isinstance(obj["adopted_by"], str):
+                writers.add(obj["adopted_by"])
+            else:
+                bad += 1
+            continue
+        try:
+            record = record_from_line(obj)
+        except (KeyError, TypeError, ValueError):
             bad += 1
-    return SegmentContents(entries, writers, bad)
-
-
-def _is_entry(obj: object) -> bool:
-    """A journal entry of this version, with a request id and a receipt time that is a time (what
-    recovery needs to look its row up; ``recovered_row`` checks the rest)."""
-    if not (isinstance(obj, dict) and obj.get("v") == ENTRY_VERSION and isinstance(obj.get("request_id"), str)):
-        return False
-    t = obj.get("received_at_s")
-    return isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t < _YEAR_10000_S
+            continue
+        records.append(record)
+        writers.add(record.ingress_id)
+    return SegmentContents(records, writers, bad)
 
 
 @dataclass(slots=True, eq=False)
@@ -252,18 +242,23 @@ class _Segment:
 class Journal:
     """One writer's journal segments under ``<audit_dir>/_journal/`` (see the module docstring).
 
-    ``write`` runs on the request path; ``written`` is the ``AuditLog``'s ``on_written``; ``claim``
-    and ``adopt`` serve ``recover``. All are thread-safe. ``host`` and ``pid`` default to this
-    process's (tests pass others to stand in for a writer on another host or a dead one).
+    ``fleet`` and ``policy`` are the writer's config: ``write`` redacts each record with them, and
+    ``recover`` builds the rows of adopted records with them. ``write`` runs on the request path;
+    ``written`` is the ``AuditLog``'s ``on_written``; ``claim`` and ``adopt`` serve ``recover``. All
+    are thread-safe. ``host`` and ``pid`` default to this process's (tests pass others to stand in
+    for a writer on another host or a dead one).
     """
 
-    def __init__(self, audit_dir: str | os.PathLike[str], writer_id: str, *, fsync: bool = False,
-                 host: str | None = None, pid: int | None = None) -> None:
+    def __init__(self, audit_dir: str | os.PathLike[str], writer_id: str, *, fleet: FleetSpec,
+                 policy: PlacementPolicy, fsync: bool = False, host: str | None = None,
+                 pid: int | None = None) -> None:
         if not WRITER_ID_RE.fullmatch(writer_id):
             raise ValueError(f"writer_id {writer_id!r} must match {WRITER_ID_RE.pattern}")
         self._dir = Path(audit_dir) / JOURNAL_DIR
         self._dir.mkdir(parents=True, exist_ok=True)
         self._writer = writer_id
+        self.fleet = fleet
+        self.policy = policy
         self._host = this_host() if host is None else _HOST_UNSAFE_RE.sub("_", host)
         self._pid = os.getpid() if pid is None else pid
         self._fsync = fsync
@@ -296,12 +291,13 @@ class Journal:
             return [s.path for s in ([self._open] if self._open else []) + self._rotated]
 
     # -- the request path --------------------------------------------------------------------
-    def write(self, entry: Mapping[str, Any]) -> None:
-        """Append ``entry`` (a ``journal_entry``) as one line. When this returns the line survives a
-        kill of this process (a power loss only with ``fsync``). Never raises."""
+    def write(self, record: RequestRecord) -> None:
+        """Append ``record``, redacted (``audit.redacted``), as one line (``record_line``). When this
+        returns the line survives a kill of this process (a power loss only with ``fsync``). Never
+        raises."""
         try:
-            rid = entry["request_id"]
-            line = json.dumps(entry, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+            rid = record.request_id
+            line = record_line(redacted(record, self.fleet, self.policy))
             with self._lock:
                 if self._fd is None:
                     self._open_locked()
@@ -316,7 +312,7 @@ class Journal:
                 self._open.unwritten.add(rid)
                 self._where[rid] = self._open
                 self._failing = False
-        except (OSError, KeyError, TypeError, ValueError) as exc:
+        except (OSError, AttributeError, TypeError, ValueError) as exc:
             with self._lock:
                 self._failed_writes += 1
                 first, self._failing = not self._failing, True
@@ -413,17 +409,18 @@ class Recovery:
     rows: int = 0
     """Rows rebuilt and queued on the audit log."""
     already_written: int = 0
-    """Entries whose request already had a row."""
+    """Records whose request already had a row."""
     bad_lines: int = 0
-    """Lines skipped: cut by a kill mid-write, unreadable, or not an entry ``recovered_row`` takes."""
+    """Lines skipped: cut by a kill mid-write, unreadable, or a record ``audit_row`` cannot take."""
 
 
-def recover(journal: Journal, audit: AuditLog, fleet: FleetSpec, policy: PlacementPolicy) -> Recovery:
-    """Adopt every orphan segment of this host: queue on ``audit`` a rebuilt row for each entry whose
-    request has no row yet (exactly once per request), and have ``journal`` delete the segment once
-    they are written. ``fleet`` and ``policy`` are the recovering replica's config. An exception
-    after a claim (an unreadable Parquet file, say) leaves the segment claimed by ``journal``'s
-    writer, to be adopted again once this process has ended."""
+def recover(journal: Journal, audit: AuditLog) -> Recovery:
+    """Adopt every orphan segment of this host: queue on ``audit`` the row (``audit_row`` with the
+    journal's ``fleet`` and ``policy``, ``recovered_by`` its writer) of each record whose request
+    has no row yet (exactly once per request; the last record of a request id if it has several),
+    and have ``journal`` delete the segment once they are written. An exception after a claim (an
+    unreadable Parquet file, say) leaves the segment claimed by ``journal``'s writer, to be
+    adopted again once this process has ended."""
     segments = rows_queued = already = bad = 0
     for orphan in journal.orphans():
         claimed = journal.claim(orphan)
@@ -432,17 +429,17 @@ def recover(journal: Journal, audit: AuditLog, fleet: FleetSpec, policy: Placeme
         segments += 1
         contents = read_segment(claimed)
         bad += contents.bad_lines
-        latest = {e["request_id"]: e for e in contents.entries}
-        days = {_utc(e["received_at_s"]).date() for e in latest.values()}
+        latest = {r.request_id: r for r in contents.records}
+        days = {utc(r.received_at_s).date() for r in latest.values()}
         have = request_ids(audit.directory, contents.writers | {journal.writer}, days)
         rows = []
-        for rid, entry in latest.items():
+        for rid, record in latest.items():
             if rid in have:
                 already += 1
                 continue
             try:
-                rows.append(recovered_row(entry, fleet=fleet, policy=policy, recovered_by=journal.writer))
-            except (KeyError, TypeError, ValueError, OverflowError):
+                rows.append(audit_row(record, journal.fleet, journal.policy, recovered_by=journal.writer))
+            except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
                 bad += 1
         journal.adopt(claimed, [r["request_id"] for r in rows])  # before the rows can be written
         for row in rows:

@@ -20,7 +20,8 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
   ``RejectionCode`` (``jurisdiction``, ``context_window``, ``capacity``, ``unhealthy``...), or the
   ingress's own (``auth``, ``invalid``, ``snapshot_stale``; see ``rejection_code_for``).
 - ``inferplane_requests_total{tenant,model,sla_class,substrate,outcome}``: finished requests that
-  ran on a substrate, ``outcome`` ``ok`` or ``error``.
+  ran on a substrate, ``outcome`` ``ok`` or ``error``. This and the per-request metrics below are
+  a function of the request's ``RequestRecord`` (``MetricsDelta.record_request``).
 - ``inferplane_input_tokens_total`` / ``inferplane_output_tokens_total{tenant,substrate}``.
 - ``inferplane_cost_usd_total{tenant,substrate}``: attributed cost (``telemetry.cost``).
 - ``inferplane_placement_duration_seconds{result}``: time in ``place()`` (histogram).
@@ -69,6 +70,7 @@ from inferplane.placement.fleet import FleetSpec
 from inferplane.placement.policy import PlacementPolicy
 from inferplane.placement.signals import CircuitState
 from inferplane.placement.snapshot import FleetSnapshot
+from inferplane.plane.record import RequestRecord
 
 PREFIX = "inferplane_"
 METRICS_PORT = 9464
@@ -279,31 +281,33 @@ class MetricsDelta:
         with self._lock:
             self._inc("rejections", (code, tenant, model))
 
-    def record_spillover(self, from_substrate: str, to_substrate: str, reason: SpilloverReason | str) -> None:
-        """A spillover decided outside ``record_decision`` (``record_decision`` counts its own)."""
+    def record_request(self, record: RequestRecord) -> None:
+        """A finished request, from its record; call it once per request, when it ends (the
+        attempts' placements are ``record_decision``'s). Refused before placement: a rejection under
+        ``rejection_code_for`` its error code. Placed: the request under ``ok`` (a 200) or
+        ``error``, its tokens and attributed cost (``record.cost``), its end-to-end time when it
+        succeeded (a fast failure is not a fast answer), TTFT and TPOT whenever known. A decision
+        that placed nothing was counted by ``record_decision``."""
+        d = record.decision
+        if d is None:
+            self.record_rejection(rejection_code_for(record.error_code or "invalid"), record.tenant, record.model)
+            return
+        if not d.placed:
+            return
+        substrate, tenant, sla_class = d.substrate, d.tenant, d.sla_class
+        ok = record.status_code == 200
+        tpot_s = record.tpot_s
         with self._lock:
-            self._inc("spillovers", (from_substrate, to_substrate,
-                                     reason.value if isinstance(reason, SpilloverReason) else reason))
-
-    def record_outcome(
-        self, substrate: str | None, tenant: str | None, model: str | None, sla_class: str | None, ok: bool,
-        ttft_s: float | None, e2e_s: float | None, tpot_s: float | None, input_tokens: int | None,
-        output_tokens: int | None, cost_usd: float | None,
-    ) -> None:
-        """A finished request that ran on ``substrate``. End-to-end time is observed for successful
-        requests only (a fast failure is not a fast answer); TTFT and TPOT whenever known."""
-        with self._lock:
-            self._inc("requests", (tenant, model, sla_class, substrate, "ok" if ok else "error"))
-            if ok and e2e_s is not None:
-                self._observe("request_duration_seconds", (substrate, sla_class), e2e_s)
-            if ttft_s is not None:
-                self._observe("time_to_first_token_seconds", (substrate, sla_class), ttft_s)
+            self._inc("requests", (tenant, d.model, sla_class, substrate, "ok" if ok else "error"))
+            if ok and record.e2e_s is not None:
+                self._observe("request_duration_seconds", (substrate, sla_class), record.e2e_s)
+            if record.ttft_s is not None:
+                self._observe("time_to_first_token_seconds", (substrate, sla_class), record.ttft_s)
             if tpot_s is not None:
                 self._observe("time_per_output_token_seconds", (substrate,), tpot_s)
-            self._inc("input_tokens", (tenant, substrate), float(input_tokens or 0))
-            self._inc("output_tokens", (tenant, substrate), float(output_tokens or 0))
-            if cost_usd is not None:
-                self._inc("cost_usd", (tenant, substrate), cost_usd)
+            self._inc("input_tokens", (tenant, substrate), float(record.input_tokens or 0))
+            self._inc("output_tokens", (tenant, substrate), float(record.output_tokens or 0))
+            self._inc("cost_usd", (tenant, substrate), 0.0 if record.cost is None else record.cost.total_usd)
 
     def record_audit_dropped(self, rows: int) -> None:
         with self._lock:

@@ -92,6 +92,7 @@ _YEAR_10000_S = 253_402_300_800
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 _LINE_KEYS = frozenset(_RECORD_FIELDS) | {"v"}
 _DECISION_KEYS = frozenset(DECISION_FIELDS)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: not per request
 
 
 # -------------------------------------------------------------------------------------------------
@@ -99,22 +100,22 @@ _DECISION_KEYS = frozenset(DECISION_FIELDS)
 
 
 def record_line(record: RequestRecord) -> bytes:
-    """``record`` as one journal line: compact JSON and a newline. Tuples (the decision's
-    candidates, scores, fallbacks, the cost) are written as lists and enums as their values; raises
-    ``ValueError`` on a NaN or an infinity (JSON has none). Writes ``record`` as it is: ``Journal.write``
-    redacts first."""
+    """``record`` as one journal line: compact JSON and a newline, the record's and its decision's
+    fields by name (tuples, the candidates and the cost included, as lists; enums as their values;
+    floats in their shortest exact form). Raises ``ValueError`` on a NaN or an infinity (JSON has
+    none). Writes ``record`` as it is: ``Journal.write`` redacts first."""
     line = {name: getattr(record, name) for name in _RECORD_FIELDS}
     d = record.decision
     if d is not None:
         line["decision"] = {name: getattr(d, name) for name in DECISION_FIELDS}
     line["v"] = LINE_VERSION
-    return json.dumps(line, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return _ENCODER.encode(line).encode() + b"\n"
 
 
 def record_from_line(obj: Mapping[str, Any]) -> RequestRecord:
     """The record a ``record_line`` (parsed as JSON) holds. Raises ``ValueError`` (or ``KeyError``,
     ``TypeError``) on anything else: another version, missing or extra fields, a receipt time that
-    is not a time."""
+    is not a time, a candidate of another shape."""
     if not isinstance(obj, dict) or obj.get("v") != LINE_VERSION or obj.keys() != _LINE_KEYS:
         raise ValueError("not a journal line of this version")
     if not isinstance(obj["request_id"], str) or not isinstance(obj["ingress_id"], str):

@@ -39,9 +39,10 @@ from inferplane.placement.decision import (
 )
 from inferplane.placement.estimate import Estimate, estimate
 from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejection, RejectionCode
-from inferplane.placement.fleet import FleetSpec, SubstrateSpec
-from inferplane.placement.plan import RoutePlan, route_plan, scoring
-from inferplane.placement.policy import PlacementPolicy
+from inferplane.placement.fleet import FleetSpec, ModelRoute, SubstrateSpec
+from inferplane.placement.plan import RoutePlan, fast_positions, route_plan, scoring
+from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
+from inferplane.placement.prepared import PreparedSubstrate
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import Scorer
 from inferplane.placement.signals import SubstrateSignals
@@ -88,31 +89,64 @@ def _rejected(name: str, rejection: Rejection) -> CandidateVerdict:
                             None, 0.0, None, None, None, False)
 
 
-def _verdicts(ctx: PlacementContext, fleet: FleetSpec, snapshot: FleetSnapshot, rp: RoutePlan,
-              scorers: tuple[Scorer, ...], results: list) -> tuple[CandidateVerdict, ...]:
-    """Every serving substrate's verdict, in the route's order. ``results[pos]`` belongs to
-    ``rp.admitted[pos]``: a ``CandidateVerdict`` the specification worked out, or the numbers
-    ``(total, ttft_s, e2e_s, cost_usd)`` the arithmetic found for an eligible substrate; its
-    per-scorer breakdown is the specification's scorers on that estimate."""
+def _context(request: PlacementRequest, tenant: TenantPolicy, sla: SlaPolicy, route: ModelRoute,
+             policy: PlacementPolicy, over_budget_classes: frozenset[str] | None) -> PlacementContext:
+    return PlacementContext(request, tenant, sla, route, policy, policy.spill_classes(route.name),
+                            request.arrived_at_s, policy.signal_staleness_bound_s, over_budget_classes)
+
+
+def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, sla: SlaPolicy,
+                cost_reference_usd_per_token: float) -> tuple[float, float, float, tuple[float, ...]]:
+    """(ttft_s, e2e_s, cost_usd, scores in ``FAST_SCORER_ORDER``) of a substrate whose readings
+    are all fresh: ``estimate.estimate`` and the scorers, with the same float operations. The loop
+    in ``place`` performs these same lines inline (a call per candidate would cost more than them)."""
+    n_in, n_out = request.input_tokens, request.max_output_tokens
+    region, zone = request.ingress_region, request.ingress_zone
+    prefill_s = n_in / e.prefill_tokens_per_s
+    decode_s = n_out * e.per_token_s
+    if e.queue_factor:
+        ttft = e.fixed_s + e.queue_factor * (prefill_s + decode_s) + prefill_s
+    else:
+        ttft = e.fixed_s + prefill_s
+    if e.ttft_floor_s > ttft:
+        ttft = e.ttft_floor_s
+    e2e = ttft + decode_s
+    cost = n_in * e.usd_per_input_token + n_out * e.usd_per_output_token
+    cost += e.usd_per_slot_second * e2e
+    if e.egress_usd_per_byte and e.region != region:
+        cost += (n_in + n_out) * 4 * e.egress_usd_per_byte
+    a = 1.0 - ttft / sla.ttft_deadline_s
+    b = 1.0 - e2e / sla.e2e_deadline_s
+    latency = a if a < b else b
+    tokens = n_in + n_out
+    r = cost_reference_usd_per_token
+    local = 1.0 if zone is not None and e.zone == zone else 0.5 if region is not None and e.region == region else 0.0
+    scores = (latency if latency > 0.0 else 0.0, e.queue_score, e.memory_score,
+              r / (r + cost / (tokens if tokens > 0 else 1)), local, e.reserved_score)
+    return ttft, e2e, cost, scores
+
+
+def _verdicts(request: PlacementRequest, sla: SlaPolicy, policy: PlacementPolicy, fleet: FleetSpec,
+              snapshot: FleetSnapshot, rp: RoutePlan, fast_positions: tuple[int, ...],
+              negated: list[float], by_specification: dict[int, CandidateVerdict]) -> tuple[CandidateVerdict, ...]:
+    """Every serving substrate's verdict, in the route's order. For the admitted one at position
+    ``pos``: ``by_specification[pos]`` when the filters and scorers themselves evaluated it,
+    otherwise it was eligible by arithmetic with total ``-negated[pos]``."""
     out = []
     pos = 0
-    sla = ctx.sla
     for idx, rejection in rp.verdicts:
-        spec = fleet.substrates[idx]
         if rejection is not None:
-            out.append(_rejected(spec.name, rejection))
+            out.append(_rejected(fleet.substrates[idx].name, rejection))
             continue
-        r = results[pos]
+        verdict = by_specification.get(pos)
+        if verdict is None:
+            ttft, e2e, cost, scores = _arithmetic(snapshot.prepared[idx], request, sla,
+                                                  policy.cost_reference_usd_per_token)
+            verdict = CandidateVerdict(
+                fleet.substrates[idx].name, True, None, None, None, tuple([scores[i] for i in fast_positions]),
+                -negated[pos], ttft, e2e, cost, ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s)
+        out.append(verdict)
         pos += 1
-        if type(r) is CandidateVerdict:
-            out.append(r)
-            continue
-        total, ttft, e2e, cost = r
-        est = Estimate(ttft, e2e, cost, snapshot.prepared[idx].occupancy)
-        sig = snapshot.signals[idx]
-        scores = tuple([s.score(ctx, spec, sig, est) for s in scorers])
-        out.append(CandidateVerdict(spec.name, True, None, None, None, scores, total, ttft, e2e, cost,
-                                    ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s))
     return tuple(out)
 
 
@@ -167,39 +201,33 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     rp = None if plan is None else plan.routes.get((tenant.name, route.name))
     if rp is None:
         rp = route_plan(fleet, policy, tenant, route)
-    bound = policy.signal_staleness_bound_s
-    now = request.arrived_at_s
-    ctx = PlacementContext(request, tenant, sla, route, policy, policy.spill_classes(route.name), now, bound,
-                           over_budget_classes)
     ttft_deadline, e2e_deadline = sla.ttft_deadline_s, sla.e2e_deadline_s
-    n_in, n_out = request.input_tokens, request.max_output_tokens
-    needed = n_in + n_out
-    per_token_of = needed if needed > 0 else 1
-    region, zone = request.ingress_region, request.ingress_zone
-    exclude = request.exclude
-    require_labels, allowed = policy.require_node_labels, tenant.allowed_countries
-    factor = policy.slow_drop_factor
-    ttft_cut, e2e_cut = (_INF, _INF) if factor is None else (factor * ttft_deadline, factor * e2e_deadline)
-    cost_ref = policy.cost_reference_usd_per_token
-    arithmetic = fast_weights is not None and over_budget_classes is None and not policy.external_rules
-    if arithmetic:
-        w_lat, w_queue, w_memory, w_cost, w_local, w_reserved = fast_weights
     prepared, signals, substrates = snapshot.prepared, snapshot.signals, fleet.substrates
-    names = rp.names
+    ctx = None  # only the specification's path needs one
+    negated: list[float] = []  # per admitted substrate: -total when eligible, +inf when not
+    numbers: list[tuple] = []  # per admitted substrate: (ttft_s, e2e_s, cost_usd), None when not estimated
+    by_specification: dict[int, CandidateVerdict] = {}
 
-    results: list = []  # per admitted substrate, see ``_verdicts``
-    eligible: list[int] = []  # positions in ``results``
-    negated: list[float] = []  # -total of each eligible one
-    for pos, idx in enumerate(rp.admitted):
-        if arithmetic:
-            (oldest, clear, tokens_left, nodes, unlabelled, _, fixed_s, prefill_rate, per_token_s, queue_factor,
-             ttft_floor, usd_in, usd_out, usd_slot_s, egress, s_region, s_zone, queue_score, memory_score,
-             reserved_score) = prepared[idx]
-            if (clear and now - oldest <= bound and needed <= rp.windows[pos] and needed <= tokens_left
-                    and not (exclude and names[pos] in exclude)
-                    and not ((require_labels and (nodes is None or unlabelled))
-                             or (nodes is not None and not (nodes and nodes <= allowed)))):
-                # estimate.estimate, with every reading fresh (prepared.py)
+    if fast_weights is not None and over_budget_classes is None and not policy.external_rules:
+        now, bound = request.arrived_at_s, policy.signal_staleness_bound_s
+        n_in, n_out = request.input_tokens, request.max_output_tokens
+        needed = n_in + n_out
+        per_token_of = needed if needed > 0 else 1
+        region, zone = request.ingress_region, request.ingress_zone
+        exclude = request.exclude
+        require_labels, allowed = policy.require_node_labels, tenant.allowed_countries
+        factor = policy.slow_drop_factor
+        ttft_cut, e2e_cut = (_INF, _INF) if factor is None else (factor * ttft_deadline, factor * e2e_deadline)
+        cost_ref = policy.cost_reference_usd_per_token
+        w_lat, w_queue, w_memory, w_cost, w_local, w_reserved = fast_weights
+        for idx, window, name in rp.admitted:
+            e = prepared[idx]
+            if (e[1] and now - e[0] <= bound and needed <= window and needed <= e[2]
+                    and (e[3] is None or e[3] <= allowed) and (e[4] or not require_labels)
+                    and not (exclude and name in exclude)):
+                (_, _, _, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, usd_in, usd_out,
+                 usd_slot_s, egress, s_region, s_zone, queue_score, memory_score, reserved_score, _) = e
+                # The lines of ``_arithmetic``, inline.
                 prefill_s = n_in / prefill_rate
                 decode_s = n_out * per_token_s
                 if queue_factor:
@@ -214,61 +242,66 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                     cost += usd_slot_s * e2e
                     if egress and s_region != region:
                         cost += needed * 4 * egress
-                    # The scorers, summed in the policy's order (plan.FAST_SCORER_ORDER).
                     a = 1.0 - ttft / ttft_deadline
                     b = 1.0 - e2e / e2e_deadline
-                    latency_score = a if a < b else b
-                    latency_score = latency_score if latency_score > 0.0 else 0.0
-                    c = cost / per_token_of
-                    local = (1.0 if zone is not None and s_zone == zone
-                             else 0.5 if region is not None and s_region == region else 0.0)
-                    total = (w_lat * latency_score + w_queue * queue_score + w_memory * memory_score
-                             + w_cost * (cost_ref / (cost_ref + c)) + w_local * local + w_reserved * reserved_score)
-                    results.append((total, ttft, e2e, cost))
-                    eligible.append(pos)
-                    negated.append(-total)
+                    latency = a if a < b else b
+                    numbers.append((ttft, e2e, cost))
+                    # The weighted scores, summed in the policy's order (plan.FAST_SCORER_ORDER).
+                    negated.append(-(
+                        w_lat * (latency if latency > 0.0 else 0.0) + w_queue * queue_score
+                        + w_memory * memory_score + w_cost * (cost_ref / (cost_ref + cost / per_token_of))
+                        + w_local * (1.0 if zone is not None and s_zone == zone
+                                     else 0.5 if region is not None and s_region == region else 0.0)
+                        + w_reserved * reserved_score))
                     continue
-        verdict = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
-        results.append(verdict)
-        if verdict.eligible:
-            eligible.append(pos)
-            negated.append(-verdict.total)
+            if ctx is None:
+                ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
+            verdict = by_specification[len(negated)] = evaluate(ctx, substrates[idx], signals[idx], scorers,
+                                                                 weights)
+            negated.append(-verdict.total if verdict.eligible else _INF)
+            numbers.append(verdict[7:10])
+    else:
+        ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
+        for idx, _, _ in rp.admitted:
+            verdict = by_specification[len(negated)] = evaluate(ctx, substrates[idx], signals[idx], scorers,
+                                                                 weights)
+            negated.append(-verdict.total if verdict.eligible else _INF)
+            numbers.append(verdict[7:10])
 
-    verdicts = partial(_verdicts, ctx, fleet, snapshot, rp, scorers, results)
-    if not eligible:
+    positions = fast_positions(scorer_names) if fast_weights is not None else ()
+    verdicts = partial(_verdicts, request, sla, policy, fleet, snapshot, rp, positions, negated, by_specification)
+    ineligible = negated.count(_INF)
+    eligible_count = len(negated) - ineligible
+    if not eligible_count:
         candidates = verdicts()
         code, message = roll_up(candidates, route.name)
         return refuse(code, message, route.name, route.primary, candidates)
 
-    if len(set(negated)) == len(negated):
-        order = sorted(range(len(eligible)), key=negated.__getitem__)
-    else:  # equal totals: broken by a key derived from the request id
+    ranked = sorted(range(len(negated)), key=negated.__getitem__)
+    del ranked[eligible_count:]
+    if len(set(negated)) - (1 if ineligible else 0) < eligible_count:
+        # Equal totals: broken by a key derived from the request id (stable: then by position).
         seed = zlib.crc32(request.request_id.encode())
         admitted = rp.admitted
-        order = sorted(range(len(eligible)),
-                       key=lambda k: (negated[k], _tie_key(seed, admitted[eligible[k]])))
-    ranked = [eligible[k] for k in order]
+        ranked.sort(key=lambda p: (negated[p], _tie_key(seed, admitted[p][0])))
 
     primary = rp.primary
-    primary_meets = False
     primary_rejection = rp.primary_rejection
+    primary_meets = False
     if primary >= 0:
-        r = results[primary]
-        if type(r) is CandidateVerdict:
-            primary_meets = r.meets_sla
-            if r.code is not None:
-                primary_rejection = r
+        verdict = by_specification.get(primary)
+        if verdict is None:  # eligible by arithmetic
+            ttft, e2e, _ = numbers[primary]
+            primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
         else:
-            primary_meets = r[1] <= ttft_deadline and r[2] <= e2e_deadline
-    if policy.spillover_mode == "on_need" and primary_meets:  # meets_sla implies eligible
+            primary_meets = verdict.meets_sla
+            if verdict.code is not None:
+                primary_rejection = verdict
+    if policy.spillover_mode == "on_need" and primary_meets and ranked[0] != primary:  # meets: eligible
         ranked.remove(primary)
         ranked.insert(0, primary)
     chosen = ranked[0]
-    r = results[chosen]
-    if type(r) is CandidateVerdict:
-        ttft, e2e, cost = r.ttft_s, r.e2e_s, r.cost_usd
-    else:
-        _, ttft, e2e, cost = r
+    ttft, e2e, cost = numbers[chosen]
 
     spillover = chosen != primary
     reason = None
@@ -282,8 +315,9 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         else:
             reason = SpilloverReason.PRIMARY_OUTSCORED
 
+    names = rp.names
     return PlacementDecision.deferred(
         (placement_id(request.request_id, request.attempt), request.request_id, request.attempt, tenant.name,
          route.name, sla.name, names[chosen], tuple([names[p] for p in ranked[1:]]), route.primary, spillover,
          reason, scorer_names, ttft, e2e, cost, None, None, policy.policy_hash, snapshot.version),
-        verdicts, len(eligible))
+        verdicts, eligible_count)

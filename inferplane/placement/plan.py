@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -40,10 +41,9 @@ class RoutePlan:
 
     verdicts: tuple[tuple[int, Rejection | None], ...]
     """(substrate index, static filters' first rejection or None) for every serving substrate."""
-    admitted: tuple[int, ...]
-    """Indices of those the static filters admit: the only ones the per-request work looks at."""
-    windows: tuple[int, ...]
-    """The model's context window on each admitted substrate (aligned with ``admitted``)."""
+    admitted: tuple[tuple[int, int, str], ...]
+    """(index, the model's context window there, name) of each substrate the static filters admit:
+    the only ones the per-request work looks at."""
     names: tuple[str, ...]
     """Each admitted substrate's name (aligned with ``admitted``)."""
     primary: int
@@ -89,6 +89,12 @@ def scoring(policy: PlacementPolicy) -> tuple[tuple[str, ...], tuple[Scorer, ...
     return names, tuple(SCORERS[n] for n in names), weights, fast
 
 
+@cache
+def fast_positions(scorer_names: tuple[str, ...]) -> tuple[int, ...]:
+    """Where each of ``scorer_names`` sits in ``FAST_SCORER_ORDER``."""
+    return tuple(FAST_SCORER_ORDER.index(n) for n in scorer_names)
+
+
 def route_plan(fleet: FleetSpec, policy: PlacementPolicy, tenant: TenantPolicy, route: ModelRoute) -> RoutePlan:
     """The static filters' verdicts for ``tenant`` on the substrates serving ``route``. They read
     only the tenant, the route and the substrates' specs, so any request will do for the context."""
@@ -109,8 +115,8 @@ def route_plan(fleet: FleetSpec, policy: PlacementPolicy, tenant: TenantPolicy, 
     names = tuple(fleet.substrates[i].name for i in admitted)
     return RoutePlan(
         verdicts=tuple(verdicts),
-        admitted=admitted,
-        windows=tuple(fleet.substrates[i].context_windows.get(route.name, 0) for i in admitted),
+        admitted=tuple((i, fleet.substrates[i].context_windows.get(route.name, 0), fleet.substrates[i].name)
+                       for i in admitted),
         names=names,
         primary=names.index(route.primary) if route.primary in names else -1,
         primary_serves=any(fleet.substrates[i].name == route.primary for i, _ in verdicts),

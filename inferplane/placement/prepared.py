@@ -36,20 +36,21 @@ _INF = float("inf")
 
 
 class PreparedSubstrate(NamedTuple):
-    """One substrate's request-independent numbers in one snapshot (fields as in the module doc)."""
+    """One substrate's request-independent numbers in one snapshot (fields as in the module doc).
+    The engine reads the first five to decide whether arithmetic may decide the substrate."""
 
     oldest_observed_at_s: float
     """The oldest reading the filters, the estimate or the scorers read (+inf when none)."""
     clear: bool
     """While fresh, passes every filter that reads only signals: circuit closed, in_flight and the
-    kind's required signals reported, in flight + queued below max_concurrent + max_queued, and
-    rate-limit requests remaining unreported or at least 1."""
+    kind's required signals reported, in flight + queued below max_concurrent + max_queued,
+    rate-limit requests remaining unreported or at least 1, and no empty set of node countries."""
     tokens_remaining: float
     """Rate-limit tokens remaining (+inf when unreported): a request needing more is rejected."""
     node_countries: frozenset[str] | None
-    unlabelled_replicas: bool
-    occupancy: float
-    """in_flight + queued (an unreported queue counts 0)."""
+    """The countries of the nodes its replicas run on (None when unreported)."""
+    fully_labelled: bool
+    """Node countries are reported and no replica runs on an unlabelled node."""
     fixed_s: float
     """network_rtt_s + base_ttft_s."""
     prefill_tokens_per_s: float
@@ -71,6 +72,8 @@ class PreparedSubstrate(NamedTuple):
     """``MemoryPressure`` with its readings fresh: 1 - min(1, max(gpu memory, KV cache)), 1 when neither."""
     reserved_score: float
     """``ReservedTier``: 1 reserved, 0 burst."""
+    occupancy: float
+    """in_flight + queued (an unreported queue counts 0)."""
 
 
 _READINGS = ("in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",
@@ -95,6 +98,7 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         and all(getattr(signals, name) is not None for name in spec.required_signals)
         and in_flight + queued < spec.max_concurrent + spec.max_queued
         and (requests_left is None or not requests_left.value < 1)
+        and signals.node_countries != frozenset()
     )
     tokens = signals.rate_limit_tokens_remaining
 
@@ -122,8 +126,7 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         clear=clear,
         tokens_remaining=_INF if tokens is None else tokens.value,
         node_countries=signals.node_countries,
-        unlabelled_replicas=bool(signals.unlabelled_replicas),
-        occupancy=occupancy,
+        fully_labelled=signals.node_countries is not None and not signals.unlabelled_replicas,
         fixed_s=lat.network_rtt_s + lat.base_ttft_s,
         prefill_tokens_per_s=lat.prefill_tokens_per_s,
         per_token_s=per_token_s,
@@ -138,4 +141,5 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         queue_score=0.0 if ratio >= 1.0 else 1.0 - ratio,
         memory_score=memory_score,
         reserved_score=1.0 if spec.tier == "reserved" else 0.0,
+        occupancy=occupancy,
     )

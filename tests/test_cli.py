@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from inferplane.cli.main import main
+from inferplane.config import build, load_config
+from inferplane.telemetry.audit import decision_from_record, recorded_decision
 from tests.test_config import BASE, edit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,6 +120,9 @@ def test_explain_json_has_the_decision(capsys) -> None:
     assert set(by_name["local-vllm"]["scores"]) == {"predicted_latency", "queue_pressure", "memory_pressure",
                                                     "cost", "locality", "reserved_tier"}
     assert by_name["sovereign-de-emulated"]["emulated"] is True
+    # The same JSON as an audit row's decision_json: it reads back to the decision it shows.
+    fleet = build(load_config(LOCAL)).fleet
+    assert json.loads(json.dumps(recorded_decision(decision_from_record(out), fleet))) == out
 
 
 def test_explain_signals_saturated_primary_spills_global_app_to_the_us(capsys, tmp_path: Path) -> None:

@@ -123,6 +123,11 @@ class FleetState:
         self._version = 0
         self._published: PublishedSnapshot | None = None
         self._dirty = True
+        # Per substrate, the parts of its signals derived from its replicas' reports and from its
+        # outcome window, kept until those inputs change (the replay syncs ten times a simulated
+        # second; most syncs change nothing but the ingress counts).
+        self._replica_parts: dict[str, _ReplicaPart] = {}
+        self._outcome_parts: dict[str, _OutcomePart] = {}
 
     # -- reports ------------------------------------------------------------------------------
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
@@ -134,6 +139,7 @@ class FleetState:
             if o.substrate not in self._outcomes:
                 continue
             self._outcomes[o.substrate].append(o)
+            self._outcome_parts.pop(o.substrate, None)
             breaker = self._breakers[o.substrate]
             breaker.record(o.ok, o.at_s)
             if o.retry_after_s:
@@ -159,6 +165,7 @@ class FleetState:
         if substrate not in self._replicas:
             raise KeyError(f"unknown substrate {substrate!r}")
         self._replicas[substrate][replica_id] = (now_s, report)
+        self._replica_parts.pop(substrate, None)
         if report.retry_after_until_s is not None:
             self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
         self._dirty = True
@@ -200,9 +207,10 @@ class FleetState:
         horizon = now_s - self._bound
         for ingress_id in [i for i, r in self._ingress.items() if r.at_s < horizon]:
             del self._ingress[ingress_id]
-        for per_replica in self._replicas.values():
+        for name, per_replica in self._replicas.items():
             for rid in [r for r, (t, _) in per_replica.items() if t < horizon]:
                 del per_replica[rid]
+                self._replica_parts.pop(name, None)
 
     def _external_for(self, name: str, zone: str, region: str) -> tuple[tuple[str, Reading], ...]:
         by_name: dict[str, tuple[int, Reading]] = {}
@@ -216,64 +224,28 @@ class FleetState:
         return tuple(sorted((signal, reading) for signal, (_, reading) in by_name.items()))
 
     def _signals(self, name: str, zone: str, region: str, now_s: float) -> SubstrateSignals:
-        ingress_reports = [(r.at_s, r.in_flight.get(name, 0)) for r in self._ingress.values()]
-        replica_reports = list(self._replicas[name].values())
         # Liveness comes from the substrate's own replicas: without a fresh replica report the
         # substrate is unknown, whatever the ingress replicas think they sent it.
-        in_flight = queued = kv = gpu = rl_req = rl_tok = None
-        node_countries = None
-        unlabelled = 0
-        if replica_reports:
-            newest_replica = max(t for t, _ in replica_reports)
-            oldest = min(t for t, _ in replica_reports)
-            if ingress_reports:
-                in_flight = Reading(float(sum(v for _, v in ingress_reports)),
-                                    min(newest_replica, min(t for t, _ in ingress_reports)))
+        rp = self._replica_parts.get(name)
+        if rp is None:
+            rp = self._replica_parts[name] = _replica_part(self._replicas[name].values())
+        in_flight = None
+        if rp.newest is not None:
+            if self._ingress:
+                in_flight = Reading(float(sum(r.in_flight.get(name, 0) for r in self._ingress.values())),
+                                    min(rp.newest, min(r.at_s for r in self._ingress.values())))
             else:
-                in_flight = Reading(float(sum(r.in_flight for _, r in replica_reports)), oldest)
-            queued = Reading(float(sum(r.queued for _, r in replica_reports)), oldest)
-            kvs = [r.kv_cache_usage for _, r in replica_reports if r.kv_cache_usage is not None]
-            if kvs:
-                kv = Reading(max(kvs), oldest)
-            gpus = [r.gpu_memory_used_ratio for _, r in replica_reports if r.gpu_memory_used_ratio is not None]
-            if gpus:
-                gpu = Reading(max(gpus), oldest)
-            reqs = [r.rate_limit_requests_remaining for _, r in replica_reports
-                    if r.rate_limit_requests_remaining is not None]
-            if reqs:
-                rl_req = Reading(min(reqs), oldest)
-            toks = [r.rate_limit_tokens_remaining for _, r in replica_reports
-                    if r.rate_limit_tokens_remaining is not None]
-            if toks:
-                rl_tok = Reading(min(toks), oldest)
-            labels = [r.node_jurisdiction for _, r in replica_reports]
-            unlabelled = sum(1 for j in labels if not j)
-            if any(labels):
-                node_countries = frozenset(j for j in labels if j)
-        ttft = tpot = err = None
-        outcomes = self._outcomes[name]
-        recent = [o for o in outcomes if now_s - o.at_s <= self._latency_window]
-        if not recent and outcomes:
-            # Nothing recent: the last window that had outcomes, dated by its newest, so placement
-            # still knows what the substrate last did, and how long ago (DeadlineReachable probes it).
-            newest = outcomes[-1].at_s
-            recent = [o for o in outcomes if newest - o.at_s <= self._latency_window]
-        if recent:
-            at = max(o.at_s for o in recent)
-            ttfts = sorted(o.ttft_s for o in recent if o.ttft_s is not None)
-            tpots = sorted(o.tpot_s for o in recent if o.tpot_s is not None)
-            if ttfts:
-                ttft = Reading(ttfts[len(ttfts) // 2], at)
-            if tpots:
-                tpot = Reading(tpots[len(tpots) // 2], at)
-            err = Reading(sum(1 for o in recent if not o.ok) / len(recent), at)
+                in_flight = rp.in_flight
+        op = self._outcome_parts.get(name)
+        if op is None or not op.computed_at_s <= now_s < op.valid_until_s:
+            op = self._outcome_parts[name] = _outcome_part(self._outcomes[name], now_s, self._latency_window)
         return SubstrateSignals(
-            in_flight=in_flight, queued=queued, kv_cache_usage=kv, gpu_memory_used_ratio=gpu,
-            rate_limit_requests_remaining=rl_req, rate_limit_tokens_remaining=rl_tok,
-            recent_ttft_s=ttft, recent_tpot_s=tpot, error_rate=err,
+            in_flight=in_flight, queued=rp.queued, kv_cache_usage=rp.kv, gpu_memory_used_ratio=rp.gpu,
+            rate_limit_requests_remaining=rp.rl_req, rate_limit_tokens_remaining=rp.rl_tok,
+            recent_ttft_s=op.ttft, recent_tpot_s=op.tpot, error_rate=op.error_rate,
             circuit=self._breakers[name].state(now_s),
-            node_countries=node_countries, unlabelled_replicas=unlabelled,
-            external=self._external_for(name, zone, region),
+            node_countries=rp.node_countries, unlabelled_replicas=rp.unlabelled,
+            external=self._external_for(name, zone, region) if self._external else (),
         )
 
     # -- status -------------------------------------------------------------------------------
@@ -325,3 +297,79 @@ def period_key(period: str, now_s: float) -> str:
     """The UTC calendar period a budget counts in: ``2026-11-26`` (day) or ``2026-11`` (month)."""
     day = _dt.datetime.fromtimestamp(now_s, tz=_dt.timezone.utc)
     return day.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplicaPart:
+    """What a substrate's live replica reports say, until one more arrives or one expires."""
+
+    newest: float | None
+    """The newest report's time; None when no replica reports."""
+    in_flight: Reading | None
+    """The replicas' own count (used when no ingress replica reports)."""
+    queued: Reading | None = None
+    kv: Reading | None = None
+    gpu: Reading | None = None
+    rl_req: Reading | None = None
+    rl_tok: Reading | None = None
+    node_countries: frozenset[str] | None = None
+    unlabelled: int = 0
+
+
+def _replica_part(reports) -> _ReplicaPart:
+    """``queued`` sums; KV-cache and GPU memory take the max, rate-limit headroom the min; every
+    reading is dated by the oldest report it was built from."""
+    reports = list(reports)
+    if not reports:
+        return _ReplicaPart(None, None)
+    oldest = min(t for t, _ in reports)
+
+    def agg(values, pick) -> Reading | None:
+        known = [v for v in values if v is not None]
+        return Reading(pick(known), oldest) if known else None
+
+    labels = [r.node_jurisdiction for _, r in reports]
+    return _ReplicaPart(
+        newest=max(t for t, _ in reports),
+        in_flight=Reading(float(sum(r.in_flight for _, r in reports)), oldest),
+        queued=Reading(float(sum(r.queued for _, r in reports)), oldest),
+        kv=agg((r.kv_cache_usage for _, r in reports), max),
+        gpu=agg((r.gpu_memory_used_ratio for _, r in reports), max),
+        rl_req=agg((r.rate_limit_requests_remaining for _, r in reports), min),
+        rl_tok=agg((r.rate_limit_tokens_remaining for _, r in reports), min),
+        node_countries=frozenset(j for j in labels if j) if any(labels) else None,
+        unlabelled=sum(1 for j in labels if not j),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _OutcomePart:
+    """Medians of a substrate's recent outcomes, valid from ``computed_at_s`` until the oldest of
+    them leaves the latency window (or a new outcome arrives)."""
+
+    computed_at_s: float
+    valid_until_s: float
+    ttft: Reading | None
+    tpot: Reading | None
+    error_rate: Reading | None
+
+
+def _outcome_part(outcomes: deque[Outcome], now_s: float, window_s: float) -> _OutcomePart:
+    recent = [o for o in outcomes if now_s - o.at_s <= window_s]
+    valid_until = min(o.at_s for o in recent) + window_s if recent else float("inf")
+    if not recent and outcomes:
+        # Nothing recent: the last window that had outcomes, dated by its newest, so placement
+        # still knows what the substrate last did, and how long ago (DeadlineReachable probes it).
+        # It stays so until a new outcome arrives.
+        newest = outcomes[-1].at_s
+        recent = [o for o in outcomes if newest - o.at_s <= window_s]
+    if not recent:
+        return _OutcomePart(now_s, valid_until, None, None, None)
+    at = max(o.at_s for o in recent)
+    ttfts = sorted(o.ttft_s for o in recent if o.ttft_s is not None)
+    tpots = sorted(o.tpot_s for o in recent if o.tpot_s is not None)
+    return _OutcomePart(
+        now_s, valid_until,
+        Reading(ttfts[len(ttfts) // 2], at) if ttfts else None,
+        Reading(tpots[len(tpots) // 2], at) if tpots else None,
+        Reading(sum(1 for o in recent if not o.ok) / len(recent), at))

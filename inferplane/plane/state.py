@@ -1,0 +1,178 @@
+"""One ingress replica's placement state: its local view of the fleet and what it owes the authority.
+
+The placement actor publishes a versioned snapshot every sync; between two syncs the replica keeps
+placing on it, and three things keep that honest:
+
+- **its own dispatches since**: the snapshot carries the in-flight counts every replica reported
+  when it was made; this replica's view replaces its own reported counts by its current ones
+  (``FleetSnapshot.with_dispatches``), so a burst between two syncs is not placed as if the fleet
+  were idle. A dispatch is a ``Lease``, released exactly once however the request ends;
+- **a staleness bound**: a snapshot older than ``policy.snapshot_staleness_bound_s`` when a
+  request is placed fails closed (``Unavailable``, answered 503), never silently;
+- **the report it owes**: outcomes of its dispatches and the attributed cost of its finished
+  requests accumulate here and go to the authority with the next sync (``take_report``); a sync
+  that fails puts them back (``restore``), so none is lost.
+
+Thread-safety: the request path (``place``, ``lease``, ``report_outcome``, ``add_spend``) and a
+sync thread (``take_report``, ``publish``) may run concurrently; one lock guards the counts and
+the pending report. Ray-free: the Serve ingress and the replay's plane router both run this class,
+on the plane's clock and on simulated time respectively.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from inferplane.fleet_state import Outcome, PublishedSnapshot
+from inferplane.placement import FleetSnapshot, FleetSpec, PlacementDecision, PlacementPolicy, PlacementRequest, place
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """No snapshot fresh enough to place on: the plane fails closed (503)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    """What one sync sends the authority: this replica's in-flight counts by substrate, the outcomes
+    of its dispatches and its finished requests' attributed cost by tenant since the last sync, and
+    the snapshot it held (version, age)."""
+
+    in_flight: dict[str, int]
+    outcomes: list[Outcome]
+    spend_usd: dict[str, float]
+    snapshot_version: int | None
+    snapshot_age_s: float | None
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One dispatch to one substrate, counted in the replica's view until released. ``release`` is
+    idempotent, so every exit path of a request may call it."""
+
+    substrate: str
+    _state: ReplicaState = field(repr=False)
+    released: bool = False
+
+    def release(self) -> None:
+        self._state._release(self)
+
+
+class ReplicaState:
+    def __init__(self, fleet: FleetSpec, policy: PlacementPolicy, *,
+                 observe: Callable[[PlacementDecision, float], None] | None = None,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
+        """``observe(decision, seconds)`` is told of every placement and how long ``place()`` took
+        (the ingress's placement metrics); ``timer`` measures it."""
+        self.fleet = fleet
+        self.policy = policy
+        self._observe = observe
+        self._timer = timer
+        self._lock = threading.Lock()
+        self._in_flight: Counter[str] = Counter()
+        self._snapshot: FleetSnapshot | None = None
+        self._reported: dict[str, int] = {}
+        self._view: FleetSnapshot | None = None
+        self._outcomes: list[Outcome] = []
+        self._spend: Counter[str] = Counter()
+
+    # -- the request path -----------------------------------------------------------------------
+    @property
+    def snapshot(self) -> FleetSnapshot | None:
+        """The last published snapshot (without this replica's dispatches since)."""
+        return self._snapshot
+
+    def view(self, now_s: float) -> FleetSnapshot | Unavailable:
+        """The snapshot to place on at ``now_s``: the published one with this replica's dispatches
+        since applied, or ``Unavailable`` when there is none or it is over the staleness bound."""
+        snap = self._snapshot
+        if snap is None:
+            return Unavailable("the plane has no fleet snapshot yet; retry shortly")
+        age = now_s - snap.taken_at_s
+        bound = self.policy.snapshot_staleness_bound_s
+        if age > bound:
+            return Unavailable(f"fleet snapshot is {age:.1f}s old, over the {bound:.1f}s bound; failing closed")
+        view = self._view
+        if view is None:
+            with self._lock:
+                view = self._view = snap.with_dispatches(self._reported, self._in_flight)
+        return view
+
+    def place(self, request: PlacementRequest) -> tuple[PlacementDecision | Unavailable, float | None]:
+        """Place ``request`` on the view at its ``arrived_at_s``; also returns the snapshot's age
+        then (None when unavailable)."""
+        view = self.view(request.arrived_at_s)
+        if isinstance(view, Unavailable):
+            return view, None
+        if self._observe is None:
+            return place(request, view, self.policy), request.arrived_at_s - view.taken_at_s
+        t0 = self._timer()
+        decision = place(request, view, self.policy)
+        self._observe(decision, self._timer() - t0)
+        return decision, request.arrived_at_s - view.taken_at_s
+
+    def lease(self, substrate: str) -> Lease:
+        """Count a dispatch to ``substrate`` in this replica's view until the lease is released."""
+        with self._lock:
+            self._in_flight[substrate] += 1
+            self._view = None
+        return Lease(substrate, self)
+
+    def _release(self, lease: Lease) -> None:
+        with self._lock:
+            if lease.released:
+                return
+            lease.released = True
+            self._in_flight[lease.substrate] -= 1
+            self._view = None
+
+    def in_flight(self) -> dict[str, int]:
+        """This replica's dispatches not yet released, by substrate (zeros included)."""
+        with self._lock:
+            return dict(self._in_flight)
+
+    def report_outcome(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._outcomes.append(outcome)
+
+    def add_spend(self, tenant: str, usd: float) -> None:
+        if usd:
+            with self._lock:
+                self._spend[tenant] += usd
+
+    # -- the sync -------------------------------------------------------------------------------
+    def take_report(self, now_s: float) -> SyncReport:
+        """What the next sync sends; the outcomes and spend in it leave this state (``restore``
+        puts them back if the sync fails)."""
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+            spend, self._spend = dict(self._spend), Counter()
+            in_flight = dict(self._in_flight)
+        snap = self._snapshot
+        return SyncReport(in_flight, outcomes, spend, None if snap is None else snap.version,
+                          None if snap is None else now_s - snap.taken_at_s)
+
+    def restore(self, report: SyncReport) -> None:
+        """A sync that did not reach the authority: its outcomes and spend go with the next one."""
+        with self._lock:
+            self._outcomes[:0] = report.outcomes
+            self._spend.update(report.spend_usd)
+
+    def publish(self, published: PublishedSnapshot, report: SyncReport) -> bool:
+        """Adopt the authority's answer to ``report``. Refused (False, the last snapshot kept) when
+        it was computed under another config (``policy_hash`` differs)."""
+        if published.policy_hash != self.policy.policy_hash:
+            return False
+        snap = FleetSnapshot(published.version, published.taken_at_s, self.fleet, published.signals,
+                             published.tenant_spend_usd)
+        with self._lock:
+            self._snapshot = snap
+            self._reported = report.in_flight
+            self._view = None
+        return True

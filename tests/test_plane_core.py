@@ -1,0 +1,142 @@
+"""The plane core on its own: a replica's placement state and the attempt loop, no Ray, no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferplane.fleet_state import PublishedSnapshot
+from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
+from inferplane.plane.state import ReplicaState, Unavailable
+from tests.builders import NOW, fleet, request, signals, substrate
+
+
+def _two_pools():
+    """``p``: the primary (2 slots); ``s``: a spillover target in the same jurisdiction."""
+    return fleet(
+        substrate("p").cls("gpu_cluster").jurisdiction("DE").capacity(2),
+        substrate("s").cls("sovereign_onprem").jurisdiction("DE").capacity(8),
+    ).model("m", primary="p").spillover(classes=["sovereign_onprem"]).build()
+
+
+def _published(built, version=1, at=NOW, in_flight=None) -> PublishedSnapshot:
+    in_flight = in_flight or {}
+    sigs = tuple(signals(in_flight=in_flight.get(s.name, 0.0), now=at) for s in built.fleet.substrates)
+    return PublishedSnapshot(version, at, built.policy.policy_hash, sigs)
+
+
+def _state(built, **published) -> ReplicaState:
+    state = ReplicaState(built.fleet, built.policy)
+    report = state.take_report(NOW)
+    assert state.publish(_published(built, **published), report)
+    return state
+
+
+def test_no_snapshot_or_a_stale_one_fails_closed():
+    built = _two_pools()
+    state = ReplicaState(built.fleet, built.policy)
+    assert isinstance(state.view(NOW), Unavailable)
+    state = _state(built)
+    bound = built.policy.snapshot_staleness_bound_s
+    assert not isinstance(state.view(NOW + bound), Unavailable)
+    late = state.view(NOW + bound + 0.001)
+    assert isinstance(late, Unavailable) and "failing closed" in late.message
+    step = AttemptLoop(state, request(model="m", now=NOW + bound + 1)).start()
+    assert isinstance(step, Refusal) and (step.status, step.code) == (503, "placement_unavailable")
+
+
+def test_own_dispatches_count_until_released_exactly_once():
+    built = _two_pools()
+    state = _state(built)
+    leases = [state.lease("p") for _ in range(2)]
+    assert state.view(NOW).signals[0].in_flight.value == 2
+    # The primary is full in this replica's view before any sync says so: the next one spills.
+    step = AttemptLoop(state, request(model="m")).start()
+    assert isinstance(step, Dispatch) and step.substrate == "s" and step.decision.spillover
+    leases[0].release()
+    leases[0].release()  # idempotent: a second release changes nothing
+    assert state.in_flight() == {"p": 1, "s": 1}
+    assert state.view(NOW).signals[0].in_flight.value == 1
+
+
+def test_a_sync_replaces_the_reported_counts_not_adds_to_them():
+    built = _two_pools()
+    state = ReplicaState(built.fleet, built.policy)
+    lease = state.lease("p")
+    report = state.take_report(NOW)
+    assert report.in_flight == {"p": 1}
+    # The authority's snapshot already includes this replica's one request, plus one of another.
+    assert state.publish(_published(built, in_flight={"p": 2.0}), report)
+    assert state.view(NOW).signals[0].in_flight.value == 2
+    lease.release()
+    assert state.view(NOW).signals[0].in_flight.value == 1
+
+
+def test_a_snapshot_of_another_config_is_refused():
+    built = _two_pools()
+    state = ReplicaState(built.fleet, built.policy)
+    other = PublishedSnapshot(1, NOW, "another-config", _published(built).signals)
+    assert not state.publish(other, state.take_report(NOW))
+    assert state.snapshot is None
+
+
+def test_a_failed_sync_loses_no_outcome_or_spend():
+    built = _two_pools()
+    state = _state(built)
+    loop = AttemptLoop(state, request(model="m"))
+    assert isinstance(loop.start(), Dispatch)
+    loop.finished(True, NOW + 0.5, 10, NOW + 1.0)
+    state.add_spend("t", 0.25)
+    first = state.take_report(NOW + 1)
+    assert len(first.outcomes) == 1 and first.spend_usd == {"t": 0.25}
+    state.restore(first)  # the sync did not reach the authority
+    state.add_spend("t", 0.5)
+    second = state.take_report(NOW + 2)
+    assert second.outcomes == first.outcomes and second.spend_usd == {"t": 0.75}
+    assert state.take_report(NOW + 3).outcomes == []
+
+
+def test_a_retry_is_placed_at_its_own_time_excluding_what_failed():
+    built = _two_pools()
+    state = _state(built)
+    loop = AttemptLoop(state, request(model="m", now=NOW))
+    first = loop.start()
+    assert isinstance(first, Dispatch) and first.substrate == "p"
+    retry = loop.failed(FirstByteFailure("unavailable", "503 from p", True, retry_after_s=2.0), NOW + 0.7)
+    assert isinstance(retry, Dispatch) and retry.substrate == "s"
+    assert retry.decision.attempt == 2 and retry.dispatched_at_s == NOW + 0.7
+    assert loop.request.arrived_at_s == NOW + 0.7 and loop.request.exclude == frozenset({"p"})
+    assert state.in_flight() == {"p": 0, "s": 1}
+    (outcome,) = state.take_report(NOW + 1).outcomes
+    assert (outcome.substrate, outcome.ok, outcome.retry_after_s) == ("p", False, 2.0)
+    # Both failed: refused, never placed outside the candidate set.
+    final = loop.failed(FirstByteFailure("unavailable", "503 from s", True), NOW + 1.0)
+    assert isinstance(final, Refusal) and final.status == 503 and final.decision.attempt == 3
+    assert state.in_flight() == {"p": 0, "s": 0}
+
+
+def test_a_request_the_substrate_refuses_is_400_and_never_held_against_it():
+    built = _two_pools()
+    state = _state(built)
+    loop = AttemptLoop(state, request(model="m"))
+    loop.start()
+    step = loop.failed(FirstByteFailure("SubstrateRejectedRequest", "stop: empty string", False), NOW + 0.1)
+    assert isinstance(step, Refusal) and (step.status, step.code) == (400, "substrate_rejected_request")
+    assert state.take_report(NOW + 1).outcomes == []  # nothing against the substrate's health
+    assert state.in_flight() == {"p": 0}
+
+
+def test_finished_reports_ttft_from_dispatch_and_abandoned_reports_nothing():
+    built = _two_pools()
+    state = _state(built)
+    loop = AttemptLoop(state, request(model="m", now=NOW))
+    loop.start()
+    loop.finished(True, NOW + 0.25, 11, NOW + 1.25)
+    (o,) = state.take_report(NOW + 2).outcomes
+    assert o.ttft_s == pytest.approx(0.25) and o.tpot_s == pytest.approx(0.1)
+    other = AttemptLoop(state, request(request_id="req-2", model="m", now=NOW))
+    other.start()
+    other.abandoned()
+    other.abandoned()  # nothing in flight any more: a no-op
+    assert state.take_report(NOW + 3).outcomes == [] and state.in_flight() == {"p": 0}
+    with pytest.raises(RuntimeError):
+        other.finished(True, NOW, 1, NOW)

@@ -3,6 +3,8 @@
 Both are timed in the same process, interleaved round by round, so machine noise hits both alike.
 The fleet is synthetic (every substrate serves the model, the tenant may use them all, signals are
 fresh): the worst case, in which every substrate passes every filter and is scored.
+
+``with_dispatches`` is timed beside them: every ingress replica calls it once per dispatch.
 """
 
 from __future__ import annotations
@@ -133,18 +135,31 @@ def measure(sizes: tuple[int, ...] = (16, 64, 256), rounds: int = 30, inner: int
             for r in requests[:k]:
                 place(r, snap, policy)
 
-        run_place(inner), parse(inner)  # warm-up
-        place_us, parse_us = [], []
+        # An ingress replica's view after each dispatch: one substrate's count moves, as in
+        # ``deployments/ingress.py`` (the view is derived from the published snapshot each time).
+        names = [s.name for s in built.fleet.substrates]
+        reported = {name: 0 for name in names}
+        dispatches = [{**reported, names[i % n]: 1 + i % 3} for i in range(inner)]
+
+        def run_dispatch(k: int) -> None:
+            for current in dispatches[:k]:
+                snap.with_dispatches(reported, current)
+
+        run_place(inner), parse(inner), run_dispatch(inner)  # warm-up
+        place_us, parse_us, dispatch_us = [], [], []
         scale = max(1, inner * 16 // n)  # keep a round's duration similar across fleet sizes
         for _ in range(rounds):
             parse_us.append(_rounds(parse, inner))
             place_us.append(_rounds(run_place, min(inner, scale)))
+            dispatch_us.append(_rounds(run_dispatch, min(inner, scale)))
         p = _summary(place_us)
         q = _summary(parse_us)
+        w = _summary(dispatch_us)
         results.append({
             "substrates": n, "body_bytes": len(body),
             "place_median_us": p.median_us, "place_p90_us": p.p90_us,
             "parse_median_us": q.median_us, "parse_p90_us": q.p90_us,
+            "with_dispatches_median_us": w.median_us, "with_dispatches_p90_us": w.p90_us,
             "ratio": p.median_us / q.median_us,
         })
     return results

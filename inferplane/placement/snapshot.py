@@ -44,10 +44,11 @@ class FleetSnapshot:
         ``prepared`` entries of the substrates whose count changed, not a pass over the fleet."""
         changed: dict[int, SubstrateSignals] = {}
         index = self.fleet.index
-        for name in reported.keys() | current.keys():
+        # The names whose counts differ, found by a set operation rather than a pass in Python.
+        for name, _ in current.items() ^ reported.items():
             delta = current.get(name, 0) - reported.get(name, 0)
             i = index.get(name)
-            if not delta or i is None:
+            if not delta or i is None or i in changed:
                 continue
             sig = self.signals[i]
             if sig.in_flight is not None:

@@ -37,7 +37,7 @@ from inferplane.placement.decision import (
     SpilloverReason,
     roll_up,
 )
-from inferplane.placement.estimate import Estimate, estimate
+from inferplane.placement.estimate import estimate
 from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejection, RejectionCode
 from inferplane.placement.fleet import FleetSpec, ModelRoute, SubstrateSpec
 from inferplane.placement.plan import RoutePlan, fast_positions, route_plan, scoring

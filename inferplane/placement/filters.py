@@ -304,8 +304,8 @@ class DeadlineReachable:
                          f"last observed ttft {ttft:.2f}s, e2e {e2e:.1f}s; {in_flight:.0f} probe(s) in flight")
 
 
-# Filters that depend only on the tenant, the model and the substrate's static spec: the engine
-# runs them once per (fleet, tenant, model) and reuses the verdicts.
+# Filters that depend only on the tenant, the model and the substrate's static spec: the policy's
+# plan (plan.py) runs them once per (tenant, model) when the config is built.
 STATIC_FILTERS: tuple[Filter, ...] = (
     SpilloverAllowed(),
     JurisdictionAllowed(),

@@ -1,24 +1,27 @@
-"""The ingress: one Serve deployment speaking the OpenAI API. Parse, place, dispatch, record.
+"""The ingress: one Serve deployment speaking the OpenAI API. Routes, SSE framing and Serve glue.
 
-Placement runs locally on the latest snapshot from the PlacementActor (refreshed by a background
-thread every ``ingress.snapshot_refresh_ms``), so the hot path never waits on an actor round trip.
-A snapshot older than the policy's ``snapshot_staleness_bound_ms`` fails closed with 503.
+What a request goes through is the plane core's (``inferplane.plane``), the same code the replay
+runs: the replica's placement state (``ReplicaState``: the last snapshot from the PlacementActor
+plus this replica's own dispatches, failing closed past the staleness bound), the attempt loop
+(``AttemptLoop``: place, dispatch, re-place before the first byte) and the ledger
+(``RequestLedger``: one frozen record per request, journaled before the answer's last bytes leave).
+This module parses, dispatches to the substrate deployments and frames the answer.
 
-Every request's audit facts are journaled (``telemetry.journal``) before its response's last bytes
-leave; the full row is built later in the sync thread. A replica adopts the journal segments of
-ingress replicas on its node that were killed (at start, then every ``ORPHAN_SCAN_INTERVAL_S``),
-so an answered request keeps its audit row when the replica that answered it dies.
+One background thread (``_background``) syncs with the PlacementActor every
+``ingress.snapshot_refresh_ms``, writes the audit rows of finished requests, and adopts the journal
+segments of killed ingress replicas on its node (at start, then every ``ORPHAN_SCAN_INTERVAL_S``).
+It is stopped and joined when the replica shuts down, after which the rest is written.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real `Request` type on the
 # routes of a Serve class-based ingress.
+import asyncio
 import json
-import os
 import logging
+import os
 import threading
 import time
 import uuid
-from collections import Counter, deque
 
 import ray
 from fastapi import FastAPI, Request
@@ -33,13 +36,15 @@ from inferplane.api.responses import chunk, completion_body, usage_chunk
 from inferplane.api.tokens import chat_text, estimate_chat_tokens, estimate_completion_tokens
 from inferplane.auth import TenantKeys
 from inferplane.config import build, parse_config
-from inferplane.fleet_state import Outcome
-from inferplane.placement import FleetSnapshot, PlacementDecision, PlacementRequest, place
+from inferplane.placement import PlacementRequest
 from inferplane.placement.filters import STATIC_FILTERS
 from inferplane.placement.signals import SubstrateSignals
-from inferplane.telemetry.audit import AuditLog, RequestOutcome, audit_row
-from inferplane.telemetry.journal import Journal, journal_entry, recover
-from inferplane.telemetry.metrics import LabelVocabulary, MetricsOutbox, rejection_code_for
+from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
+from inferplane.plane.ledger import CLIENT_DISCONNECTED, OpenRequest, RequestLedger
+from inferplane.plane.state import ReplicaState
+from inferplane.telemetry.audit import AuditLog
+from inferplane.telemetry.journal import Journal, recover
+from inferplane.telemetry.metrics import LabelVocabulary, MetricsOutbox
 
 from deployments import placement_actor
 from deployments.substrate import node_identity
@@ -50,6 +55,7 @@ app = FastAPI(title="inferplane", docs_url=None, redoc_url=None, openapi_url=Non
 SLA_HEADER = "x-inferplane-sla-class"
 ORPHAN_SCAN_INTERVAL_S = 5.0
 """How often a replica looks for journal segments of killed replicas after its start-up scan."""
+SYNC_TIMEOUT_S = 2.0
 
 
 def _error_response(err: ApiError) -> JSONResponse:
@@ -64,9 +70,17 @@ def _first_validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, "invalid_request", f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None)
 
 
+def _refusal_error(refusal: Refusal) -> ApiError:
+    return ApiError(refusal.status, refusal.code, refusal.message, retry_after_s=refusal.retry_after_s)
+
+
 def _sse_line(obj: dict) -> str:
     # Defined above the class: serve.ingress captures the module's names when it decorates.
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def _failure_of(event: dict) -> FirstByteFailure:
+    return FirstByteFailure(event["code"], event["message"], event["retryable"], event.get("retry_after_s"))
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -78,33 +92,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
 
 
-class RequestRecord:
-    """What the ingress learns about one request as it goes: the audit row and the metrics are
-    written from it exactly once, when the request ends (answered, failed or refused)."""
-
-    __slots__ = ("request_id", "arrived_s", "tenant", "model", "sla_class", "decision", "streamed",
-                 "snapshot_age_s", "input_tokens", "recorded")
-
-    def __init__(self, arrived_s: float) -> None:
-        self.request_id = f"req-{uuid.uuid4().hex}"
-        self.arrived_s = arrived_s
-        self.tenant: str | None = None
-        self.model: str | None = None
-        self.sla_class: str | None = None
-        self.decision: PlacementDecision | None = None
-        self.streamed = False
-        self.snapshot_age_s: float | None = None
-        self.input_tokens: int | None = None
-        self.recorded = False
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
 @serve.ingress(app)
 class Ingress:
     def __init__(self, config_text: str, app_name: str, substrates: dict) -> None:
         built = build(parse_config(config_text, source="<deployed config>"))
-        self._fleet = built.fleet
-        self._policy = built.policy
+        self._fleet = fleet = built.fleet
+        self._policy = policy = built.policy
         cfg = built.config
         # Where this replica runs: its node's labels, else the config's ingress topology.
         node = node_identity(cfg.policy.topology)
@@ -114,122 +108,74 @@ class Ingress:
         self._max_body = cfg.ingress.max_body_bytes
         self._default_max_tokens = cfg.ingress.default_max_tokens
         self._upstream = {(s.name, m.name): m.upstream_name or m.name for s in cfg.substrates for m in s.models}
-        self._emulated = {s.name: s.emulated for s in self._fleet.substrates}
+        self._emulated = {s.name: s.emulated for s in fleet.substrates}
         self._handles = substrates
         self._actor = placement_actor.get_or_create(app_name, config_text)
         self._id = f"ingress-{uuid.uuid4().hex[:8]}"
-        self._snapshot: FleetSnapshot | None = None
-        # (published snapshot, the in-flight counts this replica reported in the same call)
-        self._base: tuple[FleetSnapshot, dict[str, int]] | None = None
-        self._view: FleetSnapshot | None = None
-        self._view_dirty = True
-        self._index = {s.name: s.index for s in self._fleet.substrates}
-        self._in_flight: Counter[str] = Counter()
-        self._outcomes: deque[Outcome] = deque(maxlen=4096)
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
+        self._metrics = MetricsOutbox(LabelVocabulary.of(fleet, policy))
+        self._state = ReplicaState(fleet, policy, observe=self._metrics.delta.record_decision)
         audit_dir = os.path.expanduser(cfg.telemetry.audit_dir)
-        self._journal = Journal(audit_dir, self._id)
+        self._journal = Journal(audit_dir, self._id, fleet=fleet, policy=policy)
         self._audit = AuditLog(audit_dir, self._id, flush_interval_s=cfg.telemetry.audit_flush_interval_ms / 1000.0,
                                on_written=self._journal.written)
-        self._metrics = MetricsOutbox(LabelVocabulary.of(self._fleet, self._policy))
+        self._ledger = RequestLedger(self._id, self._region, fleet, policy, self._state, self._journal, self._audit,
+                                     self._metrics)
         self._audit_dropped = 0
-        self._finished: deque = deque()  # (RequestRecord, RequestOutcome, SlaPolicy | None) for the sync thread
-        self._spend: Counter[str] = Counter()  # attributed cost since the last sync, by tenant
-        self._spend_lock = threading.Lock()  # the event loop adds, the sync thread takes
         self._stop = threading.Event()
-        threading.Thread(target=self._sync_loop, name="inferplane-sync", daemon=True).start()
-        self._recovery = threading.Thread(target=self._recover_loop, name="inferplane-journal-recovery", daemon=True)
-        self._recovery.start()
+        self._background_thread = threading.Thread(target=self._background, name="inferplane-sync", daemon=True)
+        self._background_thread.start()
 
-    # -- journal recovery (background thread) ------------------------------------------------
-    def _recover_loop(self) -> None:
-        """Adopt the journal segments of killed ingress replicas on this node: rows for their
-        answered requests that had none yet go to this replica's audit log."""
-        while True:
-            try:
-                found = recover(self._journal, self._audit, self._fleet, self._policy)
-                if found.segments:
-                    log.warning("adopted %d journal segments of ended ingress replicas: %d rows rebuilt, %d already "
-                                "written, %d unreadable lines skipped", found.segments, found.rows,
-                                found.already_written, found.bad_lines)
-            except Exception:  # telemetry must never fail the plane; the segments wait for the next scan
-                log.exception("journal recovery failed")
-            if self._stop.wait(ORPHAN_SCAN_INTERVAL_S):
-                return
-
-    # -- snapshot sync (background thread) ---------------------------------------------------
-    def _sync_loop(self) -> None:
+    # -- background: snapshot sync, audit rows, journal recovery -----------------------------------
+    def _background(self) -> None:
+        next_scan = 0.0
         while not self._stop.is_set():
-            self._write_finished()
-            outcomes = []
-            while self._outcomes:
-                outcomes.append(self._outcomes.popleft())
-            dropped = self._audit.dropped_rows
-            if dropped > self._audit_dropped:
-                self._metrics.delta.record_audit_dropped(dropped - self._audit_dropped)
-                self._audit_dropped = dropped
-            batch = self._metrics.pending()
-            with self._spend_lock:
-                spend, self._spend = self._spend, Counter()
-            try:
-                reported = dict(self._in_flight)
-                current = self._snapshot
-                published = ray.get(self._actor.sync.remote(
-                    self._id, reported, outcomes,
-                    None if current is None else current.version,
-                    None if current is None else time.time() - current.taken_at_s,
-                    self._zone, batch, dict(spend)), timeout=2.0)
-                self._metrics.acknowledge(batch)
-                if published is None:
-                    pass  # the actor is warming up after a (re)start: keep the last snapshot
-                elif published.policy_hash != self._policy.policy_hash:
-                    log.error("placement actor runs another config (%s); keeping the last snapshot",
-                              published.policy_hash)
-                else:
-                    snap = FleetSnapshot(published.version, published.taken_at_s, self._fleet, published.signals,
-                                         published.tenant_spend_usd)
-                    self._base = (snap, reported)
-                    self._snapshot = snap
-                    self._view_dirty = True
-            except Exception as exc:  # actor restarting or unreachable: serve on the last snapshot
-                self._outcomes.extendleft(reversed(outcomes))  # not lost: sent with the next sync
-                with self._spend_lock:
-                    self._spend.update(spend)
-                log.warning("snapshot sync failed (%s); serving on snapshot v%s", type(exc).__name__,
-                            None if self._snapshot is None else self._snapshot.version)
+            self._ledger.drain()
+            self._sync()
+            if time.monotonic() >= next_scan:
+                self._recover_orphans()
+                next_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL_S
             self._stop.wait(self._refresh_s)
 
-    def _local_view(self) -> FleetSnapshot:
-        """The published snapshot with this replica's own dispatches since then applied, rebuilt
-        only when a count changed (``FleetSnapshot.with_dispatches``)."""
-        if self._view_dirty or self._view is None:
-            snap, reported = self._base
-            self._view = snap.with_dispatches(reported, self._in_flight)
-            self._view_dirty = False
-        return self._view
+    def _sync(self) -> None:
+        dropped = self._audit.dropped_rows
+        if dropped > self._audit_dropped:
+            self._metrics.delta.record_audit_dropped(dropped - self._audit_dropped)
+            self._audit_dropped = dropped
+        report = self._state.take_report(time.time())
+        batch = self._metrics.pending()
+        try:
+            published = ray.get(self._actor.sync.remote(
+                self._id, report.in_flight, report.outcomes, report.snapshot_version, report.snapshot_age_s,
+                self._zone, batch, report.spend_usd), timeout=SYNC_TIMEOUT_S)
+        except Exception as exc:  # actor restarting or unreachable: serve on the last snapshot
+            self._state.restore(report)
+            snap = self._state.snapshot
+            log.warning("snapshot sync failed (%s); serving on snapshot v%s", type(exc).__name__,
+                        None if snap is None else snap.version)
+            return
+        self._metrics.acknowledge(batch)
+        if published is not None and not self._state.publish(published, report):
+            log.error("placement actor runs another config (%s); keeping the last snapshot", published.policy_hash)
 
-    def _dispatched(self, name: str, delta: int) -> None:
-        self._in_flight[name] += delta
-        self._view_dirty = True
-
-    def _current_snapshot(self, now: float) -> FleetSnapshot:
-        snap = self._snapshot
-        if snap is None:
-            raise ApiError(503, "placement_unavailable", "the plane has no fleet snapshot yet; retry shortly",
-                           retry_after_s=1)
-        age = now - snap.taken_at_s
-        if age > self._policy.snapshot_staleness_bound_s:
-            raise ApiError(503, "placement_unavailable",
-                           f"fleet snapshot is {age:.1f}s old, over the {self._policy.snapshot_staleness_bound_s:.1f}s "
-                           "bound; failing closed", retry_after_s=1)
-        return self._local_view()
+    def _recover_orphans(self) -> None:
+        """Adopt the journal segments of killed ingress replicas on this node: their answered
+        requests that have no row yet get one in this replica's audit log."""
+        try:
+            found = recover(self._journal, self._audit)
+        except Exception:  # telemetry must never fail the plane; the segments wait for the next scan
+            log.exception("journal recovery failed")
+            return
+        if found.segments:
+            log.warning("adopted %d journal segments of ended ingress replicas: %d rows rebuilt, %d already "
+                        "written, %d unreadable lines skipped", found.segments, found.rows, found.already_written,
+                        found.bad_lines)
 
     # -- routes ------------------------------------------------------------------------------
     @app.get("/healthz")
     def healthz(self) -> Response:
-        snap = self._snapshot
-        now = time.time()
-        age = None if snap is None else now - snap.taken_at_s
+        snap = self._state.snapshot
+        age = None if snap is None else time.time() - snap.taken_at_s
         ok = age is not None and age <= self._policy.snapshot_staleness_bound_s
         return JSONResponse({"status": "ok" if ok else "degraded",
                              "snapshot_version": None if snap is None else snap.version,
@@ -270,156 +216,103 @@ class Ingress:
 
     # -- the request path --------------------------------------------------------------------
     async def _serve(self, request: Request, api: str) -> Response:
-        rec = RequestRecord(time.time())
+        req = self._ledger.open(f"req-{uuid.uuid4().hex}", time.time())
+        stream = None
         try:
-            return await self._place_and_dispatch(request, api, rec)
+            body = await self._parse(request, api, req)
+            step, stream, first = await self._dispatch(api, body, req)
+            if isinstance(step, Refusal):
+                raise _refusal_error(step)
+            headers = self._placement_headers(step)
+            rid = ("chatcmpl-" if api == "chat" else "cmpl-") + req.request_id[4:]
+            if req.streamed:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                events = self._stream_events(api, rid, step, first, stream, include_usage, req)
+                self._ledger.watch(events, req, time.time, on_abandoned=stream.cancel)
+                stream = None  # the body generator owns it now
+                return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            return await self._collect(api, rid, step, first, stream, headers, req)
         except ApiError as err:
-            self._record(rec, err.status, err.code, None, None, None)
+            req.close(err.status, err.code, time.time())
             return _error_response(err)
+        except asyncio.CancelledError:  # the client left: release what it held, record it, stop
+            if stream is not None:
+                stream.cancel()
+            req.close(499, CLIENT_DISCONNECTED, time.time())
+            raise
+        except Exception:  # a bug: the request still ends with its record and an OpenAI-style error
+            log.exception("request %s failed in the ingress", req.request_id)
+            if stream is not None:
+                stream.cancel()
+            req.close(500, "internal_error", time.time())
+            return _error_response(ApiError(500, "internal_error", "the ingress failed on this request"))
 
-    def _place(self, preq: PlacementRequest, snapshot: FleetSnapshot) -> PlacementDecision:
-        t0 = time.perf_counter()
-        decision = place(preq, snapshot, self._policy)
-        self._metrics.delta.record_decision(decision, time.perf_counter() - t0)
-        return decision
-
-    async def _place_and_dispatch(self, request: Request, api: str, rec: RequestRecord) -> Response:
-        arrived = rec.arrived_s
+    async def _parse(self, request: Request, api: str, req: OpenRequest):
         tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
         if tenant_name is None:
             raise ApiError(401, "invalid_api_key", "missing or invalid API key")
-        rec.tenant = tenant_name
+        req.tenant = tenant_name
         raw = await request.body()
         if len(raw) > self._max_body:
             raise ApiError(413, "request_too_large", f"request body is {len(raw)} bytes; the limit is {self._max_body}")
         try:
             if api == "chat":
                 body = ChatCompletionRequest.model_validate_json(raw)
-                input_tokens = estimate_chat_tokens(body)
-                max_tokens = body.max_completion_tokens or body.max_tokens or self._default_max_tokens
+                req.input_tokens = estimate_chat_tokens(body)
             else:
                 body = CompletionRequest.model_validate_json(raw)
-                input_tokens = estimate_completion_tokens(body)
-                max_tokens = body.max_tokens or self._default_max_tokens
+                req.input_tokens = estimate_completion_tokens(body)
         except ValidationError as exc:
             raise _first_validation_error(exc) from None
-        rec.model, rec.input_tokens = body.model, input_tokens
-        rec.streamed = bool(getattr(body, "stream", False))
+        req.model = body.model
+        req.streamed = bool(getattr(body, "stream", False))
+        req.sla_class = request.headers.get(SLA_HEADER) or self._policy.tenants[tenant_name].default_sla_class
+        return body
 
-        tenant = self._policy.tenants[tenant_name]
-        sla_class = request.headers.get(SLA_HEADER) or tenant.default_sla_class
-        rec.sla_class = sla_class
-        preq = PlacementRequest(
-            request_id=rec.request_id, tenant=tenant_name, model=body.model, sla_class=sla_class,
-            input_tokens=input_tokens, max_output_tokens=max_tokens, arrived_at_s=arrived,
-            ingress_region=self._region, ingress_zone=self._zone,
-        )
-        snapshot = self._current_snapshot(arrived)
-        rec.snapshot_age_s = time.time() - snapshot.taken_at_s  # at placement (a sync may land mid-parse)
-        decision = rec.decision = self._place(preq, snapshot)
-        payload = self._payload(api, body, max_tokens, preq.request_id)
+    def _max_tokens(self, api: str, body) -> int:
+        if api == "chat":
+            return body.max_completion_tokens or body.max_tokens or self._default_max_tokens
+        return body.max_tokens or self._default_max_tokens
 
-        while True:
-            if not decision.placed:
-                raise self._rejection(decision)
-            name = decision.substrate
-            self._dispatched(name, +1)
-            dispatched = time.time()
-            stream = self._handles[name].options(stream=True).generate.remote(
-                dict(payload, model=self._upstream[(name, decision.model)]))
-            first = await self._first_event(stream)
-            if first["t"] == "error":
-                self._dispatched(name, -1)
-                if not first["retryable"]:  # the request's fault, not the substrate's health
-                    raise ApiError(400, "substrate_rejected_request", first["message"])
-                self._outcomes.append(Outcome(name, False, None, None, time.time(), first.get("retry_after_s")))
-                log.info("placement %s on %s failed before the first byte (%s); re-placing",
-                         decision.placement_id, name, first["code"])
-                now = time.time()
-                preq = preq.retry_excluding(name, now)
-                decision = rec.decision = self._place(preq, self._current_snapshot(now))
-                continue
-            break
+    async def _dispatch(self, api: str, body, req: OpenRequest):
+        """Run the attempt loop until an attempt yields its first event or the request is refused.
+        Returns (the last step, the substrate's stream, its first event)."""
+        max_tokens = self._max_tokens(api, body)
+        loop = req.attempts = AttemptLoop(self._state, PlacementRequest(
+            request_id=req.request_id, tenant=req.tenant, model=body.model, sla_class=req.sla_class,
+            input_tokens=req.input_tokens, max_output_tokens=max_tokens,
+            arrived_at_s=time.time(),  # placed now: a sync may have landed during the parse
+            ingress_region=self._region, ingress_zone=self._zone))
+        payload = self._payload(api, body, max_tokens, req.request_id)
+        step = loop.start()
+        while isinstance(step, Dispatch):
+            stream = self._handles[step.substrate].options(stream=True).generate.remote(
+                dict(payload, model=self._upstream[(step.substrate, step.decision.model)]))
+            try:
+                first = await self._first_event(stream)
+            except BaseException:
+                stream.cancel()
+                raise
+            if first["t"] != "error":
+                return step, stream, first
+            log.info("placement %s on %s failed before the first byte (%s)", step.decision.placement_id,
+                     step.substrate, first["code"])
+            step = loop.failed(_failure_of(first), time.time())
+        return step, None, None
 
+    def _placement_headers(self, step: Dispatch) -> dict[str, str]:
+        decision = step.decision
         headers = {
-            "x-inferplane-substrate": name,
+            "x-inferplane-substrate": step.substrate,
             "x-inferplane-placement-id": decision.placement_id,
             "x-inferplane-spillover": "true" if decision.spillover else "false",
             "x-inferplane-attempts": str(decision.attempt),
         }
         if decision.spillover:
             headers["x-inferplane-spillover-reason"] = decision.spillover_reason.value
-        if self._emulated[name]:
+        if self._emulated[step.substrate]:
             headers["x-inferplane-emulated"] = "true"
-        rid = ("chatcmpl-" if api == "chat" else "cmpl-") + preq.request_id[4:]
-        created = int(arrived)
-        model = decision.model
-        if rec.streamed:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                self._stream_events(api, rid, created, model, name, first, stream, dispatched, include_usage, rec),
-                media_type="text/event-stream", headers=headers)
-        return await self._collect(api, rid, created, model, name, first, stream, dispatched, headers, rec)
-
-    def _record(self, rec: RequestRecord, status: int, error_code: str | None, first_at: float | None,
-                completion_tokens: int | None, prompt_tokens: int | None) -> None:
-        """Journal the request's audit facts, then queue its audit row and metrics, once; the sync
-        thread builds and writes them (building a row, with the decision as JSON, was 8 % of the
-        request path in a profile). Called before the response's last bytes are sent, so a kill
-        after the answer left cannot lose its row."""
-        if rec.recorded:
-            return
-        rec.recorded = True
-        now = time.time()
-        decision = rec.decision
-        outcome = RequestOutcome(
-            status_code=status, error_code=error_code,
-            attempts=decision.attempt if decision is not None else 0,
-            ttft_s=None if first_at is None else first_at - rec.arrived_s,
-            e2e_s=now - rec.arrived_s if status == 200 else None,
-            input_tokens=prompt_tokens if prompt_tokens is not None else rec.input_tokens,
-            output_tokens=completion_tokens, streamed=rec.streamed, finished_at_s=now)
-        sla = self._policy.sla_classes.get(rec.sla_class) if rec.sla_class else None
-        try:
-            self._journal.write(journal_entry(
-                request_id=rec.request_id, ingress_id=self._id, received_at_s=rec.arrived_s, tenant=rec.tenant,
-                model=rec.model, sla_class=rec.sla_class, decision=decision, outcome=outcome, fleet=self._fleet,
-                ingress_region=self._region, snapshot_age_s=rec.snapshot_age_s, sla=sla,
-                config_hash=self._policy.policy_hash))
-        except Exception:  # telemetry must never fail the plane; the row is still queued below
-            log.exception("could not journal request %s", rec.request_id)
-        self._finished.append((rec, outcome, sla))  # after the journal write, so the row written releases it
-
-    def _write_finished(self) -> None:
-        """Audit rows, outcome metrics and spend for the requests that finished since the last call.
-        Runs in the sync thread (and on shutdown); a failure is logged, never raised."""
-        while self._finished:
-            rec, outcome, sla = self._finished.popleft()
-            try:
-                decision = rec.decision
-                if decision is None:
-                    self._metrics.delta.record_rejection(
-                        rejection_code_for(outcome.error_code or "invalid"), rec.tenant, rec.model)
-                row = audit_row(request_id=rec.request_id, ingress_id=self._id, received_at_s=rec.arrived_s,
-                                tenant=rec.tenant, model=rec.model, sla_class=rec.sla_class, decision=decision,
-                                outcome=outcome, fleet=self._fleet, ingress_region=self._region,
-                                snapshot_age_s=rec.snapshot_age_s, sla=sla)
-                self._audit.append(row)
-                if row["cost_usd"] and rec.tenant:
-                    with self._spend_lock:
-                        self._spend[rec.tenant] += row["cost_usd"]
-                if decision is not None and decision.placed:
-                    self._metrics.delta.record_outcome(
-                        decision.substrate, decision.tenant, decision.model, decision.sla_class,
-                        outcome.status_code == 200, outcome.ttft_s, outcome.e2e_s, outcome.tpot_s,
-                        outcome.input_tokens or 0, outcome.output_tokens or 0, row["cost_usd"] or 0.0)
-            except Exception:  # telemetry must never fail the plane; the failure itself is logged
-                log.exception("could not record request %s", rec.request_id)
-
-    def _rejection(self, decision: PlacementDecision) -> ApiError:
-        status = decision.http_status
-        retry_after = 1.0 if status in (429, 503) else None
-        return ApiError(status, decision.rejection_code.value, decision.rejection_message, retry_after_s=retry_after)
+        return headers
 
     @staticmethod
     async def _first_event(stream) -> dict:
@@ -442,93 +335,74 @@ class Ingress:
             payload["prompt"] = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         return payload
 
-    def _finish(self, name: str, ok: bool, dispatched: float, first_at: float | None, completion_tokens: int) -> None:
-        self._dispatched(name, -1)
-        now = time.time()
-        ttft = None if first_at is None else first_at - dispatched
-        tpot = None if first_at is None or completion_tokens < 2 else (now - first_at) / (completion_tokens - 1)
-        self._outcomes.append(Outcome(name, ok, ttft, tpot, now))
-
-    async def _collect(self, api, rid, created, model, name, first, stream, dispatched, headers, rec) -> Response:
+    async def _collect(self, api, rid, step: Dispatch, first, stream, headers, req: OpenRequest) -> Response:
+        """A non-streamed answer: gather the substrate's events, then answer once."""
         first_at = time.time()
+        name = step.substrate
         parts: list[str] = []
-        done = None
-        try:
-            event = first
-            while True:
-                if event["t"] == "delta":
-                    parts.append(event["text"])
-                elif event["t"] == "done":
-                    done = event
-                    break
-                elif event["t"] == "error":
-                    raise ApiError(502, "substrate_error", f"substrate {name} failed mid-generation: {event['code']}")
+        event = first
+        while event["t"] == "delta":
+            parts.append(event["text"])
+            try:
                 event = await stream.__anext__()
-        except StopAsyncIteration:
-            pass
-        except ApiError:
-            self._finish(name, False, dispatched, first_at, 0)
-            raise
-        except Exception as exc:
-            self._finish(name, False, dispatched, first_at, 0)
-            raise ApiError(502, "substrate_error", f"substrate {name} failed mid-generation: {type(exc).__name__}")
-        if done is None:
-            self._finish(name, False, dispatched, first_at, 0)
-            raise ApiError(502, "substrate_error", f"substrate {name} ended without finishing")
-        self._finish(name, True, dispatched, first_at, done["completion_tokens"])
-        self._record(rec, 200, None, first_at, done["completion_tokens"], done["prompt_tokens"])
-        body = completion_body(api, rid, created, model, "".join(parts), done["finish_reason"],
-                               done["prompt_tokens"], done["completion_tokens"])
+            except StopAsyncIteration:
+                event = {"t": "error", "code": "ended"}
+            except Exception as exc:  # the replica died mid-generation (cancellation is not caught)
+                event = {"t": "error", "code": type(exc).__name__}
+        if event["t"] != "done":
+            err = ApiError(502, "substrate_error", f"substrate {name} failed mid-generation: {event['code']}")
+            req.close(502, err.code, time.time(), first_token_s=first_at, output_tokens=len(parts))
+            raise err
+        req.close(200, None, time.time(), first_token_s=first_at, output_tokens=event["completion_tokens"],
+                  prompt_tokens=event["prompt_tokens"])
+        body = completion_body(api, rid, int(req.received_at_s), step.decision.model, "".join(parts),
+                               event["finish_reason"], event["prompt_tokens"], event["completion_tokens"])
         return JSONResponse(body, headers=headers)
 
-    async def _stream_events(self, api, rid, created, model, name, first, stream, dispatched, include_usage, rec):
-        """The SSE stream. The status line went out as 200, so the row says how the stream really
-        ended; it is recorded (journaled) before the stream's last line: ``[DONE]`` or the error event."""
+    async def _stream_events(self, api, rid, step: Dispatch, first, stream, include_usage, req: OpenRequest):
+        """The SSE stream. The status line went out as 200, so the record says how the stream really
+        ended; it is closed (journaled) before the stream's last line: ``[DONE]`` or the error event.
+        A client that leaves mid-stream closes it as 499 with the tokens streamed so far."""
         first_at = time.time()
-        ok = False
+        created, model, name = int(req.received_at_s), step.decision.model, step.substrate
         tokens = 0
         prompt_tokens = None
         try:
             if api == "chat":
                 yield _sse_line(chunk(api, rid, created, model, "", first=True))
             event = first
-            while True:
-                if event["t"] == "delta":
-                    yield _sse_line(chunk(api, rid, created, model, event["text"]))
-                elif event["t"] == "done":
-                    tokens = event["completion_tokens"]
-                    prompt_tokens = event["prompt_tokens"]
-                    yield _sse_line(chunk(api, rid, created, model, None if api == "chat" else "",
-                                     finish_reason=event["finish_reason"]))
-                    if include_usage:
-                        yield _sse_line(usage_chunk(api, rid, created, model, event["prompt_tokens"], tokens))
-                    ok = True
-                    self._record(rec, 200, None, first_at, tokens, prompt_tokens)
-                    yield "data: [DONE]\n\n"
-                    return
-                else:
-                    break
+            while event["t"] == "delta":
+                tokens += 1  # one token per delta, until the engine's count arrives with "done"
+                yield _sse_line(chunk(api, rid, created, model, event["text"]))
                 try:
                     event = await stream.__anext__()
                 except StopAsyncIteration:
-                    break
-            err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream")
-            self._record(rec, 502, err.code, first_at, tokens, prompt_tokens)
-            yield _sse_line(err.body())
-        except Exception as exc:  # noqa: BLE001 - the stream has started: end it with an error event
-            err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream: {type(exc).__name__}")
-            self._record(rec, 502, err.code, first_at, tokens, prompt_tokens)
+                    event = {"t": "error", "code": "ended"}
+                except Exception as exc:  # the replica died mid-stream (cancellation is not caught)
+                    event = {"t": "error", "code": type(exc).__name__}
+            if event["t"] == "done":
+                tokens, prompt_tokens = event["completion_tokens"], event["prompt_tokens"]
+                yield _sse_line(chunk(api, rid, created, model, None if api == "chat" else "",
+                                      finish_reason=event["finish_reason"]))
+                if include_usage:
+                    yield _sse_line(usage_chunk(api, rid, created, model, prompt_tokens, tokens))
+                req.close(200, None, time.time(), first_token_s=first_at, output_tokens=tokens,
+                          prompt_tokens=prompt_tokens)
+                yield "data: [DONE]\n\n"
+                return
+            err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream: {event['code']}")
+            req.close(502, err.code, time.time(), first_token_s=first_at, output_tokens=tokens)
             yield _sse_line(err.body())
         finally:
-            self._finish(name, ok, dispatched, first_at, tokens)
-            # Only a client gone mid-stream is not recorded yet (``_record`` keeps the first record).
-            self._record(rec, 502, "client_disconnected", first_at, tokens, prompt_tokens)
+            if req.record is None:  # the client left mid-stream (or the server stopped iterating)
+                stream.cancel()
+                req.close(499, CLIENT_DISCONNECTED, time.time(), first_token_s=first_at, output_tokens=tokens)
 
     def __del__(self) -> None:
-        # Graceful shutdown: stop syncing and recovering, write every audit row still pending, then
-        # delete the journal segments those rows were waiting in.
+        # Graceful shutdown: stop the background thread and wait for it, write every audit row
+        # still pending, then delete the journal segments those rows were waiting in.
         self._stop.set()
-        self._recovery.join()
-        self._write_finished()
+        self._background_thread.join(timeout=10.0)
+        self._ledger.drain()
         self._audit.close()
         self._journal.close()

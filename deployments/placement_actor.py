@@ -53,12 +53,10 @@ class PlacementActor:
         self._fleet = built.fleet
         self._metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy))
         self._bound = built.policy.signal_staleness_bound_s
-        tel = built.config.telemetry
-        try:
-            self._metrics_server = serve_metrics(self._metrics.registry, tel.metrics_host, tel.metrics_port)
-        except OSError as exc:  # the port is taken (another plane on this node): say so, keep placing
-            log.error("cannot serve metrics on %s:%s: %s", tel.metrics_host, tel.metrics_port, exc)
-            self._metrics_server = None
+        self._name = actor_name(app_name, config_text)
+        self._telemetry = built.config.telemetry
+        self._metrics_server = None
+        self._serve_metrics(log.error)
 
     def _seed_spend_from_audit(self, cfg) -> None:
         """After a (re)start, this period's spend of every budgeted tenant comes back from the audit
@@ -131,15 +129,39 @@ class PlacementActor:
             sub["serve"] = self._serve_status.get(sub["name"])
         return out
 
+    def _serve_metrics(self, complain) -> None:
+        tel = self._telemetry
+        try:
+            self._metrics_server = serve_metrics(self._metrics.registry, tel.metrics_host, tel.metrics_port)
+        except OSError as exc:  # the port is taken (the actor of a config being replaced): keep placing
+            complain("cannot serve metrics on %s:%s yet: %s", tel.metrics_host, tel.metrics_port, exc)
+
+    def _retire_predecessors(self) -> None:
+        """Once this actor's application runs (Serve finished rolling out the config that created
+        it, so no replica of the old config syncs any more), kill the actors of the application's
+        earlier configs, then take over the metrics port they held."""
+        for old in _actor_names(self._app_name):
+            if old != self._name:
+                try:
+                    ray.kill(ray.get_actor(old, namespace=NAMESPACE))
+                except ValueError:  # already gone
+                    continue
+                log.warning("retired placement actor %s of an earlier config", old)
+        if self._metrics_server is None:
+            self._serve_metrics(log.info)
+
     def _poll_serve(self) -> None:
         """Replica counts and states of each substrate deployment, from Serve, every 2 s. A
         deployment UPDATING for over a minute is flagged: an unsatisfiable label selector leaves
-        it there with no message of its own."""
+        it there with no message of its own. While the application is RUNNING, actors of earlier
+        configs are retired (``_retire_predecessors``)."""
         from ray import serve
 
         while True:
             try:
                 app = serve.status().applications.get(self._app_name)
+                if app is not None and str(getattr(app.status, "value", app.status)) == "RUNNING":
+                    self._retire_predecessors()
                 now = time.time()
                 found = {}
                 for name, dep in (app.deployments.items() if app else ()):
@@ -162,6 +184,35 @@ class PlacementActor:
 
     def started_at_s(self) -> float:
         return self._started_at_s
+
+
+def _actor_names(app_name: str) -> list[str]:
+    """The named placement actors of ``app_name`` on this cluster, one per config deployed."""
+    prefix = f"inferplane-placement-{app_name}-"
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)]
+
+
+def current_actor(app_name: str) -> ray.actor.ActorHandle:
+    """The placement actor of the config deployed last: the only one once a rollout has finished
+    (the new actor retires its predecessors), the most recently started one during it."""
+    names = _actor_names(app_name)
+    if not names:
+        raise ValueError(f"no placement actor for app `{app_name}` on this cluster; is the plane running?")
+    actors = [ray.get_actor(n, namespace=NAMESPACE) for n in names]
+    if len(actors) == 1:
+        return actors[0]
+    started = ray.get([a.started_at_s.remote() for a in actors], timeout=10)
+    return max(zip(started, actors), key=lambda pair: pair[0])[1]
+
+
+def remove_actors(app_name: str) -> None:
+    """Kill every placement actor of ``app_name`` (detached: nothing else removes them)."""
+    for name in _actor_names(app_name):
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        except ValueError:  # gone meanwhile
+            pass
 
 
 def get_or_create(app_name: str, config_text: str) -> ray.actor.ActorHandle:

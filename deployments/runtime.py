@@ -83,20 +83,16 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> float:
     raise TimeoutError(f"the plane was not ready after {timeout_s:.0f}s (last: {last})")
 
 
-def teardown(app_name: str, config_text: str) -> None:
-    """Delete the app and its placement actor (named from the config, so no listing is needed),
-    then leave Ray."""
+def teardown(app_name: str) -> None:
+    """Delete the app and every placement actor it has (one per config it ran), then leave Ray."""
     import ray
     from ray import serve
 
-    from deployments.placement_actor import NAMESPACE, actor_name
+    from deployments.placement_actor import remove_actors
 
     try:
         serve.delete(app_name)
         serve.shutdown()
     finally:
-        try:
-            ray.kill(ray.get_actor(actor_name(app_name, config_text), namespace=NAMESPACE))
-        except ValueError:  # no such actor: nothing left to remove
-            pass
+        remove_actors(app_name)
         ray.shutdown()

@@ -135,7 +135,7 @@ def start(backends: int = 4, ingress_replicas: int = 1):
     runtime.wait_ready(url, timeout_s=120)
 
     def stop() -> None:
-        runtime.teardown(PLANE_APP, text)
+        runtime.teardown(PLANE_APP)
 
     return url, stop
 

@@ -124,4 +124,4 @@ def measure_vllm(concurrency: int = 16, requests: int = 48, max_tokens: int = 64
         out["ttft_p50_ratio"] = out["plane"]["ttft_p50_ms"] / out["plain"]["ttft_p50_ms"]
         return out
     finally:
-        runtime.teardown(PLANE_APP, text)
+        runtime.teardown(PLANE_APP)

@@ -88,5 +88,5 @@ def cmd(args: argparse.Namespace) -> int:
         stop.wait(args.exit_after)
     finally:
         print("shutting down ...", flush=True)
-        runtime.teardown(args.app_name, config_text)
+        runtime.teardown(args.app_name)
     return 0

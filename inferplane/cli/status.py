@@ -27,15 +27,10 @@ def fetch_status(address: str, app_name: str) -> dict:
     runtime.loopback_environment()
     import ray
 
-    from deployments.placement_actor import NAMESPACE
+    from deployments.placement_actor import current_actor
 
     runtime.connect(address)
-    prefix = f"inferplane-placement-{app_name}-"
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)]
-    if not names:
-        raise ValueError(f"no placement actor for app `{app_name}` on this cluster; is the plane running?")
-    return ray.get(ray.get_actor(names[0], namespace=NAMESPACE).status.remote(), timeout=10)
+    return ray.get(current_actor(app_name).status.remote(), timeout=10)
 
 
 def _reading(r: dict | None, fmt: str = "{:.0f}") -> str:

@@ -66,16 +66,11 @@ def _deploy(config_text: str, app_name: str, ready_timeout_s: float, proxy_locat
     runtime.wait_ready(url, timeout_s=ready_timeout_s)
 
     def teardown() -> None:
-        import ray
-
-        from deployments.placement_actor import NAMESPACE, actor_name
+        from deployments.placement_actor import remove_actors
 
         serve.delete(app_name)
         serve.shutdown()
-        try:
-            ray.kill(ray.get_actor(actor_name(app_name, text), namespace=NAMESPACE))
-        except ValueError:
-            pass
+        remove_actors(app_name)
 
     return Plane(url=url, app_name=app_name, config_text=text, audit_dir=audit_dir,
                  metrics_url=f"http://127.0.0.1:{metrics_port}/metrics"), teardown

@@ -1,7 +1,7 @@
 """The PlacementActor: the single placement authority, a named Ray actor.
 
 A thin wrapper around ``inferplane.fleet_state.FleetState``. Ingress replicas call ``sync`` every
-``SYNC_INTERVAL_S`` to report their in-flight counts and outcomes and receive the current
+``ingress.snapshot_refresh_ms`` to report their in-flight counts and outcomes and receive the current
 snapshot; substrate replicas call ``report_substrate`` with their adapter's load (their heartbeat).
 Ray restarts the actor after a crash (``max_restarts=-1``); it rebuilds its state from the config
 and the reports that resume within one interval, while ingress replicas keep placing on their last

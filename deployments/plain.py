@@ -73,6 +73,8 @@ class PlainIngress:
         })
 
 
-def build_plain_app(backends_app: str, backend_names: list, upstream_model: str):
-    """A plain app whose handles point at ``backend_names``, deployments of app ``backends_app``."""
-    return PlainIngress.options(name="plain-ingress").bind(backends_app, backend_names, upstream_model)
+def build_plain_app(backends_app: str, backend_names: list, upstream_model: str, replicas: int = 1):
+    """A plain app whose handles point at ``backend_names``, deployments of app ``backends_app``,
+    with ``replicas`` ingress replicas (a comparison gives both sides the same count)."""
+    return PlainIngress.options(name="plain-ingress", num_replicas=replicas).bind(
+        backends_app, backend_names, upstream_model)

@@ -128,6 +128,7 @@ class FleetState:
         # second; most syncs change nothing but the ingress counts).
         self._replica_parts: dict[str, _ReplicaPart] = {}
         self._outcome_parts: dict[str, _OutcomePart] = {}
+        self._last_signals: dict[str, tuple[tuple, SubstrateSignals]] = {}
 
     # -- reports ------------------------------------------------------------------------------
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
@@ -239,14 +240,24 @@ class FleetState:
         op = self._outcome_parts.get(name)
         if op is None or not op.computed_at_s <= now_s < op.valid_until_s:
             op = self._outcome_parts[name] = _outcome_part(self._outcomes[name], now_s, self._latency_window)
-        return SubstrateSignals(
+        circuit = self._breakers[name].state(now_s)
+        external = self._external_for(name, zone, region) if self._external else ()
+        # The same object as last time when nothing changed, so a snapshot can reuse what was
+        # derived from it (``FleetSnapshot``'s prepared entries).
+        last = self._last_signals.get(name)
+        if last is not None:
+            (last_rp, last_op, last_in_flight, last_circuit, last_external), last_signals = last
+            if (last_rp is rp and last_op is op and last_in_flight == in_flight and last_circuit is circuit
+                    and last_external == external):
+                return last_signals
+        signals = SubstrateSignals(
             in_flight=in_flight, queued=rp.queued, kv_cache_usage=rp.kv, gpu_memory_used_ratio=rp.gpu,
             rate_limit_requests_remaining=rp.rl_req, rate_limit_tokens_remaining=rp.rl_tok,
-            recent_ttft_s=op.ttft, recent_tpot_s=op.tpot, error_rate=op.error_rate,
-            circuit=self._breakers[name].state(now_s),
-            node_countries=rp.node_countries, unlabelled_replicas=rp.unlabelled,
-            external=self._external_for(name, zone, region) if self._external else (),
+            recent_ttft_s=op.ttft, recent_tpot_s=op.tpot, error_rate=op.error_rate, circuit=circuit,
+            node_countries=rp.node_countries, unlabelled_replicas=rp.unlabelled, external=external,
         )
+        self._last_signals[name] = ((rp, op, in_flight, circuit, external), signals)
+        return signals
 
     # -- status -------------------------------------------------------------------------------
     def status(self, now_s: float) -> dict:

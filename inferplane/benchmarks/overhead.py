@@ -1,14 +1,16 @@
 """The plane's cost against a plain Ray Serve app over the same backends, in one run, alternately.
 
 (a) ``plain``: ``deployments.plain`` -- a FastAPI ingress with handles to the backends, picking
-    one at random, a minimal OpenAI-style endpoint (no auth, no placement, no telemetry);
+    one at random, a minimal OpenAI-style endpoint (no auth, no placement, no telemetry), with as
+    many ingress replicas as the plane's;
 (b) ``plane``: the inferplane ingress (auth, parse, place on the snapshot, dispatch, audit row,
     metrics) over the same backend deployments.
 
 The backends are emulated substrates with zero latency, so the figures are the two request paths'
 own cost. Both apps sit behind the same Serve proxy on loopback; the load generator (httpx, in
 this process) sends the same bounded load to each, alternating round by round so that machine
-noise falls on both. ``bench vllm`` does the same over one real vLLM CPU engine.
+noise falls on both. Requests per second and latencies count successful responses only; errors
+are reported per side. ``bench vllm`` does the same over one real vLLM CPU engine.
 """
 
 from __future__ import annotations
@@ -67,10 +69,16 @@ class LoadResult:
     errors: int
     wall_s: float
     latencies_s: list[float]
+    """Of successful requests only: a fast error is not a fast answer."""
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.errors
 
     @property
     def rps(self) -> float:
-        return self.requests / self.wall_s
+        """Successful responses per second; failed ones do not count."""
+        return self.ok / self.wall_s
 
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies_s)
@@ -96,7 +104,8 @@ async def _load(url: str, concurrency: int, requests: int, body: dict, headers: 
                     ok = r.status_code == 200
                 except Exception:
                     ok = False
-                latencies.append(time.perf_counter() - t0)
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
                 errors += not ok
 
         t0 = time.perf_counter()
@@ -130,7 +139,8 @@ def start(backends: int = 4, ingress_replicas: int = 1):
     ray.init(address="local", include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     runtime.deploy(text, PLANE_APP, "127.0.0.1", port)
     names = [f"backend-{i}-emulated" for i in range(backends)]
-    serve.run(build_plain_app(PLANE_APP, names, "bench"), name=PLAIN_APP, route_prefix="/plain", blocking=False)
+    serve.run(build_plain_app(PLANE_APP, names, "bench", replicas=ingress_replicas), name=PLAIN_APP,
+              route_prefix="/plain", blocking=False)
     url = f"http://127.0.0.1:{port}"
     runtime.wait_ready(url, timeout_s=120)
 

@@ -60,16 +60,18 @@ def cmd_overhead(args: argparse.Namespace) -> int:
     from inferplane.benchmarks.overhead import measure_overhead
 
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    print(f"plain Ray Serve vs inferplane over 4 zero-latency emulated backends, {args.requests} requests "
-          f"per target per concurrency in {args.rounds} alternating rounds, loopback", flush=True)
+    print(f"plain Ray Serve vs inferplane over 4 zero-latency emulated backends, {args.ingress_replicas} ingress "
+          f"replica(s) each, {args.requests} requests per target per concurrency in {args.rounds} alternating "
+          "rounds, loopback; ok/s and latencies count successful responses only", flush=True)
     rows = measure_overhead(concurrencies, args.requests, args.rounds, ingress_replicas=args.ingress_replicas,
                             echo=lambda line: print(line, flush=True))
     table = [[str(r["concurrency"]), f"{r['plain']['rps']:.1f}", f"{r['plane']['rps']:.1f}",
               f"{r['plain']['p50_ms']:.1f}", f"{r['plane']['p50_ms']:.1f}", f"{r['plain']['p99_ms']:.1f}",
               f"{r['plane']['p99_ms']:.1f}", f"{r['throughput_ratio']:.3f}", f"{r['p50_ratio']:.3f}",
-              str(r["plain"]["errors"] + r["plane"]["errors"])] for r in rows]
-    print(render_table(["conc", "plain rps", "plane rps", "plain p50 ms", "plane p50 ms", "plain p99 ms",
-                        "plane p99 ms", "rps ratio", "p50 ratio", "errors"], table, "r" * 10))
+              str(r["plain"]["errors"]), str(r["plane"]["errors"])] for r in rows]
+    print(render_table(["conc", "plain ok/s", "plane ok/s", "plain p50 ms", "plane p50 ms", "plain p99 ms",
+                        "plane p99 ms", "rps ratio", "p50 ratio", "plain errors", "plane errors"], table,
+                       "r" * 11))
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as fh:
             json.dump(rows, fh, indent=2)

@@ -13,10 +13,6 @@ from inferplane.config.errors import ConfigError
 GROUPS = (validate, explain, run, deploy, status, models, bench, calibrate, keys, report, replay)
 
 
-class CommandError(Exception):
-    """A failure the user can act on; printed as one line."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferplane",
@@ -40,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(exc.render(), file=sys.stderr)
         return 1
-    except (CommandError, FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # failures the user can act on: one line
         if args.debug:
             raise
         print(f"inferplane: error: {exc}", file=sys.stderr)

@@ -119,8 +119,10 @@ def normalised_weights(raw: list[float]) -> list[float]:
 
 
 def policy_hash(cfg: InferplaneConfig) -> str:
-    """SHA-256 (first 16 hex) of everything that changes decisions: policy, SLA classes, tenants'
-    rules (not their key digests), models and substrates' placement-relevant fields."""
+    """SHA-256 (first 16 hex) of the whole validated config except the tenants' key digests: it
+    names the config a decision was made under. Any change, placement-relevant or not (a replica
+    count, the audit directory), makes a new hash, so two replicas agree on it only when they run
+    the same config; rotating a key keeps it."""
     relevant = cfg.model_dump(mode="json", by_alias=True)
     for t in relevant["tenants"]:
         t.pop("api_keys_sha256", None)

@@ -5,6 +5,8 @@ The fleet is synthetic (every substrate serves the model, the tenant may use the
 fresh): the worst case, in which every substrate passes every filter and is scored.
 
 ``with_dispatches`` is timed beside them: every ingress replica calls it once per dispatch.
+The snapshot is built for the policy, as an ingress replica builds every snapshot it places on
+(``ReplicaState.publish``).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def live_snapshot(built: BuiltConfig, now_s: float, seed: int = 0) -> FleetSnaps
             gpu_memory_used_ratio=Reading(rng.random(), at) if spec.kind == "vllm" else None,
             recent_ttft_s=Reading(rng.uniform(0.05, 0.5), at),
         ))
-    return FleetSnapshot(version=1, taken_at_s=now_s, fleet=built.fleet, signals=tuple(signals))
+    return FleetSnapshot(version=1, taken_at_s=now_s, fleet=built.fleet, signals=tuple(signals), policy=built.policy)
 
 
 def chat_body() -> bytes:

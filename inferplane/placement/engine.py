@@ -37,19 +37,19 @@ from inferplane.placement.decision import (
     SpilloverReason,
     roll_up,
 )
-from inferplane.placement.estimate import estimate
+from inferplane.placement.estimate import BYTES_PER_TOKEN, estimate
 from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejection, RejectionCode
 from inferplane.placement.fleet import FleetSpec, ModelRoute, SubstrateSpec
-from inferplane.placement.plan import RoutePlan, fast_positions, route_plan, scoring
+from inferplane.placement.plan import RoutePlan, Target, scoring, target
 from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
-from inferplane.placement.prepared import PreparedSubstrate
+from inferplane.placement.prepared import PreparedSubstrate, scoring_row
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import Scorer
 from inferplane.placement.signals import SubstrateSignals
 from inferplane.placement.snapshot import FleetSnapshot
 
 _DYNAMIC_CHECKS = tuple(f.check for f in DYNAMIC_FILTERS)
-_INF = float("inf")
+_INELIGIBLE = float("-inf")  # the total recorded for a substrate that is not eligible
 
 
 def placement_id(request_id: str, attempt: int) -> str:
@@ -95,13 +95,10 @@ def _context(request: PlacementRequest, tenant: TenantPolicy, sla: SlaPolicy, ro
                             request.arrived_at_s, policy.signal_staleness_bound_s, over_budget_classes)
 
 
-def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, sla: SlaPolicy,
-                cost_reference_usd_per_token: float) -> tuple[float, float, float, tuple[float, ...]]:
-    """(ttft_s, e2e_s, cost_usd, scores in ``FAST_SCORER_ORDER``) of a substrate whose readings
-    are all fresh: ``estimate.estimate`` and the scorers, with the same float operations. The loop
-    in ``place`` performs these same lines inline (a call per candidate would cost more than them)."""
+def _numbers(e: PreparedSubstrate, request: PlacementRequest) -> tuple[float, float, float]:
+    """(ttft_s, e2e_s, cost_usd) of a substrate whose readings are all fresh: ``estimate.estimate``
+    with the same float operations."""
     n_in, n_out = request.input_tokens, request.max_output_tokens
-    region, zone = request.ingress_region, request.ingress_zone
     prefill_s = n_in / e.prefill_tokens_per_s
     decode_s = n_out * e.per_token_s
     if e.queue_factor:
@@ -113,12 +110,23 @@ def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, sla: SlaPolicy,
     e2e = ttft + decode_s
     cost = n_in * e.usd_per_input_token + n_out * e.usd_per_output_token
     cost += e.usd_per_slot_second * e2e
-    if e.egress_usd_per_byte and e.region != region:
+    if e.egress_usd_per_byte and e.region != request.ingress_region:
         cost += (n_in + n_out) * 4 * e.egress_usd_per_byte
+    return ttft, e2e, cost
+
+
+def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, sla: SlaPolicy,
+                cost_reference_usd_per_token: float) -> tuple[float, float, float, tuple[float, ...]]:
+    """(ttft_s, e2e_s, cost_usd, scores in ``FAST_SCORER_ORDER``) of a substrate whose readings
+    are all fresh: ``estimate.estimate`` and the scorers, with the same float operations. The loop
+    in ``place`` performs these same lines inline, on the snapshot's scoring rows (a call per
+    candidate would cost more than them)."""
+    ttft, e2e, cost = _numbers(e, request)
+    region, zone = request.ingress_region, request.ingress_zone
     a = 1.0 - ttft / sla.ttft_deadline_s
     b = 1.0 - e2e / sla.e2e_deadline_s
     latency = a if a < b else b
-    tokens = n_in + n_out
+    tokens = request.input_tokens + request.max_output_tokens
     r = cost_reference_usd_per_token
     local = 1.0 if zone is not None and e.zone == zone else 0.5 if region is not None and e.region == region else 0.0
     scores = (latency if latency > 0.0 else 0.0, e.queue_score, e.memory_score,
@@ -128,10 +136,10 @@ def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, sla: SlaPolicy,
 
 def _verdicts(request: PlacementRequest, sla: SlaPolicy, policy: PlacementPolicy, fleet: FleetSpec,
               snapshot: FleetSnapshot, rp: RoutePlan, fast_positions: tuple[int, ...],
-              negated: list[float], by_specification: dict[int, CandidateVerdict]) -> tuple[CandidateVerdict, ...]:
+              totals: list[float], by_specification: dict[int, CandidateVerdict]) -> tuple[CandidateVerdict, ...]:
     """Every serving substrate's verdict, in the route's order. For the admitted one at position
     ``pos``: ``by_specification[pos]`` when the filters and scorers themselves evaluated it,
-    otherwise it was eligible by arithmetic with total ``-negated[pos]``."""
+    otherwise it was eligible by arithmetic with total ``totals[pos]``."""
     out = []
     pos = 0
     for idx, rejection in rp.verdicts:
@@ -144,169 +152,160 @@ def _verdicts(request: PlacementRequest, sla: SlaPolicy, policy: PlacementPolicy
                                                   policy.cost_reference_usd_per_token)
             verdict = CandidateVerdict(
                 fleet.substrates[idx].name, True, None, None, None, tuple([scores[i] for i in fast_positions]),
-                -negated[pos], ttft, e2e, cost, ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s)
+                totals[pos], ttft, e2e, cost, ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s)
         out.append(verdict)
         pos += 1
     return tuple(out)
 
 
+def _refusal(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementPolicy,
+             scorer_names: tuple[str, ...], code: RejectionCode, message: str, model: str,
+             primary: str | None = None, candidates: tuple[CandidateVerdict, ...] = ()) -> PlacementDecision:
+    return PlacementDecision(
+        placement_id=placement_id(request.request_id, request.attempt),
+        request_id=request.request_id, attempt=request.attempt, tenant=request.tenant,
+        model=model, sla_class=request.sla_class, substrate=None, fallbacks=(), primary=primary,
+        spillover=False, spillover_reason=None, candidates=candidates, scorer_names=scorer_names,
+        predicted_ttft_s=None, predicted_e2e_s=None, estimated_cost_usd=None,
+        rejection_code=code, rejection_message=message, policy_hash=policy.policy_hash,
+        snapshot_version=snapshot.version,
+    )
+
+
 def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementPolicy) -> PlacementDecision:
     fleet = snapshot.fleet
     plan = policy.plan
-    if plan is not None and plan.fleet is not fleet:
-        plan = None  # another fleet than the one the plan was compiled for: work it out below
-    if plan is not None:
-        scorer_names, scorers, weights, fast_weights = plan.scorer_names, plan.scorers, plan.weights, plan.fast_weights
-    else:
-        scorer_names, scorers, weights, fast_weights = scoring(policy)
-
-    def refuse(code: RejectionCode, message: str, model: str, primary: str | None = None,
-               candidates: tuple[CandidateVerdict, ...] = ()) -> PlacementDecision:
-        return PlacementDecision(
-            placement_id=placement_id(request.request_id, request.attempt),
-            request_id=request.request_id, attempt=request.attempt, tenant=request.tenant,
-            model=model, sla_class=request.sla_class, substrate=None, fallbacks=(), primary=primary,
-            spillover=False, spillover_reason=None, candidates=candidates, scorer_names=scorer_names,
-            predicted_ttft_s=None, predicted_e2e_s=None, estimated_cost_usd=None,
-            rejection_code=code, rejection_message=message, policy_hash=policy.policy_hash,
-            snapshot_version=snapshot.version,
-        )
-
-    route = fleet.resolve_model(request.model)
-    if route is None:
-        return refuse(RejectionCode.UNKNOWN_MODEL, f"model `{request.model}` does not exist", request.model)
-    tenant = policy.tenants.get(request.tenant)
-    if tenant is None:
-        return refuse(RejectionCode.UNKNOWN_TENANT, f"unknown tenant `{request.tenant}`", route.name)
-    if tenant.allowed_models is not None and route.name not in tenant.allowed_models:
-        return refuse(RejectionCode.MODEL_NOT_ALLOWED,
-                      f"tenant `{tenant.name}` may not use model `{route.name}`", route.name)
-    sla = policy.sla_classes.get(request.sla_class)
-    if sla is None:
-        return refuse(RejectionCode.UNKNOWN_SLA_CLASS, f"unknown SLA class `{request.sla_class}`", route.name)
-    if request.sla_class not in tenant.allowed_sla_classes:
-        return refuse(RejectionCode.SLA_CLASS_NOT_ALLOWED,
-                      f"tenant `{tenant.name}` may not use SLA class `{request.sla_class}`", route.name)
+    if plan is not None and plan.fleet is fleet:
+        sc = plan.scoring
+        key = (request.tenant, request.model, request.sla_class, request.ingress_region, request.ingress_zone)
+        t = plan.targets.get(key)
+        if t is None:
+            t = target(fleet, policy, plan.routes, sc, *key)
+            if type(t) is Target:
+                plan.targets[key] = t
+    else:  # no plan, or one for another fleet: work out what this request needs, uncached
+        sc = scoring(policy)
+        t = target(fleet, policy, None, sc, request.tenant, request.model, request.sla_class,
+                   request.ingress_region, request.ingress_zone)
+    if type(t) is not Target:
+        return _refusal(request, snapshot, policy, sc.scorer_names, *t)
+    tenant, sla, route, rp = t.tenant, t.sla, t.route, t.plan
 
     over_budget_classes = None
     if tenant.budget_usd is not None:
         spent = snapshot.tenant_spend_usd.get(tenant.name, 0.0)
         if spent >= tenant.budget_usd:
             if tenant.over_budget_classes is None:
-                return refuse(RejectionCode.OVER_BUDGET,
-                              f"tenant `{tenant.name}` has spent ${spent:.2f} of its ${tenant.budget_usd:.2f} "
-                              "budget for this period", route.name)
+                return _refusal(request, snapshot, policy, sc.scorer_names, RejectionCode.OVER_BUDGET,
+                                f"tenant `{tenant.name}` has spent ${spent:.2f} of its ${tenant.budget_usd:.2f} "
+                                "budget for this period", route.name)
             over_budget_classes = tenant.over_budget_classes
 
-    rp = None if plan is None else plan.routes.get((tenant.name, route.name))
-    if rp is None:
-        rp = route_plan(fleet, policy, tenant, route)
     ttft_deadline, e2e_deadline = sla.ttft_deadline_s, sla.e2e_deadline_s
-    prepared, signals, substrates = snapshot.prepared, snapshot.signals, fleet.substrates
+    signals, substrates = snapshot.signals, fleet.substrates
+    scorers, weights = sc.scorers, sc.weights
     ctx = None  # only the specification's path needs one
-    negated: list[float] = []  # per admitted substrate: -total when eligible, +inf when not
-    numbers: list[tuple] = []  # per admitted substrate: (ttft_s, e2e_s, cost_usd), None when not estimated
+    totals: list[float] = []  # per admitted substrate: its total when eligible, -inf when not
+    append = totals.append
     by_specification: dict[int, CandidateVerdict] = {}
+    constants = sc.row_constants
 
-    if fast_weights is not None and over_budget_classes is None and not policy.external_rules:
-        now, bound = request.arrived_at_s, policy.signal_staleness_bound_s
+    if constants is not None and over_budget_classes is None:
+        if snapshot.scored_for is policy:
+            rows = snapshot.scoring
+        else:  # a snapshot built without this policy: fold it in for the substrates this route admits
+            prepared = snapshot.prepared
+            rows = {idx: scoring_row(prepared[idx], constants) for idx, _, _, _, _ in t.admitted}
+        now = request.arrived_at_s
         n_in, n_out = request.input_tokens, request.max_output_tokens
         needed = n_in + n_out
         per_token_of = needed if needed > 0 else 1
-        region, zone = request.ingress_region, request.ingress_zone
+        needed_bytes = needed * BYTES_PER_TOKEN
         exclude = request.exclude
-        require_labels, allowed = policy.require_node_labels, tenant.allowed_countries
-        factor = policy.slow_drop_factor
-        ttft_cut, e2e_cut = (_INF, _INF) if factor is None else (factor * ttft_deadline, factor * e2e_deadline)
+        allowed = tenant.allowed_countries
+        ttft_cut, e2e_cut = t.ttft_cut_s, t.e2e_cut_s
         cost_ref = policy.cost_reference_usd_per_token
-        w_lat, w_queue, w_memory, w_cost, w_local, w_reserved = fast_weights
-        for idx, window, name in rp.admitted:
-            e = prepared[idx]
-            if (e[1] and now - e[0] <= bound and needed <= window and needed <= e[2]
-                    and (e[3] is None or e[3] <= allowed) and (e[4] or not require_labels)
-                    and not (exclude and name in exclude)):
-                (_, _, _, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, usd_in, usd_out,
-                 usd_slot_s, egress, s_region, s_zone, queue_score, memory_score, reserved_score, _) = e
-                # The lines of ``_arithmetic``, inline.
-                prefill_s = n_in / prefill_rate
-                decode_s = n_out * per_token_s
-                if queue_factor:
-                    ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
-                else:
-                    ttft = fixed_s + prefill_s
-                if ttft_floor > ttft:
-                    ttft = ttft_floor
-                e2e = ttft + decode_s
-                if ttft <= ttft_cut and e2e <= e2e_cut:  # else DeadlineReachable rejects: below
-                    cost = n_in * usd_in + n_out * usd_out
-                    cost += usd_slot_s * e2e
-                    if egress and s_region != region:
-                        cost += needed * 4 * egress
-                    a = 1.0 - ttft / ttft_deadline
-                    b = 1.0 - e2e / e2e_deadline
-                    latency = a if a < b else b
-                    numbers.append((ttft, e2e, cost))
-                    # The weighted scores, summed in the policy's order (plan.FAST_SCORER_ORDER).
-                    negated.append(-(
-                        w_lat * (latency if latency > 0.0 else 0.0) + w_queue * queue_score
-                        + w_memory * memory_score + w_cost * (cost_ref / (cost_ref + cost / per_token_of))
-                        + w_local * (1.0 if zone is not None and s_zone == zone
-                                     else 0.5 if region is not None and s_region == region else 0.0)
-                        + w_reserved * reserved_score))
-                    continue
+        w_lat, _, _, w_cost, _, _ = sc.fast_weights
+        for idx, window, name, egress, local_term in t.admitted:
+            row = rows[idx]
+            if row is not None:
+                (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
+                 usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term) = row
+                if (now <= fresh_until and needed <= window and needed <= tokens_left
+                        and (countries is None or countries <= allowed) and not (exclude and name in exclude)):
+                    # The lines of ``_arithmetic``, inline, with the policy's products precomputed.
+                    prefill_s = n_in / prefill_rate
+                    decode_s = n_out * per_token_s
+                    if queue_factor:
+                        ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
+                    else:
+                        ttft = fixed_s + prefill_s
+                    if ttft_floor > ttft:
+                        ttft = ttft_floor
+                    e2e = ttft + decode_s
+                    if ttft <= ttft_cut and e2e <= e2e_cut:  # else DeadlineReachable rejects: below
+                        cost = n_in * usd_in + n_out * usd_out
+                        cost += usd_slot_s * e2e
+                        if egress:
+                            cost += needed_bytes * egress
+                        a = 1.0 - ttft / ttft_deadline
+                        b = 1.0 - e2e / e2e_deadline
+                        if b < a:
+                            a = b
+                        # The weighted scores, summed in the policy's order (plan.FAST_SCORER_ORDER).
+                        append(w_lat * (a if a > 0.0 else 0.0) + queue_term + memory_term
+                               + w_cost * (cost_ref / (cost_ref + cost / per_token_of)) + local_term + reserved_term)
+                        continue
             if ctx is None:
                 ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
-            verdict = by_specification[len(negated)] = evaluate(ctx, substrates[idx], signals[idx], scorers,
-                                                                 weights)
-            negated.append(-verdict.total if verdict.eligible else _INF)
-            numbers.append(verdict[7:10])
+            verdict = by_specification[len(totals)] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
+            append(verdict.total if verdict.eligible else _INELIGIBLE)
     else:
         ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
-        for idx, _, _ in rp.admitted:
-            verdict = by_specification[len(negated)] = evaluate(ctx, substrates[idx], signals[idx], scorers,
-                                                                 weights)
-            negated.append(-verdict.total if verdict.eligible else _INF)
-            numbers.append(verdict[7:10])
+        for idx, _, _, _, _ in t.admitted:
+            verdict = by_specification[len(totals)] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
+            append(verdict.total if verdict.eligible else _INELIGIBLE)
 
-    positions = fast_positions(scorer_names) if fast_weights is not None else ()
-    verdicts = partial(_verdicts, request, sla, policy, fleet, snapshot, rp, positions, negated, by_specification)
-    ineligible = negated.count(_INF)
-    eligible_count = len(negated) - ineligible
+    verdicts = partial(_verdicts, request, sla, policy, fleet, snapshot, rp, sc.fast_positions, totals,
+                       by_specification)
+    ineligible = totals.count(_INELIGIBLE)
+    eligible_count = len(totals) - ineligible
     if not eligible_count:
         candidates = verdicts()
         code, message = roll_up(candidates, route.name)
-        return refuse(code, message, route.name, route.primary, candidates)
+        return _refusal(request, snapshot, policy, sc.scorer_names, code, message, route.name, route.primary,
+                        candidates)
 
-    ranked = sorted(range(len(negated)), key=negated.__getitem__)
-    del ranked[eligible_count:]
-    if len(set(negated)) - (1 if ineligible else 0) < eligible_count:
+    # Best total first; a sort in reverse keeps equal totals in position order, as a stable one does.
+    ranked = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
+    if ineligible:
+        del ranked[eligible_count:]
+    if len(set(totals)) - (1 if ineligible else 0) < eligible_count:
         # Equal totals: broken by a key derived from the request id (stable: then by position).
         seed = zlib.crc32(request.request_id.encode())
-        admitted = rp.admitted
-        ranked.sort(key=lambda p: (negated[p], _tie_key(seed, admitted[p][0])))
+        admitted = t.admitted
+        ranked.sort(key=lambda p: (-totals[p], _tie_key(seed, admitted[p][0])))
 
     primary = rp.primary
-    primary_rejection = rp.primary_rejection
-    primary_meets = False
-    if primary >= 0:
-        verdict = by_specification.get(primary)
-        if verdict is None:  # eligible by arithmetic
-            ttft, e2e, _ = numbers[primary]
-            primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
-        else:
-            primary_meets = verdict.meets_sla
-            if verdict.code is not None:
-                primary_rejection = verdict
-    if policy.spillover_mode == "on_need" and primary_meets and ranked[0] != primary:  # meets: eligible
-        ranked.remove(primary)
-        ranked.insert(0, primary)
     chosen = ranked[0]
-    ttft, e2e, cost = numbers[chosen]
-
-    spillover = chosen != primary
     reason = None
-    if spillover:
-        if not rp.primary_serves:
+    if chosen != primary:
+        primary_rejection = rp.primary_rejection
+        primary_meets = False
+        if primary >= 0:
+            verdict = by_specification.get(primary)
+            if verdict is None:  # eligible by arithmetic
+                ttft, e2e, _ = _numbers(snapshot.prepared[t.admitted[primary][0]], request)
+                primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
+            else:
+                primary_meets = verdict.meets_sla
+                if verdict.code is not None:
+                    primary_rejection = verdict
+        if primary_meets and policy.spillover_mode == "on_need":  # meets: eligible
+            ranked.remove(primary)
+            ranked.insert(0, primary)
+            chosen = primary
+        elif not rp.primary_serves:
             reason = SpilloverReason.PRIMARY_NOT_ALLOWED
         elif primary_rejection is not None:  # the primary was rejected
             reason = SPILLOVER_REASON_BY_REJECTION[primary_rejection.code]
@@ -314,10 +313,16 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             reason = SpilloverReason.PRIMARY_CANNOT_MEET_SLA
         else:
             reason = SpilloverReason.PRIMARY_OUTSCORED
+    verdict = by_specification.get(chosen)
+    if verdict is None:
+        ttft, e2e, cost = _numbers(snapshot.prepared[t.admitted[chosen][0]], request)
+    else:
+        ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 
     names = rp.names
     return PlacementDecision.deferred(
         (placement_id(request.request_id, request.attempt), request.request_id, request.attempt, tenant.name,
-         route.name, sla.name, names[chosen], tuple([names[p] for p in ranked[1:]]), route.primary, spillover,
-         reason, scorer_names, ttft, e2e, cost, None, None, policy.policy_hash, snapshot.version),
+         route.name, sla.name, names[chosen], tuple(map(names.__getitem__, ranked[1:])), route.primary,
+         chosen != primary, reason, sc.scorer_names, ttft, e2e, cost, None, None, policy.policy_hash,
+         snapshot.version),
         verdicts, eligible_count)

@@ -4,7 +4,11 @@ Compiled once, when the config is built (``PlacementPolicy(..., fleet=fleet)``),
 
 - per (tenant, model), the verdicts of the static filters (``filters.STATIC_FILTERS``: spillover
   rules and the tenant's jurisdictions) on every substrate serving the model;
-- the scorers and weights of the policy, in the policy's order.
+- the scorers and weights of the policy, in the policy's order, and the constants a snapshot folds
+  into its scoring rows (``prepared.scoring_row``);
+- per (tenant, model, SLA class, ingress region and zone) a request names, filled in on first use
+  (``Target``): the request-level checks done, the route, and each admitted substrate's window,
+  egress price outside the ingress's region and weighted locality, which depend on nothing else.
 
 A plan belongs to one (fleet, policy) pair. A policy derived with ``dataclasses.replace`` carries
 no plan, and a snapshot of another fleet does not match it: ``place()`` then compiles the one
@@ -14,20 +18,19 @@ route it needs on the fly (``route_plan``), pure and uncached, and decides the s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cache
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from inferplane.placement.context import PlacementContext
-from inferplane.placement.filters import STATIC_FILTERS, Rejection
+from inferplane.placement.filters import STATIC_FILTERS, Rejection, RejectionCode
 from inferplane.placement.fleet import FleetSpec, ModelRoute
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import SCORERS, Scorer
 from inferplane.placement.signals import SubstrateSignals
 
 if TYPE_CHECKING:
-    from inferplane.placement.policy import PlacementPolicy, TenantPolicy
+    from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
 
 _NO_SIGNALS = SubstrateSignals()  # static filters read no signals
 # The order in which the engine's arithmetic adds weighted scores; a policy built from the config
@@ -54,11 +57,9 @@ class RoutePlan:
     """The static filters' rejection of the primary, if any."""
 
 
-@dataclass(frozen=True, slots=True)
-class PlacementPlan:
-    fleet: FleetSpec
-    routes: Mapping[tuple[str, str], RoutePlan]
-    """(tenant name, canonical model name) -> its route plan."""
+class Scoring(NamedTuple):
+    """How a policy scores: its scorers and weights in its order, and what the arithmetic needs."""
+
     scorer_names: tuple[str, ...]
     scorers: tuple[Scorer, ...]
     weights: tuple[float, ...]
@@ -66,6 +67,26 @@ class PlacementPlan:
     """The weights in ``FAST_SCORER_ORDER`` (0 for a scorer the policy does not use), or None when
     the policy lists its scorers in another order (then every candidate is scored the slow way,
     since the total is summed in the policy's order)."""
+    row_constants: tuple[float, bool, float, float, float] | None
+    """What a snapshot folds into its scoring rows (``prepared.scoring_row``): the signal
+    staleness bound, ``require_node_labels`` and the weights of queue pressure, memory pressure
+    and reserved tier. None when the arithmetic does not apply (``fast_weights`` is None, or
+    external-signal rules, which only the specification evaluates)."""
+    fast_positions: tuple[int, ...]
+    """Where each of ``scorer_names`` sits in ``FAST_SCORER_ORDER`` (empty when ``fast_weights`` is None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementPlan:
+    fleet: FleetSpec
+    routes: Mapping[tuple[str, str], RoutePlan]
+    """(tenant name, canonical model name) -> its route plan."""
+    scoring: Scoring
+    targets: dict[tuple, Target] = field(default_factory=dict, compare=False, repr=False)
+    """(tenant, model as requested, SLA class, ingress region, ingress zone) -> its ``Target``,
+    filled in by ``place()`` the first time such a request passes the request-level checks (so
+    only names the config knows become keys). A memo of the pure function ``target``: whether an
+    entry is there changes no decision."""
 
 
 def compile_plan(fleet: FleetSpec, policy: PlacementPolicy) -> PlacementPlan:
@@ -75,24 +96,80 @@ def compile_plan(fleet: FleetSpec, policy: PlacementPolicy) -> PlacementPlan:
         for tenant in policy.tenants.values()
         for route in fleet.models.values()
     }
-    return PlacementPlan(fleet, MappingProxyType(routes), *scoring(policy))
+    return PlacementPlan(fleet, MappingProxyType(routes), scoring(policy))
 
 
-def scoring(policy: PlacementPolicy) -> tuple[tuple[str, ...], tuple[Scorer, ...], tuple[float, ...],
-                                              tuple[float, ...] | None]:
+def scoring(policy: PlacementPolicy) -> Scoring:
     names = tuple(w.scorer for w in policy.weights)
     weights = tuple(w.weight for w in policy.weights)
     fast = None
     if list(names) == [n for n in FAST_SCORER_ORDER if n in names]:
         by_name = dict(zip(names, weights))
         fast = tuple(by_name.get(n, 0.0) for n in FAST_SCORER_ORDER)
-    return names, tuple(SCORERS[n] for n in names), weights, fast
+    constants = None
+    if fast is not None and not policy.external_rules:
+        constants = (policy.signal_staleness_bound_s, policy.require_node_labels, fast[1], fast[2], fast[5])
+    positions = () if fast is None else tuple(FAST_SCORER_ORDER.index(n) for n in names)
+    return Scoring(names, tuple(SCORERS[n] for n in names), weights, fast, constants, positions)
 
 
-@cache
-def fast_positions(scorer_names: tuple[str, ...]) -> tuple[int, ...]:
-    """Where each of ``scorer_names`` sits in ``FAST_SCORER_ORDER``."""
-    return tuple(FAST_SCORER_ORDER.index(n) for n in scorer_names)
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What ``place()`` needs for one (tenant, model, SLA class, ingress region and zone): the
+    request-level checks passed (the model exists, the tenant exists and may use it and the SLA
+    class), and the route as that ingress sees it (``target``)."""
+
+    route: ModelRoute
+    tenant: TenantPolicy
+    sla: SlaPolicy
+    plan: RoutePlan
+    admitted: tuple[tuple[int, int, str, float, float], ...]
+    """Per admitted substrate, in ``plan.admitted`` order: (index, the model's context window there,
+    name, egress USD per byte when outside the ingress's region else 0, locality weight x locality
+    score)."""
+    ttft_cut_s: float
+    e2e_cut_s: float
+    """``slow_drop_factor`` x each deadline (+inf when the policy keeps slow substrates)."""
+
+
+def target(fleet: FleetSpec, policy: PlacementPolicy, routes: Mapping[tuple[str, str], RoutePlan] | None,
+           scoring_: Scoring, tenant_name: str, model: str, sla_class: str, region: str | None,
+           zone: str | None) -> Target | tuple[RejectionCode, str, str]:
+    """The request-level checks and the route for a request with these names, or why such a
+    request is refused: (code, message, model name for the decision). ``routes`` is the plan's
+    (None: compiled here)."""
+    route = fleet.resolve_model(model)
+    if route is None:
+        return RejectionCode.UNKNOWN_MODEL, f"model `{model}` does not exist", model
+    tenant = policy.tenants.get(tenant_name)
+    if tenant is None:
+        return RejectionCode.UNKNOWN_TENANT, f"unknown tenant `{tenant_name}`", route.name
+    if tenant.allowed_models is not None and route.name not in tenant.allowed_models:
+        return (RejectionCode.MODEL_NOT_ALLOWED, f"tenant `{tenant.name}` may not use model `{route.name}`",
+                route.name)
+    sla = policy.sla_classes.get(sla_class)
+    if sla is None:
+        return RejectionCode.UNKNOWN_SLA_CLASS, f"unknown SLA class `{sla_class}`", route.name
+    if sla_class not in tenant.allowed_sla_classes:
+        return (RejectionCode.SLA_CLASS_NOT_ALLOWED, f"tenant `{tenant.name}` may not use SLA class `{sla_class}`",
+                route.name)
+    rp = None if routes is None else routes.get((tenant.name, route.name))
+    if rp is None:
+        rp = route_plan(fleet, policy, tenant, route)
+    w_local = 0.0 if scoring_.fast_weights is None else scoring_.fast_weights[4]
+    admitted = []
+    for idx, window, name in rp.admitted:
+        spec = fleet.substrates[idx]
+        egress = spec.cost.egress_usd_per_byte
+        # As ``estimate``: egress is paid outside the ingress's region; as ``Locality``: 1 same
+        # zone, 0.5 same region, 0 elsewhere or unknown (weighted here, the same product).
+        local = 1.0 if zone is not None and spec.zone == zone else 0.5 if region is not None and spec.region == region \
+            else 0.0
+        admitted.append((idx, window, name, egress if egress and spec.region != region else 0.0, w_local * local))
+    factor = policy.slow_drop_factor
+    inf = float("inf")
+    return Target(route, tenant, sla, rp, tuple(admitted), inf if factor is None else factor * sla.ttft_deadline_s,
+                  inf if factor is None else factor * sla.e2e_deadline_s)
 
 
 def route_plan(fleet: FleetSpec, policy: PlacementPolicy, tenant: TenantPolicy, route: ModelRoute) -> RoutePlan:

@@ -23,10 +23,15 @@ With every reading fresh, ``estimate.estimate`` reduces to (``in``/``out``: inpu
 
 with the coefficients below, computed by the same float operations as ``estimate`` (so the engine's
 numbers are equal to the specification's, not merely close).
+
+A snapshot built for a policy (``FleetSnapshot(..., policy=p)``) also folds the policy into each
+entry once (``scoring_row``): the freshness test becomes one comparison with a precomputed instant,
+the label rule is applied, and the load-only scores are weighted (the same products the total adds).
 """
 
 from __future__ import annotations
 
+from math import nextafter
 from typing import NamedTuple
 
 from inferplane.placement.fleet import SubstrateSpec
@@ -143,3 +148,36 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         reserved_score=1.0 if spec.tier == "reserved" else 0.0,
         occupancy=occupancy,
     )
+
+
+ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,
+                   float, float, float]
+"""(fresh_until_s, tokens_remaining, node_countries, fixed_s, prefill_tokens_per_s, per_token_s,
+queue_factor, ttft_floor_s, usd_per_input_token, usd_per_output_token, usd_per_slot_second,
+w_queue x queue_score, w_memory x memory_score, w_reserved x reserved_score): a plain tuple, so
+that the engine unpacks it in one instruction."""
+
+
+def fresh_until(oldest_s: float, bound_s: float) -> float:
+    """The latest ``now`` with ``now - oldest_s <= bound_s``. Float subtraction is monotone in
+    ``now``, so ``now <= fresh_until(oldest, bound)`` decides exactly as the subtraction does; the
+    sum ``oldest + bound`` is within an ulp or two of it, and the steps below find it exactly."""
+    t = oldest_s + bound_s
+    while t - oldest_s > bound_s:
+        t = nextafter(t, -_INF)
+    while (up := nextafter(t, _INF)) != t and up - oldest_s <= bound_s:
+        t = up
+    return t
+
+
+def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, float, float]) -> ScoringRow | None:
+    """``entry`` with a policy's ``plan.Scoring.row_constants`` folded in, or None when the
+    arithmetic may not decide the substrate at any time (not ``clear``, or unlabelled nodes under
+    ``require_node_labels``)."""
+    bound_s, require_labels, w_queue, w_memory, w_reserved = constants
+    if not entry.clear or (require_labels and not entry.fully_labelled):
+        return None
+    return (fresh_until(entry.oldest_observed_at_s, bound_s), entry.tokens_remaining, entry.node_countries,
+            entry.fixed_s, entry.prefill_tokens_per_s, entry.per_token_s, entry.queue_factor, entry.ttft_floor_s,
+            entry.usd_per_input_token, entry.usd_per_output_token, entry.usd_per_slot_second,
+            w_queue * entry.queue_score, w_memory * entry.memory_score, w_reserved * entry.reserved_score)

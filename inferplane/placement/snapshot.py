@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field, fields
+from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from inferplane.placement.fleet import FleetSpec
-from inferplane.placement.prepared import PreparedSubstrate, prepare
+from inferplane.placement.plan import scoring
+from inferplane.placement.prepared import PreparedSubstrate, ScoringRow, prepare, scoring_row
 from inferplane.placement.signals import Reading, SubstrateSignals
+
+if TYPE_CHECKING:
+    from inferplane.placement.policy import PlacementPolicy
+
+_SIGNAL_FIELDS = tuple(f.name for f in fields(SubstrateSignals))
+_IN_FLIGHT = _SIGNAL_FIELDS.index("in_flight")
+_signal_values = attrgetter(*_SIGNAL_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +26,11 @@ class FleetSnapshot:
 
     ``signals[i]`` belongs to ``fleet.substrates[i]``. The placement authority hands out a new
     snapshot with a higher ``version`` whenever it publishes; decisions record the version they used.
+
+    Built with ``policy``, the snapshot also folds that policy into each prepared entry
+    (``scoring``), which ``place()`` uses for that policy (by identity) and only for it. Built with
+    ``previous`` (a snapshot of the same fleet), a substrate whose ``SubstrateSignals`` object is
+    the very one ``previous`` had keeps its entries from there instead of preparing them again.
     """
 
     version: int
@@ -25,15 +39,44 @@ class FleetSnapshot:
     signals: tuple[SubstrateSignals, ...]
     tenant_spend_usd: Mapping[str, float] = field(default_factory=dict)
     """Each tenant's attributed spend in its budget's current period (tenants with a budget)."""
+    policy: InitVar[PlacementPolicy | None] = None
+    previous: InitVar[FleetSnapshot | None] = None
     prepared: tuple[PreparedSubstrate, ...] = field(init=False, compare=False, repr=False)
     """``prepared[i]``: what placement works out once from ``fleet.substrates[i]`` and
     ``signals[i]`` (``prepared.py``), derived here so that no request repeats it."""
+    scored_for: PlacementPolicy | None = field(init=False, compare=False, repr=False)
+    """The policy ``scoring`` was folded for, or None."""
+    scoring: tuple[ScoringRow | None, ...] | None = field(init=False, compare=False, repr=False)
+    """``scoring[i]``: ``prepared.scoring_row(prepared[i], ...)`` for ``scored_for``."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, policy: PlacementPolicy | None, previous: FleetSnapshot | None) -> None:
         if len(self.signals) != len(self.fleet.substrates):
             raise ValueError("one SubstrateSignals per substrate, in fleet order")
-        # A derived field of a frozen dataclass, set once while it is being built.
-        object.__setattr__(self, "prepared", tuple(map(prepare, self.fleet.substrates, self.signals)))
+        constants = None if policy is None else _row_constants(policy)
+        specs = self.fleet.substrates
+        if previous is not None and previous.fleet is self.fleet:
+            old_signals, old_prepared = previous.signals, previous.prepared
+            reuse_rows = constants is not None and previous.scored_for is policy
+            old_rows = previous.scoring
+            prepared = list(old_prepared)
+            rows = list(old_rows) if reuse_rows else None
+            for i, sig in enumerate(self.signals):
+                if sig is not old_signals[i]:
+                    prepared[i] = entry = prepare(specs[i], sig)
+                    if reuse_rows:
+                        rows[i] = scoring_row(entry, constants)
+            prepared = tuple(prepared)
+            if reuse_rows:
+                rows = tuple(rows)
+            elif constants is not None:
+                rows = tuple([scoring_row(e, constants) for e in prepared])
+        else:
+            prepared = tuple(map(prepare, specs, self.signals))
+            rows = None if constants is None else tuple([scoring_row(e, constants) for e in prepared])
+        # Derived fields of a frozen dataclass, set once while it is being built.
+        object.__setattr__(self, "prepared", prepared)
+        object.__setattr__(self, "scored_for", None if constants is None else policy)
+        object.__setattr__(self, "scoring", rows)
 
     def with_dispatches(self, reported: Mapping[str, int], current: Mapping[str, int]) -> FleetSnapshot:
         """This snapshot as one ingress replica sees it: the in-flight counts it reported when the
@@ -41,39 +84,52 @@ class FleetSnapshot:
         a burst between two syncs is not placed as if the fleet were idle. Ages do not change.
 
         Called on every dispatch, so it costs one look-up per named substrate plus the
-        ``prepared`` entries of the substrates whose count changed, not a pass over the fleet."""
+        ``prepared`` (and ``scoring``) entries of the substrates whose count changed, not a pass
+        over the fleet."""
         changed: dict[int, SubstrateSignals] = {}
         index = self.fleet.index
+        signals = self.signals
         # The names whose counts differ, found by a set operation rather than a pass in Python.
         for name, _ in current.items() ^ reported.items():
-            delta = current.get(name, 0) - reported.get(name, 0)
             i = index.get(name)
-            if not delta or i is None or i in changed:
+            if i is None or i in changed:
                 continue
-            sig = self.signals[i]
-            if sig.in_flight is not None:
-                reading = Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s)
-                changed[i] = dataclasses.replace(sig, in_flight=reading)
+            delta = current.get(name, 0) - reported.get(name, 0)
+            sig = signals[i]
+            if delta and sig.in_flight is not None:
+                # ``dataclasses.replace`` costs more than the rest of this method: copy the fields.
+                values = list(_signal_values(sig))
+                values[_IN_FLIGHT] = Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s)
+                changed[i] = SubstrateSignals(*values)
         if not changed:
             return self
-        signals = list(self.signals)
+        signals = list(signals)
         prepared = list(self.prepared)
+        rows = self.scoring
+        constants = None
+        if rows is not None:
+            rows = list(rows)
+            constants = _row_constants(self.scored_for)
         specs = self.fleet.substrates
         for i, sig in changed.items():
             signals[i] = sig
-            prepared[i] = prepare(specs[i], sig)
+            prepared[i] = entry = prepare(specs[i], sig)
+            if constants is not None:
+                rows[i] = scoring_row(entry, constants)
         view = object.__new__(FleetSnapshot)
         # The same fields as a constructed snapshot; only the changed entries were prepared anew.
         for name, value in (("version", self.version), ("taken_at_s", self.taken_at_s), ("fleet", self.fleet),
                             ("signals", tuple(signals)), ("tenant_spend_usd", self.tenant_spend_usd),
-                            ("prepared", tuple(prepared))):
+                            ("prepared", tuple(prepared)), ("scored_for", self.scored_for),
+                            ("scoring", None if rows is None else tuple(rows))):
             object.__setattr__(view, name, value)
         return view
 
     def with_signals(
         self, version: int, taken_at_s: float, updates: Mapping[str, SubstrateSignals]
     ) -> FleetSnapshot:
-        """A newer snapshot in which the named substrates carry new signals."""
+        """A newer snapshot in which the named substrates carry new signals (the others keep
+        their prepared entries)."""
         unknown = set(updates) - {s.name for s in self.fleet.substrates}
         if unknown:
             raise KeyError(f"unknown substrates: {sorted(unknown)}")
@@ -81,4 +137,9 @@ class FleetSnapshot:
             updates.get(spec.name, current) for spec, current in zip(self.fleet.substrates, self.signals)
         )
         return FleetSnapshot(version=version, taken_at_s=taken_at_s, fleet=self.fleet, signals=signals,
-                             tenant_spend_usd=self.tenant_spend_usd)
+                             tenant_spend_usd=self.tenant_spend_usd, policy=self.scored_for, previous=self)
+
+
+def _row_constants(policy: PlacementPolicy) -> tuple[float, bool, float, float, float] | None:
+    plan = policy.plan
+    return scoring(policy).row_constants if plan is None else plan.scoring.row_constants

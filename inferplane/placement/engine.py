@@ -212,10 +212,10 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
 
     if constants is not None and over_budget_classes is None:
         if snapshot.scored_for is policy:
-            rows = snapshot.scoring
+            rows = t.pick(snapshot.scoring)
         else:  # a snapshot built without this policy: fold it in for the substrates this route admits
             prepared = snapshot.prepared
-            rows = {idx: scoring_row(prepared[idx], constants) for idx, _, _, _, _ in t.admitted}
+            rows = [scoring_row(prepared[idx], constants) for idx in t.indices]
         now = request.arrived_at_s
         n_in, n_out = request.input_tokens, request.max_output_tokens
         needed = n_in + n_out
@@ -226,43 +226,47 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         ttft_cut, e2e_cut = t.ttft_cut_s, t.e2e_cut_s
         cost_ref = policy.cost_reference_usd_per_token
         w_lat, _, _, w_cost, _, _ = sc.fast_weights
-        for idx, window, name, egress, local_term in t.admitted:
-            row = rows[idx]
-            if row is not None:
-                (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
-                 usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term) = row
-                if (now <= fresh_until and needed <= window and needed <= tokens_left
-                        and (countries is None or countries <= allowed) and not (exclude and name in exclude)):
-                    # The lines of ``_arithmetic``, inline, with the policy's products precomputed.
-                    prefill_s = n_in / prefill_rate
-                    decode_s = n_out * per_token_s
-                    if queue_factor:
-                        ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
-                    else:
-                        ttft = fixed_s + prefill_s
-                    if ttft_floor > ttft:
-                        ttft = ttft_floor
-                    e2e = ttft + decode_s
-                    if ttft <= ttft_cut and e2e <= e2e_cut:  # else DeadlineReachable rejects: below
-                        cost = n_in * usd_in + n_out * usd_out
-                        cost += usd_slot_s * e2e
-                        if egress:
-                            cost += needed_bytes * egress
-                        a = 1.0 - ttft / ttft_deadline
-                        b = 1.0 - e2e / e2e_deadline
-                        if b < a:
-                            a = b
-                        # The weighted scores, summed in the policy's order (plan.FAST_SCORER_ORDER).
-                        append(w_lat * (a if a > 0.0 else 0.0) + queue_term + memory_term
-                               + w_cost * (cost_ref / (cost_ref + cost / per_token_of)) + local_term + reserved_term)
-                        continue
+        for row, window, name, egress, local_term in zip(rows, t.windows, rp.names, t.egress_usd_per_byte,
+                                                         t.locality_terms):
+            (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
+             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term) = row
+            if (now <= fresh_until and needed <= window and needed <= tokens_left
+                    and (countries is None or countries <= allowed) and not (exclude and name in exclude)):
+                # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
+                # precomputed.
+                prefill_s = n_in / prefill_rate
+                decode_s = n_out * per_token_s
+                if queue_factor:
+                    ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
+                else:
+                    ttft = fixed_s + prefill_s
+                if ttft_floor > ttft:
+                    ttft = ttft_floor
+                e2e = ttft + decode_s
+                if ttft <= ttft_cut and e2e <= e2e_cut:  # else DeadlineReachable rejects: below
+                    cost = n_in * usd_in + n_out * usd_out
+                    cost += usd_slot_s * e2e
+                    if egress:
+                        cost += needed_bytes * egress
+                    # PredictedLatency: min(1 - p, 1 - q) is 1 - max(p, q) (rounding 1 - x is
+                    # monotone in x), and it is > 0 exactly when max(p, q) < 1.
+                    p = ttft / ttft_deadline
+                    q = e2e / e2e_deadline
+                    if q > p:
+                        p = q
+                    # The weighted scores, summed in the policy's order (plan.FAST_SCORER_ORDER).
+                    append(w_lat * (1.0 - p if p < 1.0 else 0.0) + queue_term + memory_term
+                           + w_cost * (cost_ref / (cost_ref + cost / per_token_of)) + local_term + reserved_term)
+                    continue
             if ctx is None:
                 ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
-            verdict = by_specification[len(totals)] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
+            pos = len(totals)
+            idx = t.indices[pos]
+            verdict = by_specification[pos] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
             append(verdict.total if verdict.eligible else _INELIGIBLE)
     else:
         ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
-        for idx, _, _, _, _ in t.admitted:
+        for idx in t.indices:
             verdict = by_specification[len(totals)] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
             append(verdict.total if verdict.eligible else _INELIGIBLE)
 
@@ -283,8 +287,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     if len(set(totals)) - (1 if ineligible else 0) < eligible_count:
         # Equal totals: broken by a key derived from the request id (stable: then by position).
         seed = zlib.crc32(request.request_id.encode())
-        admitted = t.admitted
-        ranked.sort(key=lambda p: (-totals[p], _tie_key(seed, admitted[p][0])))
+        indices = t.indices
+        ranked.sort(key=lambda p: (-totals[p], _tie_key(seed, indices[p])))
 
     primary = rp.primary
     chosen = ranked[0]
@@ -295,7 +299,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         if primary >= 0:
             verdict = by_specification.get(primary)
             if verdict is None:  # eligible by arithmetic
-                ttft, e2e, _ = _numbers(snapshot.prepared[t.admitted[primary][0]], request)
+                ttft, e2e, _ = _numbers(snapshot.prepared[t.indices[primary]], request)
                 primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
             else:
                 primary_meets = verdict.meets_sla
@@ -315,7 +319,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             reason = SpilloverReason.PRIMARY_OUTSCORED
     verdict = by_specification.get(chosen)
     if verdict is None:
-        ttft, e2e, cost = _numbers(snapshot.prepared[t.admitted[chosen][0]], request)
+        ttft, e2e, cost = _numbers(snapshot.prepared[t.indices[chosen]], request)
     else:
         ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 

@@ -17,8 +17,9 @@ route it needs on the fly (``route_plan``), pure and uncached, and decides the s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -117,16 +118,23 @@ def scoring(policy: PlacementPolicy) -> Scoring:
 class Target:
     """What ``place()`` needs for one (tenant, model, SLA class, ingress region and zone): the
     request-level checks passed (the model exists, the tenant exists and may use it and the SLA
-    class), and the route as that ingress sees it (``target``)."""
+    class), and the route as that ingress sees it (``target``). The tuples below are columns,
+    aligned with ``plan.admitted``: the engine's loop zips them."""
 
     route: ModelRoute
     tenant: TenantPolicy
     sla: SlaPolicy
     plan: RoutePlan
-    admitted: tuple[tuple[int, int, str, float, float], ...]
-    """Per admitted substrate, in ``plan.admitted`` order: (index, the model's context window there,
-    name, egress USD per byte when outside the ingress's region else 0, locality weight x locality
-    score)."""
+    indices: tuple[int, ...]
+    """Each admitted substrate's index in the fleet."""
+    windows: tuple[int, ...]
+    """The model's context window on each."""
+    egress_usd_per_byte: tuple[float, ...]
+    """Egress price on each when it is outside the ingress's region, else 0 (as ``estimate``)."""
+    locality_terms: tuple[float, ...]
+    """The locality weight times ``Locality``'s score of each for this ingress."""
+    pick: Callable[[Sequence], tuple]
+    """``pick(seq)``: ``tuple(seq[i] for i in indices)``, done in C."""
     ttft_cut_s: float
     e2e_cut_s: float
     """``slow_drop_factor`` x each deadline (+inf when the policy keeps slow substrates)."""
@@ -157,18 +165,22 @@ def target(fleet: FleetSpec, policy: PlacementPolicy, routes: Mapping[tuple[str,
     if rp is None:
         rp = route_plan(fleet, policy, tenant, route)
     w_local = 0.0 if scoring_.fast_weights is None else scoring_.fast_weights[4]
-    admitted = []
-    for idx, window, name in rp.admitted:
+    egress_prices, terms = [], []
+    for idx, _, _ in rp.admitted:
         spec = fleet.substrates[idx]
         egress = spec.cost.egress_usd_per_byte
         # As ``estimate``: egress is paid outside the ingress's region; as ``Locality``: 1 same
-        # zone, 0.5 same region, 0 elsewhere or unknown (weighted here, the same product).
+        # zone, 0.5 same region, 0 elsewhere or unknown (weighted here: the product the total adds).
         local = 1.0 if zone is not None and spec.zone == zone else 0.5 if region is not None and spec.region == region \
             else 0.0
-        admitted.append((idx, window, name, egress if egress and spec.region != region else 0.0, w_local * local))
+        egress_prices.append(egress if egress and spec.region != region else 0.0)
+        terms.append(w_local * local)
+    indices = tuple(idx for idx, _, _ in rp.admitted)
+    pick = itemgetter(*indices) if len(indices) > 1 else lambda seq: tuple([seq[i] for i in indices])
     factor = policy.slow_drop_factor
     inf = float("inf")
-    return Target(route, tenant, sla, rp, tuple(admitted), inf if factor is None else factor * sla.ttft_deadline_s,
+    return Target(route, tenant, sla, rp, indices, tuple(w for _, w, _ in rp.admitted), tuple(egress_prices),
+                  tuple(terms), pick, inf if factor is None else factor * sla.ttft_deadline_s,
                   inf if factor is None else factor * sla.e2e_deadline_s)
 
 

@@ -170,13 +170,17 @@ def fresh_until(oldest_s: float, bound_s: float) -> float:
     return t
 
 
-def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, float, float]) -> ScoringRow | None:
-    """``entry`` with a policy's ``plan.Scoring.row_constants`` folded in, or None when the
+NEVER: ScoringRow = (-_INF, 0.0, None, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+"""The row of a substrate the arithmetic may not decide at any time: no ``now`` is <= -inf."""
+
+
+def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, float, float]) -> ScoringRow:
+    """``entry`` with a policy's ``plan.Scoring.row_constants`` folded in; ``NEVER`` when the
     arithmetic may not decide the substrate at any time (not ``clear``, or unlabelled nodes under
     ``require_node_labels``)."""
     bound_s, require_labels, w_queue, w_memory, w_reserved = constants
     if not entry.clear or (require_labels and not entry.fully_labelled):
-        return None
+        return NEVER
     return (fresh_until(entry.oldest_observed_at_s, bound_s), entry.tokens_remaining, entry.node_countries,
             entry.fixed_s, entry.prefill_tokens_per_s, entry.per_token_s, entry.queue_factor, entry.ttft_floor_s,
             entry.usd_per_input_token, entry.usd_per_output_token, entry.usd_per_slot_second,

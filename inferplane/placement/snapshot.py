@@ -46,7 +46,7 @@ class FleetSnapshot:
     ``signals[i]`` (``prepared.py``), derived here so that no request repeats it."""
     scored_for: PlacementPolicy | None = field(init=False, compare=False, repr=False)
     """The policy ``scoring`` was folded for, or None."""
-    scoring: tuple[ScoringRow | None, ...] | None = field(init=False, compare=False, repr=False)
+    scoring: tuple[ScoringRow, ...] | None = field(init=False, compare=False, repr=False)
     """``scoring[i]``: ``prepared.scoring_row(prepared[i], ...)`` for ``scored_for``."""
 
     def __post_init__(self, policy: PlacementPolicy | None, previous: FleetSnapshot | None) -> None:

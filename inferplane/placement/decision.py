@@ -7,6 +7,7 @@ like "0/5 substrates eligible: 3 jurisdiction not in {DE, FR}, 2 context window 
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
@@ -80,6 +81,11 @@ class CandidateVerdict(NamedTuple):
     meets_sla: bool
 
 
+def placement_id(request_id: str, attempt: int) -> str:
+    """A stable id for one placement attempt of one request."""
+    return "pl-" + hashlib.blake2b(f"{request_id}/{attempt}".encode(), digest_size=8).hexdigest()
+
+
 # The decision's fields, in order. ``candidates`` is kept apart: the engine may hand it over as a
 # function that works the verdicts out on first read (see ``PlacementDecision.deferred``).
 _FIELDS = ("placement_id", "request_id", "attempt", "tenant", "model", "sla_class", "substrate", "fallbacks",
@@ -93,7 +99,9 @@ class PlacementDecision:
     with ``deferred``. Its fields live in one tuple because one is built per placement: setting
     twenty slots of a frozen dataclass one by one costs more than the placement arithmetic."""
 
-    __slots__ = ("_values", "_candidates", "_pending", "_eligible")
+    __slots__ = ("_values", "_pending", "_candidates")
+    # ``_pending``: None, or (the function that works ``candidates`` out, eligible count) for a
+    # deferred decision, whose ``_candidates`` is unset until first read.
 
     placement_id: str
     request_id: str
@@ -129,29 +137,38 @@ class PlacementDecision:
                                policy_hash, snapshot_version))
         _set(self, "_candidates", tuple(candidates))
         _set(self, "_pending", None)
-        _set(self, "_eligible", None)
 
     @classmethod
     def deferred(cls, values: tuple, verdicts: Callable[[], tuple[CandidateVerdict, ...]],
                  eligible_count: int) -> PlacementDecision:
-        """A decision whose fields are ``values`` (in ``_FIELDS`` order) and whose ``candidates``
-        are ``verdicts()``, called on first read. ``verdicts`` must be a pure function of immutable
-        inputs, so when it runs changes nothing."""
+        """A decision whose fields are ``values`` (in ``_FIELDS`` order; ``placement_id`` may be
+        None, then it is ``placement_id(request_id, attempt)``, worked out on read) and whose
+        ``candidates`` are ``verdicts()``, called on first read. ``verdicts`` must be a pure function
+        of immutable inputs, so when it runs changes nothing."""
         d = object.__new__(cls)
         _set(d, "_values", values)
-        _set(d, "_candidates", None)
-        _set(d, "_pending", verdicts)
-        _set(d, "_eligible", eligible_count)
+        _set(d, "_pending", (verdicts, eligible_count))
         return d
 
     @property
     def candidates(self) -> tuple[CandidateVerdict, ...]:
         """Every substrate serving the model, in the route's order, with its verdict."""
-        c = self._candidates
-        if c is None:
-            c = self._pending()
+        try:
+            return self._candidates
+        except AttributeError:  # deferred, not read yet
+            c = self._pending[0]()
             _set(self, "_candidates", c)  # the same value on every call: caching is unobservable
-        return c
+            return c
+
+    @property
+    def placement_id(self) -> str:
+        v = self._values
+        return v[0] if v[0] is not None else placement_id(v[1], v[2])
+
+    def _fields(self) -> tuple:
+        """The field values, ``placement_id`` worked out."""
+        v = self._values
+        return v if v[0] is not None else (placement_id(v[1], v[2]), *v[1:])
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"PlacementDecision is immutable: cannot set {name}")
@@ -162,18 +179,18 @@ class PlacementDecision:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PlacementDecision):
             return NotImplemented
-        return self._values == other._values and self.candidates == other.candidates
+        return self._fields() == other._fields() and self.candidates == other.candidates
 
     def __hash__(self) -> int:
-        return hash((self._values, self.candidates))
+        return hash((self._fields(), self.candidates))
 
     def __repr__(self) -> str:
-        parts = [f"{n}={v!r}" for n, v in zip(_FIELDS, self._values)]
+        parts = [f"{n}={v!r}" for n, v in zip(_FIELDS, self._fields())]
         parts.insert(_FIELDS.index("scorer_names"), f"candidates={self.candidates!r}")
         return f"PlacementDecision({', '.join(parts)})"
 
     def __reduce__(self):
-        return _restore, (self._values, self.candidates)
+        return _restore, (self._fields(), self.candidates)
 
     @property
     def placed(self) -> bool:
@@ -188,8 +205,8 @@ class PlacementDecision:
 
     @property
     def eligible_count(self) -> int:
-        if self._eligible is not None:
-            return self._eligible
+        if self._pending is not None:
+            return self._pending[1]
         return sum(1 for c in self.candidates if c.eligible)
 
     def scores_of(self, name: str) -> dict[str, float] | None:
@@ -243,7 +260,7 @@ def _restore(values: tuple, candidates: tuple[CandidateVerdict, ...]) -> Placeme
     return PlacementDecision(**dict(zip(_FIELDS, values)), candidates=candidates)
 
 
-for _i, _name in enumerate(_FIELDS):
+for _i, _name in enumerate(_FIELDS[1:], 1):
     setattr(PlacementDecision, _name, property(lambda self, _i=_i: self._values[_i]))
 del _i, _name
 

@@ -24,8 +24,8 @@ are worked out on first read, from the numbers the ranking used.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
+from collections.abc import Sequence
 from functools import partial
 from operator import mul
 
@@ -35,6 +35,7 @@ from inferplane.placement.decision import (
     CandidateVerdict,
     PlacementDecision,
     SpilloverReason,
+    placement_id,
     roll_up,
 )
 from inferplane.placement.estimate import BYTES_PER_TOKEN, estimate
@@ -42,7 +43,7 @@ from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejec
 from inferplane.placement.fleet import FleetSpec, ModelRoute, SubstrateSpec
 from inferplane.placement.plan import RoutePlan, Target, scoring, target
 from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
-from inferplane.placement.prepared import PreparedSubstrate, scoring_row
+from inferplane.placement.prepared import PreparedSubstrate, ScoringRow, scoring_row
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import Scorer
 from inferplane.placement.signals import SubstrateSignals
@@ -50,11 +51,6 @@ from inferplane.placement.snapshot import FleetSnapshot
 
 _DYNAMIC_CHECKS = tuple(f.check for f in DYNAMIC_FILTERS)
 _INELIGIBLE = float("-inf")  # the total recorded for a substrate that is not eligible
-
-
-def placement_id(request_id: str, attempt: int) -> str:
-    """A stable id for one placement attempt of one request."""
-    return "pl-" + hashlib.blake2b(f"{request_id}/{attempt}".encode(), digest_size=8).hexdigest()
 
 
 def _tie_key(seed: int, index: int) -> int:
@@ -112,6 +108,27 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest) -> tuple[float, fl
     cost += e.usd_per_slot_second * e2e
     if e.egress_usd_per_byte and e.region != request.ingress_region:
         cost += (n_in + n_out) * 4 * e.egress_usd_per_byte
+    return ttft, e2e, cost
+
+
+def _row_numbers(row: ScoringRow, egress_usd_per_byte: float, request: PlacementRequest) -> tuple[float, float, float]:
+    """``_numbers`` from a scoring row and the target's egress price (the loop in ``place``'s lines)."""
+    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, usd_in, usd_out, usd_slot_s,
+     _, _, _) = row
+    n_in, n_out = request.input_tokens, request.max_output_tokens
+    prefill_s = n_in / prefill_rate
+    decode_s = n_out * per_token_s
+    if queue_factor:
+        ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
+    else:
+        ttft = fixed_s + prefill_s
+    if ttft_floor > ttft:
+        ttft = ttft_floor
+    e2e = ttft + decode_s
+    cost = n_in * usd_in + n_out * usd_out
+    cost += usd_slot_s * e2e
+    if egress_usd_per_byte:
+        cost += (n_in + n_out) * BYTES_PER_TOKEN * egress_usd_per_byte
     return ttft, e2e, cost
 
 
@@ -205,6 +222,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     signals, substrates = snapshot.signals, fleet.substrates
     scorers, weights = sc.scorers, sc.weights
     ctx = None  # only the specification's path needs one
+    rows: Sequence[ScoringRow] = ()  # per admitted substrate, when the arithmetic applies
     totals: list[float] = []  # per admitted substrate: its total when eligible, -inf when not
     append = totals.append
     by_specification: dict[int, CandidateVerdict] = {}
@@ -299,7 +317,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         if primary >= 0:
             verdict = by_specification.get(primary)
             if verdict is None:  # eligible by arithmetic
-                ttft, e2e, _ = _numbers(snapshot.prepared[t.indices[primary]], request)
+                ttft, e2e, _ = _row_numbers(rows[primary], t.egress_usd_per_byte[primary], request)
                 primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
             else:
                 primary_meets = verdict.meets_sla
@@ -319,13 +337,13 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             reason = SpilloverReason.PRIMARY_OUTSCORED
     verdict = by_specification.get(chosen)
     if verdict is None:
-        ttft, e2e, cost = _numbers(snapshot.prepared[t.indices[chosen]], request)
+        ttft, e2e, cost = _row_numbers(rows[chosen], t.egress_usd_per_byte[chosen], request)
     else:
         ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 
     names = rp.names
     return PlacementDecision.deferred(
-        (placement_id(request.request_id, request.attempt), request.request_id, request.attempt, tenant.name,
+        (None, request.request_id, request.attempt, tenant.name,
          route.name, sla.name, names[chosen], tuple(map(names.__getitem__, ranked[1:])), route.primary,
          chosen != primary, reason, sc.scorer_names, ttft, e2e, cost, None, None, policy.policy_hash,
          snapshot.version),

@@ -490,7 +490,8 @@ class SlaClass(_Strict):
     ttft_deadline_ms: PositiveFloat = Field(description="Deadline for the first token, ms.")
     e2e_deadline_ms: PositiveFloat = Field(description="Deadline for the whole response, ms.")
     priority: Annotated[int, Field(ge=0, le=100)] = Field(
-        default=50, description="Higher runs first when capacity is contended (0-100)."
+        default=50, description="Higher is more important (0-100). Recorded with the class; placement does "
+        "not read it yet: the plane refuses rather than queues when capacity is exhausted."
     )
 
     @model_validator(mode="after")

@@ -43,7 +43,7 @@ from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejec
 from inferplane.placement.fleet import FleetSpec, ModelRoute, SubstrateSpec
 from inferplane.placement.plan import RoutePlan, Target, scoring, target
 from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
-from inferplane.placement.prepared import PreparedSubstrate, ScoringRow, scoring_row
+from inferplane.placement.prepared import NEVER, PreparedSubstrate, ScoringRow, scoring_row
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import Scorer
 from inferplane.placement.signals import SubstrateSignals
@@ -237,19 +237,23 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         now = request.arrived_at_s
         n_in, n_out = request.input_tokens, request.max_output_tokens
         needed = n_in + n_out
+        exclude = request.exclude
+        if needed > t.min_window or exclude:
+            # Rare: the substrates whose window is too small or that the request excludes go to the
+            # specification (which rejects them), so that the loop need not ask.
+            names = rp.names
+            rows = [NEVER if needed > window or names[pos] in exclude else row
+                    for pos, (row, window) in enumerate(zip(rows, t.windows))]
         per_token_of = needed if needed > 0 else 1
         needed_bytes = needed * BYTES_PER_TOKEN
-        exclude = request.exclude
         allowed = tenant.allowed_countries
         ttft_cut, e2e_cut = t.ttft_cut_s, t.e2e_cut_s
         cost_ref = policy.cost_reference_usd_per_token
         w_lat, _, _, w_cost, _, _ = sc.fast_weights
-        for row, window, name, egress, local_term in zip(rows, t.windows, rp.names, t.egress_usd_per_byte,
-                                                         t.locality_terms):
+        for row, egress, local_term in zip(rows, t.egress_usd_per_byte, t.locality_terms):
             (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
              usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term) = row
-            if (now <= fresh_until and needed <= window and needed <= tokens_left
-                    and (countries is None or countries <= allowed) and not (exclude and name in exclude)):
+            if now <= fresh_until and needed <= tokens_left and (countries is None or countries <= allowed):
                 # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
                 # precomputed.
                 prefill_s = n_in / prefill_rate
@@ -290,7 +294,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
 
     verdicts = partial(_verdicts, request, sla, policy, fleet, snapshot, rp, sc.fast_positions, totals,
                        by_specification)
-    ineligible = totals.count(_INELIGIBLE)
+    ineligible = totals.count(_INELIGIBLE) if by_specification else 0
     eligible_count = len(totals) - ineligible
     if not eligible_count:
         candidates = verdicts()

@@ -129,6 +129,8 @@ class Target:
     """Each admitted substrate's index in the fleet."""
     windows: tuple[int, ...]
     """The model's context window on each."""
+    min_window: int
+    """The least of ``windows`` (0 when none): a request that fits it fits every one."""
     egress_usd_per_byte: tuple[float, ...]
     """Egress price on each when it is outside the ingress's region, else 0 (as ``estimate``)."""
     locality_terms: tuple[float, ...]
@@ -179,7 +181,8 @@ def target(fleet: FleetSpec, policy: PlacementPolicy, routes: Mapping[tuple[str,
     pick = itemgetter(*indices) if len(indices) > 1 else lambda seq: tuple([seq[i] for i in indices])
     factor = policy.slow_drop_factor
     inf = float("inf")
-    return Target(route, tenant, sla, rp, indices, tuple(w for _, w, _ in rp.admitted), tuple(egress_prices),
+    windows = tuple(w for _, w, _ in rp.admitted)
+    return Target(route, tenant, sla, rp, indices, windows, min(windows, default=0), tuple(egress_prices),
                   tuple(terms), pick, inf if factor is None else factor * sla.ttft_deadline_s,
                   inf if factor is None else factor * sla.e2e_deadline_s)
 

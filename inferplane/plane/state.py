@@ -170,7 +170,7 @@ class ReplicaState:
         if published.policy_hash != self.policy.policy_hash:
             return False
         snap = FleetSnapshot(published.version, published.taken_at_s, self.fleet, published.signals,
-                             published.tenant_spend_usd)
+                             published.tenant_spend_usd, policy=self.policy, previous=self._snapshot)
         with self._lock:
             self._snapshot = snap
             self._reported = report.in_flight

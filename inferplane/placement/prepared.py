@@ -38,6 +38,7 @@ from inferplane.placement.fleet import SubstrateSpec
 from inferplane.placement.signals import CircuitState, SubstrateSignals
 
 _INF = float("inf")
+_NO_COUNTRIES: frozenset[str] = frozenset()
 
 
 class PreparedSubstrate(NamedTuple):
@@ -81,31 +82,33 @@ class PreparedSubstrate(NamedTuple):
     """in_flight + queued (an unreported queue counts 0)."""
 
 
-_READINGS = ("in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",
-             "rate_limit_tokens_remaining", "recent_ttft_s", "recent_tpot_s")
-
-
 def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate:
     """The entry of ``spec`` with ``signals``; the formulas mirror ``estimate`` and the scorers."""
+    in_flight_r, queued_r, kv_r, gpu_r = signals.in_flight, signals.queued, signals.kv_cache_usage, \
+        signals.gpu_memory_used_ratio
+    requests_left, tokens = signals.rate_limit_requests_remaining, signals.rate_limit_tokens_remaining
+    ttft_r, tpot_r = signals.recent_ttft_s, signals.recent_tpot_s
+    # The oldest of the readings the filters, the estimate and the scorers read.
     oldest = _INF
-    for name in _READINGS:
-        reading = getattr(signals, name)
+    for reading in (in_flight_r, queued_r, gpu_r, kv_r, requests_left, tokens, ttft_r, tpot_r):
         if reading is not None and reading.observed_at_s < oldest:
             oldest = reading.observed_at_s
 
     cap = spec.max_concurrent
-    in_flight = None if signals.in_flight is None else signals.in_flight.value
-    queued = 0.0 if signals.queued is None else signals.queued.value
-    requests_left = signals.rate_limit_requests_remaining
+    in_flight = None if in_flight_r is None else in_flight_r.value
+    queued = 0.0 if queued_r is None else queued_r.value
     clear = (
         signals.circuit is CircuitState.CLOSED
         and in_flight is not None
-        and all(getattr(signals, name) is not None for name in spec.required_signals)
         and in_flight + queued < spec.max_concurrent + spec.max_queued
         and (requests_left is None or not requests_left.value < 1)
-        and signals.node_countries != frozenset()
+        and signals.node_countries != _NO_COUNTRIES
     )
-    tokens = signals.rate_limit_tokens_remaining
+    if clear:
+        for name in spec.required_signals:
+            if getattr(signals, name) is None:
+                clear = False
+                break
 
     lat = spec.latency
     if in_flight is None:  # never on the fast path (not clear); keep the numbers finite
@@ -114,14 +117,15 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
     batch_frac = min(1.0, (in_flight + 1.0) / cap)
     decode_rate = lat.decode_tokens_per_s / (1.0 + (lat.decode_slowdown_at_full_batch - 1.0) * batch_frac)
     per_token_s = 1.0 / decode_rate
-    if signals.recent_tpot_s is not None and signals.recent_tpot_s.value > per_token_s:
-        per_token_s = signals.recent_tpot_s.value
+    if tpot_r is not None and tpot_r.value > per_token_s:
+        per_token_s = tpot_r.value
     queue_factor = 0.0 if occupancy < cap else (occupancy - cap + 1.0) / cap
 
     worst = -1.0
-    for reading in (signals.gpu_memory_used_ratio, signals.kv_cache_usage):
-        if reading is not None and reading.value > worst:
-            worst = reading.value
+    if gpu_r is not None and gpu_r.value > worst:
+        worst = gpu_r.value
+    if kv_r is not None and kv_r.value > worst:
+        worst = kv_r.value
     memory_score = 1.0 if worst < 0.0 else 1.0 - (worst if worst < 1.0 else 1.0)
     ratio = occupancy / cap
 
@@ -136,7 +140,7 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         prefill_tokens_per_s=lat.prefill_tokens_per_s,
         per_token_s=per_token_s,
         queue_factor=queue_factor,
-        ttft_floor_s=-_INF if signals.recent_ttft_s is None else signals.recent_ttft_s.value,
+        ttft_floor_s=-_INF if ttft_r is None else ttft_r.value,
         usd_per_input_token=c.usd_per_input_token,
         usd_per_output_token=c.usd_per_output_token,
         usd_per_slot_second=c.usd_per_slot_second,

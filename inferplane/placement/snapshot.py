@@ -16,8 +16,12 @@ if TYPE_CHECKING:
     from inferplane.placement.policy import PlacementPolicy
 
 _SIGNAL_FIELDS = tuple(f.name for f in fields(SubstrateSignals))
-_IN_FLIGHT = _SIGNAL_FIELDS.index("in_flight")
 _signal_values = attrgetter(*_SIGNAL_FIELDS)
+# The slots' own setters: a copy of a frozen dataclass with one field changed, made without its
+# ``__init__`` (which sets each field through ``object.__setattr__``, and costs more than the rest
+# of ``with_dispatches``). ``SubstrateSignals`` validates nothing when built, so nothing is skipped.
+_SIGNAL_SETTERS = tuple(getattr(SubstrateSignals, name).__set__ for name in _SIGNAL_FIELDS)
+_SET_IN_FLIGHT = _SIGNAL_SETTERS[_SIGNAL_FIELDS.index("in_flight")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +101,11 @@ class FleetSnapshot:
             delta = current.get(name, 0) - reported.get(name, 0)
             sig = signals[i]
             if delta and sig.in_flight is not None:
-                # ``dataclasses.replace`` costs more than the rest of this method: copy the fields.
-                values = list(_signal_values(sig))
-                values[_IN_FLIGHT] = Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s)
-                changed[i] = SubstrateSignals(*values)
+                copy = object.__new__(SubstrateSignals)
+                for set_field, value in zip(_SIGNAL_SETTERS, _signal_values(sig)):
+                    set_field(copy, value)
+                _SET_IN_FLIGHT(copy, Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s))
+                changed[i] = copy
         if not changed:
             return self
         signals = list(signals)
@@ -118,11 +123,10 @@ class FleetSnapshot:
                 rows[i] = scoring_row(entry, constants)
         view = object.__new__(FleetSnapshot)
         # The same fields as a constructed snapshot; only the changed entries were prepared anew.
-        for name, value in (("version", self.version), ("taken_at_s", self.taken_at_s), ("fleet", self.fleet),
-                            ("signals", tuple(signals)), ("tenant_spend_usd", self.tenant_spend_usd),
-                            ("prepared", tuple(prepared)), ("scored_for", self.scored_for),
-                            ("scoring", None if rows is None else tuple(rows))):
-            object.__setattr__(view, name, value)
+        for set_field, value in zip(_SNAPSHOT_SETTERS, (
+                self.version, self.taken_at_s, self.fleet, tuple(signals), self.tenant_spend_usd, tuple(prepared),
+                self.scored_for, None if rows is None else tuple(rows))):
+            set_field(view, value)
         return view
 
     def with_signals(
@@ -143,3 +147,10 @@ class FleetSnapshot:
 def _row_constants(policy: PlacementPolicy) -> tuple[float, bool, float, float, float] | None:
     plan = policy.plan
     return scoring(policy).row_constants if plan is None else plan.scoring.row_constants
+
+
+_SNAPSHOT_SETTERS = tuple(getattr(FleetSnapshot, name).__set__ for name in (
+    "version", "taken_at_s", "fleet", "signals", "tenant_spend_usd", "prepared", "scored_for", "scoring"))
+if {f.name for f in fields(FleetSnapshot)} != {"version", "taken_at_s", "fleet", "signals", "tenant_spend_usd",
+                                               "prepared", "scored_for", "scoring"}:
+    raise ImportError("FleetSnapshot.with_dispatches must set every field of the snapshot")

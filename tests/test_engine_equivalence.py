@@ -123,3 +123,35 @@ def test_a_policy_without_its_plan_decides_the_same(sc: Scenario) -> None:
     assert copy.plan is None
     planned = place(sc.request, sc.snapshot, sc.built.policy)
     assert place(sc.request, sc.snapshot, copy).to_dict() == planned.to_dict()
+
+
+def _for_policy(sc: Scenario, snapshot: FleetSnapshot, previous: FleetSnapshot | None = None) -> FleetSnapshot:
+    """``snapshot`` rebuilt as an ingress replica builds it: for its policy, maybe from a previous one."""
+    return FleetSnapshot(snapshot.version, snapshot.taken_at_s, snapshot.fleet, snapshot.signals,
+                         snapshot.tenant_spend_usd, policy=sc.built.policy, previous=previous)
+
+
+@given(scenarios(), _offsets_in_bounds, st.data())
+def test_a_snapshot_built_for_the_policy_decides_the_same(sc: Scenario, offset: float, data: st.DataObject) -> None:
+    """The scoring rows folded in at build time, reused from a previous snapshot for unchanged
+    signals and updated by ``with_dispatches``, decide as the specification does."""
+    bound = sc.built.policy.signal_staleness_bound_s
+    request = dataclasses.replace(sc.request, arrived_at_s=sc.request.arrived_at_s + offset * bound)
+    sc = Scenario(sc.built, sc.snapshot, request)
+    names = [s.name for s in sc.built.fleet.substrates]
+    counts = st.dictionaries(st.sampled_from(names), st.integers(0, 40), max_size=len(names))
+    scored = _for_policy(sc, sc.snapshot)
+    assert scored.scored_for is sc.built.policy and scored.prepared == sc.snapshot.prepared
+    view = scored.with_dispatches(data.draw(counts, label="reported"), data.draw(counts, label="current"))
+    # A newer snapshot in which some substrates keep their very signals objects and others do not.
+    kept = data.draw(st.lists(st.booleans(), min_size=len(names), max_size=len(names)), label="kept")
+    newer = FleetSnapshot(view.version + 1, view.taken_at_s, view.fleet,
+                          tuple(v if k else dataclasses.replace(v) for v, k in zip(view.signals, kept)),
+                          policy=sc.built.policy, previous=scored)
+    for snapshot in (scored, view, newer):
+        rebuilt = _for_policy(sc, snapshot)
+        assert snapshot.prepared == rebuilt.prepared and snapshot.scoring == rebuilt.scoring
+        assert_same(place(request, snapshot, sc.built.policy), reference(sc, snapshot))
+        assert place(request, snapshot, sc.built.policy).to_dict() == place(
+            request, FleetSnapshot(snapshot.version, snapshot.taken_at_s, snapshot.fleet, snapshot.signals,
+                                   snapshot.tenant_spend_usd), sc.built.policy).to_dict()

@@ -12,14 +12,17 @@ in the placement actor and in the replay simulator.
    request id, so a replay of the same request on the same snapshot decides the same way.
 
 The filters and scorers (``filters.py``, ``scorers.py``) are the specification. The hot path does
-not call them for a substrate it can decide by arithmetic: the static filters' verdicts come from
-the policy's plan (``plan.py``), and what depends only on the snapshot from its prepared entries
-(``prepared.py``), which hold while the substrate's readings are all fresh. Such a substrate that
-passes everything costs a handful of float operations; any other (a reading stale, a filter
-rejecting, an over-budget restriction, external-signal rules) is evaluated by the specification
-itself (``evaluate``). The two agree exactly (``tests/test_engine_equivalence.py``): the arithmetic
-performs the specification's float operations in the same order. The decision's ``candidates``
-are worked out on first read, from the numbers the ranking used.
+not call them for a substrate it can decide by arithmetic: the request-level checks and the static
+filters' verdicts come from the policy's plan (``plan.py``: a ``Target`` per tenant, model, SLA
+class and ingress, with each admitted substrate's egress price and weighted locality), and what
+depends on the snapshot from its scoring rows (``prepared.py``: built once per snapshot for the
+policy, or folded in here for a snapshot built without it), which hold while the substrate's
+readings are all fresh. Such a substrate that passes everything costs a few float operations on
+locals; any other (a reading stale, a filter rejecting, an over-budget restriction, external-signal
+rules) is evaluated by the specification itself (``evaluate``). The two agree exactly
+(``tests/test_engine_equivalence.py``): the arithmetic performs the specification's float
+operations in the same order, or ones proved equal (noted where used). The decision's
+``candidates`` are worked out on first read, from the numbers the ranking used.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """What a snapshot works out per substrate once, so that ``place()`` does per-request arithmetic only.
 
-Everything here is a function of one substrate's static spec and its live signals, and of nothing
-the policy or the request says: a ``FleetSnapshot`` is built without a policy (the ingress builds it
-from what the placement actor publishes), and ``with_dispatches`` recomputes the entry of a
-substrate only when its in-flight count changed.
+A ``PreparedSubstrate`` is a function of one substrate's static spec and its live signals, and of
+nothing the policy or the request says; ``with_dispatches`` recomputes the entry of a substrate only
+when its in-flight count changed, and a snapshot built with ``previous`` only when its signals object
+is a new one.
 
 Each entry assumes that every reading the substrate reported is fresh. That holds while the
 request's ``now - oldest_observed_at_s <= signal_staleness_bound_s`` (readings are fresh while

@@ -247,8 +247,11 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             names = rp.names
             rows = [NEVER if needed > window or names[pos] in exclude else row
                     for pos, (row, window) in enumerate(zip(rows, t.windows))]
-        per_token_of = needed if needed > 0 else 1
-        needed_bytes = needed * BYTES_PER_TOKEN
+        # The token counts as floats: an int times a float converts the int exactly as float()
+        # does, so the products are the same, and float-by-float operations are the fast ones.
+        f_in, f_out = float(n_in), float(n_out)
+        per_token_of = float(needed if needed > 0 else 1)
+        needed_bytes = float(needed * BYTES_PER_TOKEN)
         allowed = tenant.allowed_countries
         ttft_cut, e2e_cut = t.ttft_cut_s, t.e2e_cut_s
         cost_ref = policy.cost_reference_usd_per_token
@@ -259,8 +262,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             if now <= fresh_until and needed <= tokens_left and (countries is None or countries <= allowed):
                 # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
                 # precomputed.
-                prefill_s = n_in / prefill_rate
-                decode_s = n_out * per_token_s
+                prefill_s = f_in / prefill_rate
+                decode_s = f_out * per_token_s
                 if queue_factor:
                     ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
                 else:
@@ -269,7 +272,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                     ttft = ttft_floor
                 e2e = ttft + decode_s
                 if ttft <= ttft_cut and e2e <= e2e_cut:  # else DeadlineReachable rejects: below
-                    cost = n_in * usd_in + n_out * usd_out
+                    cost = f_in * usd_in + f_out * usd_out
                     cost += usd_slot_s * e2e
                     if egress:
                         cost += needed_bytes * egress

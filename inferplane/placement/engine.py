@@ -114,24 +114,29 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest) -> tuple[float, fl
     return ttft, e2e, cost
 
 
-def _row_numbers(row: ScoringRow, egress_usd_per_byte: float, request: PlacementRequest) -> tuple[float, float, float]:
-    """``_numbers`` from a scoring row and the target's egress price (the loop in ``place``'s lines)."""
-    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, usd_in, usd_out, usd_slot_s,
-     _, _, _) = row
-    n_in, n_out = request.input_tokens, request.max_output_tokens
-    prefill_s = n_in / prefill_rate
-    decode_s = n_out * per_token_s
+def _row_latency(row: ScoringRow, request: PlacementRequest) -> tuple[float, float]:
+    """(ttft_s, e2e_s) from a scoring row: the first lines of the loop in ``place``."""
+    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _) = row
+    prefill_s = float(request.input_tokens) / prefill_rate
+    decode_s = float(request.max_output_tokens) * per_token_s
     if queue_factor:
         ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
     else:
         ttft = fixed_s + prefill_s
     if ttft_floor > ttft:
         ttft = ttft_floor
-    e2e = ttft + decode_s
-    cost = n_in * usd_in + n_out * usd_out
-    cost += usd_slot_s * e2e
+    return ttft, ttft + decode_s
+
+
+def _row_numbers(row: ScoringRow, egress_usd_per_byte: float, request: PlacementRequest) -> tuple[float, float, float]:
+    """(ttft_s, e2e_s, cost_usd) from a scoring row and the target's egress price (the loop in
+    ``place``'s lines)."""
+    ttft, e2e = _row_latency(row, request)
+    n_in, n_out = request.input_tokens, request.max_output_tokens
+    cost = float(n_in) * row[8] + float(n_out) * row[9]
+    cost += row[10] * e2e
     if egress_usd_per_byte:
-        cost += (n_in + n_out) * BYTES_PER_TOKEN * egress_usd_per_byte
+        cost += float((n_in + n_out) * BYTES_PER_TOKEN) * egress_usd_per_byte
     return ttft, e2e, cost
 
 
@@ -327,7 +332,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         if primary >= 0:
             verdict = by_specification.get(primary)
             if verdict is None:  # eligible by arithmetic
-                ttft, e2e, _ = _row_numbers(rows[primary], t.egress_usd_per_byte[primary], request)
+                ttft, e2e = _row_latency(rows[primary], request)
                 primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
             else:
                 primary_meets = verdict.meets_sla

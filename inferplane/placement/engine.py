@@ -83,6 +83,19 @@ def evaluate(ctx: PlacementContext, spec: SubstrateSpec, signals: SubstrateSigna
                             est.ttft_s, est.e2e_s, est.cost_usd, meets)
 
 
+def _unfit_to_specification(rows: Sequence[ScoringRow], needed: int, windows: tuple[int, ...],
+                            names: tuple[str, ...], exclude: frozenset[str]) -> list[ScoringRow]:
+    """``rows`` with ``NEVER`` for the substrates whose context window is too small for ``needed``
+    tokens or that the request excludes: the specification evaluates (and rejects) them, so that
+    the loop in ``place`` need not ask."""
+    return [NEVER if needed > window or name in exclude else row for row, window, name in zip(rows, windows, names)]
+
+
+def _break_ties(ranked: list[int], totals: list[float], seed: int, indices: tuple[int, ...]) -> None:
+    """Order ``ranked`` by total, best first, then by the request's tie key (stable: then by position)."""
+    ranked.sort(key=lambda p: (-totals[p], _tie_key(seed, indices[p])))
+
+
 def _rejected(name: str, rejection: Rejection) -> CandidateVerdict:
     return CandidateVerdict(name, False, rejection.code, rejection.summary, rejection.detail,
                             None, 0.0, None, None, None, False)
@@ -247,14 +260,10 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         needed = n_in + n_out
         exclude = request.exclude
         if needed > t.min_window or exclude:
-            # Rare: the substrates whose window is too small or that the request excludes go to the
-            # specification (which rejects them), so that the loop need not ask.
-            names = rp.names
-            rows = [NEVER if needed > window or names[pos] in exclude else row
-                    for pos, (row, window) in enumerate(zip(rows, t.windows))]
+            rows = _unfit_to_specification(rows, needed, t.windows, rp.names, exclude)
         # The token counts as floats: an int times a float converts the int exactly as float()
         # does, so the products are the same, and float-by-float operations are the fast ones.
-        f_in, f_out = float(n_in), float(n_out)
+        f_in, f_out, f_needed = float(n_in), float(n_out), float(needed)
         per_token_of = float(needed if needed > 0 else 1)
         needed_bytes = float(needed * BYTES_PER_TOKEN)
         allowed = tenant.allowed_countries
@@ -264,7 +273,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         for row, egress, local_term in zip(rows, t.egress_usd_per_byte, t.locality_terms):
             (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
              usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term) = row
-            if now <= fresh_until and needed <= tokens_left and (countries is None or countries <= allowed):
+            if now <= fresh_until and f_needed <= tokens_left and (countries is None or countries <= allowed):
                 # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
                 # precomputed.
                 prefill_s = f_in / prefill_rate
@@ -319,9 +328,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         del ranked[eligible_count:]
     if len(set(totals)) - (1 if ineligible else 0) < eligible_count:
         # Equal totals: broken by a key derived from the request id (stable: then by position).
-        seed = zlib.crc32(request.request_id.encode())
-        indices = t.indices
-        ranked.sort(key=lambda p: (-totals[p], _tie_key(seed, indices[p])))
+        _break_ties(ranked, totals, zlib.crc32(request.request_id.encode()), t.indices)
 
     primary = rp.primary
     chosen = ranked[0]

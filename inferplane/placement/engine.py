@@ -28,6 +28,7 @@ operations in the same order, or ones proved equal (noted where used). The decis
 from __future__ import annotations
 
 import zlib
+from itertools import repeat
 from collections.abc import Sequence
 from functools import partial
 from operator import mul
@@ -253,8 +254,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         if snapshot.scored_for is policy:
             rows = t.pick(snapshot.scoring)
         else:  # a snapshot built without this policy: fold it in for the substrates this route admits
-            prepared = snapshot.prepared
-            rows = [scoring_row(prepared[idx], constants) for idx in t.indices]
+            rows = list(map(scoring_row, t.pick(snapshot.prepared), repeat(constants)))
         now = request.arrived_at_s
         n_in, n_out = request.input_tokens, request.max_output_tokens
         needed = n_in + n_out

@@ -89,6 +89,8 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
         cost_reference_usd_per_token=cfg.policy.cost_reference_usd_per_1m_tokens / 1e6,
         policy_hash=policy_hash(cfg),
         fleet=fleet,  # compiles the placement plan of (fleet, policy) once, here
+        ingress_locations=() if cfg.ingress.topology is None else (
+            (cfg.ingress.topology.region, cfg.ingress.topology.zone),),
         half_open_probe_limit=cfg.policy.health.half_open_probe_limit,
         slow_drop_factor=cfg.policy.health.drop_when_predicted_over_deadline,
         require_node_labels=cfg.policy.topology.require_node_labels,

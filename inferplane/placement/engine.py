@@ -218,10 +218,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         sc = plan.scoring
         key = (request.tenant, request.model, request.sla_class, request.ingress_region, request.ingress_zone)
         t = plan.targets.get(key)
-        if t is None:
+        if t is None:  # refused at the request level, or an ingress location the config never names
             t = target(fleet, policy, plan.routes, sc, *key)
-            if type(t) is Target:
-                plan.targets[key] = t
     else:  # no plan, or one for another fleet: work out what this request needs, uncached
         sc = scoring(policy)
         t = target(fleet, policy, None, sc, request.tenant, request.model, request.sla_class,

@@ -17,7 +17,7 @@ route it needs on the fly (``route_plan``), pure and uncached, and decides the s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
@@ -83,21 +83,41 @@ class PlacementPlan:
     routes: Mapping[tuple[str, str], RoutePlan]
     """(tenant name, canonical model name) -> its route plan."""
     scoring: Scoring
-    targets: dict[tuple, Target] = field(default_factory=dict, compare=False, repr=False)
-    """(tenant, model as requested, SLA class, ingress region, ingress zone) -> its ``Target``,
-    filled in by ``place()`` the first time such a request passes the request-level checks (so
-    only names the config knows become keys). A memo of the pure function ``target``: whether an
-    entry is there changes no decision."""
+    targets: Mapping[tuple, Target] = field(compare=False, repr=False)
+    """(tenant, model name or alias, SLA class, ingress region, ingress zone) -> its ``Target``, for
+    every tenant, every name of a model it may use, every SLA class it may use, and every ingress
+    location the config knows (see ``compile_plan``). Compiled here, read-only afterwards: a
+    request with a key not in it (a refusal, or an ingress somewhere the config never names) gets
+    its ``target`` worked out per request, uncached, and is decided the same way."""
 
 
-def compile_plan(fleet: FleetSpec, policy: PlacementPolicy) -> PlacementPlan:
-    """The plan of (fleet, policy): every (tenant, model) route and the scoring."""
+def compile_plan(fleet: FleetSpec, policy: PlacementPolicy,
+                 ingress_locations: Iterable[tuple[str | None, str | None]] = ()) -> PlacementPlan:
+    """The plan of (fleet, policy): every (tenant, model) route, the scoring, and the targets of
+    every request the config allows, at each known ingress location: the given ones (the config's
+    ingress topology), every substrate's (region, zone) (an ingress on a labelled node usually
+    shares a zone with substrates) and unknown (None, None)."""
     routes = {
         (tenant.name, route.name): route_plan(fleet, policy, tenant, route)
         for tenant in policy.tenants.values()
         for route in fleet.models.values()
     }
-    return PlacementPlan(fleet, MappingProxyType(routes), scoring(policy))
+    sc = scoring(policy)
+    locations = {(None, None), *ingress_locations, *((s.region, s.zone) for s in fleet.substrates)}
+    targets = {}
+    for tenant in policy.tenants.values():
+        for name, canonical in fleet.model_names.items():
+            if tenant.allowed_models is not None and canonical not in tenant.allowed_models:
+                continue
+            for sla_class in tenant.allowed_sla_classes:
+                if sla_class not in policy.sla_classes:
+                    continue
+                for region, zone in locations:
+                    key = (tenant.name, name, sla_class, region, zone)
+                    t = target(fleet, policy, routes, sc, *key)
+                    if type(t) is Target:
+                        targets[key] = t
+    return PlacementPlan(fleet, MappingProxyType(routes), sc, MappingProxyType(targets))
 
 
 def scoring(policy: PlacementPolicy) -> Scoring:

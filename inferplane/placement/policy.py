@@ -82,12 +82,16 @@ class PlacementPolicy:
     compiled once here. Not an init field: a copy made with ``dataclasses.replace`` has none, and
     ``place()`` then works out the route it needs from the copy's own rules."""
 
-    def __post_init__(self, fleet: FleetSpec | None) -> None:
+    ingress_locations: InitVar[tuple[tuple[str | None, str | None], ...]] = ()
+    """(region, zone) of the ingress as the config declares it: the plan compiles its targets there
+    too (``plan.compile_plan``)."""
+
+    def __post_init__(self, fleet: FleetSpec | None, ingress_locations: tuple = ()) -> None:
         if fleet is not None:
             from inferplane.placement.plan import compile_plan  # plan.py reads this module
 
             # A derived field of a frozen dataclass, set once while it is being built.
-            object.__setattr__(self, "plan", compile_plan(fleet, self))
+            object.__setattr__(self, "plan", compile_plan(fleet, self, ingress_locations))
 
     def spill_classes(self, model: str) -> frozenset[str]:
         return self.spillover_classes_per_model.get(model, self.spillover_classes)

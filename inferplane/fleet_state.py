@@ -193,13 +193,21 @@ class FleetState:
         if self._published is None or self._dirty:
             self._expire(now_s)
             self._version += 1
+            # in_flight sums over the live ingress replicas, dated by the oldest of their reports.
+            totals: dict[str, int] = {}
+            oldest_ingress = None
+            for r in self._ingress.values():
+                if oldest_ingress is None or r.at_s < oldest_ingress:
+                    oldest_ingress = r.at_s
+                for name, n in r.in_flight.items():
+                    totals[name] = totals.get(name, 0) + n
             self._published = PublishedSnapshot(
                 version=self._version,
                 taken_at_s=now_s,
                 policy_hash=self._policy_hash,
-                signals=tuple(self._signals(spec.name, spec.zone, spec.region, now_s)
+                signals=tuple(self._signals(spec.name, spec.zone, spec.region, now_s, totals, oldest_ingress)
                               for spec in self._fleet.substrates),
-                tenant_spend_usd=self.tenant_spend(now_s),
+                tenant_spend_usd=self.tenant_spend(now_s) if self._spend else {},
             )
             self._dirty = False
         return self._published
@@ -224,7 +232,8 @@ class FleetState:
                 by_name[signal] = (rank, reading)
         return tuple(sorted((signal, reading) for signal, (_, reading) in by_name.items()))
 
-    def _signals(self, name: str, zone: str, region: str, now_s: float) -> SubstrateSignals:
+    def _signals(self, name: str, zone: str, region: str, now_s: float, ingress_totals: dict[str, int],
+                 oldest_ingress_s: float | None) -> SubstrateSignals:
         # Liveness comes from the substrate's own replicas: without a fresh replica report the
         # substrate is unknown, whatever the ingress replicas think they sent it.
         rp = self._replica_parts.get(name)
@@ -232,9 +241,9 @@ class FleetState:
             rp = self._replica_parts[name] = _replica_part(self._replicas[name].values())
         in_flight = None
         if rp.newest is not None:
-            if self._ingress:
-                in_flight = Reading(float(sum(r.in_flight.get(name, 0) for r in self._ingress.values())),
-                                    min(rp.newest, min(r.at_s for r in self._ingress.values())))
+            if oldest_ingress_s is not None:
+                in_flight = Reading(float(ingress_totals.get(name, 0)),
+                                    rp.newest if rp.newest < oldest_ingress_s else oldest_ingress_s)
             else:
                 in_flight = rp.in_flight
         op = self._outcome_parts.get(name)
@@ -333,6 +342,16 @@ def _replica_part(reports) -> _ReplicaPart:
     reports = list(reports)
     if not reports:
         return _ReplicaPart(None, None)
+    if len(reports) == 1:  # the common case, read straight off the one report
+        t, r = reports[0]
+        j = r.node_jurisdiction
+        return _ReplicaPart(
+            t, Reading(float(r.in_flight), t), Reading(float(r.queued), t),
+            None if r.kv_cache_usage is None else Reading(r.kv_cache_usage, t),
+            None if r.gpu_memory_used_ratio is None else Reading(r.gpu_memory_used_ratio, t),
+            None if r.rate_limit_requests_remaining is None else Reading(r.rate_limit_requests_remaining, t),
+            None if r.rate_limit_tokens_remaining is None else Reading(r.rate_limit_tokens_remaining, t),
+            frozenset((j,)) if j else None, 0 if j else 1)
     oldest = min(t for t, _ in reports)
 
     def agg(values, pick) -> Reading | None:

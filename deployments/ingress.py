@@ -37,8 +37,7 @@ from inferplane.api.tokens import chat_text, estimate_chat_tokens, estimate_comp
 from inferplane.auth import TenantKeys
 from inferplane.config import build, parse_config
 from inferplane.placement import PlacementRequest
-from inferplane.placement.filters import STATIC_FILTERS
-from inferplane.placement.signals import SubstrateSignals
+from inferplane.placement.plan import models_for
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
 from inferplane.plane.ledger import CLIENT_DISCONNECTED, OpenRequest, RequestLedger
 from inferplane.plane.state import ReplicaState
@@ -186,7 +185,9 @@ class Ingress:
         tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
         if tenant_name is None:
             return _error_response(ApiError(401, "invalid_api_key", "missing or invalid API key"))
-        return JSONResponse({"object": "list", "data": self._models_for(tenant_name)})
+        return JSONResponse({"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "inferplane"}
+            for name in models_for(self._policy, self._fleet, tenant_name)]})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
@@ -195,24 +196,6 @@ class Ingress:
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
         return await self._serve(request, "completion")
-
-    def _models_for(self, tenant_name: str) -> list[dict]:
-        from inferplane.placement.context import PlacementContext
-
-        tenant = self._policy.tenants[tenant_name]
-        out = []
-        for route in self._fleet.models.values():
-            if tenant.allowed_models is not None and route.name not in tenant.allowed_models:
-                continue
-            ctx = PlacementContext(None, tenant, None, route, self._policy, self._policy.spill_classes(route.name),
-                                   0.0, 0.0)
-            reachable = any(
-                all(f.check(ctx, self._fleet.substrates[i], SubstrateSignals()) is None for f in STATIC_FILTERS)
-                for i in route.substrate_indices
-            )
-            if reachable:
-                out.append({"id": route.name, "object": "model", "created": 0, "owned_by": "inferplane"})
-        return out
 
     # -- the request path --------------------------------------------------------------------
     async def _serve(self, request: Request, api: str) -> Response:

@@ -91,6 +91,23 @@ class PlacementPlan:
     its ``target`` worked out per request, uncached, and is decided the same way."""
 
 
+def models_for(policy: PlacementPolicy, fleet: FleetSpec, tenant_name: str) -> list[str]:
+    """The canonical names of the models ``tenant_name`` may use and that at least one substrate
+    its static rules admit serves (what ``/v1/models`` lists), in the fleet's order."""
+    tenant = policy.tenants[tenant_name]
+    plan = policy.plan
+    out = []
+    for route in fleet.models.values():
+        if tenant.allowed_models is not None and route.name not in tenant.allowed_models:
+            continue
+        rp = plan.routes.get((tenant_name, route.name)) if plan is not None and plan.fleet is fleet else None
+        if rp is None:
+            rp = route_plan(fleet, policy, tenant, route)
+        if rp.admitted:
+            out.append(route.name)
+    return out
+
+
 def compile_plan(fleet: FleetSpec, policy: PlacementPolicy,
                  ingress_locations: Iterable[tuple[str | None, str | None]] = ()) -> PlacementPlan:
     """The plan of (fleet, policy): every (tenant, model) route, the scoring, and the targets of

@@ -128,7 +128,13 @@ class FleetState:
         # second; most syncs change nothing but the ingress counts).
         self._replica_parts: dict[str, _ReplicaPart] = {}
         self._outcome_parts: dict[str, _OutcomePart] = {}
-        self._last_signals: dict[str, tuple[tuple, SubstrateSignals]] = {}
+        # Per substrate: (replica part, outcome part, in-flight value and time, circuit, external,
+        # the signals built from them).
+        self._last_signals: dict[str, tuple] = {}
+        # No kept report is older than this, so nothing can expire before it + the bound (a sync
+        # then skips the pass over every report).
+        self._oldest_report_s = float("inf")
+        self._order = tuple((s.name, s.zone, s.region, self._breakers[s.name]) for s in fleet.substrates)
 
     # -- reports ------------------------------------------------------------------------------
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
@@ -136,6 +142,8 @@ class FleetState:
                        zone: str | None = None) -> None:
         counts = {k: v for k, v in in_flight.items() if k in self._replicas}
         self._ingress[ingress_id] = IngressReport(now_s, counts, snapshot_version, snapshot_age_s, zone)
+        if now_s < self._oldest_report_s:
+            self._oldest_report_s = now_s
         for o in outcomes:
             if o.substrate not in self._outcomes:
                 continue
@@ -166,6 +174,8 @@ class FleetState:
         if substrate not in self._replicas:
             raise KeyError(f"unknown substrate {substrate!r}")
         self._replicas[substrate][replica_id] = (now_s, report)
+        if now_s < self._oldest_report_s:
+            self._oldest_report_s = now_s
         self._replica_parts.pop(substrate, None)
         if report.retry_after_until_s is not None:
             self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
@@ -191,7 +201,8 @@ class FleetState:
     def snapshot(self, now_s: float) -> PublishedSnapshot:
         """The current snapshot; a new version whenever a report arrived since the last one."""
         if self._published is None or self._dirty:
-            self._expire(now_s)
+            if self._oldest_report_s < now_s - self._bound:
+                self._expire(now_s)
             self._version += 1
             # in_flight sums over the live ingress replicas, dated by the oldest of their reports.
             totals: dict[str, int] = {}
@@ -201,12 +212,13 @@ class FleetState:
                     oldest_ingress = r.at_s
                 for name, n in r.in_flight.items():
                     totals[name] = totals.get(name, 0) + n
+            signals = self._signals
             self._published = PublishedSnapshot(
                 version=self._version,
                 taken_at_s=now_s,
                 policy_hash=self._policy_hash,
-                signals=tuple(self._signals(spec.name, spec.zone, spec.region, now_s, totals, oldest_ingress)
-                              for spec in self._fleet.substrates),
+                signals=tuple([signals(name, zone, region, breaker, now_s, totals, oldest_ingress)
+                               for name, zone, region, breaker in self._order]),
                 tenant_spend_usd=self.tenant_spend(now_s) if self._spend else {},
             )
             self._dirty = False
@@ -216,10 +228,15 @@ class FleetState:
         horizon = now_s - self._bound
         for ingress_id in [i for i, r in self._ingress.items() if r.at_s < horizon]:
             del self._ingress[ingress_id]
+        oldest = min((r.at_s for r in self._ingress.values()), default=float("inf"))
         for name, per_replica in self._replicas.items():
             for rid in [r for r, (t, _) in per_replica.items() if t < horizon]:
                 del per_replica[rid]
                 self._replica_parts.pop(name, None)
+            for t, _ in per_replica.values():
+                if t < oldest:
+                    oldest = t
+        self._oldest_report_s = oldest
 
     def _external_for(self, name: str, zone: str, region: str) -> tuple[tuple[str, Reading], ...]:
         by_name: dict[str, tuple[int, Reading]] = {}
@@ -232,40 +249,49 @@ class FleetState:
                 by_name[signal] = (rank, reading)
         return tuple(sorted((signal, reading) for signal, (_, reading) in by_name.items()))
 
-    def _signals(self, name: str, zone: str, region: str, now_s: float, ingress_totals: dict[str, int],
-                 oldest_ingress_s: float | None) -> SubstrateSignals:
+    def _signals(self, name: str, zone: str, region: str, breaker: CircuitBreaker, now_s: float,
+                 ingress_totals: dict[str, int], oldest_ingress_s: float | None) -> SubstrateSignals:
         # Liveness comes from the substrate's own replicas: without a fresh replica report the
         # substrate is unknown, whatever the ingress replicas think they sent it.
         rp = self._replica_parts.get(name)
         if rp is None:
             rp = self._replica_parts[name] = _replica_part(self._replicas[name].values())
-        in_flight = None
-        if rp.newest is not None:
-            if oldest_ingress_s is not None:
-                in_flight = Reading(float(ingress_totals.get(name, 0)),
-                                    rp.newest if rp.newest < oldest_ingress_s else oldest_ingress_s)
-            else:
-                in_flight = rp.in_flight
+        # The in-flight reading as (value, time), or rp's own, or None: compared with the last one
+        # before a Reading is made.
+        newest = rp.newest
+        if newest is None:
+            in_flight_value = in_flight_at = None
+        elif oldest_ingress_s is not None:
+            in_flight_value = float(ingress_totals.get(name, 0))
+            in_flight_at = newest if newest < oldest_ingress_s else oldest_ingress_s
+        else:
+            in_flight_value, in_flight_at = rp, None
         op = self._outcome_parts.get(name)
         if op is None or not op.computed_at_s <= now_s < op.valid_until_s:
             op = self._outcome_parts[name] = _outcome_part(self._outcomes[name], now_s, self._latency_window)
-        circuit = self._breakers[name].state(now_s)
+        circuit = breaker.state(now_s)
         external = self._external_for(name, zone, region) if self._external else ()
         # The same object as last time when nothing changed, so a snapshot can reuse what was
         # derived from it (``FleetSnapshot``'s prepared entries).
         last = self._last_signals.get(name)
         if last is not None:
-            (last_rp, last_op, last_in_flight, last_circuit, last_external), last_signals = last
-            if (last_rp is rp and last_op is op and last_in_flight == in_flight and last_circuit is circuit
-                    and last_external == external):
+            last_rp, last_op, last_value, last_at, last_circuit, last_external, last_signals = last
+            if (last_rp is rp and last_op is op and last_value == in_flight_value and last_at == in_flight_at
+                    and last_circuit is circuit and last_external == external):
                 return last_signals
+        if newest is None:
+            in_flight = None
+        elif oldest_ingress_s is not None:
+            in_flight = Reading(in_flight_value, in_flight_at)
+        else:
+            in_flight = rp.in_flight
         signals = SubstrateSignals(
             in_flight=in_flight, queued=rp.queued, kv_cache_usage=rp.kv, gpu_memory_used_ratio=rp.gpu,
             rate_limit_requests_remaining=rp.rl_req, rate_limit_tokens_remaining=rp.rl_tok,
             recent_ttft_s=op.ttft, recent_tpot_s=op.tpot, error_rate=op.error_rate, circuit=circuit,
             node_countries=rp.node_countries, unlabelled_replicas=rp.unlabelled, external=external,
         )
-        self._last_signals[name] = ((rp, op, in_flight, circuit, external), signals)
+        self._last_signals[name] = (rp, op, in_flight_value, in_flight_at, circuit, external, signals)
         return signals
 
     # -- status -------------------------------------------------------------------------------

@@ -77,6 +77,10 @@ class ReplicaState:
         self._lock = threading.Lock()
         self._in_flight: Counter[str] = Counter()
         self._snapshot: FleetSnapshot | None = None
+        # A published snapshot adopted but not yet built into a ``FleetSnapshot``: it is built when
+        # first read (``_latest``), since many are superseded by the next sync before any request
+        # is placed on them. Built from the last one built, it reuses the same entries.
+        self._pending: PublishedSnapshot | None = None
         self._reported: dict[str, int] = {}
         self._view: FleetSnapshot | None = None
         self._outcomes: list[Outcome] = []
@@ -86,22 +90,37 @@ class ReplicaState:
     @property
     def snapshot(self) -> FleetSnapshot | None:
         """The last published snapshot (without this replica's dispatches since)."""
+        return self._latest()
+
+    def _latest(self) -> FleetSnapshot | None:
+        if self._pending is not None:
+            with self._lock:
+                self._build_pending()
         return self._snapshot
+
+    def _build_pending(self) -> None:
+        """With the lock held: the pending published snapshot, if any, built (on the last one built)."""
+        pending = self._pending
+        if pending is not None:
+            self._snapshot = FleetSnapshot(pending.version, pending.taken_at_s, self.fleet, pending.signals,
+                                           pending.tenant_spend_usd, policy=self.policy, previous=self._snapshot)
+            self._pending = None
 
     def view(self, now_s: float) -> FleetSnapshot | Unavailable:
         """The snapshot to place on at ``now_s``: the published one with this replica's dispatches
         since applied, or ``Unavailable`` when there is none or it is over the staleness bound."""
-        snap = self._snapshot
-        if snap is None:
+        latest = self._pending or self._snapshot
+        if latest is None:
             return Unavailable("the plane has no fleet snapshot yet; retry shortly")
-        age = now_s - snap.taken_at_s
+        age = now_s - latest.taken_at_s
         bound = self.policy.snapshot_staleness_bound_s
         if age > bound:
             return Unavailable(f"fleet snapshot is {age:.1f}s old, over the {bound:.1f}s bound; failing closed")
         view = self._view
         if view is None:
             with self._lock:
-                view = self._view = snap.with_dispatches(self._reported, self._in_flight)
+                self._build_pending()
+                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight)
         return view
 
     def place(self, request: PlacementRequest) -> tuple[PlacementDecision | Unavailable, float | None]:
@@ -154,7 +173,7 @@ class ReplicaState:
             outcomes, self._outcomes = self._outcomes, []
             spend, self._spend = dict(self._spend), Counter()
             in_flight = dict(self._in_flight)
-        snap = self._snapshot
+        snap = self._pending or self._snapshot
         return SyncReport(in_flight, outcomes, spend, None if snap is None else snap.version,
                           None if snap is None else now_s - snap.taken_at_s)
 
@@ -169,10 +188,8 @@ class ReplicaState:
         it was computed under another config (``policy_hash`` differs)."""
         if published.policy_hash != self.policy.policy_hash:
             return False
-        snap = FleetSnapshot(published.version, published.taken_at_s, self.fleet, published.signals,
-                             published.tenant_spend_usd, policy=self.policy, previous=self._snapshot)
         with self._lock:
-            self._snapshot = snap
+            self._pending = published
             self._reported = report.in_flight
             self._view = None
         return True

@@ -136,17 +136,33 @@ class PlacementActor:
         except OSError as exc:  # the port is taken (the actor of a config being replaced): keep placing
             complain("cannot serve metrics on %s:%s yet: %s", tel.metrics_host, tel.metrics_port, exc)
 
+    def live_ingress(self) -> int:
+        """How many ingress replicas synced with this actor within the staleness bound."""
+        now = time.time()
+        with self._lock:
+            return self._state.live_ingress(now)
+
     def _retire_predecessors(self) -> None:
-        """Once this actor's application runs (Serve finished rolling out the config that created
-        it, so no replica of the old config syncs any more), kill the actors of the application's
-        earlier configs, then take over the metrics port they held."""
-        for old in _actor_names(self._app_name):
-            if old != self._name:
-                try:
-                    ray.kill(ray.get_actor(old, namespace=NAMESPACE))
-                except ValueError:  # already gone
-                    continue
-                log.warning("retired placement actor %s of an earlier config", old)
+        """Retire the application's other placement actors that no ingress replica uses any more,
+        while some use this one: after a redeploy with a changed config, once Serve has replaced
+        every ingress replica of the old config, the old config's actor is orphaned (it would keep
+        the metrics port, and ``status`` could read it). An actor with no ingress replica of its own
+        retires nobody, so an old actor never retires the new one during a rollout. Then take over
+        the metrics port if this actor could not bind it."""
+        if self.live_ingress() == 0:
+            return
+        for name in _actor_names(self._app_name):
+            if name == self._name:
+                continue
+            try:
+                other = ray.get_actor(name, namespace=NAMESPACE)
+                if ray.get(other.live_ingress.remote(), timeout=5) > 0:
+                    continue  # still in use: the rollout is not over
+                ray.kill(other)
+            except Exception as exc:  # gone meanwhile, or not answering: look again next round
+                log.debug("could not retire %s: %s", name, type(exc).__name__)
+                continue
+            log.warning("retired placement actor %s of an earlier config", name)
         if self._metrics_server is None:
             self._serve_metrics(log.info)
 

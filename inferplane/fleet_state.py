@@ -181,6 +181,11 @@ class FleetState:
             self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
         self._dirty = True
 
+    def live_ingress(self, now_s: float) -> int:
+        """Ingress replicas that reported within the staleness bound."""
+        horizon = now_s - self._bound
+        return sum(1 for r in self._ingress.values() if r.at_s >= horizon)
+
     def all_reporting(self) -> bool:
         """Whether every substrate has at least one replica report (a restarted authority waits
         for this, up to a bound, before it publishes)."""

@@ -37,10 +37,14 @@ from __future__ import annotations
 from collections import deque
 import datetime as _dt
 from dataclasses import dataclass, field
+from functools import partial
+from bisect import bisect_left
+from itertools import compress, islice, repeat
+from operator import is_not, le, not_, sub
 
 from inferplane.health import BreakerSettings, CircuitBreaker
 from inferplane.placement.fleet import FleetSpec
-from inferplane.placement.signals import Reading, SubstrateSignals
+from inferplane.placement.signals import CircuitState, Reading, SubstrateSignals
 
 OUTCOME_WINDOW = 64
 HEARTBEAT_S = 0.25
@@ -117,24 +121,20 @@ class FleetState:
         self._bound = staleness_bound_s
         self._ingress: dict[str, IngressReport] = {}
         self._replicas: dict[str, dict[str, tuple[float, SubstrateReport]]] = {n: {} for n in self._names}
-        self._outcomes: dict[str, deque[Outcome]] = {n: deque(maxlen=OUTCOME_WINDOW) for n in self._names}
         self._breakers = {n: CircuitBreaker(breaker or BreakerSettings()) for n in self._names}
         self._external: dict[tuple[str, str, str], Reading] = {}
         self._version = 0
         self._published: PublishedSnapshot | None = None
         self._dirty = True
-        # Per substrate, the parts of its signals derived from its replicas' reports and from its
-        # outcome window, kept until those inputs change (the replay syncs ten times a simulated
-        # second; most syncs change nothing but the ingress counts).
-        self._replica_parts: dict[str, _ReplicaPart] = {}
-        self._outcome_parts: dict[str, _OutcomePart] = {}
-        # Per substrate: (replica part, outcome part, in-flight value and time, circuit, external,
-        # the signals built from them).
-        self._last_signals: dict[str, tuple] = {}
+        # Per substrate (fleet order), what its signals were derived from, kept until those inputs
+        # change (the replay syncs ten times a simulated second; most syncs change nothing but the
+        # ingress counts).
+        self._derived = tuple(_Derived(s.name, s.zone, s.region, self._breakers[s.name], self._replicas[s.name])
+                              for s in fleet.substrates)
+        self._derived_by_name = {d.name: d for d in self._derived}
         # No kept report is older than this, so nothing can expire before it + the bound (a sync
         # then skips the pass over every report).
         self._oldest_report_s = float("inf")
-        self._order = tuple((s.name, s.zone, s.region, self._breakers[s.name]) for s in fleet.substrates)
 
     # -- reports ------------------------------------------------------------------------------
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
@@ -145,10 +145,11 @@ class FleetState:
         if now_s < self._oldest_report_s:
             self._oldest_report_s = now_s
         for o in outcomes:
-            if o.substrate not in self._outcomes:
+            d = self._derived_by_name.get(o.substrate)
+            if d is None:
                 continue
-            self._outcomes[o.substrate].append(o)
-            self._outcome_parts.pop(o.substrate, None)
+            d.outcomes.append(o)
+            d.op = None
             breaker = self._breakers[o.substrate]
             breaker.record(o.ok, o.at_s)
             if o.retry_after_s:
@@ -176,7 +177,7 @@ class FleetState:
         self._replicas[substrate][replica_id] = (now_s, report)
         if now_s < self._oldest_report_s:
             self._oldest_report_s = now_s
-        self._replica_parts.pop(substrate, None)
+        self._derived_by_name[substrate].rp = None
         if report.retry_after_until_s is not None:
             self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
         self._dirty = True
@@ -222,8 +223,7 @@ class FleetState:
                 version=self._version,
                 taken_at_s=now_s,
                 policy_hash=self._policy_hash,
-                signals=tuple([signals(name, zone, region, breaker, now_s, totals, oldest_ingress)
-                               for name, zone, region, breaker in self._order]),
+                signals=tuple([signals(d, now_s, totals, oldest_ingress) for d in self._derived]),
                 tenant_spend_usd=self.tenant_spend(now_s) if self._spend else {},
             )
             self._dirty = False
@@ -237,7 +237,7 @@ class FleetState:
         for name, per_replica in self._replicas.items():
             for rid in [r for r, (t, _) in per_replica.items() if t < horizon]:
                 del per_replica[rid]
-                self._replica_parts.pop(name, None)
+                self._derived_by_name[name].rp = None
             for t, _ in per_replica.values():
                 if t < oldest:
                     oldest = t
@@ -254,49 +254,48 @@ class FleetState:
                 by_name[signal] = (rank, reading)
         return tuple(sorted((signal, reading) for signal, (_, reading) in by_name.items()))
 
-    def _signals(self, name: str, zone: str, region: str, breaker: CircuitBreaker, now_s: float,
-                 ingress_totals: dict[str, int], oldest_ingress_s: float | None) -> SubstrateSignals:
+    def _signals(self, d: _Derived, now_s: float, ingress_totals: dict[str, int],
+                 oldest_ingress_s: float | None) -> SubstrateSignals:
         # Liveness comes from the substrate's own replicas: without a fresh replica report the
         # substrate is unknown, whatever the ingress replicas think they sent it.
-        rp = self._replica_parts.get(name)
+        rp = d.rp
         if rp is None:
-            rp = self._replica_parts[name] = _replica_part(self._replicas[name].values())
+            rp = d.rp = _replica_part(d.replicas.values())
         # The in-flight reading as (value, time), or rp's own, or None: compared with the last one
         # before a Reading is made.
         newest = rp.newest
         if newest is None:
             in_flight_value = in_flight_at = None
         elif oldest_ingress_s is not None:
-            in_flight_value = float(ingress_totals.get(name, 0))
+            in_flight_value = float(ingress_totals.get(d.name, 0))
             in_flight_at = newest if newest < oldest_ingress_s else oldest_ingress_s
         else:
             in_flight_value, in_flight_at = rp, None
-        op = self._outcome_parts.get(name)
+        op = d.op
         if op is None or not op.computed_at_s <= now_s < op.valid_until_s:
-            op = self._outcome_parts[name] = _outcome_part(self._outcomes[name], now_s, self._latency_window)
-        circuit = breaker.state(now_s)
-        external = self._external_for(name, zone, region) if self._external else ()
+            op = d.op = _outcome_part(d.outcomes, now_s, self._latency_window)
+        circuit = d.breaker.state(now_s)
+        external = self._external_for(d.name, d.zone, d.region) if self._external else ()
         # The same object as last time when nothing changed, so a snapshot can reuse what was
         # derived from it (``FleetSnapshot``'s prepared entries).
-        last = self._last_signals.get(name)
-        if last is not None:
-            last_rp, last_op, last_value, last_at, last_circuit, last_external, last_signals = last
-            if (last_rp is rp and last_op is op and last_value == in_flight_value and last_at == in_flight_at
-                    and last_circuit is circuit and last_external == external):
-                return last_signals
+        last = d.signals
+        if (last is not None and d.signals_rp is rp and d.signals_op is op and d.in_flight_value == in_flight_value
+                and d.in_flight_at == in_flight_at and d.circuit is circuit and d.external == external):
+            return last
         if newest is None:
             in_flight = None
         elif oldest_ingress_s is not None:
             in_flight = Reading(in_flight_value, in_flight_at)
         else:
             in_flight = rp.in_flight
-        signals = SubstrateSignals(
+        signals = d.signals = SubstrateSignals(
             in_flight=in_flight, queued=rp.queued, kv_cache_usage=rp.kv, gpu_memory_used_ratio=rp.gpu,
             rate_limit_requests_remaining=rp.rl_req, rate_limit_tokens_remaining=rp.rl_tok,
             recent_ttft_s=op.ttft, recent_tpot_s=op.tpot, error_rate=op.error_rate, circuit=circuit,
             node_countries=rp.node_countries, unlabelled_replicas=rp.unlabelled, external=external,
         )
-        self._last_signals[name] = (rp, op, in_flight_value, in_flight_at, circuit, external, signals)
+        d.signals_rp, d.signals_op, d.in_flight_value, d.in_flight_at, d.circuit, d.external = \
+            rp, op, in_flight_value, in_flight_at, circuit, external
         return signals
 
     # -- status -------------------------------------------------------------------------------
@@ -348,6 +347,27 @@ def period_key(period: str, now_s: float) -> str:
     """The UTC calendar period a budget counts in: ``2026-11-26`` (day) or ``2026-11`` (month)."""
     day = _dt.datetime.fromtimestamp(now_s, tz=_dt.timezone.utc)
     return day.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
+
+
+class _Derived:
+    """One substrate's inputs (its replicas' reports, its outcomes, its breaker) and what was derived
+    from them: the replica part (``rp``, None once a report arrives or expires), the outcome part
+    (``op``, None once an outcome arrives), and the last signals with what they were built from."""
+
+    __slots__ = ("name", "zone", "region", "breaker", "replicas", "outcomes", "rp", "op", "signals",
+                 "signals_rp", "signals_op", "in_flight_value", "in_flight_at", "circuit", "external")
+
+    def __init__(self, name: str, zone: str, region: str, breaker: CircuitBreaker,
+                 replicas: dict[str, tuple[float, SubstrateReport]]) -> None:
+        self.name, self.zone, self.region, self.breaker = name, zone, region, breaker
+        self.replicas = replicas
+        self.outcomes = _OutcomeWindow()
+        self.rp: _ReplicaPart | None = None
+        self.op: _OutcomePart | None = None
+        self.signals: SubstrateSignals | None = None
+        self.signals_rp = self.signals_op = self.in_flight_value = self.in_flight_at = None
+        self.circuit: CircuitState | None = None
+        self.external: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,22 +435,76 @@ class _OutcomePart:
     error_rate: Reading | None
 
 
-def _outcome_part(outcomes: deque[Outcome], now_s: float, window_s: float) -> _OutcomePart:
-    recent = [o for o in outcomes if now_s - o.at_s <= window_s]
-    valid_until = min(o.at_s for o in recent) + window_s if recent else float("inf")
-    if not recent and outcomes:
-        # Nothing recent: the last window that had outcomes, dated by its newest, so placement
-        # still knows what the substrate last did, and how long ago (DeadlineReachable probes it).
-        # It stays so until a new outcome arrives.
-        newest = outcomes[-1].at_s
-        recent = [o for o in outcomes if newest - o.at_s <= window_s]
-    if not recent:
-        return _OutcomePart(now_s, valid_until, None, None, None)
-    at = max(o.at_s for o in recent)
-    ttfts = sorted(o.ttft_s for o in recent if o.ttft_s is not None)
-    tpots = sorted(o.tpot_s for o in recent if o.tpot_s is not None)
+class _OutcomeWindow:
+    """A substrate's last ``OUTCOME_WINDOW`` outcomes, one deque per field (oldest first), so that
+    ``_outcome_part`` selects and reduces them with C-level iterators. ``descents`` counts the
+    neighbours out of time order (outcomes from several ingress replicas may interleave)."""
+
+    __slots__ = ("at_s", "ok", "ttft_s", "tpot_s", "descents")
+
+    def __init__(self) -> None:
+        self.at_s: deque[float] = deque(maxlen=OUTCOME_WINDOW)
+        self.ok: deque[bool] = deque(maxlen=OUTCOME_WINDOW)
+        self.ttft_s: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
+        self.tpot_s: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
+        self.descents = 0
+
+    def append(self, o: Outcome) -> None:
+        times = self.at_s
+        if times:
+            if len(times) == OUTCOME_WINDOW and len(times) > 1 and times[0] > times[1]:
+                self.descents -= 1  # the oldest leaves, and its descent with it
+            if o.at_s < times[-1]:
+                self.descents += 1
+        times.append(o.at_s)
+        self.ok.append(o.ok)
+        self.ttft_s.append(o.ttft_s)
+        self.tpot_s.append(o.tpot_s)
+
+
+def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float) -> _OutcomePart:
+    # Worked out again whenever an outcome arrives or leaves the window, so every pass over the
+    # (up to OUTCOME_WINDOW) outcomes runs in C. An outcome is recent when ``now_s - at_s <=
+    # window_s``; that difference never grows with ``at_s``, so in a window in time order the
+    # recent outcomes are a suffix, found by bisection.
+    times = outcomes.at_s
+    if not times:
+        return _OutcomePart(now_s, float("inf"), None, None, None)
+    if not outcomes.descents:
+        start = bisect_left(times, True, key=lambda t: now_s - t <= window_s)
+        if start < len(times):
+            valid_until = times[start] + window_s
+        else:
+            # Nothing recent: the last window that had outcomes, dated by its newest, so placement
+            # still knows what the substrate last did, and how long ago (DeadlineReachable probes
+            # it). It stays so until a new outcome arrives.
+            valid_until = float("inf")
+            newest = times[-1]
+            start = bisect_left(times, True, key=lambda t: newest - t <= window_s)
+        at = times[-1]
+        n = len(times) - start
+        ttfts = sorted(filter(_KNOWN, islice(outcomes.ttft_s, start, None)))
+        tpots = sorted(filter(_KNOWN, islice(outcomes.tpot_s, start, None)))
+        failures = sum(map(not_, islice(outcomes.ok, start, None)))
+    else:
+        recent = list(map(le, map(sub, repeat(now_s), times), repeat(window_s)))
+        if True in recent:
+            at_s = list(compress(times, recent))
+            valid_until = min(at_s) + window_s
+        else:  # nothing recent, as above
+            valid_until = float("inf")
+            recent = list(map(le, map(sub, repeat(times[-1]), times), repeat(window_s)))
+            at_s = list(compress(times, recent))
+        at = max(at_s)
+        n = len(at_s)
+        ttfts = sorted(filter(_KNOWN, compress(outcomes.ttft_s, recent)))
+        tpots = sorted(filter(_KNOWN, compress(outcomes.tpot_s, recent)))
+        failures = sum(map(not_, compress(outcomes.ok, recent)))
     return _OutcomePart(
         now_s, valid_until,
         Reading(ttfts[len(ttfts) // 2], at) if ttfts else None,
         Reading(tpots[len(tpots) // 2], at) if tpots else None,
-        Reading(sum(1 for o in recent if not o.ok) / len(recent), at))
+        Reading(failures / n, at))
+
+
+_KNOWN = partial(is_not, None)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inferplane import fleet_state as fs
 
 from inferplane.fleet_state import FleetState, Outcome, SubstrateReport
 from inferplane.health import BreakerSettings
 from inferplane.placement import place
-from inferplane.placement.signals import CircuitState, fresh_value
+from inferplane.placement.signals import CircuitState, Reading, fresh_value
 from inferplane.placement.snapshot import FleetSnapshot
 from tests.builders import fleet, request, substrate
 
@@ -157,3 +161,41 @@ def test_budget_spend_adds_up_per_period_and_resets_at_the_next():
     assert state.tenant_spend(day1 + 86_400) == {}                      # a new day starts at zero
     state.add_spend({"eu": 2.0}, day1 + 86_400)
     assert state.tenant_spend(day1 + 86_400) == {"eu": 2.0}
+
+
+def _outcome_part_by_definition(outcomes: list[Outcome], now_s: float, window_s: float):
+    """The module doc's definition, outcome by outcome (the reference for ``_outcome_part``)."""
+    last = outcomes[-fs.OUTCOME_WINDOW:]
+    recent = [o for o in last if now_s - o.at_s <= window_s]
+    valid_until = min(o.at_s for o in recent) + window_s if recent else float("inf")
+    if not recent and last:
+        newest = last[-1].at_s
+        recent = [o for o in last if newest - o.at_s <= window_s]
+    if not recent:
+        return (valid_until, None, None, None)
+    at = max(o.at_s for o in recent)
+    ttfts = sorted(o.ttft_s for o in recent if o.ttft_s is not None)
+    tpots = sorted(o.tpot_s for o in recent if o.tpot_s is not None)
+    return (valid_until,
+            Reading(ttfts[len(ttfts) // 2], at) if ttfts else None,
+            Reading(tpots[len(tpots) // 2], at) if tpots else None,
+            Reading(sum(1 for o in recent if not o.ok) / len(recent), at))
+
+
+_outcomes = st.lists(st.builds(
+    lambda at, ok, ttft, tpot: Outcome("p", ok, ttft, tpot, at),
+    st.floats(0.0, 40.0), st.booleans(), st.none() | st.floats(0.0, 5.0), st.none() | st.floats(0.0, 1.0)),
+    max_size=150)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_outcomes, st.floats(0.0, 60.0), st.sampled_from([0.5, 5.0, 10.0]), st.booleans())
+def test_outcome_part_is_the_definition_in_or_out_of_time_order(outcomes, now, window, in_order):
+    if in_order:
+        outcomes = sorted(outcomes, key=lambda o: o.at_s)
+    kept = fs._OutcomeWindow()
+    for o in outcomes:
+        kept.append(o)
+    part = fs._outcome_part(kept, now, window)
+    assert (part.valid_until_s, part.ttft, part.tpot, part.error_rate) == \
+        _outcome_part_by_definition(outcomes, now, window)

@@ -55,6 +55,9 @@ SLA_HEADER = "x-inferplane-sla-class"
 ORPHAN_SCAN_INTERVAL_S = 5.0
 """How often a replica looks for journal segments of killed replicas after its start-up scan."""
 SYNC_TIMEOUT_S = 2.0
+FIRST_SNAPSHOT_WAIT_S = 15.0
+"""How long a new replica's constructor waits for its first snapshot, beyond the actor's own
+warm-up bound (the signal staleness bound)."""
 
 
 def _error_response(err: ApiError) -> JSONResponse:
@@ -122,8 +125,15 @@ class Ingress:
                                      self._metrics)
         self._audit_dropped = 0
         self._stop = threading.Event()
+        self._synced = threading.Event()
         self._background_thread = threading.Thread(target=self._background, name="inferplane-sync", daemon=True)
         self._background_thread.start()
+        # Serve sends a replica traffic once its constructor returns: wait (bounded) for the first
+        # snapshot, so that during a rollout the old replicas keep serving until this one can place,
+        # instead of it answering 503 while a new config's actor warms up.
+        if not self._synced.wait(FIRST_SNAPSHOT_WAIT_S + policy.signal_staleness_bound_s):
+            log.warning("no fleet snapshot after %.0fs; serving, and failing closed until one arrives",
+                        FIRST_SNAPSHOT_WAIT_S + policy.signal_staleness_bound_s)
 
     # -- background: snapshot sync, audit rows, journal recovery -----------------------------------
     def _background(self) -> None:
@@ -154,7 +164,11 @@ class Ingress:
                         None if snap is None else snap.version)
             return
         self._metrics.acknowledge(batch)
-        if published is not None and not self._state.publish(published, report):
+        if published is None:
+            return  # the actor is warming up
+        if self._state.publish(published, report):
+            self._synced.set()
+        else:
             log.error("placement actor runs another config (%s); keeping the last snapshot", published.policy_hash)
 
     def _recover_orphans(self) -> None:

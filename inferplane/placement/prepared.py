@@ -82,8 +82,31 @@ class PreparedSubstrate(NamedTuple):
     """in_flight + queued (an unreported queue counts 0)."""
 
 
+def _static(spec: SubstrateSpec) -> tuple:
+    """What ``prepare`` reads from ``spec`` alone, worked out once per spec (the same operations)."""
+    hit = _STATIC.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    lat, c = spec.latency, spec.cost
+    static = (spec.max_concurrent, spec.max_concurrent + spec.max_queued, spec.required_signals,
+              lat.decode_tokens_per_s, lat.decode_slowdown_at_full_batch - 1.0,
+              lat.network_rtt_s + lat.base_ttft_s, lat.prefill_tokens_per_s,
+              c.usd_per_input_token, c.usd_per_output_token, c.usd_per_slot_second, c.egress_usd_per_byte,
+              spec.region, spec.zone, 1.0 if spec.tier == "reserved" else 0.0)
+    if len(_STATIC) >= 4096:  # specs of configs no longer in use (tests build many)
+        _STATIC.clear()
+    _STATIC[id(spec)] = (spec, static)  # keeps the spec alive, so its id is not reused meanwhile
+    return static
+
+
+_STATIC: dict[int, tuple[SubstrateSpec, tuple]] = {}
+_new_entry = tuple.__new__
+
+
 def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate:
     """The entry of ``spec`` with ``signals``; the formulas mirror ``estimate`` and the scorers."""
+    (cap, admits_below, required, decode_tokens_per_s, slowdown_minus_1, fixed_s, prefill_tokens_per_s,
+     usd_in, usd_out, usd_slot_s, egress, region, zone, reserved_score) = _static(spec)
     in_flight_r, queued_r, kv_r, gpu_r = signals.in_flight, signals.queued, signals.kv_cache_usage, \
         signals.gpu_memory_used_ratio
     requests_left, tokens = signals.rate_limit_requests_remaining, signals.rate_limit_tokens_remaining
@@ -94,28 +117,28 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         if reading is not None and reading.observed_at_s < oldest:
             oldest = reading.observed_at_s
 
-    cap = spec.max_concurrent
     in_flight = None if in_flight_r is None else in_flight_r.value
     queued = 0.0 if queued_r is None else queued_r.value
     clear = (
         signals.circuit is CircuitState.CLOSED
         and in_flight is not None
-        and in_flight + queued < spec.max_concurrent + spec.max_queued
+        and in_flight + queued < admits_below
         and (requests_left is None or not requests_left.value < 1)
         and signals.node_countries != _NO_COUNTRIES
     )
     if clear:
-        for name in spec.required_signals:
+        for name in required:
             if getattr(signals, name) is None:
                 clear = False
                 break
 
-    lat = spec.latency
     if in_flight is None:  # never on the fast path (not clear); keep the numbers finite
         in_flight = float(cap)
     occupancy = in_flight + queued
-    batch_frac = min(1.0, (in_flight + 1.0) / cap)
-    decode_rate = lat.decode_tokens_per_s / (1.0 + (lat.decode_slowdown_at_full_batch - 1.0) * batch_frac)
+    batch_frac = (in_flight + 1.0) / cap
+    if not batch_frac < 1.0:  # min(1.0, batch_frac)
+        batch_frac = 1.0
+    decode_rate = decode_tokens_per_s / (1.0 + slowdown_minus_1 * batch_frac)
     per_token_s = 1.0 / decode_rate
     if tpot_r is not None and tpot_r.value > per_token_s:
         per_token_s = tpot_r.value
@@ -128,30 +151,16 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         worst = kv_r.value
     memory_score = 1.0 if worst < 0.0 else 1.0 - (worst if worst < 1.0 else 1.0)
     ratio = occupancy / cap
+    countries = signals.node_countries
 
-    c = spec.cost
-    return PreparedSubstrate(
-        oldest_observed_at_s=oldest,
-        clear=clear,
-        tokens_remaining=_INF if tokens is None else tokens.value,
-        node_countries=signals.node_countries,
-        fully_labelled=signals.node_countries is not None and not signals.unlabelled_replicas,
-        fixed_s=lat.network_rtt_s + lat.base_ttft_s,
-        prefill_tokens_per_s=lat.prefill_tokens_per_s,
-        per_token_s=per_token_s,
-        queue_factor=queue_factor,
-        ttft_floor_s=-_INF if ttft_r is None else ttft_r.value,
-        usd_per_input_token=c.usd_per_input_token,
-        usd_per_output_token=c.usd_per_output_token,
-        usd_per_slot_second=c.usd_per_slot_second,
-        egress_usd_per_byte=c.egress_usd_per_byte,
-        region=spec.region,
-        zone=spec.zone,
-        queue_score=0.0 if ratio >= 1.0 else 1.0 - ratio,
-        memory_score=memory_score,
-        reserved_score=1.0 if spec.tier == "reserved" else 0.0,
-        occupancy=occupancy,
-    )
+    # Positionally, in the field order of ``PreparedSubstrate`` (a named tuple; ``tuple.__new__``
+    # skips its keyword-argument ``__new__``).
+    return _new_entry(PreparedSubstrate, (
+        oldest, clear, _INF if tokens is None else tokens.value, countries,
+        countries is not None and not signals.unlabelled_replicas,
+        fixed_s, prefill_tokens_per_s, per_token_s, queue_factor, -_INF if ttft_r is None else ttft_r.value,
+        usd_in, usd_out, usd_slot_s, egress, region, zone,
+        0.0 if ratio >= 1.0 else 1.0 - ratio, memory_score, reserved_score, occupancy))
 
 
 ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,
@@ -189,3 +198,11 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
             entry.fixed_s, entry.prefill_tokens_per_s, entry.per_token_s, entry.queue_factor, entry.ttft_floor_s,
             entry.usd_per_input_token, entry.usd_per_output_token, entry.usd_per_slot_second,
             w_queue * entry.queue_score, w_memory * entry.memory_score, w_reserved * entry.reserved_score)
+
+
+if PreparedSubstrate._fields != (
+        "oldest_observed_at_s", "clear", "tokens_remaining", "node_countries", "fully_labelled", "fixed_s",
+        "prefill_tokens_per_s", "per_token_s", "queue_factor", "ttft_floor_s", "usd_per_input_token",
+        "usd_per_output_token", "usd_per_slot_second", "egress_usd_per_byte", "region", "zone", "queue_score",
+        "memory_score", "reserved_score", "occupancy"):
+    raise ImportError("prepare() builds PreparedSubstrate positionally: keep its field order in step")

@@ -17,9 +17,11 @@ filters' verdicts come from the policy's plan (``plan.py``: a ``Target`` per ten
 class and ingress, with each admitted substrate's egress price and weighted locality), and what
 depends on the snapshot from its scoring rows (``prepared.py``: built once per snapshot for the
 policy, or folded in here for a snapshot built without it), which hold while the substrate's
-readings are all fresh. Such a substrate that passes everything costs a few float operations on
-locals; any other (a reading stale, a filter rejecting, an over-budget restriction, external-signal
-rules) is evaluated by the specification itself (``evaluate``). The two agree exactly
+readings are all fresh, or while its load readings are fresh and its outcome readings all stale
+(an idle substrate's; the row's ``stale_outcomes``). Such a substrate that passes everything costs
+a few float operations on locals; any other (a load reading stale, a filter rejecting, a probe
+limit reached, an over-budget restriction, external-signal rules) is evaluated by the
+specification itself (``evaluate``). The two agree exactly
 (``tests/test_engine_equivalence.py``): the arithmetic performs the specification's float
 operations in the same order, or ones proved equal (noted where used). The decision's
 ``candidates`` are worked out on first read, from the numbers the ranking used.
@@ -54,7 +56,8 @@ from inferplane.placement.signals import SubstrateSignals
 from inferplane.placement.snapshot import FleetSnapshot
 
 _DYNAMIC_CHECKS = tuple(f.check for f in DYNAMIC_FILTERS)
-_INELIGIBLE = float("-inf")  # the total recorded for a substrate that is not eligible
+_INF = float("inf")
+_INELIGIBLE = -_INF  # the total recorded for a substrate that is not eligible
 
 
 def _tie_key(seed: int, index: int) -> int:
@@ -97,6 +100,19 @@ def _break_ties(ranked: list[int], totals: list[float], seed: int, indices: tupl
     ranked.sort(key=lambda p: (-totals[p], _tie_key(seed, indices[p])))
 
 
+def _probe_admits(probe: tuple[float, float, float], ttft: float, e2e: float, f_out: float, ttft_cut: float,
+                  e2e_cut: float, probe_limit: int) -> bool:
+    """``DeadlineReachable``'s judgement of a substrate whose outcome readings are all stale, given
+    its estimate within the cut: the same operations (``max`` keeps its first argument on a tie)."""
+    last_ttft, last_tpot, in_flight = probe
+    if last_ttft > ttft:
+        ttft = last_ttft
+    stale_e2e = ttft + f_out * last_tpot
+    if stale_e2e > e2e:
+        e2e = stale_e2e
+    return (ttft <= ttft_cut and e2e <= e2e_cut) or in_flight < probe_limit
+
+
 def _rejected(name: str, rejection: Rejection) -> CandidateVerdict:
     return CandidateVerdict(name, False, rejection.code, rejection.summary, rejection.detail,
                             None, 0.0, None, None, None, False)
@@ -130,7 +146,7 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest) -> tuple[float, fl
 
 def _row_latency(row: ScoringRow, request: PlacementRequest) -> tuple[float, float]:
     """(ttft_s, e2e_s) from a scoring row: the first lines of the loop in ``place``."""
-    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _) = row
+    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _, _, _) = row
     prefill_s = float(request.input_tokens) / prefill_rate
     decode_s = float(request.max_output_tokens) * per_token_s
     if queue_factor:
@@ -175,10 +191,12 @@ def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, sla: SlaPolicy,
 
 def _verdicts(request: PlacementRequest, sla: SlaPolicy, policy: PlacementPolicy, fleet: FleetSpec,
               snapshot: FleetSnapshot, rp: RoutePlan, fast_positions: tuple[int, ...],
-              totals: list[float], by_specification: dict[int, CandidateVerdict]) -> tuple[CandidateVerdict, ...]:
+              totals: list[float], by_specification: dict[int, CandidateVerdict],
+              stale_outcomes: dict[int, ScoringRow]) -> tuple[CandidateVerdict, ...]:
     """Every serving substrate's verdict, in the route's order. For the admitted one at position
     ``pos``: ``by_specification[pos]`` when the filters and scorers themselves evaluated it,
-    otherwise it was eligible by arithmetic with total ``totals[pos]``."""
+    otherwise it was eligible by arithmetic with total ``totals[pos]`` (with its outcome readings
+    stale, as the estimate then reads it, when ``pos`` is in ``stale_outcomes``)."""
     out = []
     pos = 0
     for idx, rejection in rp.verdicts:
@@ -187,8 +205,10 @@ def _verdicts(request: PlacementRequest, sla: SlaPolicy, policy: PlacementPolicy
             continue
         verdict = by_specification.get(pos)
         if verdict is None:
-            ttft, e2e, cost, scores = _arithmetic(snapshot.prepared[idx], request, sla,
-                                                  policy.cost_reference_usd_per_token)
+            entry = snapshot.prepared[idx]
+            if pos in stale_outcomes:
+                entry = entry._replace(per_token_s=entry.per_token_base_s, ttft_floor_s=-_INF)
+            ttft, e2e, cost, scores = _arithmetic(entry, request, sla, policy.cost_reference_usd_per_token)
             verdict = CandidateVerdict(
                 fleet.substrates[idx].name, True, None, None, None, tuple([scores[i] for i in fast_positions]),
                 totals[pos], ttft, e2e, cost, ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s)
@@ -246,6 +266,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     totals: list[float] = []  # per admitted substrate: its total when eligible, -inf when not
     append = totals.append
     by_specification: dict[int, CandidateVerdict] = {}
+    stale_outcomes: dict[int, ScoringRow] = {}  # position -> the row for stale outcome readings, where used
     constants = sc.row_constants
 
     if constants is not None and over_budget_classes is None:
@@ -268,9 +289,14 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         ttft_cut, e2e_cut = t.ttft_cut_s, t.e2e_cut_s
         cost_ref = policy.cost_reference_usd_per_token
         w_lat, _, _, w_cost, _, _ = sc.fast_weights
+        probe_limit = policy.half_open_probe_limit
         for row, egress, local_term in zip(rows, t.egress_usd_per_byte, t.locality_terms):
+            if now > row[0]:  # a reading is stale: if only the outcome readings are, their row holds
+                stale = row[14]
+                if stale is not None and now > stale[0]:
+                    row = stale_outcomes[len(totals)] = stale[1]
             (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
-             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term) = row
+             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, _, probe) = row
             if now <= fresh_until and f_needed <= tokens_left and (countries is None or countries <= allowed):
                 # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
                 # precomputed.
@@ -283,7 +309,10 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                 if ttft_floor > ttft:
                     ttft = ttft_floor
                 e2e = ttft + decode_s
-                if ttft <= ttft_cut and e2e <= e2e_cut:  # else DeadlineReachable rejects: below
+                # Else DeadlineReachable rejects (below); with the outcome readings stale, also when
+                # the last observed latencies are over the cut and a probe is already in flight.
+                if ttft <= ttft_cut and e2e <= e2e_cut and (probe is None or _probe_admits(
+                        probe, ttft, e2e, f_out, ttft_cut, e2e_cut, probe_limit)):
                     cost = f_in * usd_in + f_out * usd_out
                     cost += usd_slot_s * e2e
                     if egress:
@@ -301,6 +330,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             if ctx is None:
                 ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
             pos = len(totals)
+            stale_outcomes.pop(pos, None)
             idx = t.indices[pos]
             verdict = by_specification[pos] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
             append(verdict.total if verdict.eligible else _INELIGIBLE)
@@ -311,7 +341,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             append(verdict.total if verdict.eligible else _INELIGIBLE)
 
     verdicts = partial(_verdicts, request, sla, policy, fleet, snapshot, rp, sc.fast_positions, totals,
-                       by_specification)
+                       by_specification, stale_outcomes)
     ineligible = totals.count(_INELIGIBLE) if by_specification else 0
     eligible_count = len(totals) - ineligible
     if not eligible_count:
@@ -337,7 +367,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         if primary >= 0:
             verdict = by_specification.get(primary)
             if verdict is None:  # eligible by arithmetic
-                ttft, e2e = _row_latency(rows[primary], request)
+                ttft, e2e = _row_latency(stale_outcomes.get(primary) or rows[primary], request)
                 primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
             else:
                 primary_meets = verdict.meets_sla
@@ -357,7 +387,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             reason = SpilloverReason.PRIMARY_OUTSCORED
     verdict = by_specification.get(chosen)
     if verdict is None:
-        ttft, e2e, cost = _row_numbers(rows[chosen], t.egress_usd_per_byte[chosen], request)
+        ttft, e2e, cost = _row_numbers(stale_outcomes.get(chosen) or rows[chosen], t.egress_usd_per_byte[chosen],
+                                       request)
     else:
         ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 

@@ -8,9 +8,13 @@ is a new one.
 Each entry assumes that every reading the substrate reported is fresh. That holds while the
 request's ``now - oldest_observed_at_s <= signal_staleness_bound_s`` (readings are fresh while
 ``now - observed_at <= bound``, and float subtraction is monotone, so the oldest reading is the
-first to expire). Outside that window, or when ``clear`` is False, the engine evaluates the
+first to expire). Outside that window (but for the case below), or when ``clear`` is False, the engine evaluates the
 substrate with the ``Filter`` and ``Scorer`` objects themselves (the specification), so an entry
-only ever has to be right for an admitted substrate whose readings are all fresh.
+only ever has to be right for an admitted substrate whose readings are fresh. Its fields for
+stale outcome readings (``per_token_base_s``, ``last_ttft_s``, ``last_tpot_s``, ``in_flight``) serve
+the second case the arithmetic decides: every load reading fresh and every outcome reading stale
+(``ScoringRow``'s ``stale_outcomes``; the estimate then reads no floor and the decode rate's
+per-token time, and ``DeadlineReachable`` may hold the substrate to probes).
 
 With every reading fresh, ``estimate.estimate`` reduces to (``in``/``out``: input/max output tokens)
 
@@ -80,6 +84,17 @@ class PreparedSubstrate(NamedTuple):
     """``ReservedTier``: 1 reserved, 0 burst."""
     occupancy: float
     """in_flight + queued (an unreported queue counts 0)."""
+    load_oldest_s: float
+    """The oldest of the readings other than recent_ttft and recent_tpot (+inf when none)."""
+    outcomes_newest_s: float
+    """The newer of the recent_ttft and recent_tpot readings (-inf when neither)."""
+    per_token_base_s: float
+    """1 / decode_rate: ``per_token_s`` while the recent_tpot reading is stale."""
+    last_ttft_s: float
+    last_tpot_s: float
+    """The recent_ttft and recent_tpot values (0 when unreported): once stale, what
+    ``DeadlineReachable`` judges a probe by."""
+    in_flight: float
 
 
 def _static(spec: SubstrateSpec) -> tuple:
@@ -111,11 +126,19 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         signals.gpu_memory_used_ratio
     requests_left, tokens = signals.rate_limit_requests_remaining, signals.rate_limit_tokens_remaining
     ttft_r, tpot_r = signals.recent_ttft_s, signals.recent_tpot_s
-    # The oldest of the readings the filters, the estimate and the scorers read.
-    oldest = _INF
-    for reading in (in_flight_r, queued_r, gpu_r, kv_r, requests_left, tokens, ttft_r, tpot_r):
-        if reading is not None and reading.observed_at_s < oldest:
-            oldest = reading.observed_at_s
+    # The oldest of the readings the filters, the estimate and the scorers read; of the load
+    # readings alone; and the newest of the outcome readings.
+    load_oldest = _INF
+    for reading in (in_flight_r, queued_r, gpu_r, kv_r, requests_left, tokens):
+        if reading is not None and reading.observed_at_s < load_oldest:
+            load_oldest = reading.observed_at_s
+    oldest, outcomes_newest = load_oldest, -_INF
+    for reading in (ttft_r, tpot_r):
+        if reading is not None:
+            if reading.observed_at_s < oldest:
+                oldest = reading.observed_at_s
+            if reading.observed_at_s > outcomes_newest:
+                outcomes_newest = reading.observed_at_s
 
     in_flight = None if in_flight_r is None else in_flight_r.value
     queued = 0.0 if queued_r is None else queued_r.value
@@ -139,7 +162,7 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
     if not batch_frac < 1.0:  # min(1.0, batch_frac)
         batch_frac = 1.0
     decode_rate = decode_tokens_per_s / (1.0 + slowdown_minus_1 * batch_frac)
-    per_token_s = 1.0 / decode_rate
+    per_token_s = per_token_base_s = 1.0 / decode_rate
     if tpot_r is not None and tpot_r.value > per_token_s:
         per_token_s = tpot_r.value
     queue_factor = 0.0 if occupancy < cap else (occupancy - cap + 1.0) / cap
@@ -160,15 +183,25 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         countries is not None and not signals.unlabelled_replicas,
         fixed_s, prefill_tokens_per_s, per_token_s, queue_factor, -_INF if ttft_r is None else ttft_r.value,
         usd_in, usd_out, usd_slot_s, egress, region, zone,
-        0.0 if ratio >= 1.0 else 1.0 - ratio, memory_score, reserved_score, occupancy))
+        0.0 if ratio >= 1.0 else 1.0 - ratio, memory_score, reserved_score, occupancy,
+        load_oldest, outcomes_newest, per_token_base_s, 0.0 if ttft_r is None else ttft_r.value,
+        0.0 if tpot_r is None else tpot_r.value, in_flight))
 
 
 ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,
-                   float, float, float]
+                   float, float, float, "tuple[float, ScoringRow] | None", "tuple[float, float, float] | None"]
 """(fresh_until_s, tokens_remaining, node_countries, fixed_s, prefill_tokens_per_s, per_token_s,
 queue_factor, ttft_floor_s, usd_per_input_token, usd_per_output_token, usd_per_slot_second,
-w_queue x queue_score, w_memory x memory_score, w_reserved x reserved_score): a plain tuple, so
-that the engine unpacks it in one instruction."""
+w_queue x queue_score, w_memory x memory_score, w_reserved x reserved_score, stale_outcomes, probe):
+a plain tuple, so that the engine unpacks it in one instruction.
+
+``stale_outcomes`` is None or ``(stale_after_s, row)``: once ``now > stale_after_s`` every outcome
+reading (recent_ttft, recent_tpot) is stale, and while the load readings are fresh (``now <=
+row[0]``) ``row`` holds instead. A substrate's outcome readings go stale while it is idle, so this
+is common, and its specification is plain: the estimate ignores stale readings (no ttft floor, the
+decode rate's per-token time), and ``DeadlineReachable`` judges the request by the last observed
+latencies too, but only rejects when the substrate already has ``half_open_probe_limit`` requests
+in flight. ``probe``, in such a row only, is (last ttft, last tpot, in flight) for that judgement."""
 
 
 def fresh_until(oldest_s: float, bound_s: float) -> float:
@@ -183,7 +216,7 @@ def fresh_until(oldest_s: float, bound_s: float) -> float:
     return t
 
 
-NEVER: ScoringRow = (-_INF, 0.0, None, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+NEVER: ScoringRow = (-_INF, 0.0, None, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None)
 """The row of a substrate the arithmetic may not decide at any time: no ``now`` is <= -inf."""
 
 
@@ -194,15 +227,27 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
     bound_s, require_labels, w_queue, w_memory, w_reserved = constants
     if not entry.clear or (require_labels and not entry.fully_labelled):
         return NEVER
-    return (fresh_until(entry.oldest_observed_at_s, bound_s), entry.tokens_remaining, entry.node_countries,
-            entry.fixed_s, entry.prefill_tokens_per_s, entry.per_token_s, entry.queue_factor, entry.ttft_floor_s,
-            entry.usd_per_input_token, entry.usd_per_output_token, entry.usd_per_slot_second,
-            w_queue * entry.queue_score, w_memory * entry.memory_score, w_reserved * entry.reserved_score)
+    (oldest, _, tokens, countries, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, usd_in, usd_out,
+     usd_slot_s, _, _, _, queue_score, memory_score, reserved_score, _, load_oldest, outcomes_newest, per_token_base_s,
+     last_ttft, last_tpot, in_flight) = entry
+    queue_term, memory_term, reserved_term = w_queue * queue_score, w_memory * memory_score, w_reserved * reserved_score
+    stale_outcomes = None
+    if outcomes_newest > -_INF:
+        stale_after = fresh_until(outcomes_newest, bound_s)
+        load_fresh_until = fresh_until(load_oldest, bound_s)
+        if load_fresh_until > stale_after:  # else no instant has the outcomes stale and the load fresh
+            stale_outcomes = (stale_after, (
+                load_fresh_until, tokens, countries, fixed_s, prefill_rate, per_token_base_s, queue_factor, -_INF,
+                usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, None,
+                (last_ttft, last_tpot, in_flight)))
+    return (fresh_until(oldest, bound_s), tokens, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
+            ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale_outcomes, None)
 
 
 if PreparedSubstrate._fields != (
         "oldest_observed_at_s", "clear", "tokens_remaining", "node_countries", "fully_labelled", "fixed_s",
         "prefill_tokens_per_s", "per_token_s", "queue_factor", "ttft_floor_s", "usd_per_input_token",
         "usd_per_output_token", "usd_per_slot_second", "egress_usd_per_byte", "region", "zone", "queue_score",
-        "memory_score", "reserved_score", "occupancy"):
+        "memory_score", "reserved_score", "occupancy", "load_oldest_s", "outcomes_newest_s", "per_token_base_s",
+        "last_ttft_s", "last_tpot_s", "in_flight"):
     raise ImportError("prepare() builds PreparedSubstrate positionally: keep its field order in step")

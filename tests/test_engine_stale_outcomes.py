@@ -1,0 +1,41 @@
+"""The engine's rows for a substrate whose outcome readings are stale and load readings fresh (an
+idle substrate: its recent_ttft / recent_tpot age past the bound) decide as the specification does:
+the estimate ignores the stale readings, and ``DeadlineReachable`` holds the substrate to probes
+while its last observed latencies are over the cut."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from inferplane.placement import place
+from inferplane.placement.snapshot import FleetSnapshot
+from tests.builders import fleet, request, signals, substrate
+from tests.strategies import Scenario
+from tests.test_engine_equivalence import assert_same, reference
+
+BOUND_AGES = {"recent_ttft_s": 60.0, "recent_tpot_s": 60.0}
+
+
+@pytest.mark.parametrize(("in_flight", "ttft_s", "tpot_s", "ages", "offset_s"), [
+    (0, 9.0, 0.01, BOUND_AGES, 0.0),      # last seen too slow: one probe may go
+    (1, 9.0, 0.01, BOUND_AGES, 0.0),      # ... but not a second (half_open_probe_limit 1)
+    (3, 1.0, 0.01, BOUND_AGES, 0.0),      # last seen fast enough: not held to probes
+    (3, 0.2, 0.5, BOUND_AGES, 0.0),       # the last per-token time alone puts it over the e2e cut
+    (3, None, 0.5, {"recent_tpot_s": 60.0}, 0.0),   # only a tpot reading, stale
+    (3, 9.0, 0.01, {"recent_ttft_s": 60.0, "recent_tpot_s": 1.0}, 0.0),  # tpot still fresh: not the row
+    (3, 9.0, 0.01, {"recent_ttft_s": 60.0, "recent_tpot_s": 1.0}, 1.5),  # ... until it is stale too
+    (3, 9.0, 0.01, BOUND_AGES, 2.5),      # the load readings stale as well: not the row either
+])
+def test_stale_outcome_readings_decide_as_the_specification(in_flight, ttft_s, tpot_s, ages, offset_s) -> None:
+    built = (fleet(substrate("x"), substrate("y"))
+             .policy("health", drop_when_predicted_over_deadline=3.0).build())
+    assert built.policy.signal_staleness_bound_s == 2.0 and built.policy.half_open_probe_limit == 1
+    sig = signals(in_flight=in_flight, ttft_s=ttft_s, tpot_s=tpot_s, ages=ages)
+    now = sig.in_flight.observed_at_s
+    others = tuple(signals(now=now) for _ in built.fleet.substrates[1:])
+    for policy in (built.policy, None):  # rows folded with the snapshot, and folded by place()
+        snap = FleetSnapshot(1, now, built.fleet, (sig, *others), policy=policy)
+        req = dataclasses.replace(request(now=now), arrived_at_s=now + offset_s)
+        assert_same(place(req, snap, built.policy), reference(Scenario(built, snap, req), snap))

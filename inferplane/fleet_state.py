@@ -141,7 +141,9 @@ class FleetState:
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
                        *, snapshot_version: int | None = None, snapshot_age_s: float | None = None,
                        zone: str | None = None) -> None:
-        counts = {k: v for k, v in in_flight.items() if k in self._replicas}
+        replicas = self._replicas
+        counts = dict(in_flight) if replicas.keys() >= in_flight.keys() else \
+            {k: v for k, v in in_flight.items() if k in replicas}
         self._ingress[ingress_id] = IngressReport(now_s, counts, snapshot_version, snapshot_age_s, zone)
         if now_s < self._oldest_report_s:
             self._oldest_report_s = now_s

@@ -232,15 +232,16 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
      last_ttft, last_tpot, in_flight) = entry
     queue_term, memory_term, reserved_term = w_queue * queue_score, w_memory * memory_score, w_reserved * reserved_score
     stale_outcomes = None
+    until = fresh_until(oldest, bound_s)
     if outcomes_newest > -_INF:
-        stale_after = fresh_until(outcomes_newest, bound_s)
-        load_fresh_until = fresh_until(load_oldest, bound_s)
+        stale_after = until if outcomes_newest == oldest else fresh_until(outcomes_newest, bound_s)
+        load_fresh_until = until if load_oldest == oldest else fresh_until(load_oldest, bound_s)
         if load_fresh_until > stale_after:  # else no instant has the outcomes stale and the load fresh
             stale_outcomes = (stale_after, (
                 load_fresh_until, tokens, countries, fixed_s, prefill_rate, per_token_base_s, queue_factor, -_INF,
                 usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, None,
                 (last_ttft, last_tpot, in_flight)))
-    return (fresh_until(oldest, bound_s), tokens, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
+    return (until, tokens, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
             ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale_outcomes, None)
 
 

@@ -99,6 +99,8 @@ class SimSubstrate:
         self._tok_level = float(self._tpm or 0)
         self._bucket_at = queue.now
         self.retry_after_until_s: float | None = None
+        self._last_load_key: tuple | None = None
+        self._last_load: SubstrateReport | None = None
         # Counters for the report.
         self.busy_slot_s = 0.0
         self._busy_at = queue.now
@@ -285,20 +287,32 @@ class SimSubstrate:
 
     # -- what the adapter reports -------------------------------------------------------------
     def load(self, now: float) -> SubstrateReport:
+        # A report is immutable: the last one is returned again while what it says is unchanged
+        # (an idle substrate's heartbeats), instead of an equal one built anew.
         kind = self.spec.kind
-        if kind == "vllm":
-            return SubstrateReport(in_flight=self.running + len(self.waiting), queued=len(self.waiting),
-                                   kv_cache_usage=self.running / self.slots)
         if kind == "openai_compatible":
             self._refill(now)
             until = self.retry_after_until_s
-            return SubstrateReport(
-                in_flight=self.sent, queued=0,
-                rate_limit_requests_remaining=None if self._rpm is None else self._req_level,
-                rate_limit_tokens_remaining=None if self._tpm is None else self._tok_level,
-                retry_after_until_s=until if until is not None and until > now else None,
+            key = (self.sent, self._req_level, self._tok_level, until if until is not None and until > now else None)
+        else:
+            key = (self.running, len(self.waiting))
+        if key == self._last_load_key:
+            return self._last_load
+        self._last_load_key = key
+        if kind == "vllm":
+            running, waiting = key
+            report = SubstrateReport(in_flight=running + waiting, queued=waiting, kv_cache_usage=running / self.slots)
+        elif kind == "openai_compatible":
+            report = SubstrateReport(
+                in_flight=key[0], queued=0,
+                rate_limit_requests_remaining=None if self._rpm is None else key[1],
+                rate_limit_tokens_remaining=None if self._tpm is None else key[2],
+                retry_after_until_s=key[3],
             )
-        return SubstrateReport(in_flight=self.running, queued=len(self.waiting))
+        else:
+            report = SubstrateReport(in_flight=key[0], queued=key[1])
+        self._last_load = report
+        return report
 
     def busy_until(self, now: float) -> float:
         """Slot-seconds held since the start, up to ``now`` (for utilisation)."""

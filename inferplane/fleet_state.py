@@ -38,7 +38,7 @@ from collections import deque
 import datetime as _dt
 from dataclasses import dataclass, field, fields
 from functools import partial
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from itertools import compress, islice, repeat
 from operator import is_not, le, not_, sub
 from typing import NamedTuple
@@ -444,9 +444,14 @@ class _OutcomePart:
 class _OutcomeWindow:
     """A substrate's last ``OUTCOME_WINDOW`` outcomes, one deque per field (oldest first), so that
     ``_outcome_part`` selects and reduces them with C-level iterators. ``descents`` counts the
-    neighbours out of time order (outcomes from several ingress replicas may interleave)."""
+    neighbours out of time order (outcomes from several ingress replicas may interleave).
 
-    __slots__ = ("at_s", "ok", "ttft_s", "tpot_s", "descents")
+    It also keeps the outcomes from the ``kept_from``-th appended on (every one appended since,
+    and still held) reduced: their ttft and tpot values sorted, their failures counted, updated as
+    outcomes arrive and leave, so that in time order a median is read, not sorted."""
+
+    __slots__ = ("at_s", "ok", "ttft_s", "tpot_s", "descents", "appended", "kept_from", "ttfts", "tpots",
+                 "failures")
 
     def __init__(self) -> None:
         self.at_s: deque[float] = deque(maxlen=OUTCOME_WINDOW)
@@ -454,25 +459,63 @@ class _OutcomeWindow:
         self.ttft_s: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
         self.tpot_s: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
         self.descents = 0
+        self.appended = 0
+        self.kept_from = 0
+        self.ttfts: list[float] = []
+        self.tpots: list[float] = []
+        self.failures = 0
 
     def append(self, o: Outcome) -> None:
         times = self.at_s
         if times:
-            if len(times) == OUTCOME_WINDOW and len(times) > 1 and times[0] > times[1]:
-                self.descents -= 1  # the oldest leaves, and its descent with it
+            if len(times) == OUTCOME_WINDOW:  # the oldest leaves
+                if len(times) > 1 and times[0] > times[1]:
+                    self.descents -= 1
+                if self.appended - OUTCOME_WINDOW >= self.kept_from:
+                    self._unkeep(0)
+                    self.kept_from += 1
             if o.at_s < times[-1]:
                 self.descents += 1
         times.append(o.at_s)
         self.ok.append(o.ok)
         self.ttft_s.append(o.ttft_s)
         self.tpot_s.append(o.tpot_s)
+        self.appended += 1
+        if o.ttft_s is not None:
+            insort(self.ttfts, o.ttft_s)
+        if o.tpot_s is not None:
+            insort(self.tpots, o.tpot_s)
+        if not o.ok:
+            self.failures += 1
+
+    def keep_from(self, start: int) -> None:
+        """Keep the outcomes from position ``start`` (0: the oldest held) on, reduced."""
+        first = self.appended - len(self.at_s)  # the oldest held, counted in appends
+        if first + start >= self.kept_from:
+            for i in range(self.kept_from - first, start):
+                self._unkeep(i)
+        else:  # outcomes kept before are wanted again (an earlier ``now``): reduce afresh
+            self.ttfts = sorted(filter(_KNOWN, islice(self.ttft_s, start, None)))
+            self.tpots = sorted(filter(_KNOWN, islice(self.tpot_s, start, None)))
+            self.failures = sum(map(not_, islice(self.ok, start, None)))
+        self.kept_from = first + start
+
+    def _unkeep(self, i: int) -> None:
+        """Take the outcome at position ``i`` out of the reduction."""
+        ttft, tpot = self.ttft_s[i], self.tpot_s[i]
+        if ttft is not None:
+            del self.ttfts[bisect_left(self.ttfts, ttft)]
+        if tpot is not None:
+            del self.tpots[bisect_left(self.tpots, tpot)]
+        if not self.ok[i]:
+            self.failures -= 1
 
 
 def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float) -> _OutcomePart:
-    # Worked out again whenever an outcome arrives or leaves the window, so every pass over the
-    # (up to OUTCOME_WINDOW) outcomes runs in C. An outcome is recent when ``now_s - at_s <=
-    # window_s``; that difference never grows with ``at_s``, so in a window in time order the
-    # recent outcomes are a suffix, found by bisection.
+    # Worked out again whenever an outcome arrives or leaves the window. An outcome is recent when
+    # ``now_s - at_s <= window_s``; that difference never grows with ``at_s``, so in a window in
+    # time order the recent outcomes are a suffix, found by bisection, and reduced already
+    # (``keep_from``). Out of order, every pass over the (up to OUTCOME_WINDOW) outcomes runs in C.
     times = outcomes.at_s
     if not times:
         return _OutcomePart(now_s, float("inf"), None, None, None)
@@ -487,11 +530,10 @@ def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float) -> _O
             valid_until = float("inf")
             newest = times[-1]
             start = bisect_left(times, True, key=lambda t: newest - t <= window_s)
+        outcomes.keep_from(start)
         at = times[-1]
         n = len(times) - start
-        ttfts = sorted(filter(_KNOWN, islice(outcomes.ttft_s, start, None)))
-        tpots = sorted(filter(_KNOWN, islice(outcomes.tpot_s, start, None)))
-        failures = sum(map(not_, islice(outcomes.ok, start, None)))
+        ttfts, tpots, failures = outcomes.ttfts, outcomes.tpots, outcomes.failures
     else:
         recent = list(map(le, map(sub, repeat(now_s), times), repeat(window_s)))
         if True in recent:

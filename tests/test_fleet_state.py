@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -199,3 +201,30 @@ def test_outcome_part_is_the_definition_in_or_out_of_time_order(outcomes, now, w
     part = fs._outcome_part(kept, now, window)
     assert (part.valid_until_s, part.ttft, part.tpot, part.error_rate) == \
         _outcome_part_by_definition(outcomes, now, window)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_outcomes.map(lambda os: os[:5]), st.floats(-5.0, 5.0)), max_size=40),
+       st.sampled_from([0.5, 5.0, 10.0]), st.booleans(), st.sampled_from([1, 2, 5, fs.OUTCOME_WINDOW]))
+def test_outcome_part_stays_the_definition_as_outcomes_arrive_and_leave(steps, window, in_order, held):
+    """Outcomes arriving in batches, each batch followed by a look at a time near the newest (the
+    sliding reduction kept between looks, also when a look goes back in time), with windows of
+    ``held`` outcomes (small ones, so that outcomes leave the window by count too)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fs, "OUTCOME_WINDOW", held)
+        _arrive_and_look(steps, window, in_order)
+
+
+def _arrive_and_look(steps, window, in_order):
+    kept, seen, clock = fs._OutcomeWindow(), [], 0.0
+    for batch, look in steps:
+        if in_order:
+            batch = [dataclasses.replace(o, at_s=clock + i * 1.1 + o.at_s / 40.0) for i, o in enumerate(batch)]
+            clock = max([clock, *(o.at_s for o in batch)])
+        for o in batch:
+            kept.append(o)
+            seen.append(o)
+        now = clock + look if in_order else 20.0 + look * 4.0
+        part = fs._outcome_part(kept, now, window)
+        assert (part.valid_until_s, part.ttft, part.tpot, part.error_rate) == \
+            _outcome_part_by_definition(seen, now, window)

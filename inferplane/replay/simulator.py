@@ -102,6 +102,9 @@ class Simulator:
             s.name: (s.openai_compatible.request_timeout_s if isinstance(s, OpenAICompatibleSubstrate) else None)
             for s in cfg.substrates
         }
+        # Per-request look-ups that depend only on the config, worked out once each.
+        self._within: dict[tuple[int, str], bool] = {}  # (substrate index, tenant) -> inside its jurisdictions
+        self._routes = {}  # model -> its route (or None)
         self._states: list[_RequestState] = [_RequestState(r) for r in requests]
         self._outcomes: list[RequestOutcome | None] = [None] * len(requests)
         self._open = len(requests)
@@ -173,11 +176,18 @@ class Simulator:
             return
         name = placement.substrate
         sub = self._by_name[name]
-        if not is_within(sub.spec.countries, self._policy.tenants[req.tenant].allowed_countries):
+        spec = sub.spec
+        within = self._within.get((spec.index, req.tenant))
+        if within is None:
+            within = self._within[(spec.index, req.tenant)] = is_within(
+                spec.countries, self._policy.tenants[req.tenant].allowed_countries)
+        if not within:
             state.violation = True
-        timeouts = [t for t in (placement.first_byte_timeout_s, self._client_timeout[name]) if t is not None]
-        attempt = Attempt(req, len(state.tried) + 1, sub.spec.index, now, placement.spillover_logged,
-                          min(timeouts) if timeouts else None)
+        timeout = placement.first_byte_timeout_s
+        client_timeout = self._client_timeout[name]
+        if timeout is None or (client_timeout is not None and client_timeout < timeout):
+            timeout = client_timeout  # the smaller of the two that exist
+        attempt = Attempt(req, len(state.tried) + 1, spec.index, now, placement.spillover_logged, timeout)
         state.attempt = attempt
         self._router.dispatched(req, name, now)
         sub.send(now, attempt)
@@ -213,7 +223,9 @@ class Simulator:
 
     def _settle(self, state: _RequestState, status: str, attempt: Attempt | None, rejection: str | None = None) -> None:
         req = state.request
-        route = self._fleet.resolve_model(req.model)
+        route = self._routes.get(req.model, self._routes)
+        if route is self._routes:
+            route = self._routes[req.model] = self._fleet.resolve_model(req.model)
         tried = tuple(state.tried) + ((self.substrates[attempt.substrate].spec.name,) if attempt else ())
         if attempt is None:
             outcome = RequestOutcome(

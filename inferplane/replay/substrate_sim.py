@@ -89,6 +89,7 @@ class SimSubstrate:
         self._v = 0.0
         self._v_at = queue.now
         self._v_rate = 1.0 / decode_interval_s(physics, 0)
+        self._rates: dict[tuple[int, bool], float] = {}
         self._decoding: list[tuple[float, int, Attempt]] = []
         self._seq = 0
         self._completion_version = 0
@@ -109,10 +110,12 @@ class SimSubstrate:
     def set_slowdown(self, now: float, factor: float) -> None:
         self._advance(now)
         self.physics = self.physics.with_slowdown(factor)
+        self._rates.clear()
         self._set_rate(now)
 
     def set_failure_rate(self, rate: float) -> None:
         self.physics = self.physics.with_failure_rate(rate)
+        self._rates.clear()
 
     def set_reachable(self, reachable: bool) -> None:
         self.reachable = reachable
@@ -247,7 +250,14 @@ class SimSubstrate:
         self._v_at = now
 
     def _set_rate(self, now: float) -> None:
-        self._v_rate = decode_share(self.physics, self.prefilling) / decode_interval_s(self.physics, self.running)
+        # The rate is a function of the physics, the slots held and whether any prefill runs: kept
+        # per (running, prefilling > 0) until the physics changes (it is set on most events).
+        key = (self.running, self.prefilling > 0)
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = \
+                decode_share(self.physics, self.prefilling) / decode_interval_s(self.physics, self.running)
+        self._v_rate = rate
         self._schedule_completion(now)
 
     def _schedule_completion(self, now: float) -> None:

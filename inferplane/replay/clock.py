@@ -11,6 +11,8 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
+_push = heapq.heappush
+
 
 class EventQueue:
     __slots__ = ("_heap", "_seq", "now", "events_run")
@@ -22,10 +24,13 @@ class EventQueue:
         self.events_run = 0
 
     def at(self, t: float, fn: Callable[..., None], *args: Any) -> None:
-        if t < self.now - 1e-9:
-            raise ValueError(f"event scheduled at {t:.6f}s, before now ({self.now:.6f}s)")
-        self._seq += 1
-        heapq.heappush(self._heap, (t if t > self.now else self.now, self._seq, fn, args))
+        now = self.now
+        if not t > now:
+            if t < now - 1e-9:
+                raise ValueError(f"event scheduled at {t:.6f}s, before now ({now:.6f}s)")
+            t = now
+        self._seq = seq = self._seq + 1
+        _push(self._heap, (t, seq, fn, args))
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -34,10 +39,22 @@ class EventQueue:
         """Run until no event is left; ``on_step(now)`` every ``step_every`` events (progress)."""
         heap = self._heap
         pop = heapq.heappop
+        if on_step is None:
+            # Counted in a local, written back at the end (nothing reads the count meanwhile).
+            run = 0
+            try:
+                while heap:
+                    t, _, fn, args = pop(heap)
+                    self.now = t
+                    fn(t, *args)
+                    run += 1
+            finally:
+                self.events_run += run
+            return
         while heap:
             t, _, fn, args = pop(heap)
             self.now = t
             fn(t, *args)
             self.events_run += 1
-            if on_step is not None and self.events_run % step_every == 0:
+            if self.events_run % step_every == 0:
                 on_step(t)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 
@@ -203,10 +204,11 @@ class PlacementActor:
 
 
 def _actor_names(app_name: str) -> list[str]:
-    """The named placement actors of ``app_name`` on this cluster, one per config deployed."""
-    prefix = f"inferplane-placement-{app_name}-"
+    """The named placement actors of ``app_name`` on this cluster, one per config deployed. Matched
+    exactly (``actor_name``'s shape), never by prefix: app `a`'s prefix is also app `a-b`'s."""
+    pattern = re.compile(rf"inferplane-placement-{re.escape(app_name)}-[0-9a-f]{{12}}")
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)]
+            if a["namespace"] == NAMESPACE and pattern.fullmatch(a["name"])]
 
 
 def current_actor(app_name: str) -> ray.actor.ActorHandle:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -66,7 +67,6 @@ class PlacementActor:
         if not budgeted:
             return
         import datetime as dt
-        import os
 
         from inferplane.fleet_state import period_key
         from inferplane.telemetry.audit import read_audit
@@ -201,6 +201,10 @@ class PlacementActor:
 
     def started_at_s(self) -> float:
         return self._started_at_s
+
+    def pid(self) -> int:
+        """This actor's process id (tests watch the plane's own processes)."""
+        return os.getpid()
 
 
 def _actor_names(app_name: str) -> list[str]:

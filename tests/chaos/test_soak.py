@@ -148,11 +148,18 @@ def _check_soak(plane, run, fig) -> None:
 
 def _plane_processes(app_name: str):
     """Every process of one plane: its Serve replicas (and their children: the vLLM engine core),
-    the placement actors, the Serve proxy and controller."""
+    its placement actor, the Serve proxy and controller. Not other apps' placement actors: one
+    killed by an earlier test's teardown may still be exiting when the soak starts."""
+    import psutil
+    import ray
+
+    from deployments.placement_actor import current_actor
+
     procs = ray_processes(f"ray::ServeReplica:{app_name}:")
     for p in list(procs):
         procs += p.children(recursive=True)
-    for title in ("ray::PlacementActor", "ray::ProxyActor", "ray::ServeController"):
+    procs.append(psutil.Process(ray.get(current_actor(app_name).pid.remote(), timeout=10)))
+    for title in ("ray::ProxyActor", "ray::ServeController"):
         procs += ray_processes(title)
     return procs
 

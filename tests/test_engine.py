@@ -281,6 +281,19 @@ def test_ties_are_broken_by_request_id() -> None:
     assert min(picks.values()) >= 40, picks
 
 
+def test_ties_below_the_best_order_the_fallbacks_by_request_id() -> None:
+    built = twins().build()
+    snap = snapshot(built)  # the primary is idle and best; its twins tie behind it
+    orders = Counter()
+    for i in range(100):
+        req = request(request_id=f"req-{i}")
+        d = place(req, snap, built.policy)
+        assert d.substrate == "p"
+        assert d.fallbacks == place(req, snap, built.policy).fallbacks  # stable per request
+        orders[d.fallbacks] += 1
+    assert set(orders) == {("a", "b"), ("b", "a")}
+
+
 def test_same_inputs_same_decision() -> None:
     built = primary_and_spill(mode="scored").build()
     snap = snapshot(built, {"p": signals(in_flight=3, kv=0.4)}, version=7)

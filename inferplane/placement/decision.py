@@ -100,8 +100,9 @@ class PlacementDecision:
     twenty slots of a frozen dataclass one by one costs more than the placement arithmetic."""
 
     __slots__ = ("_values", "_pending", "_candidates")
-    # ``_pending``: None, or (the function that works ``candidates`` out, eligible count) for a
-    # deferred decision, whose ``_candidates`` is unset until first read.
+    # ``_pending``: None, or (the function that works ``candidates`` out, its arguments, eligible count,
+    # (the function that works ``fallbacks`` out, its arguments)) for a deferred decision, whose
+    # ``_candidates`` is unset until first read.
 
     placement_id: str
     request_id: str
@@ -139,16 +140,28 @@ class PlacementDecision:
         _set(self, "_pending", None)
 
     @classmethod
-    def deferred(cls, values: tuple, verdicts: Callable[[], tuple[CandidateVerdict, ...]],
-                 eligible_count: int) -> PlacementDecision:
+    def deferred(cls, values: tuple, verdicts: Callable[..., tuple[CandidateVerdict, ...]], args: tuple,
+                 eligible_count: int, fallbacks: tuple[Callable[..., tuple[str, ...]], tuple]) -> PlacementDecision:
         """A decision whose fields are ``values`` (in ``_FIELDS`` order; ``placement_id`` may be
-        None, then it is ``placement_id(request_id, attempt)``, worked out on read) and whose
-        ``candidates`` are ``verdicts()``, called on first read. ``verdicts`` must be a pure function
-        of immutable inputs, so when it runs changes nothing."""
+        None, then it is ``placement_id(request_id, attempt)``, worked out on read; ``fallbacks`` is
+        None, then it is ``fn(*fn_args)`` for ``fallbacks = (fn, fn_args)``, worked out on first
+        read) and whose ``candidates`` are ``verdicts(*args)``, called on first read. Both functions
+        must be pure functions of immutable inputs, so when they run changes nothing."""
         d = object.__new__(cls)
         _set(d, "_values", values)
-        _set(d, "_pending", (verdicts, eligible_count))
+        _set(d, "_pending", (verdicts, args, eligible_count, fallbacks))
         return d
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        """The other eligible substrates, best first."""
+        v = self._values[7]
+        if v is None:
+            fn, args = self._pending[3]
+            v = fn(*args)
+            values = self._values
+            _set(self, "_values", (*values[:7], v, *values[8:]))  # the same value on every read
+        return v
 
     @property
     def candidates(self) -> tuple[CandidateVerdict, ...]:
@@ -156,7 +169,8 @@ class PlacementDecision:
         try:
             return self._candidates
         except AttributeError:  # deferred, not read yet
-            c = self._pending[0]()
+            verdicts, args, _, _ = self._pending
+            c = verdicts(*args)
             _set(self, "_candidates", c)  # the same value on every call: caching is unobservable
             return c
 
@@ -166,7 +180,8 @@ class PlacementDecision:
         return v[0] if v[0] is not None else placement_id(v[1], v[2])
 
     def _fields(self) -> tuple:
-        """The field values, ``placement_id`` worked out."""
+        """The field values, ``placement_id`` and ``fallbacks`` worked out."""
+        self.fallbacks  # noqa: B018 - works them out if deferred
         v = self._values
         return v if v[0] is not None else (placement_id(v[1], v[2]), *v[1:])
 
@@ -206,7 +221,7 @@ class PlacementDecision:
     @property
     def eligible_count(self) -> int:
         if self._pending is not None:
-            return self._pending[1]
+            return self._pending[2]
         return sum(1 for c in self.candidates if c.eligible)
 
     def scores_of(self, name: str) -> dict[str, float] | None:
@@ -261,7 +276,8 @@ def _restore(values: tuple, candidates: tuple[CandidateVerdict, ...]) -> Placeme
 
 
 for _i, _name in enumerate(_FIELDS[1:], 1):
-    setattr(PlacementDecision, _name, property(lambda self, _i=_i: self._values[_i]))
+    if _name != "fallbacks":  # a property of its own (deferred)
+        setattr(PlacementDecision, _name, property(lambda self, _i=_i: self._values[_i]))
 del _i, _name
 
 

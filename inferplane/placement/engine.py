@@ -32,7 +32,6 @@ from __future__ import annotations
 import zlib
 from itertools import repeat
 from collections.abc import Sequence
-from functools import partial
 from operator import mul
 
 from inferplane.placement.context import PlacementContext
@@ -95,9 +94,27 @@ def _unfit_to_specification(rows: Sequence[ScoringRow], needed: int, windows: tu
     return [NEVER if needed > window or name in exclude else row for row, window, name in zip(rows, windows, names)]
 
 
-def _break_ties(ranked: list[int], totals: list[float], seed: int, indices: tuple[int, ...]) -> None:
-    """Order ``ranked`` by total, best first, then by the request's tie key (stable: then by position)."""
-    ranked.sort(key=lambda p: (-totals[p], _tie_key(seed, indices[p])))
+def _ranking(totals: list[float], eligible_count: int, ineligible: int, request_id: str,
+             indices: tuple[int, ...]) -> list[int]:
+    """Positions of the eligible candidates, best total first; equal totals by a key derived from the
+    request id (then by position), so a replay of the same request on the same snapshot ranks alike."""
+    # A sort in reverse keeps equal totals in position order, as a stable one does.
+    ranked = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
+    if ineligible:
+        del ranked[eligible_count:]
+    if len(set(totals)) - (1 if ineligible else 0) < eligible_count:
+        seed = zlib.crc32(request_id.encode())
+        ranked.sort(key=lambda p: (-totals[p], _tie_key(seed, indices[p])))
+    return ranked
+
+
+def _fallbacks(totals: list[float], eligible_count: int, ineligible: int, request_id: str,
+               indices: tuple[int, ...], names: tuple[str, ...], chosen: int) -> tuple[str, ...]:
+    """The decision's fallbacks: the ranking without the chosen (who may be the primary, moved to
+    the front by ``on_need``)."""
+    ranked = _ranking(totals, eligible_count, ineligible, request_id, indices)
+    ranked.remove(chosen)
+    return tuple(map(names.__getitem__, ranked))
 
 
 def _probe_admits(probe: tuple[float, float, float], ttft: float, e2e: float, f_out: float, ttft_cut: float,
@@ -291,13 +308,18 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         w_lat, _, _, w_cost, _, _ = sc.fast_weights
         probe_limit = policy.half_open_probe_limit
         for row, egress, local_term in zip(rows, t.egress_usd_per_byte, t.locality_terms):
-            if now > row[0]:  # a reading is stale: if only the outcome readings are, their row holds
-                stale = row[14]
+            (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
+             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale, probe) = row
+            arithmetic = True
+            if now > fresh_until:  # a reading is stale: if only the outcome readings are, their row holds
+                arithmetic = False
                 if stale is not None and now > stale[0]:
                     row = stale_outcomes[len(totals)] = stale[1]
-            (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
-             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, _, probe) = row
-            if now <= fresh_until and f_needed <= tokens_left and (countries is None or countries <= allowed):
+                    (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
+                     ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, _,
+                     probe) = row
+                    arithmetic = now <= fresh_until
+            if arithmetic and f_needed <= tokens_left and (countries is None or countries <= allowed):
                 # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
                 # precomputed.
                 prefill_s = f_in / prefill_rate
@@ -340,26 +362,24 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             verdict = by_specification[len(totals)] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
             append(verdict.total if verdict.eligible else _INELIGIBLE)
 
-    verdicts = partial(_verdicts, request, sla, policy, fleet, snapshot, rp, sc.fast_positions, totals,
-                       by_specification, stale_outcomes)
+    verdicts_args = (request, sla, policy, fleet, snapshot, rp, sc.fast_positions, totals, by_specification,
+                     stale_outcomes)
     ineligible = totals.count(_INELIGIBLE) if by_specification else 0
     eligible_count = len(totals) - ineligible
     if not eligible_count:
-        candidates = verdicts()
+        candidates = _verdicts(*verdicts_args)
         code, message = roll_up(candidates, route.name)
         return _refusal(request, snapshot, policy, sc.scorer_names, code, message, route.name, route.primary,
                         candidates)
 
-    # Best total first; a sort in reverse keeps equal totals in position order, as a stable one does.
-    ranked = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
-    if ineligible:
-        del ranked[eligible_count:]
-    if len(set(totals)) - (1 if ineligible else 0) < eligible_count:
-        # Equal totals: broken by a key derived from the request id (stable: then by position).
-        _break_ties(ranked, totals, zlib.crc32(request.request_id.encode()), t.indices)
+    # The best total; on a tie for it, the ranking's first (``_ranking``). The rest of the ranking,
+    # the fallbacks, is worked out when first read.
+    best = max(totals)
+    chosen = totals.index(best)
+    if totals.count(best) > 1:
+        chosen = _ranking(totals, eligible_count, ineligible, request.request_id, t.indices)[0]
 
     primary = rp.primary
-    chosen = ranked[0]
     reason = None
     if chosen != primary:
         primary_rejection = rp.primary_rejection
@@ -374,8 +394,6 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                 if verdict.code is not None:
                     primary_rejection = verdict
         if primary_meets and policy.spillover_mode == "on_need":  # meets: eligible
-            ranked.remove(primary)
-            ranked.insert(0, primary)
             chosen = primary
         elif not rp.primary_serves:
             reason = SpilloverReason.PRIMARY_NOT_ALLOWED
@@ -395,7 +413,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     names = rp.names
     return PlacementDecision.deferred(
         (None, request.request_id, request.attempt, tenant.name,
-         route.name, sla.name, names[chosen], tuple(map(names.__getitem__, ranked[1:])), route.primary,
+         route.name, sla.name, names[chosen], None, route.primary,
          chosen != primary, reason, sc.scorer_names, ttft, e2e, cost, None, None, policy.policy_hash,
          snapshot.version),
-        verdicts, eligible_count)
+        _verdicts, verdicts_args, eligible_count,
+        (_fallbacks, (totals, eligible_count, ineligible, request.request_id, t.indices, names, chosen)))

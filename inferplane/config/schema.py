@@ -325,8 +325,8 @@ class _SubstrateBase(_Strict):
     @property
     def settings(self) -> SubstrateSettings:
         """The settings block of this substrate's kind (the `vllm:`, `openai_compatible:` or
-        `emulated:` block of the YAML)."""
-        raise NotImplementedError
+        `emulated:` block of the YAML): each kind's block is the field named after it."""
+        return getattr(self, self.kind.value)
 
     @model_validator(mode="before")
     @classmethod
@@ -371,10 +371,6 @@ class VllmSubstrate(_SubstrateBase):
     kind: Literal[SubstrateKind.VLLM] = Field(description="How inferplane reaches it: `vllm`.")
     vllm: VllmSettings = Field(description="The engine and its replicas.")
 
-    @property
-    def settings(self) -> VllmSettings:
-        return self.vllm
-
 
 class OpenAICompatibleSubstrate(_SubstrateBase):
     """An HTTP endpoint speaking the OpenAI API (a provider, or an engine run elsewhere)."""
@@ -388,10 +384,6 @@ class OpenAICompatibleSubstrate(_SubstrateBase):
         description="The endpoint, its credentials and the adapter's replicas."
     )
 
-    @property
-    def settings(self) -> OpenAICompatibleSettings:
-        return self.openai_compatible
-
 
 class EmulatedSubstrate(_SubstrateBase):
     """A seeded timing model standing in for a substrate inferplane cannot reach here."""
@@ -400,10 +392,6 @@ class EmulatedSubstrate(_SubstrateBase):
 
     kind: Literal[SubstrateKind.EMULATED] = Field(description="How inferplane reaches it: `emulated`.")
     emulated: EmulatedSettings = Field(description="What it stands in for and its timing model.")
-
-    @property
-    def settings(self) -> EmulatedSettings:
-        return self.emulated
 
 
 SubstrateSettings = VllmSettings | OpenAICompatibleSettings | EmulatedSettings

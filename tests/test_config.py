@@ -315,6 +315,29 @@ MISTAKES = [
              ("    models:\n      - {name: m, context_window_tokens: 4096}\n    topology: {region: eu-central",
               "    topology: {region: eu-central")),
         "substrates[0].models", ["at least 1"], "models: []", id="empty-list"),
+    pytest.param(
+        edit(("    default_sla_class: interactive\n",
+              "    default_sla_class: interactive\n    quotas:\n"
+              "      - {substrate_class: gpu_cluster, guaranteed_slots: 8, max_slots: 4}\n")),
+        "tenants[0].quotas[0]", ["guaranteed_slots must not exceed max_slots"], "guaranteed_slots: 8",
+        id="quota-guarantee-over-cap"),
+    pytest.param(
+        edit(("    default_sla_class: interactive\n",
+              "    default_sla_class: interactive\n    quotas:\n"
+              "      - {substrate_class: giant_context, guaranteed_slots: 1}\n")),
+        "tenants[0].quotas[0].substrate_class",
+        ["no substrate of class `giant_context`; classes in the fleet: {gpu_cluster, provider_api, sovereign_onprem}"],
+        "substrate_class: giant_context", id="quota-on-a-missing-tier"),
+    pytest.param(
+        edit(("    default_sla_class: interactive\n",
+              "    default_sla_class: interactive\n    quotas:\n"
+              "      - {substrate_class: sovereign_onprem, guaranteed_slots: 5}\n")),
+        "tenants[0].quotas[0].guaranteed_slots",
+        ["tenants are guaranteed 5 slots of `sovereign_onprem`, which has 4; guarantee at most 4 in all"],
+        "guaranteed_slots: 5", id="quota-guarantees-over-the-tier"),
+    pytest.param(
+        edit(("    default_sla_class: interactive\n", "    default_sla_class: interactive\n    share: 0\n")),
+        "tenants[0].share", ["greater than 0"], "share: 0", id="share-not-positive"),
 ]
 
 
@@ -440,3 +463,18 @@ def test_format_loc() -> None:
     assert format_loc(("substrates", 2, "cost", "usd_per_1m_input_tokens")) == "substrates[2].cost.usd_per_1m_input_tokens"
     assert format_loc(()) == "(top level)"
     assert format_loc(("models", 0, "aliases", 1)) == "models[0].aliases[1]"
+
+
+def test_shares_quotas_and_queue_reach_the_policy() -> None:
+    text = edit(("    default_sla_class: interactive\n",
+                 "    default_sla_class: interactive\n    share: 3\n    quotas:\n"
+                 "      - {substrate_class: gpu_cluster, guaranteed_slots: 4, max_slots: 12}\n"
+                 "      - {substrate_class: provider_api, max_slots: 2}\n"))
+    text += "policy:\n  queue: {hold: false, max_waiting_requests: 7}\n"
+    from inferplane.config import build
+
+    policy = build(parse_config(text, source="fleet.yaml")).policy
+    acme = policy.tenants["acme"]
+    assert acme.share == 3.0
+    assert acme.quotas == (("gpu_cluster", 4, 12), ("provider_api", 0, 2))
+    assert (policy.queue.hold, policy.queue.max_waiting, policy.queue.output_token_weight) == (False, 7, 2.0)

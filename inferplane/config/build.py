@@ -17,7 +17,14 @@ from inferplane.config.schema import EmulatedSubstrate, InferplaneConfig, Substr
 from inferplane.config.sizing import substrate_sizing
 from inferplane.jurisdiction import JurisdictionCatalog
 from inferplane.placement.fleet import CostModel, FleetSpec, LatencyModel, ModelRoute, SubstrateSpec
-from inferplane.placement.policy import ExternalRule, PlacementPolicy, ScorerWeight, SlaPolicy, TenantPolicy
+from inferplane.placement.policy import (
+    ExternalRule,
+    PlacementPolicy,
+    QueueSettings,
+    ScorerWeight,
+    SlaPolicy,
+    TenantPolicy,
+)
 from inferplane.placement.signals import REQUIRED_SIGNALS
 
 
@@ -66,6 +73,8 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
             budget_usd=None if t.budget is None else t.budget.usd_per_period,
             over_budget_classes=None if t.budget is None or t.budget.when_exceeded == "reject"
             else frozenset(c.value for c in t.budget.restrict_to_classes),
+            share=t.share,
+            quotas=tuple((q.substrate_class.value, q.guaranteed_slots, q.max_slots) for q in t.quotas),
         )
     sla = {
         c.name: SlaPolicy(c.name, c.ttft_deadline_ms / 1000.0, c.e2e_deadline_ms / 1000.0, c.priority)
@@ -98,6 +107,8 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
             ExternalRule(r.name, r.reject_below, r.reject_above, r.missing == "reject", r.ttl_ms / 1000.0)
             for r in cfg.policy.external_signals
         ),
+        queue=QueueSettings(cfg.policy.queue.hold, cfg.policy.queue.max_waiting_requests,
+                            cfg.policy.queue.output_token_weight),
     )
     topo = cfg.ingress.topology
     return BuiltConfig(

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from inferplane.config.errors import ConfigProblem
 from inferplane.config.schema import InferplaneConfig, VllmSubstrate
+from inferplane.config.sizing import substrate_sizing
 from inferplane.jurisdiction import ANY_JURISDICTION, ISO_COUNTRY_CODES
 
 
@@ -129,6 +130,27 @@ def check_references(cfg: InferplaneConfig) -> list[ConfigProblem]:
             if digest in key_owner and key_owner[digest] != t.name:
                 add(("tenants", i, "api_keys_sha256", j), f"the same key is already given to tenant `{key_owner[digest]}`")
             key_owner.setdefault(digest, t.name)
+
+    # Quotas: on a tier that exists, and the guarantees of a tier fit in its slots.
+    slots_by_class: dict[str, int] = {}
+    for s in cfg.substrates:
+        slots_by_class[s.substrate_class.value] = slots_by_class.get(s.substrate_class.value, 0) + \
+            substrate_sizing(s).slots
+    guaranteed: dict[str, int] = {}
+    for i, t in enumerate(cfg.tenants):
+        for j, q in enumerate(t.quotas):
+            tier = q.substrate_class.value
+            if tier not in slots_by_class:
+                add(("tenants", i, "quotas", j, "substrate_class"),
+                    f"no substrate of class `{tier}`; classes in the fleet: {_choices(slots_by_class)}")
+            guaranteed[tier] = guaranteed.get(tier, 0) + q.guaranteed_slots
+    for tier, total in guaranteed.items():
+        if tier in slots_by_class and total > slots_by_class[tier]:
+            i, j = next((i, j) for i, t in enumerate(cfg.tenants) for j, q in enumerate(t.quotas)
+                        if q.substrate_class.value == tier and q.guaranteed_slots)
+            add(("tenants", i, "quotas", j, "guaranteed_slots"),
+                f"tenants are guaranteed {total} slots of `{tier}`, which has {slots_by_class[tier]}; "
+                f"guarantee at most {slots_by_class[tier]} in all")
 
     for name in cfg.policy.spillover.per_model:
         if name not in declared:

@@ -440,6 +440,27 @@ class Budget(_Strict):
     )
 
 
+class TenantQuota(_Strict):
+    """A tenant's slots on one substrate class (the tier), counted across every substrate of the
+    class and every ingress replica."""
+
+    substrate_class: SubstrateClass = Field(description="The tier the quota is on, e.g. `gpu_cluster`.")
+    guaranteed_slots: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Slots the tenant can always get: while it uses fewer, its waiting requests take the "
+        "next slot of the tier that frees, before any other tenant's (idle guaranteed slots are lent to "
+        "others and reclaimed as their requests finish; running requests are never preempted).",
+    )
+    max_slots: PositiveInt | None = Field(
+        default=None, description="Slots of the tier the tenant never exceeds; omit for no cap.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TenantQuota:
+        if self.max_slots is not None and self.guaranteed_slots > self.max_slots:
+            raise ValueError("guaranteed_slots must not exceed max_slots")
+        return self
+
+
 class Tenant(_Strict):
     name: Name = Field(description="The tenant's name, as it appears in metrics and the audit log.")
     api_keys_sha256: Annotated[list[Sha256Hex], Field(min_length=1)] = Field(
@@ -459,6 +480,24 @@ class Tenant(_Strict):
         default=None, description="Models the tenant may use. Omit for all."
     )
     budget: Budget | None = Field(default=None, description="A spending limit; omit for none.")
+    share: PositiveFloat = Field(
+        default=1.0,
+        description="The tenant's weight when tenants contend for the same slots: waiting requests are "
+        "served so that each tenant's tokens served, divided by its share, stay level (a virtual token "
+        "counter; long prompts count for more).",
+    )
+    quotas: list[TenantQuota] = Field(
+        default_factory=list, description="Guaranteed and maximum slots per substrate class.")
+
+    @field_validator("quotas")
+    @classmethod
+    def _one_quota_per_class(cls, quotas: list[TenantQuota]) -> list[TenantQuota]:
+        seen = set()
+        for q in quotas:
+            if q.substrate_class in seen:
+                raise ValueError(f"two quotas for substrate class `{q.substrate_class.value}`")
+            seen.add(q.substrate_class)
+        return quotas
 
     @field_validator("api_keys_sha256")
     @classmethod
@@ -478,8 +517,9 @@ class SlaClass(_Strict):
     ttft_deadline_ms: PositiveFloat = Field(description="Deadline for the first token, ms.")
     e2e_deadline_ms: PositiveFloat = Field(description="Deadline for the whole response, ms.")
     priority: Annotated[int, Field(ge=0, le=100)] = Field(
-        default=50, description="Higher is more important (0-100). Recorded with the class; placement does "
-        "not read it yet: the plane refuses rather than queues when capacity is exhausted."
+        default=50, description="Higher is more important (0-100): when requests wait for slots, the "
+        "highest priority is served first (earliest deadline first within it), and a full queue sheds "
+        "the lowest first."
     )
 
     @model_validator(mode="after")
@@ -601,6 +641,24 @@ class ExternalSignalRule(_Strict):
         default=60_000.0, description="A pushed value is used for this long, ms.")
 
 
+class QueuePolicy(_Strict):
+    """What an ingress replica does with a request no eligible substrate can take now."""
+
+    hold: bool = Field(
+        default=True,
+        description="Hold it in the replica's queue while its first-token deadline can still be met, and "
+        "place it as soon as a slot frees; false refuses it at once (429).",
+    )
+    max_waiting_requests: PositiveInt = Field(
+        default=1024,
+        description="Requests one ingress replica holds at most; when full, the lowest priority is shed.",
+    )
+    output_token_weight: NonNegativeFloat = Field(
+        default=2.0,
+        description="What an output token counts for against an input token in the fair-share counter.",
+    )
+
+
 class Policy(_Strict):
     scorer_weights: ScorerWeights = Field(
         default_factory=ScorerWeights, description="Weights of the soft scorers."
@@ -626,6 +684,8 @@ class Policy(_Strict):
     topology: TopologyPolicy = Field(default_factory=TopologyPolicy, description="Node labels.")
     external_signals: list[ExternalSignalRule] = Field(
         default_factory=list, description="Rules for signals the platform team pushes.")
+    queue: QueuePolicy = Field(
+        default_factory=QueuePolicy, description="Holding requests while capacity is exhausted.")
 
 
 class Ingress(_Strict):

@@ -31,6 +31,10 @@ class TenantPolicy:
     """Spend allowed in the current period, or None for no limit."""
     over_budget_classes: frozenset[str] | None = None
     """Over budget: None rejects (402); a set restricts to those substrate classes."""
+    share: float = 1.0
+    """Weight among tenants contending for the same slots (``plane.queue``)."""
+    quotas: tuple[tuple[str, int, int | None], ...] = ()
+    """(substrate class, guaranteed slots, maximum slots or None) per class with a quota."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,15 @@ class ExternalRule:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """How an ingress replica holds requests no substrate can take now (``plane.queue``)."""
+
+    hold: bool = True
+    max_waiting: int = 1024
+    output_token_weight: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class PlacementPolicy:
     tenants: Mapping[str, TenantPolicy]
     sla_classes: Mapping[str, SlaPolicy]
@@ -75,6 +88,7 @@ class PlacementPolicy:
     """A substrate predicted beyond this multiple of a deadline is not eligible (None: keep it)."""
     require_node_labels: bool = False
     external_rules: tuple[ExternalRule, ...] = ()
+    queue: QueueSettings = QueueSettings()
     fleet: InitVar[FleetSpec | None] = None
     """The fleet this policy places on: given, the policy compiles its ``plan`` for it."""
     plan: PlacementPlan | None = field(default=None, init=False, compare=False, repr=False)

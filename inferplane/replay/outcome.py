@@ -48,6 +48,8 @@ class RequestOutcome:
     cross_region: bool
     """Served outside the ingress's region."""
     rejection: str | None = None
+    held_s: float = 0.0
+    """Time the router held it before dispatching or refusing it (in ``ttft_s`` when served)."""
 
 
 def usage_cost_usd(spec: SubstrateSpec, input_tokens: int, output_tokens: int, ingress_region: str | None) -> float:

@@ -6,9 +6,12 @@ an error. A router sees nothing else of the substrates unless it says how it lea
 plane's placement actor receives the substrates' own load reports; a gateway does not).
 
 Contract of ``place(request, tried, now_s)``: ``tried`` are the substrates that already failed
-this request, in order (empty on the first attempt); the answer names a substrate or refuses with
-a reason. ``spillover_logged`` is True only when the router recorded, in a decision someone can
-audit, that this placement is a spillover.
+this request, in order (empty on the first attempt); the answer names a substrate, refuses with
+a reason, or holds the request (``held``): a router that queues requests while its substrates are
+full answers a held request later, through the ``Host`` it was given (``attach``), with
+``host.resume(request, placement, now_s)``: a substrate, or a refusal. ``spillover_logged`` is
+True only when the router recorded, in a decision someone can audit, that this placement is a
+spillover.
 """
 
 from __future__ import annotations
@@ -31,6 +34,21 @@ class Placement:
     first_byte_timeout_s: float | None = None
     """The router's own per-try timeout to the first token, on top of the substrate client's."""
     decision: PlacementDecision | None = None
+    held: bool = False
+    """The router holds the request: it answers later (``Host.resume``)."""
+
+
+HELD = Placement(None, held=True)
+
+
+class Host(Protocol):
+    """What the simulator offers a router that holds requests."""
+
+    def at(self, t: float, fn: Callable[..., None], *args) -> None:
+        """Run ``fn(t, *args)`` at simulated time ``t`` (not before now)."""
+
+    def resume(self, request: ReplayRequest, placement: Placement, now_s: float) -> None:
+        """The held ``request``'s answer: dispatch to ``placement.substrate`` or refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +74,6 @@ class Router(Protocol):
                now_s: float) -> None: ...
 
     def periodic(self) -> tuple[Periodic, ...]: ...
+
+    # A router that holds requests also has ``attach(host: Host) -> None``, called once before the
+    # run; one that never holds need not define it.

@@ -3,7 +3,8 @@
 One ``Simulator`` holds the fleet in simulated time (one ``SimSubstrate`` per substrate, see
 ``substrate_sim`` for the physics) and runs one router over one workload:
 
-    arrival        router.place(request, tried=(), now) -> dispatch, or the request is rejected
+    arrival        router.place(request, tried=(), now) -> dispatch, or the request is rejected, or
+                   held: the router answers later (``resume``), a dispatch or a refusal
     dispatch       router.dispatched(); the attempt is sent; a timeout is armed at
                    dispatched + min(router's per-try timeout, the substrate client's
                    ``openai_compatible.request_timeout_s``) when either exists
@@ -35,7 +36,7 @@ from inferplane.jurisdiction import is_within
 from inferplane.replay.attempt import Attempt, Failure, Phase
 from inferplane.replay.clock import EventQueue
 from inferplane.replay.outcome import RequestOutcome, usage_cost_usd
-from inferplane.replay.router import Periodic, Router
+from inferplane.replay.router import Periodic, Placement, Router
 from inferplane.replay.scenario import Event, EventKind
 from inferplane.replay.substrate_sim import SimSubstrate, SubstrateCallbacks
 from inferplane.replay.workload import ReplayRequest
@@ -71,13 +72,15 @@ class SimulationResult:
 
 
 class _RequestState:
-    __slots__ = ("request", "tried", "violation", "attempt")
+    __slots__ = ("request", "tried", "violation", "attempt", "held_since", "held_s")
 
     def __init__(self, request: ReplayRequest) -> None:
         self.request = request
         self.tried: list[str] = []
         self.violation = False
         self.attempt: Attempt | None = None
+        self.held_since: float | None = None
+        self.held_s = 0.0
 
 
 class Simulator:
@@ -122,6 +125,9 @@ class Simulator:
         if self._router is not None:
             raise RuntimeError("a Simulator runs once")
         self._router = router
+        attach = getattr(router, "attach", None)
+        if attach is not None:
+            attach(self)
         wall0 = time.perf_counter()
         q = self.queue
         # Faults first: at equal times, a fault that starts with a request hits it.
@@ -168,9 +174,27 @@ class Simulator:
     def _arrive(self, now: float, state: _RequestState) -> None:
         self._place(now, state)
 
+    # -- the host of a router that holds requests (``router.Host``) ------------------------------
+    def at(self, t: float, fn: Callable[..., None], *args) -> None:
+        self.queue.at(t, fn, *args)
+
+    def resume(self, request: ReplayRequest, placement: Placement, now_s: float) -> None:
+        state = self._states[request.index]
+        if state.held_since is None:
+            raise RuntimeError(f"request {request.index} is not held")
+        state.held_s += now_s - state.held_since
+        state.held_since = None
+        self._apply(now_s, state, placement)
+
     def _place(self, now: float, state: _RequestState) -> None:
+        placement = self._router.place(state.request, tuple(state.tried), now)
+        if placement.held:
+            state.held_since = now
+            return
+        self._apply(now, state, placement)
+
+    def _apply(self, now: float, state: _RequestState, placement: Placement) -> None:
         req = state.request
-        placement = self._router.place(req, tuple(state.tried), now)
         if placement.substrate is None:
             self._settle(state, "rejected" if not state.tried else "failed", None, rejection=placement.rejection)
             return
@@ -232,7 +256,8 @@ class Simulator:
                 index=req.index, tenant=req.tenant, sla_class=req.sla_class, arrival_s=req.arrival_s,
                 status=status, substrate=tried[-1] if tried else None, tried=tried, ttft_s=None, e2e_s=None,
                 met_sla=False, cost_usd=0.0, spillover=False, spillover_logged=False,
-                sovereignty_violation=state.violation, cross_region=False, rejection=rejection)
+                sovereignty_violation=state.violation, cross_region=False, rejection=rejection,
+                held_s=state.held_s)
         else:
             spec = self.substrates[attempt.substrate].spec
             sla = self._policy.sla_classes[req.sla_class]
@@ -246,6 +271,6 @@ class Simulator:
                 spillover=route is not None and spec.name != route.primary,
                 spillover_logged=attempt.spillover_logged,
                 sovereignty_violation=state.violation,
-                cross_region=spec.region != self._built.ingress_region)
+                cross_region=spec.region != self._built.ingress_region, held_s=state.held_s)
         self._outcomes[req.index] = outcome
         self._open -= 1

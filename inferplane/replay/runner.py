@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
+from inferplane.config import BuiltConfig
 from inferplane.replay.baselines import BASELINES, baseline
 from inferplane.replay.bound import DEFAULT_WINDOW_S, build_programme, least_cost_usd, solve_bound
 from inferplane.replay.fidelity import compare, measured_shapes
@@ -64,6 +65,11 @@ def parse_routers(text: str) -> tuple[str, ...]:
     if unknown or not names:
         raise ValueError(f"unknown router {', '.join(unknown) or '(none)'}; routers: all, {', '.join(ROUTERS)}")
     return names
+
+
+def fair_shares(built: BuiltConfig) -> dict[str, float]:
+    """Each tenant's fair-share weight, as the config gives it (``tenants[].share``)."""
+    return {name: t.share for name, t in built.policy.tenants.items()}
 
 
 def prepare(options: ReplayOptions) -> Prepared:
@@ -131,7 +137,8 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
     results = tuple(simulate(prepared, name, progress=options.progress) for name in options.routers)
     span = results[0].span_s if results else 0.0
     fixed = fixed_cost_usd(built.fleet, span)
-    runs = [run_report(r, fixed) for r in results]
+    shares = fair_shares(built)
+    runs = [run_report(r, fixed, prepared.requests, shares) for r in results]
     bound_out = None
     if options.bound:
         if options.progress:
@@ -197,7 +204,8 @@ def replay_live(options: ReplayOptions, live: LiveOptions) -> tuple[dict, tuple[
     simulated = replace(simulated, router=f"{PLANE} (simulated)")
     span = run.result.span_s
     fixed = fixed_cost_usd(built.fleet, span)
-    runs = [run_report(run.result, fixed), run_report(simulated, fixed)]
+    shares = fair_shares(built)
+    runs = [run_report(run.result, fixed, prepared.requests, shares), run_report(simulated, fixed, shapes, shares)]
     runs[0]["slot_utilisation"] = None  # a client cannot see slots; the plane's metrics can
     report = _header(options, prepared, span)
     report.update(

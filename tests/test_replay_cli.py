@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,13 @@ RUN_FIELDS = {
     "router", "requests", "completed", "rejected", "sla_attainment", "sla_attainment_by_class", "ttft_p50_s",
     "ttft_p99_s", "e2e_p50_s", "e2e_p99_s", "cost_usd", "spillovers", "unlogged_spillovers",
     "sovereignty_violations", "cross_region_requests", "wall_time_s", "replay_speed", "bound_fraction",
+    "goodput_rps", "goodput_tokens_per_s", "held_requests", "held_mean_s", "held_p99_s", "tenants",
+    "jain_fairness_over_shares",
+}
+TENANT_FIELDS = {
+    "requests", "met_sla", "sla_attainment", "ttft_p99_s", "tokens_offered", "tokens_served", "offered_fraction",
+    "served_fraction", "share", "share_fraction", "goodput_rps", "goodput_tokens_per_s", "held_requests",
+    "held_mean_s", "held_p99_s",
 }
 
 
@@ -37,11 +45,18 @@ def test_replay_all_writes_report_and_plots(capsys, tmp_path):
     report = json.loads(out.read_text(encoding="utf-8"))
     assert set(report) >= {"runs", "bound", "trace", "workload"}
     assert [r["router"] for r in report["runs"]] == [
-        "inferplane", "round_robin", "least_outstanding", "ordered_fallback", "cheapest_first"]
+        "inferplane", "round_robin", "least_outstanding", "ordered_fallback", "cheapest_first", "fifo_queue"]
     for r in report["runs"]:
         assert RUN_FIELDS <= set(r), RUN_FIELDS - set(r)
         assert r["requests"] == 400 == r["completed"] + r["rejected"] + r["failed"]
         assert 0.0 <= r["sla_attainment"] <= report["bound"]["sla_attainment"] + 1e-9
+        assert set(r["tenants"]) == {"eu-bank", "global-app"}
+        for name, t in r["tenants"].items():
+            assert TENANT_FIELDS <= set(t), TENANT_FIELDS - set(t)
+            assert t["sla_attainment"] == r["sla_attainment_by_tenant"][name]
+            assert t["share_fraction"] == 0.5  # the fleet gives no share: 1 each
+        assert sum(t["tokens_offered"] for t in r["tenants"].values()) > 0
+        assert 0.5 <= r["jain_fairness_over_shares"] <= 1.0
     plane = report["runs"][0]
     assert plane["sovereignty_violations"] == 0 and plane["unlogged_spillovers"] == 0
     assert report["trace"]["rows"] == 400 and report["trace"]["rate_scale"] == 1.0
@@ -49,6 +64,8 @@ def test_replay_all_writes_report_and_plots(capsys, tmp_path):
         png = plots / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "inferplane" in stdout and "bound (fluid LP" in stdout and "replay speed" in stdout
+    assert "Jain's index over tokens served / share" in stdout and "not under-served" in stdout
+    assert re.search(r"fifo_queue\s+eu-bank\s+50\.0\s", stdout)
 
 
 def test_one_router_json_on_stdout_with_cli_faults_and_tenants(capsys):

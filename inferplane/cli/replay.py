@@ -1,7 +1,7 @@
 """`inferplane replay CONFIG --trace FILE`: what-if replay of a real trace in simulated time.
 
 Drives the plane's own placement (``place()`` on snapshots from the actor's own ``FleetState``)
-and four baseline gateways over the same workload and substrate physics, then bounds them all
+and five baseline gateways over the same workload and substrate physics, then bounds them all
 with an offline LP. CONFIG is a scenario file (configs/scenarios/) or a plain config.
 
     inferplane replay configs/scenarios/enterprise-burst.yaml \\
@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", required=True, help="trace file (Azure CSV, Mooncake JSONL or parquet)")
     p.add_argument("--format", choices=("azure", "mooncake", "parquet"), help="default: from the suffix")
     p.add_argument("--router", default="all",
-                   help="inferplane, round_robin, least_outstanding, ordered_fallback, cheapest_first, a "
-                   "comma-separated list, or all (default)")
+                   help="inferplane, round_robin, least_outstanding, ordered_fallback, cheapest_first, "
+                   "fifo_queue, a comma-separated list, or all (default)")
     p.add_argument("--rate-scale", type=float, help="requests per trace row on average (default: scenario's)")
     p.add_argument("--time-scale", type=float, help="arrival times x this (default: scenario's)")
     p.add_argument("--limit", type=int, help="only the first N trace rows")
@@ -112,11 +112,44 @@ def render(report: dict) -> str:
             ["latency", "simulated s", "measured s", "simulated / measured"],
             [[name, _f(m["simulated_s"], ".3f"), _f(m["measured_s"], ".3f"), _f(m["simulated_over_measured"], ".2f")]
              for name, m in fidelity["metrics"].items()], "lrrr"))
+    lines += _tenant_lines(report["runs"])
     speeds = ", ".join(f"{r['router']} {r['replay_speed']:.0f}" for r in report["runs"] if r["replay_speed"])
     lines.append(f"replay speed (simulated s per wall s): {speeds}")
     lines.append("times in seconds; cost = reserved hardware over the span + usage billed; "
                  "of bound: SLA / bound SLA, least cost at the same attainment / cost")
     return "\n".join(lines)
+
+
+def _pct_of(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _tenant_lines(runs: list[dict]) -> list[str]:
+    """Per tenant and router: deadlines met, tokens served against the share, goodput, time held;
+    then Jain's index per router, with what it does and does not say."""
+    rows = []
+    for r in runs:
+        for name, t in (r.get("tenants") or {}).items():
+            rows.append([
+                r["router"], name, _pct_of(t["share_fraction"]), _pct_of(t["offered_fraction"]),
+                _pct_of(t["served_fraction"]), f"{100 * t['sla_attainment']:.2f}", _f(t["ttft_p99_s"], ".2f"),
+                _f(t["goodput_rps"], ".3f"), _f(t["goodput_tokens_per_s"], ".0f"), str(t["held_requests"]),
+                _f(t["held_mean_s"], ".2f"), _f(t["held_p99_s"], ".2f"),
+            ])
+    if not rows:
+        return []
+    headers = ["router", "tenant", "share %", "offered %", "served %", "met %", "ttft p99", "goodput req/s",
+               "goodput tok/s", "held", "held mean", "held p99"]
+    jain = ", ".join(f"{r['router']} {_f(r.get('jain_fairness_over_shares'), '.3f')}" for r in runs)
+    return ["", "per tenant (share %: the tenant's share / the shares of the tenants that sent traffic; offered % "
+                "and served %: its tokens, input + output, of all offered / of all served; goodput: requests that "
+                "met both deadlines and their tokens per second of the replay's span):",
+            render_table(headers, rows, "ll" + "r" * (len(headers) - 2)),
+            f"Jain's index over tokens served / share (1 = in proportion to shares, 1/n = one tenant got all): "
+            f"{jain}",
+            "  it measures fairness only where tenants contend for the same slots and each asked for more than "
+            "its share: a tenant whose offered % is below its share % and that got what it asked for is not "
+            "under-served, and tenants confined to pools no other tenant may use do not contend at all."]
 
 
 def cmd(args: argparse.Namespace) -> int:

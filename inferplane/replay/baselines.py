@@ -2,7 +2,7 @@
 
 A gateway knows its endpoints (the substrates serving the model, in config order), its own
 in-flight count per endpoint, and the errors it got back. It does not see queue depth, KV cache,
-rate-limit headroom, deadlines or any other signal of the plane. Common to all four:
+rate-limit headroom or any other signal of the plane. Common to all five:
 
 - **retry**: a 429, 5xx, connect error or timeout before the first byte is retried on another
   endpoint not yet tried for this request, until none is left (then the client gets the error);
@@ -16,7 +16,7 @@ rate-limit headroom, deadlines or any other signal of the plane. Common to all f
 - **no spillover log**: a gateway records no placement decision, so every request it serves off the
   model's primary substrate is an unlogged spillover.
 
-The four policies:
+The five policies:
 
 ``round_robin``        endpoints in turn, over every endpoint serving the model.
 ``least_outstanding``  the endpoint with the fewest of the gateway's own in-flight requests
@@ -28,6 +28,20 @@ The four policies:
 ``cheapest_first``     endpoints by list price, ``usd_per_1m_input_tokens + usd_per_1m_output_tokens``
                        (owned and reserved hardware is already paid for: 0), ties in config order,
                        over every endpoint serving the model; next on error.
+``fifo_queue``         a gateway with a request queue, configured as LiteLLM or Envoy users configure
+                       one: ordered_fallback's per-tenant endpoint lists (only endpoints inside the
+                       tenant's jurisdictions, the model's primary first), a concurrency limit per
+                       endpoint equal to the substrate's declared ``max_concurrent_requests +
+                       max_queued_requests``, and one FIFO. A request goes to the first endpoint of
+                       its list (not yet tried, not ejected) below its limit; when every one is at
+                       its limit the request waits in the queue. Whenever a slot frees (a request
+                       finishes or fails), waiting requests are dispatched in the order they entered
+                       the queue, each to the first endpoint of its own list with room (a request
+                       whose endpoints are all full does not block one behind it that may use the
+                       freed endpoint). The queue holds ``baselines.queue_max_requests`` at most
+                       (then ``queue_full``), and a request waits at most its SLA class's
+                       first-token deadline (then ``queue_timeout``). No priorities, no fairness
+                       between tenants: first come, first served.
 """
 
 from __future__ import annotations
@@ -40,11 +54,11 @@ from inferplane.config import BuiltConfig
 from inferplane.jurisdiction import is_within
 from inferplane.placement.fleet import SubstrateSpec
 from inferplane.replay.attempt import Failure
-from inferplane.replay.router import Periodic, Placement
+from inferplane.replay.router import HELD, Host, Periodic, Placement
 from inferplane.replay.scenario import BaselineSection
 from inferplane.replay.workload import ReplayRequest
 
-BASELINES = ("round_robin", "least_outstanding", "ordered_fallback", "cheapest_first")
+BASELINES = ("round_robin", "least_outstanding", "ordered_fallback", "cheapest_first", "fifo_queue")
 
 
 class _Gateway(abc.ABC):
@@ -75,15 +89,28 @@ class _Gateway(abc.ABC):
         """The endpoint this gateway sends ``request`` to, from the non-ejected ``pool``."""
 
     def place(self, request: ReplayRequest, tried: tuple[str, ...], now_s: float) -> Placement:
+        refusal = self.refusal(request, tried)
+        if refusal is not None:
+            return refusal
+        return self.send(self.choose(request, self.pool(request, tried, now_s)))
+
+    def refusal(self, request: ReplayRequest, tried: tuple[str, ...]) -> Placement | None:
+        """Refused before any endpoint is chosen: outside the key's models, or no endpoint left."""
         allowed_models = self._policy.tenants[request.tenant].allowed_models
         if allowed_models is not None and request.model not in allowed_models:
             return Placement(None, rejection="model_not_allowed")  # the gateway's key scopes
-        left = tuple(e for e in self.endpoints(request) if e not in tried)
-        if not left:
+        if all(e in tried for e in self.endpoints(request)):
             return Placement(None, rejection="no_endpoint_left" if tried else "no_endpoint")
+        return None
+
+    def pool(self, request: ReplayRequest, tried: tuple[str, ...], now_s: float) -> tuple[str, ...]:
+        """The endpoints not yet tried, without the ejected ones unless all are (panic mode)."""
+        left = tuple(e for e in self.endpoints(request) if e not in tried)
         healthy = tuple(e for e in left if self.ejected_until.get(e, 0.0) <= now_s)
-        pick = self.choose(request, healthy or left)
-        return Placement(pick, spillover_logged=False, first_byte_timeout_s=self._settings.first_byte_timeout_s)
+        return healthy or left
+
+    def send(self, endpoint: str) -> Placement:
+        return Placement(endpoint, spillover_logged=False, first_byte_timeout_s=self._settings.first_byte_timeout_s)
 
     def dispatched(self, request: ReplayRequest, substrate: str, now_s: float) -> None:
         self.in_flight[substrate] += 1
@@ -189,8 +216,79 @@ class CheapestFirst(_Gateway):
         return pool[0]
 
 
+class FifoQueue(OrderedFallback):
+    name = "fifo_queue"
+
+    def __init__(self, built: BuiltConfig, settings: BaselineSection) -> None:
+        super().__init__(built, settings)
+        self.limit = {s.name: s.max_concurrent + s.max_queued for s in self._fleet.substrates}
+        self._max_wait_s = {name: sla.ttft_deadline_s for name, sla in self._policy.sla_classes.items()}
+        self.waiting: dict[int, tuple[ReplayRequest, tuple[str, ...], int]] = {}
+        """Request index -> (request, endpoints it already tried, number of its entry), in queue order."""
+        self._entries = 0
+        self._host: Host | None = None
+
+    def attach(self, host: Host) -> None:
+        self._host = host
+
+    def place(self, request: ReplayRequest, tried: tuple[str, ...], now_s: float) -> Placement:
+        refusal = self.refusal(request, tried)
+        if refusal is not None:
+            return refusal
+        if self.waiting:
+            self._dispatch_waiting(now_s)  # those ahead first, should a slot be free
+        endpoint = self._with_room(self.pool(request, tried, now_s))
+        if endpoint is not None:
+            return self.send(endpoint)
+        if len(self.waiting) >= self._settings.queue_max_requests:
+            return Placement(None, rejection="queue_full")
+        self._entries += 1
+        self.waiting[request.index] = (request, tried, self._entries)
+        self._host.at(now_s + self._max_wait_s[request.sla_class], self._expire, request.index, self._entries)
+        return HELD
+
+    def _with_room(self, pool: tuple[str, ...]) -> str | None:
+        for e in pool:
+            if self.in_flight[e] < self.limit[e]:
+                return e
+        return None
+
+    def _full(self) -> bool:
+        return all(self.in_flight[e] >= n for e, n in self.limit.items())
+
+    def finished(self, request: ReplayRequest, substrate: str, dispatched_s: float, first_token_s: float,
+                 output_tokens: int, now_s: float) -> None:
+        super().finished(request, substrate, dispatched_s, first_token_s, output_tokens, now_s)
+        self._dispatch_waiting(now_s)
+
+    def failed(self, request: ReplayRequest, substrate: str, failure: Failure, retry_after_s: float | None,
+               now_s: float) -> None:
+        super().failed(request, substrate, failure, retry_after_s, now_s)
+        self._dispatch_waiting(now_s)
+
+    def _dispatch_waiting(self, now_s: float) -> None:
+        """Waiting requests in queue order, each to the first endpoint of its list with room."""
+        if not self.waiting or self._full():
+            return
+        for index, (request, tried, _) in list(self.waiting.items()):
+            endpoint = self._with_room(self.pool(request, tried, now_s))
+            if endpoint is None:
+                continue
+            del self.waiting[index]
+            self._host.resume(request, self.send(endpoint), now_s)
+            if self._full():
+                return
+
+    def _expire(self, now_s: float, index: int, entry_number: int) -> None:
+        entry = self.waiting.get(index)
+        if entry is None or entry[2] != entry_number:
+            return  # dispatched meanwhile (or waiting again after a later failure)
+        del self.waiting[index]
+        self._host.resume(entry[0], Placement(None, rejection="queue_timeout"), now_s)
+
+
 def baseline(name: str, built: BuiltConfig, settings: BaselineSection) -> _Gateway:
-    classes = {c.name: c for c in (RoundRobin, LeastOutstanding, OrderedFallback, CheapestFirst)}
+    classes = {c.name: c for c in (RoundRobin, LeastOutstanding, OrderedFallback, CheapestFirst, FifoQueue)}
     if name not in classes:
         raise ValueError(f"unknown baseline `{name}`; baselines: {', '.join(BASELINES)}")
     return classes[name](built, settings)

@@ -15,7 +15,7 @@ every tenant at an equal share in its default SLA class, no faults) or a scenari
         - {name: eu-bank, share: 0.3, sla_classes: {interactive: 0.7, batch: 0.3}}
         - {name: global-app, share: 0.7}
     simulation: {jitter_ratio: 0.1, physics: {gpu-fra: {decode_tokens_per_s: 40}}}
-    baselines: {first_byte_timeout_s: 10, ejection_s: 30, consecutive_errors: 3}
+    baselines: {first_byte_timeout_s: 10, ejection_s: 30, consecutive_errors: 3, queue_max_requests: 1024}
     events:
       - {kind: outage, substrate: gpu-fra, at_s: 900, for_s: 120}
       - {kind: failure_rate, substrate: groq-us, at_s: 0, for_s: 600, value: 0.2}
@@ -121,6 +121,9 @@ class BaselineSection(_Strict):
     consecutive_errors: Annotated[int, Field(ge=1)] = Field(
         default=3, description="Consecutive 5xx/timeouts that eject an endpoint (a 429 ejects it until "
         "its Retry-After at once).")
+    queue_max_requests: Annotated[int, Field(ge=1)] = Field(
+        default=1024, description="Requests the queueing gateway (fifo_queue) holds at most; then it refuses "
+        "(`queue_full`). A request waits at most its SLA class's first-token deadline.")
 
 
 class EventKind(str, enum.Enum):

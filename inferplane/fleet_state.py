@@ -97,6 +97,11 @@ class PublishedSnapshot:
     policy_hash: str
     signals: tuple[SubstrateSignals, ...]
     tenant_spend_usd: dict[str, float] = field(default_factory=dict)
+    tenant_in_flight: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Tenant -> substrate -> in flight, summed over live ingress replicas (only those that report
+    it: replicas of a config where some tenant has quotas)."""
+    reclaiming: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Substrate class -> tenant -> slots its waiting requests reclaim, summed over replicas."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,8 @@ class IngressReport:
     snapshot_version: int | None
     snapshot_age_s: float | None
     zone: str | None
+    tenant_in_flight: dict[str, dict[str, int]] | None = None
+    reclaiming: dict[str, dict[str, int]] | None = None
 
 
 class FleetState:
@@ -140,11 +147,15 @@ class FleetState:
     # -- reports ------------------------------------------------------------------------------
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
                        *, snapshot_version: int | None = None, snapshot_age_s: float | None = None,
-                       zone: str | None = None) -> None:
+                       zone: str | None = None, tenant_in_flight: dict[str, dict[str, int]] | None = None,
+                       reclaiming: dict[str, dict[str, int]] | None = None) -> None:
+        """``tenant_in_flight`` (tenant -> substrate -> count) and ``reclaiming`` (class -> tenant ->
+        slots) come from replicas of a config with quotas (``plane.shares``)."""
         replicas = self._replicas
         counts = dict(in_flight) if replicas.keys() >= in_flight.keys() else \
             {k: v for k, v in in_flight.items() if k in replicas}
-        self._ingress[ingress_id] = IngressReport(now_s, counts, snapshot_version, snapshot_age_s, zone)
+        self._ingress[ingress_id] = IngressReport(now_s, counts, snapshot_version, snapshot_age_s, zone,
+                                                  tenant_in_flight or None, reclaiming or None)
         if now_s < self._oldest_report_s:
             self._oldest_report_s = now_s
         for o in outcomes:
@@ -228,6 +239,8 @@ class FleetState:
                 policy_hash=self._policy_hash,
                 signals=tuple([signals(d, now_s, totals, oldest_ingress) for d in self._derived]),
                 tenant_spend_usd=self.tenant_spend(now_s) if self._spend else {},
+                tenant_in_flight=_nested_sum(r.tenant_in_flight for r in self._ingress.values()),
+                reclaiming=_nested_sum(r.reclaiming for r in self._ingress.values()),
             )
             self._dirty = False
         return self._published
@@ -341,6 +354,18 @@ class FleetState:
                 "tenant_spend_usd": snap.tenant_spend_usd,
                 "policy_hash": self._policy_hash, "staleness_bound_s": self._bound,
                 "substrates": substrates, "ingress": ingress}
+
+
+def _nested_sum(parts) -> dict[str, dict[str, int]]:
+    """The sum of ``{a: {b: n}}`` mappings (None ones skipped)."""
+    out: dict[str, dict[str, int]] = {}
+    for part in parts:
+        if part:
+            for a, inner in part.items():
+                row = out.setdefault(a, {})
+                for b, n in inner.items():
+                    row[b] = row.get(b, 0) + n
+    return out
 
 
 def period_key(period: str, now_s: float) -> str:

@@ -326,11 +326,12 @@ def snapshot(built: BuiltConfig, by_name: Mapping[str, SubstrateSignals] | None 
 def request(*, request_id: str = "req-1", tenant: str = TENANT, model: str = MODEL, sla_class: str = SLA,
             input_tokens: int = 1000, max_output_tokens: int = 200, now: float = NOW,
             ingress_region: str | None = None, ingress_zone: str | None = None,
-            exclude: Iterable[str] = (), attempt: int = 1) -> PlacementRequest:
+            exclude: Iterable[str] = (), attempt: int = 1,
+            closed: tuple[tuple[str, str], ...] = ()) -> PlacementRequest:
     return PlacementRequest(request_id=request_id, tenant=tenant, model=model, sla_class=sla_class,
                             input_tokens=input_tokens, max_output_tokens=max_output_tokens,
                             arrived_at_s=now, ingress_region=ingress_region, ingress_zone=ingress_zone,
-                            exclude=frozenset(exclude), attempt=attempt)
+                            exclude=frozenset(exclude), attempt=attempt, closed=closed)
 
 
 def context(built: BuiltConfig, req: PlacementRequest | None = None) -> PlacementContext:

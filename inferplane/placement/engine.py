@@ -89,8 +89,9 @@ def evaluate(ctx: PlacementContext, spec: SubstrateSpec, signals: SubstrateSigna
 def _unfit_to_specification(rows: Sequence[ScoringRow], needed: int, windows: tuple[int, ...],
                             names: tuple[str, ...], exclude: frozenset[str]) -> list[ScoringRow]:
     """``rows`` with ``NEVER`` for the substrates whose context window is too small for ``needed``
-    tokens or that the request excludes: the specification evaluates (and rejects) them, so that
-    the loop in ``place`` need not ask."""
+    tokens or that the request excludes (a retry's failed substrates, or those its tenant's quotas
+    close): the specification evaluates (and rejects) them, so that the loop in ``place`` need not
+    ask."""
     return [NEVER if needed > window or name in exclude else row for row, window, name in zip(rows, windows, names)]
 
 
@@ -295,6 +296,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         n_in, n_out = request.input_tokens, request.max_output_tokens
         needed = n_in + n_out
         exclude = request.exclude
+        if request.closed:  # the tenant's quotas close these: the specification rejects them
+            exclude = exclude | {name for name, _ in request.closed}
         if needed > t.min_window or exclude:
             rows = _unfit_to_specification(rows, needed, t.windows, rp.names, exclude)
         # The token counts as floats: an int times a float converts the int exactly as float()

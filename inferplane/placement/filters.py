@@ -34,6 +34,7 @@ class RejectionCode(str, enum.Enum):
     UNHEALTHY = "unhealthy"
     STALE_SIGNALS = "stale_signals"
     CAPACITY = "capacity"
+    TENANT_QUOTA = "tenant_quota"
     RATE_LIMITED = "rate_limited"
     EXTERNAL_SIGNAL = "external_signal"
     OVER_BUDGET = "over_budget"
@@ -199,6 +200,19 @@ class Admission:
         return Rejection(self.code, "at capacity", f"{in_flight + queued:.0f} in flight+queued >= {limit}")
 
 
+class TenantQuotaOpen:
+    """Rejects a substrate the tenant's quotas close to this request (``request.closed``, worked out
+    by the ingress replica from every replica's counts: see ``plane.shares``)."""
+
+    code = RejectionCode.TENANT_QUOTA
+
+    def check(self, ctx, spec, signals):
+        for name, reason in ctx.request.closed:
+            if name == spec.name:
+                return Rejection(self.code, reason, reason)
+        return None
+
+
 class RateLimitHeadroom:
     """Rejects when the API's reported remaining requests or tokens cannot take this request.
 
@@ -318,6 +332,7 @@ DYNAMIC_FILTERS: tuple[Filter, ...] = (
     Healthy(),
     SignalsFresh(),
     Admission(),
+    TenantQuotaOpen(),
     RateLimitHeadroom(),
     ExternalSignals(),
     WithinBudget(),

@@ -25,6 +25,10 @@ class PlacementRequest:
     ingress_zone: str | None = None
     exclude: frozenset[str] = frozenset()
     attempt: int = 1
+    closed: tuple[tuple[str, str], ...] = ()
+    """(substrate, reason) closed to this request by the tenant's quotas (``plane.shares``): its cap
+    reached on the substrate's class, or the class's free slots held for a tenant reclaiming its
+    guaranteed quota. Worked out by the ingress replica for each placement."""
 
     @property
     def total_tokens(self) -> int:

@@ -21,7 +21,7 @@ The rules, stated once:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from inferplane.fleet_state import Outcome
 from inferplane.placement import PlacementDecision, PlacementRequest
@@ -98,6 +98,14 @@ class AttemptLoop:
         """The first placement, at the request's arrival."""
         return self._place(self._request.arrived_at_s)
 
+    def place_again(self, now_s: float) -> Dispatch | Refusal:
+        """Place the request again at ``now_s`` (a held request, when capacity may have freed):
+        signal ages are judged from then."""
+        if self._current is not None:
+            raise RuntimeError("an attempt is in flight")
+        self._request = replace(self._request, arrived_at_s=now_s)
+        return self._place(now_s)
+
     def failed(self, failure: FirstByteFailure, now_s: float) -> Dispatch | Refusal:
         """The current attempt failed before its first byte at ``now_s``: the next step."""
         attempt = self._end()
@@ -136,5 +144,5 @@ class AttemptLoop:
         self.decision, self.snapshot_age_s = decision, age
         if not decision.placed:
             return refusal_of(decision)
-        self._current = Dispatch(decision, self._state.lease(decision.substrate), now_s)
+        self._current = Dispatch(decision, self._state.lease(decision.substrate, request.tenant), now_s)
         return self._current

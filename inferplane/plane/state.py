@@ -13,6 +13,12 @@ placing on it, and three things keep that honest:
   requests accumulate here and go to the authority with the next sync (``take_report``); a sync
   that fails puts them back (``restore``), so none is lost.
 
+When a tenant has quotas (``tenants[].quotas``), each placement also gets the substrates they
+close to it (``PlacementRequest.closed``, see ``plane.shares``), from every replica's per-tenant
+counts in the snapshot with this replica's own since, and the slots other tenants' waiting
+requests reclaim. A listener (the replica's hold queue, ``listen``) is told whenever capacity may
+have freed: a lease released, a snapshot adopted.
+
 Thread-safety: the request path (``place``, ``lease``, ``report_outcome``, ``add_spend``) and a
 sync thread (``take_report``, ``publish``) may run concurrently; one lock guards the counts and
 the pending report. Ray-free: the Serve ingress and the replay's plane router both run this class,
@@ -25,10 +31,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from inferplane.fleet_state import Outcome, PublishedSnapshot
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementDecision, PlacementPolicy, PlacementRequest, place
+from inferplane.plane.shares import closed_substrates, quota_classes
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,10 @@ class SyncReport:
     spend_usd: dict[str, float]
     snapshot_version: int | None
     snapshot_age_s: float | None
+    tenant_in_flight: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Tenant -> substrate -> dispatches in flight (kept only when some tenant has quotas)."""
+    reclaiming: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Substrate class -> tenant -> slots its waiting requests reclaim (``plane.queue``)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -58,6 +69,7 @@ class Lease:
 
     substrate: str
     _state: ReplicaState = field(repr=False)
+    tenant: str | None = None
     released: bool = False
 
     def release(self) -> None:
@@ -85,6 +97,16 @@ class ReplicaState:
         self._view: FleetSnapshot | None = None
         self._outcomes: list[Outcome] = []
         self._spend: Counter[str] = Counter()
+        # Quotas: per (tenant, substrate) dispatches of this replica, what it last reported of them,
+        # and every replica's totals and reclaims as the last snapshot said.
+        self._quota_classes = quota_classes(policy)
+        self._class_of = {s.name: s.substrate_class for s in fleet.substrates}
+        self._tenant_in_flight: Counter[tuple[str, str]] = Counter()
+        self._tenant_reported: dict[str, dict[str, int]] = {}
+        self._tenant_published: dict[str, dict[str, int]] = {}
+        self._reclaiming_published: dict[str, dict[str, int]] = {}
+        self._reclaiming: Callable[[], dict[str, dict[str, int]]] | None = None
+        self._listener: Callable[[], None] | None = None
 
     # -- the request path -----------------------------------------------------------------------
     @property
@@ -129,6 +151,10 @@ class ReplicaState:
         view = self.view(request.arrived_at_s)
         if isinstance(view, Unavailable):
             return view, None
+        if self._quota_classes:
+            closed = self.closed_for(request.tenant, view)
+            if closed != request.closed:
+                request = replace(request, closed=closed)
         if self._observe is None:
             return place(request, view, self.policy), request.arrived_at_s - view.taken_at_s
         t0 = self._timer()
@@ -136,12 +162,15 @@ class ReplicaState:
         self._observe(decision, self._timer() - t0)
         return decision, request.arrived_at_s - view.taken_at_s
 
-    def lease(self, substrate: str) -> Lease:
-        """Count a dispatch to ``substrate`` in this replica's view until the lease is released."""
+    def lease(self, substrate: str, tenant: str | None = None) -> Lease:
+        """Count a dispatch to ``substrate`` (for ``tenant``) in this replica's view until the lease
+        is released."""
         with self._lock:
             self._in_flight[substrate] += 1
+            if self._quota_classes and tenant is not None:
+                self._tenant_in_flight[(tenant, substrate)] += 1
             self._view = None
-        return Lease(substrate, self)
+        return Lease(substrate, self, tenant)
 
     def _release(self, lease: Lease) -> None:
         with self._lock:
@@ -149,7 +178,44 @@ class ReplicaState:
                 return
             lease.released = True
             self._in_flight[lease.substrate] -= 1
+            if self._quota_classes and lease.tenant is not None:
+                self._tenant_in_flight[(lease.tenant, lease.substrate)] -= 1
             self._view = None
+        if self._listener is not None:
+            self._listener()
+
+    # -- quotas and the hold queue ---------------------------------------------------------------
+    def listen(self, listener: Callable[[], None], reclaiming: Callable[[], dict[str, dict[str, int]]]) -> None:
+        """``listener()`` is called whenever capacity may have freed (a lease released, a snapshot
+        adopted); ``reclaiming()`` says what this replica's waiting requests reclaim (sent with
+        each sync)."""
+        self._listener = listener
+        self._reclaiming = reclaiming
+
+    def tenant_usage(self, tenant: str) -> dict[str, int]:
+        """Substrate class -> slots ``tenant`` holds there across every replica: the snapshot's
+        counts with this replica's own reported ones replaced by its current ones."""
+        if not self._quota_classes:
+            return {}
+        classes = self._class_of
+        usage: Counter[str] = Counter()
+        for name, n in self._tenant_published.get(tenant, {}).items():
+            usage[classes[name]] += n
+        for name, n in self._tenant_reported.get(tenant, {}).items():
+            usage[classes[name]] -= n
+        with self._lock:
+            for (t, name), n in self._tenant_in_flight.items():
+                if t == tenant and n:
+                    usage[classes[name]] += n
+        return {c: max(0, n) for c, n in usage.items()}
+
+    def closed_for(self, tenant: str, view: FleetSnapshot) -> tuple[tuple[str, str], ...]:
+        """The substrates ``tenant``'s quotas close to its next placement on ``view``."""
+        policy = self.policy.tenants.get(tenant)
+        if policy is None:
+            return ()
+        return closed_substrates(policy, self.fleet, view, self.tenant_usage(tenant), self._reclaiming_published,
+                                 self.policy.signal_staleness_bound_s)
 
     def in_flight(self) -> dict[str, int]:
         """This replica's dispatches not yet released, by substrate (zeros included)."""
@@ -173,9 +239,14 @@ class ReplicaState:
             outcomes, self._outcomes = self._outcomes, []
             spend, self._spend = dict(self._spend), Counter()
             in_flight = dict(self._in_flight)
+            tenants: dict[str, dict[str, int]] = {}
+            for (tenant, name), n in self._tenant_in_flight.items():
+                if n:
+                    tenants.setdefault(tenant, {})[name] = n
         snap = self._pending or self._snapshot
         return SyncReport(in_flight, outcomes, spend, None if snap is None else snap.version,
-                          None if snap is None else now_s - snap.taken_at_s)
+                          None if snap is None else now_s - snap.taken_at_s, tenants,
+                          self._reclaiming() if self._reclaiming is not None else {})
 
     def restore(self, report: SyncReport) -> None:
         """A sync that did not reach the authority: its outcomes and spend go with the next one."""
@@ -192,4 +263,10 @@ class ReplicaState:
             self._pending = published
             self._reported = report.in_flight
             self._view = None
+            if self._quota_classes:
+                self._tenant_published = published.tenant_in_flight
+                self._tenant_reported = report.tenant_in_flight
+                self._reclaiming_published = published.reclaiming
+        if self._listener is not None:
+            self._listener()
         return True

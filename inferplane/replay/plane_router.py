@@ -13,7 +13,11 @@ Nothing of the plane is restated here; this module only wires it to the simulato
   bound;
 - every request runs the ingress's ``AttemptLoop``: placed, dispatched under a lease, re-placed at
   the time of a failure before its first byte, answered 400 (not retried, not held against the
-  substrate) when the substrate refuses it as invalid.
+  substrate) when the substrate refuses it as invalid;
+- a first placement that only a wait could change goes to the replica's ``HoldQueue`` (priority,
+  fair shares, deadlines), held in the simulator (``router.HELD``) until the queue dispatches or
+  refuses it: pumped when the replica's state says capacity may have freed, expired at its
+  give-up time, as the ingress does on its event loop.
 
 Requests go to the ingress replicas in turn (``request.index % replicas``).
 """
@@ -28,9 +32,10 @@ from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, SubstrateReport
 from inferplane.health import settings_from_policy
 from inferplane.placement import PlacementRequest
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
+from inferplane.plane.queue import HoldQueue, Waiter
 from inferplane.plane.state import ReplicaState
 from inferplane.replay.attempt import Failure
-from inferplane.replay.router import Periodic, Placement
+from inferplane.replay.router import HELD, Host, Periodic, Placement
 from inferplane.replay.workload import ReplayRequest
 from inferplane.telemetry.cost import request_cost
 
@@ -56,6 +61,41 @@ class PlaneRouter:
         n = replica_counts(cfg.ingress.replicas).serving_at_start
         self._replicas = tuple(ReplicaState(built.fleet, built.policy) for _ in range(n))
         self._open: dict[int, tuple[AttemptLoop, Dispatch | Refusal]] = {}  # request index -> loop, last step
+        self._host: Host | None = None
+        self._queues: tuple[HoldQueue, ...] = ()
+        self._held: dict[Waiter, ReplayRequest] = {}
+        self._pump_due = [False] * n
+
+    def attach(self, host: Host) -> None:
+        self._host = host
+        self._queues = tuple(
+            HoldQueue(replica, notify=lambda i=i: self._schedule_pump(i), resolved=self._resolved)
+            for i, replica in enumerate(self._replicas))
+
+    def _schedule_pump(self, i: int) -> None:
+        if not self._pump_due[i]:
+            self._pump_due[i] = True
+            self._host.at(self._host.now_s, self._pump, i)
+
+    def _pump(self, now: float, i: int) -> None:
+        self._pump_due[i] = False
+        self._queues[i].pump(now)
+
+    def _expire(self, now: float, waiter: Waiter, i: int) -> None:
+        again = self._queues[i].expire(waiter, now)
+        if again is not None:
+            self._host.at(again, self._expire, waiter, i)
+
+    def _resolved(self, waiter: Waiter) -> None:
+        request = self._held.pop(waiter)
+        step = waiter.outcome
+        if isinstance(step, Refusal):
+            self._open.pop(request.index, None)
+            placement = Placement(None, rejection=step.code, decision=step.decision)
+        else:
+            self._open[request.index] = (waiter.loop, step)
+            placement = Placement(step.substrate, spillover_logged=step.decision.spillover, decision=step.decision)
+        self._host.resume(request, placement, waiter.resolved_s)
 
     # -- periodic: heartbeats and syncs -------------------------------------------------------
     def periodic(self) -> tuple[Periodic, ...]:
@@ -83,7 +123,8 @@ class PlaneRouter:
             report = replica.take_report(now)
             self._state.report_ingress(replica_id, report.in_flight, report.outcomes, now,
                                        snapshot_version=report.snapshot_version,
-                                       snapshot_age_s=report.snapshot_age_s, zone=self._zone)
+                                       snapshot_age_s=report.snapshot_age_s, zone=self._zone,
+                                       tenant_in_flight=report.tenant_in_flight, reclaiming=report.reclaiming)
             if report.spend_usd:
                 self._state.add_spend(report.spend_usd, now)
             if now - self._start_s >= ACTOR_WARMUP_S:
@@ -95,12 +136,19 @@ class PlaneRouter:
         if tried:  # ``failed`` ran the loop's next step when the failure was reported
             loop, step = self._open[request.index]
         else:
-            loop = AttemptLoop(self._replicas[request.index % len(self._replicas)], PlacementRequest(
+            i = request.index % len(self._replicas)
+            loop = AttemptLoop(self._replicas[i], PlacementRequest(
                 request_id=request.request_id, tenant=request.tenant, model=request.model,
                 sla_class=request.sla_class, input_tokens=request.input_tokens,
                 max_output_tokens=request.max_tokens, arrived_at_s=now_s,
                 ingress_region=self._region, ingress_zone=self._zone))
             step = loop.start()
+            if self._queues:
+                step = self._queues[i].submit(loop, step, now_s)
+                if isinstance(step, Waiter):
+                    self._held[step] = request
+                    self._host.at(step.give_up_s, self._expire, step, i)
+                    return HELD
         if isinstance(step, Refusal):
             self._open.pop(request.index, None)
             return Placement(None, rejection=step.code, decision=step.decision)

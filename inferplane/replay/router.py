@@ -44,6 +44,10 @@ HELD = Placement(None, held=True)
 class Host(Protocol):
     """What the simulator offers a router that holds requests."""
 
+    @property
+    def now_s(self) -> float:
+        """The simulated time now."""
+
     def at(self, t: float, fn: Callable[..., None], *args) -> None:
         """Run ``fn(t, *args)`` at simulated time ``t`` (not before now)."""
 

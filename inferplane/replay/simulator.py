@@ -175,6 +175,10 @@ class Simulator:
         self._place(now, state)
 
     # -- the host of a router that holds requests (``router.Host``) ------------------------------
+    @property
+    def now_s(self) -> float:
+        return self.queue.now
+
     def at(self, t: float, fn: Callable[..., None], *args) -> None:
         self.queue.at(t, fn, *args)
 

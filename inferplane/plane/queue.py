@@ -1,0 +1,365 @@
+"""The hold queue of one ingress replica: a request no eligible substrate can take now waits here.
+
+A placement refused because every substrate that could take the request is full (``capacity``),
+out of rate-limit headroom (``rate_limited``) or closed by the tenant's quotas (``tenant_quota``)
+is *held*, not refused, while its SLA class's first-token deadline can still be met, and placed
+again as soon as capacity may have freed. Any other refusal (jurisdiction, context window,
+unhealthy, over budget, ...) is answered at once: waiting cannot change it.
+
+**When it is placed.** Event-driven: the replica's state tells the queue when capacity may have
+freed (one of its leases released, a new snapshot adopted: ``ReplicaState.listen``), the queue
+asks its host to run ``pump(now)`` soon (the ingress's event loop, or the simulator), and the pump
+places waiting requests in order until the ones left are all blocked. Nothing polls.
+
+**Order** (the Kubernetes API Priority and Fairness idea, with tokens as the work unit):
+
+1. a request whose tenant is *reclaiming* its guaranteed slots (it holds fewer slots of a class its
+   candidates include than its quota guarantees, ``plane.shares``): lent slots go back to it first;
+2. then the highest SLA-class ``priority``;
+3. then, among tenants, the lowest virtual token counter: tokens dispatched for the tenant divided
+   by its ``share`` (``input + output_token_weight * max_output`` per request: the work it asked
+   for; a long prompt counts for more), lifted when a tenant starts waiting to the least counter of
+   the tenants already waiting, so idle time banks no credit (VTC, Sheng et al., OSDI'24);
+4. then earliest deadline first (within a tenant, model and class, that is arrival order).
+
+Requests of one (tenant, model, SLA class) wait in one FIFO, and the pump only ever tries each
+FIFO's head: when a head is blocked, the rest of its FIFO, which has the same candidates, is
+skipped for this pump. A pump costs a placement per FIFO that moves or blocks, never one per
+waiting request.
+
+**When it is refused.** A waiting request gives up at ``deadline - idle first-token time`` (its
+arrival plus its class's first-token deadline, minus the best first-token time any blocked
+candidate would give it once a slot frees: after that no wait can meet the deadline) and is
+answered 429 ``capacity``; a request whose deadline is already out of reach is refused at once. A
+request reclaiming a guaranteed quota does not give up while it reclaims: the slots it waits for
+are its own and are coming back. The queue holds at most ``policy.queue.max_waiting``; when full,
+a new request sheds the lowest-priority waiting one (latest deadline first) if it outranks it or
+reclaims its tenant's guarantee (a reclaiming waiter is never shed), and is refused (429
+``queue_full``) otherwise. Every refusal's ``Retry-After`` comes from the queue:
+the requests waiting ahead over the rate the queue has drained at in the last
+``DRAIN_WINDOW_S``.
+
+Ray-free and clock-free (times are passed in). Not thread-safe: the host runs ``submit``, ``pump``,
+``expire`` and ``cancel`` on one thread (the ingress's event loop); ``reclaiming()`` may be read
+from the sync thread (it returns a dict built whole by the loop's thread).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from inferplane.placement import PlacementRequest
+from inferplane.placement.filters import RejectionCode
+from inferplane.plane.attempts import AttemptLoop, Dispatch, Refusal
+from inferplane.plane.state import ReplicaState
+
+HOLDABLE = frozenset({RejectionCode.CAPACITY, RejectionCode.RATE_LIMITED, RejectionCode.TENANT_QUOTA})
+"""Rejections a wait can end: a slot frees, headroom returns, a tenant's own requests finish."""
+DRAIN_WINDOW_S = 30.0
+"""The window over which the queue's drain rate (for ``Retry-After``) is measured."""
+RETRY_AFTER_IDLE_S = 5.0
+"""``Retry-After`` when the queue has not drained in the window."""
+RETRY_AFTER_MAX_S = 60.0
+QUEUE_FULL = "queue_full"
+SHED = "shed"
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """One held request. ``outcome`` is set once: the ``Dispatch`` it got, or the ``Refusal``."""
+
+    loop: AttemptLoop
+    tenant: str
+    group: tuple[str, str, str]
+    priority: int
+    deadline_s: float
+    """Its arrival plus its class's first-token deadline."""
+    give_up_s: float
+    """After this no dispatch can meet the deadline (ignored while it reclaims a quota)."""
+    enqueued_s: float
+    seq: int
+    tokens: float
+    """What its dispatch adds to its tenant's virtual token counter."""
+    reclaim_classes: frozenset[str]
+    """Classes among its blocked candidates' where its tenant is guaranteed slots."""
+    outcome: Dispatch | Refusal | None = None
+    resolved_s: float | None = None
+
+    @property
+    def waited_s(self) -> float:
+        """Time held, until resolved (0 while still waiting)."""
+        return 0.0 if self.resolved_s is None else self.resolved_s - self.enqueued_s
+
+
+def holdable(step: Dispatch | Refusal) -> bool:
+    """Whether a wait could turn this refusal into a dispatch."""
+    if not isinstance(step, Refusal) or step.decision is None or step.decision.substrate is not None:
+        return False
+    return any(c.code in HOLDABLE for c in step.decision.candidates)
+
+
+class HoldQueue:
+    """The hold queue of one replica's ``ReplicaState``. ``notify()`` asks the host to run
+    ``pump`` soon (it may be called from another thread); ``resolved(waiter)`` is told of every
+    waiter that leaves the queue with an outcome (dispatched, refused, shed), by ``pump``,
+    ``submit`` (shed) or ``expire``."""
+
+    def __init__(self, state: ReplicaState, *, notify: Callable[[], None],
+                 resolved: Callable[[Waiter], None]) -> None:
+        self._state = state
+        self._policy = state.policy
+        self._settings = state.policy.queue
+        self._notify = notify
+        self._resolved = resolved
+        self._groups: dict[tuple[str, str, str], deque[Waiter]] = {}
+        self._count = 0
+        self._seq = 0
+        self._vtc: dict[str, float] = {}
+        self._drained: deque[float] = deque()
+        self._changed = False
+        self._quotas = {name: t.quotas for name, t in self._policy.tenants.items() if t.quotas}
+        self._reclaim_report: dict[str, dict[str, int]] = {}
+        state.listen(self._on_change, self.reclaiming)
+
+    # -- what the host calls --------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def submit(self, loop: AttemptLoop, step: Dispatch | Refusal, now_s: float) -> Dispatch | Refusal | Waiter:
+        """The first step of ``loop`` (``loop.start()``): a dispatch passes (and is counted for its
+        tenant), a refusal a wait cannot end is answered, and one it can end is held (a ``Waiter``,
+        resolved later through ``resolved``) or refused when no wait can meet the deadline or the
+        queue is full."""
+        request = loop.request
+        if isinstance(step, Dispatch):
+            self._charge(request)
+            return step
+        if not self._settings.hold or not holdable(step):
+            return step
+        sla = self._policy.sla_classes[step.decision.sla_class]
+        deadline = request.arrived_at_s + sla.ttft_deadline_s
+        idle, classes = self._blocked_candidates(step, request)
+        give_up = deadline - idle
+        reclaim = self._reclaim_classes(request.tenant, classes)
+        reclaiming = bool(reclaim) and self._reclaiming_now(request.tenant, reclaim, None)
+        if give_up <= now_s and not reclaiming:
+            return self._refusal(step, RejectionCode.CAPACITY.value,
+                                 f"{step.message}; no wait can meet the {sla.ttft_deadline_s:g}s first-token deadline",
+                                 now_s)
+        if self._count >= self._settings.max_waiting:
+            victim = self._lowest()  # never one reclaiming its tenant's guarantee
+            if victim is None or (victim.priority >= sla.priority and not reclaiming):
+                return self._refusal(step, QUEUE_FULL, f"{step.message}; the hold queue is full "
+                                     f"({self._count} waiting at priority {sla.priority} or higher)", now_s)
+            self._remove(victim)
+            self._resolve(victim, Refusal(429, SHED, "shed from the full hold queue by a higher-priority request",
+                                          None, victim.loop.decision), now_s)
+        self._seq += 1
+        key = (request.tenant, step.decision.model, sla.name)
+        waiter = Waiter(loop, request.tenant, key, sla.priority, deadline, give_up, now_s, self._seq,
+                        self._cost(request), reclaim)
+        if request.tenant not in self._waiting_tenants():
+            self._lift(request.tenant)
+        self._groups.setdefault(key, deque()).append(waiter)
+        self._count += 1
+        self._report_reclaims()
+        return waiter
+
+    def pump(self, now_s: float) -> None:
+        """Place waiting requests in order until every one left is blocked."""
+        self._changed = False
+        if not self._count:
+            return
+        blocked: set[tuple[str, str, str]] = set()
+        usage: dict[str, dict[str, int]] = {}
+        while True:
+            best = best_key = None
+            for key, fifo in self._groups.items():
+                if key in blocked or not fifo:
+                    continue
+                w = fifo[0]
+                order = (0 if w.reclaim_classes and self._reclaiming_now(w.tenant, w.reclaim_classes, usage) else 1,
+                         -w.priority, self._counter(w.tenant), w.deadline_s, w.seq)
+                if best_key is None or order < best_key:
+                    best, best_key = w, order
+            if best is None:
+                break
+            w = best
+            reclaiming = best_key[0] == 0
+            if now_s >= w.give_up_s and not reclaiming:
+                self._pop(w)
+                self._resolve(w, self._expired(w), now_s)
+                continue
+            step = w.loop.place_again(now_s)
+            if isinstance(step, Dispatch):
+                self._pop(w)
+                self._charge(w.loop.request)
+                self._drained.append(now_s)
+                usage.pop(w.tenant, None)
+                self._resolve(w, step, now_s)
+            elif holdable(step):
+                blocked.add(w.group)
+            else:
+                self._pop(w)
+                self._resolve(w, step, now_s)
+        self._report_reclaims()
+
+    def expire(self, waiter: Waiter, now_s: float) -> float | None:
+        """The host's timer for ``waiter`` fired: refuse it if it is still waiting past its give-up
+        time (None: resolved, now or before); otherwise the time to check again."""
+        if waiter.outcome is not None:
+            return None
+        if now_s < waiter.give_up_s:
+            return waiter.give_up_s
+        if waiter.reclaim_classes and self._reclaiming_now(waiter.tenant, waiter.reclaim_classes, None):
+            return now_s + 1.0  # its slots are coming back; look again in a second
+        self._remove(waiter)
+        self._resolve(waiter, self._expired(waiter), now_s)
+        return None
+
+    def cancel(self, waiter: Waiter) -> None:
+        """The client left: the waiter leaves the queue without an outcome."""
+        if waiter.outcome is None and self._remove(waiter):
+            self._report_reclaims()
+
+    def retry_after_s(self, now_s: float) -> float:
+        """Seconds until the queue, at the rate it drained in the last ``DRAIN_WINDOW_S``, would
+        have served the requests waiting now and one more."""
+        drained = self._drained
+        while drained and drained[0] < now_s - DRAIN_WINDOW_S:
+            drained.popleft()
+        if not drained:
+            return RETRY_AFTER_IDLE_S
+        rate = len(drained) / DRAIN_WINDOW_S
+        return min(RETRY_AFTER_MAX_S, max(1.0, math.ceil((self._count + 1) / rate)))
+
+    def reclaiming(self) -> dict[str, dict[str, int]]:
+        """Substrate class -> tenant -> slots this replica's waiting requests reclaim now (sent to
+        the authority with each sync; ``plane.shares``)."""
+        return self._reclaim_report
+
+    # -- internals ------------------------------------------------------------------------------
+    def _on_change(self) -> None:
+        if self._count and not self._changed:
+            self._changed = True
+            self._notify()
+
+    def _cost(self, request: PlacementRequest) -> float:
+        return request.input_tokens + self._settings.output_token_weight * request.max_output_tokens
+
+    def _charge(self, request: PlacementRequest) -> None:
+        share = self._policy.tenants[request.tenant].share
+        self._vtc[request.tenant] = self._vtc.get(request.tenant, 0.0) + self._cost(request) / share
+
+    def _counter(self, tenant: str) -> float:
+        return self._vtc.get(tenant, 0.0)
+
+    def _waiting_tenants(self) -> set[str]:
+        return {key[0] for key, fifo in self._groups.items() if fifo}
+
+    def _lift(self, tenant: str) -> None:
+        waiting = self._waiting_tenants()
+        if waiting:
+            floor = min(self._counter(t) for t in waiting)
+            if self._counter(tenant) < floor:
+                self._vtc[tenant] = floor
+
+    def _blocked_candidates(self, step: Refusal, request: PlacementRequest) -> tuple[float, frozenset[str]]:
+        """The best first-token time a blocked candidate gives once free (network, base and
+        prefill), and the classes of the blocked candidates."""
+        fleet = self._state.fleet
+        best = math.inf
+        classes = set()
+        for c in step.decision.candidates:
+            if c.code not in HOLDABLE:
+                continue
+            spec = fleet.substrate(c.name)
+            lat = spec.latency
+            best = min(best, lat.network_rtt_s + lat.base_ttft_s + request.input_tokens / lat.prefill_tokens_per_s)
+            classes.add(spec.substrate_class)
+        return best, frozenset(classes)
+
+    def _reclaim_classes(self, tenant: str, classes: frozenset[str]) -> frozenset[str]:
+        quotas = self._quotas.get(tenant)
+        if not quotas:
+            return frozenset()
+        return frozenset(c for c, guaranteed, _ in quotas if guaranteed and c in classes)
+
+    def _reclaiming_now(self, tenant: str, classes: frozenset[str], usage: dict | None) -> bool:
+        """Whether ``tenant`` holds fewer slots than guaranteed on one of ``classes``."""
+        held = None if usage is None else usage.get(tenant)
+        if held is None:
+            held = self._state.tenant_usage(tenant)
+            if usage is not None:
+                usage[tenant] = held
+        return any(held.get(c, 0) < guaranteed for c, guaranteed, _ in self._quotas[tenant] if c in classes)
+
+    def _report_reclaims(self) -> None:
+        if not self._quotas:
+            return
+        wanted: dict[tuple[str, str], int] = {}
+        for fifo in self._groups.values():
+            for w in fifo:
+                for c in w.reclaim_classes:
+                    wanted[(c, w.tenant)] = wanted.get((c, w.tenant), 0) + 1
+        report: dict[str, dict[str, int]] = {}
+        usage: dict[str, dict[str, int]] = {}
+        for (c, tenant), n in wanted.items():
+            held = usage.get(tenant)
+            if held is None:
+                held = usage[tenant] = self._state.tenant_usage(tenant)
+            guaranteed = next(g for cls, g, _ in self._quotas[tenant] if cls == c)
+            deficit = guaranteed - held.get(c, 0)
+            if deficit > 0:
+                report.setdefault(c, {})[tenant] = min(n, deficit)
+        self._reclaim_report = report
+
+    def _lowest(self) -> Waiter | None:
+        """The waiter a request may shed: lowest priority, latest deadline, not reclaiming."""
+        lowest = None
+        usage: dict[str, dict[str, int]] = {}
+        for fifo in self._groups.values():
+            for w in fifo:
+                if w.reclaim_classes and self._reclaiming_now(w.tenant, w.reclaim_classes, usage):
+                    continue
+                if lowest is None or (w.priority, -w.deadline_s) < (lowest.priority, -lowest.deadline_s):
+                    lowest = w
+        return lowest
+
+    def _pop(self, waiter: Waiter) -> None:
+        fifo = self._groups[waiter.group]
+        fifo.popleft()
+        self._count -= 1
+        if not fifo:
+            del self._groups[waiter.group]
+
+    def _remove(self, waiter: Waiter) -> bool:
+        fifo = self._groups.get(waiter.group)
+        if fifo is None or waiter not in fifo:
+            return False
+        fifo.remove(waiter)
+        self._count -= 1
+        if not fifo:
+            del self._groups[waiter.group]
+        return True
+
+    def _resolve(self, waiter: Waiter, outcome: Dispatch | Refusal, now_s: float) -> None:
+        waiter.outcome, waiter.resolved_s = outcome, now_s
+        if isinstance(outcome, Refusal) and outcome.status == 429:
+            outcome = waiter.outcome = Refusal(outcome.status, outcome.code, outcome.message,
+                                               self.retry_after_s(now_s), outcome.decision)
+        self._resolved(waiter)
+
+    def _expired(self, waiter: Waiter) -> Refusal:
+        decision = waiter.loop.decision
+        waited = waiter.give_up_s - waiter.enqueued_s
+        return Refusal(429, RejectionCode.CAPACITY.value,
+                       f"no slot freed within {max(0.0, waited):.2f}s, in time for the first-token deadline "
+                       f"({decision.rejection_message if decision is not None and decision.rejection_message else 'at capacity'})",
+                       None, decision)
+
+    def _refusal(self, step: Refusal, code: str, message: str, now_s: float) -> Refusal:
+        return Refusal(429, code, message, self.retry_after_s(now_s), step.decision)

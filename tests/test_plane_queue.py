@@ -1,0 +1,355 @@
+"""The hold queue and tenants' quotas on the plane core: no Ray, no clock (times are passed in)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from inferplane.fleet_state import FleetState, PublishedSnapshot
+from inferplane.placement import place
+from inferplane.plane.attempts import AttemptLoop, Dispatch, Refusal
+from inferplane.plane.queue import HoldQueue, Waiter
+from inferplane.plane.state import ReplicaState
+from tests.builders import NOW, build_doc, fleet, request, signals, substrate
+from tests.strategies import Scenario, scenarios
+from tests.test_engine_equivalence import assert_same, reference
+
+INTERACTIVE, BATCH = "interactive", "batch"
+
+
+def _built(*, slots: int = 2, tenants=("a", "b"), shares=None, quotas=None, queue=None, us_pool: bool = False):
+    """One DE pool ``p`` (gpu_cluster, ``slots`` slots; with ``us_pool`` also ``u`` in the US);
+    tenants allowed in the EU, each with both classes: interactive (1.5 s, priority 80) and batch
+    (45 s, priority 20)."""
+    subs = [substrate("p").cls("gpu_cluster").jurisdiction("DE").capacity(slots)]
+    if us_pool:
+        subs.append(substrate("u").cls("gpu_cluster").jurisdiction("US").capacity(slots))
+    b = fleet(*subs).model("m", primary="p")
+    b.sla(INTERACTIVE, ttft_ms=1500, e2e_ms=20_000).sla(BATCH, ttft_ms=45_000, e2e_ms=120_000)
+    for t in tenants:
+        b.tenant(t, allowed=("EU",), sla=INTERACTIVE, allowed_sla=(INTERACTIVE, BATCH))
+    doc = b.doc()
+    for c in doc["sla_classes"]:
+        c["priority"] = 80 if c["name"] == INTERACTIVE else 20
+    for t in doc["tenants"]:
+        if shares and t["name"] in shares:
+            t["share"] = shares[t["name"]]
+        if quotas and t["name"] in quotas:
+            t["quotas"] = quotas[t["name"]]
+    if queue:
+        doc["policy"]["queue"] = queue
+    return build_doc(doc)
+
+
+def _published(built, version=1, at=NOW, in_flight=None, **extra) -> PublishedSnapshot:
+    in_flight = in_flight or {}
+    sigs = tuple(signals(in_flight=in_flight.get(s.name, 0.0), now=at) for s in built.fleet.substrates)
+    return PublishedSnapshot(version, at, built.policy.policy_hash, sigs, **extra)
+
+
+class Host:
+    """What the ingress or the simulator does for a queue: counts notifications, keeps outcomes."""
+
+    def __init__(self, built, state: ReplicaState | None = None) -> None:
+        self.state = state or ReplicaState(built.fleet, built.policy)
+        self.notified = 0
+        self.resolved: list[Waiter] = []
+        self.queue = HoldQueue(self.state, notify=self._notify, resolved=self.resolved.append)
+
+    def _notify(self) -> None:
+        self.notified += 1
+
+    def publish(self, built, **published) -> None:
+        report = self.state.take_report(NOW)
+        assert self.state.publish(_published(built, **published), report)
+
+    def submit(self, tenant="a", sla=INTERACTIVE, now=NOW, rid=None, tokens=1000):
+        loop = AttemptLoop(self.state, request(request_id=rid or f"{tenant}-{now}-{sla}", tenant=tenant, model="m",
+                                               sla_class=sla, now=now, input_tokens=tokens, max_output_tokens=100))
+        return self.queue.submit(loop, loop.start(), now)
+
+
+def _host(built, **published) -> Host:
+    host = Host(built)
+    host.publish(built, **published)
+    return host
+
+
+def _release(step: Dispatch) -> None:
+    step.lease.release()
+
+
+def test_a_full_pool_holds_the_request_and_serves_it_when_a_slot_frees():
+    built = _built()
+    host = _host(built)
+    first = [host.submit(rid=f"r{i}") for i in range(2)]
+    assert all(isinstance(s, Dispatch) for s in first)
+    held = host.submit(rid="r2")
+    assert isinstance(held, Waiter) and len(host.queue) == 1
+    assert host.notified == 0
+    host.queue.pump(NOW + 0.1)  # nothing freed: it stays
+    assert held.outcome is None and not host.resolved
+    _release(first[0])
+    assert host.notified == 1  # the release asked for a pump; nothing polls
+    host.queue.pump(NOW + 0.3)
+    assert host.resolved == [held]
+    assert isinstance(held.outcome, Dispatch) and held.outcome.substrate == "p"
+    assert abs(held.waited_s - 0.3) < 1e-9 and len(host.queue) == 0
+
+
+def test_higher_priority_overtakes_then_earliest_deadline_first():
+    built = _built()
+    host = _host(built)
+    running = [host.submit(rid=f"r{i}") for i in range(2)]
+    b1 = host.submit(sla=BATCH, now=NOW, rid="b1")
+    b2 = host.submit(sla=BATCH, now=NOW + 0.05, rid="b2")
+    i1 = host.submit(sla=INTERACTIVE, now=NOW + 0.1, rid="i1")
+    assert all(isinstance(w, Waiter) for w in (b1, b2, i1))
+    order = []
+    for k, lease in enumerate(running):
+        _release(lease)
+        host.queue.pump(NOW + 0.2 + k * 0.01)
+        order += [w.loop.request.request_id for w in host.resolved[len(order):]]
+    assert order == ["i1", "b1"]
+    _release(host.resolved[0].outcome)
+    host.queue.pump(NOW + 0.5)
+    assert [w.loop.request.request_id for w in host.resolved] == ["i1", "b1", "b2"]
+
+
+def test_contending_tenants_are_served_by_their_shares_in_tokens():
+    built = _built(tenants=("a", "b", "c"), shares={"a": 1.0, "b": 3.0})
+    host = _host(built)
+    running = [host.submit(tenant="c", rid=f"c{i}") for i in range(2)]
+    for i in range(10):
+        assert isinstance(host.submit(tenant="a", sla=BATCH, now=NOW + 0.001 * i, rid=f"a{i}"), Waiter)
+        assert isinstance(host.submit(tenant="b", sla=BATCH, now=NOW + 0.001 * i, rid=f"b{i}"), Waiter)
+    served = []
+    slot = running[0]
+    for k in range(8):
+        _release(slot)
+        host.queue.pump(NOW + 0.1 + 0.01 * k)
+        w = host.resolved[-1]
+        served.append(w.tenant)
+        slot = w.outcome
+    assert served.count("b") == 6 and served.count("a") == 2, served
+
+
+def test_a_long_prompt_counts_for_more_than_a_short_one():
+    built = _built(tenants=("a", "b", "c"))
+    host = _host(built)
+    running = [host.submit(tenant="c", rid=f"c{i}") for i in range(2)]
+    for i in range(6):
+        host.submit(tenant="a", sla=BATCH, now=NOW + 0.001 * i, rid=f"a{i}", tokens=8000)
+        host.submit(tenant="b", sla=BATCH, now=NOW + 0.001 * i, rid=f"b{i}", tokens=1000)
+    slot = running[0]
+    for k in range(6):
+        _release(slot)
+        host.queue.pump(NOW + 0.1 + 0.01 * k)
+        slot = host.resolved[-1].outcome
+    # a's first request (earliest) costs 8,200 tokens: b's 1,200-token requests catch up first.
+    assert [w.tenant for w in host.resolved] == ["a", "b", "b", "b", "b", "b"]
+
+
+def test_a_request_gives_up_when_no_wait_can_meet_its_deadline():
+    built = _built()
+    host = _host(built)
+    for i in range(2):
+        host.submit(rid=f"r{i}")
+    held = host.submit(rid="late")
+    assert isinstance(held, Waiter)
+    # 1.5 s deadline minus the pool's idle first token (100 ms base + 1,000 tokens at 10,000/s).
+    assert abs(held.give_up_s - (NOW + 1.5 - 0.2)) < 1e-9
+    assert host.queue.expire(held, NOW + 0.5) == held.give_up_s  # too early: look again then
+    assert host.queue.expire(held, held.give_up_s) is None
+    assert isinstance(held.outcome, Refusal)
+    assert (held.outcome.status, held.outcome.code) == (429, "capacity")
+    assert "no slot freed within 1.30s" in held.outcome.message
+    assert held.outcome.retry_after_s >= 1.0 and len(host.queue) == 0
+    # One that arrives too late to wait at all is refused at once.
+    loop = AttemptLoop(host.state, request(request_id="old", tenant="a", model="m", now=NOW))
+    step = host.queue.submit(loop, loop.start(), NOW + 1.4)
+    assert isinstance(step, Refusal) and "no wait can meet the 1.5s first-token deadline" in step.message
+
+
+def test_refusals_a_wait_cannot_change_are_answered_at_once():
+    built = _built(us_pool=True)
+    host = _host(built)
+    # Tenant us-only may run only in the US, where ``m``'s spillover is closed: 403 at once.
+    doc = built.config.model_dump(mode="json", by_alias=True)
+    doc["tenants"].append({"name": "us-only", "api_keys_sha256": ["f" * 64], "allowed_jurisdictions": ["US"],
+                           "default_sla_class": INTERACTIVE})
+    doc["models"][0]["spillover_substrates"] = []
+    built2 = build_doc(doc)
+    host2 = _host(built2)
+    step = host2.submit(tenant="us-only")
+    assert isinstance(step, Refusal) and step.status == 403 and len(host2.queue) == 0
+    assert host.queue is not host2.queue
+
+
+def test_hold_can_be_switched_off():
+    built = _built(queue={"hold": False})
+    host = _host(built)
+    for i in range(2):
+        host.submit(rid=f"r{i}")
+    step = host.submit(rid="r2")
+    assert isinstance(step, Refusal) and (step.status, step.code) == (429, "capacity")
+
+
+def test_a_full_queue_sheds_the_lowest_priority_first():
+    built = _built(queue={"max_waiting_requests": 2})
+    host = _host(built)
+    for i in range(2):
+        host.submit(rid=f"r{i}")
+    b1 = host.submit(sla=BATCH, now=NOW, rid="b1")
+    b2 = host.submit(sla=BATCH, now=NOW + 0.01, rid="b2")
+    i1 = host.submit(sla=INTERACTIVE, now=NOW + 0.02, rid="i1")
+    assert isinstance(i1, Waiter)
+    assert host.resolved == [b2]  # the latest deadline of the lowest priority
+    assert (b2.outcome.status, b2.outcome.code) == (429, "shed") and b2.outcome.retry_after_s >= 1.0
+    b3 = host.submit(sla=BATCH, now=NOW + 0.03, rid="b3")
+    assert isinstance(b3, Refusal) and b3.code == "queue_full" and len(host.queue) == 2
+    assert b1.outcome is None
+
+
+def test_a_cancelled_waiter_leaves_without_an_outcome():
+    built = _built()
+    host = _host(built)
+    running = [host.submit(rid=f"r{i}") for i in range(2)]
+    gone = host.submit(rid="gone")
+    stays = host.submit(rid="stays", now=NOW + 0.01)
+    host.queue.cancel(gone)
+    _release(running[0])
+    host.queue.pump(NOW + 0.1)
+    assert host.resolved == [stays] and gone.outcome is None
+
+
+def test_a_tenant_at_its_cap_waits_for_its_own_requests():
+    built = _built(slots=4, quotas={"a": [{"substrate_class": "gpu_cluster", "max_slots": 1}]})
+    host = _host(built)
+    first = host.submit(tenant="a", sla=BATCH, rid="a0")
+    assert isinstance(first, Dispatch)
+    capped = host.submit(tenant="a", sla=BATCH, rid="a1")
+    assert isinstance(capped, Waiter)
+    assert capped.loop.decision.rejection_code.value == "tenant_quota"
+    assert "tenant at its cap of 1 gpu_cluster slots" in capped.loop.decision.rejection_message
+    assert isinstance(host.submit(tenant="b", rid="b0"), Dispatch)  # others are not capped
+    _release(first)
+    host.queue.pump(NOW + 0.1)
+    assert host.resolved == [capped] and isinstance(capped.outcome, Dispatch)
+
+
+def test_a_reclaiming_tenant_goes_first_and_does_not_give_up():
+    built = _built(quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 1}]})
+    host = _host(built)
+    borrowed = [host.submit(tenant="b", rid=f"b{i}") for i in range(2)]  # a is idle: its slot is lent
+    b_waits = host.submit(tenant="b", sla=INTERACTIVE, now=NOW, rid="b-waits")
+    a_waits = host.submit(tenant="a", sla=BATCH, now=NOW + 0.01, rid="a-reclaims")
+    assert isinstance(a_waits, Waiter) and a_waits.reclaim_classes == {"gpu_cluster"}
+    assert host.queue.reclaiming() == {"gpu_cluster": {"a": 1}}
+    # Past its give-up time it keeps waiting: the slot it is guaranteed is coming back.
+    assert host.queue.expire(a_waits, a_waits.give_up_s + 100) is not None and a_waits.outcome is None
+    _release(borrowed[0])
+    host.queue.pump(NOW + 0.1)
+    # Batch from the reclaiming tenant before b's interactive request.
+    assert host.resolved[0] is a_waits and isinstance(a_waits.outcome, Dispatch)
+    assert host.queue.reclaiming() == {}
+
+
+def test_a_reclaim_on_one_replica_holds_the_slot_against_borrowers_on_another():
+    built = _built(quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 1}]})
+    authority = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s)
+    one, two = Host(built), Host(built)
+
+    def sync(host: Host, iid: str, now: float) -> None:
+        report = host.state.take_report(now)
+        authority.report_ingress(iid, report.in_flight, report.outcomes, now,
+                                 tenant_in_flight=report.tenant_in_flight, reclaiming=report.reclaiming)
+        host.state.publish(authority.snapshot(now), report)
+
+    authority.report_substrate("p", "r0", _report(0), NOW)
+    sync(one, "one", NOW)
+    sync(two, "two", NOW)
+    borrowed = [two.submit(tenant="b", rid=f"b{i}") for i in range(2)]
+    assert all(isinstance(s, Dispatch) for s in borrowed)
+    sync(two, "two", NOW + 0.1)
+    sync(one, "one", NOW + 0.1)
+    a_waits = one.submit(tenant="a", sla=BATCH, now=NOW + 0.15, rid="a")
+    assert isinstance(a_waits, Waiter)
+    sync(one, "one", NOW + 0.2)
+    sync(two, "two", NOW + 0.2)
+    _release(borrowed[0])  # a slot frees on replica two, which holds no reclaim itself
+    step = two.submit(tenant="b", now=NOW + 0.25, rid="b-again")
+    assert isinstance(step, Waiter)
+    assert step.loop.decision.rejection_code.value == "tenant_quota"
+    assert "held for tenants reclaiming their guaranteed quota" in step.loop.decision.rejection_message
+
+
+def _report(in_flight: int):
+    from inferplane.fleet_state import SubstrateReport
+
+    return SubstrateReport(in_flight=in_flight)
+
+
+@given(scenarios(), st.data())
+def test_closed_substrates_are_rejected_by_the_specification_and_the_arithmetic_alike(sc: Scenario, data):
+    names = [s.name for s in sc.built.fleet.substrates]
+    closed = data.draw(st.lists(st.sampled_from(names), unique=True), label="closed")
+    request = dataclasses.replace(sc.request, closed=tuple((n, f"closed {n}") for n in closed))
+    sc = Scenario(sc.built, sc.snapshot, request)
+    assert_same(place(request, sc.snapshot, sc.built.policy), reference(sc, sc.snapshot))
+
+
+_ARRIVE = st.tuples(st.just("arrive"), st.sampled_from(["a", "b", "c"]), st.sampled_from([INTERACTIVE, BATCH]))
+_OPS = st.lists(st.one_of(
+    _ARRIVE, _ARRIVE, _ARRIVE,
+    st.tuples(st.just("finish"), st.integers(0, 50)),
+    st.tuples(st.just("tick"), st.floats(0.01, 3.0)),
+), min_size=1, max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+@example([("arrive", "b", INTERACTIVE)] * 3 + [("arrive", "a", INTERACTIVE), ("tick", 2.0)])
+@example([("arrive", "b", INTERACTIVE)] * 7 + [("arrive", "a", BATCH), ("tick", 0.5), ("finish", 0)])
+def test_waiting_never_crosses_policy_and_a_guaranteed_tenant_is_never_refused_for_capacity(ops):
+    """Tenants a (EU only, guaranteed 2 of the 6 gpu_cluster slots: 3 in DE, 3 in the US), b and c
+    (EU only): whatever the order of arrivals, finishes and time, nothing is dispatched to the US
+    for them, and a's requests are never refused for capacity (nor shed, nor turned away by a full
+    queue) while a holds fewer than its 2 slots."""
+    built = _built(slots=3, tenants=("a", "b", "c"), us_pool=True,
+                   quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 2}]},
+                   queue={"max_waiting_requests": 4})
+    host = _host(built)
+    now = NOW
+    running: list[Dispatch] = []
+    answered: list[tuple[str, Dispatch | Refusal, int]] = []  # tenant, answer, a's slots when answered
+
+    def a_slots() -> int:
+        return host.state.tenant_usage("a").get("gpu_cluster", 0)
+
+    host.queue._resolved = lambda w: answered.append((w.tenant, w.outcome, a_slots()))
+    seen = 0
+    for k, op in enumerate(ops):
+        if op[0] == "arrive":
+            held_by_a = a_slots()
+            step = host.submit(tenant=op[1], sla=op[2], now=now, rid=f"{op[1]}-{k}")
+            if not isinstance(step, Waiter):
+                answered.append((op[1], step, held_by_a))
+        elif op[0] == "finish" and running:
+            _release(running.pop(op[1] % len(running)))
+        elif op[0] == "tick":
+            now += op[1]
+            host.publish(built, at=now)
+            for fifo in list(host.queue._groups.values()):
+                for waiter in list(fifo):
+                    host.queue.expire(waiter, now)
+        host.queue.pump(now)
+        running += [o for _, o, _ in answered[seen:] if isinstance(o, Dispatch)]
+        seen = len(answered)
+    for tenant, outcome, held_by_a in answered:
+        if isinstance(outcome, Dispatch):
+            assert outcome.substrate == "p", outcome
+        elif tenant == "a" and held_by_a < 2:
+            assert outcome.code not in ("capacity", "queue_full", "shed", "tenant_quota"), outcome

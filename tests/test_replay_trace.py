@@ -20,11 +20,13 @@ from inferplane.replay.trace import (
     parse_azure_timestamp,
 )
 from inferplane.replay.workload import (
+    Burst,
     MaxTokens,
     TenantShare,
     WorkloadError,
     WorkloadSpec,
     build_workload,
+    drop_tenants,
     parse_tenants,
     unit_draw,
 )
@@ -198,3 +200,73 @@ def test_tenant_spec_parsing_and_errors():
         build_workload(_rows(3), WorkloadSpec("m", (TenantShare("nobody", 1.0),)), _policy())
     with pytest.raises(WorkloadError, match="rate scale"):
         WorkloadSpec("m", (TenantShare("eu", 1.0),), rate_scale=0)
+
+
+# -- bursts: one tenant sends a multiple of its own rate for a while ------------------------------------
+
+
+def _key(r):
+    return (r.request_id, r.trace_index, r.copy, r.arrival_s, r.tenant, r.sla_class, r.input_tokens,
+            r.output_tokens, r.max_tokens)
+
+
+def test_a_burst_adds_only_the_bursting_tenants_copies_inside_its_window():
+    mix = (("interactive", 0.5), ("batch", 0.5))
+    quiet = WorkloadSpec("m", (TenantShare("eu", 0.3, mix), TenantShare("world", 0.7)), seed=5)
+    noisy = WorkloadSpec("m", (TenantShare("eu", 0.3, mix, (Burst(200.0, 100.0, 4.0),)), TenantShare("world", 0.7)),
+                         seed=5)
+    policy = _policy()
+    base = build_workload(_rows(1000), quiet, policy)
+    burst = build_workload(_rows(1000), noisy, policy)
+    # Every request of the quiet workload is in the noisy one, unchanged; what is added is eu's.
+    originals = [r for r in burst if r.burst_copy == 0]
+    assert [_key(r) for r in originals] == [_key(r) for r in base]
+    extra = [r for r in burst if r.burst_copy > 0]
+    assert extra and {r.tenant for r in extra} == {"eu"}
+    # Rate multiplier 4: three copies of each eu request that arrives in [200, 300), none elsewhere.
+    in_window = [r for r in base if r.tenant == "eu" and 200.0 <= r.arrival_s < 300.0]
+    assert len(extra) == 3 * len(in_window)
+    assert {(r.trace_index, r.burst_copy) for r in extra} == {(r.trace_index, j) for r in in_window for j in (1, 2, 3)}
+    # Copies land between their row and the next one (rows are 1 s apart here), in arrival order.
+    assert all(r.trace_index <= r.arrival_s < r.trace_index + 1 for r in extra)
+    assert [r.index for r in burst] == list(range(len(burst)))
+    assert all(b.arrival_s >= a.arrival_s for a, b in zip(burst, burst[1:]))
+    assert len({r.request_id for r in burst}) == len(burst)
+    # Burst copies draw their class from the tenant's mix like any request of it.
+    assert 0.35 < sum(r.sla_class == "batch" for r in extra) / len(extra) < 0.65
+    assert build_workload(_rows(1000), noisy, policy) == burst  # seeded
+
+
+def test_a_fractional_burst_and_time_scale():
+    # x2.5 on world (70 % of 2,000 rows): 1.5 extra copies per request in the window on average.
+    # Windows are in scaled time: at time scale 0.5, [100, 300) s covers rows 200 to 599.
+    spec = WorkloadSpec("m", (TenantShare("eu", 0.3), TenantShare("world", 0.7, (), (Burst(100.0, 200.0, 2.5),))),
+                        seed=2, time_scale=0.5)
+    reqs = build_workload(_rows(2000), spec, _policy())
+    base = [r for r in reqs if r.burst_copy == 0 and r.tenant == "world" and 100.0 <= r.arrival_s < 300.0]
+    extra = [r for r in reqs if r.burst_copy > 0]
+    assert {r.trace_index for r in extra} <= set(range(200, 600))
+    assert len(extra) / len(base) == pytest.approx(1.5, abs=0.1)
+    assert all(r.burst_copy in (1, 2) for r in extra)
+
+
+def test_burst_errors_and_parsing_keeps_bursts():
+    with pytest.raises(WorkloadError, match="overlap"):
+        TenantShare("eu", 1.0, (), (Burst(0.0, 100.0, 2.0), Burst(50.0, 10.0, 2.0)))
+    with pytest.raises(WorkloadError, match="rate multiplier"):
+        Burst(0.0, 10.0, 0.5)
+    with pytest.raises(WorkloadError, match="lasts"):
+        Burst(0.0, 0.0, 2.0)
+    bursts = (Burst(10.0, 5.0, 3.0),)
+    assert parse_tenants("eu:0.5,world:0.5", (TenantShare("eu", 1.0, (), bursts),))[0].bursts == bursts
+
+
+def test_dropping_a_tenant_keeps_every_other_request():
+    spec = WorkloadSpec("m", (TenantShare("eu", 0.3), TenantShare("world", 0.7, (), (Burst(0.0, 50.0, 3.0),))),
+                        seed=4)
+    reqs = build_workload(_rows(300), spec, _policy())
+    without = drop_tenants(reqs, ["world"])
+    assert [_key(r) for r in without] == [_key(r) for r in reqs if r.tenant == "eu"]
+    assert [r.index for r in without] == list(range(len(without)))
+    with pytest.raises(WorkloadError, match="no request is left"):
+        drop_tenants(reqs, ["eu", "world"])

@@ -13,7 +13,8 @@ every tenant at an equal share in its default SLA class, no faults) or a scenari
       max_tokens: {rule: round_up, tokens: 256}
       tenants:
         - {name: eu-bank, share: 0.3, sla_classes: {interactive: 0.7, batch: 0.3}}
-        - {name: global-app, share: 0.7}
+        - {name: global-app, share: 0.7,
+           bursts: [{start_s: 600, duration_s: 300, rate_multiplier: 4}]}   # 4x its own rate
     simulation: {jitter_ratio: 0.1, physics: {gpu-fra: {decode_tokens_per_s: 40}}}
     baselines: {first_byte_timeout_s: 10, ejection_s: 30, consecutive_errors: 3, queue_max_requests: 1024}
     events:
@@ -21,8 +22,10 @@ every tenant at an equal share in its default SLA class, no faults) or a scenari
       - {kind: failure_rate, substrate: groq-us, at_s: 0, for_s: 600, value: 0.2}
       - {kind: slowdown, substrate: provider-us, at_s: 1200, for_s: 300, value: 2.0}
 
-Command-line options override ``trace`` and the tenant shares; events from the command line are
-added to the file's. Times are simulated seconds from the (scaled) trace's start.
+Command-line options override ``trace`` and the tenant shares (keeping each tenant's classes and
+bursts); events from the command line are added to the file's; ``--without-tenant`` drops a
+tenant's requests and keeps every other one. Times (events, bursts) are simulated seconds from the
+(scaled) trace's start.
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inferplane.config import BuiltConfig, ConfigError, ConfigProblem, build, load_config
 from inferplane.replay.trace import FORMATS
-from inferplane.replay.workload import MaxTokens, TenantShare, WorkloadSpec
+from inferplane.replay.workload import Burst, MaxTokens, TenantShare, WorkloadSpec
 
 SCENARIO_VERSION = 1
 
@@ -64,11 +67,33 @@ class MaxTokensSpec(_Strict):
         default=256, description="The quantum for round_up, the cap for fixed.")
 
 
+class BurstSpec(_Strict):
+    start_s: Annotated[float, Field(ge=0)] = Field(
+        description="Start, simulated seconds from the (scaled) trace's start.")
+    duration_s: Annotated[float, Field(gt=0)] = Field(description="How long the burst lasts, seconds.")
+    rate_multiplier: Annotated[float, Field(ge=1)] = Field(
+        description="The tenant's rate during the burst, as a multiple of its own (extra copies of its "
+        "requests, see inferplane.replay.workload).")
+
+
 class TenantMixEntry(_Strict):
     name: str = Field(description="A tenant of the config.")
-    share: Annotated[float, Field(ge=0)] = Field(description="Relative share of the trace's requests.")
+    share: Annotated[float, Field(ge=0)] = Field(
+        description="Relative share of the trace's requests (the traffic mix; the fair-share weight is the "
+        "config's `tenants[].share`).")
     sla_classes: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
         default=None, description="SLA class -> relative share; omit for the tenant's default class.")
+    bursts: list[BurstSpec] = Field(
+        default_factory=list, description="Windows in which the tenant sends a multiple of its own rate.")
+
+    @field_validator("bursts")
+    @classmethod
+    def _bursts_apart(cls, bursts: list[BurstSpec]) -> list[BurstSpec]:
+        spans = sorted((b.start_s, b.start_s + b.duration_s) for b in bursts)
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                raise ValueError(f"bursts overlap at {start:g} s; give each window once")
+        return bursts
 
 
 class WorkloadSection(_Strict):
@@ -226,7 +251,9 @@ def _resolve(path: Path, config_path: Path, built: BuiltConfig, spec: ScenarioFi
                         if route is None or t.allowed_models is None or route.name in t.allowed_models)
     else:
         tenants = tuple(
-            TenantShare(t.name, t.share, tuple((t.sla_classes or {}).items())) for t in spec.workload.tenants)
+            TenantShare(t.name, t.share, tuple((t.sla_classes or {}).items()),
+                        tuple(Burst(b.start_s, b.duration_s, b.rate_multiplier) for b in t.bursts))
+            for t in spec.workload.tenants)
         for i, t in enumerate(spec.workload.tenants):
             policy = built.policy.tenants.get(t.name)
             if policy is None:

@@ -28,13 +28,26 @@ Scaling (both are stated in every report):
                    X < 1 thins the trace by the same rule (a row survives when u("copy") < X).
 
 The offered load is rate_scale / time_scale times the trace's.
+
+Bursts (a noisy neighbour): a tenant may burst to ``rate_multiplier`` times its own rate while
+``start_s <= arrival < start_s + duration_s`` (simulated seconds from the scaled trace's start).
+Each of its requests arriving in the window gets extra copies, by the rate_scale rule on
+m = rate_multiplier - 1: floor(m) copies, plus one when u("burst") < frac(m); extra copy j >= 1
+arrives at the request's arrival + u("burst{j}/offset") * (gap to the next row, scaled), is the
+same tenant's, and draws its SLA class from u("burst{j}/sla"). Every other request (its tenant,
+class and arrival) is exactly what it would be without the burst, and only the bursting tenant's
+requests are added: its extra copies are ``burst_copy`` j >= 1, request id ``replay-{row}[.k]+b{j}``.
+
+``drop_tenants`` removes given tenants' requests and keeps every other one as it was (only the
+``index`` is renumbered): the same replay without a noisy neighbour.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from inferplane.placement.policy import PlacementPolicy
@@ -48,11 +61,47 @@ class WorkloadError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Burst:
+    """The tenant sends ``rate_multiplier`` times its own rate in [start_s, start_s + duration_s)."""
+
+    start_s: float
+    duration_s: float
+    rate_multiplier: float
+
+    def __post_init__(self) -> None:
+        if not (self.start_s >= 0 and math.isfinite(self.start_s)):
+            raise WorkloadError(f"a burst starts at a time >= 0, got {self.start_s}")
+        if not (self.duration_s > 0 and math.isfinite(self.duration_s)):
+            raise WorkloadError(f"a burst lasts > 0 s, got {self.duration_s}")
+        if not (self.rate_multiplier >= 1 and math.isfinite(self.rate_multiplier)):
+            raise WorkloadError(f"a burst's rate multiplier is >= 1, got {self.rate_multiplier}")
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+
+@dataclass(frozen=True, slots=True)
 class TenantShare:
     tenant: str
     share: float
+    """Relative share of the trace's requests (the traffic mix, not the config's fair-share weight)."""
     sla_mix: tuple[tuple[str, float], ...] = ()
     """(class, share) pairs; empty: every request in the tenant's default class."""
+    bursts: tuple[Burst, ...] = ()
+    """Windows in which the tenant sends more than its share of the trace (module docstring)."""
+
+    def __post_init__(self) -> None:
+        spans = sorted((b.start_s, b.end_s) for b in self.bursts)
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                raise WorkloadError(f"tenant `{self.tenant}`: bursts overlap at {start:g} s")
+
+    def burst_at(self, arrival_s: float) -> Burst | None:
+        for b in self.bursts:
+            if b.start_s <= arrival_s < b.end_s:
+                return b
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +167,15 @@ class ReplayRequest:
     """What the substrate generates."""
     max_tokens: int
     """What the client asks for (placement predicts with it)."""
+    burst_copy: int = 0
+    """0, or j >= 1: the j-th extra copy a tenant's burst made of (trace_index, copy)."""
 
 
 def parse_tenants(spec: str, base: tuple[TenantShare, ...] = ()) -> tuple[TenantShare, ...]:
-    """``eu-bank:0.3,global-app:0.7`` -> shares; a tenant's SLA mix is kept from ``base`` (the
-    scenario's) when it names the same tenant."""
+    """``eu-bank:0.3,global-app:0.7`` -> shares; a tenant's SLA mix and bursts are kept from
+    ``base`` (the scenario's) when it names the same tenant."""
     mixes = {t.tenant: t.sla_mix for t in base}
+    bursts = {t.tenant: t.bursts for t in base}
     out = []
     for part in spec.split(","):
         name, sep, share = part.strip().partition(":")
@@ -133,7 +185,7 @@ def parse_tenants(spec: str, base: tuple[TenantShare, ...] = ()) -> tuple[Tenant
             value = float(share)
         except ValueError:
             raise WorkloadError(f"--tenants: share `{share}` of {name} is not a number") from None
-        out.append(TenantShare(name, value, mixes.get(name, ())))
+        out.append(TenantShare(name, value, mixes.get(name, ()), bursts.get(name, ())))
     return tuple(out)
 
 
@@ -174,33 +226,55 @@ def build_workload(rows: tuple[TraceRow, ...], spec: WorkloadSpec, policy: Place
     """The requests of ``rows`` under ``spec``, in arrival order (see the module docstring)."""
     tenant_shares = tuple((t.tenant, t.share) for t in spec.tenants)
     mixes = {t.tenant: t.sla_mix for t in spec.tenants}
+    bursting = {t.tenant: t for t in spec.tenants if t.bursts}
     whole, frac = divmod(spec.rate_scale, 1.0)
     mean_gap = (rows[-1].arrival_s - rows[0].arrival_s) / max(1, len(rows) - 1)
-    drafts: list[tuple[float, int, int, TraceRow]] = []
+    drafts: list[tuple[float, int, int, int, str, TraceRow]] = []  # arrival, row, copy, burst copy, tenant
     for pos, row in enumerate(rows):
         copies = int(whole) + (1 if unit_draw(spec.seed, row.index, 0, "copy") < frac else 0)
         gap = rows[pos + 1].arrival_s - row.arrival_s if pos + 1 < len(rows) else mean_gap
         for k in range(copies):
             offset = 0.0 if k == 0 else unit_draw(spec.seed, row.index, k, "offset") * gap
-            drafts.append(((row.arrival_s + offset) * spec.time_scale, row.index, k, row))
-    drafts.sort(key=lambda d: (d[0], d[1], d[2]))
+            arrival = (row.arrival_s + offset) * spec.time_scale
+            tenant = row.tenant or _pick(tenant_shares, unit_draw(spec.seed, row.index, k, "tenant"))
+            drafts.append((arrival, row.index, k, 0, tenant, row))
+            burst = bursting[tenant].burst_at(arrival) if tenant in bursting else None
+            if burst is None:
+                continue
+            extra_whole, extra_frac = divmod(burst.rate_multiplier - 1.0, 1.0)
+            extra = int(extra_whole) + (1 if unit_draw(spec.seed, row.index, k, "burst") < extra_frac else 0)
+            for j in range(1, extra + 1):
+                late = unit_draw(spec.seed, row.index, k, f"burst{j}/offset") * gap * spec.time_scale
+                drafts.append((arrival + late, row.index, k, j, tenant, row))
+    drafts.sort(key=lambda d: d[:4])
 
     out: list[ReplayRequest] = []
-    for arrival, trace_index, k, row in drafts:
-        tenant = row.tenant or _pick(tenant_shares, unit_draw(spec.seed, trace_index, k, "tenant"))
+    for arrival, trace_index, k, j, tenant, row in drafts:
         tenant_policy = policy.tenants.get(tenant)
         if tenant_policy is None:
             raise WorkloadError(f"trace row {trace_index}: tenant `{tenant}` is not in the config")
         sla = row.sla_class
         if sla is None:
             mix = mixes.get(tenant, ())
-            sla = _pick(mix, unit_draw(spec.seed, trace_index, k, "sla")) if mix else tenant_policy.default_sla_class
+            purpose = "sla" if j == 0 else f"burst{j}/sla"
+            sla = _pick(mix, unit_draw(spec.seed, trace_index, k, purpose)) if mix else tenant_policy.default_sla_class
         max_tokens, output = spec.max_tokens.apply(row.output_tokens)
         out.append(ReplayRequest(
-            index=len(out), request_id=f"replay-{trace_index}" + (f".{k}" if k else ""),
+            index=len(out),
+            request_id=f"replay-{trace_index}" + (f".{k}" if k else "") + (f"+b{j}" if j else ""),
             trace_index=trace_index, copy=k, arrival_s=arrival, tenant=tenant, sla_class=sla,
             model=spec.model, input_tokens=row.input_tokens, output_tokens=output, max_tokens=max_tokens,
+            burst_copy=j,
         ))
     if not out:
         raise WorkloadError(f"rate scale {spec.rate_scale} left no request of {len(rows)} rows")
     return tuple(out)
+
+
+def drop_tenants(requests: tuple[ReplayRequest, ...], tenants: Iterable[str]) -> tuple[ReplayRequest, ...]:
+    """``requests`` without those of ``tenants``; every other request as it was, renumbered."""
+    gone = frozenset(tenants)
+    kept = tuple(replace(r, index=i) for i, r in enumerate(r for r in requests if r.tenant not in gone))
+    if not kept:
+        raise WorkloadError(f"without {', '.join(sorted(gone))} no request is left")
+    return kept

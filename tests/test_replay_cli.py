@@ -84,6 +84,22 @@ def test_one_router_json_on_stdout_with_cli_faults_and_tenants(capsys):
     assert run_["sovereignty_violations"] == 0
 
 
+def test_without_a_tenant_the_others_requests_are_replayed_as_they_were(capsys):
+    argv = ("replay", SCENARIO, "--trace", AZURE_CONV, "--limit", "300", "--router", "ordered_fallback", "--no-bound")
+    code, stdout, _ = run(capsys, *argv, "--json")
+    full = json.loads(stdout)["runs"][0]
+    code, stdout, err = run(capsys, *argv, "--without-tenant", "global-app", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(stdout)
+    (alone,) = report["runs"]
+    assert report["workload"]["without_tenants"] == ["global-app"]
+    assert set(alone["tenants"]) == {"eu-bank"}
+    assert alone["requests"] == full["tenants"]["eu-bank"]["requests"] == report["trace"]["requests"]
+    assert alone["tenants"]["eu-bank"]["tokens_offered"] == full["tenants"]["eu-bank"]["tokens_offered"]
+    code, stdout, _ = run(capsys, *argv, "--without-tenant", "global-app")
+    assert "without global-app: their requests dropped, every other request as in the full workload" in stdout
+
+
 def test_a_plain_config_and_a_mooncake_trace(capsys):
     code, stdout, err = run(capsys, "replay", FLEET, "--trace", MOONCAKE, "--limit", "150",
                             "--router", "inferplane,round_robin", "--json")
@@ -107,6 +123,8 @@ def test_a_plain_config_and_a_mooncake_trace(capsys):
         (["--outage", "gpu-fra:soon:10"], "numbers"),
         (["--slowdown", "nowhere:0:10:2"], "unknown substrate"),
         (["--router", "random"], "unknown router"),
+        (["--without-tenant", "nobody"], "not a tenant of the config"),
+        (["--without-tenant", "eu-bank", "--without-tenant", "global-app"], "no request is left"),
     ],
 )
 def test_errors_are_one_line(capsys, argv, message):

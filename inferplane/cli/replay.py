@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N trace rows")
     p.add_argument("--seed", type=int, help="seed of tenants, classes, copies and physics draws")
     p.add_argument("--tenants", help="tenant mix, e.g. eu-bank:0.3,global-app:0.7 (default: scenario's)")
+    p.add_argument("--without-tenant", action="append", default=[], metavar="NAME",
+                   help="drop this tenant's requests and keep every other request as it is, e.g. to "
+                   "compare the others with and without a noisy neighbour (repeatable)")
     p.add_argument("--outage", action="append", default=[], metavar="NAME:AT_S:FOR_S",
                    help="make a substrate unreachable (repeatable)")
     p.add_argument("--failure-rate", action="append", default=[], metavar="NAME:AT_S:FOR_S:RATE",
@@ -79,8 +82,12 @@ def render(report: dict) -> str:
         f"(time scale {trace['time_scale']:g}, rate scale {trace['rate_scale']:g}, "
         f"offered load x{trace['load_factor']:g} of the trace, {trace['offered_rps']:.2f} req/s)",
         f"scenario {report['scenario']} · policy {report['policy_hash']}",
-        "",
     ]
+    without = report["workload"].get("without_tenants")
+    if without:
+        lines.append(f"without {', '.join(without)}: their requests dropped, every other request as in the "
+                     "full workload")
+    lines.append("")
     classes = sorted({c for r in report["runs"] for c in r["sla_attainment_by_class"]})
     headers = ["router", "SLA %", *[f"{c} %" for c in classes], "ttft p50", "ttft p99", "e2e p50", "e2e p99",
                "cost USD", "spill", "unlogged", "violations", "x-region", "rejected", "of bound SLA", "of bound cost"]
@@ -164,7 +171,7 @@ def cmd(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         scenario=args.config, trace=args.trace, routers=parse_routers(args.router), format=args.format,
         time_scale=args.time_scale, rate_scale=args.rate_scale, limit=args.limit, seed=args.seed,
-        tenants=args.tenants, events=events, bound=not args.no_bound, window_s=args.window_s, progress=progress)
+        tenants=args.tenants, without_tenants=tuple(args.without_tenant), events=events, bound=not args.no_bound, window_s=args.window_s, progress=progress)
     if args.target:
         import os
 

@@ -23,7 +23,7 @@ from inferplane.replay.scenario import Event, Scenario, load_scenario
 from inferplane.replay.simulator import SimulationResult, Simulator
 from inferplane.replay.substrate_physics import physics_for
 from inferplane.replay.trace import load_trace
-from inferplane.replay.workload import ReplayRequest, build_workload, parse_tenants, validate_spec
+from inferplane.replay.workload import ReplayRequest, build_workload, drop_tenants, parse_tenants, validate_spec
 from substrate_adapters.physics import PhysicsModel
 
 PLANE = "inferplane"
@@ -41,6 +41,8 @@ class ReplayOptions:
     limit: int | None = None
     seed: int | None = None
     tenants: str | None = None
+    without_tenants: tuple[str, ...] = ()
+    """Tenants whose requests are dropped; every other request stays as in the full workload."""
     events: tuple[Event, ...] = ()
     bound: bool = True
     window_s: float = DEFAULT_WINDOW_S
@@ -94,6 +96,12 @@ def prepare(options: ReplayOptions) -> Prepared:
     rows = load_trace(options.trace, options.format or scenario.trace.format,
                       options.limit if options.limit is not None else scenario.trace.limit)
     requests = build_workload(rows, spec, built.policy)
+    if options.without_tenants:
+        unknown = [t for t in options.without_tenants if t not in built.policy.tenants]
+        if unknown:
+            raise ValueError(f"--without-tenant {', '.join(unknown)}: not a tenant of the config; tenants: "
+                             f"{', '.join(built.policy.tenants)}")
+        requests = drop_tenants(requests, options.without_tenants)
     sim = scenario.simulation
     physics = tuple(
         physics_for(s, i, jitter_ratio=sim.jitter_ratio, seed=spec.seed, override=sim.physics.get(s.name))
@@ -177,8 +185,11 @@ def _header(options: ReplayOptions, prepared: Prepared, span: float) -> dict:
         },
         "workload": {
             "model": spec.model, "seed": spec.seed,
-            "tenants": [{"name": t.tenant, "share": t.share, "sla_classes": dict(t.sla_mix) or "default"}
+            "tenants": [{"name": t.tenant, "share": t.share, "sla_classes": dict(t.sla_mix) or "default",
+                         "bursts": [{"start_s": b.start_s, "duration_s": b.duration_s,
+                                     "rate_multiplier": b.rate_multiplier} for b in t.bursts]}
                         for t in spec.tenants],
+            "without_tenants": list(options.without_tenants),
             "max_tokens": {"rule": spec.max_tokens.rule, "tokens": spec.max_tokens.tokens},
         },
         "events": [{"kind": e.kind.value, "substrate": e.substrate, "at_s": e.at_s, "for_s": e.for_s,

@@ -1,13 +1,23 @@
 """Noisy neighbours in the replay: the per-tenant report (tokens served against shares, Jain's
-index, goodput, time held) on hand-made outcomes whose answers are known."""
+index, goodput, time held) on hand-made outcomes whose answers are known; the noisy-neighbour
+scenario, and the same replay without its noisy tenant."""
 
 from __future__ import annotations
 
-import pytest
+from dataclasses import replace
+from pathlib import Path
 
+import pytest
+import yaml
+
+from inferplane.config import ConfigError
+from inferplane.jurisdiction import is_within
 from inferplane.replay.outcome import RequestOutcome
 from inferplane.replay.report import jain_index, run_report
+from inferplane.replay.runner import ReplayOptions, prepare, replay
+from inferplane.replay.scenario import load_scenario
 from inferplane.replay.simulator import SimulationResult
+from tests.builders import build_doc
 from tests.test_replay_simulator import req
 
 
@@ -81,3 +91,76 @@ def test_goodput_deadlines_met_ttft_and_time_held_per_tenant():
     bare = run_report(result_of(outcomes), 0.0)
     assert bare["tenants"]["a"]["tokens_served"] is None and bare["jain_fairness_over_shares"] is None
     assert bare["tenants"]["a"]["met_sla"] == 2
+
+
+# -- the noisy-neighbour scenario and the same replay without the noisy tenant --------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+NOISY = ROOT / "configs" / "scenarios" / "noisy-neighbour.yaml"
+AZURE_CONV = str(ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv")
+QUIET = ("eu-retail", "ch-bank")
+
+
+def test_the_scenario_is_what_its_header_says():
+    scenario = load_scenario(NOISY)
+    built = scenario.built
+    assert "policy" not in yaml.safe_load((NOISY.parent / "noisy-neighbour.fleet.yaml").read_text(encoding="utf-8"))
+    assert built.policy.policy_hash == build_doc({**built.config.model_dump(mode="json", by_alias=True,
+                                                                             exclude_unset=True)}).policy.policy_hash
+    tenants = {t.tenant: t for t in scenario.workload.tenants}
+    assert set(tenants) == {"global-app", *QUIET}
+    noisy = tenants["global-app"]
+    assert noisy.bursts and all(b.rate_multiplier >= 3 for b in noisy.bursts)
+    assert not tenants["eu-retail"].bursts and not tenants["ch-bank"].bursts
+    policy = built.policy
+    assert {c: s.priority for c, s in policy.sla_classes.items()} == {"interactive": 80, "batch": 20}
+    assert all(t.share > 0 for t in policy.tenants.values()) and len({t.share for t in policy.tenants.values()}) > 1
+    # The Swiss tenant may use one substrate, the smallest, which the global tenant may use too.
+    fleet = built.fleet
+    inside = {name: [s.name for s in fleet.substrates if is_within(s.countries, t.allowed_countries)]
+              for name, t in policy.tenants.items()}
+    assert inside["ch-bank"] == ["sovereign-zrh"] and "sovereign-zrh" in inside["global-app"]
+    assert fleet.substrate("sovereign-zrh").max_concurrent == min(s.max_concurrent for s in fleet.substrates)
+    # Quotas on the contended tiers: the GPU pools and the sovereign pool.
+    quotas = {q[0] for t in policy.tenants.values() for q in t.quotas}
+    assert quotas == {"gpu_cluster", "sovereign_onprem"}
+
+
+def test_overlapping_bursts_are_a_config_error_naming_the_place(tmp_path):
+    doc = yaml.safe_load(NOISY.read_text(encoding="utf-8"))
+    doc["config"] = str(NOISY.parent / doc["config"])
+    doc["workload"]["tenants"][0]["bursts"].append({"start_s": 1000, "duration_s": 60, "rate_multiplier": 2})
+    path = tmp_path / "overlap.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    (problem,) = err.value.problems
+    assert problem.loc == ("workload", "tenants", 0, "bursts") and "overlap at 1000 s" in problem.message
+
+
+def test_without_the_noisy_tenant_every_other_request_is_the_same():
+    options = ReplayOptions(scenario=str(NOISY), trace=AZURE_CONV, limit=6000, bound=False)
+    full = prepare(options).requests
+    quiet = prepare(replace(options, without_tenants=("global-app",))).requests
+    assert {r.tenant for r in quiet} == set(QUIET)
+    assert [replace(r, index=0) for r in quiet] == [replace(r, index=0) for r in full if r.tenant != "global-app"]
+    # The slice reaches into the first burst: global-app sends extra copies there, the others none.
+    assert any(r.burst_copy for r in full) and {r.tenant for r in full if r.burst_copy} == {"global-app"}
+    with pytest.raises(ValueError, match="not a tenant of the config"):
+        prepare(replace(options, without_tenants=("nobody",)))
+
+
+def quiet_attainment(report: dict) -> dict[str, float]:
+    return {t: report["runs"][0]["tenants"][t]["sla_attainment"] for t in QUIET}
+
+
+def test_the_noisy_tenant_hurts_the_quiet_ones_under_a_gateway_that_does_not_arbitrate():
+    # The first 7,000 rows (~1,270 s) include the first burst (900-1,200 s). A FIFO gateway serves
+    # whoever comes first: the quiet tenants meet fewer deadlines with the noisy one than without it.
+    options = ReplayOptions(scenario=str(NOISY), trace=AZURE_CONV, limit=7000, routers=("fifo_queue",), bound=False)
+    with_noisy, _ = replay(options)
+    without, _ = replay(replace(options, without_tenants=("global-app",)))
+    assert without["workload"]["without_tenants"] == ["global-app"]
+    assert set(without["runs"][0]["tenants"]) == set(QUIET)
+    hurt, alone = quiet_attainment(with_noisy), quiet_attainment(without)
+    assert hurt["eu-retail"] < alone["eu-retail"] - 0.01, (hurt, alone)

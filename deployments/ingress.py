@@ -40,6 +40,7 @@ from inferplane.placement import PlacementRequest
 from inferplane.placement.plan import models_for
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
 from inferplane.plane.ledger import CLIENT_DISCONNECTED, OpenRequest, RequestLedger
+from inferplane.plane.queue import HoldQueue, Waiter
 from inferplane.plane.state import ReplicaState
 from inferplane.telemetry.audit import AuditLog
 from inferplane.telemetry.journal import Journal, recover
@@ -116,7 +117,10 @@ class Ingress:
         self._id = f"ingress-{uuid.uuid4().hex[:8]}"
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
         self._metrics = MetricsOutbox(LabelVocabulary.of(fleet, policy))
-        self._state = ReplicaState(fleet, policy, observe=self._metrics.delta.record_decision)
+        self._state = ReplicaState(fleet, policy, observe=self._metrics.delta.record_decision, replica_id=self._id)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the request path's, known at the first request
+        self._waiting: dict[Waiter, asyncio.Future] = {}
+        self._queue = HoldQueue(self._state, notify=self._pump_soon, resolved=self._on_resolved)
         audit_dir = os.path.expanduser(cfg.telemetry.audit_dir)
         self._journal = Journal(audit_dir, self._id, fleet=fleet, policy=policy)
         self._audit = AuditLog(audit_dir, self._id, flush_interval_s=cfg.telemetry.audit_flush_interval_ms / 1000.0,
@@ -221,7 +225,7 @@ class Ingress:
             step, stream, first = await self._dispatch(api, body, req)
             if isinstance(step, Refusal):
                 raise _refusal_error(step)
-            headers = self._placement_headers(step)
+            headers = self._placement_headers(step, req.held_s)
             rid = ("chatcmpl-" if api == "chat" else "cmpl-") + req.request_id[4:]
             if req.streamed:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -272,9 +276,45 @@ class Ingress:
             return body.max_completion_tokens or body.max_tokens or self._default_max_tokens
         return body.max_tokens or self._default_max_tokens
 
+    # -- the hold queue (``plane.queue``): waits on the event loop, woken by the state -------------
+    def _pump_soon(self) -> None:
+        """Capacity may have freed (a lease released here, or a snapshot adopted by the sync thread):
+        pump the queue on the event loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._pump)
+
+    def _pump(self) -> None:
+        self._queue.pump(time.time())
+
+    def _on_resolved(self, waiter: Waiter) -> None:
+        fut = self._waiting.pop(waiter, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def _hold(self, waiter: Waiter, req: OpenRequest) -> Dispatch | Refusal:
+        """Wait until the queue dispatches or refuses ``waiter`` (its give-up time is checked by a
+        timer, not by polling); a client that leaves takes it out of the queue."""
+        fut = self._waiting[waiter] = self._loop.create_future()
+        check_at = waiter.give_up_s
+        try:
+            while not fut.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, check_at - time.time()))
+                except TimeoutError:
+                    again = self._queue.expire(waiter, time.time())
+                    if again is not None:
+                        check_at = again
+        except asyncio.CancelledError:
+            self._waiting.pop(waiter, None)
+            self._queue.cancel(waiter)
+            raise
+        req.held_s = waiter.waited_s
+        return waiter.outcome
+
     async def _dispatch(self, api: str, body, req: OpenRequest):
-        """Run the attempt loop until an attempt yields its first event or the request is refused.
-        Returns (the last step, the substrate's stream, its first event)."""
+        """Run the attempt loop until an attempt yields its first event or the request is refused;
+        a first placement only a wait can change waits in the hold queue. Returns (the last step,
+        the substrate's stream, its first event)."""
         max_tokens = self._max_tokens(api, body)
         loop = req.attempts = AttemptLoop(self._state, PlacementRequest(
             request_id=req.request_id, tenant=req.tenant, model=body.model, sla_class=req.sla_class,
@@ -282,7 +322,11 @@ class Ingress:
             arrived_at_s=time.time(),  # placed now: a sync may have landed during the parse
             ingress_region=self._region, ingress_zone=self._zone))
         payload = self._payload(api, body, max_tokens, req.request_id)
-        step = loop.start()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        step = self._queue.submit(loop, loop.start(), time.time())
+        if isinstance(step, Waiter):
+            step = await self._hold(step, req)
         while isinstance(step, Dispatch):
             stream = self._handles[step.substrate].options(stream=True).generate.remote(
                 dict(payload, model=self._upstream[(step.substrate, step.decision.model)]))
@@ -298,13 +342,14 @@ class Ingress:
             step = loop.failed(_failure_of(first), time.time())
         return step, None, None
 
-    def _placement_headers(self, step: Dispatch) -> dict[str, str]:
+    def _placement_headers(self, step: Dispatch, held_s: float) -> dict[str, str]:
         decision = step.decision
         headers = {
             "x-inferplane-substrate": step.substrate,
             "x-inferplane-placement-id": decision.placement_id,
             "x-inferplane-spillover": "true" if decision.spillover else "false",
             "x-inferplane-attempts": str(decision.attempt),
+            "x-inferplane-held-ms": str(round(held_s * 1000.0)),
         }
         if decision.spillover:
             headers["x-inferplane-spillover-reason"] = decision.spillover_reason.value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import threading
@@ -144,6 +146,9 @@ def test_a_placed_row_is_derived_from_the_decision() -> None:
         d.predicted_ttft_s, d.predicted_e2e_s, d.estimated_cost_usd)
     assert (row["snapshot_version"], row["snapshot_age_s"], row["policy_hash"]) == (7, 0.125, d.policy_hash)
     assert row["time"] == datetime(2025, 6, 15, 15, 6, 40, tzinfo=UTC)
+    assert row["held_s"] == 0.0
+    held = audit_row(dataclasses.replace(record_for(built, d), held_s=0.75), built.fleet, built.policy)
+    assert held["held_s"] == 0.75
     assert row["schema_version"] == AUDIT_SCHEMA_VERSION
     # gpu: $3.60 / h / 4 slots = $0.00025 per slot-second, 2 s end to end.
     assert row["cost_usd"] == pytest.approx(0.0005, rel=1e-12)

@@ -74,7 +74,7 @@ def sent_by_ingress(built, outbox: MetricsOutbox, *, placed: int, spilled: int, 
         d = decide(built, request_id=f"{tag}-r{i}", busy=("gpu", "sov", "de-west", "eu-api", "us-api"))
         delta.record_decision(d, 0.0001)
         delta.record_request(record_for(built, d, out=outcome(status=429, error="capacity", ttft=None, e2e=0.001,
-                                                              tokens_out=None)))  # counted by record_decision
+                                                              tokens_out=None)))  # the rejection, once
     for _ in range(auth):
         delta.record_request(record_for(built, None, tenant=None, out=outcome(status=401, error="invalid_api_key",
                                                                               ttft=None, e2e=0.001)))
@@ -270,8 +270,10 @@ def record_secrets(delta: MetricsDelta, built) -> None:
     key, prompt, provider = SECRETS
     delta.record_rejection("auth", None, key)
     delta.record_rejection(prompt, prompt, prompt)
-    delta.record_decision(decide(built, model=key), 0.0001)  # unknown model: the decision echoes it
-    delta.record_decision(decide(built, sla=prompt), 0.0001)
+    for refused in (decide(built, model=key), decide(built, sla=prompt)):  # the decision echoes the names
+        delta.record_decision(refused, 0.0001)
+        delta.record_request(record_for(built, refused, model=key, sla_class=prompt, out=outcome(
+            status=refused.http_status, error=refused.rejection_code.value, ttft=None, e2e=0.001)))
     # A request placed on a substrate whose record carries client text and a key in every name.
     placed = decide(built)
     d = PlacementDecision(**{name: getattr(placed, name) for name in DECISION_FIELDS}
@@ -362,3 +364,35 @@ def test_histograms_recorded_with_other_buckets_are_not_merged(bad) -> None:
     metrics = PlaneMetrics()
     metrics.apply(delta)
     assert value(scrape(metrics), "inferplane_time_per_output_token_seconds_count", substrate="gpu") is None
+
+
+def test_a_held_request_counts_its_wait_and_at_most_one_rejection() -> None:
+    """Every pump that finds a held request still blocked is a ``place()`` that placed nothing: none of
+    them is a rejection. The request's record says how it ended: dispatched after its wait (no
+    rejection), or refused (one, with the code it was answered with)."""
+    built = plane()
+    vocab = LabelVocabulary.of(built.fleet, built.policy)
+    delta = MetricsDelta(vocab)
+    busy = ("gpu", "sov", "de-west", "eu-api", "us-api")
+    for k in range(5):  # the held request's placements while it waits
+        delta.record_decision(decide(built, request_id="held", busy=busy), 0.0001)
+    served = decide(built, request_id="held")
+    delta.record_decision(served, 0.0001)
+    delta.record_request(dataclasses.replace(finished(built, served), held_s=0.4))
+    refused = decide(built, request_id="late", busy=busy)
+    delta.record_request(dataclasses.replace(record_for(built, refused, out=outcome(
+        status=429, error="queue_full", ttft=None, e2e=0.9)), held_s=0.0))
+    gave_up = decide(built, request_id="gave-up", busy=busy)
+    delta.record_request(dataclasses.replace(record_for(built, gave_up, out=outcome(
+        status=429, error="capacity", ttft=None, e2e=1.3)), held_s=1.3))
+    metrics = PlaneMetrics(vocab)
+    metrics.apply(delta.take())
+    s = scrape(metrics)
+    assert value(s, "inferplane_rejections_total", code="capacity", tenant="t", model="m") == 1
+    assert value(s, "inferplane_rejections_total", code="queue_full", tenant="t", model="m") == 1
+    assert value(s, "inferplane_hold_queue_wait_seconds_count", tenant="t", sla_class="interactive",
+                 result="dispatched") == 1
+    assert value(s, "inferplane_hold_queue_wait_seconds_sum", tenant="t", sla_class="interactive",
+                 result="refused") == 1.3
+    assert value(s, "inferplane_placements_total", tenant="t", model="m", sla_class="interactive", substrate="gpu",
+                 spillover="false") == 1

@@ -8,7 +8,7 @@ assembled anywhere else.
 
 Times: ``received_at_s`` and ``finished_at_s`` are on the plane's clock (epoch seconds);
 ``ttft_s`` and ``e2e_s`` are seconds from receipt, what the client experienced (placement, waits
-and retries included).
+and retries included); ``held_s`` is the part of it spent in the hold queue.
 
 Names: ``tenant`` is the authenticated tenant (None: no valid key). ``model`` and ``sla_class`` are
 what the client sent, raw: the audit row writes them only when the config knows them (else as a
@@ -52,6 +52,8 @@ class RequestRecord:
     """Attributed cost of the final attempt (``telemetry.cost.request_cost``); None if never placed."""
     config_hash: str
     """The policy hash of the config the answering replica ran."""
+    held_s: float = 0.0
+    """Time it waited in the replica's hold queue for a slot (``plane.queue``); 0 when it did not."""
 
     @property
     def attempts(self) -> int:

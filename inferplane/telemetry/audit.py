@@ -67,6 +67,8 @@ e2e_deadline_s                      float64?               s           the SLA c
 met_sla                             bool?                  -           200 within both deadlines (null: unknown)
 snapshot_version                    int64?                 -           the fleet snapshot the decision used
 snapshot_age_s                      float64?               s           its age when the request was placed
+held_s                              float64                s           time it waited in the ingress's hold
+                                                                       queue for a slot (0: it did not wait)
 policy_hash                         string?                -           the policy the decision used
 decision_json                       string?                -           ``PlacementDecision.to_dict()`` as compact
                                                                        JSON, each candidate with its substrate's
@@ -193,6 +195,7 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("met_sla", pa.bool_()),
         pa.field("snapshot_version", pa.int64()),
         pa.field("snapshot_age_s", pa.float64()),
+        pa.field("held_s", pa.float64(), nullable=False),
         pa.field("policy_hash", pa.string()),
         pa.field("decision_json", pa.string()),
         pa.field("recovered_by", pa.string()),
@@ -440,6 +443,7 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
         "met_sla": None,
         "snapshot_version": None,
         "snapshot_age_s": None,
+        "held_s": record.held_s,
         "policy_hash": None,
         "decision_json": None,
         "recovered_by": recovered_by,

@@ -91,6 +91,9 @@ _HOST_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]")
 _YEAR_10000_S = 253_402_300_800
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 _LINE_KEYS = frozenset(_RECORD_FIELDS) | {"v"}
+_ADDED_IN_V2 = frozenset({"held_s"})
+"""Record fields added after version 2 lines were first written: a line without them reads with
+their defaults (a replica killed before an upgrade leaves such lines)."""
 _DECISION_KEYS = frozenset(DECISION_FIELDS)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: not per request
 
@@ -116,7 +119,8 @@ def record_from_line(obj: Mapping[str, Any]) -> RequestRecord:
     """The record a ``record_line`` (parsed as JSON) holds. Raises ``ValueError`` (or ``KeyError``,
     ``TypeError``) on anything else: another version, missing or extra fields, a receipt time that
     is not a time, a candidate of another shape."""
-    if not isinstance(obj, dict) or obj.get("v") != LINE_VERSION or obj.keys() != _LINE_KEYS:
+    if not isinstance(obj, dict) or obj.get("v") != LINE_VERSION or not (
+            obj.keys() == _LINE_KEYS or obj.keys() == _LINE_KEYS - _ADDED_IN_V2):
         raise ValueError("not a journal line of this version")
     if not isinstance(obj["request_id"], str) or not isinstance(obj["ingress_id"], str):
         raise TypeError("request_id and ingress_id must be strings")
@@ -124,7 +128,7 @@ def record_from_line(obj: Mapping[str, Any]) -> RequestRecord:
         t = obj[key]
         if not (isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t < _YEAR_10000_S):
             raise ValueError(f"{key} is not a time")
-    fields = {name: obj[name] for name in _RECORD_FIELDS}
+    fields = {name: obj[name] for name in _RECORD_FIELDS if name in obj}
     if fields["decision"] is not None:
         fields["decision"] = _decision_from_line(fields["decision"])
     if fields["cost"] is not None:

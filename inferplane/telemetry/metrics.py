@@ -16,9 +16,10 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
 - ``inferplane_placements_total{tenant,model,sla_class,substrate,spillover}``: placements, one per
   ``place()`` that named a substrate (a retry is another placement).
 - ``inferplane_spillovers_total{from_substrate,to_substrate,reason}``: placements off the primary.
-- ``inferplane_rejections_total{code,tenant,model}``: requests refused, by code: the decision's
-  ``RejectionCode`` (``jurisdiction``, ``context_window``, ``capacity``, ``unhealthy``...), or the
-  ingress's own (``auth``, ``invalid``, ``snapshot_stale``; see ``rejection_code_for``).
+- ``inferplane_rejections_total{code,tenant,model}``: requests refused, once per request, by the
+  code it was refused with: the decision's ``RejectionCode`` (``jurisdiction``, ``context_window``,
+  ``capacity``, ``unhealthy``...), the hold queue's (``queue_full``, ``shed``), or the ingress's
+  own (``auth``, ``invalid``, ``snapshot_stale``; see ``rejection_code_for``).
 - ``inferplane_requests_total{tenant,model,sla_class,substrate,outcome}``: finished requests that
   ran on a substrate, ``outcome`` ``ok`` or ``error``. This and the per-request metrics below are
   a function of the request's ``RequestRecord`` (``MetricsDelta.record_request``).
@@ -29,6 +30,8 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
   requests, from receipt (histogram).
 - ``inferplane_time_to_first_token_seconds{substrate,sla_class}`` and
   ``inferplane_time_per_output_token_seconds{substrate}`` (histograms).
+- ``inferplane_hold_queue_wait_seconds{tenant,sla_class,result}``: time requests waited in an
+  ingress's hold queue (``plane.queue``), ``result`` ``dispatched`` or ``refused`` (histogram).
 - ``inferplane_audit_rows_dropped_total``: audit rows an ingress could not queue.
 - Per substrate, from the actor's latest snapshot (a signal that is missing has no sample):
   ``inferplane_substrate_info{substrate,substrate_class,kind,jurisdiction,region,zone,emulated}`` (1),
@@ -120,6 +123,9 @@ HISTOGRAMS: dict[str, HistogramDef] = {h.name: h for h in (
                  ("substrate", "sla_class"), TTFT_BUCKETS_S),
     HistogramDef("time_per_output_token_seconds", "Mean time per output token after the first, seconds.",
                  ("substrate",), TPOT_BUCKETS_S),
+    HistogramDef("hold_queue_wait_seconds",
+                 "Time requests waited in an ingress's hold queue for a slot, by whether they were then "
+                 "dispatched or refused, seconds.", ("tenant", "sla_class", "result"), TTFT_BUCKETS_S),
 )}
 
 CIRCUIT_VALUE = {CircuitState.CLOSED: 0.0, CircuitState.HALF_OPEN: 1.0, CircuitState.OPEN: 2.0}
@@ -149,7 +155,7 @@ _CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SHAPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _REASONS = frozenset(r.value for r in SpilloverReason)
 _FIXED = {"spillover": frozenset({"true", "false"}), "outcome": frozenset({"ok", "error"}),
-          "result": frozenset({"placed", "rejected"})}
+          "result": frozenset({"placed", "rejected", "dispatched", "refused"})}
 
 
 def rejection_code_for(api_error_code: str) -> str:
@@ -260,8 +266,10 @@ class MetricsDelta:
         entry[1][bisect.bisect_left(h.buckets, value)] += 1  # le is inclusive
 
     def record_decision(self, decision: PlacementDecision, placement_seconds: float) -> None:
-        """One ``place()`` call: its duration; a placement (and a spillover when it is one), or a
-        rejection with the decision's code. Call it for every attempt of a request."""
+        """One ``place()`` call: its duration, and a placement (and a spillover when it is one).
+        Call it for every attempt of a request. A decision that placed nothing is not a rejection
+        yet (the request may wait in the hold queue and be placed): the request's record says
+        whether it was refused (``record_request``)."""
         with self._lock:
             self._observe("placement_duration_seconds", ("placed" if decision.placed else "rejected",),
                           placement_seconds)
@@ -272,9 +280,6 @@ class MetricsDelta:
                     reason = decision.spillover_reason
                     self._inc("spillovers", (decision.primary, decision.substrate,
                                              None if reason is None else reason.value))
-            else:
-                code = decision.rejection_code
-                self._inc("rejections", (None if code is None else code.value, decision.tenant, decision.model))
 
     def record_rejection(self, code: str, tenant: str | None, model: str | None) -> None:
         """A request refused outside ``place()`` (``auth``, ``invalid``, ``snapshot_stale``...)."""
@@ -292,7 +297,11 @@ class MetricsDelta:
         if d is None:
             self.record_rejection(rejection_code_for(record.error_code or "invalid"), record.tenant, record.model)
             return
+        if record.held_s > 0.0:
+            self.record_held(d, record.held_s, record.status_code == 200 or d.placed)
         if not d.placed:
+            code = record.error_code or (None if d.rejection_code is None else d.rejection_code.value)
+            self.record_rejection(rejection_code_for(code or "invalid"), d.tenant, d.model)
             return
         substrate, tenant, sla_class = d.substrate, d.tenant, d.sla_class
         ok = record.status_code == 200
@@ -308,6 +317,12 @@ class MetricsDelta:
             self._inc("input_tokens", (tenant, substrate), float(record.input_tokens or 0))
             self._inc("output_tokens", (tenant, substrate), float(record.output_tokens or 0))
             self._inc("cost_usd", (tenant, substrate), 0.0 if record.cost is None else record.cost.total_usd)
+
+    def record_held(self, decision: PlacementDecision, held_s: float, dispatched: bool) -> None:
+        """A request that waited in the hold queue: for how long, and whether it was dispatched."""
+        with self._lock:
+            self._observe("hold_queue_wait_seconds",
+                          (decision.tenant, decision.sla_class, "dispatched" if dispatched else "refused"), held_s)
 
     def record_audit_dropped(self, rows: int) -> None:
         with self._lock:

@@ -102,6 +102,9 @@ class PublishedSnapshot:
     it: replicas of a config where some tenant has quotas)."""
     reclaiming: dict[str, dict[str, int]] = field(default_factory=dict)
     """Substrate class -> tenant -> slots its waiting requests reclaim, summed over replicas."""
+    ingress_ids: tuple[str, ...] = ()
+    """The live ingress replicas, sorted: each takes its share of a pool's free slots until the
+    next sync (``plane.state``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +244,7 @@ class FleetState:
                 tenant_spend_usd=self.tenant_spend(now_s) if self._spend else {},
                 tenant_in_flight=_nested_sum(r.tenant_in_flight for r in self._ingress.values()),
                 reclaiming=_nested_sum(r.reclaiming for r in self._ingress.values()),
+                ingress_ids=tuple(sorted(self._ingress)),
             )
             self._dirty = False
         return self._published

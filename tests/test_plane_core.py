@@ -140,3 +140,42 @@ def test_finished_reports_ttft_from_dispatch_and_abandoned_reports_nothing():
     assert state.take_report(NOW + 3).outcomes == [] and state.in_flight() == {"p": 0}
     with pytest.raises(RuntimeError):
         other.finished(True, NOW, 1, NOW)
+
+
+def _synced_pair(built, limit_name: str):
+    """Two replicas syncing with one authority, the substrate ``limit_name`` reporting idle."""
+    from inferplane.fleet_state import FleetState, SubstrateReport
+
+    authority = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s)
+    for s in built.fleet.substrates:
+        authority.report_substrate(s.name, "r0", SubstrateReport(in_flight=0), NOW)
+    replicas = {rid: ReplicaState(built.fleet, built.policy, replica_id=rid) for rid in ("ingress-a", "ingress-b")}
+
+    def sync(now: float) -> None:
+        reports = {rid: state.take_report(now) for rid, state in replicas.items()}
+        for rid, report in reports.items():
+            authority.report_ingress(rid, report.in_flight, report.outcomes, now)
+        for rid, state in replicas.items():  # both hear of both
+            assert state.publish(authority.snapshot(now), reports[rid])
+
+    return replicas, sync
+
+
+@pytest.mark.parametrize("free", [1, 2, 5, 8])
+def test_two_replicas_between_syncs_never_overshoot_a_pool(free: int):
+    """Each replica fills only its share of the free slots until the next sync; together they fill
+    the pool exactly, never more, whatever the remainder."""
+    built = fleet(substrate("p").cls("gpu_cluster").jurisdiction("DE").capacity(free)).model("m", primary="p").build()
+    replicas, sync = _synced_pair(built, "p")
+    sync(NOW)
+    sync(NOW + 0.1)
+    placed = 0
+    for state in replicas.values():
+        while isinstance(step := AttemptLoop(state, request(model="m", request_id=f"r{placed}",
+                                                             now=NOW + 0.15)).start(), Dispatch):
+            placed += 1
+    assert placed == free
+    # After the next sync each sees the pool full; releasing one frees it for a single replica.
+    sync(NOW + 0.2)
+    assert all(isinstance(AttemptLoop(s, request(model="m", now=NOW + 0.25)).start(), Refusal)
+               for s in replicas.values())

@@ -7,6 +7,11 @@ placing on it, and three things keep that honest:
   when it was made; this replica's view replaces its own reported counts by its current ones
   (``FleetSnapshot.with_dispatches``), so a burst between two syncs is not placed as if the fleet
   were idle. A dispatch is a ``Lease``, released exactly once however the request ends;
+- **its share of the free slots**: with N live ingress replicas, each may fill only its share
+  of a pool's free slots at snapshot time (``free // N``, the remainder to replicas by rank,
+  rotated by version) until the next sync: its view counts the other replicas' shares as in
+  flight (``_reserves``). Without it, N replicas that each see one free slot would put N requests
+  on it between two syncs;
 - **a staleness bound**: a snapshot older than ``policy.snapshot_staleness_bound_s`` when a
   request is placed fails closed (``Unavailable``, answered 503), never silently;
 - **the report it owes**: outcomes of its dispatches and the attributed cost of its finished
@@ -79,10 +84,14 @@ class Lease:
 class ReplicaState:
     def __init__(self, fleet: FleetSpec, policy: PlacementPolicy, *,
                  observe: Callable[[PlacementDecision, float], None] | None = None,
-                 timer: Callable[[], float] = time.perf_counter) -> None:
+                 timer: Callable[[], float] = time.perf_counter, replica_id: str | None = None) -> None:
         """``observe(decision, seconds)`` is told of every placement and how long ``place()`` took
-        (the ingress's placement metrics); ``timer`` measures it."""
+        (the ingress's placement metrics); ``timer`` measures it. ``replica_id`` is the id this
+        replica syncs under (its rank among the live replicas decides its share of free slots;
+        None: it takes them all)."""
         self.fleet = fleet
+        self.replica_id = replica_id
+        self._reserve: dict[str, int] = {}
         self.policy = policy
         self._observe = observe
         self._timer = timer
@@ -142,8 +151,35 @@ class ReplicaState:
         if view is None:
             with self._lock:
                 self._build_pending()
-                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight)
+                current = self._in_flight
+                if self._reserve:
+                    current = Counter(current)
+                    current.update(self._reserve)
+                view = self._view = self._snapshot.with_dispatches(self._reported, current)
         return view
+
+    def _reserves(self, published: PublishedSnapshot) -> dict[str, int]:
+        """Per substrate, the free slots at snapshot time that are the other live replicas' shares."""
+        ids = published.ingress_ids
+        me = self.replica_id
+        if me is None:
+            return {}
+        n = len(ids) if me in ids else len(ids) + 1
+        if n < 2:
+            return {}
+        rank = ((ids.index(me) if me in ids else n - 1) + published.version) % n
+        out = {}
+        for spec, sig in zip(self.fleet.substrates, published.signals):
+            reading = sig.in_flight
+            if reading is None:
+                continue
+            free = spec.max_concurrent + spec.max_queued - int(reading.value)
+            if free <= 0:
+                continue
+            mine = free // n + (1 if rank < free % n else 0)
+            if free > mine:
+                out[spec.name] = free - mine
+        return out
 
     def place(self, request: PlacementRequest) -> tuple[PlacementDecision | Unavailable, float | None]:
         """Place ``request`` on the view at its ``arrived_at_s``; also returns the snapshot's age
@@ -259,9 +295,11 @@ class ReplicaState:
         it was computed under another config (``policy_hash`` differs)."""
         if published.policy_hash != self.policy.policy_hash:
             return False
+        reserve = self._reserves(published)
         with self._lock:
             self._pending = published
             self._reported = report.in_flight
+            self._reserve = reserve
             self._view = None
             if self._quota_classes:
                 self._tenant_published = published.tenant_in_flight

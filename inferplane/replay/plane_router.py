@@ -59,7 +59,7 @@ class PlaneRouter:
                                  settings_from_policy(health), health.latency_window_ms / 1000.0,
                                  {t.name: t.budget.period for t in cfg.tenants if t.budget})
         n = replica_counts(cfg.ingress.replicas).serving_at_start
-        self._replicas = tuple(ReplicaState(built.fleet, built.policy) for _ in range(n))
+        self._replicas = tuple(ReplicaState(built.fleet, built.policy, replica_id=f"ingress-{i}") for i in range(n))
         self._open: dict[int, tuple[AttemptLoop, Dispatch | Refusal]] = {}  # request index -> loop, last step
         self._host: Host | None = None
         self._queues: tuple[HoldQueue, ...] = ()

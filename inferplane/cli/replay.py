@@ -171,7 +171,8 @@ def cmd(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         scenario=args.config, trace=args.trace, routers=parse_routers(args.router), format=args.format,
         time_scale=args.time_scale, rate_scale=args.rate_scale, limit=args.limit, seed=args.seed,
-        tenants=args.tenants, without_tenants=tuple(args.without_tenant), events=events, bound=not args.no_bound, window_s=args.window_s, progress=progress)
+        tenants=args.tenants, without_tenants=tuple(args.without_tenant), events=events, bound=not args.no_bound,
+        window_s=args.window_s, progress=progress)
     if args.target:
         import os
 

@@ -2,7 +2,9 @@
 
 A gateway knows its endpoints (the substrates serving the model, in config order), its own
 in-flight count per endpoint, and the errors it got back. It does not see queue depth, KV cache,
-rate-limit headroom or any other signal of the plane. Common to all five:
+rate-limit headroom or any other signal of the plane, nor a request's deadline (``fifo_queue``'s
+queue timeout is each SLA class's first-token deadline, set per route as a user would). Common to
+all five:
 
 - **retry**: a 429, 5xx, connect error or timeout before the first byte is retried on another
   endpoint not yet tried for this request, until none is left (then the client gets the error);

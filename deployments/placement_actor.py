@@ -86,14 +86,14 @@ class PlacementActor:
              snapshot_version: int | None = None, snapshot_age_s: float | None = None,
              zone: str | None = None, metrics: list | None = None,
              spend_usd: dict[str, float] | None = None, tenant_in_flight: dict | None = None,
-             reclaiming: dict | None = None) -> PublishedSnapshot | None:
+             reclaiming: dict | None = None, demand: dict | None = None) -> PublishedSnapshot | None:
         """Record an ingress replica's report and metrics; return the current snapshot (None while
         warming up)."""
         now = time.time()
         with self._lock:
             self._state.report_ingress(ingress_id, in_flight, outcomes, now, snapshot_version=snapshot_version,
                                        snapshot_age_s=snapshot_age_s, zone=zone, tenant_in_flight=tenant_in_flight,
-                                       reclaiming=reclaiming)
+                                       reclaiming=reclaiming, demand=demand)
             if spend_usd:
                 self._state.add_spend(spend_usd, now)
             up = now - self._started_at_s

@@ -105,6 +105,9 @@ class PublishedSnapshot:
     ingress_ids: tuple[str, ...] = ()
     """The live ingress replicas, sorted: each takes its share of a pool's free slots until the
     next sync (``plane.state``)."""
+    demand: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
+    """Ingress replica -> substrate -> priority -> requests waiting there for a slot of it
+    (replicas with none waiting are left out): free slots go to the highest priority first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,7 @@ class IngressReport:
     zone: str | None
     tenant_in_flight: dict[str, dict[str, int]] | None = None
     reclaiming: dict[str, dict[str, int]] | None = None
+    demand: dict[str, dict[int, int]] | None = None
 
 
 class FleetState:
@@ -151,14 +155,16 @@ class FleetState:
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
                        *, snapshot_version: int | None = None, snapshot_age_s: float | None = None,
                        zone: str | None = None, tenant_in_flight: dict[str, dict[str, int]] | None = None,
-                       reclaiming: dict[str, dict[str, int]] | None = None) -> None:
+                       reclaiming: dict[str, dict[str, int]] | None = None,
+                       demand: dict[str, dict[int, int]] | None = None) -> None:
         """``tenant_in_flight`` (tenant -> substrate -> count) and ``reclaiming`` (class -> tenant ->
-        slots) come from replicas of a config with quotas (``plane.shares``)."""
+        slots) come from replicas of a config with quotas (``plane.shares``); ``demand``
+        (substrate -> priority -> waiting) from replicas holding requests (``plane.queue``)."""
         replicas = self._replicas
         counts = dict(in_flight) if replicas.keys() >= in_flight.keys() else \
             {k: v for k, v in in_flight.items() if k in replicas}
         self._ingress[ingress_id] = IngressReport(now_s, counts, snapshot_version, snapshot_age_s, zone,
-                                                  tenant_in_flight or None, reclaiming or None)
+                                                  tenant_in_flight or None, reclaiming or None, demand or None)
         if now_s < self._oldest_report_s:
             self._oldest_report_s = now_s
         for o in outcomes:
@@ -245,6 +251,7 @@ class FleetState:
                 tenant_in_flight=_nested_sum(r.tenant_in_flight for r in self._ingress.values()),
                 reclaiming=_nested_sum(r.reclaiming for r in self._ingress.values()),
                 ingress_ids=tuple(sorted(self._ingress)),
+                demand={i: r.demand for i, r in self._ingress.items() if r.demand},
             )
             self._dirty = False
         return self._published

@@ -179,3 +179,20 @@ def test_two_replicas_between_syncs_never_overshoot_a_pool(free: int):
     sync(NOW + 0.2)
     assert all(isinstance(AttemptLoop(s, request(model="m", now=NOW + 0.25)).start(), Refusal)
                for s in replicas.values())
+
+
+@pytest.mark.parametrize(("free", "waiting", "expected"), [
+    (5, {}, {"a": 3, "b": 2}),                                      # nobody waits: evenly, remainder by rank
+    (4, {"b": {80: 3}}, {"a": 1, "b": 3}),                          # b's waiting requests first
+    (4, {"a": {20: 4}, "b": {80: 3}}, {"a": 1, "b": 3}),            # higher priority first, whoever holds it
+    (3, {"a": {80: 2}, "b": {80: 4}}, {"a": 1, "b": 2}),            # one priority wants more: by what each holds
+    (0, {"a": {80: 2}}, {"a": 0, "b": 0}),
+])
+def test_free_slots_go_to_the_highest_priority_waiting_first(free, waiting, expected):
+    from inferplane.plane.state import share_of_free_slots
+
+    for version in range(4):  # every version splits the same total; the remainder rotates
+        share = share_of_free_slots(free, ("a", "b"), waiting, version)
+        assert sum(share.values()) == free
+        if version == 0:
+            assert share == expected

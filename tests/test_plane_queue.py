@@ -353,3 +353,38 @@ def test_waiting_never_crosses_policy_and_a_guaranteed_tenant_is_never_refused_f
             assert outcome.substrate == "p", outcome
         elif tenant == "a" and held_by_a < 2:
             assert outcome.code not in ("capacity", "queue_full", "shed", "tenant_quota"), outcome
+
+
+def test_a_slot_freed_on_one_replica_waits_for_a_higher_priority_request_at_another():
+    """Replica one holds a batch request, replica two an interactive one, both for the full pool.
+    When replica one's own request ends, its batch request does not take the slot: the next sync
+    hands it to replica two's interactive request."""
+    built = _built(slots=1)
+    authority = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s)
+    one, two = Host(built, ReplicaState(built.fleet, built.policy, replica_id="one")), \
+        Host(built, ReplicaState(built.fleet, built.policy, replica_id="two"))
+
+    def sync(now: float) -> None:
+        reports = {h: h.state.take_report(now) for h in (one, two)}
+        for h, r in reports.items():
+            authority.report_ingress(h.state.replica_id, r.in_flight, r.outcomes, now, demand=r.demand)
+        for h, r in reports.items():
+            h.state.publish(authority.snapshot(now), r)
+            h.queue.pump(now)
+
+    authority.report_substrate("p", "r0", _report(0), NOW)
+    sync(NOW)
+    sync(NOW + 0.05)
+    running = one.submit(tenant="a", sla=BATCH, now=NOW + 0.06, rid="running")
+    assert isinstance(running, Dispatch)
+    sync(NOW + 0.1)
+    batch = one.submit(tenant="a", sla=BATCH, now=NOW + 0.11, rid="batch")
+    urgent = two.submit(tenant="b", sla=INTERACTIVE, now=NOW + 0.12, rid="urgent")
+    assert isinstance(batch, Waiter) and isinstance(urgent, Waiter)
+    sync(NOW + 0.2)
+    _release(running)
+    one.queue.pump(NOW + 0.21)
+    assert batch.outcome is None
+    assert "higher-priority request(s) waiting at other ingress replicas" in batch.loop.decision.rejection_message
+    sync(NOW + 0.3)
+    assert isinstance(urgent.outcome, Dispatch) and batch.outcome is None

@@ -47,7 +47,7 @@ from the sync thread (it returns a dict built whole by the loop's thread).
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -85,6 +85,8 @@ class Waiter:
     """What its dispatch adds to its tenant's virtual token counter."""
     reclaim_classes: frozenset[str]
     """Classes among its blocked candidates' where its tenant is guaranteed slots."""
+    blocked: tuple[str, ...] = ()
+    """The candidates that were full (or rate-limited, or closed by quotas) when it was held."""
     outcome: Dispatch | Refusal | None = None
     resolved_s: float | None = None
 
@@ -122,7 +124,12 @@ class HoldQueue:
         self._changed = False
         self._quotas = {name: t.quotas for name, t in self._policy.tenants.items() if t.quotas}
         self._reclaim_report: dict[str, dict[str, int]] = {}
-        state.listen(self._on_change, self.reclaiming)
+        self._demand_report: dict[str, dict[int, int]] = {}
+        # Waiting requests counted by (blocked substrate, priority) and by (reclaimed class, tenant),
+        # kept as they come and go, so that a report costs the few keys, not a pass over the queue.
+        self._by_substrate: Counter[tuple[str, int]] = Counter()
+        self._by_reclaim: Counter[tuple[str, str]] = Counter()
+        state.listen(self._on_change, self.reclaiming, self.demand)
 
     # -- what the host calls --------------------------------------------------------------------
     def __len__(self) -> int:
@@ -141,7 +148,7 @@ class HoldQueue:
             return step
         sla = self._policy.sla_classes[step.decision.sla_class]
         deadline = request.arrived_at_s + sla.ttft_deadline_s
-        idle, classes = self._blocked_candidates(step, request)
+        idle, classes, blocked = self._blocked_candidates(step, request)
         give_up = deadline - idle
         reclaim = self._reclaim_classes(request.tenant, classes)
         reclaiming = bool(reclaim) and self._reclaiming_now(request.tenant, reclaim, None)
@@ -160,11 +167,12 @@ class HoldQueue:
         self._seq += 1
         key = (request.tenant, step.decision.model, sla.name)
         waiter = Waiter(loop, request.tenant, key, sla.priority, deadline, give_up, now_s, self._seq,
-                        self._cost(request), reclaim)
+                        self._cost(request), reclaim, blocked)
         if request.tenant not in self._waiting_tenants():
             self._lift(request.tenant)
         self._groups.setdefault(key, deque()).append(waiter)
         self._count += 1
+        self._counted(waiter, 1)
         self._report_reclaims()
         return waiter
 
@@ -217,6 +225,7 @@ class HoldQueue:
         if waiter.reclaim_classes and self._reclaiming_now(waiter.tenant, waiter.reclaim_classes, None):
             return now_s + 1.0  # its slots are coming back; look again in a second
         self._remove(waiter)
+        self._report_reclaims()
         self._resolve(waiter, self._expired(waiter), now_s)
         return None
 
@@ -240,6 +249,11 @@ class HoldQueue:
         """Substrate class -> tenant -> slots this replica's waiting requests reclaim now (sent to
         the authority with each sync; ``plane.shares``)."""
         return self._reclaim_report
+
+    def demand(self) -> dict[str, dict[int, int]]:
+        """Substrate -> priority -> requests waiting here for a slot of it (sent with each sync:
+        free slots go to the replicas whose waiting requests rank highest, ``plane.state``)."""
+        return self._demand_report
 
     # -- internals ------------------------------------------------------------------------------
     def _on_change(self) -> None:
@@ -267,12 +281,14 @@ class HoldQueue:
             if self._counter(tenant) < floor:
                 self._vtc[tenant] = floor
 
-    def _blocked_candidates(self, step: Refusal, request: PlacementRequest) -> tuple[float, frozenset[str]]:
+    def _blocked_candidates(self, step: Refusal, request: PlacementRequest
+                            ) -> tuple[float, frozenset[str], tuple[str, ...]]:
         """The best first-token time a blocked candidate gives once free (network, base and
-        prefill), and the classes of the blocked candidates."""
+        prefill), the classes of the blocked candidates, and their names."""
         fleet = self._state.fleet
         best = math.inf
         classes = set()
+        names = []
         for c in step.decision.candidates:
             if c.code not in HOLDABLE:
                 continue
@@ -280,7 +296,8 @@ class HoldQueue:
             lat = spec.latency
             best = min(best, lat.network_rtt_s + lat.base_ttft_s + request.input_tokens / lat.prefill_tokens_per_s)
             classes.add(spec.substrate_class)
-        return best, frozenset(classes)
+            names.append(c.name)
+        return best, frozenset(classes), tuple(names)
 
     def _reclaim_classes(self, tenant: str, classes: frozenset[str]) -> frozenset[str]:
         quotas = self._quotas.get(tenant)
@@ -298,16 +315,19 @@ class HoldQueue:
         return any(held.get(c, 0) < guaranteed for c, guaranteed, _ in self._quotas[tenant] if c in classes)
 
     def _report_reclaims(self) -> None:
+        """The reports the next sync carries: demand per substrate and priority, and reclaims."""
+        demand: dict[str, dict[int, int]] = {}
+        for (name, priority), n in self._by_substrate.items():
+            if n:
+                demand.setdefault(name, {})[priority] = n
+        self._demand_report = demand
         if not self._quotas:
             return
-        wanted: dict[tuple[str, str], int] = {}
-        for fifo in self._groups.values():
-            for w in fifo:
-                for c in w.reclaim_classes:
-                    wanted[(c, w.tenant)] = wanted.get((c, w.tenant), 0) + 1
         report: dict[str, dict[str, int]] = {}
         usage: dict[str, dict[str, int]] = {}
-        for (c, tenant), n in wanted.items():
+        for (c, tenant), n in self._by_reclaim.items():
+            if not n:
+                continue
             held = usage.get(tenant)
             if held is None:
                 held = usage[tenant] = self._state.tenant_usage(tenant)
@@ -329,10 +349,17 @@ class HoldQueue:
                     lowest = w
         return lowest
 
+    def _counted(self, waiter: Waiter, k: int) -> None:
+        for name in waiter.blocked:
+            self._by_substrate[(name, waiter.priority)] += k
+        for c in waiter.reclaim_classes:
+            self._by_reclaim[(c, waiter.tenant)] += k
+
     def _pop(self, waiter: Waiter) -> None:
         fifo = self._groups[waiter.group]
         fifo.popleft()
         self._count -= 1
+        self._counted(waiter, -1)
         if not fifo:
             del self._groups[waiter.group]
 
@@ -342,6 +369,7 @@ class HoldQueue:
             return False
         fifo.remove(waiter)
         self._count -= 1
+        self._counted(waiter, -1)
         if not fifo:
             del self._groups[waiter.group]
         return True

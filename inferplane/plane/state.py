@@ -65,6 +65,8 @@ class SyncReport:
     """Tenant -> substrate -> dispatches in flight (kept only when some tenant has quotas)."""
     reclaiming: dict[str, dict[str, int]] = field(default_factory=dict)
     """Substrate class -> tenant -> slots its waiting requests reclaim (``plane.queue``)."""
+    demand: dict[str, dict[int, int]] = field(default_factory=dict)
+    """Substrate -> priority -> requests waiting in this replica's queue for a slot of it."""
 
 
 @dataclass(eq=False, slots=True)
@@ -81,6 +83,40 @@ class Lease:
         self._state._release(self)
 
 
+def share_of_free_slots(free: int, replicas: tuple[str, ...], waiting: dict[str, dict[int, int]],
+                        version: int) -> dict[str, int]:
+    """How ``free`` slots of one substrate are split among ``replicas`` until the next sync: first
+    to the requests waiting for it, highest priority first (``waiting``: replica -> priority ->
+    count); a priority that wants more than is left shares it in proportion to what each replica
+    holds; what no waiting request wants is split evenly, for new arrivals. Every remainder goes to
+    replicas by rank, rotated by ``version`` so that no replica always gets it. The shares sum to
+    ``free``: every replica computes the same split from the same snapshot."""
+    n = len(replicas)
+    order = replicas[version % n:] + replicas[:version % n]
+    share = dict.fromkeys(replicas, 0)
+    left = free
+    for priority in sorted({p for w in waiting.values() for p in w}, reverse=True):
+        want = {rid: waiting[rid].get(priority, 0) for rid in order if rid in waiting}
+        total = sum(want.values())
+        if total <= left:
+            for rid, k in want.items():
+                share[rid] += k
+            left -= total
+            continue
+        given = {rid: left * k // total for rid, k in want.items()}
+        spare = left - sum(given.values())
+        for rid in order:
+            if spare and want.get(rid, 0) > given.get(rid, 0):
+                given[rid] += 1
+                spare -= 1
+        for rid, k in given.items():
+            share[rid] += k
+        return share
+    for i, rid in enumerate(order):
+        share[rid] += left // n + (1 if i < left % n else 0)
+    return share
+
+
 class ReplicaState:
     def __init__(self, fleet: FleetSpec, policy: PlacementPolicy, *,
                  observe: Callable[[PlacementDecision, float], None] | None = None,
@@ -92,6 +128,8 @@ class ReplicaState:
         self.fleet = fleet
         self.replica_id = replica_id
         self._reserve: dict[str, int] = {}
+        self._others_waiting: dict[str, dict[int, int]] = {}
+        """Substrate -> priority -> requests waiting for it at the other replicas (last snapshot)."""
         self.policy = policy
         self._observe = observe
         self._timer = timer
@@ -115,6 +153,7 @@ class ReplicaState:
         self._tenant_published: dict[str, dict[str, int]] = {}
         self._reclaiming_published: dict[str, dict[str, int]] = {}
         self._reclaiming: Callable[[], dict[str, dict[str, int]]] | None = None
+        self._demand: Callable[[], dict[str, dict[int, int]]] | None = None
         self._listener: Callable[[], None] | None = None
 
     # -- the request path -----------------------------------------------------------------------
@@ -167,7 +206,8 @@ class ReplicaState:
         n = len(ids) if me in ids else len(ids) + 1
         if n < 2:
             return {}
-        rank = ((ids.index(me) if me in ids else n - 1) + published.version) % n
+        replicas = ids if me in ids else (*ids, me)
+        demand = published.demand
         out = {}
         for spec, sig in zip(self.fleet.substrates, published.signals):
             reading = sig.in_flight
@@ -176,7 +216,8 @@ class ReplicaState:
             free = spec.max_concurrent + spec.max_queued - int(reading.value)
             if free <= 0:
                 continue
-            mine = free // n + (1 if rank < free % n else 0)
+            wanted = {rid: d[spec.name] for rid, d in demand.items() if spec.name in d and rid in replicas}
+            mine = share_of_free_slots(free, replicas, wanted, published.version)[me]
             if free > mine:
                 out[spec.name] = free - mine
         return out
@@ -187,8 +228,8 @@ class ReplicaState:
         view = self.view(request.arrived_at_s)
         if isinstance(view, Unavailable):
             return view, None
-        if self._quota_classes:
-            closed = self.closed_for(request.tenant, view)
+        if self._quota_classes or self._others_waiting:
+            closed = self.closed_for(request, view)
             if closed != request.closed:
                 request = replace(request, closed=closed)
         if self._observe is None:
@@ -221,12 +262,14 @@ class ReplicaState:
             self._listener()
 
     # -- quotas and the hold queue ---------------------------------------------------------------
-    def listen(self, listener: Callable[[], None], reclaiming: Callable[[], dict[str, dict[str, int]]]) -> None:
+    def listen(self, listener: Callable[[], None], reclaiming: Callable[[], dict[str, dict[str, int]]],
+               demand: Callable[[], dict[str, dict[int, int]]]) -> None:
         """``listener()`` is called whenever capacity may have freed (a lease released, a snapshot
-        adopted); ``reclaiming()`` says what this replica's waiting requests reclaim (sent with
-        each sync)."""
+        adopted); ``reclaiming()`` and ``demand()`` say what this replica's waiting requests
+        reclaim and wait for (sent with each sync)."""
         self._listener = listener
         self._reclaiming = reclaiming
+        self._demand = demand
 
     def tenant_usage(self, tenant: str) -> dict[str, int]:
         """Substrate class -> slots ``tenant`` holds there across every replica: the snapshot's
@@ -245,13 +288,31 @@ class ReplicaState:
                     usage[classes[name]] += n
         return {c: max(0, n) for c, n in usage.items()}
 
-    def closed_for(self, tenant: str, view: FleetSnapshot) -> tuple[tuple[str, str], ...]:
-        """The substrates ``tenant``'s quotas close to its next placement on ``view``."""
-        policy = self.policy.tenants.get(tenant)
-        if policy is None:
-            return ()
-        return closed_substrates(policy, self.fleet, view, self.tenant_usage(tenant), self._reclaiming_published,
-                                 self.policy.signal_staleness_bound_s)
+    def closed_for(self, request: PlacementRequest, view: FleetSnapshot) -> tuple[tuple[str, str], ...]:
+        """The substrates closed to ``request``'s next placement on ``view``: by its tenant's quotas
+        (``plane.shares``), and those whose free slots here are no more than the requests of a
+        higher priority waiting for them at other replicas (a slot this replica freed since the
+        last sync goes to them with the next one, ``share_of_free_slots``)."""
+        closed: tuple[tuple[str, str], ...] = ()
+        tenant = self.policy.tenants.get(request.tenant)
+        if tenant is not None and self._quota_classes:
+            closed = closed_substrates(tenant, self.fleet, view, self.tenant_usage(request.tenant),
+                                       self._reclaiming_published, self.policy.signal_staleness_bound_s)
+        sla = self.policy.sla_classes.get(request.sla_class)
+        if sla is None or not self._others_waiting:
+            return closed
+        done = {name for name, _ in closed}
+        extra = []
+        for name, by_priority in self._others_waiting.items():
+            above = sum(n for p, n in by_priority.items() if p > sla.priority)
+            if not above or name in done:
+                continue
+            i = self.fleet.index[name]
+            reading = view.signals[i].in_flight
+            spec = self.fleet.substrates[i]
+            if reading is not None and spec.max_concurrent + spec.max_queued - reading.value <= above:
+                extra.append((name, f"held for {above} higher-priority request(s) waiting at other ingress replicas"))
+        return closed + tuple(extra) if extra else closed
 
     def in_flight(self) -> dict[str, int]:
         """This replica's dispatches not yet released, by substrate (zeros included)."""
@@ -282,7 +343,8 @@ class ReplicaState:
         snap = self._pending or self._snapshot
         return SyncReport(in_flight, outcomes, spend, None if snap is None else snap.version,
                           None if snap is None else now_s - snap.taken_at_s, tenants,
-                          self._reclaiming() if self._reclaiming is not None else {})
+                          self._reclaiming() if self._reclaiming is not None else {},
+                          self._demand() if self._demand is not None else {})
 
     def restore(self, report: SyncReport) -> None:
         """A sync that did not reach the authority: its outcomes and spend go with the next one."""
@@ -296,6 +358,14 @@ class ReplicaState:
         if published.policy_hash != self.policy.policy_hash:
             return False
         reserve = self._reserves(published)
+        others: dict[str, dict[int, int]] = {}
+        for rid, by_substrate in published.demand.items():
+            if rid != self.replica_id:
+                for name, by_priority in by_substrate.items():
+                    row = others.setdefault(name, {})
+                    for p, n in by_priority.items():
+                        row[p] = row.get(p, 0) + n
+        self._others_waiting = others
         with self._lock:
             self._pending = published
             self._reported = report.in_flight

@@ -124,7 +124,8 @@ class PlaneRouter:
             self._state.report_ingress(replica_id, report.in_flight, report.outcomes, now,
                                        snapshot_version=report.snapshot_version,
                                        snapshot_age_s=report.snapshot_age_s, zone=self._zone,
-                                       tenant_in_flight=report.tenant_in_flight, reclaiming=report.reclaiming)
+                                       tenant_in_flight=report.tenant_in_flight, reclaiming=report.reclaiming,
+                                       demand=report.demand)
             if report.spend_usd:
                 self._state.add_spend(report.spend_usd, now)
             if now - self._start_s >= ACTOR_WARMUP_S:

@@ -108,6 +108,9 @@ class PublishedSnapshot:
     demand: dict[str, dict[str, dict[int, int]]] = field(default_factory=dict)
     """Ingress replica -> substrate -> priority -> requests waiting there for a slot of it
     (replicas with none waiting are left out): free slots go to the highest priority first."""
+    grants: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Ingress replica -> substrate -> requests it may have in flight there until its next sync
+    (``FleetState.report_ingress``): together never more than the substrate admits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,7 @@ class FleetState:
         self._policy_hash = policy_hash
         self._bound = staleness_bound_s
         self._ingress: dict[str, IngressReport] = {}
+        self._grants: dict[str, dict[str, int]] = {}  # ingress replica -> substrate -> slots it may hold
         self._replicas: dict[str, dict[str, tuple[float, SubstrateReport]]] = {n: {} for n in self._names}
         self._breakers = {n: CircuitBreaker(breaker or BreakerSettings()) for n in self._names}
         self._external: dict[tuple[str, str, str], Reading] = {}
@@ -165,6 +169,8 @@ class FleetState:
             {k: v for k, v in in_flight.items() if k in replicas}
         self._ingress[ingress_id] = IngressReport(now_s, counts, snapshot_version, snapshot_age_s, zone,
                                                   tenant_in_flight or None, reclaiming or None, demand or None)
+        if len(self._ingress) > 1 or len(self._grants) > 0:
+            self._grant(ingress_id)
         if now_s < self._oldest_report_s:
             self._oldest_report_s = now_s
         for o in outcomes:
@@ -204,6 +210,39 @@ class FleetState:
         if report.retry_after_until_s is not None:
             self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
         self._dirty = True
+
+    def _grant(self, ingress_id: str) -> None:
+        """The slots ``ingress_id`` may hold on each substrate until its next sync: what it holds
+        now, plus its share of the free slots (``share_of_free_slots``: waiting requests by
+        priority first, then evenly), never more than what the other replicas' grants leave. Each
+        replica admits only within its grant, so however the syncs interleave the replicas
+        together never put more on a substrate than it admits (``max_concurrent + max_queued``)."""
+        reports = self._ingress
+        me = reports[ingress_id]
+        ids = tuple(sorted(reports))
+        grants = self._grants
+        demand = {i: r.demand for i, r in reports.items() if r.demand}
+        mine: dict[str, int] = {}
+        for spec in self._fleet.substrates:
+            name = spec.name
+            limit = spec.max_concurrent + spec.max_queued
+            held = me.in_flight.get(name, 0)
+            others_granted = 0
+            used = held
+            for i, r in reports.items():
+                if i != ingress_id:
+                    c = r.in_flight.get(name, 0)
+                    # A replica that has not synced since grants began may use every slot it sees.
+                    others_granted += max(c, grants[i].get(name, c)) if i in grants else limit
+                    used += c
+            room = limit - others_granted - held
+            if room <= 0:
+                mine[name] = held
+                continue
+            wanted = {i: d[name] for i, d in demand.items() if name in d}
+            portion = share_of_free_slots(max(0, limit - used), ids, wanted, self._version)[ingress_id]
+            mine[name] = held + min(room, portion)
+        grants[ingress_id] = mine
 
     def live_ingress(self, now_s: float) -> int:
         """Ingress replicas that reported within the staleness bound."""
@@ -252,6 +291,7 @@ class FleetState:
                 reclaiming=_nested_sum(r.reclaiming for r in self._ingress.values()),
                 ingress_ids=tuple(sorted(self._ingress)),
                 demand={i: r.demand for i, r in self._ingress.items() if r.demand},
+                grants={i: g for i, g in self._grants.items() if i in self._ingress},
             )
             self._dirty = False
         return self._published
@@ -260,6 +300,7 @@ class FleetState:
         horizon = now_s - self._bound
         for ingress_id in [i for i, r in self._ingress.items() if r.at_s < horizon]:
             del self._ingress[ingress_id]
+            self._grants.pop(ingress_id, None)  # a replica silent that long holds nothing it may use
         oldest = min((r.at_s for r in self._ingress.values()), default=float("inf"))
         for name, per_replica in self._replicas.items():
             for rid in [r for r, (t, _) in per_replica.items() if t < horizon]:
@@ -377,6 +418,40 @@ def _nested_sum(parts) -> dict[str, dict[str, int]]:
                 for b, n in inner.items():
                     row[b] = row.get(b, 0) + n
     return out
+
+
+def share_of_free_slots(free: int, replicas: tuple[str, ...], waiting: dict[str, dict[int, int]],
+                        version: int) -> dict[str, int]:
+    """How ``free`` slots of one substrate are split among ``replicas`` until the next sync: first
+    to the requests waiting for it, highest priority first (``waiting``: replica -> priority ->
+    count); a priority that wants more than is left shares it in proportion to what each replica
+    holds; what no waiting request wants is split evenly, for new arrivals. Every remainder goes to
+    replicas by rank, rotated by ``version`` so that no replica always gets it. The shares sum to
+    ``free``: every replica computes the same split from the same snapshot."""
+    n = len(replicas)
+    order = replicas[version % n:] + replicas[:version % n]
+    share = dict.fromkeys(replicas, 0)
+    left = free
+    for priority in sorted({p for w in waiting.values() for p in w}, reverse=True):
+        want = {rid: waiting[rid].get(priority, 0) for rid in order if rid in waiting}
+        total = sum(want.values())
+        if total <= left:
+            for rid, k in want.items():
+                share[rid] += k
+            left -= total
+            continue
+        given = {rid: left * k // total for rid, k in want.items()}
+        spare = left - sum(given.values())
+        for rid in order:
+            if spare and want.get(rid, 0) > given.get(rid, 0):
+                given[rid] += 1
+                spare -= 1
+        for rid, k in given.items():
+            share[rid] += k
+        return share
+    for i, rid in enumerate(order):
+        share[rid] += left // n + (1 if i < left % n else 0)
+    return share
 
 
 def period_key(period: str, now_s: float) -> str:

@@ -189,10 +189,45 @@ def test_two_replicas_between_syncs_never_overshoot_a_pool(free: int):
     (0, {"a": {80: 2}}, {"a": 0, "b": 0}),
 ])
 def test_free_slots_go_to_the_highest_priority_waiting_first(free, waiting, expected):
-    from inferplane.plane.state import share_of_free_slots
+    from inferplane.fleet_state import share_of_free_slots
 
     for version in range(4):  # every version splits the same total; the remainder rotates
         share = share_of_free_slots(free, ("a", "b"), waiting, version)
         assert sum(share.values()) == free
         if version == 0:
             assert share == expected
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 9), st.lists(st.tuples(st.sampled_from(["sync", "place", "finish"]), st.integers(0, 2)),
+                                   min_size=1, max_size=120))
+def test_any_interleaving_of_syncs_and_dispatches_stays_within_the_pool(limit: int, ops):
+    """Three replicas joining, placing, finishing and syncing in any order never hold more than the
+    pool admits in total: each admits only within its grant, grants never sum past the limit, and
+    a replica that joins gets none while another may still be placing without one."""
+    from inferplane.fleet_state import FleetState, SubstrateReport
+
+    built = fleet(substrate("p").cls("gpu_cluster").jurisdiction("DE").capacity(limit)).model("m", primary="p").build()
+    authority = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s)
+    authority.report_substrate("p", "r0", SubstrateReport(in_flight=0), NOW)
+    replicas = [ReplicaState(built.fleet, built.policy, replica_id=f"ingress-{i}") for i in range(3)]
+    held: list[list] = [[], [], []]
+    now = NOW
+    for op, i in ops:
+        now += 0.01
+        state = replicas[i]
+        if op == "sync":
+            report = state.take_report(now)
+            authority.report_ingress(state.replica_id, report.in_flight, report.outcomes, now)
+            state.publish(authority.snapshot(now), report)
+        elif op == "place" and state.snapshot is not None:
+            step = AttemptLoop(state, request(model="m", request_id=f"r{now}", now=now)).start()
+            if isinstance(step, Dispatch):
+                held[i].append(step)
+        elif op == "finish" and held[i]:
+            held[i].pop(0).lease.release()
+        assert sum(map(len, held)) <= limit

@@ -356,19 +356,18 @@ def test_waiting_never_crosses_policy_and_a_guaranteed_tenant_is_never_refused_f
 
 
 def test_a_slot_freed_on_one_replica_waits_for_a_higher_priority_request_at_another():
-    """Replica one holds a batch request, replica two an interactive one, both for the full pool.
-    When replica one's own request ends, its batch request does not take the slot: the next sync
-    hands it to replica two's interactive request."""
-    built = _built(slots=1)
+    """Two replicas each run one request on a 2-slot pool; replica one then holds a batch request,
+    replica two an interactive one. When replica one's own request ends, its batch request does not
+    take the slot: with the next syncs the authority grants it to replica two's interactive one."""
+    built = _built(slots=2)
     authority = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s)
     one, two = Host(built, ReplicaState(built.fleet, built.policy, replica_id="one")), \
         Host(built, ReplicaState(built.fleet, built.policy, replica_id="two"))
 
     def sync(now: float) -> None:
-        reports = {h: h.state.take_report(now) for h in (one, two)}
-        for h, r in reports.items():
+        for h in (one, two):
+            r = h.state.take_report(now)
             authority.report_ingress(h.state.replica_id, r.in_flight, r.outcomes, now, demand=r.demand)
-        for h, r in reports.items():
             h.state.publish(authority.snapshot(now), r)
             h.queue.pump(now)
 
@@ -376,15 +375,18 @@ def test_a_slot_freed_on_one_replica_waits_for_a_higher_priority_request_at_anot
     sync(NOW)
     sync(NOW + 0.05)
     running = one.submit(tenant="a", sla=BATCH, now=NOW + 0.06, rid="running")
-    assert isinstance(running, Dispatch)
+    other = two.submit(tenant="b", sla=BATCH, now=NOW + 0.06, rid="other")
+    assert isinstance(running, Dispatch) and isinstance(other, Dispatch)
     sync(NOW + 0.1)
     batch = one.submit(tenant="a", sla=BATCH, now=NOW + 0.11, rid="batch")
     urgent = two.submit(tenant="b", sla=INTERACTIVE, now=NOW + 0.12, rid="urgent")
     assert isinstance(batch, Waiter) and isinstance(urgent, Waiter)
     sync(NOW + 0.2)
+    sync(NOW + 0.25)  # each replica's waiting requests are known to the other after one round of syncs
     _release(running)
-    one.queue.pump(NOW + 0.21)
+    one.queue.pump(NOW + 0.26)
     assert batch.outcome is None
     assert "higher-priority request(s) waiting at other ingress replicas" in batch.loop.decision.rejection_message
     sync(NOW + 0.3)
     assert isinstance(urgent.outcome, Dispatch) and batch.outcome is None
+    assert authority.snapshot(NOW + 0.3).grants == {"one": {"p": 0}, "two": {"p": 2}}

@@ -7,11 +7,11 @@ placing on it, and three things keep that honest:
   when it was made; this replica's view replaces its own reported counts by its current ones
   (``FleetSnapshot.with_dispatches``), so a burst between two syncs is not placed as if the fleet
   were idle. A dispatch is a ``Lease``, released exactly once however the request ends;
-- **its share of the free slots**: with N live ingress replicas, each may fill only its share
-  of a pool's free slots at snapshot time (``free // N``, the remainder to replicas by rank,
-  rotated by version) until the next sync: its view counts the other replicas' shares as in
-  flight (``_reserves``). Without it, N replicas that each see one free slot would put N requests
-  on it between two syncs;
+- **its grant**: with several live ingress replicas, the authority grants each, at its sync, the
+  slots it may hold on each substrate until the next one (``FleetState._grant``: what it holds
+  plus its share of the free slots, the other replicas' grants respected); its view counts the
+  slots outside its grant as in flight (``_reserves``). Without it, N replicas that each see one
+  free slot would put N requests on it between two syncs;
 - **a staleness bound**: a snapshot older than ``policy.snapshot_staleness_bound_s`` when a
   request is placed fails closed (``Unavailable``, answered 503), never silently;
 - **the report it owes**: outcomes of its dispatches and the attributed cost of its finished
@@ -81,40 +81,6 @@ class Lease:
 
     def release(self) -> None:
         self._state._release(self)
-
-
-def share_of_free_slots(free: int, replicas: tuple[str, ...], waiting: dict[str, dict[int, int]],
-                        version: int) -> dict[str, int]:
-    """How ``free`` slots of one substrate are split among ``replicas`` until the next sync: first
-    to the requests waiting for it, highest priority first (``waiting``: replica -> priority ->
-    count); a priority that wants more than is left shares it in proportion to what each replica
-    holds; what no waiting request wants is split evenly, for new arrivals. Every remainder goes to
-    replicas by rank, rotated by ``version`` so that no replica always gets it. The shares sum to
-    ``free``: every replica computes the same split from the same snapshot."""
-    n = len(replicas)
-    order = replicas[version % n:] + replicas[:version % n]
-    share = dict.fromkeys(replicas, 0)
-    left = free
-    for priority in sorted({p for w in waiting.values() for p in w}, reverse=True):
-        want = {rid: waiting[rid].get(priority, 0) for rid in order if rid in waiting}
-        total = sum(want.values())
-        if total <= left:
-            for rid, k in want.items():
-                share[rid] += k
-            left -= total
-            continue
-        given = {rid: left * k // total for rid, k in want.items()}
-        spare = left - sum(given.values())
-        for rid in order:
-            if spare and want.get(rid, 0) > given.get(rid, 0):
-                given[rid] += 1
-                spare -= 1
-        for rid, k in given.items():
-            share[rid] += k
-        return share
-    for i, rid in enumerate(order):
-        share[rid] += left // n + (1 if i < left % n else 0)
-    return share
 
 
 class ReplicaState:
@@ -197,29 +163,23 @@ class ReplicaState:
                 view = self._view = self._snapshot.with_dispatches(self._reported, current)
         return view
 
-    def _reserves(self, published: PublishedSnapshot) -> dict[str, int]:
-        """Per substrate, the free slots at snapshot time that are the other live replicas' shares."""
-        ids = published.ingress_ids
-        me = self.replica_id
-        if me is None:
+    def _reserves(self, published: PublishedSnapshot, report: SyncReport) -> dict[str, int]:
+        """Per substrate, the admission slots outside this replica's grant that the snapshot does
+        not already count as in flight (the other replicas' grants beyond what they reported): the
+        view adds them, so that admission ends at the grant. None without a grant (one replica)."""
+        grants = published.grants.get(self.replica_id) if self.replica_id is not None else None
+        if not grants:
             return {}
-        n = len(ids) if me in ids else len(ids) + 1
-        if n < 2:
-            return {}
-        replicas = ids if me in ids else (*ids, me)
-        demand = published.demand
         out = {}
         for spec, sig in zip(self.fleet.substrates, published.signals):
+            granted = grants.get(spec.name)
             reading = sig.in_flight
-            if reading is None:
+            if granted is None or reading is None:
                 continue
-            free = spec.max_concurrent + spec.max_queued - int(reading.value)
-            if free <= 0:
-                continue
-            wanted = {rid: d[spec.name] for rid, d in demand.items() if spec.name in d and rid in replicas}
-            mine = share_of_free_slots(free, replicas, wanted, published.version)[me]
-            if free > mine:
-                out[spec.name] = free - mine
+            others = reading.value - report.in_flight.get(spec.name, 0)
+            reserve = int(spec.max_concurrent + spec.max_queued - granted - others)
+            if reserve > 0:
+                out[spec.name] = reserve
         return out
 
     def place(self, request: PlacementRequest) -> tuple[PlacementDecision | Unavailable, float | None]:
@@ -357,7 +317,7 @@ class ReplicaState:
         it was computed under another config (``policy_hash`` differs)."""
         if published.policy_hash != self.policy.policy_hash:
             return False
-        reserve = self._reserves(published)
+        reserve = self._reserves(published, report)
         others: dict[str, dict[int, int]] = {}
         for rid, by_substrate in published.demand.items():
             if rid != self.replica_id:

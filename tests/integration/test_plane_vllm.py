@@ -143,3 +143,26 @@ def test_a_seeded_long_prompt_does_not_kill_the_engine(vllm_plane):
     assert again.headers["x-inferplane-substrate"] == "local-vllm"
     assert again.headers["x-inferplane-attempts"] == "1"
     assert "Paris" in again.parse().choices[0].message.content
+
+
+def test_with_the_engine_full_batch_requests_wait_and_are_served(vllm_plane):
+    """48 batch requests from the EU tenant at once, which may run only on the vLLM engine (16
+    running + 16 queued) and the sovereign pool (4 + 4): what no slot can take waits in the plane's
+    hold queue and is served as slots free; none is refused, none leaves the EU."""
+    import asyncio
+
+    import httpx
+
+    async def burst():
+        body = {"model": "smollm2", "messages": QUESTION, "max_tokens": 16, "temperature": 0.8}
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await asyncio.gather(*[
+                client.post(f"{vllm_plane.url}/v1/chat/completions", json=body,
+                            headers={"Authorization": f"Bearer {EU_KEY}", "x-inferplane-sla-class": "batch"})
+                for _ in range(48)])
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 48, [r.text for r in responses if r.status_code != 200]
+    assert {r.headers["x-inferplane-substrate"] for r in responses} <= {"local-vllm", "sovereign-de-emulated"}
+    held = [int(r.headers["x-inferplane-held-ms"]) for r in responses]
+    assert sum(1 for ms in held if ms > 0) >= 8, held

@@ -476,5 +476,5 @@ def test_shares_quotas_and_queue_reach_the_policy() -> None:
     policy = build(parse_config(text, source="fleet.yaml")).policy
     acme = policy.tenants["acme"]
     assert acme.share == 3.0
-    assert acme.quotas == (("gpu_cluster", 4, 12), ("provider_api", 0, 2))
+    assert acme.quotas == (("gpu_cluster", 4, 12, 0), ("provider_api", 0, 2, 0))
     assert (policy.queue.hold, policy.queue.max_waiting, policy.queue.output_token_weight) == (False, 7, 2.0)

@@ -232,7 +232,7 @@ def test_a_tenant_at_its_cap_waits_for_its_own_requests():
     assert isinstance(first, Dispatch)
     capped = host.submit(tenant="a", sla=BATCH, rid="a1")
     assert isinstance(capped, Waiter)
-    assert capped.loop.decision.rejection_code.value == "tenant_quota"
+    assert capped.loop.decision.rejection_code.value == "held_back"
     assert "tenant at its cap of 1 gpu_cluster slots" in capped.loop.decision.rejection_message
     assert isinstance(host.submit(tenant="b", rid="b0"), Dispatch)  # others are not capped
     _release(first)
@@ -241,7 +241,7 @@ def test_a_tenant_at_its_cap_waits_for_its_own_requests():
 
 
 def test_a_reclaiming_tenant_goes_first_and_does_not_give_up():
-    built = _built(quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 1}]})
+    built = _built(quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 1, "lendable_slots": 1}]})
     host = _host(built)
     borrowed = [host.submit(tenant="b", rid=f"b{i}") for i in range(2)]  # a is idle: its slot is lent
     b_waits = host.submit(tenant="b", sla=INTERACTIVE, now=NOW, rid="b-waits")
@@ -257,8 +257,26 @@ def test_a_reclaiming_tenant_goes_first_and_does_not_give_up():
     assert host.queue.reclaiming() == {}
 
 
+def test_guaranteed_slots_not_lendable_stay_free_for_their_tenant():
+    """By default a guarantee is not lent: other tenants fill only the slots outside it, and the
+    tenant's own arrival finds one at once. With ``lendable_slots`` others may borrow that many."""
+    built = _built(slots=4, quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 2}]})
+    host = _host(built)
+    others = [host.submit(tenant="b", rid=f"b{i}", sla=BATCH) for i in range(4)]
+    assert [type(s).__name__ for s in others] == ["Dispatch", "Dispatch", "Waiter", "Waiter"]
+    assert "kept for other tenants' guaranteed quotas" in others[2].loop.decision.rejection_message
+    mine = host.submit(tenant="a", rid="a0")
+    assert isinstance(mine, Dispatch)
+    # a now holds 1 of its 2: one slot is still kept for it.
+    assert isinstance(host.submit(tenant="a", rid="a1"), Dispatch)
+    lent = _host(_built(slots=4, quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 2,
+                                                 "lendable_slots": 1}]}))
+    assert [type(lent.submit(tenant="b", rid=f"b{i}", sla=BATCH)).__name__ for i in range(4)] == [
+        "Dispatch", "Dispatch", "Dispatch", "Waiter"]
+
+
 def test_a_reclaim_on_one_replica_holds_the_slot_against_borrowers_on_another():
-    built = _built(quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 1}]})
+    built = _built(quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 1, "lendable_slots": 1}]})
     authority = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s)
     one, two = Host(built), Host(built)
 
@@ -282,8 +300,8 @@ def test_a_reclaim_on_one_replica_holds_the_slot_against_borrowers_on_another():
     _release(borrowed[0])  # a slot frees on replica two, which holds no reclaim itself
     step = two.submit(tenant="b", now=NOW + 0.25, rid="b-again")
     assert isinstance(step, Waiter)
-    assert step.loop.decision.rejection_code.value == "tenant_quota"
-    assert "held for tenants reclaiming their guaranteed quota" in step.loop.decision.rejection_message
+    assert step.loop.decision.rejection_code.value == "held_back"
+    assert "kept for other tenants' guaranteed quotas" in step.loop.decision.rejection_message
 
 
 def _report(in_flight: int):
@@ -310,16 +328,17 @@ _OPS = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(_OPS)
-@example([("arrive", "b", INTERACTIVE)] * 3 + [("arrive", "a", INTERACTIVE), ("tick", 2.0)])
-@example([("arrive", "b", INTERACTIVE)] * 7 + [("arrive", "a", BATCH), ("tick", 0.5), ("finish", 0)])
-def test_waiting_never_crosses_policy_and_a_guaranteed_tenant_is_never_refused_for_capacity(ops):
+@given(_OPS, st.sampled_from([0, 2]))
+@example([("arrive", "b", INTERACTIVE)] * 3 + [("arrive", "a", INTERACTIVE), ("tick", 2.0)], 2)
+@example([("arrive", "b", INTERACTIVE)] * 7 + [("arrive", "a", BATCH), ("tick", 0.5), ("finish", 0)], 2)
+def test_waiting_never_crosses_policy_and_a_guaranteed_tenant_is_never_refused_for_capacity(ops, lendable):
     """Tenants a (EU only, guaranteed 2 of the 6 gpu_cluster slots: 3 in DE, 3 in the US), b and c
     (EU only): whatever the order of arrivals, finishes and time, nothing is dispatched to the US
     for them, and a's requests are never refused for capacity (nor shed, nor turned away by a full
-    queue) while a holds fewer than its 2 slots."""
+    queue) while a holds fewer than its 2 slots, whether its idle slots are lent or kept."""
     built = _built(slots=3, tenants=("a", "b", "c"), us_pool=True,
-                   quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 2}]},
+                   quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 2,
+                                  "lendable_slots": lendable}]},
                    queue={"max_waiting_requests": 4})
     host = _host(built)
     now = NOW
@@ -352,7 +371,7 @@ def test_waiting_never_crosses_policy_and_a_guaranteed_tenant_is_never_refused_f
         if isinstance(outcome, Dispatch):
             assert outcome.substrate == "p", outcome
         elif tenant == "a" and held_by_a < 2:
-            assert outcome.code not in ("capacity", "queue_full", "shed", "tenant_quota"), outcome
+            assert outcome.code not in ("capacity", "queue_full", "shed", "held_back"), outcome
 
 
 def test_a_slot_freed_on_one_replica_waits_for_a_higher_priority_request_at_another():

@@ -21,6 +21,7 @@ from inferplane.placement.policy import (
     ExternalRule,
     PlacementPolicy,
     QueueSettings,
+    Quota,
     ScorerWeight,
     SlaPolicy,
     TenantPolicy,
@@ -74,7 +75,9 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
             over_budget_classes=None if t.budget is None or t.budget.when_exceeded == "reject"
             else frozenset(c.value for c in t.budget.restrict_to_classes),
             share=t.share,
-            quotas=tuple((q.substrate_class.value, q.guaranteed_slots, q.max_slots) for q in t.quotas),
+            quotas=tuple(Quota(q.substrate_class.value, q.guaranteed_slots, q.max_slots,
+                               q.lendable_slots or 0)
+                         for q in t.quotas),
         )
     sla = {
         c.name: SlaPolicy(c.name, c.ttft_deadline_ms / 1000.0, c.e2e_deadline_ms / 1000.0, c.priority)

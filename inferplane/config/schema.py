@@ -453,11 +453,20 @@ class TenantQuota(_Strict):
     )
     max_slots: PositiveInt | None = Field(
         default=None, description="Slots of the tier the tenant never exceeds; omit for no cap.")
+    lendable_slots: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="Of the guaranteed slots the tenant does not use, how many other tenants may borrow "
+        "(omit: none). A borrowed slot comes back only when the borrower's request ends, which for LLM "
+        "requests is often later than a first-token deadline, so the slots not lendable stay free for the "
+        "tenant's own arrivals; a lent one is reclaimed as the borrower's request ends (no preemption).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> TenantQuota:
         if self.max_slots is not None and self.guaranteed_slots > self.max_slots:
             raise ValueError("guaranteed_slots must not exceed max_slots")
+        if self.lendable_slots is not None and self.lendable_slots > self.guaranteed_slots:
+            raise ValueError("lendable_slots must not exceed guaranteed_slots")
         return self
 
 

@@ -25,7 +25,7 @@ class SpilloverReason(str, enum.Enum):
     PRIMARY_FAILED = "primary_failed"
     PRIMARY_OUTSCORED = "primary_outscored"
     OVER_BUDGET = "over_budget"
-    TENANT_QUOTA = "tenant_quota"
+    HELD_BACK = "held_back"
 
 
 SPILLOVER_REASON_BY_REJECTION: dict[RejectionCode, SpilloverReason] = {
@@ -41,7 +41,7 @@ SPILLOVER_REASON_BY_REJECTION: dict[RejectionCode, SpilloverReason] = {
     RejectionCode.EXTERNAL_SIGNAL: SpilloverReason.PRIMARY_UNHEALTHY,
     RejectionCode.PREDICTED_TOO_SLOW: SpilloverReason.PRIMARY_CANNOT_MEET_SLA,
     RejectionCode.OVER_BUDGET: SpilloverReason.OVER_BUDGET,
-    RejectionCode.TENANT_QUOTA: SpilloverReason.TENANT_QUOTA,
+    RejectionCode.HELD_BACK: SpilloverReason.HELD_BACK,
 }
 
 # HTTP status for a request no substrate can take, by the furthest rejection on the ladder.
@@ -54,7 +54,7 @@ STATUS_BY_REJECTION: dict[RejectionCode, int] = {
     RejectionCode.STALE_SIGNALS: 503,
     RejectionCode.CAPACITY: 429,
     RejectionCode.RATE_LIMITED: 429,
-    RejectionCode.TENANT_QUOTA: 429,
+    RejectionCode.HELD_BACK: 429,
     RejectionCode.NODE_JURISDICTION: 403,
     RejectionCode.EXTERNAL_SIGNAL: 503,
     RejectionCode.PREDICTED_TOO_SLOW: 503,

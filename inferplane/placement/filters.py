@@ -34,7 +34,7 @@ class RejectionCode(str, enum.Enum):
     UNHEALTHY = "unhealthy"
     STALE_SIGNALS = "stale_signals"
     CAPACITY = "capacity"
-    TENANT_QUOTA = "tenant_quota"
+    HELD_BACK = "held_back"
     RATE_LIMITED = "rate_limited"
     EXTERNAL_SIGNAL = "external_signal"
     OVER_BUDGET = "over_budget"
@@ -200,11 +200,15 @@ class Admission:
         return Rejection(self.code, "at capacity", f"{in_flight + queued:.0f} in flight+queued >= {limit}")
 
 
-class TenantQuotaOpen:
-    """Rejects a substrate the tenant's quotas close to this request (``request.closed``, worked out
-    by the ingress replica from every replica's counts: see ``plane.shares``)."""
+class HeldBack:
+    """Rejects a substrate the plane's arbitration holds back from this request
+    (``request.closed``, worked out by the ingress replica from every replica's reports, see
+    ``plane.state.ReplicaState.closed_for``): the tenant's cap reached, slots reclaimed by a tenant
+    under its guarantee, a slot held for a higher-priority request waiting elsewhere, or the
+    substrate's own queue kept while requests wait in the plane. A request held back everywhere
+    waits in the hold queue (``plane.queue``)."""
 
-    code = RejectionCode.TENANT_QUOTA
+    code = RejectionCode.HELD_BACK
 
     def check(self, ctx, spec, signals):
         for name, reason in ctx.request.closed:
@@ -332,7 +336,7 @@ DYNAMIC_FILTERS: tuple[Filter, ...] = (
     Healthy(),
     SignalsFresh(),
     Admission(),
-    TenantQuotaOpen(),
+    HeldBack(),
     RateLimitHeadroom(),
     ExternalSignals(),
     WithinBudget(),

@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from inferplane.placement.fleet import FleetSpec
     from inferplane.placement.plan import PlacementPlan
+
+
+class Quota(NamedTuple):
+    """A tenant's slots on one substrate class: ``guaranteed`` it can always get back, of which
+    ``lendable`` others may borrow while it does not use them; a ``cap`` it never exceeds."""
+
+    substrate_class: str
+    guaranteed: int
+    cap: int | None
+    lendable: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +43,8 @@ class TenantPolicy:
     """Over budget: None rejects (402); a set restricts to those substrate classes."""
     share: float = 1.0
     """Weight among tenants contending for the same slots (``plane.queue``)."""
-    quotas: tuple[tuple[str, int, int | None], ...] = ()
-    """(substrate class, guaranteed slots, maximum slots or None) per class with a quota."""
+    quotas: tuple[Quota, ...] = ()
+    """One per substrate class with a quota (``plane.shares``)."""
 
 
 @dataclass(frozen=True, slots=True)

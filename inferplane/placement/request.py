@@ -26,9 +26,10 @@ class PlacementRequest:
     exclude: frozenset[str] = frozenset()
     attempt: int = 1
     closed: tuple[tuple[str, str], ...] = ()
-    """(substrate, reason) closed to this request by the tenant's quotas (``plane.shares``): its cap
-    reached on the substrate's class, or the class's free slots held for a tenant reclaiming its
-    guaranteed quota. Worked out by the ingress replica for each placement."""
+    """(substrate, reason) held back from this request by the plane's arbitration (the engine's
+    ``HeldBack`` filter): the tenant's cap, a reclaim, a higher-priority request waiting at another
+    replica, the substrate's own queue kept while requests wait. Worked out by the ingress replica
+    for each placement (``plane.state.ReplicaState.closed_for``)."""
 
     @property
     def total_tokens(self) -> int:

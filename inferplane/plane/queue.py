@@ -1,7 +1,7 @@
 """The hold queue of one ingress replica: a request no eligible substrate can take now waits here.
 
 A placement refused because every substrate that could take the request is full (``capacity``),
-out of rate-limit headroom (``rate_limited``) or closed by the tenant's quotas (``tenant_quota``)
+out of rate-limit headroom (``rate_limited``) or held back by the plane's arbitration (``held_back``)
 is *held*, not refused, while its SLA class's first-token deadline can still be met, and placed
 again as soon as capacity may have freed. Any other refusal (jurisdiction, context window,
 unhealthy, over budget, ...) is answered at once: waiting cannot change it.
@@ -56,7 +56,7 @@ from inferplane.placement.filters import RejectionCode
 from inferplane.plane.attempts import AttemptLoop, Dispatch, Refusal
 from inferplane.plane.state import ReplicaState
 
-HOLDABLE = frozenset({RejectionCode.CAPACITY, RejectionCode.RATE_LIMITED, RejectionCode.TENANT_QUOTA})
+HOLDABLE = frozenset({RejectionCode.CAPACITY, RejectionCode.RATE_LIMITED, RejectionCode.HELD_BACK})
 """Rejections a wait can end: a slot frees, headroom returns, a tenant's own requests finish."""
 DRAIN_WINDOW_S = 30.0
 """The window over which the queue's drain rate (for ``Retry-After``) is measured."""
@@ -94,13 +94,6 @@ class Waiter:
     def waited_s(self) -> float:
         """Time held, until resolved (0 while still waiting)."""
         return 0.0 if self.resolved_s is None else self.resolved_s - self.enqueued_s
-
-
-def holdable(step: Dispatch | Refusal) -> bool:
-    """Whether a wait could turn this refusal into a dispatch."""
-    if not isinstance(step, Refusal) or step.decision is None or step.decision.substrate is not None:
-        return False
-    return any(c.code in HOLDABLE for c in step.decision.candidates)
 
 
 class HoldQueue:
@@ -144,11 +137,13 @@ class HoldQueue:
         if isinstance(step, Dispatch):
             self._charge(request)
             return step
-        if not self._settings.hold or not holdable(step):
+        if not self._settings.hold:
+            return step
+        idle, classes, blocked = self._blocked_candidates(step, request)
+        if not blocked:
             return step
         sla = self._policy.sla_classes[step.decision.sla_class]
         deadline = request.arrived_at_s + sla.ttft_deadline_s
-        idle, classes, blocked = self._blocked_candidates(step, request)
         give_up = deadline - idle
         reclaim = self._reclaim_classes(request.tenant, classes)
         reclaiming = bool(reclaim) and self._reclaiming_now(request.tenant, reclaim, None)
@@ -208,7 +203,7 @@ class HoldQueue:
                 self._drained.append(now_s)
                 usage.pop(w.tenant, None)
                 self._resolve(w, step, now_s)
-            elif holdable(step):
+            elif self._blocked_candidates(step, w.loop.request)[2]:
                 blocked.add(w.group)
             else:
                 self._pop(w)
@@ -283,18 +278,28 @@ class HoldQueue:
 
     def _blocked_candidates(self, step: Refusal, request: PlacementRequest
                             ) -> tuple[float, frozenset[str], tuple[str, ...]]:
-        """The best first-token time a blocked candidate gives once free (network, base and
-        prefill), the classes of the blocked candidates, and their names."""
+        """The candidates a wait could open (none: the refusal stands), with the best first-token
+        time one of them gives once free (network, base and prefill) and their classes. A
+        candidate a wait could open is one refused for a full slot, rate-limit headroom or by the
+        plane's arbitration, or one predicted too slow that would meet the first-token deadline
+        when idle (its queue, not its speed, made it slow)."""
+        decision = step.decision if isinstance(step, Refusal) else None
+        if decision is None or decision.substrate is not None:
+            return math.inf, frozenset(), ()
         fleet = self._state.fleet
+        deadline = self._policy.sla_classes[decision.sla_class].ttft_deadline_s
         best = math.inf
         classes = set()
         names = []
-        for c in step.decision.candidates:
-            if c.code not in HOLDABLE:
+        for c in decision.candidates:
+            if c.code not in HOLDABLE and c.code is not RejectionCode.PREDICTED_TOO_SLOW:
                 continue
             spec = fleet.substrate(c.name)
             lat = spec.latency
-            best = min(best, lat.network_rtt_s + lat.base_ttft_s + request.input_tokens / lat.prefill_tokens_per_s)
+            idle = lat.network_rtt_s + lat.base_ttft_s + request.input_tokens / lat.prefill_tokens_per_s
+            if c.code is RejectionCode.PREDICTED_TOO_SLOW and idle > deadline:
+                continue
+            best = min(best, idle)
             classes.add(spec.substrate_class)
             names.append(c.name)
         return best, frozenset(classes), tuple(names)
@@ -303,7 +308,7 @@ class HoldQueue:
         quotas = self._quotas.get(tenant)
         if not quotas:
             return frozenset()
-        return frozenset(c for c, guaranteed, _ in quotas if guaranteed and c in classes)
+        return frozenset(q.substrate_class for q in quotas if q.guaranteed and q.substrate_class in classes)
 
     def _reclaiming_now(self, tenant: str, classes: frozenset[str], usage: dict | None) -> bool:
         """Whether ``tenant`` holds fewer slots than guaranteed on one of ``classes``."""
@@ -312,7 +317,8 @@ class HoldQueue:
             held = self._state.tenant_usage(tenant)
             if usage is not None:
                 usage[tenant] = held
-        return any(held.get(c, 0) < guaranteed for c, guaranteed, _ in self._quotas[tenant] if c in classes)
+        return any(held.get(q.substrate_class, 0) < q.guaranteed for q in self._quotas[tenant]
+                   if q.substrate_class in classes)
 
     def _report_reclaims(self) -> None:
         """The reports the next sync carries: demand per substrate and priority, and reclaims."""
@@ -331,7 +337,7 @@ class HoldQueue:
             held = usage.get(tenant)
             if held is None:
                 held = usage[tenant] = self._state.tenant_usage(tenant)
-            guaranteed = next(g for cls, g, _ in self._quotas[tenant] if cls == c)
+            guaranteed = next(q.guaranteed for q in self._quotas[tenant] if q.substrate_class == c)
             deficit = guaranteed - held.get(c, 0)
             if deficit > 0:
                 report.setdefault(c, {})[tenant] = min(n, deficit)

@@ -13,19 +13,20 @@ placement of tenant T:
   free slots of c are no more than the slots reclaimed by tenants other than T, c is closed to T,
   so a freed slot goes to the reclaiming tenant, whichever replica holds it.
 
-Closed substrates are rejected by the engine's ``TenantQuotaOpen`` filter with the reason, so a
+Closed substrates are rejected by the engine's ``HeldBack`` filter with the reason, so a
 decision says why a substrate was not used, and a request that nothing else can take waits in the
 hold queue (its tenant's own requests finishing, or the reclaim being served, frees it).
 
-Free slots of a class are ``max_concurrent + max_queued - in_flight`` summed over its substrates
-whose in-flight reading is fresh; a substrate with no fresh reading offers none. The reclaim is
+Free slots of a class are running slots, ``max_concurrent - in_flight`` summed over its substrates
+whose in-flight reading is fresh (a substrate with no fresh reading offers none): a place in a
+substrate's own queue, behind other tenants' requests, is no guaranteed slot. The reclaim is
 per class, not per substrate: a waiting request that can use only some substrates of the class
 holds back the others too, until it is served (a conservative reading of the guarantee).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementPolicy
 from inferplane.placement.policy import TenantPolicy
@@ -33,11 +34,12 @@ from inferplane.placement.policy import TenantPolicy
 
 def quota_classes(policy: PlacementPolicy) -> frozenset[str]:
     """The substrate classes on which some tenant has a quota (empty: quotas cost nothing)."""
-    return frozenset(c for t in policy.tenants.values() for c, _, _ in t.quotas)
+    return frozenset(q.substrate_class for t in policy.tenants.values() for q in t.quotas)
 
 
 def free_slots(fleet: FleetSpec, view: FleetSnapshot, substrate_class: str, bound_s: float) -> int:
-    """Admission slots of ``substrate_class`` not in flight on ``view`` (fresh readings only)."""
+    """Running slots of ``substrate_class`` not in flight on ``view`` (fresh readings only): a
+    guarantee is of running slots, not of places in a substrate's own queue behind others."""
     free = 0
     now = view.taken_at_s
     for spec, signals in zip(fleet.substrates, view.signals):
@@ -46,23 +48,42 @@ def free_slots(fleet: FleetSpec, view: FleetSnapshot, substrate_class: str, boun
         reading = signals.in_flight
         if reading is None or now - reading.observed_at_s > bound_s:
             continue
-        free += max(0, spec.max_concurrent + spec.max_queued - int(reading.value))
+        free += max(0, spec.max_concurrent - int(reading.value))
     return free
 
 
+def kept_slots(policy: PlacementPolicy, tenant: str, usage_of: Callable[[str], Mapping[str, int]]
+               ) -> dict[str, int]:
+    """Substrate class -> slots kept free for other tenants' guarantees: each other tenant's
+    guaranteed slots it does not use and may not lend (``guaranteed - lendable - used``)."""
+    kept: dict[str, int] = {}
+    for name, other in policy.tenants.items():
+        if name == tenant:
+            continue
+        for q in other.quotas:
+            unlent = q.guaranteed - q.lendable
+            if unlent > 0:
+                spare = unlent - usage_of(name).get(q.substrate_class, 0)
+                if spare > 0:
+                    kept[q.substrate_class] = kept.get(q.substrate_class, 0) + spare
+    return kept
+
+
 def closed_substrates(tenant: TenantPolicy, fleet: FleetSpec, view: FleetSnapshot, usage: Mapping[str, int],
-                      reclaiming: Mapping[str, Mapping[str, int]], bound_s: float) -> tuple[tuple[str, str], ...]:
-    """(substrate, reason) for every substrate ``tenant``'s cap or others' reclaims close to it."""
+                      reclaiming: Mapping[str, Mapping[str, int]], kept: Mapping[str, int], bound_s: float
+                      ) -> tuple[tuple[str, str], ...]:
+    """(substrate, reason) for every substrate ``tenant``'s cap, others' reclaims or the slots kept
+    for others' guarantees (``kept_slots``) close to it."""
     reasons: dict[str, str] = {}
-    for cls, _, cap in tenant.quotas:
-        if cap is not None and usage.get(cls, 0) >= cap:
-            reasons[cls] = f"tenant at its cap of {cap} {cls} slots"
-    for cls, by_tenant in reclaiming.items():
+    for q in tenant.quotas:
+        if q.cap is not None and usage.get(q.substrate_class, 0) >= q.cap:
+            reasons[q.substrate_class] = f"tenant at its cap of {q.cap} {q.substrate_class} slots"
+    for cls in reclaiming.keys() | kept.keys():
         if cls in reasons:
             continue
-        held = sum(n for t, n in by_tenant.items() if t != tenant.name)
+        held = sum(n for t, n in reclaiming.get(cls, {}).items() if t != tenant.name) + kept.get(cls, 0)
         if held > 0 and free_slots(fleet, view, cls, bound_s) <= held:
-            reasons[cls] = f"{cls} slots held for tenants reclaiming their guaranteed quota"
+            reasons[cls] = f"{cls} slots kept for other tenants' guaranteed quotas"
     if not reasons:
         return ()
     return tuple((s.name, reasons[s.substrate_class]) for s in fleet.substrates if s.substrate_class in reasons)

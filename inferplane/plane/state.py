@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 
 from inferplane.fleet_state import Outcome, PublishedSnapshot
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementDecision, PlacementPolicy, PlacementRequest, place
-from inferplane.plane.shares import closed_substrates, quota_classes
+from inferplane.plane.shares import closed_substrates, kept_slots, quota_classes
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +113,7 @@ class ReplicaState:
         # Quotas: per (tenant, substrate) dispatches of this replica, what it last reported of them,
         # and every replica's totals and reclaims as the last snapshot said.
         self._quota_classes = quota_classes(policy)
+        self._unlent = any(q.guaranteed > q.lendable for t in policy.tenants.values() for q in t.quotas)
         self._class_of = {s.name: s.substrate_class for s in fleet.substrates}
         self._tenant_in_flight: Counter[tuple[str, str]] = Counter()
         self._tenant_reported: dict[str, dict[str, int]] = {}
@@ -188,7 +189,7 @@ class ReplicaState:
         view = self.view(request.arrived_at_s)
         if isinstance(view, Unavailable):
             return view, None
-        if self._quota_classes or self._others_waiting:
+        if self._quota_classes or self._others_waiting or (self._demand is not None and self._demand()):
             closed = self.closed_for(request, view)
             if closed != request.closed:
                 request = replace(request, closed=closed)
@@ -256,22 +257,31 @@ class ReplicaState:
         closed: tuple[tuple[str, str], ...] = ()
         tenant = self.policy.tenants.get(request.tenant)
         if tenant is not None and self._quota_classes:
+            kept = kept_slots(self.policy, request.tenant, self.tenant_usage) if self._unlent else {}
             closed = closed_substrates(tenant, self.fleet, view, self.tenant_usage(request.tenant),
-                                       self._reclaiming_published, self.policy.signal_staleness_bound_s)
+                                       self._reclaiming_published, kept, self.policy.signal_staleness_bound_s)
         sla = self.policy.sla_classes.get(request.sla_class)
-        if sla is None or not self._others_waiting:
+        own = self._demand() if self._demand is not None else {}
+        if sla is None or not (self._others_waiting or own):
             return closed
         done = {name for name, _ in closed}
         extra = []
-        for name, by_priority in self._others_waiting.items():
-            above = sum(n for p, n in by_priority.items() if p > sla.priority)
-            if not above or name in done:
+        for name in self._others_waiting.keys() | own.keys():
+            if name in done:
                 continue
             i = self.fleet.index[name]
             reading = view.signals[i].in_flight
+            if reading is None:
+                continue
             spec = self.fleet.substrates[i]
-            if reading is not None and spec.max_concurrent + spec.max_queued - reading.value <= above:
+            others = self._others_waiting.get(name, {})
+            above = sum(n for p, n in others.items() if p > sla.priority)
+            if above and spec.max_concurrent + spec.max_queued - reading.value <= above:
                 extra.append((name, f"held for {above} higher-priority request(s) waiting at other ingress replicas"))
+            elif spec.max_queued and reading.value >= spec.max_concurrent:
+                waiting = sum(others.values()) + sum(own.get(name, {}).values())
+                extra.append((name, f"running slots full; its own queue is kept while {waiting} request(s) wait "
+                                    "in the plane, which orders them"))
         return closed + tuple(extra) if extra else closed
 
     def in_flight(self) -> dict[str, int]:

@@ -409,3 +409,15 @@ def test_a_slot_freed_on_one_replica_waits_for_a_higher_priority_request_at_anot
     sync(NOW + 0.3)
     assert isinstance(urgent.outcome, Dispatch) and batch.outcome is None
     assert authority.snapshot(NOW + 0.3).grants == {"one": {"p": 0}, "two": {"p": 2}}
+
+
+def test_requests_refused_before_any_substrate_is_considered_are_answered_at_once():
+    built = _built()
+    host = _host(built)
+    for sla, code in (("platinum", "unknown_sla_class"),):
+        loop = AttemptLoop(host.state, request(request_id="x", tenant="a", model="m", sla_class=sla))
+        step = host.queue.submit(loop, loop.start(), NOW)
+        assert isinstance(step, Refusal) and step.code == code and len(host.queue) == 0
+    loop = AttemptLoop(host.state, request(request_id="y", tenant="a", model="nope"))
+    step = host.queue.submit(loop, loop.start(), NOW)
+    assert isinstance(step, Refusal) and step.code == "unknown_model"

@@ -284,8 +284,8 @@ class HoldQueue:
         plane's arbitration, or one predicted too slow that would meet the first-token deadline
         when idle (its queue, not its speed, made it slow)."""
         decision = step.decision if isinstance(step, Refusal) else None
-        if decision is None or decision.substrate is not None:
-            return math.inf, frozenset(), ()
+        if decision is None or decision.substrate is not None or not decision.candidates:
+            return math.inf, frozenset(), ()  # refused before any substrate was considered
         fleet = self._state.fleet
         deadline = self._policy.sla_classes[decision.sla_class].ttft_deadline_s
         best = math.inf

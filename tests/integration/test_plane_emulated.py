@@ -187,16 +187,14 @@ def test_saturated_primary_spills_global_tenant_and_says_so(emulated_plane):
 
 
 def test_eu_tenant_never_leaves_the_eu_when_saturated(emulated_plane):
-    # EU capacity is 4 (primary) + 2 (sovereign): 12 concurrent requests must not reach the US.
+    # EU capacity is 4 (primary) + 2 (sovereign): 12 concurrent 2 s requests must not reach the US.
+    # The 6 that find no EU slot wait in the hold queue (their 5 s deadline allows it) and are
+    # served in the EU when the first 6 end; a refusal when no wait can meet the deadline is
+    # tests/integration/test_arbitration_live.py's.
     responses = asyncio.run(_hold(emulated_plane, EU_KEY, 12, max_tokens=200))
-    served = [r for r in responses if r.status_code == 200]
-    refused = [r for r in responses if r.status_code != 200]
-    assert {r.headers["x-inferplane-substrate"] for r in served} <= EU_SUBSTRATES
-    assert len(served) <= 6 and refused
-    for r in refused:
-        err = _assert_openai_error(r, 429, "capacity")
-        assert r.headers["retry-after"] == "1"
-        assert "jurisdiction not in {EU}" in err["message"]
+    assert [r.status_code for r in responses] == [200] * 12, [r.text for r in responses if r.status_code != 200]
+    assert {r.headers["x-inferplane-substrate"] for r in responses} <= EU_SUBSTRATES
+    assert sum(1 for r in responses if int(r.headers["x-inferplane-held-ms"]) > 1000) >= 6
 
 
 def test_eu_tenant_gets_503_not_a_us_answer_when_eu_is_down(emulated_plane):

@@ -309,7 +309,7 @@ class Ingress:
             self._waiting.pop(waiter, None)
             self._queue.cancel(waiter)
             raise
-        req.held_s = waiter.waited_s
+        req.held_s, req.held_reason = waiter.waited_s, waiter.reason
         return waiter.outcome
 
     async def _dispatch(self, api: str, body, req: OpenRequest):

@@ -207,3 +207,20 @@ def test_a_recorded_rejection_and_an_unknown_id(tmp_path: Path) -> None:
     assert "outcome  429 capacity" in text
     with pytest.raises(ValueError, match="no audit row with placement id pl-nope"):
         render_recorded_decision(tmp_path, "pl-nope")
+
+
+def test_explain_says_why_a_request_waited(tmp_path: Path) -> None:
+    import dataclasses
+
+    from inferplane.telemetry.audit import audit_row
+    from tests.test_audit import record_for
+
+    built = plane()
+    decision = decide(built, request_id="waited")
+    record = dataclasses.replace(record_for(built, decision), held_s=1.25,
+                                 held_reason="0/5 substrates serving `m` eligible: 5 at capacity")
+    log = AuditLog(str(tmp_path), "ingress-a", flush_interval_s=60.0)
+    log.append(audit_row(record, built.fleet, built.policy))
+    log.close()
+    text = render_recorded_decision(tmp_path, decision.placement_id)
+    assert "waited 1.250 s in the hold queue: 0/5 substrates serving `m` eligible: 5 at capacity" in text

@@ -183,6 +183,8 @@ def render_recorded_decision(audit_dir: str | Path, placement_id: str) -> str:
                + ("" if row["e2e_s"] is None else f", e2e {row['e2e_s']:.3f} s")
                + ("" if row["input_tokens"] is None else
                   f" · {row['input_tokens']} in / {row['output_tokens'] or 0} out tokens")]
+    if row.get("held_s"):
+        outcome.append(f"         waited {row['held_s']:.3f} s in the hold queue: {row.get('held_reason') or 'no slot free'}")
     if row["cost_usd"] is not None:
         outcome.append(f"         cost {_usd(row['cost_usd'])} (tokens {_usd(row['cost_tokens_usd'])}, "
                        f"hardware {_usd(row['cost_gpu_usd'])}, egress {_usd(row['cost_egress_usd'])})")

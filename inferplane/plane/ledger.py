@@ -39,7 +39,7 @@ class OpenRequest:
     (parse, then placement); ``close`` freezes them into the record, once."""
 
     __slots__ = ("_ledger", "request_id", "received_at_s", "tenant", "model", "sla_class", "streamed",
-                 "input_tokens", "attempts", "held_s", "record")
+                 "input_tokens", "attempts", "held_s", "held_reason", "record")
 
     def __init__(self, ledger: RequestLedger, request_id: str, received_at_s: float) -> None:
         self._ledger = ledger
@@ -54,6 +54,7 @@ class OpenRequest:
         self.attempts: AttemptLoop | None = None
         self.held_s = 0.0
         """Time in the hold queue (``plane.queue``)."""
+        self.held_reason: str | None = None
         self.record: RequestRecord | None = None
 
     def close(self, status: int, error_code: str | None, now_s: float, *, first_token_s: float | None = None,
@@ -110,7 +111,7 @@ class RequestLedger:
             snapshot_age_s=None if loop is None else loop.snapshot_age_s, status_code=status,
             error_code=error_code, ttft_s=None if first_token_s is None else first_token_s - req.received_at_s,
             e2e_s=e2e if status == 200 else None, input_tokens=input_tokens, output_tokens=output_tokens,
-            cost=cost, config_hash=self._policy.policy_hash, held_s=req.held_s)
+            cost=cost, config_hash=self._policy.policy_hash, held_s=req.held_s, held_reason=req.held_reason)
         if cost is not None and record.tenant is not None:
             self._state.add_spend(record.tenant, cost.total_usd)
         try:

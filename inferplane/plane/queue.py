@@ -86,7 +86,9 @@ class Waiter:
     reclaim_classes: frozenset[str]
     """Classes among its blocked candidates' where its tenant is guaranteed slots."""
     blocked: tuple[str, ...] = ()
-    """The candidates that were full (or rate-limited, or closed by quotas) when it was held."""
+    """The candidates that were full (or rate-limited, or held back) when it was held."""
+    reason: str = ""
+    """Why it was held: the refusal's rolled-up message (``explain`` shows it)."""
     outcome: Dispatch | Refusal | None = None
     resolved_s: float | None = None
 
@@ -162,7 +164,7 @@ class HoldQueue:
         self._seq += 1
         key = (request.tenant, step.decision.model, sla.name)
         waiter = Waiter(loop, request.tenant, key, sla.priority, deadline, give_up, now_s, self._seq,
-                        self._cost(request), reclaim, blocked)
+                        self._cost(request), reclaim, blocked, step.message)
         if request.tenant not in self._waiting_tenants():
             self._lift(request.tenant)
         self._groups.setdefault(key, deque()).append(waiter)

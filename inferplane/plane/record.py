@@ -54,6 +54,8 @@ class RequestRecord:
     """The policy hash of the config the answering replica ran."""
     held_s: float = 0.0
     """Time it waited in the replica's hold queue for a slot (``plane.queue``); 0 when it did not."""
+    held_reason: str | None = None
+    """Why it waited: the refusal of the placement that put it in the queue (rolled up)."""
 
     @property
     def attempts(self) -> int:

@@ -69,6 +69,8 @@ snapshot_version                    int64?                 -           the fleet
 snapshot_age_s                      float64?               s           its age when the request was placed
 held_s                              float64                s           time it waited in the ingress's hold
                                                                        queue for a slot (0: it did not wait)
+held_reason                         string?                -           why: the rolled-up refusal that put it
+                                                                       in the queue (null: it did not wait)
 policy_hash                         string?                -           the policy the decision used
 decision_json                       string?                -           ``PlacementDecision.to_dict()`` as compact
                                                                        JSON, each candidate with its substrate's
@@ -196,6 +198,7 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("snapshot_version", pa.int64()),
         pa.field("snapshot_age_s", pa.float64()),
         pa.field("held_s", pa.float64(), nullable=False),
+        pa.field("held_reason", pa.string()),
         pa.field("policy_hash", pa.string()),
         pa.field("decision_json", pa.string()),
         pa.field("recovered_by", pa.string()),
@@ -444,6 +447,7 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
         "snapshot_version": None,
         "snapshot_age_s": None,
         "held_s": record.held_s,
+        "held_reason": record.held_reason,
         "policy_hash": None,
         "decision_json": None,
         "recovered_by": recovered_by,

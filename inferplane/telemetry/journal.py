@@ -91,7 +91,7 @@ _HOST_UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.-]")
 _YEAR_10000_S = 253_402_300_800
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 _LINE_KEYS = frozenset(_RECORD_FIELDS) | {"v"}
-_ADDED_IN_V2 = frozenset({"held_s"})
+_ADDED_IN_V2 = frozenset({"held_s", "held_reason"})
 """Record fields added after version 2 lines were first written: a line without them reads with
 their defaults (a replica killed before an upgrade leaves such lines)."""
 _DECISION_KEYS = frozenset(DECISION_FIELDS)
@@ -120,7 +120,7 @@ def record_from_line(obj: Mapping[str, Any]) -> RequestRecord:
     ``TypeError``) on anything else: another version, missing or extra fields, a receipt time that
     is not a time, a candidate of another shape."""
     if not isinstance(obj, dict) or obj.get("v") != LINE_VERSION or not (
-            obj.keys() == _LINE_KEYS or obj.keys() == _LINE_KEYS - _ADDED_IN_V2):
+            _LINE_KEYS - _ADDED_IN_V2 <= obj.keys() <= _LINE_KEYS):
         raise ValueError("not a journal line of this version")
     if not isinstance(obj["request_id"], str) or not isinstance(obj["ingress_id"], str):
         raise TypeError("request_id and ingress_id must be strings")

@@ -282,7 +282,10 @@ class Ingress:
         """Capacity may have freed (a lease released here, or a snapshot adopted by the sync thread):
         pump the queue on the event loop."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._pump)
+            try:
+                self._loop.call_soon_threadsafe(self._pump)
+            except RuntimeError:  # the event loop closed (the replica is stopping): nothing waits
+                pass
 
     def _pump(self) -> None:
         self._queue.pump(time.time())

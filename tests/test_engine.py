@@ -81,6 +81,27 @@ def test_spillover_reason_follows_the_primary_rejection(primary_signals, code, r
     assert d.fallbacks == ()
 
 
+@pytest.mark.parametrize("by_specification", [False, True])
+def test_on_need_does_not_queue_at_the_primary_when_its_running_slots_are_full(by_specification) -> None:
+    """p has a queue of its own (8 places): with its 16 running slots full, a request would wait
+    there. Predicted in time or not, a wait's length is what the plane predicts worst, so on_need
+    takes the best total instead (here s), saying the primary was saturated."""
+    builder = fleet(
+        substrate("p").cls("gpu_cluster").jurisdiction("DE").zone("eu-central", "eu-central-1a").tier("reserved")
+        .capacity(16, queued=8).latency(base_ttft_ms=300, prefill=5000, decode=40).cost(gpu_hour=8.0, gpus=1),
+        substrate("s").cls("provider_api").jurisdiction("US").zone("us-east", "us-east-1a").tier("burst")
+        .capacity(64).latency(base_ttft_ms=50, prefill=50_000, decode=400).cost(input_per_1m=0.1, output_per_1m=0.2),
+    ).model("m", primary="p").spillover(mode="on_need")
+    if by_specification:  # a rule the arithmetic leaves to the specification
+        builder = builder.external_rule("power_headroom", reject_below=0.1)
+    d = decide(builder, {"p": signals(in_flight=17, queued=1)})
+    p = candidate(d, "p")
+    assert p.eligible and p.meets_sla, "predicted in time even after its wait"
+    assert (d.substrate, d.spillover, d.spillover_reason) == ("s", True, SpilloverReason.PRIMARY_SATURATED)
+    # With a running slot free it keeps the primary.
+    assert decide(builder, {"p": signals(in_flight=15, queued=0)}).substrate == "p"
+
+
 def test_spillover_when_the_primary_cannot_meet_the_sla() -> None:
     slow = fleet(
         substrate("p").latency(base_ttft_ms=2000),  # 2 s before the first token > 1.5 s deadline

@@ -42,12 +42,12 @@ def reference(sc: Scenario, snapshot: FleetSnapshot) -> dict:
     for idx in route.substrate_indices:
         spec, sig = fleet.substrates[idx], snapshot.signals[idx]
         row = {"index": idx, "name": spec.name, "eligible": False, "scores": None, "total": 0.0,
-               "ttft": None, "e2e": None, "cost": None, "meets": False}
+               "ttft": None, "e2e": None, "cost": None, "meets": False, "starts_now": False}
         rejection = next((r for f in DEFAULT_FILTERS if (r := f.check(ctx, spec, sig)) is not None), None)
         if rejection is None:
             est = estimate(spec, sig, request.input_tokens, request.max_output_tokens, request.ingress_region,
                            request.arrived_at_s, policy.signal_staleness_bound_s)
-            row.update(ttft=est.ttft_s, e2e=est.e2e_s, cost=est.cost_usd)
+            row.update(ttft=est.ttft_s, e2e=est.e2e_s, cost=est.cost_usd, starts_now=est.occupancy < spec.max_concurrent)
             rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, sig, request.max_output_tokens)
             if rejection is None:
                 scores = [SCORERS[w.scorer].score(ctx, spec, sig, est) for w in policy.weights]
@@ -61,7 +61,7 @@ def reference(sc: Scenario, snapshot: FleetSnapshot) -> dict:
     seed = zlib.crc32(request.request_id.encode())
     ranked = sorted((c for c in candidates if c["eligible"]), key=lambda c: (-c["total"], _tie_key(seed, c["index"])))
     primary = next((c for c in candidates if c["name"] == route.primary), None)
-    if policy.spillover_mode == "on_need" and primary is not None and primary["meets"]:
+    if policy.spillover_mode == "on_need" and primary is not None and primary["meets"] and primary["starts_now"]:
         ranked.remove(primary)
         ranked.insert(0, primary)
     return {"candidates": candidates, "order": [c["name"] for c in ranked],

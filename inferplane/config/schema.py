@@ -573,8 +573,10 @@ class SpilloverMode(str, enum.Enum):
 class SpilloverRules(_Strict):
     mode: SpilloverMode = Field(
         default=SpilloverMode.ON_NEED,
-        description="`on_need`: the primary wins whenever it is eligible and predicted to meet the "
-        "SLA deadlines; `scored`: always the best weighted total.",
+        description="`on_need`: the primary wins whenever it is eligible, has a running slot free and is "
+        "predicted to meet the SLA deadlines (a request that would wait in the primary's own queue goes "
+        "to the best weighted total instead, which may still be the primary); `scored`: always the best "
+        "weighted total.",
     )
     allowed_classes: list[SubstrateClass] = Field(
         default_factory=lambda: list(SubstrateClass),

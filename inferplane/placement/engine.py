@@ -7,8 +7,9 @@ in the placement actor and in the replay simulator.
 2. Filters (``filters.DEFAULT_FILTERS``) over the substrates serving the model, failing closed.
 3. Scorers (``scorers.SCORERS``) over the eligible ones, weighted by the policy (weights sum to 1,
    so totals are in [0, 1]).
-4. Pick. ``on_need``: the primary if it is eligible and predicted to meet both deadlines, otherwise
-   the best total. ``scored``: always the best total. Ties are broken by a key derived from the
+4. Pick. ``on_need``: the primary if it is eligible, has a running slot free (it would not wait in
+   its own queue) and is predicted to meet both deadlines, otherwise the best total. ``scored``:
+   always the best total. Ties are broken by a key derived from the
    request id, so a replay of the same request on the same snapshot decides the same way.
 
 The filters and scorers (``filters.py``, ``scorers.py``) are the specification. The hot path does
@@ -386,17 +387,25 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     reason = None
     if chosen != primary:
         primary_rejection = rp.primary_rejection
-        primary_meets = False
+        primary_meets = primary_queues = False
         if primary >= 0:
             verdict = by_specification.get(primary)
-            if verdict is None:  # eligible by arithmetic
-                ttft, e2e = _row_latency(stale_outcomes.get(primary) or rows[primary], request)
+            if verdict is None:  # eligible by arithmetic; row[6], the queue factor, is 0 below max_concurrent
+                row = stale_outcomes.get(primary) or rows[primary]
+                ttft, e2e = _row_latency(row, request)
                 primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
+                primary_queues = bool(row[6])
             else:
                 primary_meets = verdict.meets_sla
                 if verdict.code is not None:
                     primary_rejection = verdict
-        if primary_meets and policy.spillover_mode == "on_need":  # meets: eligible
+                elif primary_meets:  # would it start at once, or wait in the primary's own queue?
+                    idx = t.indices[primary]
+                    spec = substrates[idx]
+                    primary_queues = estimate(spec, signals[idx], request.input_tokens, request.max_output_tokens,
+                                              request.ingress_region, request.arrived_at_s,
+                                              policy.signal_staleness_bound_s).occupancy >= spec.max_concurrent
+        if primary_meets and not primary_queues and policy.spillover_mode == "on_need":
             chosen = primary
         elif not rp.primary_serves:
             reason = SpilloverReason.PRIMARY_NOT_ALLOWED
@@ -404,6 +413,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             reason = SPILLOVER_REASON_BY_REJECTION[primary_rejection.code]
         elif not primary_meets:
             reason = SpilloverReason.PRIMARY_CANNOT_MEET_SLA
+        elif primary_queues:  # predicted in time, but only after a wait in its queue
+            reason = SpilloverReason.PRIMARY_SATURATED
         else:
             reason = SpilloverReason.PRIMARY_OUTSCORED
     verdict = by_specification.get(chosen)

@@ -9,11 +9,17 @@ are the number of content deltas and prompt tokens an estimate (``len(text) // 4
 Errors, all ``substrate_adapters.errors``:
 
     connect error, dropped connection, 5xx        SubstrateUnavailable (``status`` set for 5xx)
-    connect / read / write / pool timeout         SubstrateTimeout
+    connect / read / write / pool timeout, 408    SubstrateTimeout
     429                                           SubstrateRateLimited(retry_after_s)
-    other 4xx                                     SubstrateRejectedRequest, upstream message
-                                                  truncated to 200 characters
+    400, 413, 422: the request's own fault        SubstrateRejectedRequest: not retried, never
+                                                  counted against the substrate, the upstream's
+                                                  reason passed to the client
+    other 4xx (401, 403, 404, ...): the           SubstrateUnavailable (``status`` set): the
+    substrate's key, quota or model               substrate cannot serve anyone's request
     3xx, undecodable body, malformed SSE or JSON  SubstrateProtocolError
+
+An upstream's reason is cut to ``errors.MESSAGE_LIMIT`` characters between words. A rejection's
+message, which the client sees, names the upstream's status but not its address.
 
 Rate-limit headers on every response feed ``load()``: ``x-ratelimit-remaining-requests`` and
 ``-tokens`` (each forgotten when its ``x-ratelimit-reset-*`` time has passed: after the reset the
@@ -53,10 +59,12 @@ from substrate_adapters.errors import (
     SubstrateRejectedRequest,
     SubstrateTimeout,
     SubstrateUnavailable,
+    reason,
 )
 
-MESSAGE_LIMIT = 200
-"""Characters of an upstream error message kept in an exception."""
+REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
+"""Upstream statuses that say the request itself is invalid: whichever substrate got it, the
+answer would be the same, so it is neither retried nor held against this substrate."""
 ERROR_BODY_LIMIT = 16 * 1024
 """Bytes of an error response read to find its message."""
 REDACTED = "[redacted]"
@@ -408,10 +416,15 @@ class OpenAICompatibleAdapter:
             raise SubstrateRateLimited(
                 f"{where}: {message}", retry_after_s=retry_after, status=status
             )
-        if status >= 500:
-            raise SubstrateUnavailable(f"{where}: {message}", status=status)
+        if status in REQUEST_FAULT_STATUSES:
+            # The client reads this message: the upstream's reason, not the upstream's address.
+            raise SubstrateRejectedRequest(
+                f"the upstream refused the request ({status}): {message}", status=status
+            )
+        if status == 408:
+            raise SubstrateTimeout(f"{where}: {message}", status=status)
         if status >= 400:
-            raise SubstrateRejectedRequest(f"{where}: {message}", status=status)
+            raise SubstrateUnavailable(f"{where}: {message}", status=status)
         raise SubstrateProtocolError(f"{where}, not a stream", status=status)
 
     def _error_message_from_body(self, body: bytes) -> str:
@@ -435,14 +448,11 @@ class OpenAICompatibleAdapter:
         return self._clean(json.dumps(payload))
 
     def _clean(self, text: str) -> str:
-        """One line, the API key redacted, then cut to ``MESSAGE_LIMIT`` characters (redacting
-        first means a cut can never leave part of the key behind)."""
-        text = " ".join(text.split())
+        """The API key redacted, then one line cut between words (``errors.reason``); redacting
+        first means a cut can never leave part of the key behind."""
         if self._api_key:
             text = text.replace(self._api_key, REDACTED)
-        if len(text) > MESSAGE_LIMIT:
-            text = text[: MESSAGE_LIMIT - 1] + "…"
-        return text
+        return reason(text)
 
     # -- rate-limit headers ---------------------------------------------------------------------
 

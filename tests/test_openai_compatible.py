@@ -406,6 +406,33 @@ def test_400_is_rejected_with_the_upstream_message():
     exc, _ = failure(make(streamed(body.encode(), 400)))
     assert type(exc) is SubstrateRejectedRequest and exc.status == 400 and not exc.retryable
     assert "max_tokens is too large: 99999" in str(exc)
+    # The client reads a rejection's message: the upstream's reason, not its address.
+    assert "example.test" not in str(exc) and "(400)" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [
+        # The request's own fault: any substrate would answer the same; never held against this one.
+        (400, SubstrateRejectedRequest, False),
+        (413, SubstrateRejectedRequest, False),
+        (422, SubstrateRejectedRequest, False),
+        # The substrate's fault (its key, quota or model): another substrate may serve the request.
+        (401, SubstrateUnavailable, True),
+        (402, SubstrateUnavailable, True),
+        (403, SubstrateUnavailable, True),
+        (404, SubstrateUnavailable, True),
+        (408, SubstrateTimeout, True),
+        (429, SubstrateRateLimited, True),
+        (500, SubstrateUnavailable, True),
+        (503, SubstrateUnavailable, True),
+    ],
+)
+def test_only_the_requests_own_fault_is_a_rejection(status, kind, retryable):
+    body = json.dumps({"error": {"message": "upstream says no"}}).encode()
+    exc, received = failure(make(streamed(body, status)))
+    assert type(exc) is kind and exc.retryable is retryable and exc.status == status
+    assert "upstream says no" in str(exc) and received == []
 
 
 @pytest.mark.parametrize(
@@ -418,8 +445,9 @@ def test_400_is_rejected_with_the_upstream_message():
     ],
 )
 def test_4xx_messages_in_other_shapes(body, expected):
-    exc, _ = failure(make(streamed(body, 404)))
-    assert type(exc) is SubstrateRejectedRequest and expected in str(exc)
+    for status in (400, 404):
+        exc, _ = failure(make(streamed(body, status)))
+        assert expected in str(exc), status
 
 
 def test_the_upstream_message_is_cut_to_200_characters():
@@ -427,6 +455,17 @@ def test_the_upstream_message_is_cut_to_200_characters():
     exc, _ = failure(make(streamed(body, 422)))
     assert type(exc) is SubstrateRejectedRequest
     assert 150 < str(exc).count("E") <= 200
+
+
+def test_the_upstream_message_is_cut_between_words():
+    words = " ".join(f"word{i:02d}" for i in range(100))  # 699 characters: 200 falls inside a word
+    body = json.dumps({"error": {"message": words}}).encode()
+    exc, _ = failure(make(streamed(body, 400)))
+    reason = str(exc).split(": ", 1)[1]
+    assert reason.endswith("…") and len(reason) <= 200
+    kept = reason[:-1].split(" ")
+    assert kept == [f"word{i:02d}" for i in range(len(kept))]  # whole words, in order
+    assert len(kept) > 20
 
 
 def test_a_redirect_is_a_protocol_error():

@@ -27,6 +27,12 @@ do not add up, and a stream ends when the physics says it does.
 
 ``prompt_tokens`` is an estimate (``len(text) // 4 + 1`` per message or prompt); emulations
 have no tokenizer. Closing the stream or cancelling its task frees the slot at once.
+
+Before step 1, a request an engine would refuse is refused as vLLM refuses it
+(``SubstrateRejectedRequest``, not retryable): an unknown model, ``max_tokens`` below 1, no
+messages or no prompt, and sampling values outside the API's bounds (``temperature`` in [0, 2],
+``top_p`` in (0, 1], at most 4 non-empty stop sequences, a signed 64-bit ``seed``). An emulation
+that served what the real engine refuses would hide the difference between substrates.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
+from inferplane.api.openai_schema import MAX_STOP_SEQUENCES, SEED_MAX, SEED_MIN, TEMPERATURE_MAX
 from inferplane.config.schema import EmulatedSettings, ServedModel
 from substrate_adapters.base import (
     AdapterLoad,
@@ -270,3 +277,22 @@ class EmulatedAdapter:
             raise SubstrateRejectedRequest("a chat request needs at least one message", status=400)
         if request.api == "completion" and request.prompt is None:
             raise SubstrateRejectedRequest("a completion request needs a prompt", status=400)
+        refusal = _sampling_refusal(request)
+        if refusal is not None:
+            raise SubstrateRejectedRequest(refusal, status=400)
+
+
+def _sampling_refusal(request: GenerationRequest) -> str | None:
+    """Why vLLM would refuse the request's sampling values, in its words; None if it would not."""
+    t, p = request.temperature, request.top_p
+    if t is not None and not (math.isfinite(t) and 0.0 <= t <= TEMPERATURE_MAX):
+        return f"temperature must be in [0, {TEMPERATURE_MAX:g}], got {t}."
+    if p is not None and not (math.isfinite(p) and 0.0 < p <= 1.0):
+        return f"top_p must be in (0, 1], got {p}."
+    if len(request.stop) > MAX_STOP_SEQUENCES:
+        return f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(request.stop)}."
+    if any(not s for s in request.stop):
+        return "stop cannot contain an empty string."
+    if request.seed is not None and not SEED_MIN <= request.seed <= SEED_MAX:
+        return f"seed must be a signed 64-bit integer (between {SEED_MIN} and {SEED_MAX})."
+    return None

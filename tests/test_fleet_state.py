@@ -228,3 +228,20 @@ def _arrive_and_look(steps, window, in_order):
         part = fs._outcome_part(kept, now, window)
         assert (part.valid_until_s, part.ttft, part.tpot, part.error_rate) == \
             _outcome_part_by_definition(seen, now, window)
+
+
+# -- occupancy: in_flight holds the waiting requests ---------------------------------------------
+
+
+def test_without_ingress_reports_in_flight_is_what_the_replicas_hold_running_or_waiting():
+    """The emulated adapter counts only the slots held (its queue apart), vLLM's every request in
+    the engine (its waiting ones included): both become the requests held, and queued stays the
+    waiting part."""
+    built, state = setup()
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=4, queued=3), 100.0)
+    state.report_substrate("v", "r1", SubstrateReport(in_flight=7, queued=3, kv_cache_usage=0.5), 100.0)
+    p, v = sig(state, "p", 100.0), sig(state, "v", 100.0)
+    assert (p.in_flight.value, p.queued.value) == (7.0, 3.0)
+    assert (v.in_flight.value, v.queued.value) == (7.0, 3.0)
+    state.report_substrate("p", "r2", SubstrateReport(in_flight=1, queued=2), 100.1)
+    assert sig(state, "p", 100.1).in_flight.value == 10.0

@@ -1,9 +1,9 @@
 """Latency and cost prediction for one request on one substrate. Pure arithmetic.
 
-Latency (seconds), from the substrate's latency profile and its live load:
+Latency (seconds), from the substrate's latency profile and its live load (``occupancy`` is the
+``in_flight`` reading: every request it holds, running or waiting; see ``signals``):
 
-    occupancy   = in_flight + queued
-    batch_frac  = min(1, (in_flight + 1) / max_concurrent)
+    batch_frac  = min(1, (occupancy + 1) / max_concurrent)
     decode_rate = decode_tokens_per_s / (1 + (slowdown_at_full_batch - 1) * batch_frac)
     service     = input_tokens / prefill_tokens_per_s + max_output_tokens / decode_rate
     queue_wait  = 0                                             if occupancy < max_concurrent
@@ -13,9 +13,9 @@ Latency (seconds), from the substrate's latency profile and its live load:
 
 When fresh outcome signals exist, the prediction is never more optimistic than what was observed:
 ttft = max(ttft, recent_ttft) and the per-token time is max(1 / decode_rate, recent_tpot).
-A load signal (in flight, or a reported queue) that is missing or stale is taken as a full
-substrate, or as its last known load if that was worse (occupancy = max(max_concurrent, last in
-flight + last queued)), so uncertainty never makes a substrate look faster.
+An in-flight reading that is missing or stale is taken as a full substrate, or as its last known
+load if that was worse (occupancy = max(max_concurrent, last in flight)), so uncertainty never
+makes a substrate look faster.
 
 Cost (USD): input and output tokens at the substrate's prices, plus owned hardware amortised over
 its concurrent slots (``usd_per_slot_second * e2e``), plus egress for the request's bytes
@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from inferplane.placement.fleet import SubstrateSpec
-from inferplane.placement.signals import SubstrateSignals, fresh_value, queued_value
+from inferplane.placement.signals import SubstrateSignals, fresh_value
 
 BYTES_PER_TOKEN = 4
 
@@ -37,7 +37,7 @@ class Estimate(NamedTuple):
     e2e_s: float
     cost_usd: float
     occupancy: float
-    """in_flight + queued as used for the prediction (max_concurrent when unknown)."""
+    """in_flight as used for the prediction (max_concurrent, or more, when unknown)."""
 
 
 def estimate(
@@ -51,18 +51,13 @@ def estimate(
 ) -> Estimate:
     lat = spec.latency
     cap = spec.max_concurrent
-    in_flight = fresh_value(signals.in_flight, now_s, bound_s)
-    queued = queued_value(signals, now_s, bound_s)
-    if in_flight is None or queued is None:
+    occupancy = fresh_value(signals.in_flight, now_s, bound_s)
+    if occupancy is None:
         # Unknown load: full, or the last known load if that was worse.
-        last = (signals.in_flight.value if signals.in_flight is not None else 0.0) + (
-            signals.queued.value if signals.queued is not None else 0.0)
+        last = signals.in_flight.value if signals.in_flight is not None else 0.0
         occupancy = max(float(cap), last)
-        in_flight = float(cap)
-    else:
-        occupancy = in_flight + queued
 
-    batch_frac = min(1.0, (in_flight + 1.0) / cap)
+    batch_frac = min(1.0, (occupancy + 1.0) / cap)
     decode_rate = lat.decode_tokens_per_s / (1.0 + (lat.decode_slowdown_at_full_batch - 1.0) * batch_frac)
     prefill_s = input_tokens / lat.prefill_tokens_per_s
     per_token_s = 1.0 / decode_rate

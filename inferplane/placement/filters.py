@@ -18,7 +18,6 @@ from inferplane.placement.signals import (
     CircuitState,
     SubstrateSignals,
     fresh_value,
-    queued_value,
     stale_value,
 )
 from inferplane.jurisdiction import is_within
@@ -183,7 +182,9 @@ class SignalsFresh:
 
 
 class Admission:
-    """Rejects when in-flight + queued has reached max_concurrent + max_queued."""
+    """Rejects when the requests the substrate holds (``in_flight``: running and waiting, see
+    ``signals``) have reached max_concurrent + max_queued. The substrate's own ``queued`` count is
+    part of ``in_flight`` and is not added again."""
 
     code = RejectionCode.CAPACITY
 
@@ -191,13 +192,10 @@ class Admission:
         in_flight = fresh_value(signals.in_flight, ctx.now_s, ctx.staleness_bound_s)
         if in_flight is None:  # SignalsFresh normally rejects first; never admit on unknown load
             return Rejection(self.code, "load unknown", "no fresh in_flight signal")
-        queued = queued_value(signals, ctx.now_s, ctx.staleness_bound_s)
-        if queued is None:
-            return Rejection(self.code, "load unknown", "queued signal is stale")
         limit = spec.max_concurrent + spec.max_queued
-        if in_flight + queued < limit:
+        if in_flight < limit:
             return None
-        return Rejection(self.code, "at capacity", f"{in_flight + queued:.0f} in flight+queued >= {limit}")
+        return Rejection(self.code, "at capacity", f"{in_flight:.0f} in flight >= {limit}")
 
 
 class HeldBack:

@@ -53,7 +53,7 @@ class PreparedSubstrate(NamedTuple):
     """The oldest reading the filters, the estimate or the scorers read (+inf when none)."""
     clear: bool
     """While fresh, passes every filter that reads only signals: circuit closed, in_flight and the
-    kind's required signals reported, in flight + queued below max_concurrent + max_queued,
+    kind's required signals reported, in flight below max_concurrent + max_queued,
     rate-limit requests remaining unreported or at least 1, and no empty set of node countries."""
     tokens_remaining: float
     """Rate-limit tokens remaining (+inf when unreported): a request needing more is rejected."""
@@ -83,7 +83,7 @@ class PreparedSubstrate(NamedTuple):
     reserved_score: float
     """``ReservedTier``: 1 reserved, 0 burst."""
     occupancy: float
-    """in_flight + queued (an unreported queue counts 0)."""
+    """in_flight (every request held, running or waiting; ``queued`` is part of it)."""
     load_oldest_s: float
     """The oldest of the readings other than recent_ttft and recent_tpot (+inf when none)."""
     outcomes_newest_s: float
@@ -122,14 +122,13 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
     """The entry of ``spec`` with ``signals``; the formulas mirror ``estimate`` and the scorers."""
     (cap, admits_below, required, decode_tokens_per_s, slowdown_minus_1, fixed_s, prefill_tokens_per_s,
      usd_in, usd_out, usd_slot_s, egress, region, zone, reserved_score) = _static(spec)
-    in_flight_r, queued_r, kv_r, gpu_r = signals.in_flight, signals.queued, signals.kv_cache_usage, \
-        signals.gpu_memory_used_ratio
+    in_flight_r, kv_r, gpu_r = signals.in_flight, signals.kv_cache_usage, signals.gpu_memory_used_ratio
     requests_left, tokens = signals.rate_limit_requests_remaining, signals.rate_limit_tokens_remaining
     ttft_r, tpot_r = signals.recent_ttft_s, signals.recent_tpot_s
-    # The oldest of the readings the filters, the estimate and the scorers read; of the load
-    # readings alone; and the newest of the outcome readings.
+    # The oldest of the readings the filters, the estimate and the scorers read (not ``queued``,
+    # which is part of in_flight); of the load readings alone; and the newest of the outcome ones.
     load_oldest = _INF
-    for reading in (in_flight_r, queued_r, gpu_r, kv_r, requests_left, tokens):
+    for reading in (in_flight_r, gpu_r, kv_r, requests_left, tokens):
         if reading is not None and reading.observed_at_s < load_oldest:
             load_oldest = reading.observed_at_s
     oldest, outcomes_newest = load_oldest, -_INF
@@ -141,11 +140,10 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
                 outcomes_newest = reading.observed_at_s
 
     in_flight = None if in_flight_r is None else in_flight_r.value
-    queued = 0.0 if queued_r is None else queued_r.value
     clear = (
         signals.circuit is CircuitState.CLOSED
         and in_flight is not None
-        and in_flight + queued < admits_below
+        and in_flight < admits_below
         and (requests_left is None or not requests_left.value < 1)
         and signals.node_countries != _NO_COUNTRIES
     )
@@ -157,7 +155,7 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
 
     if in_flight is None:  # never on the fast path (not clear); keep the numbers finite
         in_flight = float(cap)
-    occupancy = in_flight + queued
+    occupancy = in_flight
     batch_frac = (in_flight + 1.0) / cap
     if not batch_frac < 1.0:  # min(1.0, batch_frac)
         batch_frac = 1.0

@@ -41,7 +41,8 @@ class PredictedLatency:
 
 
 class QueuePressure:
-    """How much of the substrate's concurrency is free, from in-flight + queued signals.
+    """How much of the substrate's concurrency is free, from the estimate's occupancy (the
+    ``in_flight`` reading: every request it holds, running or waiting).
 
     score = 1 - min(1, occupancy / max_concurrent), where an unknown load counts as full.
     """

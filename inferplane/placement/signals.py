@@ -4,6 +4,22 @@ A signal is a ``Reading``: a value and the time it was observed, on the plane's 
 decision time is ``request.arrived_at_s - observed_at_s``. A stale reading counts against its
 substrate: required signals that are missing or older than the policy's bound make the substrate
 ineligible, optional ones score as the worst case.
+
+The load, and the one occupancy placement reads from it:
+
+- ``in_flight`` is every request the substrate holds: dispatched to it and not finished, whether
+  running, waiting for a slot in the substrate, or still on its way there. It is the plane's own
+  count, summed over the live ingress replicas (what each dispatched and has not seen end). When
+  no ingress replica reports, it is the substrate replicas' own count, made to mean the same by the
+  authority (``fleet_state``): the vLLM adapter counts every request it has handed the engine
+  (running and waiting) and a provider-API adapter every request sent and not answered, while the
+  emulated adapter counts only the slots held, so its waiting requests are added.
+- ``queued`` is the part of ``in_flight`` the substrate reports waiting for a slot (vLLM: the
+  engine's waiting requests; emulated: its FIFO; provider APIs: never reported). It is already in
+  ``in_flight`` and is never added to it; placement does not read it (status and metrics do).
+
+Occupancy is ``in_flight``: admission (``filters.Admission``), the queue wait the estimate predicts
+and ``QueuePressure`` all read that one number.
 """
 
 from __future__ import annotations
@@ -37,7 +53,9 @@ class SubstrateSignals:
     """What the placement authority last knew about one substrate."""
 
     in_flight: Reading | None = None
+    """Requests held (running or waiting): the occupancy (see the module doc)."""
     queued: Reading | None = None
+    """Of ``in_flight``, those the substrate reports waiting for a slot (not added to it)."""
     gpu_memory_used_ratio: Reading | None = None
     kv_cache_usage: Reading | None = None
     rate_limit_requests_remaining: Reading | None = None
@@ -78,13 +96,3 @@ def stale_value(reading: Reading | None, now_s: float, bound_s: float) -> float 
         return None
     return reading.value
 
-
-def queued_value(signals: SubstrateSignals, now_s: float, bound_s: float) -> float | None:
-    """Requests waiting: 0 when never reported (a substrate without a queue of its own), the
-    value while fresh, None when reported but stale (unknown, which must count against it)."""
-    reading = signals.queued
-    if reading is None:
-        return 0.0
-    if now_s - reading.observed_at_s > bound_s:
-        return None
-    return reading.value

@@ -4,7 +4,8 @@ Pure bookkeeping with an injected clock; the Ray actor (``deployments.placement_
 wrapper around it. Three kinds of report arrive, each a documented signal source:
 
 - **ingress replicas** (every ``ingress.snapshot_refresh_ms``): their in-flight requests per
-  substrate and their outcomes (time to first token, time per output token, success, Retry-After);
+  substrate and their outcomes (time to first token, time per output token, success, Retry-After,
+  and for a finished request its tenant, model and output tokens);
 - **substrate replicas** (every 0.25 s, their heartbeat): what their adapter reads from the
   substrate itself (vLLM engine: running, waiting, KV-cache use; provider API: rate-limit headroom
   and Retry-After from response headers; emulated: its queue), plus the Ray node they run on and
@@ -28,6 +29,11 @@ Derivation, per substrate:
   last ``OUTCOME_WINDOW`` outcomes no older than ``latency_window_s``; when none is that recent,
   of those within ``latency_window_s`` of the newest, dated by it (stale readings: the estimate
   ignores them, the deadline filter admits only probes while they say "too slow").
+- ``expected_output_tokens`` (per tenant and canonical model, in the snapshot): the output length
+  of its completed requests, a running mean over the first ``1 / OUTPUT_LENGTH_WEIGHT`` and an
+  exponentially weighted one after (weight ``OUTPUT_LENGTH_WEIGHT``), for at most
+  ``OUTPUT_LENGTH_PAIRS`` pairs (the least recently updated leaves). Placement predicts with it
+  (capped at each request's max output tokens) instead of the max clients ask for.
 - ``circuit`` comes from the substrate's ``CircuitBreaker`` (``inferplane.health``), fed by the
   outcomes and by Retry-After.
 - ``node_countries`` is the set of jurisdiction labels of the nodes of its live replicas.
@@ -52,6 +58,11 @@ from inferplane.placement.fleet import FleetSpec
 from inferplane.placement.signals import CircuitState, Reading, SubstrateSignals
 
 OUTCOME_WINDOW = 64
+OUTPUT_LENGTH_WEIGHT = 1.0 / 32.0
+"""The weight of each finished request in its (tenant, model)'s expected output length: the plain
+mean of the first 32, then an exponentially weighted mean over about the last 32."""
+OUTPUT_LENGTH_PAIRS = 4096
+"""The most (tenant, model) pairs whose output length is kept; the least recently updated leaves."""
 HEARTBEAT_S = 0.25
 """How often each substrate replica reports its load (its heartbeat)."""
 ACTOR_WARMUP_S = 0.75
@@ -86,12 +97,19 @@ class SubstrateReport:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """How one attempt on ``substrate`` ended, at ``at_s``, as the ingress replica saw it."""
+
     substrate: str
     ok: bool
     ttft_s: float | None
     tpot_s: float | None
     at_s: float
     retry_after_s: float | None = None
+    tenant: str | None = None
+    model: str | None = None
+    """The canonical model name (the decision's)."""
+    output_tokens: int | None = None
+    """Tokens produced (a completed request's teach the expected output length)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +136,9 @@ class PublishedSnapshot:
     grants: dict[str, dict[str, int]] = field(default_factory=dict)
     """Ingress replica -> substrate -> requests it may have in flight there until its next sync
     (``FleetState.report_ingress``): together never more than the substrate admits."""
+    expected_output_tokens: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(tenant, canonical model) -> the output length its finished requests produced on average
+    (``FleetSnapshot.expected_output_tokens``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +161,9 @@ class FleetState:
         # tenant -> "day" or "month"; spend is kept per (tenant, current period key)
         self._budget_periods = dict(budget_periods or {})
         self._spend: dict[str, tuple[str, float]] = {}
+        # (tenant, model) -> (mean output tokens, finished requests counted), in order of update
+        self._output_lengths: dict[tuple[str, str], tuple[float, int]] = {}
+        self._expected_output: dict[tuple[str, str], float] | None = {}
         self._fleet = fleet
         self._names = [s.name for s in fleet.substrates]
         self._policy_hash = policy_hash
@@ -187,11 +211,36 @@ class FleetState:
                 continue
             d.outcomes.append(o)
             d.op = None
+            if o.ok and o.output_tokens is not None and o.tenant is not None and o.model is not None:
+                self._learn_output_length(o.tenant, o.model, o.output_tokens)
             breaker = self._breakers[o.substrate]
             breaker.record(o.ok, o.at_s)
             if o.retry_after_s:
                 breaker.retry_after(o.at_s + o.retry_after_s, now_s)
         self._dirty = True
+
+    def _learn_output_length(self, tenant: str, model: str, output_tokens: int) -> None:
+        """One completed request's output length into its (tenant, model)'s mean (module doc)."""
+        lengths = self._output_lengths
+        key = (tenant, model)
+        kept = lengths.pop(key, None)  # put back last: the dict is in order of update
+        if kept is None:
+            if len(lengths) >= OUTPUT_LENGTH_PAIRS:
+                del lengths[next(iter(lengths))]
+            mean, n = float(output_tokens), 1
+        else:
+            mean, n = kept
+            n += 1
+            mean += (output_tokens - mean) * max(1.0 / n, OUTPUT_LENGTH_WEIGHT)
+        lengths[key] = (mean, n)
+        self._expected_output = None
+
+    def expected_output_tokens(self) -> dict[tuple[str, str], float]:
+        """(tenant, canonical model) -> expected output length, as published (the same object
+        until an outcome changes it)."""
+        if self._expected_output is None:
+            self._expected_output = {key: mean for key, (mean, _) in self._output_lengths.items()}
+        return self._expected_output
 
     def add_spend(self, spend_usd: dict[str, float], now_s: float) -> None:
         """Attributed cost of finished requests, by tenant (only tenants with a budget are kept)."""
@@ -300,6 +349,7 @@ class FleetState:
                 ingress_ids=tuple(sorted(self._ingress)),
                 demand={i: r.demand for i, r in self._ingress.items() if r.demand},
                 grants={i: g for i, g in self._grants.items() if i in self._ingress},
+                expected_output_tokens=self.expected_output_tokens(),
             )
             self._dirty = False
         return self._published

@@ -230,10 +230,24 @@ def substrate_signals(
 
 
 _versions = st.integers(0, 10**6)
+# Learned output lengths: often far below the requests' max output tokens (1 to 4,000), sometimes
+# above it (the cap applies), fractional (a mean) or whole.
+_output_lengths = st.one_of(st.floats(0.0, 64.0), st.floats(0.0, 6_000.0), st.integers(0, 4_000).map(float))
+
+
+def expected_output_tokens(built: BuiltConfig) -> st.SearchStrategy[dict[tuple[str, str], float]]:
+    """What the authority learned per (tenant, canonical model): some pairs, maybe none."""
+    return _learned(tuple((t, m) for t in sorted(built.policy.tenants) for m in built.fleet.models))
+
+
+@cache
+def _learned(pairs: tuple[tuple[str, str], ...]) -> st.SearchStrategy[dict[tuple[str, str], float]]:
+    return st.dictionaries(st.sampled_from(pairs), _output_lengths, max_size=len(pairs))
 
 
 @st.composite
-def snapshots(draw, built: BuiltConfig, now: float = NOW) -> FleetSnapshot:
+def snapshots(draw, built: BuiltConfig, now: float = NOW, learned: bool = False) -> FleetSnapshot:
+    """Random signals for every substrate; with ``learned``, also learned output lengths."""
     bound = built.policy.signal_staleness_bound_s
     sigs: list[SubstrateSignals] = []
     for i, spec in enumerate(built.fleet.substrates):
@@ -242,7 +256,8 @@ def snapshots(draw, built: BuiltConfig, now: float = NOW) -> FleetSnapshot:
         else:
             sigs.append(draw(substrate_signals(spec.max_concurrent, bound, now)))
     version = draw(_versions)
-    return FleetSnapshot(version=version, taken_at_s=now, fleet=built.fleet, signals=tuple(sigs))
+    return FleetSnapshot(version=version, taken_at_s=now, fleet=built.fleet, signals=tuple(sigs),
+                         expected_output_tokens=draw(expected_output_tokens(built)) if learned else {})
 
 
 def _twins(a, b) -> bool:
@@ -299,7 +314,14 @@ class Scenario:
 
 
 @st.composite
-def scenarios(draw, max_substrates: int = 12) -> Scenario:
-    """A fleet, a snapshot of it and a request: one full input to ``place``."""
+def scenarios(draw, max_substrates: int = 12, learned: bool = False) -> Scenario:
+    """A fleet, a snapshot of it and a request: one full input to ``place``. With ``learned``, the
+    snapshot also carries learned output lengths (which a test that rebuilds it must carry over)."""
     built = draw(fleets(max_substrates=max_substrates))
-    return Scenario(built, draw(snapshots(built)), draw(requests(built)))
+    snapshot, request = draw(snapshots(built, learned=learned)), draw(requests(built))
+    if learned and draw(_one_in_four):  # mostly, a length learned for this very request's tenant and model
+        key = (request.tenant, built.fleet.resolve_model(request.model).name)
+        snapshot = FleetSnapshot(snapshot.version, snapshot.taken_at_s, snapshot.fleet, snapshot.signals,
+                                 expected_output_tokens={**snapshot.expected_output_tokens,
+                                                         key: draw(_output_lengths)})
+    return Scenario(built, snapshot, request)

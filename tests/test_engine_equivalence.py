@@ -5,7 +5,9 @@ entries. Here a reference evaluates the specification directly, with nothing pre
 filter of ``DEFAULT_FILTERS`` in order, ``estimate``, ``DEADLINE_FILTER``, every scorer of the
 policy, total = sum of weight x score, ranked by total then by the request's tie key. Requests
 arrive at random times around the readings' ages (so some readings expire and some substrates
-leave the prepared window), on snapshots built directly or derived with ``with_dispatches``.
+leave the prepared window), on snapshots built directly or derived with ``with_dispatches``, with
+learned output lengths for some (tenant, model) pairs (predictions use them, capped at the
+request's max output tokens; the hard limits use the max).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def reference(sc: Scenario, snapshot: FleetSnapshot) -> dict:
     tenant, sla = policy.tenants[request.tenant], policy.sla_classes[request.sla_class]
     ctx = PlacementContext(request, tenant, sla, route, policy, policy.spill_classes(route.name),
                            request.arrived_at_s, policy.signal_staleness_bound_s)
+    # Predictions use the output length learned for (tenant, model), never more than max_tokens.
+    learned = snapshot.expected_output_tokens.get((request.tenant, route.name))
+    out = request.max_output_tokens if learned is None else min(learned, request.max_output_tokens)
     candidates = []
     for idx in route.substrate_indices:
         spec, sig = fleet.substrates[idx], snapshot.signals[idx]
@@ -45,10 +50,10 @@ def reference(sc: Scenario, snapshot: FleetSnapshot) -> dict:
                "ttft": None, "e2e": None, "cost": None, "meets": False, "starts_now": False}
         rejection = next((r for f in DEFAULT_FILTERS if (r := f.check(ctx, spec, sig)) is not None), None)
         if rejection is None:
-            est = estimate(spec, sig, request.input_tokens, request.max_output_tokens, request.ingress_region,
+            est = estimate(spec, sig, request.input_tokens, out, request.ingress_region,
                            request.arrived_at_s, policy.signal_staleness_bound_s)
             row.update(ttft=est.ttft_s, e2e=est.e2e_s, cost=est.cost_usd, starts_now=est.occupancy < spec.max_concurrent)
-            rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, sig, request.max_output_tokens)
+            rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, sig, out)
             if rejection is None:
                 scores = [SCORERS[w.scorer].score(ctx, spec, sig, est) for w in policy.weights]
                 row.update(eligible=True, scores=scores, total=sum(map(mul, (w.weight for w in policy.weights), scores)),
@@ -97,7 +102,7 @@ def assert_same(d: PlacementDecision, ref: dict) -> None:
 _offsets_in_bounds = st.sampled_from((0.0, 0.0, -0.5, 0.25, 0.5, 1.0, 2.0))
 
 
-@given(scenarios(), _offsets_in_bounds)
+@given(scenarios(learned=True), _offsets_in_bounds)
 def test_place_agrees_with_the_filters_and_scorers(sc: Scenario, offset: float) -> None:
     bound = sc.built.policy.signal_staleness_bound_s
     request = dataclasses.replace(sc.request, arrived_at_s=sc.request.arrived_at_s + offset * bound)
@@ -105,18 +110,19 @@ def test_place_agrees_with_the_filters_and_scorers(sc: Scenario, offset: float) 
     assert_same(place(request, sc.snapshot, sc.built.policy), reference(sc, sc.snapshot))
 
 
-@given(scenarios(), st.data())
+@given(scenarios(learned=True), st.data())
 def test_a_view_with_dispatches_prepares_what_a_fresh_snapshot_does(sc: Scenario, data: st.DataObject) -> None:
     names = [s.name for s in sc.built.fleet.substrates]
     counts = st.dictionaries(st.sampled_from(names), st.integers(0, 40), max_size=len(names))
     reported, current = data.draw(counts, label="reported"), data.draw(counts, label="current")
     view = sc.snapshot.with_dispatches(reported, current)
-    rebuilt = FleetSnapshot(view.version, view.taken_at_s, view.fleet, view.signals, view.tenant_spend_usd)
+    rebuilt = FleetSnapshot(view.version, view.taken_at_s, view.fleet, view.signals, view.tenant_spend_usd,
+                            view.expected_output_tokens)
     assert view.prepared == rebuilt.prepared
     assert_same(place(sc.request, view, sc.built.policy), reference(sc, view))
 
 
-@given(scenarios())
+@given(scenarios(learned=True))
 def test_a_policy_without_its_plan_decides_the_same(sc: Scenario) -> None:
     """A copy made with ``dataclasses.replace`` has no plan and works its route out on the fly."""
     copy = dataclasses.replace(sc.built.policy)
@@ -128,10 +134,11 @@ def test_a_policy_without_its_plan_decides_the_same(sc: Scenario) -> None:
 def _for_policy(sc: Scenario, snapshot: FleetSnapshot, previous: FleetSnapshot | None = None) -> FleetSnapshot:
     """``snapshot`` rebuilt as an ingress replica builds it: for its policy, maybe from a previous one."""
     return FleetSnapshot(snapshot.version, snapshot.taken_at_s, snapshot.fleet, snapshot.signals,
-                         snapshot.tenant_spend_usd, policy=sc.built.policy, previous=previous)
+                         snapshot.tenant_spend_usd, snapshot.expected_output_tokens, policy=sc.built.policy,
+                         previous=previous)
 
 
-@given(scenarios(), _offsets_in_bounds, st.data())
+@given(scenarios(learned=True), _offsets_in_bounds, st.data())
 def test_a_snapshot_built_for_the_policy_decides_the_same(sc: Scenario, offset: float, data: st.DataObject) -> None:
     """The scoring rows folded in at build time, reused from a previous snapshot for unchanged
     signals and updated by ``with_dispatches``, decide as the specification does."""
@@ -147,11 +154,13 @@ def test_a_snapshot_built_for_the_policy_decides_the_same(sc: Scenario, offset: 
     kept = data.draw(st.lists(st.booleans(), min_size=len(names), max_size=len(names)), label="kept")
     newer = FleetSnapshot(view.version + 1, view.taken_at_s, view.fleet,
                           tuple(v if k else dataclasses.replace(v) for v, k in zip(view.signals, kept)),
-                          policy=sc.built.policy, previous=scored)
+                          expected_output_tokens=view.expected_output_tokens, policy=sc.built.policy,
+                          previous=scored)
     for snapshot in (scored, view, newer):
         rebuilt = _for_policy(sc, snapshot)
         assert snapshot.prepared == rebuilt.prepared and snapshot.scoring == rebuilt.scoring
         assert_same(place(request, snapshot, sc.built.policy), reference(sc, snapshot))
         assert place(request, snapshot, sc.built.policy).to_dict() == place(
             request, FleetSnapshot(snapshot.version, snapshot.taken_at_s, snapshot.fleet, snapshot.signals,
-                                   snapshot.tenant_spend_usd), sc.built.policy).to_dict()
+                                   snapshot.tenant_spend_usd, snapshot.expected_output_tokens),
+            sc.built.policy).to_dict()

@@ -1,7 +1,8 @@
 """The engine's rows for a substrate whose outcome readings are stale and load readings fresh (an
 idle substrate: its recent_ttft / recent_tpot age past the bound) decide as the specification does:
 the estimate ignores the stale readings, and ``DeadlineReachable`` holds the substrate to probes
-while its last observed latencies are over the cut."""
+while its last observed latencies are over the cut (for the request's expected output length:
+with none learned, its max output tokens; learned shorter, the last per-token time weighs less)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ BOUND_AGES = {"recent_ttft_s": 60.0, "recent_tpot_s": 60.0}
     (3, 9.0, 0.01, {"recent_ttft_s": 60.0, "recent_tpot_s": 1.0}, 1.5),  # ... until it is stale too
     (3, 9.0, 0.01, BOUND_AGES, 2.5),      # the load readings stale as well: not the row either
 ])
-def test_stale_outcome_readings_decide_as_the_specification(in_flight, ttft_s, tpot_s, ages, offset_s) -> None:
+@pytest.mark.parametrize("learned", [None, 10.0, 37.5, 500.0])
+def test_stale_outcome_readings_decide_as_the_specification(in_flight, ttft_s, tpot_s, ages, offset_s,
+                                                            learned) -> None:
     built = (fleet(substrate("x"), substrate("y"))
              .policy("health", drop_when_predicted_over_deadline=3.0).build())
     assert built.policy.signal_staleness_bound_s == 2.0 and built.policy.half_open_probe_limit == 1
@@ -36,6 +39,8 @@ def test_stale_outcome_readings_decide_as_the_specification(in_flight, ttft_s, t
     now = sig.in_flight.observed_at_s
     others = tuple(signals(now=now) for _ in built.fleet.substrates[1:])
     for policy in (built.policy, None):  # rows folded with the snapshot, and folded by place()
-        snap = FleetSnapshot(1, now, built.fleet, (sig, *others), policy=policy)
+        snap = FleetSnapshot(1, now, built.fleet, (sig, *others),
+                             expected_output_tokens={} if learned is None else {("t", "m"): learned},
+                             policy=policy)
         req = dataclasses.replace(request(now=now), arrived_at_s=now + offset_s)
         assert_same(place(req, snap, built.policy), reference(Scenario(built, snap, req), snap))

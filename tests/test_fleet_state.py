@@ -245,3 +245,65 @@ def test_without_ingress_reports_in_flight_is_what_the_replicas_hold_running_or_
     assert (v.in_flight.value, v.queued.value) == (7.0, 3.0)
     state.report_substrate("p", "r2", SubstrateReport(in_flight=1, queued=2), 100.1)
     assert sig(state, "p", 100.1).in_flight.value == 10.0
+
+
+# -- expected output lengths ---------------------------------------------------------------------
+
+
+def done(tenant: str, model: str, tokens: int, at: float, ok: bool = True, substrate: str = "p") -> Outcome:
+    return Outcome(substrate, ok, 0.1, 0.01, at, tenant=tenant, model=model, output_tokens=tokens)
+
+
+def test_expected_output_length_is_the_mean_then_a_moving_average_per_tenant_and_model():
+    built, state = setup()
+    state.report_ingress("i1", {}, [done("eu", "m", 10, 100.0), done("eu", "m", 30, 100.1),
+                                    done("us", "m", 500, 100.1), done("eu", "m", 4000, 100.2, ok=False),
+                                    Outcome("p", True, 0.1, 0.01, 100.2)], 100.2)
+    # A failed attempt's partial output and an outcome without tenant or model teach nothing.
+    assert state.snapshot(100.2).expected_output_tokens == {("eu", "m"): 20.0, ("us", "m"): 500.0}
+    n = 2
+    for i in range(200):
+        state.report_ingress("i1", {}, [done("eu", "m", 100, 101.0 + i)], 101.0 + i)
+        n += 1
+    mean = state.snapshot(301.0).expected_output_tokens[("eu", "m")]
+    # The plain mean of the first 32 (two off by 80 on average: 100 - 80 * 2 / 32), then each new
+    # one weighs 1/32: it has all but forgotten the first two.
+    assert 99.0 < mean < 100.0
+    assert mean == pytest.approx(100.0 - 80.0 * (2 / 32) * (1 - fs.OUTPUT_LENGTH_WEIGHT) ** (n - 32))
+
+
+def test_expected_output_lengths_keep_a_bounded_number_of_pairs(monkeypatch):
+    monkeypatch.setattr(fs, "OUTPUT_LENGTH_PAIRS", 3)
+    built, state = setup()
+    for i, tenant in enumerate(("a", "b", "c", "a", "d")):
+        state.report_ingress("i1", {}, [done(tenant, "m", 10 * (i + 1), 100.0 + i)], 100.0 + i)
+    # "b" was the least recently updated when "d" came.
+    assert set(state.snapshot(105.0).expected_output_tokens) == {("c", "m"), ("a", "m"), ("d", "m")}
+
+
+def test_a_published_snapshot_keeps_its_expected_lengths_object_until_an_outcome_changes_it():
+    built, state = setup()
+    state.report_ingress("i1", {}, [done("eu", "m", 10, 100.0)], 100.0)
+    first = state.snapshot(100.0).expected_output_tokens
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.5)
+    assert state.snapshot(100.5).expected_output_tokens is first
+    state.report_ingress("i1", {}, [done("eu", "m", 30, 101.0)], 101.0)
+    assert state.snapshot(101.0).expected_output_tokens == {("eu", "m"): 20.0}
+
+
+def test_placement_predicts_with_the_learned_length_capped_at_max_tokens():
+    built = (fleet(substrate("p").latency(base_ttft_ms=100, prefill=10_000, decode=10))
+             .tenant("eu", allowed=["EU"]).build())
+    state = FleetState(built.fleet, built.policy.policy_hash, BOUND)
+    state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.0)
+    state.report_ingress("i1", {"p": 0}, [done("eu", "m", 20, 100.0)], 100.0)
+    pub = state.snapshot(100.0)
+    snap = FleetSnapshot(pub.version, pub.taken_at_s, built.fleet, pub.signals,
+                         expected_output_tokens=pub.expected_output_tokens)
+    # 1000 input tokens at 10k tok/s, 100 ms to the first token, 10 tok/s: 20 tokens take 2 s, not 20.
+    d = place(request(tenant="eu", max_output_tokens=200, now=100.0), snap, built.policy)
+    assert d.predicted_e2e_s == pytest.approx(0.2 + 2.0)
+    d = place(request(tenant="eu", max_output_tokens=5, now=100.0), snap, built.policy)
+    assert d.predicted_e2e_s == pytest.approx(0.2 + 0.5)
+    d = place(request(tenant="other", max_output_tokens=200, now=100.0), snap, built.policy)
+    assert d.placed is False or d.predicted_e2e_s == pytest.approx(0.2 + 20.0)

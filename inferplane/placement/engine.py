@@ -26,6 +26,10 @@ specification itself (``evaluate``). The two agree exactly
 (``tests/test_engine_equivalence.py``): the arithmetic performs the specification's float
 operations in the same order, or ones proved equal (noted where used). The decision's
 ``candidates`` are worked out on first read, from the numbers the ranking used.
+
+Both paths predict with the request's expected output length (``expected_output_tokens``: what the
+snapshot learned for its tenant and model, at most its max output tokens); the hard limits (the
+context window, rate-limit token headroom) use its max output tokens.
 """
 
 from __future__ import annotations
@@ -64,20 +68,28 @@ def _tie_key(seed: int, index: int) -> int:
     return ((seed ^ (index * 0x9E3779B1)) * 0x85EBCA6B) & 0xFFFFFFFF
 
 
+def expected_output_tokens(snapshot: FleetSnapshot, tenant: str, model: str, max_output_tokens: int) -> float:
+    """The output length to predict a request with: what ``snapshot`` learned for (``tenant``,
+    canonical ``model``), never more than ``max_output_tokens``; ``max_output_tokens`` when it
+    learned nothing."""
+    learned = snapshot.expected_output_tokens.get((tenant, model)) if snapshot.expected_output_tokens else None
+    return float(max_output_tokens) if learned is None or learned >= max_output_tokens else learned
+
+
 def evaluate(ctx: PlacementContext, spec: SubstrateSpec, signals: SubstrateSignals,
-             scorers: tuple[Scorer, ...], weights: tuple[float, ...]) -> CandidateVerdict:
+             scorers: tuple[Scorer, ...], weights: tuple[float, ...], output_tokens: float) -> CandidateVerdict:
     """One statically admitted substrate's verdict by the specification: the dynamic filters in
-    order, the estimate, the deadline filter, then every scorer; total = sum of weight x score in
-    the policy's order."""
+    order, the estimate (for ``output_tokens``, the request's expected output length), the
+    deadline filter, then every scorer; total = sum of weight x score in the policy's order."""
     for check in _DYNAMIC_CHECKS:
         rejection = check(ctx, spec, signals)
         if rejection is not None:
             return CandidateVerdict(spec.name, False, rejection.code, rejection.summary, rejection.detail,
                                     None, 0.0, None, None, None, False)
     request = ctx.request
-    est = estimate(spec, signals, request.input_tokens, request.max_output_tokens, request.ingress_region,
+    est = estimate(spec, signals, request.input_tokens, output_tokens, request.ingress_region,
                    ctx.now_s, ctx.staleness_bound_s)
-    rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, signals, request.max_output_tokens)
+    rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, signals, output_tokens)
     if rejection is not None:
         return CandidateVerdict(spec.name, False, rejection.code, rejection.summary, rejection.detail,
                                 None, 0.0, est.ttft_s, est.e2e_s, est.cost_usd, False)
@@ -143,10 +155,10 @@ def _context(request: PlacementRequest, tenant: TenantPolicy, sla: SlaPolicy, ro
                             request.arrived_at_s, policy.signal_staleness_bound_s, over_budget_classes)
 
 
-def _numbers(e: PreparedSubstrate, request: PlacementRequest) -> tuple[float, float, float]:
-    """(ttft_s, e2e_s, cost_usd) of a substrate whose readings are all fresh: ``estimate.estimate``
-    with the same float operations."""
-    n_in, n_out = request.input_tokens, request.max_output_tokens
+def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float) -> tuple[float, float, float]:
+    """(ttft_s, e2e_s, cost_usd) of a substrate whose readings are all fresh, for ``n_out`` output
+    tokens: ``estimate.estimate`` with the same float operations."""
+    n_in = request.input_tokens
     prefill_s = n_in / e.prefill_tokens_per_s
     decode_s = n_out * e.per_token_s
     if e.queue_factor:
@@ -163,11 +175,12 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest) -> tuple[float, fl
     return ttft, e2e, cost
 
 
-def _row_latency(row: ScoringRow, request: PlacementRequest) -> tuple[float, float]:
-    """(ttft_s, e2e_s) from a scoring row: the first lines of the loop in ``place``."""
+def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float) -> tuple[float, float]:
+    """(ttft_s, e2e_s) from a scoring row for ``n_out`` output tokens: the first lines of the loop
+    in ``place``."""
     (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _, _, _) = row
     prefill_s = float(request.input_tokens) / prefill_rate
-    decode_s = float(request.max_output_tokens) * per_token_s
+    decode_s = n_out * per_token_s
     if queue_factor:
         ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
     else:
@@ -177,30 +190,31 @@ def _row_latency(row: ScoringRow, request: PlacementRequest) -> tuple[float, flo
     return ttft, ttft + decode_s
 
 
-def _row_numbers(row: ScoringRow, egress_usd_per_byte: float, request: PlacementRequest) -> tuple[float, float, float]:
-    """(ttft_s, e2e_s, cost_usd) from a scoring row and the target's egress price (the loop in
-    ``place``'s lines)."""
-    ttft, e2e = _row_latency(row, request)
-    n_in, n_out = request.input_tokens, request.max_output_tokens
-    cost = float(n_in) * row[8] + float(n_out) * row[9]
+def _row_numbers(row: ScoringRow, egress_usd_per_byte: float, request: PlacementRequest,
+                 n_out: float) -> tuple[float, float, float]:
+    """(ttft_s, e2e_s, cost_usd) from a scoring row and the target's egress price, for ``n_out``
+    output tokens (the loop in ``place``'s lines)."""
+    ttft, e2e = _row_latency(row, request, n_out)
+    f_in = float(request.input_tokens)
+    cost = f_in * row[8] + n_out * row[9]
     cost += row[10] * e2e
     if egress_usd_per_byte:
-        cost += float((n_in + n_out) * BYTES_PER_TOKEN) * egress_usd_per_byte
+        cost += (f_in + n_out) * BYTES_PER_TOKEN * egress_usd_per_byte
     return ttft, e2e, cost
 
 
-def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, sla: SlaPolicy,
+def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, n_out: float, sla: SlaPolicy,
                 cost_reference_usd_per_token: float) -> tuple[float, float, float, tuple[float, ...]]:
     """(ttft_s, e2e_s, cost_usd, scores in ``FAST_SCORER_ORDER``) of a substrate whose readings
-    are all fresh: ``estimate.estimate`` and the scorers, with the same float operations. The loop
-    in ``place`` performs these same lines inline, on the snapshot's scoring rows (a call per
-    candidate would cost more than them)."""
-    ttft, e2e, cost = _numbers(e, request)
+    are all fresh, for ``n_out`` output tokens: ``estimate.estimate`` and the scorers, with the
+    same float operations. The loop in ``place`` performs these same lines inline, on the
+    snapshot's scoring rows (a call per candidate would cost more than them)."""
+    ttft, e2e, cost = _numbers(e, request, n_out)
     region, zone = request.ingress_region, request.ingress_zone
     a = 1.0 - ttft / sla.ttft_deadline_s
     b = 1.0 - e2e / sla.e2e_deadline_s
     latency = a if a < b else b
-    tokens = request.input_tokens + request.max_output_tokens
+    tokens = request.input_tokens + n_out
     r = cost_reference_usd_per_token
     local = 1.0 if zone is not None and e.zone == zone else 0.5 if region is not None and e.region == region else 0.0
     scores = (latency if latency > 0.0 else 0.0, e.queue_score, e.memory_score,
@@ -208,7 +222,7 @@ def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, sla: SlaPolicy,
     return ttft, e2e, cost, scores
 
 
-def _verdicts(request: PlacementRequest, sla: SlaPolicy, policy: PlacementPolicy, fleet: FleetSpec,
+def _verdicts(request: PlacementRequest, n_out: float, sla: SlaPolicy, policy: PlacementPolicy, fleet: FleetSpec,
               snapshot: FleetSnapshot, rp: RoutePlan, fast_positions: tuple[int, ...],
               totals: list[float], by_specification: dict[int, CandidateVerdict],
               stale_outcomes: dict[int, ScoringRow]) -> tuple[CandidateVerdict, ...]:
@@ -227,7 +241,7 @@ def _verdicts(request: PlacementRequest, sla: SlaPolicy, policy: PlacementPolicy
             entry = snapshot.prepared[idx]
             if pos in stale_outcomes:
                 entry = entry._replace(per_token_s=entry.per_token_base_s, ttft_floor_s=-_INF)
-            ttft, e2e, cost, scores = _arithmetic(entry, request, sla, policy.cost_reference_usd_per_token)
+            ttft, e2e, cost, scores = _arithmetic(entry, request, n_out, sla, policy.cost_reference_usd_per_token)
             verdict = CandidateVerdict(
                 fleet.substrates[idx].name, True, None, None, None, tuple([scores[i] for i in fast_positions]),
                 totals[pos], ttft, e2e, cost, ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s)
@@ -278,6 +292,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             over_budget_classes = tenant.over_budget_classes
 
     ttft_deadline, e2e_deadline = sla.ttft_deadline_s, sla.e2e_deadline_s
+    f_out = expected_output_tokens(snapshot, tenant.name, route.name, request.max_output_tokens)
     signals, substrates = snapshot.signals, fleet.substrates
     scorers, weights = sc.scorers, sc.weights
     ctx = None  # only the specification's path needs one
@@ -294,8 +309,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         else:  # a snapshot built without this policy: fold it in for the substrates this route admits
             rows = list(map(scoring_row, t.pick(snapshot.prepared), repeat(constants)))
         now = request.arrived_at_s
-        n_in, n_out = request.input_tokens, request.max_output_tokens
-        needed = n_in + n_out
+        n_in = request.input_tokens
+        needed = n_in + request.max_output_tokens  # the hard limits' tokens: window, rate limit
         exclude = request.exclude
         if request.closed:  # the tenant's quotas close these: the specification rejects them
             exclude = exclude | {name for name, _ in request.closed}
@@ -303,9 +318,11 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             rows = _unfit_to_specification(rows, needed, t.windows, rp.names, exclude)
         # The token counts as floats: an int times a float converts the int exactly as float()
         # does, so the products are the same, and float-by-float operations are the fast ones.
-        f_in, f_out, f_needed = float(n_in), float(n_out), float(needed)
-        per_token_of = float(needed if needed > 0 else 1)
-        needed_bytes = float(needed * BYTES_PER_TOKEN)
+        # ``f_out`` is the expected output length the estimate, the cost and the scores use.
+        f_in, f_needed = float(n_in), float(needed)
+        f_tokens = f_in + f_out
+        per_token_of = f_tokens if f_tokens > 0.0 else 1.0
+        needed_bytes = f_tokens * BYTES_PER_TOKEN
         allowed = tenant.allowed_countries
         ttft_cut, e2e_cut = t.ttft_cut_s, t.e2e_cut_s
         cost_ref = policy.cost_reference_usd_per_token
@@ -358,15 +375,16 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             pos = len(totals)
             stale_outcomes.pop(pos, None)
             idx = t.indices[pos]
-            verdict = by_specification[pos] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
+            verdict = by_specification[pos] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights, f_out)
             append(verdict.total if verdict.eligible else _INELIGIBLE)
     else:
         ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
         for idx in t.indices:
-            verdict = by_specification[len(totals)] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights)
+            verdict = by_specification[len(totals)] = evaluate(ctx, substrates[idx], signals[idx], scorers, weights,
+                                                               f_out)
             append(verdict.total if verdict.eligible else _INELIGIBLE)
 
-    verdicts_args = (request, sla, policy, fleet, snapshot, rp, sc.fast_positions, totals, by_specification,
+    verdicts_args = (request, f_out, sla, policy, fleet, snapshot, rp, sc.fast_positions, totals, by_specification,
                      stale_outcomes)
     ineligible = totals.count(_INELIGIBLE) if by_specification else 0
     eligible_count = len(totals) - ineligible
@@ -392,7 +410,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             verdict = by_specification.get(primary)
             if verdict is None:  # eligible by arithmetic; row[6], the queue factor, is 0 below max_concurrent
                 row = stale_outcomes.get(primary) or rows[primary]
-                ttft, e2e = _row_latency(row, request)
+                ttft, e2e = _row_latency(row, request, f_out)
                 primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
                 primary_queues = bool(row[6])
             else:
@@ -402,7 +420,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                 elif primary_meets:  # would it start at once, or wait in the primary's own queue?
                     idx = t.indices[primary]
                     spec = substrates[idx]
-                    primary_queues = estimate(spec, signals[idx], request.input_tokens, request.max_output_tokens,
+                    primary_queues = estimate(spec, signals[idx], request.input_tokens, f_out,
                                               request.ingress_region, request.arrived_at_s,
                                               policy.signal_staleness_bound_s).occupancy >= spec.max_concurrent
         if primary_meets and not primary_queues and policy.spillover_mode == "on_need":
@@ -420,7 +438,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     verdict = by_specification.get(chosen)
     if verdict is None:
         ttft, e2e, cost = _row_numbers(stale_outcomes.get(chosen) or rows[chosen], t.egress_usd_per_byte[chosen],
-                                       request)
+                                       request, f_out)
     else:
         ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 

@@ -1,15 +1,21 @@
 """Latency and cost prediction for one request on one substrate. Pure arithmetic.
 
+``output_tokens`` is the output length the request is expected to produce: what its tenant's
+requests for the model have produced on average (learned by the authority from outcomes,
+``fleet_state``), never more than the request's ``max_tokens``, and ``max_tokens`` itself until
+there are outcomes. Hard limits (the context window, rate-limit token headroom) use ``max_tokens``
+and are not estimates: they are filters.
+
 Latency (seconds), from the substrate's latency profile and its live load (``occupancy`` is the
 ``in_flight`` reading: every request it holds, running or waiting; see ``signals``):
 
     batch_frac  = min(1, (occupancy + 1) / max_concurrent)
     decode_rate = decode_tokens_per_s / (1 + (slowdown_at_full_batch - 1) * batch_frac)
-    service     = input_tokens / prefill_tokens_per_s + max_output_tokens / decode_rate
+    service     = input_tokens / prefill_tokens_per_s + output_tokens / decode_rate
     queue_wait  = 0                                             if occupancy < max_concurrent
                 = (occupancy - max_concurrent + 1) / max_concurrent * service   otherwise
     ttft        = network_rtt + base_ttft + queue_wait + input_tokens / prefill_tokens_per_s
-    e2e         = ttft + max_output_tokens / decode_rate
+    e2e         = ttft + output_tokens / decode_rate
 
 When fresh outcome signals exist, the prediction is never more optimistic than what was observed:
 ttft = max(ttft, recent_ttft) and the per-token time is max(1 / decode_rate, recent_tpot).
@@ -38,13 +44,15 @@ class Estimate(NamedTuple):
     cost_usd: float
     occupancy: float
     """in_flight as used for the prediction (max_concurrent, or more, when unknown)."""
+    output_tokens: float | None = None
+    """The output length the estimate assumed (None: the request's ``max_output_tokens``)."""
 
 
 def estimate(
     spec: SubstrateSpec,
     signals: SubstrateSignals,
     input_tokens: int,
-    max_output_tokens: int,
+    output_tokens: float,
     ingress_region: str | None,
     now_s: float,
     bound_s: float,
@@ -64,7 +72,7 @@ def estimate(
     recent_tpot = fresh_value(signals.recent_tpot_s, now_s, bound_s)
     if recent_tpot is not None and recent_tpot > per_token_s:
         per_token_s = recent_tpot
-    decode_s = max_output_tokens * per_token_s
+    decode_s = output_tokens * per_token_s
     if occupancy < cap:
         queue_wait = 0.0
     else:
@@ -76,8 +84,8 @@ def estimate(
     e2e = ttft + decode_s
 
     c = spec.cost
-    cost = input_tokens * c.usd_per_input_token + max_output_tokens * c.usd_per_output_token
+    cost = input_tokens * c.usd_per_input_token + output_tokens * c.usd_per_output_token
     cost += c.usd_per_slot_second * e2e
     if c.egress_usd_per_byte and spec.region != ingress_region:
-        cost += (input_tokens + max_output_tokens) * BYTES_PER_TOKEN * c.egress_usd_per_byte
-    return Estimate(ttft, e2e, cost, occupancy)
+        cost += (input_tokens + output_tokens) * BYTES_PER_TOKEN * c.egress_usd_per_byte
+    return Estimate(ttft, e2e, cost, occupancy, output_tokens)

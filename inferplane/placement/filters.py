@@ -114,7 +114,8 @@ class JurisdictionAllowed:
 
 
 class ContextWindowFits:
-    """Admits when the model's context window here holds input + max output tokens."""
+    """Admits when the model's context window here holds input + max output tokens (the most the
+    request may use, not its expected length)."""
 
     code = RejectionCode.CONTEXT_WINDOW
 
@@ -216,7 +217,8 @@ class HeldBack:
 
 
 class RateLimitHeadroom:
-    """Rejects when the API's reported remaining requests or tokens cannot take this request.
+    """Rejects when the API's reported remaining requests or tokens cannot take this request
+    (input + max output tokens: a limit, so the most the request may use, not its expected length).
 
     Uses the last rate-limit headers only while fresh; an API that reports nothing is not limited
     here (its circuit breaker handles 429s).
@@ -281,7 +283,8 @@ class DeadlineReachable:
     """After the latency estimate: rejects a substrate predicted to take more than
     ``policy.slow_drop_factor`` times either deadline of the SLA class, so a degraded substrate
     (slow, queue deep) leaves the candidate set before clients see timeouts. Unlike the filters
-    above it reads the estimate: ``check_estimate(ctx, spec, est, signals, max_output_tokens)``.
+    above it reads the estimate: ``check_estimate(ctx, spec, est, signals, output_tokens)``, with
+    the output length the estimate assumed (the request's expected one, see ``estimate``).
 
     Once cut, a substrate produces no outcomes, so its observed latencies age past the staleness
     bound and the estimate falls back to the static profile. Re-admitting it then would send it a
@@ -291,12 +294,12 @@ class DeadlineReachable:
     observation, and either keeps the cut or ends it:
 
         stale_ttft = max(est.ttft, last recent_ttft)
-        stale_e2e  = max(est.e2e, stale_ttft + max_output_tokens * last recent_tpot)
+        stale_e2e  = max(est.e2e, stale_ttft + output_tokens * last recent_tpot)
     """
 
     code = RejectionCode.PREDICTED_TOO_SLOW
 
-    def check_estimate(self, ctx, spec, est, signals, max_output_tokens: int):
+    def check_estimate(self, ctx, spec, est, signals, output_tokens: float):
         factor = ctx.policy.slow_drop_factor
         if factor is None:
             return None
@@ -310,7 +313,7 @@ class DeadlineReachable:
         if last_ttft is None and last_tpot is None:
             return None
         ttft = max(est.ttft_s, last_ttft or 0.0)
-        e2e = max(est.e2e_s, ttft + max_output_tokens * (last_tpot or 0.0))
+        e2e = max(est.e2e_s, ttft + output_tokens * (last_tpot or 0.0))
         if ttft <= ttft_cut and e2e <= e2e_cut:
             return None
         in_flight = signals.in_flight.value if signals.in_flight is not None else 0.0

@@ -16,7 +16,8 @@ the second case the arithmetic decides: every load reading fresh and every outco
 (``ScoringRow``'s ``stale_outcomes``; the estimate then reads no floor and the decode rate's
 per-token time, and ``DeadlineReachable`` may hold the substrate to probes).
 
-With every reading fresh, ``estimate.estimate`` reduces to (``in``/``out``: input/max output tokens)
+With every reading fresh, ``estimate.estimate`` reduces to (``in``/``out``: input tokens and the
+request's expected output tokens, see ``estimate``)
 
     prefill   = in / prefill_tokens_per_s
     decode    = out * per_token_s

@@ -83,14 +83,17 @@ class MemoryPressure:
 class CostScorer:
     """Cheapness of this request here, from the cost estimate.
 
-    c = estimated_cost_usd / (input + max output tokens), the effective USD per token;
-    r = policy.cost_reference_usd_per_token; score = r / (r + c). Free scores 1, the reference 0.5.
+    c = estimated_cost_usd / (input + output tokens), the effective USD per token, with the output
+    length the estimate assumed (``est.output_tokens``: the expected one; max output tokens when
+    the estimate does not say); r = policy.cost_reference_usd_per_token; score = r / (r + c).
+    Free scores 1, the reference 0.5.
     """
 
     name = "cost"
 
     def score(self, ctx, spec, signals, est):
-        tokens = ctx.request.input_tokens + ctx.request.max_output_tokens
+        out = est.output_tokens
+        tokens = ctx.request.input_tokens + (ctx.request.max_output_tokens if out is None else out)
         c = est.cost_usd / (tokens if tokens > 0 else 1)
         r = ctx.policy.cost_reference_usd_per_token
         return r / (r + c)

@@ -43,6 +43,11 @@ class FleetSnapshot:
     signals: tuple[SubstrateSignals, ...]
     tenant_spend_usd: Mapping[str, float] = field(default_factory=dict)
     """Each tenant's attributed spend in its budget's current period (tenants with a budget)."""
+    expected_output_tokens: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """(tenant, canonical model name) -> the output length its requests have produced on average,
+    learned by the authority from outcomes (``fleet_state``). Placement predicts a request's
+    decode time, latency, cost and queue wait with it, capped at the request's max output tokens;
+    a pair without an entry is predicted with the max."""
     policy: InitVar[PlacementPolicy | None] = None
     previous: InitVar[FleetSnapshot | None] = None
     prepared: tuple[PreparedSubstrate, ...] = field(init=False, compare=False, repr=False)
@@ -124,8 +129,8 @@ class FleetSnapshot:
         view = object.__new__(FleetSnapshot)
         # The same fields as a constructed snapshot; only the changed entries were prepared anew.
         for set_field, value in zip(_SNAPSHOT_SETTERS, (
-                self.version, self.taken_at_s, self.fleet, tuple(signals), self.tenant_spend_usd, tuple(prepared),
-                self.scored_for, None if rows is None else tuple(rows))):
+                self.version, self.taken_at_s, self.fleet, tuple(signals), self.tenant_spend_usd,
+                self.expected_output_tokens, tuple(prepared), self.scored_for, None if rows is None else tuple(rows))):
             set_field(view, value)
         return view
 
@@ -141,7 +146,9 @@ class FleetSnapshot:
             updates.get(spec.name, current) for spec, current in zip(self.fleet.substrates, self.signals)
         )
         return FleetSnapshot(version=version, taken_at_s=taken_at_s, fleet=self.fleet, signals=signals,
-                             tenant_spend_usd=self.tenant_spend_usd, policy=self.scored_for, previous=self)
+                             tenant_spend_usd=self.tenant_spend_usd,
+                             expected_output_tokens=self.expected_output_tokens, policy=self.scored_for,
+                             previous=self)
 
 
 def _row_constants(policy: PlacementPolicy) -> tuple[float, bool, float, float, float] | None:
@@ -150,7 +157,8 @@ def _row_constants(policy: PlacementPolicy) -> tuple[float, bool, float, float, 
 
 
 _SNAPSHOT_SETTERS = tuple(getattr(FleetSnapshot, name).__set__ for name in (
-    "version", "taken_at_s", "fleet", "signals", "tenant_spend_usd", "prepared", "scored_for", "scoring"))
+    "version", "taken_at_s", "fleet", "signals", "tenant_spend_usd", "expected_output_tokens", "prepared",
+    "scored_for", "scoring"))
 if {f.name for f in fields(FleetSnapshot)} != {"version", "taken_at_s", "fleet", "signals", "tenant_spend_usd",
-                                               "prepared", "scored_for", "scoring"}:
+                                               "expected_output_tokens", "prepared", "scored_for", "scoring"}:
     raise ImportError("FleetSnapshot.with_dispatches must set every field of the snapshot")

@@ -253,3 +253,17 @@ def test_a_grant_holds_back_admission_but_not_the_prediction():
     assert len(placed) == 6
     assert step.decision.rejection_code.value == "held_back"
     assert "holds its grant of 6 slot(s)" in step.decision.rejection_message
+
+
+def test_the_replica_places_with_the_output_lengths_the_authority_learned():
+    built = _two_pools()
+    state = ReplicaState(built.fleet, built.policy)
+    published = PublishedSnapshot(1, NOW, built.policy.policy_hash, _published(built).signals,
+                                  expected_output_tokens={("t", "m"): 20.0})
+    assert state.publish(published, state.take_report(NOW))
+    assert state.snapshot.expected_output_tokens == {("t", "m"): 20.0}
+    learned = AttemptLoop(state, request(model="m", max_output_tokens=2000)).start()
+    fresh = ReplicaState(built.fleet, built.policy)
+    assert fresh.publish(_published(built), fresh.take_report(NOW))
+    unknown = AttemptLoop(fresh, request(model="m", max_output_tokens=2000)).start()
+    assert learned.decision.predicted_e2e_s < unknown.decision.predicted_e2e_s

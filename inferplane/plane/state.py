@@ -142,7 +142,8 @@ class ReplicaState:
         pending = self._pending
         if pending is not None:
             self._snapshot = FleetSnapshot(pending.version, pending.taken_at_s, self.fleet, pending.signals,
-                                           pending.tenant_spend_usd, policy=self.policy, previous=self._snapshot)
+                                           pending.tenant_spend_usd, pending.expected_output_tokens,
+                                           policy=self.policy, previous=self._snapshot)
             self._pending = None
 
     def view(self, now_s: float) -> FleetSnapshot | Unavailable:

@@ -8,6 +8,10 @@ and fresh. Ages are in seconds before the moment of the decision::
       groq-class-emulated: {circuit: open}
       provider-api-emulated: {in_flight: 3, age_s: 9.0}   # stale: older than the bound
       sovereign-de-emulated: {missing: [in_flight]}          # never reported its load
+
+``in_flight`` here is what runs and ``queued`` what waits, as an operator reads an engine; the
+snapshot's ``in_flight`` signal is everything dispatched, so it is their sum (``queued`` is the
+waiting part of it, see ``placement.signals``).
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ def snapshot_from_scenario(fleet: FleetSpec, scenario: SignalScenario | None, no
             given = SubstrateSignalsSpec()
         at = now_s - given.age_s
         values = given.model_dump(exclude={"circuit", "age_s", "missing"})
+        values["in_flight"] += values["queued"]  # the signal counts what waits as dispatched too
         if spec.kind == "vllm" and values["kv_cache_usage"] is None:
             values["kv_cache_usage"] = 0.0
         readings = {

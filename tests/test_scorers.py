@@ -149,7 +149,7 @@ def test_estimate_same_region_pays_no_egress() -> None:
 
 
 def test_estimate_queue_wait_when_full() -> None:
-    e = run_estimate(signals(in_flight=4, queued=2))
+    e = run_estimate(signals(in_flight=6, queued=2))  # 6 dispatched, 2 of them waiting
     # occupancy 6 >= 4 slots; batch_frac = min(1, 5/4) = 1 -> decode_rate = 50/3 -> 0.06 s/token
     # service = 0.5 + 100 * 0.06 = 6.5 s; queue_wait = (6 - 4 + 1) / 4 * 6.5 = 4.875 s
     # ttft = 0.12 + 4.875 + 0.5 = 5.495 s; e2e = 5.495 + 6.0 = 11.495 s
@@ -181,14 +181,14 @@ def test_estimate_never_more_optimistic_than_observed() -> None:
     assert (stale.ttft_s, stale.e2e_s) == pytest.approx((0.62, 4.62))
 
 
-def test_estimate_stale_queue_reading_is_not_an_empty_queue() -> None:
-    """estimate.py: "A load signal that is missing or stale is taken as a full substrate". A queue
-    reading of 6 that is 3 s old (bound 2 s) is read as 0 queued instead: the substrate looks idle
-    (occupancy 1, no queue wait) although the last thing known is that it was over-full."""
-    fresh = run_estimate(signals(in_flight=1, queued=6))
-    stale = run_estimate(signals(in_flight=1, queued=6, ages={"queued": 3.0}))
+def test_estimate_stale_load_reading_is_not_an_idle_substrate() -> None:
+    """estimate.py: "A load signal that is missing or stale is taken as a full substrate". An
+    in-flight reading of 7 (6 of them waiting) that is 3 s old (bound 2 s) is not read as idle: the
+    last thing known is that it was over-full."""
+    fresh = run_estimate(signals(in_flight=7, queued=6))
+    stale = run_estimate(signals(in_flight=7, queued=6, ages={"in_flight": 3.0}))
     assert fresh.occupancy == 7.0
-    assert stale.occupancy >= 4.0, "a stale load reading made the substrate look less loaded"
+    assert stale.occupancy >= 7.0, "a stale load reading made the substrate look less loaded"
     assert stale.ttft_s >= fresh.ttft_s - 1e-9
 
 

@@ -5,7 +5,7 @@ wrapper around it. Three kinds of report arrive, each a documented signal source
 
 - **ingress replicas** (every ``ingress.snapshot_refresh_ms``): their in-flight requests per
   substrate and their outcomes (time to first token, time per output token, success, Retry-After,
-  and for a finished request its tenant, model and output tokens);
+  and for a finished request its tenant, model, output tokens and when it was dispatched);
 - **substrate replicas** (every 0.25 s, their heartbeat): what their adapter reads from the
   substrate itself (vLLM engine: running, waiting, KV-cache use; provider API: rate-limit headroom
   and Retry-After from response headers; emulated: its queue), plus the Ray node they run on and
@@ -28,9 +28,25 @@ Derivation, per substrate:
 - ``recent_ttft_s`` / ``recent_tpot_s`` are medians and ``error_rate`` the failure fraction of the
   last ``OUTCOME_WINDOW`` outcomes no older than ``latency_window_s``; when none is that recent,
   of those within ``latency_window_s`` of the newest, dated by it (stale readings: the estimate
-  ignores them, the deadline filter admits only probes while they say "too slow").
+  ignores them, the deadline filter admits only probes while they say "too slow"). The medians
+  are taken over the outcomes whose load counts at the current occupancy (below), each reading
+  dated by the newest of them; the error rate over all.
+- **A latency reading counts only at a load it bounds.** An outcome's ``load`` is the most
+  requests it shared the substrate with: the occupancy published when it was dispatched, or the
+  highest published while it ran less itself, whichever is more (from the authority's record of
+  each substrate's occupancy; unknown, and then counted at any load, when the outcome carries no
+  dispatch time or the record no longer reaches back to it). At occupancy ``o`` now, the medians
+  use the outcomes with ``load <= max(o, max_concurrent - 1)``. Latency does not fall as load
+  rises, so an outcome that met no more load than there is now bounds what a request meets now
+  from below, and one that met no queue (``load < max_concurrent``: every request had a slot, and
+  the estimate models no wait there) measures the substrate itself, at any load. One that met a
+  deeper queue than now's measured that queue, which the estimate already predicts from the live
+  occupancy: it would judge an idle substrate by a burst it has finished. (The price: a substrate
+  both slow and overloaded, whose every outcome met a queue, is no longer held to probes once it
+  drains; up to ``max_concurrent`` requests go before the queue's readings count again, and
+  those, meeting no queue, keep it cut if it is still slow.)
 - ``expected_output_tokens`` (per tenant and canonical model, in the snapshot): the output length
-  of its completed requests, a running mean over the first ``1 / OUTPUT_LENGTH_WEIGHT`` and an
+  of its finished requests, a running mean over the first ``1 / OUTPUT_LENGTH_WEIGHT`` and an
   exponentially weighted one after (weight ``OUTPUT_LENGTH_WEIGHT``), for at most
   ``OUTPUT_LENGTH_PAIRS`` pairs (the least recently updated leaves). Placement predicts with it
   (capped at each request's max output tokens) instead of the max clients ask for.
@@ -48,7 +64,7 @@ from collections import deque
 import datetime as _dt
 from dataclasses import dataclass, field, fields
 from functools import partial
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from itertools import compress, islice, repeat
 from operator import is_not, le, not_, sub
 from typing import NamedTuple
@@ -63,6 +79,13 @@ OUTPUT_LENGTH_WEIGHT = 1.0 / 32.0
 mean of the first 32, then an exponentially weighted mean over about the last 32."""
 OUTPUT_LENGTH_PAIRS = 4096
 """The most (tenant, model) pairs whose output length is kept; the least recently updated leaves."""
+LOAD_RECORD = 4096
+"""The most changes of a substrate's occupancy kept to find the load an outcome met (about a
+minute of syncs at the replay's rate); an outcome dispatched before the oldest kept counts at any
+load."""
+RUNNING_ONLY_KINDS = frozenset({"emulated"})
+"""Kinds whose adapter's ``load().in_flight`` counts only the requests holding a slot (its
+``queued`` ones are not in it): the authority adds the two when it uses the replicas' own count."""
 HEARTBEAT_S = 0.25
 """How often each substrate replica reports its load (its heartbeat)."""
 ACTOR_WARMUP_S = 0.75
@@ -70,9 +93,7 @@ ACTOR_WARMUP_S = 0.75
 every substrate has reported or the staleness bound has passed: until then every substrate would
 look unknown, and ingress replicas do better on their last snapshot."""
 EXTERNAL_SCOPES = ("substrate", "zone", "region", "fleet")
-RUNNING_ONLY_KINDS = frozenset({"emulated"})
-"""Kinds whose adapter's ``load().in_flight`` counts only the requests holding a slot (its
-``queued`` ones are not in it): the authority adds the two when it uses the replicas' own count."""
+_INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +131,8 @@ class Outcome:
     """The canonical model name (the decision's)."""
     output_tokens: int | None = None
     """Tokens produced (a completed request's teach the expected output length)."""
+    dispatched_at_s: float | None = None
+    """When the attempt was dispatched (dates the load it met)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +203,7 @@ class FleetState:
         # change (the replay syncs ten times a simulated second; most syncs change nothing but the
         # ingress counts).
         self._derived = tuple(_Derived(s.name, s.zone, s.region, self._breakers[s.name], self._replicas[s.name],
-                                       s.kind in RUNNING_ONLY_KINDS)
+                                       s.max_concurrent, s.kind in RUNNING_ONLY_KINDS)
                               for s in fleet.substrates)
         self._derived_by_name = {d.name: d for d in self._derived}
         # No kept report is older than this, so nothing can expire before it + the bound (a sync
@@ -209,7 +232,7 @@ class FleetState:
             d = self._derived_by_name.get(o.substrate)
             if d is None:
                 continue
-            d.outcomes.append(o)
+            d.outcomes.append(o, d.load_met(o.dispatched_at_s))
             d.op = None
             if o.ok and o.output_tokens is not None and o.tenant is not None and o.model is not None:
                 self._learn_output_length(o.tenant, o.model, o.output_tokens)
@@ -220,7 +243,7 @@ class FleetState:
         self._dirty = True
 
     def _learn_output_length(self, tenant: str, model: str, output_tokens: int) -> None:
-        """One completed request's output length into its (tenant, model)'s mean (module doc)."""
+        """One finished request's output length into its (tenant, model)'s mean (module doc)."""
         lengths = self._output_lengths
         key = (tenant, model)
         kept = lengths.pop(key, None)  # put back last: the dict is in order of update
@@ -388,18 +411,24 @@ class FleetState:
         if rp is None:
             rp = d.rp = _replica_part(d.replicas.values(), d.running_only)
         # The in-flight reading as (value, time), or rp's own, or None: compared with the last one
-        # before a Reading is made.
+        # before a Reading is made. ``occupancy`` is its value (None: unknown).
         newest = rp.newest
         if newest is None:
-            in_flight_value = in_flight_at = None
+            in_flight_value = in_flight_at = occupancy = None
         elif oldest_ingress_s is not None:
-            in_flight_value = float(ingress_totals.get(d.name, 0))
+            occupancy = in_flight_value = float(ingress_totals.get(d.name, 0))
             in_flight_at = newest if newest < oldest_ingress_s else oldest_ingress_s
         else:
             in_flight_value, in_flight_at = rp, None
+            occupancy = rp.in_flight.value
+        if occupancy is not None and occupancy != d.load_last:
+            d.record_load(occupancy, now_s)
+        # The outcomes whose load counts now (module doc): load <= max(occupancy, max_concurrent - 1).
+        counted = _INF if occupancy is None else occupancy if occupancy > d.no_queue_below else d.no_queue_below
         op = d.op
-        if op is None or not op.computed_at_s <= now_s < op.valid_until_s:
-            op = d.op = _outcome_part(d.outcomes, now_s, self._latency_window)
+        if (op is None or not op.computed_at_s <= now_s < op.valid_until_s
+                or not (op.load_from <= counted < op.load_until or counted == op.load_until == _INF)):
+            op = d.op = _outcome_part(d.outcomes, now_s, self._latency_window, counted)
         circuit = d.breaker.state(now_s)
         external = self._external_for(d.name, d.zone, d.region) if self._external else ()
         # The same object as last time when nothing changed, so a snapshot can reuse what was
@@ -521,14 +550,20 @@ def period_key(period: str, now_s: float) -> str:
 class _Derived:
     """One substrate's inputs (its replicas' reports, its outcomes, its breaker) and what was derived
     from them: the replica part (``rp``, None once a report arrives or expires), the outcome part
-    (``op``, None once an outcome arrives), and the last signals with what they were built from."""
+    (``op``, None once an outcome arrives), and the last signals with what they were built from.
+
+    It also keeps the record of its occupancy (``record_load``): each change, as published, in
+    ``load_t``/``load_v``, and the same changes reduced to a stack of suffix maxima
+    (``peak_t``/``peak_v``: each kept change is higher than every later one), so that the most
+    published after an instant is the first kept peak after it, found by bisection."""
 
     __slots__ = ("name", "zone", "region", "breaker", "replicas", "outcomes", "rp", "op", "signals",
                  "signals_rp", "signals_op", "in_flight_value", "in_flight_at", "circuit", "external",
-                 "running_only")
+                 "no_queue_below", "running_only", "load_last", "load_t", "load_v", "peak_t", "peak_v")
 
     def __init__(self, name: str, zone: str, region: str, breaker: CircuitBreaker,
-                 replicas: dict[str, tuple[float, SubstrateReport]], running_only: bool = False) -> None:
+                 replicas: dict[str, tuple[float, SubstrateReport]], max_concurrent: int = 1,
+                 running_only: bool = False) -> None:
         self.name, self.zone, self.region, self.breaker = name, zone, region, breaker
         self.replicas = replicas
         self.outcomes = _OutcomeWindow()
@@ -538,7 +573,50 @@ class _Derived:
         self.signals_rp = self.signals_op = self.in_flight_value = self.in_flight_at = None
         self.circuit: CircuitState | None = None
         self.external: tuple = ()
+        self.no_queue_below = float(max_concurrent - 1)
+        """The most an outcome may have shared the substrate with and still have met no queue."""
         self.running_only = running_only
+        self.load_last: float | None = None
+        self.load_t: list[float] = []
+        self.load_v: list[float] = []
+        self.peak_t: list[float] = []
+        self.peak_v: list[float] = []
+
+    def record_load(self, occupancy: float, now_s: float) -> None:
+        """The occupancy published at ``now_s`` (a change from the last one)."""
+        self.load_last = occupancy
+        self.load_t.append(now_s)
+        self.load_v.append(occupancy)
+        peak_t, peak_v = self.peak_t, self.peak_v
+        while peak_v and peak_v[-1] <= occupancy:
+            peak_t.pop()
+            peak_v.pop()
+        peak_t.append(now_s)
+        peak_v.append(occupancy)
+        if len(self.load_t) > 2 * LOAD_RECORD:  # keep the last LOAD_RECORD changes, and the peaks since
+            del self.load_t[:-LOAD_RECORD]
+            del self.load_v[:-LOAD_RECORD]
+            k = bisect_left(peak_t, self.load_t[0])
+            del peak_t[:k]
+            del peak_v[:k]
+
+    def load_met(self, dispatched_at_s: float | None) -> float:
+        """The most requests an outcome dispatched at ``dispatched_at_s`` shared the substrate with:
+        max(occupancy published when it was dispatched, highest published since - 1, as that
+        count includes itself once its dispatch was reported); -inf when unknown (counted at any
+        load)."""
+        if dispatched_at_s is None:
+            return -_INF
+        i = bisect_right(self.load_t, dispatched_at_s) - 1
+        if i < 0:  # dispatched before the oldest change kept (or none yet)
+            return -_INF
+        load = self.load_v[i]
+        j = bisect_right(self.peak_t, dispatched_at_s)
+        if j < len(self.peak_v):
+            later = self.peak_v[j] - 1.0
+            if later > load:
+                load = later
+        return load
 
 
 class _ReplicaPart(NamedTuple):
@@ -605,25 +683,30 @@ def _replica_part(reports, running_only: bool = False) -> _ReplicaPart:
 @dataclass(frozen=True, slots=True)
 class _OutcomePart:
     """Medians of a substrate's recent outcomes, valid from ``computed_at_s`` until the oldest of
-    them leaves the latency window (or a new outcome arrives)."""
+    them leaves the latency window (or a new outcome arrives), and while the load that counts
+    (``_outcome_part``'s ``counted``) stays in [``load_from``, ``load_until``) (or both are +inf):
+    within it, the same outcomes count."""
 
     computed_at_s: float
     valid_until_s: float
     ttft: Reading | None
     tpot: Reading | None
     error_rate: Reading | None
+    load_from: float = -_INF
+    load_until: float = _INF
 
 
 class _OutcomeWindow:
     """A substrate's last ``OUTCOME_WINDOW`` outcomes, one deque per field (oldest first), so that
     ``_outcome_part`` selects and reduces them with C-level iterators. ``descents`` counts the
-    neighbours out of time order (outcomes from several ingress replicas may interleave).
+    neighbours out of time order (outcomes from several ingress replicas may interleave). ``load``
+    is the load each met (``_Derived.load_met``; -inf: unknown).
 
     It also keeps the outcomes from the ``kept_from``-th appended on (every one appended since,
     and still held) reduced: their ttft and tpot values sorted, their failures counted, updated as
     outcomes arrive and leave, so that in time order a median is read, not sorted."""
 
-    __slots__ = ("at_s", "ok", "ttft_s", "tpot_s", "descents", "appended", "kept_from", "ttfts", "tpots",
+    __slots__ = ("at_s", "ok", "ttft_s", "tpot_s", "load", "descents", "appended", "kept_from", "ttfts", "tpots",
                  "failures")
 
     def __init__(self) -> None:
@@ -631,6 +714,7 @@ class _OutcomeWindow:
         self.ok: deque[bool] = deque(maxlen=OUTCOME_WINDOW)
         self.ttft_s: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
         self.tpot_s: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
+        self.load: deque[float] = deque(maxlen=OUTCOME_WINDOW)
         self.descents = 0
         self.appended = 0
         self.kept_from = 0
@@ -638,7 +722,7 @@ class _OutcomeWindow:
         self.tpots: list[float] = []
         self.failures = 0
 
-    def append(self, o: Outcome) -> None:
+    def append(self, o: Outcome, load: float = -_INF) -> None:
         times = self.at_s
         if times:
             if len(times) == OUTCOME_WINDOW:  # the oldest leaves
@@ -653,6 +737,7 @@ class _OutcomeWindow:
         self.ok.append(o.ok)
         self.ttft_s.append(o.ttft_s)
         self.tpot_s.append(o.tpot_s)
+        self.load.append(load)
         self.appended += 1
         if o.ttft_s is not None:
             insort(self.ttfts, o.ttft_s)
@@ -684,14 +769,16 @@ class _OutcomeWindow:
             self.failures -= 1
 
 
-def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float) -> _OutcomePart:
+def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float, counted: float = _INF) -> _OutcomePart:
+    """The readings of the outcomes in the window (module doc): the error rate over all of them,
+    the ttft and tpot medians over those whose load is at most ``counted``."""
     # Worked out again whenever an outcome arrives or leaves the window. An outcome is recent when
     # ``now_s - at_s <= window_s``; that difference never grows with ``at_s``, so in a window in
     # time order the recent outcomes are a suffix, found by bisection, and reduced already
     # (``keep_from``). Out of order, every pass over the (up to OUTCOME_WINDOW) outcomes runs in C.
     times = outcomes.at_s
     if not times:
-        return _OutcomePart(now_s, float("inf"), None, None, None)
+        return _OutcomePart(now_s, _INF, None, None, None)
     if not outcomes.descents:
         start = bisect_left(times, True, key=lambda t: now_s - t <= window_s)
         if start < len(times):
@@ -700,32 +787,48 @@ def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float) -> _O
             # Nothing recent: the last window that had outcomes, dated by its newest, so placement
             # still knows what the substrate last did, and how long ago (DeadlineReachable probes
             # it). It stays so until a new outcome arrives.
-            valid_until = float("inf")
+            valid_until = _INF
             newest = times[-1]
             start = bisect_left(times, True, key=lambda t: newest - t <= window_s)
         outcomes.keep_from(start)
         at = times[-1]
         n = len(times) - start
-        ttfts, tpots, failures = outcomes.ttfts, outcomes.tpots, outcomes.failures
+        failures = outcomes.failures
+        top = max(islice(outcomes.load, start, None))
+        if top <= counted:  # every one counts: the kept reduction
+            ttfts, tpots, counted_at, load_from, load_until = outcomes.ttfts, outcomes.tpots, at, top, _INF
+        else:
+            loads = list(islice(outcomes.load, start, None))
+            mask = list(map(le, loads, repeat(counted)))
+            ttfts = sorted(filter(_KNOWN, compress(islice(outcomes.ttft_s, start, None), mask)))
+            tpots = sorted(filter(_KNOWN, compress(islice(outcomes.tpot_s, start, None), mask)))
+            counted_at = max(compress(islice(times, start, None), mask), default=None)
+            load_from = max(compress(loads, mask), default=-_INF)
+            load_until = min(load for load in loads if load > counted)
     else:
         recent = list(map(le, map(sub, repeat(now_s), times), repeat(window_s)))
         if True in recent:
             at_s = list(compress(times, recent))
             valid_until = min(at_s) + window_s
         else:  # nothing recent, as above
-            valid_until = float("inf")
+            valid_until = _INF
             recent = list(map(le, map(sub, repeat(times[-1]), times), repeat(window_s)))
             at_s = list(compress(times, recent))
         at = max(at_s)
         n = len(at_s)
-        ttfts = sorted(filter(_KNOWN, compress(outcomes.ttft_s, recent)))
-        tpots = sorted(filter(_KNOWN, compress(outcomes.tpot_s, recent)))
         failures = sum(map(not_, compress(outcomes.ok, recent)))
+        loads = list(compress(outcomes.load, recent))
+        below = [r and load <= counted for r, load in zip(recent, outcomes.load)]
+        ttfts = sorted(filter(_KNOWN, compress(outcomes.ttft_s, below)))
+        tpots = sorted(filter(_KNOWN, compress(outcomes.tpot_s, below)))
+        counted_at = max(compress(times, below), default=None)
+        load_from = max((load for load in loads if load <= counted), default=-_INF)
+        load_until = min((load for load in loads if load > counted), default=_INF)
     return _OutcomePart(
         now_s, valid_until,
-        Reading(ttfts[len(ttfts) // 2], at) if ttfts else None,
-        Reading(tpots[len(tpots) // 2], at) if tpots else None,
-        Reading(failures / n, at))
+        Reading(ttfts[len(ttfts) // 2], counted_at) if ttfts else None,
+        Reading(tpots[len(tpots) // 2], counted_at) if tpots else None,
+        Reading(failures / n, at), load_from, load_until)
 
 
 _KNOWN = partial(is_not, None)

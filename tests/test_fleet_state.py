@@ -165,23 +165,29 @@ def test_budget_spend_adds_up_per_period_and_resets_at_the_next():
     assert state.tenant_spend(day1 + 86_400) == {"eu": 2.0}
 
 
-def _outcome_part_by_definition(outcomes: list[Outcome], now_s: float, window_s: float):
-    """The module doc's definition, outcome by outcome (the reference for ``_outcome_part``)."""
-    last = outcomes[-fs.OUTCOME_WINDOW:]
-    recent = [o for o in last if now_s - o.at_s <= window_s]
-    valid_until = min(o.at_s for o in recent) + window_s if recent else float("inf")
+def _outcome_part_by_definition(outcomes: list[Outcome], now_s: float, window_s: float,
+                                loads: list[float] | None = None, counted: float = float("inf")):
+    """The module doc's definition, outcome by outcome (the reference for ``_outcome_part``): the
+    error rate over the window's outcomes, the medians over those whose load is at most
+    ``counted`` (``loads[i]`` is ``outcomes[i]``'s; none given: unknown, so every one counts)."""
+    loads = [-float("inf")] * len(outcomes) if loads is None else loads
+    last = list(zip(outcomes, loads))[-fs.OUTCOME_WINDOW:]
+    recent = [(o, load) for o, load in last if now_s - o.at_s <= window_s]
+    valid_until = min(o.at_s for o, _ in recent) + window_s if recent else float("inf")
     if not recent and last:
-        newest = last[-1].at_s
-        recent = [o for o in last if newest - o.at_s <= window_s]
+        newest = last[-1][0].at_s
+        recent = [(o, load) for o, load in last if newest - o.at_s <= window_s]
     if not recent:
         return (valid_until, None, None, None)
-    at = max(o.at_s for o in recent)
-    ttfts = sorted(o.ttft_s for o in recent if o.ttft_s is not None)
-    tpots = sorted(o.tpot_s for o in recent if o.tpot_s is not None)
+    at = max(o.at_s for o, _ in recent)
+    chosen = [o for o, load in recent if load <= counted]
+    chosen_at = max((o.at_s for o in chosen), default=None)
+    ttfts = sorted(o.ttft_s for o in chosen if o.ttft_s is not None)
+    tpots = sorted(o.tpot_s for o in chosen if o.tpot_s is not None)
     return (valid_until,
-            Reading(ttfts[len(ttfts) // 2], at) if ttfts else None,
-            Reading(tpots[len(tpots) // 2], at) if tpots else None,
-            Reading(sum(1 for o in recent if not o.ok) / len(recent), at))
+            Reading(ttfts[len(ttfts) // 2], chosen_at) if ttfts else None,
+            Reading(tpots[len(tpots) // 2], chosen_at) if tpots else None,
+            Reading(sum(1 for o, _ in recent if not o.ok) / len(recent), at))
 
 
 _outcomes = st.lists(st.builds(
@@ -213,6 +219,40 @@ def test_outcome_part_stays_the_definition_as_outcomes_arrive_and_leave(steps, w
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fs, "OUTCOME_WINDOW", held)
         _arrive_and_look(steps, window, in_order)
+
+
+_LOADS = st.sampled_from([-float("inf"), 0.0, 3.0, 15.0, 16.0, 30.0])
+_COUNTED = st.sampled_from([0.0, 3.0, 15.0, 16.0, 29.0, 30.0, float("inf")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_outcomes.map(lambda os: os[:5]), st.lists(_LOADS, min_size=5, max_size=5),
+                          st.floats(-5.0, 5.0), _COUNTED), max_size=40),
+       st.sampled_from([0.5, 5.0, 10.0]), st.booleans(), st.sampled_from([2, 5, fs.OUTCOME_WINDOW]))
+def test_outcome_part_counts_the_outcomes_whose_load_is_at_most_the_counted_one(steps, window, in_order, held):
+    """As above, each outcome with the load it met and each look at a load that counts: the medians
+    are over the outcomes that count, and the part holds for every load in its [from, until)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fs, "OUTCOME_WINDOW", held)
+        kept, seen, loads, clock = fs._OutcomeWindow(), [], [], 0.0
+        for batch, batch_loads, look, counted in steps:
+            if in_order:
+                batch = [dataclasses.replace(o, at_s=clock + i * 1.1 + o.at_s / 40.0) for i, o in enumerate(batch)]
+                clock = max([clock, *(o.at_s for o in batch)])
+            for o, load in zip(batch, batch_loads):
+                kept.append(o, load)
+                seen.append(o)
+                loads.append(load)
+            now = clock + look if in_order else 20.0 + look * 4.0
+            part = fs._outcome_part(kept, now, window, counted)
+            assert (part.valid_until_s, part.ttft, part.tpot, part.error_rate) == \
+                _outcome_part_by_definition(seen, now, window, loads, counted)
+            inf = float("inf")
+            assert part.load_from <= counted < part.load_until or counted == part.load_until == inf
+            for other in (-inf, 0.0, 3.0, 15.0, 16.0, 29.0, 30.0, inf):
+                if part.load_from <= other < part.load_until or other == part.load_until == inf:
+                    want = _outcome_part_by_definition(seen, now, window, loads, other)
+                    assert (part.ttft, part.tpot) == want[1:3], other
 
 
 def _arrive_and_look(steps, window, in_order):
@@ -307,3 +347,138 @@ def test_placement_predicts_with_the_learned_length_capped_at_max_tokens():
     assert d.predicted_e2e_s == pytest.approx(0.2 + 0.5)
     d = place(request(tenant="other", max_output_tokens=200, now=100.0), snap, built.policy)
     assert d.placed is False or d.predicted_e2e_s == pytest.approx(0.2 + 20.0)
+
+
+# -- latency readings count at the load they bound -----------------------------------------------
+
+
+def reading_at(state: FleetState, name: str, now: float, in_flight: int):
+    state.report_substrate(name, "r1", SubstrateReport(in_flight=0), now)
+    state.report_ingress("i1", {name: in_flight}, [], now)
+    return sig(state, name, now)
+
+
+def slow(at: float, dispatched: float, ttft: float = 9.0) -> Outcome:
+    return Outcome("p", True, ttft, 0.2, at, dispatched_at_s=dispatched)
+
+
+def test_readings_from_a_queue_count_only_while_the_queue_is_as_deep():
+    built, state = setup()  # p: 16 slots, no queue of its own
+    for i in range(10):  # idle, then 30 in flight from t=101
+        reading_at(state, "p", 100.0 + i * 0.1, 0)
+    for i in range(10):
+        reading_at(state, "p", 101.0 + i * 0.1, 30)
+    # Dispatched at 101.5 with 30 in flight: met a queue of 15.
+    state.report_ingress("i1", {"p": 30}, [slow(102.0, 101.5)], 102.0)
+    assert sig(state, "p", 102.0).recent_ttft_s.value == 9.0
+    assert reading_at(state, "p", 102.1, 29).recent_ttft_s is None      # a shallower queue: not counted
+    assert reading_at(state, "p", 102.2, 30).recent_ttft_s.value == 9.0  # as deep again: counted
+    assert reading_at(state, "p", 102.3, 0).recent_ttft_s is None        # idle: not judged by it
+    # An outcome that met no queue (15 others at most, 16 slots) counts at any load.
+    state.report_ingress("i1", {"p": 0}, [Outcome("p", True, 0.4, 0.02, 102.4, dispatched_at_s=102.3)], 102.4)
+    s = sig(state, "p", 102.4)
+    assert (s.recent_ttft_s.value, s.recent_ttft_s.observed_at_s) == (0.4, 102.4)
+    assert s.error_rate.value == 0.0  # the error rate counts every outcome
+    # No dispatch time, or one before anything was recorded: its load is unknown, so it counts.
+    state.report_ingress("i1", {"p": 0}, [Outcome("p", True, 7.0, 0.2, 102.5),
+                                          Outcome("p", True, 7.0, 0.2, 102.5, dispatched_at_s=50.0)], 102.5)
+    assert sig(state, "p", 102.5).recent_ttft_s.value == 7.0
+
+
+def test_the_load_an_outcome_met_includes_a_burst_reported_after_its_dispatch():
+    """Dispatches between two syncs reach the authority after them: a request dispatched into a
+    burst that was not yet reported met the burst all the same (the most published while it ran)."""
+    built, state = setup()
+    reading_at(state, "p", 100.0, 0)
+    reading_at(state, "p", 100.1, 40)   # the burst, reported after the dispatch at 100.05
+    reading_at(state, "p", 100.2, 0)
+    d = state._derived_by_name["p"]
+    assert d.load_met(100.05) == 39.0   # 40 published since, itself among them
+    assert d.load_met(100.15) == 40.0
+    assert d.load_met(100.25) == 0.0
+    assert d.load_met(99.0) == -float("inf") and d.load_met(None) == -float("inf")
+
+
+def test_the_load_record_keeps_its_bound_and_its_peaks(monkeypatch):
+    monkeypatch.setattr(fs, "LOAD_RECORD", 8)
+    built, state = setup()
+    d = state._derived_by_name["p"]
+    values = [5, 3, 9, 1, 1, 4, 2, 8, 7, 0, 6, 3, 2, 5, 1, 0, 9, 2, 4, 3, 1]
+    for i, v in enumerate(values):
+        d.record_load(float(v), 100.0 + i)
+    assert len(d.load_t) <= 2 * fs.LOAD_RECORD
+    first = int(d.load_t[0] - 100.0)
+    for i in range(first, len(values)):
+        # in force at 100 + i, or the most after it less one
+        after = values[i + 1:]
+        want = max([values[i], *(v - 1 for v in after)])
+        assert d.load_met(100.0 + i + 0.5) == want, i
+    assert d.load_met(100.0 + first - 0.5) == -float("inf")
+
+
+def test_an_idle_substrate_is_not_judged_by_the_burst_it_finished():
+    """The user's case, on the plane's own bookkeeping and engine: a burst of batch requests fills
+    a 16 + 8 vLLM pool, the EU tenant's interactive requests queue behind it for 8 to 12 s, and the
+    pool drains. Right after, with the pool idle and those readings stale, 45 interactive requests
+    arrive, one every 0.2 s, each done in 0.5 s: every one is placed (the readings of the burst,
+    taken behind a queue 8 deep, do not count at an idle pool), none refused as predicted_too_slow
+    ("last seen over 3x the deadlines; probing")."""
+    built = (fleet(substrate("gpu").kind("vllm").jurisdiction("DE").capacity(16, queued=8)
+                   .latency(base_ttft_ms=100, prefill=10_000, decode=50))
+             .tenant("eu", allowed=["EU"], allowed_sla=["interactive", "batch"])
+             .sla("interactive", ttft_ms=1500, e2e_ms=20_000).sla("batch", ttft_ms=60_000, e2e_ms=600_000)
+             .policy("health", drop_when_predicted_over_deadline=3.0).build())
+    policy = built.policy
+    state = FleetState(built.fleet, policy.policy_hash, policy.signal_staleness_bound_s, latency_window_s=10.0)
+    clock = 95.0
+    in_flight = 0
+    pending: list[Outcome] = []
+
+    def sync(until: float) -> None:
+        """Heartbeats and syncs every 0.1 s up to ``until``."""
+        nonlocal clock, pending
+        while clock < until:
+            clock = round(clock + 0.1, 6)
+            state.report_substrate("gpu", "r1", SubstrateReport(in_flight=in_flight, queued=max(0, in_flight - 16),
+                                                                kv_cache_usage=min(1.0, in_flight / 16)), clock)
+            state.report_ingress("i1", {"gpu": in_flight}, [o for o in pending if o.at_s <= clock], clock)
+            pending = [o for o in pending if o.at_s > clock]
+            state.snapshot(clock)
+
+    sync(100.0)
+    in_flight = 24  # 16 batch requests running and 8 waiting, from t = 100
+    for i in range(16):
+        pending.append(Outcome("gpu", True, 0.3, 0.05, 110.0, tenant="eu", model="m", output_tokens=200,
+                               dispatched_at_s=100.0))
+    for i in range(8):
+        pending.append(Outcome("gpu", True, 10.0, 0.05, 111.0, tenant="eu", model="m", output_tokens=200,
+                               dispatched_at_s=100.0))
+    for i in range(12):  # the EU tenant's interactive requests, behind the queue
+        pending.append(Outcome("gpu", True, 8.0 + i / 3, 0.05, 110.0 + i / 4, tenant="eu", model="m",
+                               output_tokens=30, dispatched_at_s=101.0 + i / 4))
+    sync(112.0)
+    in_flight = 0
+    sync(116.0)
+    pub = state.snapshot(clock)
+    assert all(o.at_s <= clock for o in pending)
+
+    placed = refused = 0
+    running: list[float] = []  # end times of the requests placed
+    for i in range(45):
+        now = round(116.0 + i * 0.2, 6)
+        sync(now)
+        running = [end for end in running if end > now]
+        pub = state.snapshot(now)
+        snap = FleetSnapshot(pub.version, pub.taken_at_s, built.fleet, pub.signals,
+                             expected_output_tokens=pub.expected_output_tokens)
+        view = snap.with_dispatches({"gpu": in_flight}, {"gpu": len(running)})
+        d = place(request(request_id=f"r{i}", tenant="eu", now=now, max_output_tokens=256), view, policy)
+        if d.placed:
+            placed += 1
+            running.append(now + 0.5)
+            pending.append(Outcome("gpu", True, 0.15, 0.012, now + 0.5, tenant="eu", model="m", output_tokens=30,
+                                   dispatched_at_s=now))
+        else:
+            refused += 1
+        in_flight = len(running)
+    assert (placed, refused) == (45, 0)

@@ -18,10 +18,12 @@ Latency (seconds), from the substrate's latency profile and its live load (``occ
     e2e         = ttft + output_tokens / decode_rate
 
 When fresh outcome signals exist, the prediction is never more optimistic than what was observed:
-ttft = max(ttft, recent_ttft) and the per-token time is max(1 / decode_rate, recent_tpot).
-An in-flight reading that is missing or stale is taken as a full substrate, or as its last known
-load if that was worse (occupancy = max(max_concurrent, last in flight)), so uncertainty never
-makes a substrate look faster.
+ttft = max(ttft, recent_ttft) and the per-token time is max(1 / decode_rate, recent_tpot). (The
+authority builds those readings only from outcomes that met no more load than the substrate has
+now, or no queue at all: see ``fleet_state``.) An in-flight reading that is missing or stale is
+taken as a full substrate, or as its last known load if that was worse
+(occupancy = max(max_concurrent, last in flight)), so uncertainty never makes a substrate look
+faster.
 
 Cost (USD): input and output tokens at the substrate's prices, plus owned hardware amortised over
 its concurrent slots (``usd_per_slot_second * e2e``), plus egress for the request's bytes

@@ -295,6 +295,10 @@ class DeadlineReachable:
 
         stale_ttft = max(est.ttft, last recent_ttft)
         stale_e2e  = max(est.e2e, stale_ttft + output_tokens * last recent_tpot)
+
+    The last observed latencies are those of outcomes that met no more load than the substrate
+    has now, or no queue (``fleet_state``): a substrate that has finished a burst is not held to
+    probes by the waits of that burst.
     """
 
     code = RejectionCode.PREDICTED_TOO_SLOW

@@ -118,13 +118,14 @@ class AttemptLoop:
     def finished(self, ok: bool, first_token_s: float | None, output_tokens: int, now_s: float) -> None:
         """The current attempt ended after its first byte (``ok``: it completed). Its outcome goes to
         the authority: time to first token from dispatch, time per output token, and the tenant,
-        canonical model and output tokens (what the authority learns expected output lengths from)."""
+        canonical model, output tokens and dispatch time (what the authority learns expected output
+        lengths and the load each reading met from)."""
         attempt = self._end()
         ttft = None if first_token_s is None else first_token_s - attempt.dispatched_at_s
         tpot = None if first_token_s is None or output_tokens < 2 else (now_s - first_token_s) / (output_tokens - 1)
         self._state.report_outcome(Outcome(
             attempt.substrate, ok, ttft, tpot, now_s, tenant=self._request.tenant, model=attempt.decision.model,
-            output_tokens=output_tokens))
+            output_tokens=output_tokens, dispatched_at_s=attempt.dispatched_at_s))
 
     def abandoned(self) -> None:
         """The caller gave up on the current attempt (the client left): release it, judge nothing."""

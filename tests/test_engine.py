@@ -102,6 +102,28 @@ def test_on_need_does_not_queue_at_the_primary_when_its_running_slots_are_full(b
     assert decide(builder, {"p": signals(in_flight=15, queued=0)}).substrate == "p"
 
 
+@pytest.mark.parametrize("by_specification", [False, True])
+def test_on_need_keeps_the_primary_only_if_it_would_meet_the_deadlines_with_every_max_token(by_specification):
+    """The tenant's requests produce 20 tokens on average (learned), this one may produce 2000: at
+    40 tok/s on p that is 50 s, over the 20 s deadline. Predicted with the mean it meets; on_need
+    keeps the primary only when it would meet them in full, so the request goes to the best total."""
+    from inferplane.placement import FleetSnapshot
+
+    builder = primary_and_spill()
+    if by_specification:
+        builder = builder.external_rule("power_headroom", reject_below=0.1)
+    built = builder.build()
+    base = snapshot(built)
+    learned = FleetSnapshot(base.version, base.taken_at_s, base.fleet, base.signals,
+                            expected_output_tokens={("t", "m"): 20.0})
+    d = place(request(max_output_tokens=2000), learned, built.policy)
+    p = candidate(d, "p")
+    assert p.eligible and p.meets_sla, "with the learned length it is predicted in time"
+    assert (d.substrate, d.spillover_reason) == ("s", SpilloverReason.PRIMARY_CANNOT_MEET_SLA)
+    # A request that may produce only 200 tokens (5 s on p) keeps the primary.
+    assert place(request(max_output_tokens=200), learned, built.policy).substrate == "p"
+
+
 def test_spillover_when_the_primary_cannot_meet_the_sla() -> None:
     slow = fleet(
         substrate("p").latency(base_ttft_ms=2000),  # 2 s before the first token > 1.5 s deadline

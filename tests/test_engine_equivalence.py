@@ -52,7 +52,10 @@ def reference(sc: Scenario, snapshot: FleetSnapshot) -> dict:
         if rejection is None:
             est = estimate(spec, sig, request.input_tokens, out, request.ingress_region,
                            request.arrived_at_s, policy.signal_staleness_bound_s)
-            row.update(ttft=est.ttft_s, e2e=est.e2e_s, cost=est.cost_usd, starts_now=est.occupancy < spec.max_concurrent)
+            full = estimate(spec, sig, request.input_tokens, request.max_output_tokens, request.ingress_region,
+                            request.arrived_at_s, policy.signal_staleness_bound_s)
+            row.update(ttft=est.ttft_s, e2e=est.e2e_s, cost=est.cost_usd, starts_now=est.occupancy < spec.max_concurrent,
+                       meets_in_full=full.ttft_s <= sla.ttft_deadline_s and full.e2e_s <= sla.e2e_deadline_s)
             rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, sig, out)
             if rejection is None:
                 scores = [SCORERS[w.scorer].score(ctx, spec, sig, est) for w in policy.weights]
@@ -66,7 +69,8 @@ def reference(sc: Scenario, snapshot: FleetSnapshot) -> dict:
     seed = zlib.crc32(request.request_id.encode())
     ranked = sorted((c for c in candidates if c["eligible"]), key=lambda c: (-c["total"], _tie_key(seed, c["index"])))
     primary = next((c for c in candidates if c["name"] == route.primary), None)
-    if policy.spillover_mode == "on_need" and primary is not None and primary["meets"] and primary["starts_now"]:
+    if (policy.spillover_mode == "on_need" and primary is not None and primary["meets"] and primary["starts_now"]
+            and primary["meets_in_full"]):
         ranked.remove(primary)
         ranked.insert(0, primary)
     return {"candidates": candidates, "order": [c["name"] for c in ranked],

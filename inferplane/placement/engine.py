@@ -405,7 +405,12 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     reason = None
     if chosen != primary:
         primary_rejection = rp.primary_rejection
+        # on_need keeps the primary when it would start the request at once (no wait in its own
+        # queue) and meet both deadlines even if the request produced all its max tokens: a mean
+        # output length judges half the requests by less than they produce.
         primary_meets = primary_queues = False
+        primary_meets_in_full = False
+        f_max = float(request.max_output_tokens)
         if primary >= 0:
             verdict = by_specification.get(primary)
             if verdict is None:  # eligible by arithmetic; row[6], the queue factor, is 0 below max_concurrent
@@ -413,17 +418,21 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                 ttft, e2e = _row_latency(row, request, f_out)
                 primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
                 primary_queues = bool(row[6])
+                if primary_meets and not primary_queues:
+                    ttft, e2e = _row_latency(row, request, f_max)
+                    primary_meets_in_full = ttft <= ttft_deadline and e2e <= e2e_deadline
             else:
                 primary_meets = verdict.meets_sla
                 if verdict.code is not None:
                     primary_rejection = verdict
-                elif primary_meets:  # would it start at once, or wait in the primary's own queue?
+                elif primary_meets:  # would it start at once, and meet the deadlines in full?
                     idx = t.indices[primary]
                     spec = substrates[idx]
-                    primary_queues = estimate(spec, signals[idx], request.input_tokens, f_out,
-                                              request.ingress_region, request.arrived_at_s,
-                                              policy.signal_staleness_bound_s).occupancy >= spec.max_concurrent
-        if primary_meets and not primary_queues and policy.spillover_mode == "on_need":
+                    est = estimate(spec, signals[idx], request.input_tokens, f_max, request.ingress_region,
+                                   request.arrived_at_s, policy.signal_staleness_bound_s)
+                    primary_queues = est.occupancy >= spec.max_concurrent
+                    primary_meets_in_full = est.ttft_s <= ttft_deadline and est.e2e_s <= e2e_deadline
+        if primary_meets_in_full and not primary_queues and policy.spillover_mode == "on_need":
             chosen = primary
         elif not rp.primary_serves:
             reason = SpilloverReason.PRIMARY_NOT_ALLOWED
@@ -433,6 +442,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             reason = SpilloverReason.PRIMARY_CANNOT_MEET_SLA
         elif primary_queues:  # predicted in time, but only after a wait in its queue
             reason = SpilloverReason.PRIMARY_SATURATED
+        elif not primary_meets_in_full and policy.spillover_mode == "on_need":
+            reason = SpilloverReason.PRIMARY_CANNOT_MEET_SLA  # not if the request used all its max tokens
         else:
             reason = SpilloverReason.PRIMARY_OUTSCORED
     verdict = by_specification.get(chosen)

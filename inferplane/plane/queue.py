@@ -29,7 +29,8 @@ waiting request.
 
 **When it is refused.** A waiting request gives up at ``deadline - idle first-token time`` (its
 arrival plus its class's first-token deadline, minus the best first-token time any blocked
-candidate would give it once a slot frees: after that no wait can meet the deadline) and is
+candidate would give it once a slot frees, its profile's or its observed one if that is longer:
+after that no wait can meet the deadline) and is
 answered 429 ``capacity``; a request whose deadline is already out of reach is refused at once. A
 request reclaiming a guaranteed quota does not give up while it reclaims: the slots it waits for
 are its own and are coming back. The queue holds at most ``policy.queue.max_waiting``; when full,
@@ -54,7 +55,8 @@ from dataclasses import dataclass
 from inferplane.placement import PlacementRequest
 from inferplane.placement.filters import RejectionCode
 from inferplane.plane.attempts import AttemptLoop, Dispatch, Refusal
-from inferplane.plane.state import ReplicaState
+from inferplane.placement.signals import fresh_value
+from inferplane.plane.state import ReplicaState, Unavailable
 
 HOLDABLE = frozenset({RejectionCode.CAPACITY, RejectionCode.RATE_LIMITED, RejectionCode.HELD_BACK})
 """Rejections a wait can end: a slot frees, headroom returns, a tenant's own requests finish."""
@@ -283,24 +285,37 @@ class HoldQueue:
         """The candidates a wait could open (none: the refusal stands), with the best first-token
         time one of them gives once free (network, base and prefill) and their classes. A
         candidate a wait could open is one refused for a full slot, rate-limit headroom or by the
-        plane's arbitration, or one predicted too slow that would meet the first-token deadline
-        when idle (its queue, not its speed, made it slow)."""
+        plane's arbitration, or one predicted too slow while its running slots are full and that
+        would meet the first-token deadline when idle (its queue, not its speed, made it slow; a
+        substrate slow with slots free stays refused)."""
         decision = step.decision if isinstance(step, Refusal) else None
         if decision is None or decision.substrate is not None or not decision.candidates:
             return math.inf, frozenset(), ()  # refused before any substrate was considered
         fleet = self._state.fleet
         deadline = self._policy.sla_classes[decision.sla_class].ttft_deadline_s
+        view = None
         best = math.inf
         classes = set()
         names = []
+        bound = self._policy.signal_staleness_bound_s
         for c in decision.candidates:
             if c.code not in HOLDABLE and c.code is not RejectionCode.PREDICTED_TOO_SLOW:
                 continue
             spec = fleet.substrate(c.name)
             lat = spec.latency
             idle = lat.network_rtt_s + lat.base_ttft_s + request.input_tokens / lat.prefill_tokens_per_s
-            if c.code is RejectionCode.PREDICTED_TOO_SLOW and idle > deadline:
-                continue
+            if view is None:
+                view = self._state.view(request.arrived_at_s)
+            if not isinstance(view, Unavailable):  # what it takes there, as last observed
+                observed = fresh_value(view.signals[spec.index].recent_ttft_s, request.arrived_at_s, bound)
+                if observed is not None and observed > idle:
+                    idle = observed
+            if c.code is RejectionCode.PREDICTED_TOO_SLOW:
+                if idle > deadline:
+                    continue
+                reading = None if isinstance(view, Unavailable) else view.signals[spec.index].in_flight
+                if reading is None or reading.value < spec.max_concurrent:
+                    continue  # slow with running slots free: its speed, not a queue
             best = min(best, idle)
             classes.add(spec.substrate_class)
             names.append(c.name)

@@ -22,6 +22,7 @@ from deployments.runtime import free_loopback_port as free_port
 EU_KEY = "sk-inferplane-demo-eu"
 GLOBAL_KEY = "sk-inferplane-demo-global"
 EMULATED_CONFIG = Path(__file__).parent / "emulated.yaml"
+LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
 
 
 @dataclass
@@ -81,3 +82,12 @@ def emulated_plane(ray_cluster):
     plane, teardown = _deploy(EMULATED_CONFIG.read_text(), "inferplane-test", 120)
     yield plane
     teardown()
+
+
+def deploy_local_vllm(app_name: str):
+    """The embedded default config (its vLLM engine's model prepared first) as ``app_name``;
+    returns (Plane, teardown)."""
+    from inferplane.cli.models import prepare_config_models
+
+    prepare_config_models(str(LOCAL_CONFIG))
+    return _deploy(LOCAL_CONFIG.read_text(), app_name, 300)

@@ -23,17 +23,15 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
 import ray
 
-from tests.integration.conftest import EU_KEY, GLOBAL_KEY, _deploy
+from tests.integration.conftest import EU_KEY, GLOBAL_KEY, LOCAL_CONFIG, deploy_local_vllm
 
 pytestmark = pytest.mark.integration
 
-LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
 PRIMARY = "local-vllm"
 DURATION_S = 30.0
 BAD_PER_S = 10.0
@@ -70,10 +68,7 @@ ENGINE_REFUSED = [  # (completion prompt, the engine's reason)
 
 @pytest.fixture(scope="module")
 def vllm_plane(ray_cluster):
-    from inferplane.cli.models import prepare_config_models
-
-    prepare_config_models(str(LOCAL_CONFIG))
-    plane, teardown = _deploy(LOCAL_CONFIG.read_text(), "inferplane-isolation", 300)
+    plane, teardown = deploy_local_vllm("inferplane-isolation")
     yield plane
     teardown()
 

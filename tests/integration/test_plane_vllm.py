@@ -4,26 +4,21 @@ SmolLM2-135M-Instruct answers through the ingress, and its engine stats reach th
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import openai
 import pytest
 import ray
 
-from tests.integration.conftest import EU_KEY, GLOBAL_KEY, _deploy
+from tests.integration.conftest import EU_KEY, GLOBAL_KEY, LOCAL_CONFIG, deploy_local_vllm
 
 pytestmark = pytest.mark.integration
 
-LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
 def vllm_plane(ray_cluster):
-    from inferplane.cli.models import prepare_config_models
-
-    prepare_config_models(str(LOCAL_CONFIG))
-    plane, teardown = _deploy(LOCAL_CONFIG.read_text(), "inferplane-vllm", 300)
+    plane, teardown = deploy_local_vllm("inferplane-vllm")
     yield plane
     teardown()
 

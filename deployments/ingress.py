@@ -312,7 +312,8 @@ class Ingress:
             self._waiting.pop(waiter, None)
             self._queue.cancel(waiter)
             raise
-        req.held_s, req.held_reason = waiter.waited_s, waiter.reason
+        req.held_s += waiter.waited_s
+        req.held_reason = waiter.reason
         return waiter.outcome
 
     async def _dispatch(self, api: str, body, req: OpenRequest):
@@ -328,7 +329,7 @@ class Ingress:
         payload = self._payload(api, body, max_tokens, req.request_id)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        step = self._queue.submit(loop, loop.start(), time.time())
+        step = self._queue.submit(loop, loop.start(), time.time(), req.received_at_s)
         if isinstance(step, Waiter):
             step = await self._hold(step, req)
         while isinstance(step, Dispatch):
@@ -344,6 +345,10 @@ class Ingress:
             log.info("placement %s on %s failed before the first byte (%s)", step.decision.placement_id,
                      step.substrate, first["code"])
             step = loop.failed(_failure_of(first), time.time())
+            if isinstance(step, Refusal):  # a retry that finds no slot may wait too
+                step = self._queue.submit(loop, step, time.time(), req.received_at_s)
+                if isinstance(step, Waiter):
+                    step = await self._hold(step, req)
         return step, None, None
 
     def _placement_headers(self, step: Dispatch, held_s: float) -> dict[str, str]:

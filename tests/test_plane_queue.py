@@ -421,3 +421,32 @@ def test_requests_refused_before_any_substrate_is_considered_are_answered_at_onc
     loop = AttemptLoop(host.state, request(request_id="y", tenant="a", model="nope"))
     step = host.queue.submit(loop, loop.start(), NOW)
     assert isinstance(step, Refusal) and step.code == "unknown_model"
+
+
+def test_a_retry_that_finds_no_slot_waits_with_the_deadline_of_its_arrival():
+    """The substrate that took the request fails before its first byte; the only other one is full.
+    The retry waits (it is not refused at once) and its deadline runs from the request's arrival."""
+    built = _built(slots=1, us_pool=False)
+    doc = built.config.model_dump(mode="json", by_alias=True)
+    doc["substrates"].append({**doc["substrates"][0], "name": "q"})
+    built = build_doc(doc)
+    host = _host(built)
+    first = host.submit(rid="first")
+    other = host.submit(rid="other")
+    assert isinstance(first, Dispatch) and isinstance(other, Dispatch) and first.substrate != other.substrate
+    from inferplane.plane.attempts import FirstByteFailure
+
+    loop = AttemptLoop(host.state, request(request_id="r", tenant="a", model="m", now=NOW))
+    step = loop.start()
+    assert isinstance(step, Refusal)  # both full: make room on one, and fail there
+    _release(first)
+    step = loop.start()
+    assert isinstance(step, Dispatch)
+    retry = loop.failed(FirstByteFailure("boom", "boom", True), NOW + 0.3)
+    assert isinstance(retry, Refusal) and retry.code == "capacity"
+    held = host.queue.submit(loop, retry, NOW + 0.3, arrived_at_s=NOW)
+    assert isinstance(held, Waiter)
+    assert abs(held.deadline_s - (NOW + 1.5)) < 1e-9
+    _release(other)
+    host.queue.pump(NOW + 0.4)
+    assert isinstance(held.outcome, Dispatch) and held.outcome.substrate == other.substrate

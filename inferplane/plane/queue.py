@@ -132,11 +132,13 @@ class HoldQueue:
     def __len__(self) -> int:
         return self._count
 
-    def submit(self, loop: AttemptLoop, step: Dispatch | Refusal, now_s: float) -> Dispatch | Refusal | Waiter:
-        """The first step of ``loop`` (``loop.start()``): a dispatch passes (and is counted for its
-        tenant), a refusal a wait cannot end is answered, and one it can end is held (a ``Waiter``,
-        resolved later through ``resolved``) or refused when no wait can meet the deadline or the
-        queue is full."""
+    def submit(self, loop: AttemptLoop, step: Dispatch | Refusal, now_s: float,
+               arrived_at_s: float | None = None) -> Dispatch | Refusal | Waiter:
+        """A step of ``loop`` (``loop.start()``, or a retry's ``loop.failed(...)``): a dispatch
+        passes (and is counted for its tenant), a refusal a wait cannot end is answered, and one it
+        can end is held (a ``Waiter``, resolved later through ``resolved``) or refused when no wait
+        can meet the deadline or the queue is full. The deadline runs from ``arrived_at_s`` (the
+        request's receipt; default: its placement request's time, which a retry moves on)."""
         request = loop.request
         if isinstance(step, Dispatch):
             self._charge(request)
@@ -147,7 +149,7 @@ class HoldQueue:
         if not blocked:
             return step
         sla = self._policy.sla_classes[step.decision.sla_class]
-        deadline = request.arrived_at_s + sla.ttft_deadline_s
+        deadline = (request.arrived_at_s if arrived_at_s is None else arrived_at_s) + sla.ttft_deadline_s
         give_up = deadline - idle
         reclaim = self._reclaim_classes(request.tenant, classes)
         reclaiming = bool(reclaim) and self._reclaiming_now(request.tenant, reclaim, None)

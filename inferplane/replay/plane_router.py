@@ -136,6 +136,8 @@ class PlaneRouter:
     def place(self, request: ReplayRequest, tried: tuple[str, ...], now_s: float) -> Placement:
         if tried:  # ``failed`` ran the loop's next step when the failure was reported
             loop, step = self._open[request.index]
+            if isinstance(step, Waiter):
+                return HELD
         else:
             i = request.index % len(self._replicas)
             loop = AttemptLoop(self._replicas[i], PlacementRequest(
@@ -145,7 +147,7 @@ class PlaneRouter:
                 ingress_region=self._region, ingress_zone=self._zone))
             step = loop.start()
             if self._queues:
-                step = self._queues[i].submit(loop, step, now_s)
+                step = self._queues[i].submit(loop, step, now_s, request.arrival_s)
                 if isinstance(step, Waiter):
                     self._held[step] = request
                     self._host.at(step.give_up_s, self._expire, step, i)
@@ -172,6 +174,12 @@ class PlaneRouter:
         loop, _ = self._open[request.index]
         step = loop.failed(FirstByteFailure(failure.value, failure.value, failure.retryable, retry_after_s), now_s)
         if failure.retryable:
+            if isinstance(step, Refusal) and self._queues:  # a retry that finds no slot may wait too
+                i = request.index % len(self._replicas)
+                step = self._queues[i].submit(loop, step, now_s, request.arrival_s)
+                if isinstance(step, Waiter):
+                    self._held[step] = request
+                    self._host.at(step.give_up_s, self._expire, step, i)
             self._open[request.index] = (loop, step)  # ``place`` is asked next
         else:
             del self._open[request.index]  # the simulator settles it as failed

@@ -85,11 +85,10 @@ def test_substrate_replica_killed_with_requests_in_flight(chaos_plane, report):
     _wait_primary_idle(plane)
     handle = plane.substrate(PRIMARY)
     (victim,) = plane.replicas(PRIMARY)
-    # 12 long requests at once on a primary with 4 slots and a queue of 8: 4 run, 8 wait. The
-    # global tenant's are batch: with a 60 s deadline the primary's queue is still its best total
-    # (an interactive one goes where it can start at once), so they queue there.
-    asks = [Ask(tenant="eu-bank", stream=i % 2 == 0, max_tokens=150) if i % 4 == 0 else
-            Ask(tenant="global-app", stream=i % 2 == 0, max_tokens=150, sla_class="batch") for i in range(12)]
+    # 16 long requests at once from the EU tenant, which may use only the primary (4 slots and a
+    # queue of 8) and the sovereign pool (4): 4 run on each, 8 wait in the primary's own queue. (The
+    # global tenant would not queue there: it goes where it can start at once.)
+    asks = [Ask(tenant="eu-bank", stream=i % 2 == 0, max_tokens=150) for i in range(16)]
     killed = {}
 
     def kill_when_loaded() -> None:

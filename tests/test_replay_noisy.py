@@ -177,3 +177,20 @@ def test_the_plane_keeps_the_quiet_tenants_within_a_point_of_a_run_without_the_n
     for tenant in QUIET:
         assert hurt[tenant] >= alone[tenant] - 0.01, (tenant, hurt, alone)
     assert with_noisy["runs"][0]["sovereignty_violations"] == 0
+
+
+def test_lent_guarantees_are_reclaimed_in_the_replay(tmp_path):
+    """With the guarantees lendable, the quiet tenants' requests reclaim lent slots: they wait
+    past their give-up time while they reclaim (a regression: their timer was scheduled in the
+    simulator's past and stopped the replay), and the replay settles every request."""
+    fleet = NOISY.with_name("noisy-neighbour.fleet.yaml").read_text()
+    lent = fleet.replace("guaranteed_slots: 20}", "guaranteed_slots: 20, lendable_slots: 20}").replace(
+        "guaranteed_slots: 6}", "guaranteed_slots: 6, lendable_slots: 6}")
+    assert lent.count("lendable_slots") == 2
+    (tmp_path / "noisy-neighbour.fleet.yaml").write_text(lent)
+    (tmp_path / NOISY.name).write_text(NOISY.read_text())
+    options = ReplayOptions(scenario=str(tmp_path / NOISY.name), trace=AZURE_CONV, limit=7000,
+                            routers=("inferplane",), bound=False)
+    report, results = replay(options)
+    assert len(results[0].outcomes) == report["trace"]["requests"]
+    assert report["runs"][0]["sovereignty_violations"] == 0

@@ -150,7 +150,7 @@ class PlaneRouter:
                 step = self._queues[i].submit(loop, step, now_s, request.arrival_s)
                 if isinstance(step, Waiter):
                     self._held[step] = request
-                    self._host.at(step.give_up_s, self._expire, step, i)
+                    self._host.at(max(step.give_up_s, now_s), self._expire, step, i)
                     return HELD
         if isinstance(step, Refusal):
             self._open.pop(request.index, None)
@@ -179,7 +179,7 @@ class PlaneRouter:
                 step = self._queues[i].submit(loop, step, now_s, request.arrival_s)
                 if isinstance(step, Waiter):
                     self._held[step] = request
-                    self._host.at(step.give_up_s, self._expire, step, i)
+                    self._host.at(max(step.give_up_s, now_s), self._expire, step, i)
             self._open[request.index] = (loop, step)  # ``place`` is asked next
         else:
             del self._open[request.index]  # the simulator settles it as failed

@@ -11,7 +11,6 @@ holding it against the substrate. The live version is tests/integration/test_iso
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
 
@@ -195,9 +194,6 @@ def test_valid_edge_values_pass(schema, body, values):
 
 # -- what the ingress admits, vLLM admits ----------------------------------------------------------
 
-needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed")
-
-
 def _generation(body, max_tokens: int) -> GenerationRequest:
     """The substrate request the ingress makes of a parsed body (its payload's sampling fields)."""
     return GenerationRequest(request_id="r", model="m", api="completion", prompt="hi", max_tokens=max_tokens,
@@ -205,7 +201,6 @@ def _generation(body, max_tokens: int) -> GenerationRequest:
                              seed=body.seed)
 
 
-@needs_vllm
 @pytest.mark.parametrize("values", EDGES, ids=[json.dumps(v) for v in EDGES])
 def test_valid_edge_values_pass_vllm_too(values):
     body = CompletionRequest.model_validate_json(json.dumps({**COMPLETION, **values}))
@@ -230,7 +225,6 @@ sampling_bodies = st.fixed_dictionaries({}, optional={
 })
 
 
-@needs_vllm
 @given(sampling_bodies)
 def test_every_sampling_value_the_ingress_admits_vllm_admits(values):
     try:
@@ -310,7 +304,6 @@ def _request(**values) -> GenerationRequest:
     ({"max_tokens": 0}, "max_tokens must be at least 1, got 0."),
     ({"seed": 2**70}, "seed must be a signed 64-bit integer"),
 ], ids=["top_p=0", "empty-stop", "temperature=nan", "max_tokens=0", "seed=2**70"])
-@needs_vllm
 def test_vllm_sampling_params_refusing_the_request_is_a_non_retryable_rejection(values, reason):
     """The real ``vllm.SamplingParams`` judges the values (the seed: the adapter, as vLLM's own
     server does); the engine never sees the request and no slot stays taken."""
@@ -324,7 +317,6 @@ def test_vllm_sampling_params_refusing_the_request_is_a_non_retryable_rejection(
     assert engine.generated == [] and adapter.load().in_flight == 0
 
 
-@needs_vllm
 def test_a_valid_request_reaches_the_engine_with_its_values():
     engine = FakeEngine()
     events = _run(_adapter(engine), _request(top_p=1.0, temperature=0.0, seed=2**63 - 1, stop=("\n",)))
@@ -353,7 +345,6 @@ def _engine_errors():
     ]
 
 
-@needs_vllm
 @pytest.mark.parametrize("case", range(5), ids=["prompt-too-long", "overflow", "engine-dead", "generate-error",
                                                 "unexpected"])
 def test_what_the_engine_raises_is_judged_by_whose_fault_it_is(case):
@@ -368,7 +359,6 @@ def test_what_the_engine_raises_is_judged_by_whose_fault_it_is(case):
     assert engine.aborted == ["req-x"] and adapter.load().in_flight == 0
 
 
-@needs_vllm
 def test_an_engine_reason_is_cut_between_words():
     from vllm.exceptions import VLLMValidationError
 
@@ -398,7 +388,6 @@ def _chat() -> GenerationRequest:
                              messages=(ChatTurn("user", "hi"), ChatTurn("user", "again")))
 
 
-@needs_vllm
 def test_a_chat_template_refusing_the_messages_is_the_requests_fault():
     from jinja2.exceptions import TemplateError
 
@@ -409,7 +398,6 @@ def test_a_chat_template_refusing_the_messages_is_the_requests_fault():
     assert engine.generated == []
 
 
-@needs_vllm
 def test_a_model_without_a_chat_template_is_the_substrates_fault():
     engine = FakeEngine(tokenizer=_Template(ValueError("tokenizer.chat_template is not set")))
     with pytest.raises(SubstrateUnavailable) as info:
@@ -420,7 +408,6 @@ def test_a_model_without_a_chat_template_is_the_substrates_fault():
     assert engine.generated[0][0] == "<user>hi<user>again"
 
 
-@needs_vllm
 def test_a_rejection_by_the_engine_is_answered_400_and_never_held_against_it():
     """The adapter's error as the substrate deployment sends it on, through the attempt loop."""
     from inferplane.fleet_state import PublishedSnapshot

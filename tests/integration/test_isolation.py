@@ -87,13 +87,13 @@ def test_the_engine_only_cases_pass_the_ingress_and_fail_in_the_engine():
     from inferplane.api.openai_schema import CompletionRequest
     from inferplane.api.tokens import estimate_completion_tokens
     from inferplane.config import parse_config
+    from inferplane.cli.models import prepare_config_models
     from inferplane.models.prepare import resolve_model_path
 
     cfg = parse_config(LOCAL_CONFIG.read_text())
     vllm = next(s for s in cfg.substrates if s.name == PRIMARY)
+    prepare_config_models(str(LOCAL_CONFIG))  # the tokenizer comes with the prepared model
     model_dir = resolve_model_path(vllm.vllm.engine.model_path)
-    if not (model_dir / "tokenizer.json").is_file():
-        pytest.skip("the model is not prepared (`inferplane models prepare`)")
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     window = vllm.models[0].context_window_tokens
     for prompt, _ in ENGINE_REFUSED:

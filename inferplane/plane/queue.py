@@ -174,7 +174,7 @@ class HoldQueue:
         self._groups.setdefault(key, deque()).append(waiter)
         self._count += 1
         self._counted(waiter, 1)
-        self._report_reclaims()
+        self._report_waiting()
         return waiter
 
     def pump(self, now_s: float) -> None:
@@ -214,7 +214,7 @@ class HoldQueue:
             else:
                 self._pop(w)
                 self._resolve(w, step, now_s)
-        self._report_reclaims()
+        self._report_waiting()
 
     def expire(self, waiter: Waiter, now_s: float) -> float | None:
         """The host's timer for ``waiter`` fired: refuse it if it is still waiting past its give-up
@@ -226,14 +226,14 @@ class HoldQueue:
         if waiter.reclaim_classes and self._reclaiming_now(waiter.tenant, waiter.reclaim_classes, None):
             return now_s + 1.0  # its slots are coming back; look again in a second
         self._remove(waiter)
-        self._report_reclaims()
+        self._report_waiting()
         self._resolve(waiter, self._expired(waiter), now_s)
         return None
 
     def cancel(self, waiter: Waiter) -> None:
         """The client left: the waiter leaves the queue without an outcome."""
         if waiter.outcome is None and self._remove(waiter):
-            self._report_reclaims()
+            self._report_waiting()
 
     def retry_after_s(self, now_s: float) -> float:
         """Seconds until the queue, at the rate it drained in the last ``DRAIN_WINDOW_S``, would
@@ -339,7 +339,7 @@ class HoldQueue:
         return any(held.get(q.substrate_class, 0) < q.guaranteed for q in self._quotas[tenant]
                    if q.substrate_class in classes)
 
-    def _report_reclaims(self) -> None:
+    def _report_waiting(self) -> None:
         """The reports the next sync carries: demand per substrate and priority, and reclaims."""
         demand: dict[str, dict[int, int]] = {}
         for (name, priority), n in self._by_substrate.items():

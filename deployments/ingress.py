@@ -32,8 +32,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferplane.api.errors import ApiError
 from inferplane.api.openai_schema import ChatCompletionRequest, CompletionRequest
-from inferplane.api.responses import chunk, completion_body, usage_chunk
-from inferplane.api.tokens import chat_text, estimate_chat_tokens, estimate_completion_tokens
+from inferplane.api.payload import substrate_payload
+from inferplane.api.responses import completion_body, delta_chunk, finish_chunk, role_chunk, usage_chunk
+from inferplane.api.tokens import estimate_chat_tokens, estimate_completion_tokens
 from inferplane.auth import TenantKeys
 from inferplane.config import build, parse_config
 from inferplane.placement import PlacementRequest
@@ -326,7 +327,7 @@ class Ingress:
             input_tokens=req.input_tokens, max_output_tokens=max_tokens,
             arrived_at_s=time.time(),  # placed now: a sync may have landed during the parse
             ingress_region=self._region, ingress_zone=self._zone))
-        payload = self._payload(api, body, max_tokens, req.request_id)
+        payload = substrate_payload(api, body, max_tokens, req.request_id)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         step = self._queue.submit(loop, loop.start(), time.time(), req.received_at_s)
@@ -377,24 +378,14 @@ class Ingress:
             return {"t": "error", "code": type(exc).__name__, "message": "substrate replica unavailable",
                     "retryable": True, "status": None, "retry_after_s": None}
 
-    def _payload(self, api: str, body, max_tokens: int, request_id: str) -> dict:
-        payload = {"request_id": request_id, "api": api, "max_tokens": max_tokens,
-                   "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
-                   "stop": [body.stop] if isinstance(body.stop, str) else body.stop}
-        if api == "chat":
-            payload["messages"] = [{"role": m.role, "content": chat_text(m)} for m in body.messages]
-        else:
-            payload["prompt"] = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-        return payload
-
     async def _collect(self, api, rid, step: Dispatch, first, stream, headers, req: OpenRequest) -> Response:
         """A non-streamed answer: gather the substrate's events, then answer once."""
         first_at = time.time()
         name = step.substrate
-        parts: list[str] = []
+        deltas: list[dict] = []
         event = first
         while event["t"] == "delta":
-            parts.append(event["text"])
+            deltas.append(event)
             try:
                 event = await stream.__anext__()
             except StopAsyncIteration:
@@ -403,12 +394,11 @@ class Ingress:
                 event = {"t": "error", "code": type(exc).__name__}
         if event["t"] != "done":
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-generation: {event['code']}")
-            req.close(502, err.code, time.time(), first_token_s=first_at, output_tokens=len(parts))
+            req.close(502, err.code, time.time(), first_token_s=first_at, output_tokens=len(deltas))
             raise err
         req.close(200, None, time.time(), first_token_s=first_at, output_tokens=event["completion_tokens"],
                   prompt_tokens=event["prompt_tokens"])
-        body = completion_body(api, rid, int(req.received_at_s), step.decision.model, "".join(parts),
-                               event["finish_reason"], event["prompt_tokens"], event["completion_tokens"])
+        body = completion_body(api, rid, int(req.received_at_s), step.decision.model, deltas, event)
         return JSONResponse(body, headers=headers)
 
     async def _stream_events(self, api, rid, step: Dispatch, first, stream, include_usage, req: OpenRequest):
@@ -421,11 +411,11 @@ class Ingress:
         prompt_tokens = None
         try:
             if api == "chat":
-                yield _sse_line(chunk(api, rid, created, model, "", first=True))
+                yield _sse_line(role_chunk(api, rid, created, model))
             event = first
             while event["t"] == "delta":
                 tokens += 1  # one token per delta, until the engine's count arrives with "done"
-                yield _sse_line(chunk(api, rid, created, model, event["text"]))
+                yield _sse_line(delta_chunk(api, rid, created, model, event))
                 try:
                     event = await stream.__anext__()
                 except StopAsyncIteration:
@@ -434,8 +424,7 @@ class Ingress:
                     event = {"t": "error", "code": type(exc).__name__}
             if event["t"] == "done":
                 tokens, prompt_tokens = event["completion_tokens"], event["prompt_tokens"]
-                yield _sse_line(chunk(api, rid, created, model, None if api == "chat" else "",
-                                      finish_reason=event["finish_reason"]))
+                yield _sse_line(finish_chunk(api, rid, created, model, event))
                 if include_usage:
                     yield _sse_line(usage_chunk(api, rid, created, model, prompt_tokens, tokens))
                 req.close(200, None, time.time(), first_token_s=first_at, output_tokens=tokens,

@@ -408,6 +408,42 @@ Substrate = Annotated[
 # Models, tenants, SLA classes, policy
 
 
+class TokenizerSpec(_Strict):
+    """The tokenizer that counts a model's prompt tokens for placement: exactly one of the keys.
+
+    Nothing is downloaded: a tokenizer that cannot be loaded from local files falls back, with a
+    logged warning naming why, to 4 characters per token (``inferplane.api.tokens``).
+    """
+
+    hf: str | None = Field(
+        default=None,
+        description="A Hugging Face tokenizer: a directory holding `tokenizer.json` (and the chat "
+        "template, from `chat_template.jinja` or `tokenizer_config.json`), or a `builtin:NAME` model "
+        "path as `vllm.engine.model_path` takes it (prepared by `inferplane models prepare`).",
+    )
+    tiktoken: str | None = Field(
+        default=None,
+        description="A tiktoken encoding name, e.g. `cl100k_base` or `o200k_base`. Used only when the "
+        "encoding file is already in tiktoken's cache (`TIKTOKEN_CACHE_DIR`); chat framing is "
+        "OpenAI's published 3 tokens per message plus 3 for the reply.",
+    )
+    chars_per_token: PositiveFloat | None = Field(
+        default=None,
+        description="No tokenizer: ceil(characters / chars_per_token) per text, plus 4 tokens of "
+        "framing per chat message and 2 for the reply.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TokenizerSpec:
+        given = [k for k in ("hf", "tiktoken", "chars_per_token") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `hf` (a tokenizer directory or builtin:NAME), `tiktoken` "
+                f"(an encoding name) or `chars_per_token` (a number); got {given or 'none'}"
+            )
+        return self
+
+
 class Model(_Strict):
     name: ModelName = Field(description="The public model name clients send.")
     aliases: list[ModelName] = Field(
@@ -421,6 +457,12 @@ class Model(_Strict):
         description="Substrates that may take this model's spillover. Omit to allow every "
         "substrate that serves the model (the policy's class rules still apply); `[]` forbids "
         "spillover.",
+    )
+    tokenizer: TokenizerSpec | None = Field(
+        default=None,
+        description="How the ingress counts this model's prompt tokens. Omit for the primary "
+        "substrate's engine tokenizer (its `vllm.engine.model_path`) when that substrate is `vllm`, "
+        "else the estimate of 4 characters per token.",
     )
 
 

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inferplane.api.errors import ApiError
 from inferplane.api.openai_schema import ChatCompletionRequest, CompletionRequest
 from inferplane.api.payload import substrate_payload
+from inferplane.api.readiness import readiness, reporting
 from inferplane.api.responses import completion_body, delta_chunk, finish_chunk, role_chunk, usage_chunk
 from inferplane.api.tokens import estimate_chat_tokens, estimate_completion_tokens
 from inferplane.auth import TenantKeys
@@ -62,8 +63,8 @@ FIRST_SNAPSHOT_WAIT_S = 15.0
 warm-up bound (the signal staleness bound)."""
 
 
-def _error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+def _error_response(err: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers() | (headers or {}))
 
 
 def _first_validation_error(exc: ValidationError) -> ApiError:
@@ -129,6 +130,10 @@ class Ingress:
         self._ledger = RequestLedger(self._id, self._region, fleet, policy, self._state, self._journal, self._audit,
                                      self._metrics)
         self._audit_dropped = 0
+        self._names = tuple(s.name for s in fleet.substrates)
+        self._reported: set[str] = set()
+        """Substrates that have reported at least once since this replica started (readiness)."""
+        self._body_timeout_s = cfg.ingress.body_read_timeout_s
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._background_thread = threading.Thread(target=self._background, name="inferplane-sync", daemon=True)
@@ -175,6 +180,7 @@ class Ingress:
             return  # the actor is warming up
         if self._state.publish(published, report):
             self._synced.set()
+            self._reported.update(reporting(self._names, published, self._policy.signal_staleness_bound_s))
         else:
             log.error("placement actor runs another config (%s); keeping the last snapshot", published.policy_hash)
 
@@ -192,16 +198,22 @@ class Ingress:
                         found.bad_lines)
 
     # -- routes ------------------------------------------------------------------------------
+    @app.get("/livez")
+    def livez(self) -> Response:
+        """Liveness: this replica answers HTTP. Nothing about the fleet."""
+        return JSONResponse({"status": "ok", "ingress_replica": self._id})
+
     @app.get("/healthz")
+    @app.get("/readyz")
     def healthz(self) -> Response:
-        snap = self._state.snapshot
-        age = None if snap is None else time.time() - snap.taken_at_s
-        ok = age is not None and age <= self._policy.snapshot_staleness_bound_s
-        return JSONResponse({"status": "ok" if ok else "degraded",
-                             "snapshot_version": None if snap is None else snap.version,
-                             "snapshot_age_s": age}, status_code=200 if ok else 503)
+        """Readiness (``inferplane.api.readiness``): 503 ``starting`` until every substrate has
+        reported, 503 ``degraded`` on a stale snapshot."""
+        r = readiness(self._names, self._state.snapshot, self._reported, time.time(),
+                      self._policy.snapshot_staleness_bound_s, self._policy.signal_staleness_bound_s)
+        return JSONResponse(r.body(), status_code=200 if r.ready else 503)
 
     @app.get("/v1/models")
+    @app.get("/v1/models/")
     def models(self, request: Request) -> Response:
         tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
         if tenant_name is None:
@@ -210,11 +222,26 @@ class Ingress:
             {"id": name, "object": "model", "created": 0, "owned_by": "inferplane"}
             for name in models_for(self._policy, self._fleet, tenant_name)]})
 
+    @app.get("/v1/models/{model_id:path}")
+    def model(self, model_id: str, request: Request) -> Response:
+        """One model this tenant can reach (a name or an alias), else 404 as OpenAI answers it."""
+        tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
+        if tenant_name is None:
+            return _error_response(ApiError(401, "invalid_api_key", "missing or invalid API key"))
+        if self._fleet.model_names.get(model_id) not in models_for(self._policy, self._fleet, tenant_name):
+            return _error_response(ApiError(404, "model_not_found", f"the model `{model_id}` does not exist or "
+                                            "is not available to this tenant", param="model"))
+        return JSONResponse({"id": model_id, "object": "model", "created": 0, "owned_by": "inferplane"})
+
+    # The OpenAI SDKs never add a trailing slash, but hand-written clients do: serve it, never
+    # answer it with a redirect (a 307 drops the body of a POST in many HTTP clients).
     @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions/")
     async def chat_completions(self, request: Request) -> Response:
         return await self._serve(request, "chat")
 
     @app.post("/v1/completions")
+    @app.post("/v1/completions/")
     async def completions(self, request: Request) -> Response:
         return await self._serve(request, "completion")
 
@@ -227,7 +254,7 @@ class Ingress:
             step, stream, first = await self._dispatch(api, body, req)
             if isinstance(step, Refusal):
                 raise _refusal_error(step)
-            headers = self._placement_headers(step, req.held_s)
+            headers = self._placement_headers(step, req)
             rid = ("chatcmpl-" if api == "chat" else "cmpl-") + req.request_id[4:]
             if req.streamed:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -238,7 +265,7 @@ class Ingress:
             return await self._collect(api, rid, step, first, stream, headers, req)
         except ApiError as err:
             req.close(err.status, err.code, time.time())
-            return _error_response(err)
+            return _error_response(err, self._refusal_headers(req, err))
         except asyncio.CancelledError:  # the client left: release what it held, record it, stop
             if stream is not None:
                 stream.cancel()
@@ -248,17 +275,16 @@ class Ingress:
             log.exception("request %s failed in the ingress", req.request_id)
             if stream is not None:
                 stream.cancel()
-            req.close(500, "internal_error", time.time())
-            return _error_response(ApiError(500, "internal_error", "the ingress failed on this request"))
+            err = ApiError(500, "internal_error", "the ingress failed on this request")
+            req.close(500, err.code, time.time())
+            return _error_response(err, self._refusal_headers(req, err))
 
     async def _parse(self, request: Request, api: str, req: OpenRequest):
         tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
         if tenant_name is None:
             raise ApiError(401, "invalid_api_key", "missing or invalid API key")
         req.tenant = tenant_name
-        raw = await request.body()
-        if len(raw) > self._max_body:
-            raise ApiError(413, "request_too_large", f"request body is {len(raw)} bytes; the limit is {self._max_body}")
+        raw = await self._read_body(request)
         try:
             if api == "chat":
                 body = ChatCompletionRequest.model_validate_json(raw)
@@ -272,6 +298,25 @@ class Ingress:
         req.streamed = bool(getattr(body, "stream", False))
         req.sla_class = request.headers.get(SLA_HEADER) or self._policy.tenants[tenant_name].default_sla_class
         return body
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, read within ``ingress.body_read_timeout_s`` (a stalled upload is answered 408,
+        not held) and never past ``ingress.max_body_bytes`` (413 as soon as it is exceeded)."""
+        async def read() -> bytes:
+            parts, size = [], 0
+            async for part in request.stream():
+                size += len(part)
+                if size > self._max_body:
+                    raise ApiError(413, "request_too_large",
+                                   f"request body exceeds {self._max_body} bytes (ingress.max_body_bytes)")
+                parts.append(part)
+            return b"".join(parts)
+
+        try:
+            return await asyncio.wait_for(read(), self._body_timeout_s)
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", f"the request body was not received within "
+                           f"{self._body_timeout_s:g} s (ingress.body_read_timeout_s)") from None
 
     def _max_tokens(self, api: str, body) -> int:
         if api == "chat":
@@ -352,9 +397,26 @@ class Ingress:
                     step = await self._hold(step, req)
         return step, None, None
 
-    def _placement_headers(self, step: Dispatch, held_s: float) -> dict[str, str]:
+    @staticmethod
+    def _refusal_headers(req: OpenRequest, err: ApiError) -> dict[str, str]:
+        """What a refused or failed request's answer says about it: its request id always, and the
+        placement (``inferplane explain --audit DIR ID`` takes either) once it reached placement."""
+        headers = {"x-inferplane-request-id": req.request_id, "x-inferplane-error-code": err.code}
+        decision = None if req.attempts is None else req.attempts.decision
+        if decision is not None:
+            headers["x-inferplane-placement-id"] = decision.placement_id
+            headers["x-inferplane-attempts"] = str(decision.attempt)
+            if decision.placed:
+                headers["x-inferplane-substrate"] = decision.substrate
+        if req.held_s:
+            headers["x-inferplane-held-ms"] = str(round(req.held_s * 1000.0))
+        return headers
+
+    def _placement_headers(self, step: Dispatch, req: OpenRequest) -> dict[str, str]:
         decision = step.decision
+        held_s = req.held_s
         headers = {
+            "x-inferplane-request-id": req.request_id,
             "x-inferplane-substrate": step.substrate,
             "x-inferplane-placement-id": decision.placement_id,
             "x-inferplane-spillover": "true" if decision.spillover else "false",
@@ -394,7 +456,9 @@ class Ingress:
                 event = {"t": "error", "code": type(exc).__name__}
         if event["t"] != "done":
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-generation: {event['code']}")
-            req.close(502, err.code, time.time(), first_token_s=first_at, output_tokens=len(deltas))
+            req.close(502, err.code, time.time(), first_token_s=first_at,
+                      output_tokens=sum(d.get("tokens", 1) for d in deltas),
+                      prompt_tokens=next((d["prompt_tokens"] for d in deltas if "prompt_tokens" in d), None))
             raise err
         req.close(200, None, time.time(), first_token_s=first_at, output_tokens=event["completion_tokens"],
                   prompt_tokens=event["prompt_tokens"])
@@ -414,7 +478,10 @@ class Ingress:
                 yield _sse_line(role_chunk(api, rid, created, model))
             event = first
             while event["t"] == "delta":
-                tokens += 1  # one token per delta, until the engine's count arrives with "done"
+                # The engine's counts as they stream (a delta without one is one token), so a
+                # client that leaves mid-stream is recorded with the tokens it was really sent.
+                tokens += event.get("tokens", 1)
+                prompt_tokens = event.get("prompt_tokens", prompt_tokens)
                 yield _sse_line(delta_chunk(api, rid, created, model, event))
                 try:
                     event = await stream.__anext__()
@@ -432,12 +499,14 @@ class Ingress:
                 yield "data: [DONE]\n\n"
                 return
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream: {event['code']}")
-            req.close(502, err.code, time.time(), first_token_s=first_at, output_tokens=tokens)
+            req.close(502, err.code, time.time(), first_token_s=first_at, output_tokens=tokens,
+                      prompt_tokens=prompt_tokens)
             yield _sse_line(err.body())
         finally:
             if req.record is None:  # the client left mid-stream (or the server stopped iterating)
                 stream.cancel()
-                req.close(499, CLIENT_DISCONNECTED, time.time(), first_token_s=first_at, output_tokens=tokens)
+                req.close(499, CLIENT_DISCONNECTED, time.time(), first_token_s=first_at, output_tokens=tokens,
+                          prompt_tokens=prompt_tokens)
 
     def __del__(self) -> None:
         # Graceful shutdown: stop the background thread and wait for it, write every audit row

@@ -1,7 +1,8 @@
 """`inferplane explain CONFIG --tenant T --model M --input-tokens N --max-tokens K`: how one
 request would be placed, every candidate with its verdict or scores, the pick, spillover and cost.
-`inferplane explain --audit AUDIT_DIR PLACEMENT_ID` shows a recorded decision the same way (the row
-of every request that reached the engine has one, recovered rows included). ``--json`` prints the decision
+`inferplane explain --audit AUDIT_DIR ID` shows a recorded decision the same way, by placement id or
+request id (every answer carries both headers, refusals included; the row of every request that
+reached the engine has a decision, recovered rows included). ``--json`` prints the decision
 as the audit log records it (``telemetry.audit.recorded_decision``: the same JSON as a row's
 ``decision_json``).
 
@@ -36,8 +37,8 @@ SCORE_HEADERS = {
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="show how a request would be placed", description=__doc__)
     p.add_argument("config", nargs="?", help="path to a YAML config")
-    p.add_argument("--audit", nargs=2, metavar=("AUDIT_DIR", "PLACEMENT_ID"),
-                   help="show a recorded decision from the audit log instead")
+    p.add_argument("--audit", nargs=2, metavar=("AUDIT_DIR", "ID"),
+                   help="show a recorded decision from the audit log instead (ID: placement or request id)")
     p.add_argument("--tenant")
     p.add_argument("--model", help="model name or alias")
     p.add_argument("--input-tokens", type=int)
@@ -130,7 +131,7 @@ def cmd(args: argparse.Namespace) -> int:
                                         ("--input-tokens", args.input_tokens), ("--max-tokens", args.max_tokens))
                if value is None]
     if missing:
-        raise ValueError(f"explain needs {', '.join(missing)} (or --audit AUDIT_DIR PLACEMENT_ID)")
+        raise ValueError(f"explain needs {', '.join(missing)} (or --audit AUDIT_DIR ID)")
     decision, fleet, note = decide(args)
     if args.json:
         from inferplane.telemetry.audit import recorded_decision  # pyarrow: only when needed

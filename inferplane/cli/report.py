@@ -160,17 +160,28 @@ class _RecordedFleet:
         return self._by_name.get(name) or _RecordedSubstrate({"name": name})
 
 
-def render_recorded_decision(audit_dir: str | Path, placement_id: str) -> str:
-    """A recorded decision shown as ``inferplane explain`` shows a fresh one, with what happened."""
+def render_recorded_decision(audit_dir: str | Path, placement_or_request_id: str) -> str:
+    """A recorded decision shown as ``inferplane explain`` shows a fresh one, with what happened.
+    Takes a placement id or a request id (the ``x-inferplane-placement-id`` and
+    ``x-inferplane-request-id`` headers of every answer); a request refused before placement (no
+    key, a body that does not parse) has a row without a decision, and is shown as its outcome."""
     import pyarrow.dataset as ds
 
     from inferplane.cli.explain import render
     from inferplane.telemetry.audit import decision_from_record, read_audit
 
-    rows = read_audit(audit_dir, where=ds.field("placement_id") == placement_id).to_pylist()
+    if not Path(audit_dir).expanduser().is_dir():
+        raise ValueError(f"audit directory {audit_dir} does not exist (the config's telemetry.audit_dir)")
+    wanted = placement_or_request_id
+    rows = read_audit(Path(audit_dir).expanduser(),
+                      where=(ds.field("placement_id") == wanted) | (ds.field("request_id") == wanted)).to_pylist()
     if not rows:
-        raise ValueError(f"no audit row with placement id {placement_id} in {audit_dir}")
+        raise ValueError(f"no audit row with placement id or request id {wanted} in {audit_dir}")
     row = rows[-1]
+    if row["decision_json"] is None:
+        return (f"request {row['request_id']} · recorded {_when(row['time'])} UTC by {row['ingress_id']}\n"
+                f"outcome  {row['status_code']} {row['error_code'] or ''} · refused before placement "
+                "(no decision was made)")
     record = json.loads(row["decision_json"])
     decision = decision_from_record(record)
     age = row["snapshot_age_s"]

@@ -758,6 +758,11 @@ class Ingress(_Strict):
     default_max_tokens: PositiveInt = Field(
         default=256, description="Output tokens assumed when a request sets no max_tokens."
     )
+    body_read_timeout_s: PositiveFloat = Field(
+        default=10.0,
+        description="Time a client has to send its whole request body; a stalled upload gets 408 "
+        "instead of holding the ingress.",
+    )
     snapshot_refresh_ms: PositiveFloat = Field(
         default=100.0, description="How often each ingress replica syncs with the placement actor."
     )

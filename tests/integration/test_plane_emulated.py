@@ -171,6 +171,91 @@ def test_spoofed_placement_headers_change_nothing(emulated_plane):
     assert r.status_code == 403
 
 
+# -- HTTP edges: one model, trailing slashes, stalled uploads, headers on refusals, readiness --------
+
+def test_models_retrieve_by_name_and_alias_per_tenant(emulated_plane):
+    client = _client(emulated_plane, GLOBAL_KEY)
+    assert client.models.retrieve("llama-3.1-8b-instant").id == "llama-3.1-8b-instant"
+    assert client.models.retrieve("smollm2").id == "smollm2"  # an alias of smollm2-135m-instruct
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-17")
+    with pytest.raises(openai.NotFoundError):  # served, but never to this tenant (US only)
+        _client(emulated_plane, EU_KEY).models.retrieve("llama-3.1-8b-instant")
+    _assert_openai_error(httpx.get(emulated_plane.url + "/v1/models/smollm2", timeout=10), 401)
+
+
+def test_trailing_slash_is_served_not_redirected(emulated_plane):
+    r = _post(emulated_plane, GLOBAL_KEY, CHAT, path="/v1/chat/completions/")
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+    r = httpx.get(emulated_plane.url + "/v1/models/", headers={"Authorization": f"Bearer {GLOBAL_KEY}"}, timeout=10)
+    assert r.status_code == 200 and r.json()["data"]
+
+
+def test_a_stalled_upload_gets_408_and_an_audit_row(emulated_plane):
+    """A client that announces a body and stops sending is answered 408 within the body-read
+    timeout (2 s in this config), not held; its request is recorded."""
+    import socket
+
+    host, port = emulated_plane.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        t0 = time.monotonic()
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {GLOBAL_KEY}"
+                     "\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"model\": ".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            part = sock.recv(65536)
+            if not part:
+                break
+            answer += part
+        waited = time.monotonic() - t0
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"request_timeout" in body and b"x-inferplane-request-id" in head.lower()
+    assert 1.5 < waited < 15, waited
+
+
+def test_every_refusal_carries_its_placement_and_explain_finds_it(emulated_plane):
+    """403, 404 and a substrate-level refusal name the request and the placement that refused it,
+    and ``inferplane explain --audit DIR ID`` finds the row by either id."""
+    from inferplane.cli.report import render_recorded_decision
+
+    refused = {
+        403: _post(emulated_plane, EU_KEY, dict(CHAT, model="llama-3.1-8b-instant")),
+        404: _post(emulated_plane, GLOBAL_KEY, dict(CHAT, model="gpt-17")),
+        400: _post(emulated_plane, GLOBAL_KEY, dict(CHAT, messages=[{"role": "user", "content": "word " * 40_000}])),
+    }
+    for status, r in refused.items():
+        assert r.status_code == status, r.text
+        assert r.headers["x-inferplane-request-id"].startswith("req-")
+        assert r.headers["x-inferplane-placement-id"]
+        assert r.headers["x-inferplane-error-code"] == r.json()["error"]["code"]
+    unparsed = _post(emulated_plane, GLOBAL_KEY, {"model": "smollm2"})  # refused before placement
+    assert unparsed.status_code == 400 and "x-inferplane-placement-id" not in unparsed.headers
+    assert unparsed.headers["x-inferplane-request-id"].startswith("req-")
+    deadline = time.monotonic() + 20
+    while True:  # rows are flushed every 500 ms in this config
+        try:
+            by_placement = render_recorded_decision(emulated_plane.audit_dir, refused[403].headers["x-inferplane-placement-id"])
+            by_request = render_recorded_decision(emulated_plane.audit_dir, unparsed.headers["x-inferplane-request-id"])
+            break
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert "jurisdiction" in by_placement and "outcome  403" in by_placement
+    assert "refused before placement" in by_request and "400" in by_request
+    with pytest.raises(ValueError, match="does not exist"):
+        render_recorded_decision(emulated_plane.audit_dir + "-missing", "pl-x")
+
+
+def test_readiness_names_what_is_starting_and_liveness_is_separate(emulated_plane):
+    ready = httpx.get(emulated_plane.url + "/healthz", timeout=5)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["substrates_starting"] == [] and ready.json()["substrates_down"] == []
+    assert httpx.get(emulated_plane.url + "/readyz", timeout=5).status_code == 200
+    assert httpx.get(emulated_plane.url + "/livez", timeout=5).json()["status"] == "ok"
+
+
 # -- spillover and sovereignty --------------------------------------------------------------------
 
 def test_saturated_primary_spills_global_tenant_and_says_so(emulated_plane):

@@ -24,6 +24,7 @@ from inferplane.placement.filters import (
     Healthy,
     JurisdictionAllowed,
     NodeJurisdiction,
+    ParametersHonoured,
     RateLimitHeadroom,
     HeldBack,
     RejectionCode,
@@ -144,6 +145,27 @@ CASES = [
     case("context/alias-resolves-to-window", ContextWindowFits(),
          fleet(x().serves("m", window=4096)).model("m", primary="x", aliases=["m-alias"]), None,
          model="m-alias", input_tokens=4000, max_output_tokens=96),
+    # -- ParametersHonoured --------------------------------------------------------------------
+    case("parameters/none-required", ParametersHonoured(), only_x(x()), None),
+    case("parameters/emulation-applies-stop", ParametersHonoured(), only_x(x()), None,
+         required_features=frozenset({"stop", "seed"})),
+    case("parameters/emulation-invents-no-logprobs", ParametersHonoured(), only_x(x()),
+         Expect("cannot honour `logprobs`", "emulated substrate does not honour `logprobs`"),
+         required_features=frozenset({"logprobs", "stop"})),
+    case("parameters/every-missing-one-named", ParametersHonoured(), only_x(x()),
+         Expect("cannot honour `logprobs`, `response_format`",
+                "emulated substrate does not honour `logprobs`, `response_format`"),
+         required_features=frozenset({"response_format", "logprobs"})),
+    case("parameters/vllm-logprobs", ParametersHonoured(), only_x(x().kind("vllm")), None,
+         required_features=frozenset({"logprobs", "top_logprobs", "response_format", "logit_bias"})),
+    case("parameters/vllm-no-tools-without-a-parser", ParametersHonoured(), only_x(x().kind("vllm")),
+         Expect("cannot honour `tools`", "vllm substrate does not honour `tools`"),
+         required_features=frozenset({"tools"})),
+    case("parameters/vllm-no-suffix", ParametersHonoured(), only_x(x().kind("vllm")),
+         Expect("cannot honour `suffix`", "vllm substrate does not honour `suffix`"),
+         required_features=frozenset({"suffix"})),
+    case("parameters/provider-passes-through", ParametersHonoured(), only_x(x().kind("openai_compatible")), None,
+         required_features=frozenset({"tools", "suffix", "logprobs", "response_format"})),
     # -- Healthy -------------------------------------------------------------------------------
     case("healthy/closed", Healthy(), only_x(x()), None, sig=signals(circuit="closed")),
     case("healthy/half-open-no-probe-yet", Healthy(), only_x(x()), None, sig=signals(circuit="half_open")),
@@ -260,7 +282,9 @@ CASES = [
 def test_filter(flt, builder: FleetBuilder, sig: SubstrateSignals, req: dict, expected: Expect | None) -> None:
     built = builder.build()
     spec = built.fleet.substrate("x")
-    rejection = flt.check(context(built, request(**req)), spec, sig)
+    req = dict(req)
+    features = req.pop("required_features", frozenset())
+    rejection = flt.check(context(built, dataclasses.replace(request(**req), required_features=features)), spec, sig)
     if expected is None:
         assert rejection is None
     else:

@@ -13,7 +13,18 @@ import json
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from inferplane.config.schema import EmulatedSubstrate, InferplaneConfig, Substrate, SubstrateKind
+from typing import get_args
+
+from inferplane.config.schema import (
+    EmulatedSettings,
+    EmulatedSubstrate,
+    HonourableParameter,
+    InferplaneConfig,
+    OpenAICompatibleSubstrate,
+    Substrate,
+    SubstrateKind,
+    VllmSubstrate,
+)
 from inferplane.config.sizing import substrate_sizing
 from inferplane.jurisdiction import JurisdictionCatalog
 from inferplane.placement.fleet import CostModel, FleetSpec, LatencyModel, ModelRoute, SubstrateSpec
@@ -179,4 +190,21 @@ def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateS
             egress_usd_per_byte=s.cost.egress_usd_per_gb / 1e9,
         ),
         required_signals=REQUIRED_SIGNALS[s.kind.value],
+        features=honoured_parameters(s),
     )
+
+
+ALL_PARAMETERS = frozenset(get_args(HonourableParameter))
+
+
+def honoured_parameters(s: Substrate) -> frozenset[str]:
+    """The request parameters a substrate honours, by kind: a vLLM engine all but ``suffix`` (vLLM
+    has no insertion), and ``tools`` only with a tool-call parser; a provider API all but those its
+    config lists as unsupported (the rest are passed through); an emulation what it applies
+    faithfully (``EmulatedSettings.HONOURED``)."""
+    if isinstance(s, VllmSubstrate):
+        out = ALL_PARAMETERS - {"suffix"}
+        return out if s.vllm.tool_call_parser is not None else out - {"tools"}
+    if isinstance(s, OpenAICompatibleSubstrate):
+        return ALL_PARAMETERS - frozenset(s.openai_compatible.unsupported_parameters)
+    return EmulatedSettings.HONOURED

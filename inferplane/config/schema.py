@@ -237,9 +237,19 @@ class Replicas(_Strict):
         return self
 
 
+HonourableParameter = Literal[
+    "logprobs", "top_logprobs", "response_format", "logit_bias", "tools", "echo", "suffix", "seed", "stop",
+    "presence_penalty", "frequency_penalty"]
+"""OpenAI request parameters that some substrates honour and others do not: a request setting one is
+placed only where it is honoured (``api.openai_schema.PARAMETERS`` lists the same names)."""
+
+
 class VllmSettings(_Strict):
     engine: VllmEngineArgs = Field(description="Engine arguments.")
     replicas: Replicas = Field(default_factory=Replicas, description="Replica count or autoscaling.")
+    tool_call_parser: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="vLLM's tool-call parser for the model (e.g. `hermes`, `llama3_json`); "
+        "without one, requests with `tools` are not placed here.")
 
 
 class OpenAICompatibleSettings(_Strict):
@@ -257,6 +267,9 @@ class OpenAICompatibleSettings(_Strict):
     )
     connect_timeout_s: PositiveFloat = Field(default=5.0, description="Connect timeout, seconds.")
     replicas: Replicas = Field(default_factory=Replicas, description="Adapter replicas in Serve.")
+    unsupported_parameters: list[HonourableParameter] = Field(
+        default_factory=list, description="Request parameters the provider does not take; requests setting "
+        "one are not placed here. Every other parameter is passed through.")
 
 
 class EmulatedPhysics(_Strict):
@@ -297,6 +310,14 @@ class EmulatedSettings(_Strict):
     )
     physics: EmulatedPhysics = Field(description="The timing model.")
     replicas: Replicas = Field(default_factory=Replicas, description="Replicas in Serve.")
+
+    HONOURED: ClassVar[frozenset[str]] = frozenset({"seed", "stop", "echo", "presence_penalty", "frequency_penalty"})
+    """An emulation times a substrate; its text is filler. It applies what it can faithfully: ``stop``
+    (the filler is cut at a stop string), ``echo`` (the prompt comes first) and ``seed`` (the filler
+    is the same for any seed). Sampling knobs have nothing to sample (``temperature``, ``top_p``,
+    the penalties: accepted, as the filler is no sample anyway). What would have to be invented
+    (``logprobs``, ``top_logprobs``, ``logit_bias``, ``response_format``, ``tools``, ``suffix``) is
+    refused: such requests are placed elsewhere."""
 
 
 class _SubstrateBase(_Strict):

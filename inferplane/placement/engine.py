@@ -314,6 +314,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         exclude = request.exclude
         if request.closed:  # the tenant's quotas close these: the specification rejects them
             exclude = exclude | {name for name, _ in request.closed}
+        if request.required_features:  # substrates not honouring a parameter: the specification rejects them
+            exclude = exclude | fleet.lacking(request.required_features)
         if needed > t.min_window or exclude:
             rows = _unfit_to_specification(rows, needed, t.windows, rp.names, exclude)
         # The token counts as floats: an int times a float converts the int exactly as float()

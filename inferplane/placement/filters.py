@@ -29,6 +29,7 @@ class RejectionCode(str, enum.Enum):
     JURISDICTION = "jurisdiction"
     EXCLUDED = "excluded"
     CONTEXT_WINDOW = "context_window"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
     NODE_JURISDICTION = "node_jurisdiction"
     UNHEALTHY = "unhealthy"
     STALE_SIGNALS = "stale_signals"
@@ -125,6 +126,33 @@ class ContextWindowFits:
         if needed <= window:
             return None
         return Rejection(self.code, f"context window < {needed}", f"window {window} < {needed} tokens needed")
+
+
+class ParametersHonoured:
+    """Admits a substrate only when it honours every parameter the request sets that not every
+    substrate honours (``request.required_features`` within ``spec.features``): ``logprobs`` on an
+    emulation, ``tools`` on a vLLM engine without a tool-call parser. The summary names the
+    parameters, so the roll-up tells the client which one to drop."""
+
+    code = RejectionCode.UNSUPPORTED_PARAMETER
+
+    def check(self, ctx, spec, signals):
+        required = ctx.request.required_features
+        if not required or required <= spec.features:
+            return None
+        missing = ", ".join(f"`{name}`" for name in sorted(required - spec.features))
+        return Rejection(self.code, f"cannot honour {missing}", f"{spec.kind} substrate does not honour {missing}")
+
+
+def unhonoured_parameter(required: frozenset[str], fleet, candidates) -> str | None:
+    """The parameter to name in a 400 refusing a request: the first (by name) of ``required``
+    that a candidate rejected as ``UNSUPPORTED_PARAMETER`` does not honour. ``candidates``: the
+    refusing decision's verdicts; ``fleet``: the ``FleetSpec`` they were placed on."""
+    missing: set[str] = set()
+    for c in candidates:
+        if c.code is RejectionCode.UNSUPPORTED_PARAMETER:
+            missing |= required - fleet.substrate(c.name).features
+    return min(missing) if missing else None
 
 
 class NodeJurisdiction:
@@ -337,6 +365,7 @@ STATIC_FILTERS: tuple[Filter, ...] = (
 DYNAMIC_FILTERS: tuple[Filter, ...] = (
     Excluded(),
     ContextWindowFits(),
+    ParametersHonoured(),
     NodeJurisdiction(),
     Healthy(),
     SignalsFresh(),

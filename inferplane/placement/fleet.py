@@ -54,6 +54,10 @@ class SubstrateSpec:
     latency: LatencyModel
     cost: CostModel
     required_signals: tuple[str, ...]
+    features: frozenset[str] = frozenset()
+    """The request parameters it honours (``config.schema.HonourableParameter`` names), from its
+    kind and config: a request requiring one it lacks is not placed here (``ParametersHonoured``).
+    None by default: fail closed."""
 
     @property
     def display_name(self) -> str:
@@ -83,10 +87,22 @@ class FleetSpec:
     """Every public name and alias -> the canonical model name."""
     index: Mapping[str, int] = field(init=False, repr=False)
     """Substrate name -> its position in ``substrates``."""
+    _lacking: dict[frozenset[str], frozenset[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # A derived field of a frozen dataclass, set once while it is being built.
+        # Derived fields of a frozen dataclass, set once while it is being built.
         object.__setattr__(self, "index", MappingProxyType({s.name: i for i, s in enumerate(self.substrates)}))
+        object.__setattr__(self, "_lacking", {})
+
+    def lacking(self, features: frozenset[str]) -> frozenset[str]:
+        """Names of the substrates that do not honour every one of ``features``; remembered per
+        set of features (requests ask for few distinct sets), so the hot path pays a lookup."""
+        found = self._lacking.get(features)
+        if found is None:
+            found = frozenset(s.name for s in self.substrates if not features <= s.features)
+            if len(self._lacking) < 1024:  # bounded: the sets come from clients
+                self._lacking[features] = found
+        return found
 
     def resolve_model(self, name: str) -> ModelRoute | None:
         canonical = self.model_names.get(name)

@@ -30,6 +30,10 @@ class PlacementRequest:
     ``HeldBack`` filter): the tenant's cap, a reclaim, a higher-priority request waiting at another
     replica, the substrate's own queue kept while requests wait. Worked out by the ingress replica
     for each placement (``plane.state.ReplicaState.closed_for``)."""
+    required_features: frozenset[str] = frozenset()
+    """The request parameters its substrate must honour (``logprobs``, ``response_format``...:
+    ``api.openai_schema.required_features``); a substrate lacking one is rejected
+    (``ParametersHonoured``)."""
 
     @property
     def total_tokens(self) -> int:
@@ -50,4 +54,5 @@ class PlacementRequest:
             ingress_zone=self.ingress_zone,
             exclude=self.exclude | {failed},
             attempt=self.attempt + 1,
+            required_features=self.required_features,
         )

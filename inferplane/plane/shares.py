@@ -60,10 +60,13 @@ def kept_slots(policy: PlacementPolicy, tenant: str, usage_of: Callable[[str], M
     for name, other in policy.tenants.items():
         if name == tenant:
             continue
+        usage = None  # read once per tenant, and only for one with an unlent guarantee
         for q in other.quotas:
             unlent = q.guaranteed - q.lendable
             if unlent > 0:
-                spare = unlent - usage_of(name).get(q.substrate_class, 0)
+                if usage is None:
+                    usage = usage_of(name)
+                spare = unlent - usage.get(q.substrate_class, 0)
                 if spare > 0:
                     kept[q.substrate_class] = kept.get(q.substrate_class, 0) + spare
     return kept

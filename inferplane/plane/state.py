@@ -117,7 +117,8 @@ class ReplicaState:
         self._quota_classes = quota_classes(policy)
         self._unlent = any(q.guaranteed > q.lendable for t in policy.tenants.values() for q in t.quotas)
         self._class_of = {s.name: s.substrate_class for s in fleet.substrates}
-        self._tenant_in_flight: Counter[tuple[str, str]] = Counter()
+        # Tenant -> substrate -> dispatches in flight: a tenant's usage reads its own counts only.
+        self._tenant_in_flight: dict[str, Counter[str]] = {}
         self._tenant_reported: dict[str, dict[str, int]] = {}
         self._tenant_published: dict[str, dict[str, int]] = {}
         self._reclaiming_published: dict[str, dict[str, int]] = {}
@@ -186,7 +187,10 @@ class ReplicaState:
         with self._lock:
             self._in_flight[substrate] += 1
             if self._quota_classes and tenant is not None:
-                self._tenant_in_flight[(tenant, substrate)] += 1
+                counts = self._tenant_in_flight.get(tenant)
+                if counts is None:
+                    counts = self._tenant_in_flight[tenant] = Counter()
+                counts[substrate] += 1
             self._view = None
         return Lease(substrate, self, tenant)
 
@@ -197,7 +201,7 @@ class ReplicaState:
             lease.released = True
             self._in_flight[lease.substrate] -= 1
             if self._quota_classes and lease.tenant is not None:
-                self._tenant_in_flight[(lease.tenant, lease.substrate)] -= 1
+                self._tenant_in_flight[lease.tenant][lease.substrate] -= 1
             self._view = None
         if self._listener is not None:
             self._listener()
@@ -224,8 +228,8 @@ class ReplicaState:
         for name, n in self._tenant_reported.get(tenant, {}).items():
             usage[classes[name]] -= n
         with self._lock:
-            for (t, name), n in self._tenant_in_flight.items():
-                if t == tenant and n:
+            for name, n in self._tenant_in_flight.get(tenant, {}).items():
+                if n:
                     usage[classes[name]] += n
         return {c: max(0, n) for c, n in usage.items()}
 
@@ -294,9 +298,10 @@ class ReplicaState:
             spend, self._spend = dict(self._spend), Counter()
             in_flight = dict(self._in_flight)
             tenants: dict[str, dict[str, int]] = {}
-            for (tenant, name), n in self._tenant_in_flight.items():
-                if n:
-                    tenants.setdefault(tenant, {})[name] = n
+            for tenant, counts in self._tenant_in_flight.items():
+                for name, n in counts.items():
+                    if n:
+                        tenants.setdefault(tenant, {})[name] = n
         snap = self._pending or self._snapshot
         return SyncReport(in_flight, outcomes, spend, None if snap is None else snap.version,
                           None if snap is None else now_s - snap.taken_at_s, tenants,

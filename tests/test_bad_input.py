@@ -1,6 +1,7 @@
 """Bad input at unit level, no Ray: whatever bytes or JSON a client sends, parsing a request body
 either succeeds or fails with a pydantic ``ValidationError`` that the ingress turns into an
-OpenAI-style 400, and the token estimates of any body that parses are positive integers.
+OpenAI-style 400, the token estimates of any body that parses are positive integers, and counting
+it with a real tokenizer (SmolLM2's, chat template included) never raises.
 (The same cases against a running plane are in tests/chaos.)
 
 Isolation: every sampling value the ingress admits, vLLM's own ``SamplingParams`` admits too, and
@@ -21,7 +22,8 @@ from pydantic import ValidationError
 
 from inferplane.api.errors import ApiError
 from inferplane.api.openai_schema import ChatCompletionRequest, CompletionRequest
-from inferplane.api.tokens import estimate_chat_tokens, estimate_completion_tokens
+from inferplane.api.tokens import TokenCounter, estimate_chat_tokens, estimate_completion_tokens, load_tokenizer
+from inferplane.config.schema import TokenizerSpec
 from substrate_adapters.base import ChatTurn, Finished, GenerationRequest
 from substrate_adapters import vllm_engine
 from substrate_adapters.errors import SubstrateError, SubstrateRejectedRequest, SubstrateUnavailable
@@ -75,27 +77,42 @@ def test_any_bytes_parse_or_fail_as_an_openai_400(raw):
             _assert_openai_400(exc)
 
 
+@pytest.fixture(scope="module")
+def smollm2_counter() -> TokenCounter:
+    """Counts every body as model ``m`` with SmolLM2's tokenizer and chat template."""
+    from inferplane.models.prepare import prepare_builtin
+
+    prepare_builtin("builtin:smollm2-135m-instruct")
+    return TokenCounter({"m": load_tokenizer(TokenizerSpec(hf="builtin:smollm2-135m-instruct"))}, {"m": "m"})
+
+
+def _counted(counter: TokenCounter, body) -> int:
+    return counter.prompt_tokens(body.model_copy(update={"model": "m"}))
+
+
 @given(chat_bodies)
-def test_any_chat_body_parses_with_a_positive_estimate_or_fails_as_a_400(body):
+def test_any_chat_body_parses_with_a_positive_estimate_or_fails_as_a_400(smollm2_counter, body):
     try:
         parsed = ChatCompletionRequest.model_validate_json(json.dumps(body))
     except ValidationError as exc:
         _assert_openai_400(exc)
         return
     assert estimate_chat_tokens(parsed) >= 1
+    assert _counted(smollm2_counter, parsed) >= 1  # the template's reply prompt at least
     assert parsed.max_tokens is None or parsed.max_tokens >= 1
 
 
 @given(st.fixed_dictionaries({"model": st.text(min_size=1, max_size=5)}, optional={
     "prompt": st.text(max_size=50) | st.lists(st.text(max_size=10), max_size=3) | json_values,
     "max_tokens": st.integers(min_value=-5, max_value=2**40)}))
-def test_any_completion_body_parses_with_a_positive_estimate_or_fails_as_a_400(body):
+def test_any_completion_body_parses_with_a_positive_estimate_or_fails_as_a_400(smollm2_counter, body):
     try:
         parsed = CompletionRequest.model_validate_json(json.dumps(body))
     except ValidationError as exc:
         _assert_openai_400(exc)
         return
     assert estimate_completion_tokens(parsed) >= 1
+    assert _counted(smollm2_counter, parsed) >= 0  # "" is no tokens to the engine too
 
 
 @pytest.mark.parametrize("raw", [
@@ -105,13 +122,14 @@ def test_any_completion_body_parses_with_a_positive_estimate_or_fails_as_a_400(b
     b'{"model": "m", "model": "n", "messages": [{"role": "user", "content": "x"}]}',         # duplicate key
     b'\xef\xbb\xbf{"model": "m", "messages": [{"role": "user", "content": "x"}]}',           # UTF-8 BOM
 ])
-def test_pathological_json_never_raises_anything_but_a_validation_error(raw):
+def test_pathological_json_never_raises_anything_but_a_validation_error(smollm2_counter, raw):
     try:
         body = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as exc:
         _assert_openai_400(exc)
     else:
         assert estimate_chat_tokens(body) >= 1
+        assert _counted(smollm2_counter, body) >= 1
 
 
 # -- the ingress's sampling checks: the bounds of the OpenAI API and of vLLM -----------------------

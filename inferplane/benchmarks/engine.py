@@ -7,6 +7,10 @@ fresh): the worst case, in which every substrate passes every filter and is scor
 ``with_dispatches`` is timed beside them: every ingress replica calls it once per dispatch.
 The snapshot is built for the policy, as an ingress replica builds every snapshot it places on
 (``ReplicaState.publish``).
+
+``measure_per_request`` sets the tokenizer's cost beside them: the ingress counts every prompt with
+the model's tokenizer (``inferplane.api.tokens``, chat template and encoding), here SmolLM2's as
+``inferplane models prepare`` makes it, for the same 1 KB chat and for a ~4k-token one.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inferplane.api.openai_schema import ChatCompletionRequest
+from inferplane.api.tokens import TokenCounter, TokenizerUnavailable, estimate_chat_tokens, load_tokenizer
 from inferplane.config.build import BuiltConfig, build
 from inferplane.config.references import check_references
-from inferplane.config.schema import InferplaneConfig
+from inferplane.config.schema import InferplaneConfig, TokenizerSpec
 from inferplane.placement import PlacementRequest, Reading, SubstrateSignals, place
 from inferplane.placement.snapshot import FleetSnapshot
 
@@ -90,10 +95,11 @@ def live_snapshot(built: BuiltConfig, now_s: float, seed: int = 0) -> FleetSnaps
     return FleetSnapshot(version=1, taken_at_s=now_s, fleet=built.fleet, signals=tuple(signals), policy=built.policy)
 
 
-def chat_body() -> bytes:
-    """A typical ~1 KB chat request body."""
+def chat_body(user: str | None = None) -> bytes:
+    """A typical ~1 KB chat request body (``user``: another user message in the same body)."""
     system = "You are a careful assistant for a bank's internal help desk. Answer briefly and cite the policy."
-    user = ("Our team is moving the quarterly risk report pipeline to the new cluster. " * 10).strip()
+    if user is None:
+        user = ("Our team is moving the quarterly risk report pipeline to the new cluster. " * 10).strip()
     body = {
         "model": MODEL,
         "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
@@ -170,3 +176,71 @@ def measure(sizes: tuple[int, ...] = (16, 64, 256), rounds: int = 30, inner: int
 def _summary(values: list[float]) -> Timing:
     ordered = sorted(values)
     return Timing(statistics.median(ordered), ordered[int(0.9 * (len(ordered) - 1))])
+
+
+BENCH_TOKENIZER = "builtin:smollm2-135m-instruct"
+_PROSE = ("the", "quarterly", "risk", "report", "pipeline", "moves", "to", "a", "new", "cluster", "in", "Frankfurt",
+          "and", "every", "team", "must", "check", "its", "jobs,", "budgets", "or", "alerts", "before", "Friday.",
+          "Latency", "rose", "by", "percent", "when", "nodes", "were", "drained;", "see", "ticket", "for", "details.")
+
+
+def long_prompt(words: int = 2400, seed: int = 0) -> str:
+    """Prose-like text of ``words`` words with numbers between them (~4k SmolLM2 tokens at 2,400)."""
+    rng = random.Random(seed)
+    parts = []
+    for i in range(words):
+        parts.append(str(rng.randint(0, 99_999)) if i % 9 == 8 else rng.choice(_PROSE))
+    return " ".join(parts)
+
+
+def measure_per_request(rounds: int = 30, substrates: int = 16) -> dict:
+    """What the ingress pays per request, interleaved round by round: the pydantic parse of the
+    1 KB chat body, ``place()`` on ``substrates`` substrates, and the prompt-token count of that body
+    and of a ~4k-token chat (``TokenCounter.prompt_tokens`` on the parsed body), beside the old
+    estimate. ``tokenizer``: which tokenizer counted, or why none could (then no count rows)."""
+    now = 1_000_000.0
+    short_raw, long_raw = chat_body(), chat_body(long_prompt())
+    short, long = (ChatCompletionRequest.model_validate_json(b) for b in (short_raw, long_raw))
+    built = synthetic_fleet(substrates)
+    snap = live_snapshot(built, now)
+    placed = PlacementRequest("req-0", "bench", MODEL, "interactive", 900, 256, now, "r0", "r0-z0")
+    try:
+        tokenizer = load_tokenizer(TokenizerSpec(hf=BENCH_TOKENIZER))
+    except TokenizerUnavailable as exc:
+        tokenizer, source = None, f"unavailable ({exc})"
+    else:
+        source = tokenizer.source
+    counter = TokenCounter({MODEL: tokenizer}, {MODEL: MODEL}) if tokenizer else None
+
+    def loop(fn: Callable[[], object]) -> Callable[[int], None]:
+        def run(k: int) -> None:
+            for _ in range(k):
+                fn()
+        return run
+
+    # (label, tokens it counts or None, the timed call, calls per round)
+    rows: list[tuple[str, int | None, Callable[[int], None], int]] = [
+        (f"parse: {len(short_raw)}-byte chat body", None,
+         loop(lambda: ChatCompletionRequest.model_validate_json(short_raw)), 200),
+        (f"place(): {substrates} substrates", None, loop(lambda: place(placed, snap, built.policy)), 200),
+    ]
+    if counter is not None:
+        rows += [
+            (f"count: {len(short_raw)}-byte chat", counter.prompt_tokens(short), loop(lambda: counter.prompt_tokens(short)), 50),
+            (f"count: {len(long_raw) // 1000}-KB chat", counter.prompt_tokens(long), loop(lambda: counter.prompt_tokens(long)), 3),
+        ]
+    rows.append((f"estimate: {len(long_raw) // 1000}-KB chat (fallback)", estimate_chat_tokens(long),
+                 loop(lambda: estimate_chat_tokens(long)), 200))
+    for _, _, run, inner in rows:  # warm-up
+        run(inner)
+    timings: list[list[float]] = [[] for _ in rows]
+    for _ in range(rounds):
+        for i, (_, _, run, inner) in enumerate(rows):
+            timings[i].append(_rounds(run, inner))
+    parse_median = statistics.median(timings[0])
+    out = []
+    for (label, tokens, _, _), values in zip(rows, timings):
+        t = _summary(values)
+        out.append({"what": label, "tokens": tokens, "median_us": t.median_us, "p90_us": t.p90_us,
+                    "vs_parse": t.median_us / parse_median})
+    return {"tokenizer": source, "rows": out}

@@ -1,4 +1,5 @@
-"""`inferplane bench engine`: placement speed against a baseline measured side by side."""
+"""`inferplane bench engine`: placement speed against a baseline measured side by side, and what
+counting a prompt's tokens with the model's tokenizer costs beside them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from inferplane.cli.table import render_table
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks that print ratios against a baseline", description=__doc__)
     bsub = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
-    e = bsub.add_parser("engine", help="place() against parsing a 1 KB OpenAI chat body")
+    e = bsub.add_parser("engine", help="place() and token counting against parsing a 1 KB OpenAI chat body")
     e.add_argument("--sizes", default="16,64,256", help="fleet sizes, comma-separated")
     e.add_argument("--rounds", type=int, default=30)
     e.add_argument("--json", dest="json_out", help="also write the results to this file")
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    from inferplane.benchmarks.engine import measure
+    from inferplane.benchmarks.engine import measure, measure_per_request
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
     results = measure(sizes, rounds=args.rounds)
@@ -48,9 +49,15 @@ def cmd_engine(args: argparse.Namespace) -> int:
           "one ingress view per dispatch")
     print(render_table(["substrates", "place µs", "place p90", "parse µs", "parse p90", "ratio",
                         "with_dispatches µs"], rows, "rrrrrrr"))
+    per_request = measure_per_request(rounds=args.rounds, substrates=sizes[0])
+    print(f"per request, beside the parse (median of {args.rounds} interleaved rounds); "
+          f"tokenizer: {per_request['tokenizer']}")
+    print(render_table(["per request", "tokens", "µs", "p90 µs", "vs parse"],
+                       [[r["what"], "" if r["tokens"] is None else str(r["tokens"]), f"{r['median_us']:.1f}",
+                         f"{r['p90_us']:.1f}", f"{r['vs_parse']:.2f}"] for r in per_request["rows"]], "lrrrr"))
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2)
+            json.dump({"placement": results, "per_request": per_request}, fh, indent=2)
     first = results[0]
     print(f"engine_vs_parse_ratio={first['ratio']:.2f}")
     return 0

@@ -3,7 +3,11 @@ Ray dashboard. A replica wraps one adapter, streams its events as plain dicts, a
 adapter's load to the PlacementActor every ``HEARTBEAT_S`` (which is also its heartbeat).
 
 Events (dicts, so nothing but data crosses Serve):
-    {"t": "delta", "text": str}
+    {"t": "delta", "text": str, "tokens": int,
+     "prompt_tokens": int (first delta, where the engine counted them),
+     "logprobs": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]
+                 and "text_offset": characters of text streamed before this delta (when asked for),
+     "tool_calls": [{"index", "id", "type": "function", "function": {"name", "arguments"}}] (when made)}
     {"t": "done", "finish_reason": str, "prompt_tokens": int, "completion_tokens": int}
     {"t": "error", "code": str, "message": str, "retryable": bool, "status": int|None,
      "retry_after_s": float|None}
@@ -20,7 +24,17 @@ import ray
 from ray import serve
 
 from inferplane.config import parse_config
-from substrate_adapters.base import ChatTurn, Finished, GenerationRequest, TextDelta
+import json
+
+from substrate_adapters.base import (
+    ChatTurn,
+    Finished,
+    FunctionTool,
+    GenerationRequest,
+    ResponseFormat,
+    TextDelta,
+    ToolCall,
+)
 from substrate_adapters.construct import adapter_for
 from substrate_adapters.errors import SubstrateError, SubstrateRateLimited
 
@@ -40,18 +54,71 @@ def node_identity(topology) -> dict:
 
 
 def request_from_payload(payload: dict) -> GenerationRequest:
+    """The ``GenerationRequest`` of a payload (``inferplane.api.payload``)."""
+    fmt = payload.get("response_format")
+    tool_choice = payload.get("tool_choice")
+    token_ids = payload.get("prompt_token_ids")
     return GenerationRequest(
         request_id=payload["request_id"],
         model=payload["model"],
         api=payload["api"],
-        messages=tuple(ChatTurn(m["role"], m["content"]) for m in payload.get("messages", ())),
+        messages=tuple(_turn(m) for m in payload.get("messages", ())),
         prompt=payload.get("prompt"),
+        prompt_token_ids=None if token_ids is None else tuple(token_ids),
         max_tokens=payload["max_tokens"],
         temperature=payload.get("temperature"),
         top_p=payload.get("top_p"),
         stop=tuple(payload.get("stop") or ()),
         seed=payload.get("seed"),
+        presence_penalty=payload.get("presence_penalty"),
+        frequency_penalty=payload.get("frequency_penalty"),
+        logit_bias=tuple((int(k), float(v)) for k, v in (payload.get("logit_bias") or {}).items()),
+        logprobs=payload.get("logprobs"),
+        echo=bool(payload.get("echo")),
+        suffix=payload.get("suffix"),
+        response_format=None if fmt is None else _response_format(fmt),
+        tools=tuple(_tool(t["function"]) for t in payload.get("tools", ())),
+        tool_choice=tool_choice,
+        parallel_tool_calls=payload.get("parallel_tool_calls"),
     )
+
+
+def _turn(m: dict) -> ChatTurn:
+    return ChatTurn(m["role"], m["content"], name=m.get("name"),
+                    tool_calls=tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in m.get("tool_calls", ())),
+                    tool_call_id=m.get("tool_call_id"))
+
+
+def _response_format(fmt: dict) -> ResponseFormat:
+    if fmt["type"] == "json_object":
+        return ResponseFormat("json_object")
+    spec = fmt["json_schema"]
+    schema = spec.get("schema")
+    return ResponseFormat("json_schema", name=spec.get("name"),
+                          schema_json=None if schema is None else json.dumps(schema), strict=spec.get("strict"))
+
+
+def _tool(fn: dict) -> FunctionTool:
+    params = fn.get("parameters")
+    return FunctionTool(fn["name"], fn.get("description"), None if params is None else json.dumps(params),
+                        fn.get("strict"))
+
+
+def delta_event(delta: TextDelta, text_offset: int) -> dict:
+    """A ``TextDelta`` as its event; ``text_offset``: characters of text streamed before it."""
+    event: dict = {"t": "delta", "text": delta.text, "tokens": delta.tokens}
+    if delta.prompt_tokens is not None:
+        event["prompt_tokens"] = delta.prompt_tokens
+    if delta.logprobs is not None:
+        event["logprobs"] = [
+            {"token": lp.token, "logprob": lp.logprob, "bytes": None if lp.bytes is None else list(lp.bytes),
+             "top_logprobs": [{"token": t.token, "logprob": t.logprob,
+                               "bytes": None if t.bytes is None else list(t.bytes)} for t in lp.top_logprobs]}
+            for lp in delta.logprobs]
+        event["text_offset"] = text_offset
+    if delta.tool_calls:
+        event["tool_calls"] = [c.to_openai(i) for i, c in enumerate(delta.tool_calls)]
+    return event
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256, health_check_period_s=2)
@@ -81,10 +148,12 @@ class SubstrateDeployment:
                 log.debug("heartbeat to placement actor failed: %s", type(exc).__name__)
 
     async def generate(self, payload: dict):
+        streamed = 0  # characters of text so far: the completions logprobs' text_offset
         try:
             async for event in self._adapter.generate(request_from_payload(payload)):
                 if isinstance(event, TextDelta):
-                    yield {"t": "delta", "text": event.text}
+                    yield delta_event(event, streamed)
+                    streamed += len(event.text)
                 elif isinstance(event, Finished):
                     yield {"t": "done", "finish_reason": event.finish_reason,
                            "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens}

@@ -28,6 +28,14 @@ do not add up, and a stream ends when the physics says it does.
 ``prompt_tokens`` is an estimate (``len(text) // 4 + 1`` per message or prompt); emulations
 have no tokenizer. Closing the stream or cancelling its task frees the slot at once.
 
+Parameters (``EmulatedSettings.HONOURED``): ``stop`` is applied (the filler is cut before the
+first stop string, ``Finished("stop", ...)``), ``echo`` puts the prompt text first, and ``seed``
+changes nothing (the filler is the same for every seed). Sampling knobs (temperature, top_p,
+penalties) have nothing to sample. What the emulation would have to invent (``logprobs``,
+``logit_bias``, ``response_format``, ``tools``, ``suffix``, ``echo`` of token ids it cannot decode)
+is refused (``SubstrateRejectedRequest``): placement sends such requests elsewhere, and this is the
+backstop. Each delta carries its token count; the first also the prompt-token estimate.
+
 Before step 1, a request an engine would refuse is refused as vLLM refuses it
 (``SubstrateRejectedRequest``, not retryable): an unknown model, ``max_tokens`` below 1, no
 messages or no prompt, and sampling values outside the API's bounds (``temperature`` in [0, 2],
@@ -74,6 +82,8 @@ def estimate_prompt_tokens(request: GenerationRequest) -> int:
     """``len(text) // 4 + 1`` for each chat message, or for the completion prompt."""
     if request.api == "chat":
         return sum(len(turn.content) // 4 + 1 for turn in request.messages)
+    if request.prompt_token_ids is not None:
+        return len(request.prompt_token_ids)
     return len(request.prompt or "") // 4 + 1
 
 
@@ -236,8 +246,14 @@ class EmulatedAdapter:
                 await self._sleep_until(deadline)
             finally:
                 self._lanes.release()
-            yield TextDelta(self._word(0))
+            cut = _StopCut(request.stop)
+            first = (request.prompt or "") + self._word(0) if request.echo else self._word(0)
+            text, stopped = cut.feed(first)
+            yield TextDelta(text, 1, prompt_tokens=prompt_tokens)
             emitted = 1
+            if stopped:
+                yield Finished("stop", prompt_tokens, emitted)
+                return
             stalled = self._lanes.stalled_s()
             while emitted < total:
                 interval = decode_interval_s(self._physics, self._slots.running)
@@ -248,10 +264,12 @@ class EmulatedAdapter:
                     stalled += lost
                     deadline += lost
                     await self._sleep_until(deadline)
-                yield TextDelta(
-                    "".join(" " + self._word(i) for i in range(emitted, emitted + step))
-                )
+                text, stopped = cut.feed("".join(" " + self._word(i) for i in range(emitted, emitted + step)))
+                yield TextDelta(text, step)
                 emitted += step
+                if stopped:
+                    yield Finished("stop", prompt_tokens, emitted)
+                    return
             yield Finished("length", prompt_tokens, emitted)
         finally:
             self._slots.release()
@@ -275,8 +293,13 @@ class EmulatedAdapter:
             raise SubstrateRejectedRequest("max_tokens must be at least 1", status=400)
         if request.api == "chat" and not request.messages:
             raise SubstrateRejectedRequest("a chat request needs at least one message", status=400)
-        if request.api == "completion" and request.prompt is None:
+        if request.api == "completion" and request.prompt is None and request.prompt_token_ids is None:
             raise SubstrateRejectedRequest("a completion request needs a prompt", status=400)
+        unhonoured = _unhonoured(request)
+        if unhonoured:
+            raise SubstrateRejectedRequest(
+                f"emulated substrate {self._label} does not honour {', '.join(unhonoured)}: its text is filler",
+                status=400)
         refusal = _sampling_refusal(request)
         if refusal is not None:
             raise SubstrateRejectedRequest(refusal, status=400)
@@ -296,3 +319,41 @@ def _sampling_refusal(request: GenerationRequest) -> str | None:
     if request.seed is not None and not SEED_MIN <= request.seed <= SEED_MAX:
         return f"seed must be a signed 64-bit integer (between {SEED_MIN} and {SEED_MAX})."
     return None
+
+
+def _unhonoured(request: GenerationRequest) -> list[str]:
+    """The parameters of ``request`` an emulation would have to invent, by name."""
+    found = []
+    if request.logprobs is not None:
+        found.append("logprobs")
+    if request.logit_bias:
+        found.append("logit_bias")
+    if request.response_format is not None:
+        found.append("response_format")
+    if request.tools:
+        found.append("tools")
+    if request.suffix:
+        found.append("suffix")
+    if request.echo and request.prompt is None:
+        found.append("echo (of a token-id prompt)")
+    return found
+
+
+class _StopCut:
+    """Cuts streamed text before the first stop string, which may span deltas: ``feed`` returns
+    the part of a piece to emit and whether a stop string was reached."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = stops
+        self._longest = max((len(s) for s in stops), default=0)
+        self._tail = ""  # the last characters emitted, where a stop string may have begun
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        if not self._stops:
+            return piece, False
+        window = self._tail + piece
+        hits = [i for i in (window.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            return piece[:max(0, min(hits) - len(self._tail))], True
+        self._tail = window[-(self._longest - 1):] if self._longest > 1 else ""
+        return piece, False

@@ -6,6 +6,14 @@ Every request is streamed upstream (``"stream": true`` with ``stream_options.inc
 into ``TextDelta`` events and one ``Finished``. When the upstream sends no usage, completion tokens
 are the number of content deltas and prompt tokens an estimate (``len(text) // 4 + 1`` per message).
 
+Every parameter of the request is passed through as the OpenAI API names it (``logprobs``,
+``top_logprobs``, ``logit_bias``, the penalties, ``response_format``, ``tools``, ``tool_choice``,
+``parallel_tool_calls``, ``echo``, ``suffix``, a token-id ``prompt``); a provider that does not take
+one says so in its config (``unsupported_parameters``) and placement sends such requests
+elsewhere. From the stream, each choice's ``logprobs`` (chat's ``content`` list, or completions'
+``tokens``/``token_logprobs``/``top_logprobs``) ride on its delta; ``tool_calls`` fragments are
+joined by index and the complete calls come in one delta before ``Finished("tool_calls", ...)``.
+
 Errors, all ``substrate_adapters.errors``:
 
     connect error, dropped connection, 5xx        SubstrateUnavailable (``status`` set for 5xx)
@@ -52,6 +60,9 @@ from substrate_adapters.base import (
     GenerationEvent,
     GenerationRequest,
     TextDelta,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
 )
 from substrate_adapters.errors import (
     SubstrateProtocolError,
@@ -125,8 +136,48 @@ def _estimate_prompt_tokens(request: GenerationRequest) -> int:
 
 
 def _finish_reason(upstream: str | None) -> str:
-    """Our contract knows ``length`` (cut at max_tokens) and ``stop`` (everything else)."""
-    return "length" if upstream in ("length", "max_tokens") else "stop"
+    """Our contract knows ``length`` (cut at max_tokens), ``tool_calls`` and ``stop`` (everything
+    else)."""
+    if upstream in ("length", "max_tokens"):
+        return "length"
+    return "tool_calls" if upstream in ("tool_calls", "function_call") else "stop"
+
+
+def _bytes(value: object, token: str) -> tuple[int, ...]:
+    if isinstance(value, list) and all(isinstance(b, int) for b in value):
+        return tuple(value)
+    return tuple(token.encode())
+
+
+def _chat_logprobs(entries: object) -> tuple[TokenLogprob, ...]:
+    """OpenAI's chat ``logprobs.content`` entries."""
+    out = []
+    for e in entries if isinstance(entries, list) else ():
+        if not isinstance(e, dict) or not isinstance(e.get("token"), str):
+            continue
+        tops = tuple(TopLogprob(t["token"], float(t["logprob"]), _bytes(t.get("bytes"), t["token"]))
+                     for t in e.get("top_logprobs") or () if isinstance(t, dict) and isinstance(t.get("token"), str)
+                     and isinstance(t.get("logprob"), (int, float)))
+        lp = e.get("logprob")
+        out.append(TokenLogprob(e["token"], float(lp) if isinstance(lp, (int, float)) else None,
+                                _bytes(e.get("bytes"), e["token"]), tops))
+    return tuple(out)
+
+
+def _completion_logprobs(obj: dict) -> tuple[TokenLogprob, ...]:
+    """OpenAI's completions ``logprobs`` (parallel lists)."""
+    tokens = obj.get("tokens") or []
+    values = obj.get("token_logprobs") or [None] * len(tokens)
+    tops = obj.get("top_logprobs") or [None] * len(tokens)
+    out = []
+    for token, lp, top in zip(tokens, values, tops):
+        if not isinstance(token, str):
+            continue
+        alternatives = tuple(TopLogprob(t, float(v), tuple(t.encode())) for t, v in (top or {}).items()
+                             if isinstance(v, (int, float)))
+        out.append(TokenLogprob(token, float(lp) if isinstance(lp, (int, float)) else None, tuple(token.encode()),
+                                alternatives))
+    return tuple(out)
 
 
 class _SseEvents:
@@ -156,13 +207,30 @@ class _SseEvents:
 class _StreamState:
     """What one response stream has said so far, besides its text."""
 
-    __slots__ = ("deltas", "done", "finish_reason", "usage")
+    __slots__ = ("calls", "deltas", "done", "finish_reason", "usage")
 
     def __init__(self) -> None:
         self.deltas = 0
         self.finish_reason: str | None = None
         self.usage: tuple[int, int] | None = None
         self.done = False
+        self.calls: dict[int, list[str]] = {}
+        """Tool calls by index: [id, name, arguments so far]."""
+
+    def add_call_fragment(self, fragment: dict) -> None:
+        index = fragment.get("index", len(self.calls))
+        call = self.calls.setdefault(index if isinstance(index, int) else len(self.calls), ["", "", ""])
+        fn = fragment.get("function") or {}
+        if isinstance(fragment.get("id"), str):
+            call[0] = fragment["id"]
+        if isinstance(fn, dict):
+            if isinstance(fn.get("name"), str):
+                call[1] += fn["name"]
+            if isinstance(fn.get("arguments"), str):
+                call[2] += fn["arguments"]
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(c[0] or f"call_{i}", c[1], c[2]) for i, c in sorted(self.calls.items()) if c[1])
 
 
 class _Remaining:
@@ -285,21 +353,42 @@ class OpenAICompatibleAdapter:
                     "a chat request needs at least one message", status=400
                 )
             path = "/chat/completions"
-            body["messages"] = [{"role": t.role, "content": t.content} for t in request.messages]
+            body["messages"] = [t.to_openai() for t in request.messages]
         elif request.api == "completion":
-            if request.prompt is None:
+            if request.prompt is None and request.prompt_token_ids is None:
                 raise SubstrateRejectedRequest("a completion request needs a prompt", status=400)
             path = "/completions"
-            body["prompt"] = request.prompt
+            body["prompt"] = request.prompt if request.prompt is not None else list(request.prompt_token_ids)
         else:
             raise SubstrateRejectedRequest(f"unsupported api {request.api!r}", status=400)
         body["max_tokens"] = request.max_tokens
-        for name in ("temperature", "top_p", "seed"):
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "parallel_tool_calls"):
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in request.logit_bias}
+        if request.logprobs is not None:
+            if request.api == "chat":
+                body["logprobs"] = True
+                if request.logprobs:
+                    body["top_logprobs"] = request.logprobs
+            else:
+                body["logprobs"] = request.logprobs
+        if request.response_format is not None:
+            body["response_format"] = request.response_format.to_openai()
+        if request.tools:
+            body["tools"] = [t.to_openai() for t in request.tools]
+            if request.forced_function is not None:
+                body["tool_choice"] = {"type": "function", "function": {"name": request.forced_function}}
+            elif request.tool_choice is not None:
+                body["tool_choice"] = request.tool_choice
+        if request.echo:
+            body["echo"] = True
+        if request.suffix:
+            body["suffix"] = request.suffix
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         return path, body
@@ -319,15 +408,15 @@ class OpenAICompatibleAdapter:
                 if data.strip() == "[DONE]":
                     stream.done = True
                     break
-                for text in self._consume(data, request.api, stream):
-                    yield TextDelta(text)
+                for delta in self._consume(data, request.api, stream):
+                    yield delta
         if not stream.done:
             data = sse.flush()  # a last event that no blank line closed
             if data is not None and data.strip() == "[DONE]":
                 stream.done = True
             elif data is not None:
-                for text in self._consume(data, request.api, stream):
-                    yield TextDelta(text)
+                for delta in self._consume(data, request.api, stream):
+                    yield delta
         if not stream.done and stream.finish_reason is None:
             raise SubstrateProtocolError(
                 f"{self._where}: the stream ended without [DONE] or a finish_reason"
@@ -336,24 +425,28 @@ class OpenAICompatibleAdapter:
             _estimate_prompt_tokens(request),
             stream.deltas,
         )
+        calls = stream.tool_calls()
+        if calls:
+            yield TextDelta("", 0, tool_calls=calls)
         yield Finished(_finish_reason(stream.finish_reason), prompt_tokens, completion_tokens)
 
-    def _consume(self, data: str, api: str, stream: _StreamState) -> list[str]:
-        """The content texts of one event; its finish_reason and usage go into ``stream``."""
-        texts: list[str] = []
-        for text, reason, usage in self._parse_chunk(data, api):
-            if text:
-                texts.append(text)
+    def _consume(self, data: str, api: str, stream: _StreamState) -> list[TextDelta]:
+        """The deltas of one event (content, with its tokens' log probabilities); its tool-call
+        fragments, finish_reason and usage go into ``stream``."""
+        deltas: list[TextDelta] = []
+        for text, reason, usage, logprobs, calls in self._parse_chunk(data, api):
+            if text or logprobs:
+                deltas.append(TextDelta(text or "", len(logprobs) if logprobs else 1, logprobs=logprobs))
                 stream.deltas += 1
+            for fragment in calls:
+                stream.add_call_fragment(fragment)
             stream.finish_reason = reason or stream.finish_reason
             stream.usage = usage or stream.usage
-        return texts
+        return deltas
 
-    def _parse_chunk(
-        self, data: str, api: str
-    ) -> list[tuple[str | None, str | None, tuple[int, int] | None]]:
-        """(text, finish_reason, usage) for each choice of one chunk; one more entry carries
-        the usage, and a chunk without choices gives one entry."""
+    def _parse_chunk(self, data: str, api: str) -> list[tuple]:
+        """(text, finish_reason, usage, logprobs, tool-call fragments) for each choice of one
+        chunk; one more entry carries the usage, and a chunk without choices gives one entry."""
         try:
             chunk = json.loads(data)
         except ValueError:
@@ -369,25 +462,31 @@ class OpenAICompatibleAdapter:
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
             raise SubstrateProtocolError(f"{self._where}: `choices` is not a list")
-        out: list[tuple[str | None, str | None, tuple[int, int] | None]] = []
+        out: list[tuple] = []
         for choice in choices:
             if not isinstance(choice, dict):
                 raise SubstrateProtocolError(f"{self._where}: a choice is not a JSON object")
+            raw_logprobs = choice.get("logprobs")
+            calls: list = []
             if api == "chat":
                 delta = choice.get("delta") or {}
                 if not isinstance(delta, dict):
                     raise SubstrateProtocolError(f"{self._where}: `delta` is not a JSON object")
                 text = delta.get("content")
+                calls = [c for c in delta.get("tool_calls") or () if isinstance(c, dict)]
+                logprobs = (_chat_logprobs(raw_logprobs.get("content"))
+                            if isinstance(raw_logprobs, dict) else None)
             else:
                 text = choice.get("text")
+                logprobs = _completion_logprobs(raw_logprobs) if isinstance(raw_logprobs, dict) else None
             reason = choice.get("finish_reason")
             if text is not None and not isinstance(text, str):
                 raise SubstrateProtocolError(f"{self._where}: the content of a delta is not text")
             if reason is not None and not isinstance(reason, str):
                 raise SubstrateProtocolError(f"{self._where}: `finish_reason` is not a string")
-            out.append((text, reason, None))
+            out.append((text, reason, None, logprobs or None, calls))
         if usage is not None or not out:
-            out.append((None, None, usage))
+            out.append((None, None, usage, None, ()))
         return out
 
     def _parse_usage(self, usage: object) -> tuple[int, int] | None:

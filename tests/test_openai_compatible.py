@@ -4,6 +4,7 @@ error mapping, and a planted API key that must never surface."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import json
 import traceback
@@ -646,3 +647,94 @@ def test_aclose_closes_only_a_client_the_adapter_created():
     injected_closed, own_closed = asyncio.run(main())
     assert not injected_closed
     assert own_closed
+
+
+# -- parameters: passed through, and logprobs / tool calls read back ------------------------------
+
+def _capturing(body: bytes, seen: list[dict]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    return handler
+
+
+def test_every_chat_parameter_is_passed_through():
+    from substrate_adapters.base import FunctionTool, ResponseFormat, ToolCall
+
+    seen: list[dict] = []
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    request = dataclasses.replace(chat(
+        8, logprobs=3, logit_bias=((42, -100.0),), presence_penalty=0.5, frequency_penalty=-0.5, seed=7,
+        response_format=ResponseFormat("json_schema", "city", json.dumps(schema), True),
+        tools=(FunctionTool("weather", "Weather", json.dumps(schema)),), tool_choice="weather",
+        parallel_tool_calls=False), messages=(ChatTurn("user", "hi"), ChatTurn("assistant", "", tool_calls=(ToolCall("c1", "weather", "{}"),)),
+                  ChatTurn("tool", "sunny", tool_call_id="c1")))
+    collect(make(_capturing(sse(chat_chunk("x", finish="stop")), seen)), request)
+    (body,) = seen
+    assert {k: body[k] for k in ("logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty",
+                                 "seed", "parallel_tool_calls")} == {
+        "logprobs": True, "top_logprobs": 3, "logit_bias": {"42": -100.0}, "presence_penalty": 0.5,
+        "frequency_penalty": -0.5, "seed": 7, "parallel_tool_calls": False}
+    assert body["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "city", "schema": schema, "strict": True}}
+    assert body["tools"] == [{"type": "function", "function": {"name": "weather", "description": "Weather",
+                                                               "parameters": schema}}]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "weather"}}
+    assert body["messages"][1]["tool_calls"] == [
+        {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]
+    assert body["messages"][2] == {"role": "tool", "content": "sunny", "tool_call_id": "c1"}
+
+
+def test_every_completion_parameter_is_passed_through():
+    seen: list[dict] = []
+    request = GenerationRequest(request_id="r", model="m", api="completion", prompt_token_ids=(1, 2, 3),
+                                logprobs=0, echo=True, suffix="!", max_tokens=4)
+    chunk = {"id": "c", "choices": [{"index": 0, "text": "x", "finish_reason": "stop"}]}
+    collect(make(_capturing(sse(chunk), seen)), request)
+    (body,) = seen
+    assert (body["prompt"], body["logprobs"], body["echo"], body["suffix"]) == ([1, 2, 3], 0, True, "!")
+    assert "top_logprobs" not in body and "tools" not in body and "response_format" not in body
+
+
+def test_plain_requests_send_no_parameter_they_did_not_set():
+    seen: list[dict] = []
+    collect(make(_capturing(sse(chat_chunk("x", finish="stop")), seen)), chat())
+    assert set(seen[0]) == {"model", "messages", "max_tokens", "stream", "stream_options"}
+
+
+def test_chat_logprobs_and_tool_call_fragments_are_read_from_the_stream():
+    from substrate_adapters.base import TokenLogprob, ToolCall, TopLogprob
+
+    lp = {"content": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105],
+                       "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]}]}
+    with_logprobs = {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}, "logprobs": lp,
+                                             "finish_reason": None}]}
+    fragments = [
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "call_9", "type": "function", "function": {"name": "weather", "arguments": ""}}]}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": '{"city": '}}]}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": '"Paris"}'}}]}, "finish_reason": "tool_calls"}]},
+    ]
+    events = collect(make(streamed(sse(with_logprobs, *fragments, usage_chunk(5, 9)))), chat())
+    first, calls, done = events
+    assert first == TextDelta("Hi", 1, logprobs=(TokenLogprob("Hi", -0.5, (72, 105), (TopLogprob("Hi", -0.5, (72, 105)),)),))
+    assert calls.tool_calls == (ToolCall("call_9", "weather", '{"city": "Paris"}'),)
+    assert done == Finished("tool_calls", 5, 9)
+
+
+def test_completion_logprobs_are_read_from_the_stream():
+    chunk = {"id": "c", "choices": [{"index": 0, "text": " Paris", "finish_reason": "length", "logprobs": {
+        "tokens": [" Paris"], "token_logprobs": [-0.25], "top_logprobs": [{" Paris": -0.25, " Lyon": -3.0}],
+        "text_offset": [24]}}]}
+    delta, _ = collect(make(streamed(sse(chunk))), completion())
+    (entry,) = delta.logprobs
+    assert (entry.token, entry.logprob, [t.token for t in entry.top_logprobs]) == (" Paris", -0.25, [" Paris", " Lyon"])
+
+
+def test_a_provider_config_can_name_parameters_it_does_not_take():
+    assert settings(unsupported_parameters=["logit_bias", "tools"]).unsupported_parameters == ["logit_bias", "tools"]
+    with pytest.raises(Exception):
+        settings(unsupported_parameters=["temperature_x"])

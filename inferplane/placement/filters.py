@@ -27,9 +27,9 @@ class RejectionCode(str, enum.Enum):
     # Per substrate, in ladder order.
     SPILLOVER_FORBIDDEN = "spillover_forbidden"
     JURISDICTION = "jurisdiction"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
     EXCLUDED = "excluded"
     CONTEXT_WINDOW = "context_window"
-    UNSUPPORTED_PARAMETER = "unsupported_parameter"
     NODE_JURISDICTION = "node_jurisdiction"
     UNHEALTHY = "unhealthy"
     STALE_SIGNALS = "stale_signals"
@@ -132,7 +132,9 @@ class ParametersHonoured:
     """Admits a substrate only when it honours every parameter the request sets that not every
     substrate honours (``request.required_features`` within ``spec.features``): ``logprobs`` on an
     emulation, ``tools`` on a vLLM engine without a tool-call parser. The summary names the
-    parameters, so the roll-up tells the client which one to drop."""
+    parameters, so the roll-up tells the client which one to drop. First of the per-request
+    filters: a substrate that honours the request but failed it (``Excluded``), is full or down
+    came closer, so the request is told to retry (503, 429) rather than to drop the parameter."""
 
     code = RejectionCode.UNSUPPORTED_PARAMETER
 
@@ -363,9 +365,9 @@ STATIC_FILTERS: tuple[Filter, ...] = (
 )
 # Filters that read the request's tokens and exclusions or the live signals: run per request.
 DYNAMIC_FILTERS: tuple[Filter, ...] = (
+    ParametersHonoured(),
     Excluded(),
     ContextWindowFits(),
-    ParametersHonoured(),
     NodeJurisdiction(),
     Healthy(),
     SignalsFresh(),

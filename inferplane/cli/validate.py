@@ -15,14 +15,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def summary(path: str) -> str:
+    from inferplane.api.tokens import TokenCounter
+
     built = build(load_config(path))
     cfg = built.config
     emulated = sum(1 for s in built.fleet.substrates if s.emulated)
     classes = sorted({s.substrate_class for s in built.fleet.substrates})
+    tokenizers = TokenCounter.from_config(cfg).sources
     return (
         f"{path}: valid · {len(cfg.substrates)} substrates ({emulated} emulated; "
         f"{', '.join(classes)}), {len(cfg.models)} models, {len(cfg.tenants)} tenants, "
         f"{len(cfg.sla_classes)} SLA classes · policy {built.policy.policy_hash}"
+        + "".join(f"\n  model {model}: prompt tokens counted by {source}" for model, source in tokenizers.items())
     )
 
 

@@ -450,3 +450,42 @@ def test_a_retry_that_finds_no_slot_waits_with_the_deadline_of_its_arrival():
     _release(other)
     host.queue.pump(NOW + 0.4)
     assert isinstance(held.outcome, Dispatch) and held.outcome.substrate == other.substrate
+
+
+def test_a_tenants_usage_follows_every_lease_release_and_sync():
+    """``tenant_usage`` is kept between changes of the counts: each lease, release and adopted
+    snapshot must show in the next read (here across two replicas and one authority)."""
+    built = _built(slots=4, quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 2}]})
+    authority = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s)
+    one, two = Host(built), Host(built)
+
+    def sync(host: Host, iid: str, now: float) -> None:
+        report = host.state.take_report(now)
+        authority.report_ingress(iid, report.in_flight, report.outcomes, now,
+                                 tenant_in_flight=report.tenant_in_flight, reclaiming=report.reclaiming)
+        host.state.publish(authority.snapshot(now), report)
+
+    def used(host: Host, tenant: str = "a") -> int:
+        return host.state.tenant_usage(tenant).get("gpu_cluster", 0)
+
+    authority.report_substrate("p", "r0", _report(0), NOW)
+    sync(one, "one", NOW)
+    sync(two, "two", NOW)
+    assert used(one) == used(two) == 0
+    first = one.submit(tenant="a", rid="a1")
+    assert isinstance(first, Dispatch)
+    assert (used(one), used(two)) == (1, 0)  # the lease shows on its replica at once
+    second = one.submit(tenant="a", now=NOW + 0.01, rid="a2")
+    assert (used(one), used(two), used(one, "b")) == (2, 0, 0)
+    sync(one, "one", NOW + 0.1)
+    sync(two, "two", NOW + 0.1)
+    assert (used(one), used(two)) == (2, 2)  # the other replica learns it from the snapshot
+    _release(first)
+    assert (used(one), used(two)) == (1, 2)
+    _release(first)  # a lease is released once: a second release changes nothing
+    assert used(one) == 1
+    sync(one, "one", NOW + 0.2)
+    sync(two, "two", NOW + 0.2)
+    assert (used(one), used(two)) == (1, 1)
+    _release(second)
+    assert used(one) == 0

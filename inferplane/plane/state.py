@@ -121,6 +121,8 @@ class ReplicaState:
         self._tenant_in_flight: dict[str, Counter[str]] = {}
         self._tenant_reported: dict[str, dict[str, int]] = {}
         self._tenant_published: dict[str, dict[str, int]] = {}
+        self._usage: dict[str, dict[str, int]] = {}
+        """Tenant -> ``tenant_usage``, kept until a count changes (cleared then)."""
         self._reclaiming_published: dict[str, dict[str, int]] = {}
         self._reclaiming: Callable[[], dict[str, dict[str, int]]] | None = None
         self._demand: Callable[[], dict[str, dict[int, int]]] | None = None
@@ -191,6 +193,7 @@ class ReplicaState:
                 if counts is None:
                     counts = self._tenant_in_flight[tenant] = Counter()
                 counts[substrate] += 1
+                self._usage.clear()
             self._view = None
         return Lease(substrate, self, tenant)
 
@@ -202,6 +205,7 @@ class ReplicaState:
             self._in_flight[lease.substrate] -= 1
             if self._quota_classes and lease.tenant is not None:
                 self._tenant_in_flight[lease.tenant][lease.substrate] -= 1
+                self._usage.clear()
             self._view = None
         if self._listener is not None:
             self._listener()
@@ -218,19 +222,30 @@ class ReplicaState:
 
     def tenant_usage(self, tenant: str) -> dict[str, int]:
         """Substrate class -> slots ``tenant`` holds there across every replica: the snapshot's
-        counts with this replica's own reported ones replaced by its current ones."""
+        counts with this replica's own reported ones replaced by its current ones. Read-only: the
+        same dict is returned until a lease, a release or a snapshot changes a count."""
         if not self._quota_classes:
             return {}
+        # Every placement of a tenant with quotas reads several tenants' usage, and the hold
+        # queue reads it for each waiting head: worked out once per change of the counts (the
+        # three places that change them clear ``_usage``, under the lock).
+        with self._lock:
+            usage = self._usage.get(tenant)
+            if usage is None:
+                usage = self._usage[tenant] = self._usage_now(tenant)
+            return usage
+
+    def _usage_now(self, tenant: str) -> dict[str, int]:
+        """With the lock held: ``tenant_usage`` worked out from the counts."""
         classes = self._class_of
         usage: Counter[str] = Counter()
         for name, n in self._tenant_published.get(tenant, {}).items():
             usage[classes[name]] += n
         for name, n in self._tenant_reported.get(tenant, {}).items():
             usage[classes[name]] -= n
-        with self._lock:
-            for name, n in self._tenant_in_flight.get(tenant, {}).items():
-                if n:
-                    usage[classes[name]] += n
+        for name, n in self._tenant_in_flight.get(tenant, {}).items():
+            if n:
+                usage[classes[name]] += n
         return {c: max(0, n) for c, n in usage.items()}
 
     def closed_for(self, request: PlacementRequest, view: FleetSnapshot) -> tuple[tuple[str, str], ...]:
@@ -295,7 +310,8 @@ class ReplicaState:
         puts them back if the sync fails)."""
         with self._lock:
             outcomes, self._outcomes = self._outcomes, []
-            spend, self._spend = dict(self._spend), Counter()
+            spend = dict(self._spend)
+            self._spend.clear()
             in_flight = dict(self._in_flight)
             tenants: dict[str, dict[str, int]] = {}
             for tenant, counts in self._tenant_in_flight.items():
@@ -337,6 +353,7 @@ class ReplicaState:
                 self._tenant_published = published.tenant_in_flight
                 self._tenant_reported = report.tenant_in_flight
                 self._reclaiming_published = published.reclaiming
+                self._usage.clear()
         if self._listener is not None:
             self._listener()
         return True

@@ -680,12 +680,12 @@ def _replica_part(reports, running_only: bool = False) -> _ReplicaPart:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _OutcomePart:
+class _OutcomePart(NamedTuple):
     """Medians of a substrate's recent outcomes, valid from ``computed_at_s`` until the oldest of
     them leaves the latency window (or a new outcome arrives), and while the load that counts
     (``_outcome_part``'s ``counted``) stays in [``load_from``, ``load_until``) (or both are +inf):
-    within it, the same outcomes count."""
+    within it, the same outcomes count. (A named tuple, as ``_ReplicaPart``: built whenever an
+    outcome arrives or leaves the window, by ``tuple.__new__``.)"""
 
     computed_at_s: float
     valid_until_s: float
@@ -824,11 +824,11 @@ def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float, count
         counted_at = max(compress(times, below), default=None)
         load_from = max((load for load in loads if load <= counted), default=-_INF)
         load_until = min((load for load in loads if load > counted), default=_INF)
-    return _OutcomePart(
+    return _new_part(_OutcomePart, (
         now_s, valid_until,
-        Reading(ttfts[len(ttfts) // 2], counted_at) if ttfts else None,
-        Reading(tpots[len(tpots) // 2], counted_at) if tpots else None,
-        Reading(failures / n, at), load_from, load_until)
+        _reading(ttfts[len(ttfts) // 2], counted_at) if ttfts else None,
+        _reading(tpots[len(tpots) // 2], counted_at) if tpots else None,
+        _reading(failures / n, at), load_from, load_until))
 
 
 _KNOWN = partial(is_not, None)

@@ -134,8 +134,7 @@ class Simulator:
         for event in self._events:
             q.at(event.at_s, self._apply_event, event, True)
             q.at(event.at_s + event.for_s, self._apply_event, event, False)
-        for state in self._states:
-            q.at(state.request.arrival_s, self._arrive, state)
+        q.at_each(self._arrive, ((state.request.arrival_s, (state,)) for state in self._states))
         for periodic in (*router.periodic(), Periodic(self._sample_s, self.start_s + WARMUP_S, self._sample)):
             q.at(periodic.first_s, self._periodic, periodic)
         q.run(on_progress)

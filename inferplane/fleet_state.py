@@ -353,26 +353,29 @@ class FleetState:
                 self._expire(now_s)
             self._version += 1
             # in_flight sums over the live ingress replicas, dated by the oldest of their reports.
-            totals: dict[str, int] = {}
-            oldest_ingress = None
-            for r in self._ingress.values():
-                if oldest_ingress is None or r.at_s < oldest_ingress:
-                    oldest_ingress = r.at_s
-                for name, n in r.in_flight.items():
-                    totals[name] = totals.get(name, 0) + n
+            ingress = self._ingress
+            if len(ingress) == 1:  # one replica (the replay's, a small deployment's): its counts are the sums
+                (only,) = ingress.values()
+                totals, oldest_ingress = only.in_flight, only.at_s
+            else:
+                totals = {}
+                oldest_ingress = None
+                for r in ingress.values():
+                    if oldest_ingress is None or r.at_s < oldest_ingress:
+                        oldest_ingress = r.at_s
+                    for name, n in r.in_flight.items():
+                        totals[name] = totals.get(name, 0) + n
             signals = self._signals
-            self._published = PublishedSnapshot(
-                version=self._version,
-                taken_at_s=now_s,
-                policy_hash=self._policy_hash,
-                signals=tuple([signals(d, now_s, totals, oldest_ingress) for d in self._derived]),
-                tenant_spend_usd=self.tenant_spend(now_s) if self._spend else {},
-                tenant_in_flight=_nested_sum(r.tenant_in_flight for r in self._ingress.values()),
-                reclaiming=_nested_sum(r.reclaiming for r in self._ingress.values()),
-                ingress_ids=tuple(sorted(self._ingress)),
-                demand={i: r.demand for i, r in self._ingress.items() if r.demand},
-                grants={i: g for i, g in self._grants.items() if i in self._ingress},
-                expected_output_tokens=self.expected_output_tokens(),
+            self._published = _published_snapshot(
+                self._version, now_s, self._policy_hash,
+                tuple([signals(d, now_s, totals, oldest_ingress) for d in self._derived]),
+                self.tenant_spend(now_s) if self._spend else {},
+                _nested_sum(r.tenant_in_flight for r in ingress.values()),
+                _nested_sum(r.reclaiming for r in ingress.values()),
+                tuple(sorted(ingress)),
+                {i: r.demand for i, r in ingress.items() if r.demand},
+                {i: g for i, g in self._grants.items() if i in ingress},
+                self.expected_output_tokens(),
             )
             self._dirty = False
         return self._published
@@ -645,11 +648,8 @@ def _replica_part(reports, running_only: bool = False) -> _ReplicaPart:
     only the running requests, and their queued ones are added to it); KV-cache and GPU memory take
     the max, rate-limit headroom the min; every reading is dated by the oldest report it was built
     from."""
-    reports = list(reports)
-    if not reports:
-        return _ReplicaPart(None, None)
     if len(reports) == 1:  # the common case, read straight off the one report
-        t, r = reports[0]
+        ((t, r),) = reports
         j = r.node_jurisdiction
         kv, gpu, rl_req, rl_tok = (r.kv_cache_usage, r.gpu_memory_used_ratio, r.rate_limit_requests_remaining,
                                    r.rate_limit_tokens_remaining)
@@ -659,6 +659,9 @@ def _replica_part(reports, running_only: bool = False) -> _ReplicaPart:
             None if kv is None else _reading(kv, t), None if gpu is None else _reading(gpu, t),
             None if rl_req is None else _reading(rl_req, t), None if rl_tok is None else _reading(rl_tok, t),
             frozenset((j,)) if j else None, 0 if j else 1))
+    reports = list(reports)
+    if not reports:
+        return _ReplicaPart(None, None)
     oldest = min(t for t, _ in reports)
 
     def agg(values, pick) -> Reading | None:
@@ -871,6 +874,25 @@ def _signals_of(in_flight, queued, gpu, kv, rl_req, rl_tok, ttft, tpot, error_ra
     return s
 
 
+# A snapshot is published on every sync (ten a second per ingress replica): built the same way.
+_PUBLISHED_SETTERS = tuple(getattr(PublishedSnapshot, f.name).__set__ for f in fields(PublishedSnapshot))
+
+
+def _published_snapshot(version, taken_at_s, policy_hash, signals, tenant_spend_usd, tenant_in_flight, reclaiming,
+                        ingress_ids, demand, grants, expected_output_tokens) -> PublishedSnapshot:
+    """``PublishedSnapshot(...)`` with every field given, in declaration order."""
+    p = _new(PublishedSnapshot)
+    for set_field, value in zip(_PUBLISHED_SETTERS, (
+            version, taken_at_s, policy_hash, signals, tenant_spend_usd, tenant_in_flight, reclaiming, ingress_ids,
+            demand, grants, expected_output_tokens)):
+        set_field(p, value)
+    return p
+
+
+if tuple(f.name for f in fields(PublishedSnapshot)) != (
+        "version", "taken_at_s", "policy_hash", "signals", "tenant_spend_usd", "tenant_in_flight", "reclaiming",
+        "ingress_ids", "demand", "grants", "expected_output_tokens"):
+    raise ImportError("_published_snapshot sets PublishedSnapshot's fields in order: keep it in step")
 if tuple(f.name for f in fields(SubstrateSignals)) != (
         "in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",
         "rate_limit_tokens_remaining", "recent_ttft_s", "recent_tpot_s", "error_rate", "circuit", "node_countries",

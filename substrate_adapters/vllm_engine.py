@@ -218,6 +218,19 @@ def calls_schema(request: GenerationRequest) -> dict:
     return schema
 
 
+def _within(logprobs: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:
+    """The entries of a stream's last delta whose tokens are in its text: the end-of-sequence token
+    and the tokens of a matched stop string were generated (and are counted) but are not part of
+    the answer, so their log probabilities are not either, as in OpenAI's answers."""
+    kept, length = [], 0
+    for entry in logprobs:
+        length += len(entry.token)
+        if length > len(text):
+            break
+        kept.append(entry)
+    return tuple(kept)
+
+
 def _call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
@@ -415,6 +428,8 @@ class VllmEngineAdapter:
                                 token = (await self._get_tokenizer()).decode([ids[0]])
                                 echoed = (TokenLogprob(token, None, tuple(token.encode())),) + echoed[1:]
                             logprobs = echoed + (logprobs or ())
+                    if output.finished and logprobs:
+                        logprobs = _within(logprobs, text)
                     if calling:
                         held.append(text)
                     elif text or n or logprobs or counted is not None:

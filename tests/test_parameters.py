@@ -364,6 +364,14 @@ def test_vllm_deltas_carry_tokens_prompt_tokens_and_logprobs():
     assert done == Finished("stop", 3, 3)
 
 
+def test_vllm_logprobs_of_the_end_of_sequence_token_are_not_in_the_answer():
+    outputs = [_Out("Paris.", [11, 12, 2], [{11: _Lp(-0.1, 1, "Paris")}, {12: _Lp(-0.2, 1, ".")},
+                                             {2: _Lp(-0.01, 1, "<|im_end|>")}], finished=True, reason="stop")]
+    adapter, _ = _vllm(outputs)
+    delta, done = asyncio.run(_events(adapter, _gen(logprobs=0)))
+    assert [lp.token for lp in delta.logprobs] == ["Paris", "."] and delta.tokens == 3 and done.completion_tokens == 3
+
+
 def test_vllm_forced_tool_call_is_one_delta_and_finish_reason_tool_calls():
     outputs = [_Out('{"city": ', [1]), _Out('"Paris"}', [2], finished=True, reason="stop")]
     adapter, engine = _vllm(outputs)

@@ -477,6 +477,11 @@ def test_a_tenants_usage_follows_every_lease_release_and_sync():
     assert (used(one), used(two)) == (1, 0)  # the lease shows on its replica at once
     second = one.submit(tenant="a", now=NOW + 0.01, rid="a2")
     assert (used(one), used(two), used(one, "b")) == (2, 0, 0)
+    other = one.submit(tenant="b", now=NOW + 0.02, rid="b1")  # one tenant's lease, the other's usage kept
+    assert isinstance(other, Dispatch)
+    assert (used(one), used(one, "b")) == (2, 1)
+    _release(other)
+    assert (used(one), used(one, "b")) == (2, 0)
     sync(one, "one", NOW + 0.1)
     sync(two, "two", NOW + 0.1)
     assert (used(one), used(two)) == (2, 2)  # the other replica learns it from the snapshot

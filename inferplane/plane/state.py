@@ -122,7 +122,7 @@ class ReplicaState:
         self._tenant_reported: dict[str, dict[str, int]] = {}
         self._tenant_published: dict[str, dict[str, int]] = {}
         self._usage: dict[str, dict[str, int]] = {}
-        """Tenant -> ``tenant_usage``, kept until a count changes (cleared then)."""
+        """Tenant -> ``tenant_usage``, kept until one of its counts changes."""
         self._reclaiming_published: dict[str, dict[str, int]] = {}
         self._reclaiming: Callable[[], dict[str, dict[str, int]]] | None = None
         self._demand: Callable[[], dict[str, dict[int, int]]] | None = None
@@ -193,7 +193,7 @@ class ReplicaState:
                 if counts is None:
                     counts = self._tenant_in_flight[tenant] = Counter()
                 counts[substrate] += 1
-                self._usage.clear()
+                self._usage.pop(tenant, None)  # the other tenants' usage is unchanged
             self._view = None
         return Lease(substrate, self, tenant)
 
@@ -205,7 +205,7 @@ class ReplicaState:
             self._in_flight[lease.substrate] -= 1
             if self._quota_classes and lease.tenant is not None:
                 self._tenant_in_flight[lease.tenant][lease.substrate] -= 1
-                self._usage.clear()
+                self._usage.pop(lease.tenant, None)
             self._view = None
         if self._listener is not None:
             self._listener()
@@ -227,8 +227,8 @@ class ReplicaState:
         if not self._quota_classes:
             return {}
         # Every placement of a tenant with quotas reads several tenants' usage, and the hold
-        # queue reads it for each waiting head: worked out once per change of the counts (the
-        # three places that change them clear ``_usage``, under the lock).
+        # queue reads it for each waiting head: worked out once per change of the counts (a lease
+        # or a release drops its tenant's from ``_usage``, a snapshot adopted all; under the lock).
         with self._lock:
             usage = self._usage.get(tenant)
             if usage is None:
@@ -238,14 +238,14 @@ class ReplicaState:
     def _usage_now(self, tenant: str) -> dict[str, int]:
         """With the lock held: ``tenant_usage`` worked out from the counts."""
         classes = self._class_of
-        usage: Counter[str] = Counter()
+        usage: dict[str, int] = {}
         for name, n in self._tenant_published.get(tenant, {}).items():
-            usage[classes[name]] += n
+            usage[classes[name]] = usage.get(classes[name], 0) + n
         for name, n in self._tenant_reported.get(tenant, {}).items():
-            usage[classes[name]] -= n
+            usage[classes[name]] = usage.get(classes[name], 0) - n
         for name, n in self._tenant_in_flight.get(tenant, {}).items():
             if n:
-                usage[classes[name]] += n
+                usage[classes[name]] = usage.get(classes[name], 0) + n
         return {c: max(0, n) for c, n in usage.items()}
 
     def closed_for(self, request: PlacementRequest, view: FleetSnapshot) -> tuple[tuple[str, str], ...]:

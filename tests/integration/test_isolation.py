@@ -3,9 +3,11 @@
 
 For 30 s the global tenant sends invalid requests at 10 per second while the EU tenant sends valid
 ones. Nine in ten of the invalid ones carry a parameter the ingress refuses (an empty stop string,
-``top_p`` 0, a seed past 64 bits, ...); one in ten carries what only the engine can judge (a prompt
-the ingress estimates at ~380 tokens that the engine's tokenizer makes 4,500, over its
-``max_model_len`` of 4,096; an empty prompt, which this tokenizer turns into no token at all).
+``top_p`` 0, a seed past 64 bits, ...); one in ten is what the engine's own limits decide: an empty
+prompt, which this tokenizer turns into no token at all (only the engine refuses it), or 1,500
+emoji, 4,500 tokens over ``local-vllm``'s 4,096: the ingress counts them with the model's tokenizer
+(a characters / 4 estimate made them 376 and sent them to the engine to fail), so they never reach
+``local-vllm`` and are served by a substrate whose window holds them.
 
 Before this test existed, such requests passed the ingress, vLLM raised, the plane counted it as the
 substrate failing, retried elsewhere and opened ``local-vllm``'s circuit: one bad request every
@@ -14,6 +16,7 @@ substrate failing, retried elsewhere and opened ``local-vllm``'s circuit: one ba
 Expectation: every ingress-refused request is a 400 naming its parameter, refused before placement
 (its audit row has no attempt and no substrate); every engine-refused one is a 400
 ``substrate_rejected_request`` with the engine's reason after exactly one attempt on ``local-vllm``;
+every long one is answered on a substrate with a larger window, first try, never on ``local-vllm``;
 every EU request is served on ``local-vllm`` without spillover or retry; the placement actor shows
 ``local-vllm``'s circuit closed and its error rate at 0 at every look; one audit row per request.
 """
@@ -58,12 +61,9 @@ INGRESS_REFUSED = [  # (fields set on a valid chat request, the parameter the 40
     ({"seed": -(2**63) - 1}, "seed"),
 ]
 LONG_PROMPT = "\U0001f99c" * 1500
-"""1,500 emoji: the ingress estimates 376 prompt tokens (characters / 4), SmolLM2's tokenizer makes
-4,500 of them; checked against the tokenizer below."""
-ENGINE_REFUSED = [  # (completion prompt, the engine's reason)
-    (LONG_PROMPT, "maximum context length is 4096 tokens"),
-    ("", "prompt cannot be empty"),
-]
+"""1,500 emoji: SmolLM2's tokenizer makes 4,500 tokens of them (a characters / 4 estimate, 376)."""
+ENGINE_REFUSED = ("", "prompt cannot be empty")
+"""(completion prompt, the engine's reason): what only the engine judges."""
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +79,13 @@ def _placement_actor(plane):
     return ray.get_actor(actor_name(plane.app_name, plane.config_text), namespace=NAMESPACE)
 
 
-def test_the_engine_only_cases_pass_the_ingress_and_fail_in_the_engine():
-    """The premise of the engine-refused requests: the ingress's estimate fits the context window,
-    the engine's token count does not (or is zero)."""
+def test_the_ingress_counts_what_the_engine_counts():
+    """The premises: the ingress counts the long prompt as the engine's tokenizer does (over the
+    primary's window), and the empty prompt as no token at all (so only the engine refuses it)."""
     from tokenizers import Tokenizer
 
     from inferplane.api.openai_schema import CompletionRequest
-    from inferplane.api.tokens import estimate_completion_tokens
+    from inferplane.api.tokens import TokenCounter
     from inferplane.config import parse_config
     from inferplane.cli.models import prepare_config_models
     from inferplane.models.prepare import resolve_model_path
@@ -95,12 +95,14 @@ def test_the_engine_only_cases_pass_the_ingress_and_fail_in_the_engine():
     prepare_config_models(str(LOCAL_CONFIG))  # the tokenizer comes with the prepared model
     model_dir = resolve_model_path(vllm.vllm.engine.model_path)
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    window = vllm.models[0].context_window_tokens
-    for prompt, _ in ENGINE_REFUSED:
-        body = CompletionRequest.model_validate({"model": "smollm2", "prompt": prompt, "max_tokens": 4})
-        assert estimate_completion_tokens(body) + 4 < window
-    assert len(tokenizer.encode(LONG_PROMPT).ids) > vllm.vllm.engine.max_model_len
-    assert tokenizer.encode("").ids == []
+    counter = TokenCounter.from_config(cfg)
+
+    def count(prompt: str) -> int:
+        return counter.prompt_tokens(CompletionRequest.model_validate({"model": "smollm2", "prompt": prompt,
+                                                                       "max_tokens": 4}))
+
+    assert count(LONG_PROMPT) == len(tokenizer.encode(LONG_PROMPT).ids) > vllm.vllm.engine.max_model_len
+    assert count(ENGINE_REFUSED[0]) == len(tokenizer.encode("").ids) == 0
 
 
 def test_invalid_parameters_from_one_tenant_change_nothing_for_another(vllm_plane):
@@ -121,11 +123,12 @@ def test_invalid_parameters_from_one_tenant_change_nothing_for_another(vllm_plan
 
     async def send_bad(client: httpx.AsyncClient, i: int) -> None:
         headers = {"Authorization": f"Bearer {GLOBAL_KEY}", **SLA}
-        if i % 10 == 9:  # one in ten: only the engine can tell
-            prompt, reason = ENGINE_REFUSED[(i // 10) % len(ENGINE_REFUSED)]
+        if i % 10 == 9:  # one in ten: the engine's limits decide
+            long = (i // 10) % 2 == 1
+            prompt, reason = (LONG_PROMPT, None) if long else ENGINE_REFUSED
             r = await client.post("/v1/completions", headers=headers,
                                   json={"model": "smollm2", "prompt": prompt, "max_tokens": 4})
-            bad.append({"kind": "engine", "expect": reason, "response": r})
+            bad.append({"kind": "long" if long else "engine", "expect": reason, "response": r})
         else:
             fields, param = INGRESS_REFUSED[i % len(INGRESS_REFUSED)]
             r = await client.post("/v1/chat/completions", headers=headers,
@@ -158,6 +161,12 @@ def test_invalid_parameters_from_one_tenant_change_nothing_for_another(vllm_plan
     # Every invalid request: a 400 in the OpenAI shape, at the ingress or, with the engine's reason,
     # after the engine refused it.
     assert len(bad) == DURATION_S * BAD_PER_S
+    long = [b["response"] for b in bad if b["kind"] == "long"]
+    bad = [b for b in bad if b["kind"] != "long"]
+    assert len(long) == DURATION_S * BAD_PER_S / 20
+    for r in long:  # counted by the tokenizer: placed where the window holds it, never sent to fail
+        assert r.status_code == 200, (r.status_code, r.text[:300])
+        assert r.headers["x-inferplane-substrate"] != PRIMARY and r.headers["x-inferplane-attempts"] == "1"
     for b in bad:
         r = b["response"]
         assert r.status_code == 400, (b["kind"], r.status_code, r.text[:300])
@@ -184,7 +193,7 @@ def test_invalid_parameters_from_one_tenant_change_nothing_for_another(vllm_plan
     # The audit log: one row per request, and each says how far the request went.
     from inferplane.telemetry.audit import read_audit
 
-    sent = {"global-app": len(bad), "eu-bank": len(good)}
+    sent = {"global-app": len(bad) + len(long), "eu-bank": len(good)}
 
     def rows() -> list[dict] | None:
         got = [r for r in read_audit(plane.audit_dir, since=started).to_pylist() if r["time"] >= started]
@@ -212,5 +221,5 @@ def test_invalid_parameters_from_one_tenant_change_nothing_for_another(vllm_plan
     median_ms, max_ms = in_ingress_s[len(in_ingress_s) // 2] * 1000, in_ingress_s[-1] * 1000
     print(f"\n{len(bad)} invalid requests in {DURATION_S:.0f} s: {len(refused)} refused at the ingress "
           f"(median {median_ms:.1f} ms there, max {max_ms:.1f} ms), {len(rejected)} by the engine after one "
-          f"attempt; {len(good)} valid requests of the other tenant, all on {PRIMARY}; circuit closed and "
+          f"attempt; {len(long)} over the primary's window served elsewhere; {len(good)} valid requests of the other tenant, all on {PRIMARY}; circuit closed and "
           f"no failure counted at all {len(looks)} looks")

@@ -25,6 +25,7 @@ request is settled. Every request ends as exactly one ``RequestOutcome``.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -137,7 +138,16 @@ class Simulator:
         q.at_each(self._arrive, ((state.request.arrival_s, (state,)) for state in self._states))
         for periodic in (*router.periodic(), Periodic(self._sample_s, self.start_s + WARMUP_S, self._sample)):
             q.at(periodic.first_s, self._periodic, periodic)
-        q.run(on_progress)
+        # A run makes and drops millions of small objects, all freed by reference counting: the
+        # cyclic collector, started by the allocation count, found nothing to collect during the
+        # runs measured and took 4-6% of them. It is paused for the run and restored after.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            q.run(on_progress)
+        finally:
+            if collecting:
+                gc.enable()
         outcomes = tuple(o for o in self._outcomes if o is not None)
         if len(outcomes) != len(self._requests):
             raise RuntimeError(f"{len(self._requests) - len(outcomes)} requests never settled")

@@ -807,7 +807,7 @@ def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float, count
             tpots = sorted(filter(_KNOWN, compress(islice(outcomes.tpot_s, start, None), mask)))
             counted_at = max(compress(islice(times, start, None), mask), default=None)
             load_from = max(compress(loads, mask), default=-_INF)
-            load_until = min(load for load in loads if load > counted)
+            load_until = min(compress(loads, map(not_, mask)))  # the least load above counted
     else:
         recent = list(map(le, map(sub, repeat(now_s), times), repeat(window_s)))
         if True in recent:

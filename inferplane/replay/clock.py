@@ -55,8 +55,9 @@ class EventQueue:
                 t = now
             self._seq += 1
             entries.append((t, self._seq, fn, args))
-        # (time, seq) decide the order alone (every seq is unique), as in the heap.
-        self._lane = sorted(self._lane + entries, key=_time_and_seq)
+        # (time, seq) decide the order alone, as in the heap: every seq is unique, so the tuples'
+        # comparison never reaches the callbacks.
+        self._lane = sorted(self._lane + entries)
 
     def __len__(self) -> int:
         return len(self._heap) + len(self._lane) - self._lane_next
@@ -88,7 +89,3 @@ class EventQueue:
         finally:
             self.events_run += run
             self._lane_next = i
-
-
-def _time_and_seq(entry: tuple) -> tuple[float, int]:
-    return entry[0], entry[1]

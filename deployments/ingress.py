@@ -30,8 +30,8 @@ from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inferplane.api.errors import ApiError
-from inferplane.api.openai_schema import ChatCompletionRequest, CompletionRequest
+from inferplane.api.errors import ApiError, validation_error
+from inferplane.api.openai_schema import ChatCompletionRequest, CompletionRequest, required_features
 from inferplane.api.payload import substrate_payload
 from inferplane.api.readiness import readiness, reporting
 from inferplane.api.responses import completion_body, delta_chunk, finish_chunk, role_chunk, usage_chunk
@@ -39,6 +39,7 @@ from inferplane.api.tokens import TokenCounter
 from inferplane.auth import TenantKeys
 from inferplane.config import build, parse_config
 from inferplane.placement import PlacementRequest
+from inferplane.placement.filters import RejectionCode, unhonoured_parameter
 from inferplane.placement.plan import models_for
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
 from inferplane.plane.ledger import CLIENT_DISCONNECTED, OpenRequest, RequestLedger
@@ -69,16 +70,13 @@ def _error_response(err: ApiError, headers: dict[str, str] | None = None) -> JSO
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers() | (headers or {}))
 
 
-def _first_validation_error(exc: ValidationError) -> ApiError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    if first["type"] in ("json_invalid", "json_type"):
-        return ApiError(400, "invalid_json", f"request body is not valid JSON: {first['msg']}")
-    return ApiError(400, "invalid_request", f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None)
-
-
-def _refusal_error(refusal: Refusal) -> ApiError:
-    return ApiError(refusal.status, refusal.code, refusal.message, retry_after_s=refusal.retry_after_s)
+def _refusal_error(refusal: Refusal, required: frozenset[str], fleet) -> ApiError:
+    """The answer to a refusal; a request refused for a parameter no eligible substrate honours
+    names that parameter, as a validation error would."""
+    param = None
+    if refusal.code == RejectionCode.UNSUPPORTED_PARAMETER.value and refusal.decision is not None:
+        param = unhonoured_parameter(required, fleet, refusal.decision.candidates)
+    return ApiError(refusal.status, refusal.code, refusal.message, param=param, retry_after_s=refusal.retry_after_s)
 
 
 def _sse_line(obj: dict) -> str:
@@ -256,7 +254,7 @@ class Ingress:
             body = await self._parse(request, api, req)
             step, stream, first = await self._dispatch(api, body, req)
             if isinstance(step, Refusal):
-                raise _refusal_error(step)
+                raise _refusal_error(step, required_features(api, body), self._fleet)
             headers = self._placement_headers(step, req)
             rid = ("chatcmpl-" if api == "chat" else "cmpl-") + req.request_id[4:]
             if req.streamed:
@@ -291,7 +289,7 @@ class Ingress:
         try:
             body = (ChatCompletionRequest if api == "chat" else CompletionRequest).model_validate_json(raw)
         except ValidationError as exc:
-            raise _first_validation_error(exc) from None
+            raise validation_error(exc) from None
         # The model's own tokenizer (``api.tokens``); a long prompt costs milliseconds to count, so
         # it is counted off the event loop.
         req.input_tokens = (await asyncio.to_thread(self._tokens.prompt_tokens, body)
@@ -373,8 +371,9 @@ class Ingress:
             request_id=req.request_id, tenant=req.tenant, model=body.model, sla_class=req.sla_class,
             input_tokens=req.input_tokens, max_output_tokens=max_tokens,
             arrived_at_s=time.time(),  # placed now: a sync may have landed during the parse
-            ingress_region=self._region, ingress_zone=self._zone))
-        payload = substrate_payload(api, body, max_tokens, req.request_id)
+            ingress_region=self._region, ingress_zone=self._zone,
+            required_features=required_features(api, body)))
+        payload = substrate_payload(api, body, max_tokens, req.request_id, req.input_tokens)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         step = self._queue.submit(loop, loop.start(), time.time(), req.received_at_s)

@@ -66,6 +66,7 @@ def request_from_payload(payload: dict) -> GenerationRequest:
         prompt=payload.get("prompt"),
         prompt_token_ids=None if token_ids is None else tuple(token_ids),
         max_tokens=payload["max_tokens"],
+        counted_prompt_tokens=payload.get("counted_prompt_tokens"),
         temperature=payload.get("temperature"),
         top_p=payload.get("top_p"),
         stop=tuple(payload.get("stop") or ()),

@@ -108,6 +108,9 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...] | None = None
     """A completion's prompt given as token ids (then ``prompt`` is None)."""
     max_tokens: int = 16
+    counted_prompt_tokens: int | None = None
+    """The plane's count of the prompt with the model's tokenizer (``inferplane.api.tokens``);
+    what a substrate that cannot count reports as the prompt's tokens. None: not counted."""
     min_tokens: int = 0
     """Generate at least this many tokens, ignoring end-of-sequence until then (calibration uses it
     to fix output lengths; the OpenAI API does not expose it, so client requests leave it at 0)."""

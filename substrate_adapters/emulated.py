@@ -25,8 +25,9 @@ above (failure, outbound, first token, each decode step), so a run in virtual ti
 reproducible. Sleeps aim at absolute deadlines on ``clock``: oversleeping and a slow consumer
 do not add up, and a stream ends when the physics says it does.
 
-``prompt_tokens`` is an estimate (``len(text) // 4 + 1`` per message or prompt); emulations
-have no tokenizer. Closing the stream or cancelling its task frees the slot at once.
+``prompt_tokens`` is the plane's count with the model's tokenizer when the request carries one
+(``GenerationRequest.counted_prompt_tokens``), else an estimate (``len(text) // 4 + 1`` per message
+or prompt): emulations have no tokenizer of their own. Closing the stream or cancelling its task frees the slot at once.
 
 Parameters (``EmulatedSettings.HONOURED``): ``stop`` is applied (the filler is cut before the
 first stop string, ``Finished("stop", ...)``), ``echo`` puts the prompt text first, and ``seed``
@@ -79,7 +80,10 @@ FILLER_WORDS = ("filler", "text", "from", "an", "emulated", "substrate.")
 
 
 def estimate_prompt_tokens(request: GenerationRequest) -> int:
-    """``len(text) // 4 + 1`` for each chat message, or for the completion prompt."""
+    """The plane's count when it sent one, else ``len(text) // 4 + 1`` for each chat message, or
+    for the completion prompt."""
+    if request.counted_prompt_tokens is not None:
+        return request.counted_prompt_tokens
     if request.api == "chat":
         return sum(len(turn.content) // 4 + 1 for turn in request.messages)
     if request.prompt_token_ids is not None:

@@ -130,6 +130,9 @@ def parse_retry_after_s(value: str, now_s: float) -> float | None:
 
 
 def _estimate_prompt_tokens(request: GenerationRequest) -> int:
+    """For a provider that reports no usage: the plane's count, else characters / 4."""
+    if request.counted_prompt_tokens is not None:
+        return request.counted_prompt_tokens
     if request.api == "chat":
         return sum(len(turn.content) // 4 + 1 for turn in request.messages)
     return len(request.prompt or "") // 4 + 1

@@ -54,9 +54,9 @@ chat_bodies = st.fixed_dictionaries({}, optional={
 
 
 def _ingress_error(exc: ValidationError) -> ApiError:
-    from deployments.ingress import _first_validation_error
+    from inferplane.api.errors import validation_error
 
-    return _first_validation_error(exc)
+    return validation_error(exc)
 
 
 def _assert_openai_400(exc: ValidationError) -> None:

@@ -580,3 +580,12 @@ def test_edge_sampling_values_are_served():
         return events
 
     assert asyncio.run(main())[-1][1] == Finished("length", 100, 2)
+
+
+def test_an_emulation_reports_the_prompt_tokens_the_plane_counted():
+    """The plane counts with the model's tokenizer; an emulation has none, so it reports that count
+    (2,000 emoji are 6,000 tokens, not the 501 its own estimate would say)."""
+    counted = GenerationRequest(request_id="r", model="m", api="completion", prompt="\U0001f99c" * 2000,
+                                counted_prompt_tokens=6000)
+    assert estimate_prompt_tokens(counted) == 6000
+    assert estimate_prompt_tokens(dataclasses.replace(counted, counted_prompt_tokens=None)) == 2000 // 4 + 1

@@ -205,7 +205,7 @@ def test_a_recorded_rejection_and_an_unknown_id(tmp_path: Path) -> None:
     text = render_recorded_decision(tmp_path, refused["placement_id"])
     assert "rejected (429 capacity): 0/5 substrates serving `m` eligible: 5 at capacity" in text
     assert "outcome  429 capacity" in text
-    with pytest.raises(ValueError, match="no audit row with placement id pl-nope"):
+    with pytest.raises(ValueError, match="no audit row with placement id or request id pl-nope"):
         render_recorded_decision(tmp_path, "pl-nope")
 
 

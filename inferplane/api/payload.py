@@ -24,8 +24,11 @@ from inferplane.api.tokens import chat_text
 
 
 def substrate_payload(api: str, body: ChatCompletionRequest | CompletionRequest, max_tokens: int,
-                      request_id: str) -> dict:
+                      request_id: str, counted_prompt_tokens: int | None = None) -> dict:
+    """``counted_prompt_tokens``: the plane's count of the prompt (``api.tokens``), which a
+    substrate that cannot count (an emulation, a provider that reports no usage) reports as its own."""
     payload = {"request_id": request_id, "api": api, "max_tokens": max_tokens,
+               "counted_prompt_tokens": counted_prompt_tokens,
                "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
                "stop": body.stop}
     if body.presence_penalty is not None:

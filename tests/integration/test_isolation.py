@@ -167,6 +167,7 @@ def test_invalid_parameters_from_one_tenant_change_nothing_for_another(vllm_plan
     for r in long:  # counted by the tokenizer: placed where the window holds it, never sent to fail
         assert r.status_code == 200, (r.status_code, r.text[:300])
         assert r.headers["x-inferplane-substrate"] != PRIMARY and r.headers["x-inferplane-attempts"] == "1"
+        assert r.json()["usage"]["prompt_tokens"] == 4500  # the plane's count (an emulation has no tokenizer)
     for b in bad:
         r = b["response"]
         assert r.status_code == 400, (b["kind"], r.status_code, r.text[:300])

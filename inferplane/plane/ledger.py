@@ -111,7 +111,8 @@ class RequestLedger:
             snapshot_age_s=None if loop is None else loop.snapshot_age_s, status_code=status,
             error_code=error_code, ttft_s=None if first_token_s is None else first_token_s - req.received_at_s,
             e2e_s=e2e if status == 200 else None, input_tokens=input_tokens, output_tokens=output_tokens,
-            cost=cost, config_hash=self._policy.policy_hash, held_s=req.held_s, held_reason=req.held_reason)
+            cost=cost, config_hash=self._policy.policy_hash, held_s=req.held_s, held_reason=req.held_reason,
+            estimated_input_tokens=req.input_tokens)
         if cost is not None and record.tenant is not None:
             self._state.add_spend(record.tenant, cost.total_usd)
         try:

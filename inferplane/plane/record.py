@@ -56,6 +56,9 @@ class RequestRecord:
     """Time it waited in the replica's hold queue for a slot (``plane.queue``); 0 when it did not."""
     held_reason: str | None = None
     """Why it waited: the refusal of the placement that put it in the queue (rolled up)."""
+    estimated_input_tokens: int | None = None
+    """Prompt tokens as the ingress counted them before dispatch (``input_tokens`` is the engine's
+    count when it reported one); None when the request ended before they were counted."""
 
     @property
     def attempts(self) -> int:

@@ -52,23 +52,25 @@ def free_slots(fleet: FleetSpec, view: FleetSnapshot, substrate_class: str, boun
     return free
 
 
-def kept_slots(policy: PlacementPolicy, tenant: str, usage_of: Callable[[str], Mapping[str, int]]
-               ) -> dict[str, int]:
+def unlent_guarantees(policy: PlacementPolicy) -> tuple[tuple[str, str, int], ...]:
+    """(tenant, substrate class, slots) for each guarantee its tenant may not lend
+    (``guaranteed - lendable`` > 0), in the policy's order: what ``kept_slots`` keeps free."""
+    return tuple((name, q.substrate_class, q.guaranteed - q.lendable)
+                 for name, t in policy.tenants.items() for q in t.quotas if q.guaranteed - q.lendable > 0)
+
+
+def kept_slots(unlent: tuple[tuple[str, str, int], ...], tenant: str,
+               usage_of: Callable[[str], Mapping[str, int]]) -> dict[str, int]:
     """Substrate class -> slots kept free for other tenants' guarantees: each other tenant's
-    guaranteed slots it does not use and may not lend (``guaranteed - lendable - used``)."""
+    guaranteed slots it does not use and may not lend (``guaranteed - lendable - used``; ``unlent``
+    is ``unlent_guarantees(policy)``, worked out once per policy)."""
     kept: dict[str, int] = {}
-    for name, other in policy.tenants.items():
+    for name, substrate_class, slots in unlent:
         if name == tenant:
             continue
-        usage = None  # read once per tenant, and only for one with an unlent guarantee
-        for q in other.quotas:
-            unlent = q.guaranteed - q.lendable
-            if unlent > 0:
-                if usage is None:
-                    usage = usage_of(name)
-                spare = unlent - usage.get(q.substrate_class, 0)
-                if spare > 0:
-                    kept[q.substrate_class] = kept.get(q.substrate_class, 0) + spare
+        spare = slots - usage_of(name).get(substrate_class, 0)
+        if spare > 0:
+            kept[substrate_class] = kept.get(substrate_class, 0) + spare
     return kept
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 
 from inferplane.fleet_state import Outcome, PublishedSnapshot
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementDecision, PlacementPolicy, PlacementRequest, place
-from inferplane.plane.shares import closed_substrates, kept_slots, quota_classes
+from inferplane.plane.shares import closed_substrates, kept_slots, quota_classes, unlent_guarantees
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class ReplicaState:
         # Quotas: per (tenant, substrate) dispatches of this replica, what it last reported of them,
         # and every replica's totals and reclaims as the last snapshot said.
         self._quota_classes = quota_classes(policy)
-        self._unlent = any(q.guaranteed > q.lendable for t in policy.tenants.values() for q in t.quotas)
+        self._unlent = unlent_guarantees(policy)
         self._class_of = {s.name: s.substrate_class for s in fleet.substrates}
         # Tenant -> substrate -> dispatches in flight: a tenant's usage reads its own counts only.
         self._tenant_in_flight: dict[str, Counter[str]] = {}
@@ -256,7 +256,7 @@ class ReplicaState:
         closed: tuple[tuple[str, str], ...] = ()
         tenant = self.policy.tenants.get(request.tenant)
         if tenant is not None and self._quota_classes:
-            kept = kept_slots(self.policy, request.tenant, self.tenant_usage) if self._unlent else {}
+            kept = kept_slots(self._unlent, request.tenant, self.tenant_usage) if self._unlent else {}
             closed = closed_substrates(tenant, self.fleet, view, self.tenant_usage(request.tenant),
                                        self._reclaiming_published, kept, self.policy.signal_staleness_bound_s)
         extra = []

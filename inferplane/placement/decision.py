@@ -95,7 +95,8 @@ def placement_id(request_id: str, attempt: int) -> str:
 # function that works the verdicts out on first read (see ``PlacementDecision.deferred``).
 _FIELDS = ("placement_id", "request_id", "attempt", "tenant", "model", "sla_class", "substrate", "fallbacks",
            "primary", "spillover", "spillover_reason", "scorer_names", "predicted_ttft_s", "predicted_e2e_s",
-           "estimated_cost_usd", "rejection_code", "rejection_message", "policy_hash", "snapshot_version")
+           "estimated_cost_usd", "rejection_code", "rejection_message", "policy_hash", "snapshot_version",
+           "predicted_output_tokens")
 _set = object.__setattr__
 
 
@@ -129,6 +130,9 @@ class PlacementDecision:
     rejection_message: str | None
     policy_hash: str
     snapshot_version: int
+    predicted_output_tokens: float | None
+    """The output length the predictions assumed (the request's expected one, see
+    ``placement.estimate``); None when nothing was placed, or for a decision made before it was kept."""
 
     def __init__(self, *, placement_id: str, request_id: str, attempt: int, tenant: str, model: str,
                  sla_class: str, substrate: str | None, fallbacks: tuple[str, ...], primary: str | None,
@@ -136,11 +140,12 @@ class PlacementDecision:
                  candidates: tuple[CandidateVerdict, ...], scorer_names: tuple[str, ...],
                  predicted_ttft_s: float | None, predicted_e2e_s: float | None,
                  estimated_cost_usd: float | None, rejection_code: RejectionCode | None,
-                 rejection_message: str | None, policy_hash: str, snapshot_version: int) -> None:
+                 rejection_message: str | None, policy_hash: str, snapshot_version: int,
+                 predicted_output_tokens: float | None = None) -> None:
         _set(self, "_values", (placement_id, request_id, attempt, tenant, model, sla_class, substrate, fallbacks,
                                primary, spillover, spillover_reason, scorer_names, predicted_ttft_s,
                                predicted_e2e_s, estimated_cost_usd, rejection_code, rejection_message,
-                               policy_hash, snapshot_version))
+                               policy_hash, snapshot_version, predicted_output_tokens))
         _set(self, "_candidates", tuple(candidates))
         _set(self, "_pending", None)
 
@@ -217,6 +222,17 @@ class PlacementDecision:
         return self.substrate is not None
 
     @property
+    def predicted_tpot_s(self) -> float | None:
+        """The predicted time per output token: ``(predicted_e2e - predicted_ttft) / predicted_output_tokens``.
+        The estimate predicts ``e2e = ttft + output_tokens * per_token``, so this is its per-token
+        time (to float rounding). None when any of the three is unknown or no output was assumed."""
+        v = self._values
+        ttft, e2e, out = v[12], v[13], v[19]
+        if ttft is None or e2e is None or out is None or out <= 0.0:
+            return None
+        return max(0.0, e2e - ttft) / out
+
+    @property
     def http_status(self) -> int:
         """200 when placed; otherwise the status the ingress answers with."""
         if self.rejection_code is None:
@@ -251,6 +267,7 @@ class PlacementDecision:
             "fallbacks": list(self.fallbacks),
             "predicted_ttft_s": self.predicted_ttft_s,
             "predicted_e2e_s": self.predicted_e2e_s,
+            "predicted_output_tokens": self.predicted_output_tokens,
             "estimated_cost_usd": self.estimated_cost_usd,
             "http_status": self.http_status,
             "rejection_code": None if self.rejection_code is None else self.rejection_code.value,

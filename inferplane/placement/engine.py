@@ -460,6 +460,6 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         (None, request.request_id, request.attempt, tenant.name,
          route.name, sla.name, names[chosen], None, route.primary,
          chosen != primary, reason, sc.scorer_names, ttft, e2e, cost, None, None, policy.policy_hash,
-         snapshot.version),
+         snapshot.version, f_out),
         _verdicts, verdicts_args, eligible_count,
         (_fallbacks, (totals, eligible_count, ineligible, request.request_id, t.indices, names, chosen)))

@@ -95,6 +95,8 @@ _ADDED_IN_V2 = frozenset({"held_s", "held_reason", "estimated_input_tokens"})
 """Record fields added after version 2 lines were first written: a line without them reads with
 their defaults (a replica killed before an upgrade leaves such lines)."""
 _DECISION_KEYS = frozenset(DECISION_FIELDS)
+_DECISION_ADDED_IN_V2 = frozenset({"predicted_output_tokens"})
+"""Decision fields added after version 2 lines were first written (read with their defaults)."""
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: not per request
 
 
@@ -137,7 +139,7 @@ def record_from_line(obj: Mapping[str, Any]) -> RequestRecord:
 
 
 def _decision_from_line(obj: Mapping[str, Any]) -> PlacementDecision:
-    if not isinstance(obj, dict) or obj.keys() != _DECISION_KEYS:
+    if not isinstance(obj, dict) or not (_DECISION_KEYS - _DECISION_ADDED_IN_V2 <= obj.keys() <= _DECISION_KEYS):
         raise ValueError("not a decision")
     fields = dict(obj)
     reason, code = fields["spillover_reason"], fields["rejection_code"]

@@ -10,7 +10,9 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from inferplane.placement import PlacementDecision, place
@@ -628,3 +630,36 @@ def test_request_ids_reads_only_the_given_writers_files_of_the_given_days(tmp_pa
     assert request_ids(tmp_path, {"ingress-a"}, {day1, day2}) == {"ingress-a-000000", "ingress-a-000001"}
     assert request_ids(tmp_path, {"ingress-a", "ingress-b"}, {day2}) == {"ingress-a-000001", "ingress-b-000001"}
     assert request_ids(tmp_path, {"ingress-c"}, {day1, day2}) == set()
+
+
+# -- Issue #18: residuals and the ingress's token count ----------------------------------------------
+
+
+def test_a_row_keeps_both_token_counts_and_the_residuals() -> None:
+    built = plane()
+    d = decide(built)
+    record = dataclasses.replace(record_for(built, d), estimated_input_tokens=990)
+    row = audit_row(record, built.fleet, built.policy)
+    assert (row["input_tokens"], row["estimated_input_tokens"]) == (1000, 990)
+    assert row["ttft_residual"] == pytest.approx(record.ttft_s / d.predicted_ttft_s)
+    assert d.predicted_tpot_s == pytest.approx((d.predicted_e2e_s - d.predicted_ttft_s) / d.predicted_output_tokens)
+    assert row["tpot_residual"] == pytest.approx(record.tpot_s / d.predicted_tpot_s)
+    failed = audit_row(record_for(built, d, out=outcome(status=502, error="substrate_error")), built.fleet,
+                       built.policy)
+    assert failed["ttft_residual"] is None and failed["tpot_residual"] is None
+
+
+def test_a_file_written_before_the_new_columns_reads_with_nulls(tmp_path) -> None:
+    built = plane()
+    row = audit_row(record_for(built, decide(built)), built.fleet, built.policy)
+    old = AUDIT_SCHEMA
+    for name in ("estimated_input_tokens", "ttft_residual", "tpot_residual"):
+        old = old.remove(old.get_field_index(name))
+    part = tmp_path / "date=2026-01-01"
+    part.mkdir()
+    pq.write_table(pa.Table.from_pylist([{k: row[k] for k in old.names}], schema=old),
+                   part / "audit-old-0000000001.parquet")
+    table = read_audit(tmp_path)
+    assert table.num_rows == 1
+    assert table.column("ttft_residual").to_pylist() == [None]
+    assert table.column("estimated_input_tokens").to_pylist() == [None]

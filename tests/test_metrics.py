@@ -328,10 +328,12 @@ def test_names_follow_prometheus_conventions() -> None:
         if fam.type == "counter":
             assert all(s.name == fam.name + "_total" for s in fam.samples)
         if fam.type == "histogram":
-            assert fam.name.endswith("_seconds")
+            assert fam.name.endswith(("_seconds", "_ratio"))
     assert {f"inferplane_{c}" for c in COUNTERS} == kinds["counter"]
     assert {f"inferplane_{h}" for h in HISTOGRAMS} == kinds["histogram"]
-    assert all(n.endswith(("_requests", "_ratio", "_seconds", "_tokens", "_state", "_info", "_version", "_signal"))
+    # ``substrate_drift`` is a 0/1 flag, named as the alert rules expect it.
+    assert all(n.endswith(("_requests", "_ratio", "_seconds", "_tokens", "_state", "_info", "_version", "_signal",
+                           "_usd", "_drift"))
                for n in kinds["gauge"])
 
 
@@ -396,3 +398,91 @@ def test_a_held_request_counts_its_wait_and_at_most_one_rejection() -> None:
                  result="refused") == 1.3
     assert value(s, "inferplane_placements_total", tenant="t", model="m", sla_class="interactive", substrate="gpu",
                  spillover="false") == 1
+
+
+# -- Issue #18: residuals, sovereignty, budgets, drift ----------------------------------------------
+
+
+def test_residuals_are_histograms_per_substrate_and_feed_the_drift_detector() -> None:
+    built = plane()
+    outbox = MetricsOutbox(LabelVocabulary.of(built.fleet, built.policy))
+    d = decide(built)
+    record = finished(built, d)
+    outbox.delta.record_request(record)
+    outbox.delta.record_request(finished(built, d, ok=False))  # a failure is no residual
+    metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy))
+    metrics.apply_batch("ingress-a", outbox.pending())
+    metrics.set_signals(snapshot(built), NOW)
+    samples = scrape(metrics)
+    ttft_res = TTFT / d.predicted_ttft_s
+    tpot_res = TPOT / d.predicted_tpot_s
+    assert value(samples, "inferplane_ttft_residual_ratio_count", substrate=d.substrate) == 1
+    assert value(samples, "inferplane_ttft_residual_ratio_sum", substrate=d.substrate) == pytest.approx(ttft_res)
+    assert value(samples, "inferplane_tpot_residual_ratio_sum", substrate=d.substrate) == pytest.approx(tpot_res)
+    assert metrics.drift_status(record.finished_at_s)[d.substrate]["samples"] == 1
+    # Every substrate of the config has a drift series per kind, 0 until flagged.
+    assert value(samples, "inferplane_substrate_drift", substrate="us-api", kind="size") == 0.0
+    assert value(samples, "inferplane_substrate_drift", substrate=d.substrate, kind="ttft") == 0.0
+
+
+def test_the_drift_gauge_is_1_while_flagged() -> None:
+    built = plane()
+    metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy))
+    delta = MetricsDelta()
+    for i in range(40):  # three times slower than predicted
+        delta.samples.append(("gpu", NOW + i, 3.0, 3.0, 1000, 50, 0.75, 0.06))
+    metrics.apply(delta)
+    metrics.set_signals(snapshot(built), NOW + 40)
+    samples = scrape(metrics)
+    assert value(samples, "inferplane_substrate_drift", substrate="gpu", kind="ttft") == 1.0
+    assert value(samples, "inferplane_substrate_drift", substrate="gpu", kind="tpot") == 1.0
+    assert value(samples, "inferplane_substrate_drift", substrate="sov", kind="ttft") == 0.0
+    assert "gpu" in metrics.drift_floors(NOW + 40)
+
+
+def test_residual_samples_survive_pickling_and_a_merged_backlog() -> None:
+    delta = MetricsDelta()
+    delta.samples.append(("gpu", 1.0, 1.0, 1.0, 10, 10, 0.1, 0.01))
+    assert pickle.loads(pickle.dumps(delta)).samples == delta.samples
+    outbox = MetricsOutbox(max_batches=1)
+    outbox.delta.samples.append(("gpu", 1.0, 1.0, 1.0, 10, 10, 0.1, 0.01))
+    outbox.pending()
+    outbox.delta.samples.append(("gpu", 2.0, 1.0, 1.0, 10, 10, 0.1, 0.01))
+    [(_, merged)] = outbox.pending()
+    assert [x[1] for x in merged.samples] == [1.0, 2.0]
+
+
+def test_sovereignty_violations_exist_as_zero_and_count_a_violation() -> None:
+    built = plane()  # tenant `other` may run only in DE
+    vocab = LabelVocabulary.of(built.fleet, built.policy)
+    assert vocab.could_violate() == [("other", "eu-api"), ("other", "us-api")]
+    assert not any(t == "t" for t, _ in vocab.could_violate())
+    metrics = PlaneMetrics(vocab)
+    samples = scrape(metrics)
+    assert value(samples, "inferplane_sovereignty_violations_total", tenant="other", substrate="us-api") == 0.0
+    assert value(samples, "inferplane_sovereignty_violations_total", tenant="other", substrate="gpu") is None
+    placed = decide(built, busy=("gpu", "sov", "de-west", "eu-api"))
+    assert placed.substrate == "us-api"
+    forged = PlacementDecision(**{name: getattr(placed, name) for name in DECISION_FIELDS} | {"tenant": "other"})
+    delta = MetricsDelta(vocab)
+    delta.record_request(finished(built, forged, tenant="other"))
+    delta.record_request(finished(built, placed))  # tenant t may run in the US
+    metrics.apply(delta)
+    samples = scrape(metrics)
+    assert value(samples, "inferplane_sovereignty_violations_total", tenant="other", substrate="us-api") == 1.0
+    assert value(samples, "inferplane_sovereignty_violations_total", tenant="t", substrate="us-api") is None
+
+
+def test_tenant_budget_and_spend_gauges() -> None:
+    built = plane()
+    vocab = dataclasses.replace(LabelVocabulary.of(built.fleet, built.policy), tenant_budgets_usd={"capped": 50.0},
+                                tenants=frozenset({"t", "capped"}))
+    metrics = PlaneMetrics(vocab)
+    assert value(scrape(metrics), "inferplane_tenant_spend_usd", tenant="capped") is None  # no snapshot yet
+    snap = dataclasses.replace(snapshot(built), tenant_spend_usd={"capped": 12.5})
+    metrics.set_signals(snap, NOW)
+    samples = scrape(metrics)
+    assert value(samples, "inferplane_tenant_budget_usd", tenant="capped") == 50.0
+    assert value(samples, "inferplane_tenant_budget_usd", tenant="t") is None
+    assert value(samples, "inferplane_tenant_spend_usd", tenant="capped") == 12.5
+    assert value(samples, "inferplane_tenant_spend_usd", tenant="t") == 0.0

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pytest
 import yaml
 
@@ -224,3 +226,45 @@ def test_explain_says_why_a_request_waited(tmp_path: Path) -> None:
     log.close()
     text = render_recorded_decision(tmp_path, decision.placement_id)
     assert "waited 1.250 s in the hold queue: 0/5 substrates serving `m` eligible: 5 at capacity" in text
+
+
+# -- Issue #18: the residual view ----------------------------------------------------------------------
+
+
+def test_the_residual_view_per_substrate(tmp_path: Path, capsys) -> None:
+    made = audit_set(tmp_path / "audit")
+    table = read_audit(tmp_path / "audit")
+    by_sub = {g["substrate"]: g for g in summarise(table).residuals}
+    ok_gpu = [r for r in made["rows"] if r["substrate"] == "gpu" and r["status_code"] == 200]
+    assert by_sub["gpu"]["ttft_n"] == 10 == len(ok_gpu)  # the failed request on gpu has none
+    expected = sorted(r["ttft_s"] / r["predicted_ttft_s"] for r in ok_gpu)
+    assert by_sub["gpu"]["ttft"][0] == pytest.approx((expected[4] + expected[5]) / 2)
+    assert set(by_sub) == {"gpu", "us-api", "sov"}
+    code, out, _ = run(capsys, "report", str(tmp_path / "audit"), "--out", str(tmp_path / "r"))
+    assert code == 0 and "prediction residuals of successful requests" in out
+    assert re.search(r"gpu\s+10\s+[\d.]+\s+[\d.]+\s+10\s+[\d.]+\s+[\d.]+", out)
+    assert (tmp_path / "r" / "residuals.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rows_without_residuals_are_skipped(tmp_path: Path, capsys) -> None:
+    audit_set(tmp_path / "audit")
+    table = read_audit(tmp_path / "audit")
+    for col in ("ttft_residual", "tpot_residual"):  # as an audit log written before the columns reads
+        i = table.schema.get_field_index(col)
+        table = table.set_column(i, col, pa.nulls(table.num_rows, pa.float64()))
+    assert summarise(table).residuals == []
+    from inferplane.telemetry.report import write_plots
+
+    assert not any(p.name == "residuals.png" for p in write_plots(table, tmp_path / "r"))
+
+
+def test_the_residual_plot_follows_a_drift_over_time(tmp_path: Path) -> None:
+    from inferplane.telemetry.report import _bucketed, residual_medians
+
+    made = audit_set(tmp_path / "audit")
+    table, _, _ = _bucketed(read_audit(tmp_path / "audit"))
+    series = residual_medians(table.filter(pa.compute.is_valid(table.column("substrate"))), "ttft_residual")
+    gpu = [v for _, v in series["gpu"]]
+    # gpu's observed TTFT rises 0.1 s -> 1.0 s over the run against one prediction: its median climbs.
+    assert gpu == sorted(gpu) and gpu[-1] > 5 * gpu[0]
+    assert len(made["rows"]) == 20

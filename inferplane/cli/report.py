@@ -1,7 +1,8 @@
 """`inferplane report AUDIT_DIR [--since ISO] [--out DIR] [--html] [--config CONFIG] [--no-plots]`:
 what the audit log says happened: placements, spillover and its reasons, latency percentiles by substrate
-and SLA class, SLA attainment, cost by tenant and substrate, boundaries crossed; and the same over
-time as PNG plots in ``--out`` (``--html``: one self-contained page with the plots inside).
+and SLA class, SLA attainment, cost by tenant and substrate, boundaries crossed, prediction residuals
+by substrate (observed / predicted TTFT and TPOT); and the same over time as PNG plots in ``--out``
+(``--html``: one self-contained page with the plots inside).
 
 SLA attainment needs deadlines: the rows carry them when the ingress recorded them; otherwise
 ``--config`` gives them by SLA class. The numbers are ``inferplane.telemetry.report``'s.
@@ -22,7 +23,7 @@ from inferplane.cli.table import render_table
 if TYPE_CHECKING:
     from inferplane.telemetry.report import Summary
 
-PLOTS = ("placements", "spillover", "latency", "sla", "cost", "boundaries")
+PLOTS = ("placements", "spillover", "latency", "sla", "cost", "boundaries", "residuals")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -108,6 +109,18 @@ def render_summary(s: Summary, source: str) -> str:
                                "llrrr")]
     elif s.sla_note:
         lines += ["", f"SLA attainment: {s.sla_note}"]
+    if s.residuals:
+        from inferplane.telemetry.report import RESIDUAL_PERCENTILES
+
+        def ratio(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}"
+
+        head = ["substrate", "ttft n"] + [f"ttft p{round(q * 100)}" for q in RESIDUAL_PERCENTILES]
+        head += ["tpot n"] + [f"tpot p{round(q * 100)}" for q in RESIDUAL_PERCENTILES]
+        rows = [[g["substrate"], str(g["ttft_n"])] + [ratio(v) for v in g["ttft"]] + [str(g["tpot_n"])]
+                + [ratio(v) for v in g["tpot"]] for g in s.residuals]
+        lines += ["", "prediction residuals of successful requests: observed / predicted (1 = as predicted)",
+                  render_table(head, rows, "l" + "r" * (len(head) - 1))]
     for key, groups in (("tenant", s.cost_by_tenant), ("substrate", s.cost_by_substrate)):
         rows = [[str(g[key]), str(g["requests"]), str(g["input_tokens"]), str(g["output_tokens"]),
                  f"{g['cost_usd']:.6f}", _pct(g["share"])] for g in groups]

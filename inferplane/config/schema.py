@@ -678,6 +678,31 @@ class HealthPolicy(_Strict):
         description="A substrate predicted to take more than this many times a deadline (from its "
         "queue and recent latency) leaves the candidate set; null keeps it as a slow fallback.",
     )
+    residual_drift: Literal["report", "penalize"] = Field(
+        default="report",
+        description="A substrate whose prediction residuals (observed / predicted TTFT and time per "
+        "output token) drift out of `residual_drift_band`, or whose TTFT stops tracking prompt size "
+        "(``telemetry.drift``): `report` flags it in status and metrics only; `penalize` also makes "
+        "placement predict it no faster than its median residual times its median prediction (its "
+        "observed-latency readings are raised to that floor) while the flag lasts.",
+    )
+    residual_drift_band: tuple[PositiveFloat, PositiveFloat] = Field(
+        default=(0.67, 1.5),
+        description="(low, high): a substrate's median residual outside it is drift; low < 1 < high.",
+    )
+    residual_drift_window: Annotated[int, Field(ge=4)] = Field(
+        default=24, description="Recent residuals per substrate the median is taken over.")
+    residual_drift_window_ms: PositiveFloat = Field(
+        default=300_000.0,
+        description="Residuals older than this (before the newest) leave the window; a substrate "
+        "without requests this long is forgotten, ms.")
+
+    @model_validator(mode="after")
+    def _drift_band_around_one(self) -> HealthPolicy:
+        low, high = self.residual_drift_band
+        if not low < 1.0 < high:
+            raise ValueError(f"residual_drift_band must be (low, high) with low < 1 < high, got ({low}, {high})")
+        return self
 
 
 class TopologyPolicy(_Strict):

@@ -52,7 +52,11 @@ streamed                            bool                   -           an SSE st
 ttft_s                              float64?               s           receipt to first token
 e2e_s                               float64?               s           receipt to end of response
 tpot_s                              float64?               s/token     (e2e - ttft) / (output_tokens - 1)
-input_tokens                        int32?                 tokens      prompt tokens
+input_tokens                        int32?                 tokens      prompt tokens: the engine's count when it
+                                                                       reported one, else the ingress's
+estimated_input_tokens              int32?                 tokens      prompt tokens as the ingress counted them
+                                                                       before dispatch (null: not counted, or a
+                                                                       row written before the column existed)
 output_tokens                       int32?                 tokens      completion tokens
 cost_usd                            float64?               USD         attributed cost (``telemetry.cost``) of
                                                                        the final attempt; null if never placed
@@ -61,6 +65,12 @@ cost_gpu_usd                        float64?               USD         its amort
 cost_egress_usd                     float64?               USD         its egress part
 predicted_ttft_s                    float64?               s           the engine's prediction for the chosen
 predicted_e2e_s                     float64?               s           the engine's prediction for the chosen
+ttft_residual                       float64?               ratio       ttft_s / predicted_ttft_s of a 200
+                                                                       (``telemetry.drift.residuals``; null
+                                                                       otherwise, and in older files)
+tpot_residual                       float64?               ratio       tpot_s / the decision's predicted time
+                                                                       per output token (``predicted_tpot_s``),
+                                                                       likewise
 estimated_cost_usd                  float64?               USD         the engine's estimate for the chosen
 ttft_deadline_s                     float64?               s           the SLA class's deadline, when known
 e2e_deadline_s                      float64?               s           the SLA class's deadline, when known
@@ -93,7 +103,8 @@ of them, and client-controlled strings it does carry (the model name, the SLA-cl
 upstream's error code) are written only when they name a configured model or class (or are a
 snake_case code); otherwise as ``unknown:<sha256[:12]>`` (``redacted``). A new column may be added in a later version (readers fill it with null for old files);
 renaming or retyping one is a new version. ``recovered_by`` was added that way: a file written
-before it reads with null there, which is what it means (none of its rows was recovered).
+before it reads with null there, which is what it means (none of its rows was recovered); so were
+``estimated_input_tokens``, ``ttft_residual`` and ``tpot_residual`` (null: not known then).
 
 Files: ``DIR/date=YYYY-MM-DD/audit-<writer_id>-<seq>.parquet`` (Hive partitioning by the row's UTC
 date). Each ``flush`` writes complete files under a hidden temporary name (``.``-prefixed, which
@@ -139,6 +150,7 @@ from inferplane.placement.fleet import FleetSpec, SubstrateSpec
 from inferplane.placement.policy import PlacementPolicy
 from inferplane.plane.record import RequestRecord
 from inferplane.telemetry.cost import request_cost
+from inferplane.telemetry.drift import residuals
 
 log = logging.getLogger("inferplane.audit")
 
@@ -184,6 +196,7 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("e2e_s", pa.float64()),
         pa.field("tpot_s", pa.float64()),
         pa.field("input_tokens", pa.int32()),
+        pa.field("estimated_input_tokens", pa.int32()),
         pa.field("output_tokens", pa.int32()),
         pa.field("cost_usd", pa.float64()),
         pa.field("cost_tokens_usd", pa.float64()),
@@ -191,6 +204,8 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("cost_egress_usd", pa.float64()),
         pa.field("predicted_ttft_s", pa.float64()),
         pa.field("predicted_e2e_s", pa.float64()),
+        pa.field("ttft_residual", pa.float64()),
+        pa.field("tpot_residual", pa.float64()),
         pa.field("estimated_cost_usd", pa.float64()),
         pa.field("ttft_deadline_s", pa.float64()),
         pa.field("e2e_deadline_s", pa.float64()),
@@ -325,7 +340,7 @@ def decision_from_record(record: Mapping[str, Any]) -> PlacementDecision:
         predicted_e2e_s=record["predicted_e2e_s"], estimated_cost_usd=record["estimated_cost_usd"],
         rejection_code=None if code is None else RejectionCode(code),
         rejection_message=record["rejection_message"], policy_hash=record["policy_hash"],
-        snapshot_version=record["snapshot_version"],
+        snapshot_version=record["snapshot_version"], predicted_output_tokens=record.get("predicted_output_tokens"),
     )
 
 
@@ -433,6 +448,7 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
         "e2e_s": record.e2e_s,
         "tpot_s": record.tpot_s,
         "input_tokens": record.input_tokens,
+        "estimated_input_tokens": record.estimated_input_tokens,
         "output_tokens": record.output_tokens,
         "cost_usd": None if cost is None else cost.total_usd,
         "cost_tokens_usd": None if cost is None else cost.tokens_usd,
@@ -440,6 +456,8 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
         "cost_egress_usd": None if cost is None else cost.egress_usd,
         "predicted_ttft_s": None,
         "predicted_e2e_s": None,
+        "ttft_residual": None,
+        "tpot_residual": None,
         "estimated_cost_usd": None,
         "ttft_deadline_s": None,
         "e2e_deadline_s": None,
@@ -455,6 +473,7 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
     if d is not None:
         row.update(_decision_columns(d))
         row["snapshot_age_s"] = record.snapshot_age_s
+        row["ttft_residual"], row["tpot_residual"] = residuals(record)
         row["decision_json"] = json.dumps(recorded_decision(d, config_fleet), separators=(",", ":"),
                                           allow_nan=False)
         if row["spillover"] and not same_config:

@@ -32,6 +32,21 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
   ``inferplane_time_per_output_token_seconds{substrate}`` (histograms).
 - ``inferplane_hold_queue_wait_seconds{tenant,sla_class,result}``: time requests waited in an
   ingress's hold queue (``plane.queue``), ``result`` ``dispatched`` or ``refused`` (histogram).
+- ``inferplane_ttft_residual_ratio{substrate}`` and ``inferplane_tpot_residual_ratio{substrate}``:
+  observed over predicted TTFT and time per output token of successful placed requests
+  (``telemetry.drift.residuals``; 1 is a perfect prediction, 2 twice as slow), histograms with
+  log-spaced buckets around 1 (``RESIDUAL_BUCKETS``).
+- ``inferplane_sovereignty_violations_total{tenant,substrate}``: placed requests whose substrate's
+  jurisdiction is not within the tenant's allowed jurisdictions (``jurisdiction.is_within``). It
+  must stay 0: every (tenant, substrate) pair of the config that could violate has a 0 sample, so
+  ``increase()`` sees the first one.
+- ``inferplane_tenant_budget_usd{tenant}`` (tenants with a budget: their budget per period) and
+  ``inferplane_tenant_spend_usd{tenant}`` (attributed spend in the current period, from the actor's
+  latest snapshot; every tenant of the config).
+- ``inferplane_substrate_drift{substrate,kind}``: 1 while the actor's ``DriftDetector``
+  (``telemetry.drift``, fed the residuals the ingress replicas hand over with their deltas) flags
+  the substrate, ``kind`` ``ttft``, ``tpot`` (residuals drifting) or ``size`` (TTFT no longer
+  tracking prompt size); 0 otherwise.
 - ``inferplane_audit_rows_dropped_total``: audit rows an ingress could not queue.
 - Per substrate, from the actor's latest snapshot (a signal that is missing has no sample):
   ``inferplane_substrate_info{substrate,substrate_class,kind,jurisdiction,region,zone,emulated}`` (1),
@@ -53,6 +68,7 @@ SLA classes and substrates), any other value becomes ``other``; a missing one is
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -68,12 +84,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from inferplane.jurisdiction import is_within
 from inferplane.placement.decision import PlacementDecision, SpilloverReason
 from inferplane.placement.fleet import FleetSpec
 from inferplane.placement.policy import PlacementPolicy
 from inferplane.placement.signals import CircuitState
 from inferplane.placement.snapshot import FleetSnapshot
 from inferplane.plane.record import RequestRecord
+from inferplane.telemetry.drift import KINDS, DriftDetector, DriftSettings, residuals
 
 PREFIX = "inferplane_"
 METRICS_PORT = 9464
@@ -83,6 +101,9 @@ PLACEMENT_BUCKETS_S = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 TPOT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.25, 0.5, 1.0)
+RESIDUAL_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
+MAX_DRIFT_SAMPLES = 4096
+"""Residual samples a delta carries at most (the newest): the detector reads only recent ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +134,9 @@ COUNTERS: dict[str, CounterDef] = {c.name: c for c in (
     CounterDef("output_tokens", "Output (completion) tokens of finished requests.", ("tenant", "substrate")),
     CounterDef("cost_usd", "Attributed cost of finished requests, USD.", ("tenant", "substrate")),
     CounterDef("audit_rows_dropped", "Audit rows an ingress replica could not queue.", ()),
+    CounterDef("sovereignty_violations",
+               "Placed requests whose substrate's jurisdiction is outside the tenant's allowed ones (must be 0).",
+               ("tenant", "substrate")),
 )}
 HISTOGRAMS: dict[str, HistogramDef] = {h.name: h for h in (
     HistogramDef("placement_duration_seconds", "Time spent in place(), seconds.", ("result",),
@@ -126,6 +150,10 @@ HISTOGRAMS: dict[str, HistogramDef] = {h.name: h for h in (
     HistogramDef("hold_queue_wait_seconds",
                  "Time requests waited in an ingress's hold queue for a slot, by whether they were then "
                  "dispatched or refused, seconds.", ("tenant", "sla_class", "result"), TTFT_BUCKETS_S),
+    HistogramDef("ttft_residual_ratio", "Observed over predicted time to first token of successful requests.",
+                 ("substrate",), RESIDUAL_BUCKETS),
+    HistogramDef("tpot_residual_ratio", "Observed over predicted time per output token of successful requests.",
+                 ("substrate",), RESIDUAL_BUCKETS),
 )}
 
 CIRCUIT_VALUE = {CircuitState.CLOSED: 0.0, CircuitState.HALF_OPEN: 1.0, CircuitState.OPEN: 2.0}
@@ -176,13 +204,33 @@ class LabelVocabulary:
     """Every public name and alias -> the canonical name."""
     sla_classes: frozenset[str]
     substrates: frozenset[str]
+    tenant_countries: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    """Tenant -> the countries it allows (the sovereignty check)."""
+    substrate_countries: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    """Substrate -> the countries it may execute in."""
+    tenant_budgets_usd: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Tenants with a budget -> their budget per period."""
 
     @staticmethod
     def of(fleet: FleetSpec, policy: PlacementPolicy) -> LabelVocabulary:
         return LabelVocabulary(
             tenants=frozenset(policy.tenants), models=dict(fleet.model_names),
             sla_classes=frozenset(policy.sla_classes), substrates=frozenset(s.name for s in fleet.substrates),
+            tenant_countries={t.name: t.allowed_countries for t in policy.tenants.values()},
+            substrate_countries={s.name: s.countries for s in fleet.substrates},
+            tenant_budgets_usd={t.name: t.budget_usd for t in policy.tenants.values() if t.budget_usd is not None},
         )
+
+    def violates(self, tenant: str | None, substrate: str | None) -> bool:
+        """The substrate may execute outside the tenant's allowed countries (False when either is
+        unknown here: nothing to judge by)."""
+        allowed = self.tenant_countries.get(tenant) if tenant is not None else None
+        countries = self.substrate_countries.get(substrate) if substrate is not None else None
+        return allowed is not None and countries is not None and not is_within(countries, allowed)
+
+    def could_violate(self) -> list[tuple[str, str]]:
+        """The (tenant, substrate) pairs of the config a placement would violate, sorted."""
+        return sorted((t, s) for t in self.tenant_countries for s in self.substrate_countries if self.violates(t, s))
 
     def clean(self, label: str, value: str) -> str:
         if label == "tenant":
@@ -226,28 +274,33 @@ def _clean(vocab: LabelVocabulary | None, labels: tuple[str, ...], values: Itera
 class MetricsDelta:
     """Counts and observations since the last hand-over. Thread-safe; picklable (the vocabulary and
     the lock stay behind). ``counters[name][labels] = value``; ``histograms[name][labels] =
-    [sum, [count per bucket..., count above the last bound]]`` (not cumulative)."""
+    [sum, [count per bucket..., count above the last bound]]`` (not cumulative). ``samples``: the
+    finished requests' residuals for the actor's drift detector, ``(substrate, at_s, ttft_residual,
+    tpot_residual, input_tokens, output_tokens, ttft_s, tpot_s)`` (the newest ``MAX_DRIFT_SAMPLES``)."""
 
-    __slots__ = ("_lock", "_vocab", "counters", "histograms")
+    __slots__ = ("_lock", "_vocab", "counters", "histograms", "samples")
 
     def __init__(self, vocabulary: LabelVocabulary | None = None) -> None:
         self.counters: dict[str, dict[tuple[str, ...], float]] = {}
         self.histograms: dict[str, dict[tuple[str, ...], list]] = {}
+        self.samples: list[tuple] = []
         self._vocab = vocabulary
         self._lock = threading.Lock()
 
     def __getstate__(self) -> tuple:
         with self._lock:
             return ({n: dict(v) for n, v in self.counters.items()},
-                    {n: {k: [s, list(c)] for k, (s, c) in v.items()} for n, v in self.histograms.items()})
+                    {n: {k: [s, list(c)] for k, (s, c) in v.items()} for n, v in self.histograms.items()},
+                    list(self.samples))
 
     def __setstate__(self, state: tuple) -> None:
-        self.counters, self.histograms = state
+        self.counters, self.histograms = state[0], state[1]
+        self.samples = list(state[2]) if len(state) > 2 else []  # a delta of a replica without them
         self._vocab = None
         self._lock = threading.Lock()
 
     def __bool__(self) -> bool:
-        return bool(self.counters or self.histograms)
+        return bool(self.counters or self.histograms or self.samples)
 
     # -- recording ---------------------------------------------------------------------------
     def _inc(self, name: str, values: tuple, amount: float = 1.0) -> None:
@@ -291,8 +344,10 @@ class MetricsDelta:
         attempts' placements are ``record_decision``'s). Refused before placement: a rejection under
         ``rejection_code_for`` its error code. Placed: the request under ``ok`` (a 200) or
         ``error``, its tokens and attributed cost (``record.cost``), its end-to-end time when it
-        succeeded (a fast failure is not a fast answer), TTFT and TPOT whenever known. A decision
-        that placed nothing was counted by ``record_decision``."""
+        succeeded (a fast failure is not a fast answer), TTFT and TPOT whenever known; when it
+        succeeded, its residuals (``telemetry.drift.residuals``: histograms, and a sample for the
+        actor's drift detector); a sovereignty violation if its substrate may execute outside its
+        tenant's jurisdictions. A decision that placed nothing was counted by ``record_decision``."""
         d = record.decision
         if d is None:
             self.record_rejection(rejection_code_for(record.error_code or "invalid"), record.tenant, record.model)
@@ -317,6 +372,20 @@ class MetricsDelta:
             self._inc("input_tokens", (tenant, substrate), float(record.input_tokens or 0))
             self._inc("output_tokens", (tenant, substrate), float(record.output_tokens or 0))
             self._inc("cost_usd", (tenant, substrate), 0.0 if record.cost is None else record.cost.total_usd)
+            if self._vocab is not None and self._vocab.violates(tenant, substrate):
+                self._inc("sovereignty_violations", (tenant, substrate))
+            if ok:
+                ttft_res, tpot_res = residuals(record)
+                if ttft_res is not None:
+                    self._observe("ttft_residual_ratio", (substrate,), ttft_res)
+                if tpot_res is not None:
+                    self._observe("tpot_residual_ratio", (substrate,), tpot_res)
+                if ttft_res is not None or tpot_res is not None:
+                    self.samples.append((_clean(self._vocab, ("substrate",), (substrate,))[0], record.finished_at_s,
+                                         ttft_res, tpot_res, record.input_tokens, record.output_tokens,
+                                         record.ttft_s, tpot_s))
+                    if len(self.samples) > 2 * MAX_DRIFT_SAMPLES:
+                        del self.samples[:-MAX_DRIFT_SAMPLES]
 
     def record_held(self, decision: PlacementDecision, held_s: float, dispatched: bool) -> None:
         """A request that waited in the hold queue: for how long, and whether it was dispatched."""
@@ -335,12 +404,18 @@ class MetricsDelta:
         with self._lock:
             out.counters, self.counters = self.counters, {}
             out.histograms, self.histograms = self.histograms, {}
+            out.samples, self.samples = self.samples[-MAX_DRIFT_SAMPLES:], []
         return out
 
     def merge(self, other: MetricsDelta, vocabulary: LabelVocabulary | None = None) -> None:
-        """Add ``other`` into this one (labels cleaned again by ``vocabulary`` when given)."""
-        counters, histograms = other.__getstate__()
+        """Add ``other`` into this one (labels cleaned again by ``vocabulary`` when given); its
+        residual samples are appended (the newest ``MAX_DRIFT_SAMPLES`` kept)."""
+        counters, histograms, samples = other.__getstate__()
         with self._lock:
+            if samples:
+                if vocabulary is not None:
+                    samples = [(_clean(vocabulary, ("substrate",), (x[0],))[0], *x[1:]) for x in samples]
+                self.samples = (self.samples + samples)[-MAX_DRIFT_SAMPLES:]
             for name, series in counters.items():
                 d = COUNTERS.get(name)
                 if d is None:
@@ -408,10 +483,14 @@ class MetricsOutbox:
 
 class PlaneMetrics:
     """Every ingress replica's deltas merged, plus the actor's signals, as one Prometheus collector
-    registered in its own ``registry``. Thread-safe."""
+    registered in its own ``registry``. Thread-safe. The residual samples of the deltas it applies
+    feed ``drift`` (a ``telemetry.drift.DriftDetector`` with ``drift_settings``), read by
+    ``drift_flags``, ``drift_floors`` and ``drift_status`` and exported as
+    ``inferplane_substrate_drift``."""
 
-    def __init__(self, vocabulary: LabelVocabulary | None = None) -> None:
+    def __init__(self, vocabulary: LabelVocabulary | None = None, drift_settings: DriftSettings | None = None) -> None:
         self._vocab = vocabulary
+        self.drift = DriftDetector(drift_settings or DriftSettings())
         self._lock = threading.Lock()
         self._totals = MetricsDelta()
         self._applied: dict[str, int] = {}
@@ -429,8 +508,30 @@ class PlaneMetrics:
                 if seq <= self._applied.get(source, 0):
                     return False
                 self._applied[source] = seq
+            counters, histograms, samples = delta.__getstate__()
+            if samples:
+                for x in sorted(samples, key=lambda x: x[1]):  # deltas of several replicas interleave
+                    self.drift.observe(_clean(self._vocab, ("substrate",), (x[0],))[0], *x[1:])
+                delta = MetricsDelta()
+                delta.counters, delta.histograms = counters, histograms
             self._totals.merge(delta, self._vocab)
             return True
+
+    def drift_flags(self, now_s: float) -> dict[str, frozenset[str]]:
+        """Substrate -> its flagged drift kinds (``DriftDetector.flags``)."""
+        with self._lock:
+            return self.drift.flags(now_s)
+
+    def drift_floors(self, now_s: float) -> dict:
+        """Substrate -> its penalty floors (``DriftDetector.floors``), for ``penalize`` mode."""
+        with self._lock:
+            return self.drift.floors(now_s)
+
+    def drift_status(self, now_s: float) -> dict[str, dict]:
+        """Per substrate: the detector's flags, medians and size fit (``DriftDetector.status``)."""
+        with self._lock:
+            self.drift.forget(now_s)
+            return self.drift.status(now_s)
 
     def apply_batch(self, source: str, batch: Iterable[tuple[int, MetricsDelta]]) -> int:
         """``apply`` each ``(seq, delta)`` of a ``MetricsOutbox.pending()``; how many were new."""
@@ -465,9 +566,15 @@ class PlaneMetrics:
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            counters, histograms = self._totals.__getstate__()
+            counters, histograms, _ = self._totals.__getstate__()
             snapshot, at_s = self._snapshot, self._signals_at_s
             ingress = dict(self._ingress)
+            drift = None if at_s is None else self.drift.flags(at_s)
+        vocab = self._vocab
+        if vocab is not None:  # the violations that could happen exist as 0, so increase() sees the first
+            series = counters.setdefault("sovereignty_violations", {})
+            for pair in vocab.could_violate():
+                series.setdefault(pair, 0.0)
         for d in COUNTERS.values():
             fam = CounterMetricFamily(PREFIX + d.name, d.doc, labels=d.labels)
             for key, value in sorted(counters.get(d.name, {}).items()):
@@ -483,6 +590,18 @@ class PlaneMetrics:
                 fam.add_metric(key, cumulative, sum_value=total)
             yield fam
         yield from self._signal_families(snapshot, at_s)
+        yield from self._tenant_families(snapshot)
+        flagged = GaugeMetricFamily(PREFIX + "substrate_drift",
+                                    "1 while the substrate's prediction residuals drift (kind ttft, tpot) or its "
+                                    "TTFT stops tracking prompt size (kind size), else 0.",
+                                    labels=("substrate", "kind"))
+        if drift is not None:
+            names = sorted(vocab.substrates) if vocab is not None else sorted(drift)
+            for name in names:
+                kinds = drift.get(name, frozenset())
+                for kind in KINDS:
+                    flagged.add_metric((name, kind), 1.0 if kind in kinds else 0.0)
+        yield flagged
         version = GaugeMetricFamily(PREFIX + "ingress_snapshot_version",
                                     "The fleet snapshot version an ingress replica places on.", labels=("ingress",))
         age = GaugeMetricFamily(PREFIX + "ingress_snapshot_age_seconds",
@@ -494,6 +613,22 @@ class PlaneMetrics:
             age.add_metric(key, a)
         yield version
         yield age
+
+    def _tenant_families(self, snapshot: FleetSnapshot | None) -> Iterator[Metric]:
+        budget = GaugeMetricFamily(PREFIX + "tenant_budget_usd", "The tenant's budget per period, USD.",
+                                   labels=("tenant",))
+        spend = GaugeMetricFamily(PREFIX + "tenant_spend_usd",
+                                  "The tenant's attributed spend in the current period, USD.", labels=("tenant",))
+        vocab = self._vocab
+        if vocab is not None:
+            for tenant, usd in sorted(vocab.tenant_budgets_usd.items()):
+                budget.add_metric((tenant,), usd)
+            if snapshot is not None:
+                spent = snapshot.tenant_spend_usd or {}
+                for tenant in sorted(vocab.tenants):
+                    spend.add_metric((tenant,), float(spent.get(tenant, 0.0)))
+        yield budget
+        yield spend
 
     def _signal_families(self, snapshot: FleetSnapshot | None, at_s: float | None) -> Iterator[Metric]:
         info = GaugeMetricFamily(PREFIX + "substrate_info", "Static facts of a substrate (value 1).",

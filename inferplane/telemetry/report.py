@@ -6,6 +6,12 @@ percentiles of successful requests by substrate and SLA class (exact, linear int
 ranks; seconds from receipt); SLA attainment by class; cost by tenant and by substrate.
 ``write_plots`` draws the same over time as PNG files (matplotlib, Agg backend).
 
+The residual view: per substrate, observed over predicted TTFT and time per output token (the
+rows' ``ttft_residual`` and ``tpot_residual``, ``telemetry.drift``): how many, median and p90
+(``RESIDUAL_PERCENTILES``); and, as a plot, the median per time bucket per substrate on a log axis
+with the drift band (``telemetry.drift.DriftSettings.band``). Rows without them (older files,
+failures) are skipped.
+
 SLA attainment of a class = requests answered 200 within both deadlines / requests counted, where
 the requests counted are those placed on a substrate and those the plane could not serve (429 and
 5xx without a substrate); requests refused by policy or malformed (other 4xx) do not count.
@@ -24,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 PERCENTILES = (0.5, 0.9, 0.99)
+RESIDUAL_PERCENTILES = (0.5, 0.9)
 UNSERVED_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Plot time buckets: (seconds, pyarrow multiple, pyarrow unit); the first giving <= 120 buckets.
 BUCKETS = ((1, 1, "second"), (10, 10, "second"), (60, 1, "minute"), (300, 5, "minute"),
@@ -52,6 +59,8 @@ class Summary:
     cost_by_tenant: list[dict] = field(default_factory=list)
     cost_by_substrate: list[dict] = field(default_factory=list)
     cost_usd: float = 0.0
+    residuals: list[dict] = field(default_factory=list)
+    """Per substrate with residuals: ttft_n, ttft (median, p90), tpot_n, tpot (median, p90)."""
 
     @property
     def spillover_rate(self) -> float:
@@ -150,7 +159,39 @@ def summarise(table: pa.Table, deadlines: dict[str, tuple[float, float]] | None 
     s.cost_usd = pc.sum(placed.column("cost_usd")).as_py() or 0.0
     s.cost_by_tenant = _cost_groups(placed, "tenant", s.cost_usd)
     s.cost_by_substrate = _cost_groups(placed, "substrate", s.cost_usd)
+    s.residuals = residual_summary(placed)
     return s
+
+
+def residual_summary(placed: pa.Table) -> list[dict]:
+    """Per substrate (sorted): the count, median and p90 of ``ttft_residual`` and ``tpot_residual``
+    over the rows that have them; substrates with neither are left out."""
+    out = []
+    for substrate in sorted(pc.unique(placed.column("substrate").drop_null()).to_pylist()):
+        group = placed.filter(pc.equal(placed.column("substrate"), substrate))
+        entry: dict = {"substrate": substrate}
+        for col, key in (("ttft_residual", "ttft"), ("tpot_residual", "tpot")):
+            values = group.column(col).drop_null()
+            entry[f"{key}_n"] = len(values)
+            entry[key] = ([None] * len(RESIDUAL_PERCENTILES) if len(values) == 0 else
+                          pc.quantile(values, q=list(RESIDUAL_PERCENTILES), interpolation="linear").to_pylist())
+        if entry["ttft_n"] or entry["tpot_n"]:
+            out.append(entry)
+    return out
+
+
+def residual_medians(table: pa.Table, column: str) -> dict[str, list[tuple[datetime, float]]]:
+    """Per substrate, per time bucket (``table`` has a ``bucket`` column): the median of ``column``
+    over the rows that have it, in time order."""
+    rows = table.filter(pc.is_valid(table.column(column)))
+    if rows.num_rows == 0:
+        return {}
+    grouped = rows.group_by(["bucket", "substrate"]).aggregate(
+        [(column, "approximate_median")]).sort_by("bucket").to_pylist()
+    out: dict[str, list[tuple[datetime, float]]] = {}
+    for r in grouped:
+        out.setdefault(r["substrate"], []).append((r["bucket"], r[f"{column}_approximate_median"]))
+    return dict(sorted(out.items()))
 
 
 def _cost_groups(placed: pa.Table, key: str, total: float) -> list[dict]:
@@ -306,6 +347,25 @@ def write_plots(table: pa.Table, out: Path, deadlines: dict[str, tuple[float, fl
             ax.set_ylabel(f"USD by {key}")
             ax.legend(loc="upper left", fontsize="small")
         save(fig, "cost")
+
+    series_by_kind = {col: residual_medians(placed, col) for col in ("ttft_residual", "tpot_residual")}
+    if any(series_by_kind.values()):
+        from inferplane.telemetry.drift import DriftSettings
+
+        low, high = DriftSettings().band
+        fig, axes = figure("residuals", "prediction residuals by substrate: median of observed / predicted "
+                           f"per {width_s} s (drift band dotted)", rows=2)
+        for ax, (col, series) in zip(axes, series_by_kind.items()):
+            for sub, pts in series.items():
+                ax.plot([b for b, _ in pts], [v for _, v in pts], marker=".", label=sub)
+            ax.axhline(1.0, color="k", linewidth=0.8)
+            for bound in (low, high):
+                ax.axhline(bound, color="k", linestyle=":", linewidth=0.8)
+            ax.set_yscale("log")
+            ax.set_ylabel(("TTFT" if col == "ttft_residual" else "TPOT") + " observed / predicted")
+            if series:
+                ax.legend(loc="upper left", fontsize="small")
+        save(fig, "residuals")
 
     crossed = placed.filter(pc.and_(placed.column("spillover"), pc.not_equal(placed.column("boundary"), "none")))
     if crossed.num_rows:

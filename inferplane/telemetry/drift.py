@@ -1,0 +1,299 @@
+"""Prediction residuals, and a substrate whose residuals drift. Pure: no Ray, no clock (times are
+passed in), bounded memory.
+
+A finished request's **residuals** (``residuals(record)``; successful placed requests only) are
+observed over predicted, from its ``RequestRecord``:
+
+    ttft_residual = ttft_s / decision.predicted_ttft_s
+    tpot_residual = tpot_s / decision.predicted_tpot_s
+
+(``predicted_tpot_s`` is ``(predicted_e2e - predicted_ttft) / predicted_output_tokens``, the
+estimate's per-token time; ``tpot_s`` is ``(e2e - ttft) / (output_tokens - 1)``.) 1 is a perfect
+prediction, 2 twice as slow as predicted.
+
+``DriftDetector`` is fed each finished request's residuals (``observe``) and flags, per substrate:
+
+- ``ttft`` / ``tpot``: the median of the last ``window`` residuals (no older than ``window_s``
+  before the newest, at least ``min_samples`` of them) is outside ``band``, or is more than
+  ``baseline_factor`` times away from the substrate's own baseline (an EWMA of its medians,
+  learned only while it is not flagged and within half that factor of it, so a drift, sudden or
+  gradual, never becomes the baseline).
+- ``size``: observed TTFT stops tracking prompt size. Over the last ``size_window`` requests (at
+  least ``size_min_samples``, prompt sizes varying: coefficient of variation >= ``size_min_cv``,
+  and the predictions themselves saying size matters), least squares of TTFT on input tokens: the
+  fit's R² falls below ``size_r2_drop`` times its baseline (an EWMA learned while not flagged), or
+  the observed slope falls below ``size_slope_ratio`` times the predicted slope.
+
+Hysteresis: a flag is set after ``confirm`` consecutive evaluations meet its condition, and cleared
+after ``confirm`` consecutive evaluations inside the narrower ``clear_band`` (within half the
+baseline factor; R² back to ``size_r2_clear`` of its baseline and the slope to half the predicted).
+An evaluation without enough samples changes nothing. A substrate with no request for
+``window_s`` is forgotten (flags cleared), as its slow outcomes would age out of any window.
+
+Penalty (``policy.health.residual_drift: penalize``): while a substrate is flagged ``ttft``
+(``tpot``) with median residual ``r > 1``, placement is not to predict it faster than
+``r`` times its median prediction over the window at the time it was flagged (``floors``): the
+authority raises the substrate's observed-latency readings to that floor (``penalized``), which the
+estimate already takes as floors (``placement.estimate``). The floor and factor are frozen while the
+flag lasts; a request whose prediction was the floor has its residual multiplied back by the factor
+before it is judged, so the penalty does not make the drift look cured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from dataclasses import dataclass
+from statistics import median
+from typing import NamedTuple
+
+from inferplane.placement.signals import Reading, SubstrateSignals
+from inferplane.plane.record import RequestRecord
+
+KINDS = ("ttft", "tpot", "size")
+
+
+def residuals(record: RequestRecord) -> tuple[float | None, float | None]:
+    """``(ttft_residual, tpot_residual)`` of a successful placed request (module doc); None where
+    the observation or the prediction is missing (or the prediction is 0)."""
+    d = record.decision
+    if d is None or not d.placed or record.status_code != 200:
+        return None, None
+    ttft = None
+    if record.ttft_s is not None and d.predicted_ttft_s:
+        ttft = record.ttft_s / d.predicted_ttft_s
+    tpot = None
+    observed, predicted = record.tpot_s, d.predicted_tpot_s
+    if observed is not None and predicted:
+        tpot = observed / predicted
+    return ttft, tpot
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    window: int = 24
+    """Residuals the median is taken over (the most recent)."""
+    window_s: float = 300.0
+    """...no older than this before the newest; also how long a silent substrate is remembered."""
+    min_samples: int = 10
+    band: tuple[float, float] = (0.67, 1.5)
+    """A median outside it is drift."""
+    clear_band: tuple[float, float] = (0.8, 1.25)
+    """A flag clears only with the median back inside it."""
+    baseline_factor: float = 1.75
+    baseline_alpha: float = 0.05
+    confirm: int = 3
+    """Consecutive evaluations that set or clear a flag."""
+    size_window: int = 48
+    size_min_samples: int = 16
+    size_min_cv: float = 0.25
+    size_r2_drop: float = 0.4
+    size_r2_clear: float = 0.7
+    size_min_baseline_r2: float = 0.3
+    size_slope_ratio: float = 0.25
+    penalize: bool = False
+    """The authority applies ``floors`` (residuals of floored predictions are multiplied back)."""
+
+    def __post_init__(self) -> None:
+        low, high = self.band
+        clow, chigh = self.clear_band
+        if not (0.0 < low <= clow < 1.0 < chigh <= high):
+            raise ValueError(f"need 0 < band low <= clear low < 1 < clear high <= band high, got {self.band} "
+                             f"and {self.clear_band}")
+        if self.min_samples < 1 or self.window < self.min_samples or self.confirm < 1:
+            raise ValueError("need 1 <= min_samples <= window and confirm >= 1")
+        if self.size_window < self.size_min_samples or self.size_min_samples < 3:
+            raise ValueError("need 3 <= size_min_samples <= size_window")
+
+
+class Floor(NamedTuple):
+    """A penalty: predictions no faster than ``floor_s``, which is ``factor`` times the median
+    prediction when the flag was set."""
+
+    floor_s: float
+    factor: float
+
+
+class _Sample(NamedTuple):
+    at_s: float
+    ttft_residual: float | None
+    tpot_residual: float | None
+    input_tokens: int | None
+    ttft_s: float | None
+    tpot_s: float | None
+
+
+class _Substrate:
+    __slots__ = ("samples", "last_at_s", "flags", "streaks", "baselines", "floors", "r2_baseline", "last")
+
+    def __init__(self, size: int) -> None:
+        self.samples: deque[_Sample] = deque(maxlen=size)
+        self.last_at_s = -math.inf
+        self.flags = {k: False for k in KINDS}
+        self.streaks = {k: 0 for k in KINDS}
+        self.baselines: dict[str, float] = {}  # kind -> EWMA of log median
+        self.floors: dict[str, Floor] = {}
+        self.r2_baseline: float | None = None
+        self.last: dict[str, float] = {}  # what the last evaluation measured (for status)
+
+
+class DriftDetector:
+    """Flags per substrate (module doc). Not thread-safe: the caller holds its lock."""
+
+    def __init__(self, settings: DriftSettings = DriftSettings()) -> None:
+        self.settings = settings
+        self._subs: dict[str, _Substrate] = {}
+
+    def observe(self, substrate: str, at_s: float, ttft_residual: float | None, tpot_residual: float | None,
+                input_tokens: int | None, output_tokens: int | None, ttft_s: float | None,
+                tpot_s: float | None) -> None:
+        """One finished request on ``substrate`` at ``at_s`` (``output_tokens`` is accepted for the
+        record's shape; TPOT already accounts for it)."""
+        s = self.settings
+        sub = self._subs.get(substrate)
+        if sub is None or at_s - sub.last_at_s > s.window_s:
+            sub = self._subs[substrate] = _Substrate(max(s.window, s.size_window))
+        if s.penalize:
+            ttft_residual = _unfloored(sub.floors.get("ttft"), ttft_residual, ttft_s)
+            tpot_residual = _unfloored(sub.floors.get("tpot"), tpot_residual, tpot_s)
+        sub.samples.append(_Sample(at_s, ttft_residual, tpot_residual, input_tokens, ttft_s, tpot_s))
+        sub.last_at_s = max(sub.last_at_s, at_s)
+        recent = [x for x in sub.samples if sub.last_at_s - x.at_s <= s.window_s]
+        self._residual(sub, "ttft", recent, 1, 4)
+        self._residual(sub, "tpot", recent, 2, 5)
+        self._size(sub, recent)
+
+    def _residual(self, sub: _Substrate, kind: str, recent: list[_Sample], res: int, obs: int) -> None:
+        s = self.settings
+        pairs = [(x[res], x[obs]) for x in recent[-s.window:] if x[res] is not None and x[res] > 0.0]
+        if len(pairs) < s.min_samples:
+            return
+        med = median(r for r, _ in pairs)
+        sub.last[kind] = med
+        off = abs(math.log(med) - sub.baselines[kind]) if kind in sub.baselines else 0.0
+        if not sub.flags[kind]:
+            drift = not (s.band[0] <= med <= s.band[1]) or off > math.log(s.baseline_factor)
+            if not drift and off <= math.log(s.baseline_factor) / 2:  # a move away is not learned
+                b = sub.baselines.get(kind)
+                sub.baselines[kind] = math.log(med) if b is None else b + s.baseline_alpha * (math.log(med) - b)
+            if self._step(sub, kind, drift):
+                predicted = [o / r for r, o in pairs if o is not None]
+                if med > 1.0 and predicted:
+                    sub.floors[kind] = Floor(med * median(predicted), med)
+        else:
+            cured = s.clear_band[0] <= med <= s.clear_band[1] and off <= math.log(s.baseline_factor) / 2
+            if self._step(sub, kind, cured):
+                sub.floors.pop(kind, None)
+
+    def _size(self, sub: _Substrate, recent: list[_Sample]) -> None:
+        s = self.settings
+        pts = [(float(x.input_tokens), x.ttft_s, x.ttft_s / x.ttft_residual) for x in recent[-s.size_window:]
+               if x.input_tokens is not None and x.ttft_s is not None and x.ttft_residual]
+        if len(pts) < s.size_min_samples:
+            return
+        xs = [p[0] for p in pts]
+        mean_x = sum(xs) / len(xs)
+        sd_x = math.sqrt(sum((x - mean_x) ** 2 for x in xs) / len(xs))
+        if mean_x <= 0.0 or sd_x / mean_x < s.size_min_cv:
+            return  # sizes do not vary: nothing to judge
+        slope, r2 = _fit(xs, [p[1] for p in pts])
+        p_slope, _ = _fit(xs, [p[2] for p in pts])
+        mean_p = sum(p[2] for p in pts) / len(pts)
+        if p_slope * sd_x < 0.1 * mean_p:
+            return  # the predictions say size hardly matters here
+        ratio = slope / p_slope
+        sub.last.update(size_r2=r2, size_slope_ratio=ratio)
+        base = sub.r2_baseline
+        if not sub.flags["size"]:
+            lost = (base is not None and base >= s.size_min_baseline_r2 and r2 < s.size_r2_drop * base) or (
+                ratio < s.size_slope_ratio)
+            if not lost:
+                sub.r2_baseline = r2 if base is None else base + 0.1 * (r2 - base)
+            self._step(sub, "size", lost)
+        else:
+            back = (base is None or r2 >= s.size_r2_clear * base) and ratio >= 2 * s.size_slope_ratio
+            self._step(sub, "size", back)
+
+    def _step(self, sub: _Substrate, kind: str, toward_flip: bool) -> bool:
+        """Count an evaluation toward flipping ``kind``; True when it flipped."""
+        sub.streaks[kind] = sub.streaks[kind] + 1 if toward_flip else 0
+        if sub.streaks[kind] >= self.settings.confirm:
+            sub.flags[kind] = not sub.flags[kind]
+            sub.streaks[kind] = 0
+            return True
+        return False
+
+    # -- reading -----------------------------------------------------------------------------
+    def _live(self, now_s: float) -> dict[str, _Substrate]:
+        return {n: sub for n, sub in self._subs.items() if now_s - sub.last_at_s <= self.settings.window_s}
+
+    def flags(self, now_s: float) -> dict[str, frozenset[str]]:
+        """Substrate -> its flagged kinds, for every substrate heard of within ``window_s``."""
+        return {n: frozenset(k for k in KINDS if sub.flags[k]) for n, sub in sorted(self._live(now_s).items())}
+
+    def floors(self, now_s: float) -> dict[str, dict[str, Floor]]:
+        """Substrate -> {``ttft``/``tpot``: its ``Floor``} while flagged (penalize mode applies them)."""
+        return {n: dict(sub.floors) for n, sub in sorted(self._live(now_s).items()) if sub.floors}
+
+    def status(self, now_s: float) -> dict[str, dict]:
+        """Per substrate: flags, the last medians and size fit, floors (JSON-able)."""
+        return {n: {"flags": sorted(k for k in KINDS if sub.flags[k]),
+                    "ttft_residual_median": sub.last.get("ttft"), "tpot_residual_median": sub.last.get("tpot"),
+                    "size_r2": sub.last.get("size_r2"), "size_r2_baseline": sub.r2_baseline,
+                    "size_slope_ratio": sub.last.get("size_slope_ratio"),
+                    "floors_s": {k: f.floor_s for k, f in sub.floors.items()},
+                    "samples": len(sub.samples)}
+                for n, sub in sorted(self._live(now_s).items())}
+
+    def forget(self, now_s: float) -> None:
+        """Drop substrates not heard of within ``window_s`` (memory stays bounded by the fleet)."""
+        for n in [n for n, sub in self._subs.items() if now_s - sub.last_at_s > self.settings.window_s]:
+            del self._subs[n]
+
+
+def _unfloored(floor: Floor | None, residual: float | None, observed: float | None) -> float | None:
+    """A residual against a floored prediction, as against the prediction without the floor
+    (module doc). Unchanged when the prediction was above the floor."""
+    if floor is None or residual is None or observed is None or residual <= 0.0:
+        return residual
+    predicted = observed / residual
+    return residual * floor.factor if predicted <= floor.floor_s * (1.0 + 1e-6) else residual
+
+
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares ``y = a + b x``: ``(b, R²)``; R² is 0 when y does not vary."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx <= 0.0:
+        return 0.0, 0.0
+    b = sxy / sxx
+    return b, (0.0 if syy <= 0.0 else max(0.0, min(1.0, sxy * sxy / (sxx * syy))))
+
+
+def penalized(signals: SubstrateSignals, floors: dict[str, Floor] | None, now_s: float) -> SubstrateSignals:
+    """``signals`` with its observed-latency readings raised to ``floors`` (``ttft`` ->
+    ``recent_ttft_s``, ``tpot`` -> ``recent_tpot_s``), stamped ``now_s``; a higher reading is kept
+    as it is. The estimate reads them as floors (``placement.estimate``)."""
+    if not floors:
+        return signals
+    changes = {}
+    for kind, field in (("ttft", "recent_ttft_s"), ("tpot", "recent_tpot_s")):
+        f = floors.get(kind)
+        current = getattr(signals, field)
+        if f is not None and (current is None or current.value < f.floor_s):
+            changes[field] = Reading(f.floor_s, now_s)
+    return dataclasses.replace(signals, **changes) if changes else signals
+
+
+def settings_from_policy(health) -> DriftSettings:
+    """The config's ``policy.health`` (``HealthPolicy``) as detector settings: its band (the clear
+    band is the band narrowed halfway to 1 in log terms), window and mode."""
+    low, high = health.residual_drift_band
+    window = health.residual_drift_window
+    return DriftSettings(window=window, window_s=health.residual_drift_window_ms / 1000.0,
+                         min_samples=max(2, window * 5 // 12), band=(low, high),
+                         clear_band=(math.sqrt(low), math.sqrt(high)), penalize=health.residual_drift == "penalize")

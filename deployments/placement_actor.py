@@ -22,6 +22,7 @@ import ray
 from inferplane.config import build, parse_config
 from inferplane.health import settings_from_policy
 from inferplane.placement.snapshot import FleetSnapshot
+from inferplane.telemetry.drift import settings_from_policy
 from inferplane.telemetry.metrics import LabelVocabulary, PlaneMetrics, serve_metrics
 from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, Outcome, PublishedSnapshot, SubstrateReport
 
@@ -53,7 +54,8 @@ class PlacementActor:
         # state's bookkeeping and snapshot versions consistent.
         self._lock = threading.Lock()
         self._fleet = built.fleet
-        self._metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy))
+        self._metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy),
+                                     settings_from_policy(built.config.policy.health))
         self._bound = built.policy.signal_staleness_bound_s
         self._name = actor_name(app_name, config_text)
         self._telemetry = built.config.telemetry
@@ -106,7 +108,8 @@ class PlacementActor:
         self._metrics.expire_ingress(now, self._bound)
         if published is not None:
             self._metrics.set_signals(FleetSnapshot(published.version, published.taken_at_s, self._fleet,
-                                                    published.signals), now)
+                                                    published.signals, tenant_spend_usd=published.tenant_spend_usd),
+                                      now)
         return published
 
     def report_substrate(self, substrate: str, replica_id: str, report: SubstrateReport) -> None:
@@ -128,8 +131,11 @@ class PlacementActor:
         with self._lock:
             out = self._state.status(time.time())
         out["actor_started_at_s"] = self._started_at_s
+        # Prediction residuals (``telemetry.drift``): which substrates stopped behaving as predicted.
+        drift = out["drift"] = self._metrics.drift_status(time.time())
         for sub in out["substrates"]:
             sub["serve"] = self._serve_status.get(sub["name"])
+            sub["drift"] = drift.get(sub["name"], {}).get("flags", [])
         return out
 
     def _serve_metrics(self, complain) -> None:

@@ -46,9 +46,10 @@ CONFIG_MISMATCH = "0" * 16
 # Builders shared with the report and metrics tests
 
 
-def plane(tenant: str = "t"):
+def plane(tenant: str = "t", budget: dict | None = None):
     """gpu (primary, DE, eu-central-1a), sov (DE, eu-central-1b), de-west (DE, eu-west),
-    eu-api (EU, eu-west), us-api (US, us-east). 4 slots each; distinct prices."""
+    eu-api (EU, eu-west), us-api (US, us-east). 4 slots each; distinct prices. ``budget``: the
+    tenant's, if any."""
     return (fleet(
         substrate("gpu").kind("vllm").cls("gpu_cluster").jurisdiction("DE").zone("eu-central", "eu-central-1a")
         .capacity(4).cost(gpu_hour=3.6, gpus=1),
@@ -60,7 +61,7 @@ def plane(tenant: str = "t"):
         .capacity(4).tier("burst").cost(input_per_1m=1.0, output_per_1m=2.0, egress_per_gb=0.09),
         substrate("us-api").cls("provider_api").jurisdiction("US").zone("us-east", "us-east-1a")
         .capacity(4).tier("burst").cost(input_per_1m=0.15, output_per_1m=0.6, egress_per_gb=0.09),
-    ).tenant(tenant).sla("interactive", ttft_ms=1500, e2e_ms=20_000).sla("batch", ttft_ms=60_000, e2e_ms=600_000)
+    ).tenant(tenant, budget=budget).sla("interactive", ttft_ms=1500, e2e_ms=20_000).sla("batch", ttft_ms=60_000, e2e_ms=600_000)
         .tenant("other", allowed=["DE"], allowed_sla=["batch"]).ingress(INGRESS_REGION, INGRESS_ZONE).build())
 
 

@@ -22,7 +22,7 @@ import ray
 from inferplane.config import build, parse_config
 from inferplane.health import settings_from_policy
 from inferplane.placement.snapshot import FleetSnapshot
-from inferplane.telemetry.drift import settings_from_policy
+from inferplane.telemetry.drift import settings_from_policy as drift_settings
 from inferplane.telemetry.metrics import LabelVocabulary, PlaneMetrics, serve_metrics
 from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, Outcome, PublishedSnapshot, SubstrateReport
 
@@ -55,7 +55,7 @@ class PlacementActor:
         self._lock = threading.Lock()
         self._fleet = built.fleet
         self._metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy),
-                                     settings_from_policy(built.config.policy.health))
+                                     drift_settings(built.config.policy.health))
         self._bound = built.policy.signal_staleness_bound_s
         self._name = actor_name(app_name, config_text)
         self._telemetry = built.config.telemetry

@@ -437,13 +437,13 @@ class OpenAICompatibleAdapter:
         """The deltas of one event (content, with its tokens' log probabilities); its tool-call
         fragments, finish_reason and usage go into ``stream``."""
         deltas: list[TextDelta] = []
-        for text, reason, usage, logprobs, calls in self._parse_chunk(data, api):
+        for text, finish, usage, logprobs, calls in self._parse_chunk(data, api):
             if text or logprobs:
                 deltas.append(TextDelta(text or "", len(logprobs) if logprobs else 1, logprobs=logprobs))
                 stream.deltas += 1
             for fragment in calls:
                 stream.add_call_fragment(fragment)
-            stream.finish_reason = reason or stream.finish_reason
+            stream.finish_reason = finish or stream.finish_reason
             stream.usage = usage or stream.usage
         return deltas
 

@@ -171,8 +171,8 @@ def test_two_replicas_between_syncs_never_overshoot_a_pool(free: int):
     sync(NOW + 0.1)
     placed = 0
     for state in replicas.values():
-        while isinstance(step := AttemptLoop(state, request(model="m", request_id=f"r{placed}",
-                                                             now=NOW + 0.15)).start(), Dispatch):
+        while isinstance(AttemptLoop(state, request(model="m", request_id=f"r{placed}",
+                                                    now=NOW + 0.15)).start(), Dispatch):
             placed += 1
     assert placed == free
     # After the next sync each sees the pool full; releasing one frees it for a single replica.

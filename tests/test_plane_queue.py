@@ -244,7 +244,7 @@ def test_a_reclaiming_tenant_goes_first_and_does_not_give_up():
     built = _built(quotas={"a": [{"substrate_class": "gpu_cluster", "guaranteed_slots": 1, "lendable_slots": 1}]})
     host = _host(built)
     borrowed = [host.submit(tenant="b", rid=f"b{i}") for i in range(2)]  # a is idle: its slot is lent
-    b_waits = host.submit(tenant="b", sla=INTERACTIVE, now=NOW, rid="b-waits")
+    host.submit(tenant="b", sla=INTERACTIVE, now=NOW, rid="b-waits")
     a_waits = host.submit(tenant="a", sla=BATCH, now=NOW + 0.01, rid="a-reclaims")
     assert isinstance(a_waits, Waiter) and a_waits.reclaim_classes == {"gpu_cluster"}
     assert host.queue.reclaiming() == {"gpu_cluster": {"a": 1}}

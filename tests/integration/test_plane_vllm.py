@@ -9,7 +9,7 @@ import openai
 import pytest
 import ray
 
-from tests.integration.conftest import EU_KEY, GLOBAL_KEY, LOCAL_CONFIG, deploy_local_vllm
+from tests.integration.conftest import EU_KEY, GLOBAL_KEY, deploy_local_vllm
 
 pytestmark = pytest.mark.integration
 

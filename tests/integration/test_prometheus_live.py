@@ -47,6 +47,16 @@ NOT_EMULATED = {"inferplane_substrate_gpu_memory_used_ratio", "inferplane_substr
 # always 0, their in-flight counts mostly 0 between requests).
 EMPTY_IN_A_SHORT_RUN = {"inferplane:substrate_load:cv15m"}
 
+def _rule_errors(prom: str) -> dict:
+    """Each rule Prometheus could not evaluate and each target it could not scrape, with the error
+    (for failure messages)."""
+    groups = httpx.get(f"{prom}/api/v1/rules", timeout=30).json()["data"]["groups"]
+    out = {r["name"]: r.get("lastError") for g in groups for r in g["rules"] if r.get("health") != "ok"}
+    targets = httpx.get(f"{prom}/api/v1/targets", timeout=30).json()["data"]["activeTargets"]
+    out.update({f"target {t['scrapeUrl']}": t.get("lastError") for t in targets if t.get("health") != "up"})
+    return out
+
+
 def _wait(predicate, timeout_s: float, what: str, step_s: float = 0.5):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -90,6 +100,9 @@ def prometheus(emulated_plane, tmp_path_factory):
                 return False
 
         _wait(ready, 60, "prometheus did not become ready")
+        # Traffic must start after the first scrape: a counter Prometheus first sees at its final
+        # value has no increase to rate (every ratio rule would be empty, as on a busy host it was).
+        _wait(lambda: _query(url, 'up{job="inferplane"} == 1'), 60, "prometheus never scraped the plane")
         yield url
     finally:
         proc.terminate()
@@ -248,7 +261,8 @@ def test_dashboard_queries_and_rules_through_a_real_prometheus(emulated_plane, p
         if name in EMPTY_IN_A_SHORT_RUN:
             continue
         # A rule built on another rule's output sees it one evaluation (1 s) later.
-        result or _wait(lambda: _query(prom, expr), 30, f"recording rule {name} returned no data")
+        result or _wait(lambda: _query(prom, expr), 30, f"recording rule {name} returned no data "
+                        f"({_rule_errors(prom)})")
         _wait(lambda: _query(prom, name), 30, f"{name} was never recorded")
 
     # The alert rules load, every one of them, and evaluate without error.

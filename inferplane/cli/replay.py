@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 
 from inferplane.cli.table import render_table
 
@@ -120,6 +121,9 @@ def render(report: dict) -> str:
             [[name, _f(m["simulated_s"], ".3f"), _f(m["measured_s"], ".3f"), _f(m["simulated_over_measured"], ".2f")]
              for name, m in fidelity["metrics"].items()], "lrrr"))
     lines += _tenant_lines(report["runs"])
+    for r in report["runs"]:
+        if r.get("drift"):
+            lines += _drift_lines(r["router"], r["drift"])
     speeds = ", ".join(f"{r['router']} {r['replay_speed']:.0f}" for r in report["runs"] if r["replay_speed"])
     lines.append(f"replay speed (simulated s per wall s): {speeds}")
     lines.append("times in seconds; cost = reserved hardware over the span + usage billed; "
@@ -157,6 +161,66 @@ def _tenant_lines(runs: list[dict]) -> list[str]:
             "  it measures fairness only where tenants contend for the same slots and each asked for more than "
             "its share: a tenant whose offered % is below its share % and that got what it asked for is not "
             "under-served, and tenants confined to pools no other tenant may use do not contend at all."]
+
+
+def _at(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _flag_spans(flags: list[dict], fault_s: float | None, most: int = 6) -> str:
+    """``kind set-cleared`` per flag; past ``most``, the counts per kind and the first flags set at
+    or after the fault (the JSON report has them all)."""
+    def span(f: dict) -> str:
+        return f"{f['kind']} {_at(f['set_s'])}-{'end' if f['cleared_s'] is None else _at(f['cleared_s'])}"
+    if len(flags) <= most:
+        return ", ".join(span(f) for f in flags) or "none"
+    counts = Counter(f["kind"] for f in flags)
+    text = f"{len(flags)} flags ({', '.join(f'{k} {n}' for k, n in counts.items())}; all in --json)"
+    after = [f for f in flags if fault_s is not None and f["set_s"] >= fault_s][:2]
+    return text + (f", first after the fault: {', '.join(span(f) for f in after)}" if after else "")
+
+
+def _drift_lines(router: str, drift: dict) -> list[str]:
+    """The plane's drift flags per substrate (set and cleared, simulated s), each substrate's
+    deadlines-met drop after the first fault, and per slowed substrate which came first."""
+    band = drift["settings"]["band"]
+    lines = ["", f"{router}: drift flags (the plane's detector, median residual over the last "
+                 f"{drift['settings']['window']} outside {band[0]:g}-{band[1]:g}, or off its baseline; simulated s"
+                 + ("; penalize requested, not applied in a replay" if drift["penalty_requested"] else "") + "):"]
+    drops = drift.get("deadlines_met") or {}
+    rows = []
+    for name, flags in drift["flags"].items():
+        spans = _flag_spans(flags, drift["fault_start_s"])
+        d = drops.get(name)
+        rows.append([name, spans] + ([] if not drops else [
+            _pct_of(d["pre_fault"]), _f(d["pre_fault_max_dip_points"], ".1f"), _at(d["fell_at_s"])]))
+    for name, d in drops.items():
+        if name not in drift["flags"]:  # the fleet as a whole
+            rows.append([name, "", _pct_of(d["pre_fault"]), _f(d["pre_fault_max_dip_points"], ".1f"),
+                         _at(d["fell_at_s"])])
+    headers = ["substrate", "flags (kind set-cleared)"]
+    if drops:
+        headers += ["met % before fault", "max dip before (pts)", f"fell >{drift['drop_points']:g} pt at"]
+    lines.append(render_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+    if drops:
+        lines.append(f"  deadlines-met per substrate: rolling over its last {drift['rolling_requests']} completed "
+                     f"requests, against its level before the first fault ({_at(drift['fault_start_s'])} s)")
+    for s in drift["slowed"]:
+        head = f"  {s['substrate']} slowed x{s['factor']:g} from {_at(s['at_s'])} s for {_at(s['for_s'])} s: "
+        flagged, fell = s["flagged_at_s"], s["deadlines_met_fell_at_s"]
+        if flagged is None:
+            tail = "never flagged" + ("" if fell is None else f"; its deadlines-met fell by more than "
+                                                               f"{drift['drop_points']:g} point at {_at(fell)} s")
+        elif fell is None:
+            tail = (f"flagged {s['flag_kind']} at {_at(flagged)} s ({flagged - s['at_s']:.0f} s after it began); "
+                    f"its deadlines-met never fell by more than {drift['drop_points']:g} point")
+        else:
+            lead = fell - flagged
+            tail = (f"flagged {s['flag_kind']} at {_at(flagged)} s ({flagged - s['at_s']:.0f} s after it began), "
+                    f"{abs(lead):.0f} s {'before' if lead >= 0 else 'after'} its deadlines-met fell by more than "
+                    f"{drift['drop_points']:g} point ({_at(fell)} s)")
+        lines.append(head + tail)
+    return lines
 
 
 def cmd(args: argparse.Namespace) -> int:

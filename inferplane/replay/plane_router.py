@@ -20,6 +20,11 @@ Nothing of the plane is restated here; this module only wires it to the simulato
   give-up time, as the ingress does on its event loop.
 
 Requests go to the ingress replicas in turn (``request.index % replicas``).
+
+Each finished request becomes the plane's one ``RequestRecord`` (as the ingress closes it: times
+from arrival at the ingress, the final attempt's decision, the attributed cost), fed at its finish
+time to the actor's drift detector (``replay.drift_timeline``), which records when each substrate
+was flagged and cleared (``drift``).
 """
 
 from __future__ import annotations
@@ -33,11 +38,14 @@ from inferplane.health import settings_from_policy
 from inferplane.placement import PlacementRequest
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
 from inferplane.plane.queue import HoldQueue, Waiter
+from inferplane.plane.record import RequestRecord
 from inferplane.plane.state import ReplicaState
 from inferplane.replay.attempt import Failure
+from inferplane.replay.drift_timeline import DriftTimeline
 from inferplane.replay.router import HELD, Host, Periodic, Placement
 from inferplane.replay.workload import ReplayRequest
 from inferplane.telemetry.cost import request_cost
+from inferplane.telemetry.drift import settings_from_policy as drift_settings_from_policy
 
 
 class PlaneRouter:
@@ -65,6 +73,9 @@ class PlaneRouter:
         self._queues: tuple[HoldQueue, ...] = ()
         self._held: dict[Waiter, ReplayRequest] = {}
         self._pump_due = [False] * n
+        self._config_hash = built.policy.policy_hash
+        self.drift_penalty_requested = health.residual_drift == "penalize"
+        self.drift = DriftTimeline(drift_settings_from_policy(health))
 
     def attach(self, host: Host) -> None:
         self._host = host
@@ -165,9 +176,17 @@ class PlaneRouter:
                  output_tokens: int, now_s: float) -> None:
         loop, _ = self._open.pop(request.index)
         loop.finished(True, first_token_s, output_tokens, now_s)
-        cost = request_cost(self._fleet.substrate(substrate), request.input_tokens, output_tokens,
-                            now_s - request.arrival_s, self._region)
-        self._replicas[request.index % len(self._replicas)].add_spend(request.tenant, cost.total_usd)
+        e2e = now_s - request.arrival_s
+        cost = request_cost(self._fleet.substrate(substrate), request.input_tokens, output_tokens, e2e, self._region)
+        i = request.index % len(self._replicas)
+        self._replicas[i].add_spend(request.tenant, cost.total_usd)
+        self.drift.observe(RequestRecord(
+            request_id=request.request_id, ingress_id=f"ingress-{i}", ingress_region=self._region,
+            received_at_s=request.arrival_s, finished_at_s=now_s, tenant=request.tenant, model=request.model,
+            sla_class=request.sla_class, streamed=True, decision=loop.decision, snapshot_age_s=loop.snapshot_age_s,
+            status_code=200, error_code=None, ttft_s=first_token_s - request.arrival_s, e2e_s=e2e,
+            input_tokens=request.input_tokens, output_tokens=output_tokens, cost=cost,
+            config_hash=self._config_hash))
 
     def failed(self, request: ReplayRequest, substrate: str, failure: Failure, retry_after_s: float | None,
                now_s: float) -> None:

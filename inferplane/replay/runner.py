@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from inferplane.config import BuiltConfig
 from inferplane.replay.baselines import BASELINES, baseline
 from inferplane.replay.bound import DEFAULT_WINDOW_S, build_programme, least_cost_usd, solve_bound
+from inferplane.replay.drift_timeline import drift_section
 from inferplane.replay.fidelity import compare, measured_shapes
 from inferplane.replay.live import LiveOptions, run_live
 from inferplane.replay.outcome import fixed_cost_usd
@@ -120,6 +121,15 @@ def simulate(prepared: Prepared, router_name: str, *, progress: bool = False) ->
                              start_s=sim.start_s)
     else:
         router = baseline(router_name, built, scenario.baselines)
+    result = _run(sim, router, prepared, router_name, progress)
+    if isinstance(router, PlaneRouter):
+        drift = router.drift
+        result = replace(result, drift=drift_section(drift.spans(), drift.settings, router.drift_penalty_requested,
+                                                     result.outcomes, result.substrates, prepared.events))
+    return result
+
+
+def _run(sim: Simulator, router, prepared: Prepared, router_name: str, progress: bool) -> SimulationResult:
     if not progress:
         return sim.run(router)
     from tqdm import tqdm
@@ -147,6 +157,9 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
     fixed = fixed_cost_usd(built.fleet, span)
     shares = fair_shares(built)
     runs = [run_report(r, fixed, prepared.requests, shares) for r in results]
+    for run, result in zip(runs, results):
+        if result.drift is not None:
+            run["drift"] = result.drift
     bound_out = None
     if options.bound:
         if options.progress:

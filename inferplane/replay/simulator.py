@@ -70,6 +70,9 @@ class SimulationResult:
     busy_slot_s: tuple[float, ...]
     events_run: int
     wall_s: float
+    drift: dict | None = None
+    """The plane's drift flags and deadlines-met drops (``drift_timeline.drift_section``); None for
+    a baseline."""
 
 
 class _RequestState:

@@ -1,0 +1,46 @@
+"""The plane's drift detector in a replay: a substrate slowed mid-run is flagged after the slowdown
+begins, and the same slice of the trace without the slowdown flags nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from inferplane.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = str(ROOT / "configs" / "scenarios" / "enterprise-burst.yaml")
+AZURE_CONV = str(ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv")
+# The first 500 rows: about two minutes of the trace, gpu-fra (the EU reserved pool) serving most.
+SLICE = ("--limit", "500", "--router", "inferplane", "--no-bound", "--no-progress")
+SLOWED, AT_S = "gpu-fra", 40.0
+
+
+def drift_of(capsys, tmp_path, *extra: str) -> tuple[dict, str]:
+    out = tmp_path / "report.json"
+    code = main(["replay", SCENARIO, "--trace", AZURE_CONV, *SLICE, "--out", str(out), *extra])
+    text, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    run = json.loads(out.read_text(encoding="utf-8"))["runs"][0]
+    assert run["router"] == "inferplane"
+    return run["drift"], text
+
+
+def test_a_substrate_slowed_mid_run_is_flagged_after_the_slowdown_begins(capsys, tmp_path):
+    drift, text = drift_of(capsys, tmp_path, "--slowdown", f"{SLOWED}:{AT_S:g}:600:3")
+    flags = drift["flags"][SLOWED]
+    assert flags, drift["flags"]
+    assert all(f["set_s"] >= AT_S for f in flags), flags  # nothing before the fault
+    (slowed,) = drift["slowed"]
+    assert slowed["substrate"] == SLOWED and slowed["factor"] == 3.0
+    assert slowed["flagged_at_s"] == min(f["set_s"] for f in flags)
+    assert drift["fault_start_s"] == AT_S
+    assert set(drift["deadlines_met"]) >= {SLOWED, "(all substrates)"}
+    assert f"{SLOWED} slowed x3 from 40 s" in text and "flagged" in text
+
+
+def test_the_same_slice_without_the_slowdown_flags_no_substrate(capsys, tmp_path):
+    drift, text = drift_of(capsys, tmp_path)
+    assert {name: f for name, f in drift["flags"].items() if f} == {}
+    assert drift["slowed"] == [] and drift["deadlines_met"] is None and drift["fault_start_s"] is None
+    assert "drift flags" in text

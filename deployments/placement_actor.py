@@ -54,8 +54,11 @@ class PlacementActor:
         # state's bookkeeping and snapshot versions consistent.
         self._lock = threading.Lock()
         self._fleet = built.fleet
-        self._metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy),
-                                     drift_settings(built.config.policy.health))
+        drift = drift_settings(built.config.policy.health)
+        self._metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy), drift)
+        # ``residual_drift: penalize``: the detector's floors reach placement through each snapshot
+        # (``FleetState.set_drift_floors``), and every decision predicted with one says so.
+        self._penalize_drift = drift.penalize
         self._bound = built.policy.signal_staleness_bound_s
         self._name = actor_name(app_name, config_text)
         self._telemetry = built.config.telemetry
@@ -100,6 +103,8 @@ class PlacementActor:
                 self._state.add_spend(spend_usd, now)
             up = now - self._started_at_s
             warming = up < ACTOR_WARMUP_S or (up < self._bound and not self._state.all_reporting())
+            if self._penalize_drift and not warming:
+                self._state.set_drift_floors(self._metrics.drift_floors(now))
             published = None if warming else self._state.snapshot(now)
         if metrics:
             self._metrics.apply_batch(ingress_id, metrics)

@@ -53,6 +53,14 @@ Derivation, per substrate:
 - ``circuit`` comes from the substrate's ``CircuitBreaker`` (``inferplane.health``), fed by the
   outcomes and by Retry-After.
 - ``node_countries`` is the set of jurisdiction labels of the nodes of its live replicas.
+- **Drift penalties** (``policy.health.residual_drift: penalize``): the actor hands over its drift
+  detector's floors (``set_drift_floors``; ``telemetry.drift``) before each snapshot. While a
+  substrate is flagged ``ttft`` (``tpot``), its ``recent_ttft_s`` (``recent_tpot_s``) is raised to
+  the floor, ``factor x`` its median prediction when the flag was set: a reading that is missing,
+  stale or lower becomes ``Reading(floor_s, now)`` (the detector's judgement is current; a stale
+  reading left in place would make the estimate ignore the penalty), a fresh higher one is kept.
+  Each floor applied is named in the signals' ``drift`` (``placement.signals.DriftPenalty``), so
+  every decision that predicted with it says so. A change of floors publishes a new version.
 
 Every reading carries the time of the oldest report it was built from, so its age is honest.
 Reports from replicas silent for longer than the staleness bound are dropped.
@@ -62,7 +70,7 @@ from __future__ import annotations
 
 from collections import deque
 import datetime as _dt
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from bisect import bisect_left, bisect_right, insort
 from itertools import compress, islice, repeat
@@ -71,7 +79,7 @@ from typing import NamedTuple
 
 from inferplane.health import BreakerSettings, CircuitBreaker
 from inferplane.placement.fleet import FleetSpec
-from inferplane.placement.signals import CircuitState, Reading, SubstrateSignals
+from inferplane.placement.signals import CircuitState, DriftPenalty, Reading, SubstrateSignals
 
 OUTCOME_WINDOW = 64
 OUTPUT_LENGTH_WEIGHT = 1.0 / 32.0
@@ -209,6 +217,8 @@ class FleetState:
         # No kept report is older than this, so nothing can expire before it + the bound (a sync
         # then skips the pass over every report).
         self._oldest_report_s = float("inf")
+        # substrate -> its drift floors as ((kind, factor, floor_s), ...), sorted (``set_drift_floors``)
+        self._drift_floors: dict[str, tuple[tuple[str, float, float], ...]] = {}
 
     # -- reports ------------------------------------------------------------------------------
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
@@ -345,6 +355,23 @@ class FleetState:
         self._external[(scope, "*" if scope == "fleet" else target, name)] = Reading(float(value), now_s)
         self._dirty = True
 
+    def set_drift_floors(self, floors) -> None:
+        """The drift detector's floors (``telemetry.drift.DriftDetector.floors``: substrate ->
+        {``ttft``/``tpot``: a ``Floor`` with ``floor_s`` and ``factor``}) to apply from the next
+        snapshot on (module doc); ``{}`` clears them. Unknown substrates and kinds are ignored. A
+        change makes the next snapshot a new version."""
+        known = self._derived_by_name
+        wanted = {}
+        for name, by_kind in floors.items():
+            if name in known:
+                kept = tuple(sorted((kind, float(f.factor), float(f.floor_s)) for kind, f in by_kind.items()
+                                    if kind in _PENALIZED_READINGS))
+                if kept:
+                    wanted[name] = kept
+        if wanted != self._drift_floors:
+            self._drift_floors = wanted
+            self._dirty = True
+
     # -- snapshots ----------------------------------------------------------------------------
     def snapshot(self, now_s: float) -> PublishedSnapshot:
         """The current snapshot; a new version whenever a report arrived since the last one."""
@@ -366,9 +393,14 @@ class FleetState:
                     for name, n in r.in_flight.items():
                         totals[name] = totals.get(name, 0) + n
             signals = self._signals
+            derived = [signals(d, now_s, totals, oldest_ingress) for d in self._derived]
+            if self._drift_floors:
+                floors = self._drift_floors
+                derived = [_penalized(sig, floors[d.name], now_s, self._bound) if d.name in floors else sig
+                           for d, sig in zip(self._derived, derived)]
             self._published = _published_snapshot(
                 self._version, now_s, self._policy_hash,
-                tuple([signals(d, now_s, totals, oldest_ingress) for d in self._derived]),
+                tuple(derived),
                 self.tenant_spend(now_s) if self._spend else {},
                 _nested_sum(r.tenant_in_flight for r in ingress.values()),
                 _nested_sum(r.reclaiming for r in ingress.values()),
@@ -486,6 +518,7 @@ class FleetState:
                 "node_jurisdiction_mismatch": mismatch,
                 "unlabelled_replicas": sig.unlabelled_replicas,
                 "external": {n: {"value": r.value, "age_s": now_s - r.observed_at_s} for n, r in sig.external},
+                "drift_penalty": [p._asdict() for p in sig.drift],
             })
         ingress = [
             {"ingress": iid, "report_age_s": now_s - r.at_s, "snapshot_version": r.snapshot_version,
@@ -496,6 +529,27 @@ class FleetState:
                 "tenant_spend_usd": snap.tenant_spend_usd,
                 "policy_hash": self._policy_hash, "staleness_bound_s": self._bound,
                 "substrates": substrates, "ingress": ingress}
+
+
+_PENALIZED_READINGS = {"ttft": "recent_ttft_s", "tpot": "recent_tpot_s"}
+
+
+def _penalized(signals: SubstrateSignals, floors: tuple[tuple[str, float, float], ...], now_s: float,
+               bound_s: float) -> SubstrateSignals:
+    """``signals`` with the drift ``floors`` applied (module doc): each reading that is missing,
+    stale at ``now_s`` or lower than its floor becomes ``Reading(floor_s, now_s)``, and each floor
+    so applied is named in ``drift``. A new object, or ``signals`` itself when no floor applies."""
+    changes: dict = {}
+    applied = []
+    for kind, factor, floor_s in floors:
+        field_name = _PENALIZED_READINGS[kind]
+        current = getattr(signals, field_name)
+        if current is None or now_s - current.observed_at_s > bound_s or current.value < floor_s:
+            changes[field_name] = _reading(floor_s, now_s)
+            applied.append(DriftPenalty(kind, factor, floor_s))
+    if not applied:
+        return signals
+    return replace(signals, drift=tuple(applied), **changes)
 
 
 def _nested_sum(parts) -> dict[str, dict[str, int]]:
@@ -843,7 +897,7 @@ _KNOWN = partial(is_not, None)
 _new = object.__new__
 _SET_VALUE, _SET_OBSERVED = Reading.value.__set__, Reading.observed_at_s.__set__
 (_SET_IN_FLIGHT, _SET_QUEUED, _SET_GPU, _SET_KV, _SET_RL_REQ, _SET_RL_TOK, _SET_TTFT, _SET_TPOT, _SET_ERROR,
- _SET_CIRCUIT, _SET_COUNTRIES, _SET_UNLABELLED, _SET_EXTERNAL) = (
+ _SET_CIRCUIT, _SET_COUNTRIES, _SET_UNLABELLED, _SET_EXTERNAL, _SET_DRIFT) = (
     getattr(SubstrateSignals, f.name).__set__ for f in fields(SubstrateSignals))
 
 
@@ -871,6 +925,7 @@ def _signals_of(in_flight, queued, gpu, kv, rl_req, rl_tok, ttft, tpot, error_ra
     _SET_COUNTRIES(s, countries)
     _SET_UNLABELLED(s, unlabelled)
     _SET_EXTERNAL(s, external)
+    _SET_DRIFT(s, ())  # drift penalties are applied afterwards (``_penalized``)
     return s
 
 
@@ -896,7 +951,7 @@ if tuple(f.name for f in fields(PublishedSnapshot)) != (
 if tuple(f.name for f in fields(SubstrateSignals)) != (
         "in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",
         "rate_limit_tokens_remaining", "recent_ttft_s", "recent_tpot_s", "error_rate", "circuit", "node_countries",
-        "unlabelled_replicas", "external"):
+        "unlabelled_replicas", "external", "drift"):
     raise ImportError("_signals_of sets SubstrateSignals' fields in order: keep it in step")
 if tuple(f.name for f in fields(Reading)) != ("value", "observed_at_s"):
     raise ImportError("_reading sets Reading's fields: keep it in step")

@@ -91,10 +91,12 @@ def render(decision: PlacementDecision, fleet: FleetSpec, signals_note: str) -> 
         spec = fleet.substrate(c.name)
         base = [spec.display_name, spec.substrate_class, spec.jurisdiction, spec.zone]
         if not c.eligible:
-            rows.append(base + [f"rejected: {c.code.value}: {c.reason}"] + [""] * (4 + len(decision.scorer_names)))
+            rows.append(base + [f"rejected: {c.code.value}: {c.reason}" + (" *" if c.drift else "")]
+                        + [""] * (4 + len(decision.scorer_names)))
             continue
         verdict = "PICK" if c.name == decision.substrate else f"fallback {fallback_rank[c.name]}"
         verdict += "" if c.meets_sla else " (misses SLA)"
+        verdict += " *" if c.drift else ""
         rows.append(base + [verdict, f"{c.ttft_s:.3f}", f"{c.e2e_s:.2f}", f"{c.cost_usd:.6f}"]
                     + [f"{v:.2f}" for v in c.scores] + [f"{c.total:.3f}"])
     align = "lllll" + "r" * (len(headers) - 5)
@@ -105,6 +107,10 @@ def render(decision: PlacementDecision, fleet: FleetSpec, signals_note: str) -> 
         render_table(headers, rows, align),
         "",
     ]
+    # A drift penalty is never silent: name it under the table for every candidate marked *.
+    noted = [(fleet.substrate(c.name).display_name, c.drift_note()) for c in order if c.drift]
+    if noted:
+        lines += [f"* {name}: {note}" for name, note in noted] + [""]
     if decision.placed:
         spill = (f"yes ({decision.spillover_reason.value}; primary is {decision.primary})"
                  if decision.spillover else "no")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from inferplane.placement.filters import LADDER, RejectionCode
+from inferplane.placement.signals import DriftPenalty
 
 
 class SpilloverReason(str, enum.Enum):
@@ -84,6 +85,16 @@ class CandidateVerdict(NamedTuple):
     e2e_s: float | None
     cost_usd: float | None
     meets_sla: bool
+    drift: tuple[DriftPenalty, ...] = ()
+    """The drift penalties the prediction was made with (``placement.signals.DriftPenalty``: the
+    substrate's latency readings raised to a floor while its residuals drift); () when none, and
+    for a verdict without a prediction."""
+
+    def drift_note(self) -> str | None:
+        """"predicted with drift penalty ×1.80 (ttft ≥ 0.450 s)", or None without a penalty."""
+        if not self.drift:
+            return None
+        return "predicted with " + ", ".join(p.describe() for p in self.drift)
 
 
 def placement_id(request_id: str, attempt: int) -> str:
@@ -287,6 +298,8 @@ class PlacementDecision:
                     "predicted_e2e_s": c.e2e_s,
                     "estimated_cost_usd": c.cost_usd,
                     "meets_sla": c.meets_sla,
+                    "drift": [p._asdict() for p in c.drift],
+                    "drift_note": c.drift_note(),
                 }
                 for c in self.candidates
             ],

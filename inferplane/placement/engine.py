@@ -56,7 +56,7 @@ from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
 from inferplane.placement.prepared import NEVER, PreparedSubstrate, ScoringRow, scoring_row
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import Scorer
-from inferplane.placement.signals import SubstrateSignals
+from inferplane.placement.signals import DriftPenalty, SubstrateSignals, fresh_value
 from inferplane.placement.snapshot import FleetSnapshot
 
 _DYNAMIC_CHECKS = tuple(f.check for f in DYNAMIC_FILTERS)
@@ -89,14 +89,25 @@ def evaluate(ctx: PlacementContext, spec: SubstrateSpec, signals: SubstrateSigna
     request = ctx.request
     est = estimate(spec, signals, request.input_tokens, output_tokens, request.ingress_region,
                    ctx.now_s, ctx.staleness_bound_s)
+    drift = _drift_used(signals, ctx.now_s, ctx.staleness_bound_s) if signals.drift else ()
     rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, signals, output_tokens)
     if rejection is not None:
         return CandidateVerdict(spec.name, False, rejection.code, rejection.summary, rejection.detail,
-                                None, 0.0, est.ttft_s, est.e2e_s, est.cost_usd, False)
+                                None, 0.0, est.ttft_s, est.e2e_s, est.cost_usd, False, drift)
     scores = tuple([s.score(ctx, spec, signals, est) for s in scorers])
     meets = est.ttft_s <= ctx.sla.ttft_deadline_s and est.e2e_s <= ctx.sla.e2e_deadline_s
     return CandidateVerdict(spec.name, True, None, None, None, scores, sum(map(mul, weights, scores)),
-                            est.ttft_s, est.e2e_s, est.cost_usd, meets)
+                            est.ttft_s, est.e2e_s, est.cost_usd, meets, drift)
+
+
+_PENALIZED_READING = {"ttft": "recent_ttft_s", "tpot": "recent_tpot_s"}
+
+
+def _drift_used(signals: SubstrateSignals, now_s: float, bound_s: float) -> tuple[DriftPenalty, ...]:
+    """The drift penalties the estimate read at ``now_s``: those whose reading is fresh (a stale one
+    the estimate ignores)."""
+    return tuple(p for p in signals.drift
+                 if fresh_value(getattr(signals, _PENALIZED_READING[p.kind]), now_s, bound_s) is not None)
 
 
 def _unfit_to_specification(rows: Sequence[ScoringRow], needed: int, windows: tuple[int, ...],
@@ -242,9 +253,12 @@ def _verdicts(request: PlacementRequest, n_out: float, sla: SlaPolicy, policy: P
             if pos in stale_outcomes:
                 entry = entry._replace(per_token_s=entry.per_token_base_s, ttft_floor_s=-_INF)
             ttft, e2e, cost, scores = _arithmetic(entry, request, n_out, sla, policy.cost_reference_usd_per_token)
+            # Decided by arithmetic: every reading was fresh (the penalties' too), or every outcome
+            # reading stale (none read).
+            drift = () if pos in stale_outcomes else snapshot.signals[idx].drift
             verdict = CandidateVerdict(
                 fleet.substrates[idx].name, True, None, None, None, tuple([scores[i] for i in fast_positions]),
-                totals[pos], ttft, e2e, cost, ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s)
+                totals[pos], ttft, e2e, cost, ttft <= sla.ttft_deadline_s and e2e <= sla.e2e_deadline_s, drift)
         out.append(verdict)
         pos += 1
     return tuple(out)

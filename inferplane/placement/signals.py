@@ -20,12 +20,18 @@ The load, and the one occupancy placement reads from it:
 
 Occupancy is ``in_flight``: admission (``filters.Admission``), the queue wait the estimate predicts
 and ``QueuePressure`` all read that one number.
+
+A drift penalty (``policy.health.residual_drift: penalize``, ``telemetry.drift``) is not a signal of
+its own: the authority raises the substrate's ``recent_ttft_s`` / ``recent_tpot_s`` to the penalty's
+floor, which the estimate already reads as floors, and names each penalty it applied in ``drift``,
+so that the decision can say its prediction was penalized (``CandidateVerdict.drift``).
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class CircuitState(str, enum.Enum):
@@ -38,6 +44,21 @@ class CircuitState(str, enum.Enum):
 class Reading:
     value: float
     observed_at_s: float
+
+
+class DriftPenalty(NamedTuple):
+    """A drift penalty the authority applied to a substrate's signals: its ``kind``'s reading
+    (``ttft`` -> ``recent_ttft_s``, ``tpot`` -> ``recent_tpot_s``) raised to ``floor_s``, which is
+    ``factor`` (the median residual when the drift was flagged) times the median prediction then.
+    (A named tuple: it crosses Ray and the journal as a plain list.)"""
+
+    kind: str
+    factor: float
+    floor_s: float
+
+    def describe(self) -> str:
+        """What a decision says of it: "drift penalty ×1.80 (ttft ≥ 0.450 s)"."""
+        return f"drift penalty ×{self.factor:.2f} ({self.kind} ≥ {self.floor_s:.3f} s)"
 
 
 # Signals every substrate must report to be placeable, and the extra ones per kind.
@@ -71,6 +92,9 @@ class SubstrateSignals:
     """Live replicas on nodes without a jurisdiction label."""
     external: tuple[tuple[str, Reading], ...] = ()
     """Signals pushed by the platform team that apply to this substrate (by name)."""
+    drift: tuple[DriftPenalty, ...] = ()
+    """The drift penalties applied to ``recent_ttft_s`` / ``recent_tpot_s`` (penalize mode only;
+    the readings already carry them): each raised its reading to its floor."""
 
     @staticmethod
     def idle(observed_at_s: float, *, kv_cache_usage: float | None = 0.0) -> SubstrateSignals:

@@ -148,6 +148,7 @@ from inferplane.placement.decision import CandidateVerdict, PlacementDecision, S
 from inferplane.placement.filters import RejectionCode
 from inferplane.placement.fleet import FleetSpec, SubstrateSpec
 from inferplane.placement.policy import PlacementPolicy
+from inferplane.placement.signals import DriftPenalty
 from inferplane.plane.record import RequestRecord
 from inferplane.telemetry.cost import request_cost
 from inferplane.telemetry.drift import residuals
@@ -326,6 +327,7 @@ def decision_from_record(record: Mapping[str, Any]) -> PlacementDecision:
             scores=None if c["scores"] is None else tuple(c["scores"][n] for n in names),
             total=c["total"], ttft_s=c["predicted_ttft_s"], e2e_s=c["predicted_e2e_s"],
             cost_usd=c["estimated_cost_usd"], meets_sla=c["meets_sla"],
+            drift=tuple(DriftPenalty(**p) for p in c.get("drift") or ()),  # absent before drift penalties
         )
         for c in record["candidates"]
     )

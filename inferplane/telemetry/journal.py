@@ -70,6 +70,7 @@ from inferplane.placement.decision import CandidateVerdict, PlacementDecision, S
 from inferplane.placement.filters import RejectionCode
 from inferplane.placement.fleet import FleetSpec
 from inferplane.placement.policy import PlacementPolicy
+from inferplane.placement.signals import DriftPenalty
 from inferplane.plane.record import RequestRecord
 from inferplane.telemetry.audit import (
     DECISION_FIELDS,
@@ -153,9 +154,11 @@ def _decision_from_line(obj: Mapping[str, Any]) -> PlacementDecision:
 
 
 def _candidate(values: list) -> CandidateVerdict:
+    """A candidate as ``record_line`` wrote it (a line from before ``drift`` has one value less)."""
     c = CandidateVerdict(*values)
     return c._replace(code=None if c.code is None else RejectionCode(c.code),
-                      scores=None if c.scores is None else tuple(c.scores))
+                      scores=None if c.scores is None else tuple(c.scores),
+                      drift=tuple(DriftPenalty(*p) for p in c.drift))
 
 
 # -------------------------------------------------------------------------------------------------

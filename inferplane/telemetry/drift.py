@@ -33,7 +33,7 @@ An evaluation without enough samples changes nothing. A substrate with no reques
 Penalty (``policy.health.residual_drift: penalize``): while a substrate is flagged ``ttft``
 (``tpot``) with median residual ``r > 1``, placement is not to predict it faster than
 ``r`` times its median prediction over the window at the time it was flagged (``floors``): the
-authority raises the substrate's observed-latency readings to that floor (``penalized``), which the
+authority raises the substrate's observed-latency readings to that floor (``fleet_state``), which the
 estimate already takes as floors (``placement.estimate``). The floor and factor are frozen while the
 flag lasts; a request whose prediction was the floor has its residual multiplied back by the factor
 before it is judged, so the penalty does not make the drift look cured.
@@ -41,14 +41,12 @@ before it is judged, so the penalty does not make the drift look cured.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
 from statistics import median
 from typing import NamedTuple
 
-from inferplane.placement.signals import Reading, SubstrateSignals
 from inferplane.plane.record import RequestRecord
 
 KINDS = ("ttft", "tpot", "size")
@@ -92,6 +90,10 @@ class DriftSettings:
     size_r2_clear: float = 0.7
     size_min_baseline_r2: float = 0.3
     size_slope_ratio: float = 0.25
+    size_every: int = 4
+    """The size fit is evaluated at every this many observations of a substrate, not each one: it
+    refits ``size_window`` samples (two least-squares fits), which cost most of the detector's time,
+    and a 48-sample window moves by a twelfth between evaluations."""
     penalize: bool = False
     """The authority applies ``floors`` (residuals of floored predictions are multiplied back)."""
 
@@ -125,7 +127,7 @@ class _Sample(NamedTuple):
 
 
 class _Substrate:
-    __slots__ = ("samples", "last_at_s", "flags", "streaks", "baselines", "floors", "r2_baseline", "last")
+    __slots__ = ("samples", "last_at_s", "flags", "streaks", "baselines", "floors", "r2_baseline", "last", "seen")
 
     def __init__(self, size: int) -> None:
         self.samples: deque[_Sample] = deque(maxlen=size)
@@ -136,6 +138,7 @@ class _Substrate:
         self.floors: dict[str, Floor] = {}
         self.r2_baseline: float | None = None
         self.last: dict[str, float] = {}  # what the last evaluation measured (for status)
+        self.seen = 0  # observations since it was (re)started: paces the size fit
 
 
 class DriftDetector:
@@ -162,7 +165,9 @@ class DriftDetector:
         recent = [x for x in sub.samples if sub.last_at_s - x.at_s <= s.window_s]
         self._residual(sub, "ttft", recent, 1, 4)
         self._residual(sub, "tpot", recent, 2, 5)
-        self._size(sub, recent)
+        sub.seen += 1
+        if sub.seen % s.size_every == 0:
+            self._size(sub, recent)
 
     def _residual(self, sub: _Substrate, kind: str, recent: list[_Sample], res: int, obs: int) -> None:
         s = self.settings
@@ -272,21 +277,6 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
         return 0.0, 0.0
     b = sxy / sxx
     return b, (0.0 if syy <= 0.0 else max(0.0, min(1.0, sxy * sxy / (sxx * syy))))
-
-
-def penalized(signals: SubstrateSignals, floors: dict[str, Floor] | None, now_s: float) -> SubstrateSignals:
-    """``signals`` with its observed-latency readings raised to ``floors`` (``ttft`` ->
-    ``recent_ttft_s``, ``tpot`` -> ``recent_tpot_s``), stamped ``now_s``; a higher reading is kept
-    as it is. The estimate reads them as floors (``placement.estimate``)."""
-    if not floors:
-        return signals
-    changes = {}
-    for kind, field in (("ttft", "recent_ttft_s"), ("tpot", "recent_tpot_s")):
-        f = floors.get(kind)
-        current = getattr(signals, field)
-        if f is not None and (current is None or current.value < f.floor_s):
-            changes[field] = Reading(f.floor_s, now_s)
-    return dataclasses.replace(signals, **changes) if changes else signals
 
 
 def settings_from_policy(health) -> DriftSettings:

@@ -40,7 +40,7 @@ def test_a_substrate_slowed_mid_run_is_flagged_after_the_slowdown_begins(capsys,
 
 
 def test_the_same_slice_without_the_slowdown_flags_no_substrate(capsys, tmp_path):
-    drift, text = drift_of(capsys, tmp_path)
+    drift, text = drift_of(capsys, tmp_path, "--drift")
     assert {name: f for name, f in drift["flags"].items() if f} == {}
     assert drift["slowed"] == [] and drift["deadlines_met"] is None and drift["fault_start_s"] is None
     assert "drift flags" in text

@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slowdown", action="append", default=[], metavar="NAME:AT_S:FOR_S:FACTOR",
                    help="multiply a substrate's durations by FACTOR (repeatable)")
     p.add_argument("--no-bound", action="store_true", help="skip the LP bound")
+    p.add_argument("--drift", action="store_true",
+                   help="report the plane's drift flags (on by itself when a fault is injected)")
     p.add_argument("--window-s", type=float, default=60.0, help="the bound's window, seconds (default 60)")
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -236,7 +238,7 @@ def cmd(args: argparse.Namespace) -> int:
         scenario=args.config, trace=args.trace, routers=parse_routers(args.router), format=args.format,
         time_scale=args.time_scale, rate_scale=args.rate_scale, limit=args.limit, seed=args.seed,
         tenants=args.tenants, without_tenants=tuple(args.without_tenant), events=events, bound=not args.no_bound,
-        window_s=args.window_s, progress=progress)
+        window_s=args.window_s, progress=progress, drift=args.drift)
     if args.target:
         import os
 

@@ -52,7 +52,9 @@ class PlaneRouter:
     name = "inferplane"
 
     def __init__(self, built: BuiltConfig, loads: Mapping[str, Callable[[float], SubstrateReport | None]], *,
-                 heartbeat_s: float, start_s: float) -> None:
+                 heartbeat_s: float, start_s: float, drift: bool = False) -> None:
+        """``drift``: feed the plane's drift detector with every finished request (``self.drift``,
+        None without)."""
         cfg = built.config
         self._fleet = built.fleet
         self._policy = built.policy
@@ -75,7 +77,7 @@ class PlaneRouter:
         self._pump_due = [False] * n
         self._config_hash = built.policy.policy_hash
         self.drift_penalty_requested = health.residual_drift == "penalize"
-        self.drift = DriftTimeline(drift_settings_from_policy(health))
+        self.drift = DriftTimeline(drift_settings_from_policy(health)) if drift else None
 
     def attach(self, host: Host) -> None:
         self._host = host
@@ -180,13 +182,14 @@ class PlaneRouter:
         cost = request_cost(self._fleet.substrate(substrate), request.input_tokens, output_tokens, e2e, self._region)
         i = request.index % len(self._replicas)
         self._replicas[i].add_spend(request.tenant, cost.total_usd)
-        self.drift.observe(RequestRecord(
-            request_id=request.request_id, ingress_id=f"ingress-{i}", ingress_region=self._region,
-            received_at_s=request.arrival_s, finished_at_s=now_s, tenant=request.tenant, model=request.model,
-            sla_class=request.sla_class, streamed=True, decision=loop.decision, snapshot_age_s=loop.snapshot_age_s,
-            status_code=200, error_code=None, ttft_s=first_token_s - request.arrival_s, e2e_s=e2e,
-            input_tokens=request.input_tokens, output_tokens=output_tokens, cost=cost,
-            config_hash=self._config_hash))
+        if self.drift is not None:
+            self.drift.observe(RequestRecord(
+                request_id=request.request_id, ingress_id=f"ingress-{i}", ingress_region=self._region,
+                received_at_s=request.arrival_s, finished_at_s=now_s, tenant=request.tenant, model=request.model,
+                sla_class=request.sla_class, streamed=True, decision=loop.decision,
+                snapshot_age_s=loop.snapshot_age_s, status_code=200, error_code=None,
+                ttft_s=first_token_s - request.arrival_s, e2e_s=e2e, input_tokens=request.input_tokens,
+                output_tokens=output_tokens, cost=cost, config_hash=self._config_hash))
 
     def failed(self, request: ReplayRequest, substrate: str, failure: Failure, retry_after_s: float | None,
                now_s: float) -> None:

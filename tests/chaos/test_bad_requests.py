@@ -86,10 +86,10 @@ def test_bad_chat_body_is_an_openai_4xx(chaos_plane, case_id, body, status, code
     ({"model": "smollm2"}, "invalid_request"),
     ({"model": "smollm2", "prompt": 17}, "invalid_request"),
     ({"model": "smollm2", "prompt": ["a", "b"]}, "invalid_request"),     # batches of prompts: not served
-    ({"model": "smollm2", "prompt": [1, 2, 3]}, "invalid_request"),      # token ids: not served
+    ({"model": "smollm2", "prompt": [[1, 2], [3]]}, "invalid_request"),  # a batch of token-id prompts
     ({"model": "smollm2", "prompt": "hi", "max_tokens": -3}, "invalid_request"),
     ({"model": "smollm2", "prompt": "word " * 40_000}, "context_window"),
-], ids=["no-prompt", "prompt-number", "prompt-batch", "prompt-token-ids", "negative-max-tokens", "too-long"])
+], ids=["no-prompt", "prompt-number", "prompt-batch", "prompt-token-id-batch", "negative-max-tokens", "too-long"])
 def test_bad_completion_body_is_an_openai_4xx(chaos_plane, body, code):
     assert_openai_error(_post(chaos_plane, json_body=body, path="/v1/completions"), 400, code)
 
@@ -111,12 +111,20 @@ def test_prompt_longer_than_every_context_window_is_400(chaos_plane):
 
 
 def test_unknown_fields_are_ignored(chaos_plane):
-    body = dict(CHAT, frobnicate=True, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
-                response_format={"type": "json_object"}, metadata={"a": "b"}, logit_bias={"50256": -100},
+    body = dict(CHAT, frobnicate=True, metadata={"a": "b"}, user="u-1",
                 messages=[{"role": "user", "content": "hi", "weird": [1, {"x": None}]}])
     r = _post(chaos_plane, json_body=body)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"]
+
+
+def test_parameters_no_substrate_honours_are_refused_by_name_not_dropped(chaos_plane):
+    """Every substrate of this plane is emulated, and emulations honour neither tools, nor a
+    response format, nor logit_bias: the request is refused before dispatch, naming one of them."""
+    body = dict(CHAT, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                response_format={"type": "json_object"}, logit_bias={"50256": -100})
+    err = assert_openai_error(_post(chaos_plane, json_body=body), 400, "unsupported_parameter")
+    assert err["param"] in {"tools", "response_format", "logit_bias"}, err
 
 
 def test_very_many_messages(chaos_plane):

@@ -38,7 +38,7 @@ from inferplane.api.responses import completion_body, delta_chunk, finish_chunk,
 from inferplane.api.tokens import TokenCounter
 from inferplane.auth import TenantKeys
 from inferplane.config import build, parse_config
-from inferplane.placement import PlacementRequest
+from inferplane.placement import PlacementDecision, PlacementRequest
 from inferplane.placement.filters import RejectionCode, unhonoured_parameter
 from inferplane.placement.plan import models_for
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
@@ -82,6 +82,11 @@ def _refusal_error(refusal: Refusal, required: frozenset[str], fleet) -> ApiErro
 def _sse_line(obj: dict) -> str:
     # Defined above the class: serve.ingress captures the module's names when it decorates.
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def _decision_of(req: OpenRequest) -> PlacementDecision | None:
+    """The request's last placement decision; None when it never reached placement."""
+    return None if req.attempts is None else req.attempts.decision
 
 
 def _failure_of(event: dict) -> FirstByteFailure:
@@ -254,8 +259,8 @@ class Ingress:
             body = await self._parse(request, api, req)
             step, stream, first = await self._dispatch(api, body, req)
             if isinstance(step, Refusal):
-                raise _refusal_error(step, required_features(api, body), self._fleet)
-            headers = self._placement_headers(step, req)
+                raise _refusal_error(step, req.attempts.request.required_features, self._fleet)
+            headers = self._answer_headers(req, step.decision)
             rid = ("chatcmpl-" if api == "chat" else "cmpl-") + req.request_id[4:]
             if req.streamed:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -266,7 +271,7 @@ class Ingress:
             return await self._collect(api, rid, step, first, stream, headers, req)
         except ApiError as err:
             req.close(err.status, err.code, time.time())
-            return _error_response(err, self._refusal_headers(req, err))
+            return _error_response(err, self._answer_headers(req, _decision_of(req), err))
         except asyncio.CancelledError:  # the client left: release what it held, record it, stop
             if stream is not None:
                 stream.cancel()
@@ -278,7 +283,7 @@ class Ingress:
                 stream.cancel()
             err = ApiError(500, "internal_error", "the ingress failed on this request")
             req.close(500, err.code, time.time())
-            return _error_response(err, self._refusal_headers(req, err))
+            return _error_response(err, self._answer_headers(req, _decision_of(req), err))
 
     async def _parse(self, request: Request, api: str, req: OpenRequest):
         tenant_name = self._keys.tenant_for(request.headers.get("authorization"))
@@ -398,36 +403,27 @@ class Ingress:
                     step = await self._hold(step, req)
         return step, None, None
 
-    @staticmethod
-    def _refusal_headers(req: OpenRequest, err: ApiError) -> dict[str, str]:
-        """What a refused or failed request's answer says about it: its request id always, and the
-        placement (``inferplane explain --audit DIR ID`` takes either) once it reached placement."""
-        headers = {"x-inferplane-request-id": req.request_id, "x-inferplane-error-code": err.code}
-        decision = None if req.attempts is None else req.attempts.decision
+    def _answer_headers(self, req: OpenRequest, decision: PlacementDecision | None,
+                        err: ApiError | None = None) -> dict[str, str]:
+        """What every answer says about its request: the request id always; the placement once it
+        reached placement (``inferplane explain --audit DIR ID`` takes either id); where it ran,
+        whether it spilled and how long it was held when it is answered; the error code when not."""
+        headers = {"x-inferplane-request-id": req.request_id}
+        if err is not None:
+            headers["x-inferplane-error-code"] = err.code
         if decision is not None:
             headers["x-inferplane-placement-id"] = decision.placement_id
             headers["x-inferplane-attempts"] = str(decision.attempt)
             if decision.placed:
                 headers["x-inferplane-substrate"] = decision.substrate
-        if req.held_s:
+                if err is None:
+                    headers["x-inferplane-spillover"] = "true" if decision.spillover else "false"
+                    if decision.spillover:
+                        headers["x-inferplane-spillover-reason"] = decision.spillover_reason.value
+                    if self._emulated[decision.substrate]:
+                        headers["x-inferplane-emulated"] = "true"
+        if err is None or req.held_s:
             headers["x-inferplane-held-ms"] = str(round(req.held_s * 1000.0))
-        return headers
-
-    def _placement_headers(self, step: Dispatch, req: OpenRequest) -> dict[str, str]:
-        decision = step.decision
-        held_s = req.held_s
-        headers = {
-            "x-inferplane-request-id": req.request_id,
-            "x-inferplane-substrate": step.substrate,
-            "x-inferplane-placement-id": decision.placement_id,
-            "x-inferplane-spillover": "true" if decision.spillover else "false",
-            "x-inferplane-attempts": str(decision.attempt),
-            "x-inferplane-held-ms": str(round(held_s * 1000.0)),
-        }
-        if decision.spillover:
-            headers["x-inferplane-spillover-reason"] = decision.spillover_reason.value
-        if self._emulated[step.substrate]:
-            headers["x-inferplane-emulated"] = "true"
         return headers
 
     @staticmethod

@@ -160,26 +160,34 @@ def _where(raw: Loc) -> _Where:
         if name is None:
             continue  # a key of a dict of models, or an unknown key
         field = model.model_fields[name]
-        union = _tagged_union(field.annotation)
+        union = _tagged_union(field.annotation, field.discriminator)
         model = _inner_model(field.annotation)
     return _Where(tuple(loc), owner, field, union)
 
 
-def _tagged_union(annotation: Any) -> _TaggedUnion | None:
+def _tagged_union(annotation: Any, discriminator: Any = None) -> _TaggedUnion | None:
+    """The tagged union ``annotation`` is or holds; ``discriminator``: the field's own, where pydantic
+    moved an ``Annotated`` union's metadata onto the field (a field of the union type itself)."""
+    if isinstance(discriminator, str):
+        return _union_of(discriminator, get_args(annotation))
     if get_origin(annotation) is Annotated:
         disc = next((getattr(m, "discriminator", None) for m in annotation.__metadata__
                      if isinstance(getattr(m, "discriminator", None), str)), None)
         if disc is not None:
-            variants = {}
-            for variant in get_args(annotation.__origin__):
-                for tag in get_args(variant.model_fields[disc].annotation):
-                    variants[tag.value if isinstance(tag, enum.Enum) else str(tag)] = variant
-            return _TaggedUnion(disc, variants)
+            return _union_of(disc, get_args(annotation.__origin__))
     for arg in get_args(annotation):
         found = _tagged_union(arg)
         if found is not None:
             return found
     return None
+
+
+def _union_of(disc: str, variants: tuple) -> _TaggedUnion:
+    by_tag = {}
+    for variant in variants:
+        for tag in get_args(variant.model_fields[disc].annotation):
+            by_tag[tag.value if isinstance(tag, enum.Enum) else str(tag)] = variant
+    return _TaggedUnion(disc, by_tag)
 
 
 def _inner_model(annotation: Any) -> Any:

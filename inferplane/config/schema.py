@@ -206,6 +206,10 @@ class VllmEngineArgs(_Strict):
     cpu_kv_cache_space_gib: PositiveInt = Field(
         default=1, description="KV-cache size on CPU hosts, GiB (VLLM_CPU_KVCACHE_SPACE)."
     )
+    enable_prefix_caching: bool = Field(
+        default=True, description="Reuse the KV cache of a prompt's prefix already computed on the "
+        "replica (vLLM's automatic prefix caching, in blocks of the engine's block size)."
+    )
 
 
 class Autoscaling(_Strict):
@@ -244,9 +248,58 @@ HonourableParameter = Literal[
 placed only where it is honoured (``api.openai_schema.PARAMETERS`` lists the same names)."""
 
 
+class DefaultRequestRouter(_Strict):
+    """Serve's default router among a deployment's replicas: power of two choices on queue length."""
+
+    kind: Literal["default"] = Field(default="default", description="`default`: Serve's power-of-two-choices "
+                                     "router.")
+
+
+class PrefixTreeEviction(_Strict):
+    """When the router's prefix tree (the prompts it routed, per replica) is trimmed."""
+
+    threshold_chars: PositiveInt = Field(description="Characters in the tree that start an eviction.")
+    target_chars: PositiveInt = Field(description="Characters an eviction trims the tree down to.")
+    interval_s: PositiveInt = Field(default=10, description="Seconds between eviction checks.")
+
+    @model_validator(mode="after")
+    def _target_below_threshold(self) -> PrefixTreeEviction:
+        if self.target_chars > self.threshold_chars:
+            raise ValueError(f"target_chars ({self.target_chars}) must not exceed threshold_chars "
+                             f"({self.threshold_chars})")
+        return self
+
+
+class PrefixCacheAffinityRequestRouter(_Strict):
+    """Ray Serve's ``PrefixCacheAffinityRouter`` (``ray.serve.llm.request_router``): a request goes
+    to the replica that already served the longest prefix of its prompt, while load is balanced."""
+
+    kind: Literal["prefix_cache_affinity"] = Field(
+        description="`prefix_cache_affinity`: route a prompt to the replica holding its prefix.")
+    imbalanced_threshold: NonNegativeFloat | None = Field(
+        default=None, description="Queue-length difference between replicas above which the router "
+        "ignores prefixes and balances load (power of two choices); unset: never (Serve's default).")
+    match_rate_threshold: Fraction = Field(
+        default=0.1, description="Fraction of the prompt a replica must hold for the router to follow "
+        "the prefix; below it, the replica that holds the least prompt text is chosen.")
+    eviction: PrefixTreeEviction | None = Field(
+        default=None, description="Trim the router's prefix tree; unset: it keeps every routed prompt "
+        "(Serve's default).")
+
+
+RequestRouter = Annotated[
+    DefaultRequestRouter | PrefixCacheAffinityRequestRouter,
+    Field(discriminator="kind", description="How Serve picks a replica of this deployment for a request."),
+]
+
+
 class VllmSettings(_Strict):
     engine: VllmEngineArgs = Field(description="Engine arguments.")
     replicas: Replicas = Field(default_factory=Replicas, description="Replica count or autoscaling.")
+    request_router: RequestRouter = Field(
+        default_factory=DefaultRequestRouter,
+        description="How requests are spread over the replicas: `{kind: default}` (Serve's default) or "
+        "`{kind: prefix_cache_affinity, ...}` (a conversation's next turn goes where its prefix is cached).")
     tool_call_parser: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
         default=None, description="vLLM's tool-call parser for the model (e.g. `hermes`, `llama3_json`); "
         "without one, requests with `tools` are not placed here.")

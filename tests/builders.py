@@ -211,7 +211,8 @@ class FleetBuilder:
 
     def weights(self, **weights: float) -> FleetBuilder:
         """Scorer weights; the ones not given are 0 (unlike the schema, whose defaults are > 0)."""
-        names = ("predicted_latency", "queue_pressure", "memory_pressure", "cost", "locality", "reserved_tier")
+        names = ("predicted_latency", "queue_pressure", "memory_pressure", "cost", "locality", "reserved_tier",
+                 "prefix_locality")
         self._policy["scorer_weights"] = {n: float(weights.get(n, 0.0)) for n in names}
         return self
 
@@ -327,11 +328,13 @@ def request(*, request_id: str = "req-1", tenant: str = TENANT, model: str = MOD
             input_tokens: int = 1000, max_output_tokens: int = 200, now: float = NOW,
             ingress_region: str | None = None, ingress_zone: str | None = None,
             exclude: Iterable[str] = (), attempt: int = 1,
-            closed: tuple[tuple[str, str], ...] = ()) -> PlacementRequest:
+            closed: tuple[tuple[str, str], ...] = (),
+            prefix_hits: tuple[tuple[str, float], ...] = ()) -> PlacementRequest:
     return PlacementRequest(request_id=request_id, tenant=tenant, model=model, sla_class=sla_class,
                             input_tokens=input_tokens, max_output_tokens=max_output_tokens,
                             arrived_at_s=now, ingress_region=ingress_region, ingress_zone=ingress_zone,
-                            exclude=frozenset(exclude), attempt=attempt, closed=closed)
+                            exclude=frozenset(exclude), attempt=attempt, closed=closed,
+                            prefix_hits=prefix_hits)
 
 
 def context(built: BuiltConfig, req: PlacementRequest | None = None) -> PlacementContext:

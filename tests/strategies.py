@@ -30,7 +30,8 @@ ZONES = {
     "us-east": ("us-east-1a", "us-east-1b"),
     "ap-northeast": ("ap-northeast-1a",),
 }
-SCORERS = ("predicted_latency", "queue_pressure", "memory_pressure", "cost", "locality", "reserved_tier")
+SCORERS = ("predicted_latency", "queue_pressure", "memory_pressure", "cost", "locality", "reserved_tier",
+           "prefix_locality")
 OTHER_MODEL = "other-model"
 ALIAS = "m-alias"
 BOUNDS_MS = (500.0, 2000.0, 5000.0)
@@ -271,6 +272,7 @@ _input_tokens = st.one_of(
     st.integers(0, 4_000), st.integers(0, 4_000), st.integers(0, 4_000), st.integers(0, 150_000)
 )
 _output_tokens = st.integers(1, 4_000)
+_hit_fractions = st.one_of(st.just(1.0), st.integers(1, 63).map(lambda k: k / 64), st.floats(1e-6, 1.0))
 _ingress = st.one_of(st.just((None, None)), _zones)
 
 
@@ -282,6 +284,9 @@ def requests(draw, built: BuiltConfig, now: float = NOW) -> PlacementRequest:
     retry = draw(_one_in_four) == 0  # one request in four is a retry that excludes some
     exclude = draw(_some_of_names(names)) if retry else []
     region, zone = draw(_ingress)
+    # Half the requests predict a prefix-cache hit on some substrates (never on the others).
+    hits = () if draw(_one_in_four) < 2 else tuple(
+        (name, draw(_hit_fractions)) for name in draw(_some_of_names(names)))
     return PlacementRequest(
         request_id=draw(_request_ids),
         tenant=tenant,
@@ -294,6 +299,7 @@ def requests(draw, built: BuiltConfig, now: float = NOW) -> PlacementRequest:
         ingress_zone=zone,
         exclude=frozenset(exclude),
         attempt=len(exclude) + 1,
+        prefix_hits=hits,
     )
 
 

@@ -118,7 +118,7 @@ def test_explain_json_has_the_decision(capsys) -> None:
     assert by_name["groq-class-emulated"]["reason"] == "US not in {EU}"
     assert by_name["groq-class-emulated"]["scores"] is None
     assert set(by_name["local-vllm"]["scores"]) == {"predicted_latency", "queue_pressure", "memory_pressure",
-                                                    "cost", "locality", "reserved_tier"}
+                                                    "cost", "locality", "reserved_tier", "prefix_locality"}
     assert by_name["sovereign-de-emulated"]["emulated"] is True
     # The same JSON as an audit row's decision_json: it reads back to the decision it shows.
     fleet = build(load_config(LOCAL)).fleet

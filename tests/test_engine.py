@@ -436,7 +436,7 @@ def test_a_policy_derived_with_replace_keeps_its_own_jurisdictions() -> None:
 def test_a_policy_derived_with_replace_uses_its_own_weights() -> None:
     built = primary_and_spill(mode="scored").build()
     snap = snapshot(built)
-    assert len(place(request(), snap, built.policy).scorer_names) == 6
+    assert len(place(request(), snap, built.policy).scorer_names) == 7  # every default scorer, prefix_locality included
     cost_only = dataclasses.replace(built.policy, weights=(ScorerWeight("cost", 1.0),))
     d = place(request(), snap, cost_only)
     assert d.scorer_names == ("cost",)

@@ -50,10 +50,11 @@ def reference(sc: Scenario, snapshot: FleetSnapshot) -> dict:
                "ttft": None, "e2e": None, "cost": None, "meets": False, "starts_now": False}
         rejection = next((r for f in DEFAULT_FILTERS if (r := f.check(ctx, spec, sig)) is not None), None)
         if rejection is None:
+            hit = request.prefix_hit(spec.name)  # the predicted prefix-cache hit: only the rest is prefilled
             est = estimate(spec, sig, request.input_tokens, out, request.ingress_region,
-                           request.arrived_at_s, policy.signal_staleness_bound_s)
+                           request.arrived_at_s, policy.signal_staleness_bound_s, hit)
             full = estimate(spec, sig, request.input_tokens, request.max_output_tokens, request.ingress_region,
-                            request.arrived_at_s, policy.signal_staleness_bound_s)
+                            request.arrived_at_s, policy.signal_staleness_bound_s, hit)
             row.update(ttft=est.ttft_s, e2e=est.e2e_s, cost=est.cost_usd, starts_now=est.occupancy < spec.max_concurrent,
                        meets_in_full=full.ttft_s <= sla.ttft_deadline_s and full.e2e_s <= sla.e2e_deadline_s)
             rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, sig, out)

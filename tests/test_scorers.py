@@ -17,6 +17,7 @@ from inferplane.placement.scorers import (
     Locality,
     MemoryPressure,
     PredictedLatency,
+    PrefixLocality,
     QueuePressure,
     ReservedTier,
 )
@@ -83,6 +84,11 @@ ROWS = [
     # ReservedTier: 1 reserved, 0 burst
     row("tier/reserved", ReservedTier(), 1.0, builder=one(substrate("x").tier("reserved"))),
     row("tier/burst", ReservedTier(), 0.0, builder=one(substrate("x").tier("burst"))),
+    # PrefixLocality: the request's predicted hit fraction on this substrate, 0 when it lists none
+    row("prefix/none-predicted", PrefixLocality(), 0.0),
+    row("prefix/other-substrate-only", PrefixLocality(), 0.0, prefix_hits=(("y", 0.9),)),
+    row("prefix/partial", PrefixLocality(), 0.25, prefix_hits=(("y", 1.0), ("x", 0.25))),
+    row("prefix/whole-prompt", PrefixLocality(), 1.0, prefix_hits=(("x", 1.0),)),
 ]
 
 
@@ -98,7 +104,7 @@ def test_scorer(scorer, builder: FleetBuilder, sig: SubstrateSignals, e: Estimat
 def test_every_scorer_has_rows() -> None:
     assert {type(p.values[0]) for p in ROWS} == {type(s) for s in SCORERS.values()}
     assert set(SCORERS) == {"predicted_latency", "queue_pressure", "memory_pressure", "cost", "locality",
-                            "reserved_tier"}
+                            "reserved_tier", "prefix_locality"}
 
 
 # -- The estimate, by hand ----------------------------------------------------------------------
@@ -194,7 +200,8 @@ def test_estimate_stale_load_reading_is_not_an_idle_substrate() -> None:
 
 def test_engine_reports_the_estimate_and_the_scores() -> None:
     """The same fleet through ``place``: the candidate carries the hand-computed estimate and each
-    scorer's value, and the total is the weighted sum (default weights .35 .2 .1 .2 .1 .05)."""
+    scorer's value, and the total is the weighted sum (default weights .35 .2 .1 .2 .1 .05 .1, normalised
+    by their sum 1.1)."""
     built = priced().build()
     snap = snapshot(built, {"x": signals(in_flight=1, kv=0.25)})
     d = place(request(input_tokens=1000, max_output_tokens=100, ingress_region="us-east",
@@ -210,9 +217,10 @@ def test_engine_reports_the_estimate_and_the_scores() -> None:
         "cost": 1e-6 / (1e-6 + c),
         "locality": 0.0,
         "reserved_tier": 1.0,
+        "prefix_locality": 0.0,
     }
     assert d.scores_of("x") == pytest.approx(expected)
     weights = {"predicted_latency": 0.35, "queue_pressure": 0.2, "memory_pressure": 0.1, "cost": 0.2,
-               "locality": 0.1, "reserved_tier": 0.05}
-    total = sum(weights[n] * v for n, v in expected.items())
+               "locality": 0.1, "reserved_tier": 0.05, "prefix_locality": 0.1}
+    total = sum(weights[n] * v for n, v in expected.items()) / 1.1
     assert d.candidates[0].total == pytest.approx(total)

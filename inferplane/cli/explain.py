@@ -31,6 +31,7 @@ SCORE_HEADERS = {
     "cost": "cost",
     "locality": "locality",
     "reserved_tier": "reserved",
+    "prefix_locality": "prefix hit",
 }
 
 

@@ -27,7 +27,7 @@ from inferplane.config.schema import (
 )
 from inferplane.config.sizing import substrate_sizing
 from inferplane.jurisdiction import JurisdictionCatalog
-from inferplane.placement.fleet import CostModel, FleetSpec, LatencyModel, ModelRoute, SubstrateSpec
+from inferplane.placement.fleet import CostModel, FleetSpec, LatencyModel, ModelRoute, PrefixCacheSpec, SubstrateSpec
 from inferplane.placement.policy import (
     ExternalRule,
     PlacementPolicy,
@@ -191,6 +191,9 @@ def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateS
         ),
         required_signals=REQUIRED_SIGNALS[s.kind.value],
         features=honoured_parameters(s),
+        prefix_cache=None if s.latency.kv_cache_tokens_per_replica is None else PrefixCacheSpec(
+            1 if isinstance(s, OpenAICompatibleSubstrate) else sizing.replicas.maximum,
+            s.latency.kv_cache_tokens_per_replica),
     )
 
 

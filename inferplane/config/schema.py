@@ -180,6 +180,15 @@ class LatencyProfile(_Strict):
         description="Fraction of its decode rate a stream keeps while a prefill runs on the "
         "substrate (1 = prefill does not disturb decode; a CPU engine: near 0). Used by replays.",
     )
+    kv_cache_tokens_per_replica: PositiveInt | None = Field(
+        default=None,
+        description="Tokens of KV cache one engine replica keeps prompts' blocks in, for prefix caching "
+        "(vLLM logs it at start as its KV-cache size: num_gpu_blocks x block_size; on a GPU about "
+        "(GPU memory x gpu_memory_utilization - weights) / KV bytes per token; on CPU "
+        "cpu_kv_cache_space_gib / KV bytes per token). A vllm or emulated substrate has one such cache "
+        "per replica, an openai_compatible endpoint counts as one. The plane's prefix-locality belief "
+        "and replays size their caches by it. Unset: no prefix cache is assumed.",
+    )
 
 
 class VllmEngineArgs(_Strict):
@@ -672,6 +681,10 @@ class ScorerWeights(_Strict):
     )
     reserved_tier: NonNegativeFloat = Field(
         default=0.05, description="Weight of using reserved capacity before burst."
+    )
+    prefix_locality: NonNegativeFloat = Field(
+        default=0.1, description="Weight of the fraction of the prompt the substrate is predicted to hold "
+        "in its prefix cache (the prefill it would not do); 0 turns the credit off."
     )
 
     @model_validator(mode="after")

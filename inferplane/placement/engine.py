@@ -62,6 +62,7 @@ from inferplane.placement.snapshot import FleetSnapshot
 _DYNAMIC_CHECKS = tuple(f.check for f in DYNAMIC_FILTERS)
 _INF = float("inf")
 _INELIGIBLE = -_INF  # the total recorded for a substrate that is not eligible
+_NO_HITS = repeat(0.0)  # each admitted substrate's predicted prefix hit, when the request predicts none
 
 
 def _tie_key(seed: int, index: int) -> int:
@@ -88,7 +89,7 @@ def evaluate(ctx: PlacementContext, spec: SubstrateSpec, signals: SubstrateSigna
                                     None, 0.0, None, None, None, False)
     request = ctx.request
     est = estimate(spec, signals, request.input_tokens, output_tokens, request.ingress_region,
-                   ctx.now_s, ctx.staleness_bound_s)
+                   ctx.now_s, ctx.staleness_bound_s, request.prefix_hit(spec.name) if request.prefix_hits else 0.0)
     drift = _drift_used(signals, ctx.now_s, ctx.staleness_bound_s) if signals.drift else ()
     rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, signals, output_tokens)
     if rejection is not None:
@@ -166,11 +167,12 @@ def _context(request: PlacementRequest, tenant: TenantPolicy, sla: SlaPolicy, ro
                             request.arrived_at_s, policy.signal_staleness_bound_s, over_budget_classes)
 
 
-def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float) -> tuple[float, float, float]:
+def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float, hit: float) -> tuple[float, float, float]:
     """(ttft_s, e2e_s, cost_usd) of a substrate whose readings are all fresh, for ``n_out`` output
-    tokens: ``estimate.estimate`` with the same float operations."""
+    tokens and a predicted prefix-cache ``hit`` fraction: ``estimate.estimate`` with the same float
+    operations."""
     n_in = request.input_tokens
-    prefill_s = n_in / e.prefill_tokens_per_s
+    prefill_s = (n_in * (1.0 - hit) if hit else n_in) / e.prefill_tokens_per_s
     decode_s = n_out * e.per_token_s
     if e.queue_factor:
         ttft = e.fixed_s + e.queue_factor * (prefill_s + decode_s) + prefill_s
@@ -186,11 +188,12 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float) -> t
     return ttft, e2e, cost
 
 
-def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float) -> tuple[float, float]:
-    """(ttft_s, e2e_s) from a scoring row for ``n_out`` output tokens: the first lines of the loop
-    in ``place``."""
+def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float, hit: float) -> tuple[float, float]:
+    """(ttft_s, e2e_s) from a scoring row for ``n_out`` output tokens and a predicted prefix-cache
+    ``hit`` fraction: the first lines of the loop in ``place``."""
     (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _, _, _) = row
-    prefill_s = float(request.input_tokens) / prefill_rate
+    f_in = float(request.input_tokens)
+    prefill_s = (f_in * (1.0 - hit) if hit else f_in) / prefill_rate
     decode_s = n_out * per_token_s
     if queue_factor:
         ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
@@ -202,10 +205,10 @@ def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float) -> tu
 
 
 def _row_numbers(row: ScoringRow, egress_usd_per_byte: float, request: PlacementRequest,
-                 n_out: float) -> tuple[float, float, float]:
+                 n_out: float, hit: float) -> tuple[float, float, float]:
     """(ttft_s, e2e_s, cost_usd) from a scoring row and the target's egress price, for ``n_out``
-    output tokens (the loop in ``place``'s lines)."""
-    ttft, e2e = _row_latency(row, request, n_out)
+    output tokens and a predicted prefix-cache ``hit`` fraction (the loop in ``place``'s lines)."""
+    ttft, e2e = _row_latency(row, request, n_out, hit)
     f_in = float(request.input_tokens)
     cost = f_in * row[8] + n_out * row[9]
     cost += row[10] * e2e
@@ -215,12 +218,13 @@ def _row_numbers(row: ScoringRow, egress_usd_per_byte: float, request: Placement
 
 
 def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, n_out: float, sla: SlaPolicy,
-                cost_reference_usd_per_token: float) -> tuple[float, float, float, tuple[float, ...]]:
+                cost_reference_usd_per_token: float, hit: float) -> tuple[float, float, float, tuple[float, ...]]:
     """(ttft_s, e2e_s, cost_usd, scores in ``FAST_SCORER_ORDER``) of a substrate whose readings
-    are all fresh, for ``n_out`` output tokens: ``estimate.estimate`` and the scorers, with the
-    same float operations. The loop in ``place`` performs these same lines inline, on the
-    snapshot's scoring rows (a call per candidate would cost more than them)."""
-    ttft, e2e, cost = _numbers(e, request, n_out)
+    are all fresh, for ``n_out`` output tokens and a predicted prefix-cache ``hit`` fraction:
+    ``estimate.estimate`` and the scorers, with the same float operations. The loop in ``place``
+    performs these same lines inline, on the snapshot's scoring rows (a call per candidate would
+    cost more than them)."""
+    ttft, e2e, cost = _numbers(e, request, n_out, hit)
     region, zone = request.ingress_region, request.ingress_zone
     a = 1.0 - ttft / sla.ttft_deadline_s
     b = 1.0 - e2e / sla.e2e_deadline_s
@@ -229,7 +233,7 @@ def _arithmetic(e: PreparedSubstrate, request: PlacementRequest, n_out: float, s
     r = cost_reference_usd_per_token
     local = 1.0 if zone is not None and e.zone == zone else 0.5 if region is not None and e.region == region else 0.0
     scores = (latency if latency > 0.0 else 0.0, e.queue_score, e.memory_score,
-              r / (r + cost / (tokens if tokens > 0 else 1)), local, e.reserved_score)
+              r / (r + cost / (tokens if tokens > 0 else 1)), local, e.reserved_score, hit)
     return ttft, e2e, cost, scores
 
 
@@ -252,7 +256,8 @@ def _verdicts(request: PlacementRequest, n_out: float, sla: SlaPolicy, policy: P
             entry = snapshot.prepared[idx]
             if pos in stale_outcomes:
                 entry = entry._replace(per_token_s=entry.per_token_base_s, ttft_floor_s=-_INF)
-            ttft, e2e, cost, scores = _arithmetic(entry, request, n_out, sla, policy.cost_reference_usd_per_token)
+            hit = request.prefix_hit(fleet.substrates[idx].name) if request.prefix_hits else 0.0
+            ttft, e2e, cost, scores = _arithmetic(entry, request, n_out, sla, policy.cost_reference_usd_per_token, hit)
             # Decided by arithmetic: every reading was fresh (the penalties' too), or every outcome
             # reading stale (none read).
             drift = () if pos in stale_outcomes else snapshot.signals[idx].drift
@@ -316,6 +321,9 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     by_specification: dict[int, CandidateVerdict] = {}
     stale_outcomes: dict[int, ScoringRow] = {}  # position -> the row for stale outcome readings, where used
     constants = sc.row_constants
+    # The predicted prefix-cache hit fraction of each admitted substrate, aligned with the totals
+    # (None: the request predicts none anywhere).
+    hit_at = [request.prefix_hit(n) for n in rp.names] if request.prefix_hits else None
 
     if constants is not None and over_budget_classes is None:
         if snapshot.scored_for is policy:
@@ -342,9 +350,10 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         allowed = tenant.allowed_countries
         ttft_cut, e2e_cut = t.ttft_cut_s, t.e2e_cut_s
         cost_ref = policy.cost_reference_usd_per_token
-        w_lat, _, _, w_cost, _, _ = sc.fast_weights
+        w_lat, _, _, w_cost, _, _, w_prefix = sc.fast_weights
         probe_limit = policy.half_open_probe_limit
-        for row, egress, local_term in zip(rows, t.egress_usd_per_byte, t.locality_terms):
+        for row, egress, local_term, hit in zip(rows, t.egress_usd_per_byte, t.locality_terms,
+                                                hit_at if hit_at is not None else _NO_HITS):
             (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
              usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale, probe) = row
             arithmetic = True
@@ -359,7 +368,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             if arithmetic and f_needed <= tokens_left and (countries is None or countries <= allowed):
                 # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
                 # precomputed.
-                prefill_s = f_in / prefill_rate
+                prefill_s = (f_in * (1.0 - hit) if hit else f_in) / prefill_rate
                 decode_s = f_out * per_token_s
                 if queue_factor:
                     ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
@@ -384,7 +393,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                         p = q
                     # The weighted scores, summed in the policy's order (plan.FAST_SCORER_ORDER).
                     append(w_lat * (1.0 - p if p < 1.0 else 0.0) + queue_term + memory_term
-                           + w_cost * (cost_ref / (cost_ref + cost / per_token_of)) + local_term + reserved_term)
+                           + w_cost * (cost_ref / (cost_ref + cost / per_token_of)) + local_term + reserved_term
+                           + w_prefix * hit)
                     continue
             if ctx is None:
                 ctx = _context(request, tenant, sla, route, policy, over_budget_classes)
@@ -431,11 +441,12 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             verdict = by_specification.get(primary)
             if verdict is None:  # eligible by arithmetic; row[6], the queue factor, is 0 below max_concurrent
                 row = stale_outcomes.get(primary) or rows[primary]
-                ttft, e2e = _row_latency(row, request, f_out)
+                hit = hit_at[primary] if hit_at is not None else 0.0
+                ttft, e2e = _row_latency(row, request, f_out, hit)
                 primary_meets = ttft <= ttft_deadline and e2e <= e2e_deadline
                 primary_queues = bool(row[6])
                 if primary_meets and not primary_queues:
-                    ttft, e2e = _row_latency(row, request, f_max)
+                    ttft, e2e = _row_latency(row, request, f_max, hit)
                     primary_meets_in_full = ttft <= ttft_deadline and e2e <= e2e_deadline
             else:
                 primary_meets = verdict.meets_sla
@@ -445,7 +456,8 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                     idx = t.indices[primary]
                     spec = substrates[idx]
                     est = estimate(spec, signals[idx], request.input_tokens, f_max, request.ingress_region,
-                                   request.arrived_at_s, policy.signal_staleness_bound_s)
+                                   request.arrived_at_s, policy.signal_staleness_bound_s,
+                                   hit_at[primary] if hit_at is not None else 0.0)
                     primary_queues = est.occupancy >= spec.max_concurrent
                     primary_meets_in_full = est.ttft_s <= ttft_deadline and est.e2e_s <= e2e_deadline
         if primary_meets_in_full and not primary_queues and policy.spillover_mode == "on_need":
@@ -465,7 +477,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
     verdict = by_specification.get(chosen)
     if verdict is None:
         ttft, e2e, cost = _row_numbers(stale_outcomes.get(chosen) or rows[chosen], t.egress_usd_per_byte[chosen],
-                                       request, f_out)
+                                       request, f_out, hit_at[chosen] if hit_at is not None else 0.0)
     else:
         ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 

@@ -11,11 +11,16 @@ Latency (seconds), from the substrate's latency profile and its live load (``occ
 
     batch_frac  = min(1, (occupancy + 1) / max_concurrent)
     decode_rate = decode_tokens_per_s / (1 + (slowdown_at_full_batch - 1) * batch_frac)
-    service     = input_tokens / prefill_tokens_per_s + output_tokens / decode_rate
+    prefill     = input_tokens * (1 - prefix_hit) / prefill_tokens_per_s
+    service     = prefill + output_tokens / decode_rate
     queue_wait  = 0                                             if occupancy < max_concurrent
                 = (occupancy - max_concurrent + 1) / max_concurrent * service   otherwise
-    ttft        = network_rtt + base_ttft + queue_wait + input_tokens / prefill_tokens_per_s
+    ttft        = network_rtt + base_ttft + queue_wait + prefill
     e2e         = ttft + output_tokens / decode_rate
+
+``prefix_hit`` is the fraction of the prompt the substrate is predicted to hold in its prefix cache
+(``PlacementRequest.prefix_hits``, from the plane's ``PrefixIndex``): only the rest is prefilled.
+Cost is not reduced by it (cached input is still billed at the substrate's input price here).
 
 When fresh outcome signals exist, the prediction is never more optimistic than what was observed:
 ttft = max(ttft, recent_ttft) and the per-token time is max(1 / decode_rate, recent_tpot). (The
@@ -58,6 +63,7 @@ def estimate(
     ingress_region: str | None,
     now_s: float,
     bound_s: float,
+    prefix_hit: float = 0.0,
 ) -> Estimate:
     lat = spec.latency
     cap = spec.max_concurrent
@@ -69,7 +75,10 @@ def estimate(
 
     batch_frac = min(1.0, (occupancy + 1.0) / cap)
     decode_rate = lat.decode_tokens_per_s / (1.0 + (lat.decode_slowdown_at_full_batch - 1.0) * batch_frac)
-    prefill_s = input_tokens / lat.prefill_tokens_per_s
+    if prefix_hit:
+        prefill_s = input_tokens * (1.0 - prefix_hit) / lat.prefill_tokens_per_s
+    else:
+        prefill_s = input_tokens / lat.prefill_tokens_per_s
     per_token_s = 1.0 / decode_rate
     recent_tpot = fresh_value(signals.recent_tpot_s, now_s, bound_s)
     if recent_tpot is not None and recent_tpot > per_token_s:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,17 @@ class CostModel:
     usd_per_slot_second: float
     """Owned hardware: GPU-hour price x GPUs of the substrate / 3600 / concurrent slots."""
     egress_usd_per_byte: float
+
+
+class PrefixCacheSpec(NamedTuple):
+    """A substrate's prefix caches: ``replicas`` engine caches of ``tokens_per_replica`` each."""
+
+    replicas: int
+    tokens_per_replica: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.replicas * self.tokens_per_replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,9 @@ class SubstrateSpec:
     """The request parameters it honours (``config.schema.HonourableParameter`` names), from its
     kind and config: a request requiring one it lacks is not placed here (``ParametersHonoured``).
     None by default: fail closed."""
+    prefix_cache: PrefixCacheSpec | None = None
+    """Its prefix caches (``latency.kv_cache_tokens_per_replica`` and its replicas at full scale);
+    None: no prefix cache."""
 
     @property
     def display_name(self) -> str:

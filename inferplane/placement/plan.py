@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 _NO_SIGNALS = SubstrateSignals()  # static filters read no signals
 # The order in which the engine's arithmetic adds weighted scores; a policy built from the config
 # lists its scorers in this order (the schema's), so its totals are the specification's floats.
-FAST_SCORER_ORDER = ("predicted_latency", "queue_pressure", "memory_pressure", "cost", "locality", "reserved_tier")
+FAST_SCORER_ORDER = ("predicted_latency", "queue_pressure", "memory_pressure", "cost", "locality", "reserved_tier",
+                     "prefix_locality")
 
 
 @dataclass(frozen=True, slots=True)

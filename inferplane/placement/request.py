@@ -34,6 +34,18 @@ class PlacementRequest:
     """The request parameters its substrate must honour (``logprobs``, ``response_format``...:
     ``api.openai_schema.required_features``); a substrate lacking one is rejected
     (``ParametersHonoured``)."""
+    prefix_hits: tuple[tuple[str, float], ...] = ()
+    """(substrate, predicted prefix-cache hit fraction in (0, 1]) for the substrates believed to hold
+    a leading run of this prompt's blocks (``placement.prefix.PrefixIndex.hits``, worked out by the
+    caller, so ``place()`` stays pure); a substrate not listed is predicted to hold none. It lowers
+    the predicted prefill (``estimate``) and feeds the ``PrefixLocality`` score; it never admits."""
+
+    def prefix_hit(self, substrate: str) -> float:
+        """The predicted hit fraction of ``substrate`` (0 when not listed)."""
+        for name, fraction in self.prefix_hits:
+            if name == substrate:
+                return fraction
+        return 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -55,4 +67,5 @@ class PlacementRequest:
             exclude=self.exclude | {failed},
             attempt=self.attempt + 1,
             required_features=self.required_features,
+            prefix_hits=self.prefix_hits,
         )

@@ -122,7 +122,24 @@ class ReservedTier:
         return 1.0 if spec.tier == "reserved" else 0.0
 
 
+class PrefixLocality:
+    """Prefill this substrate would not have to do: the predicted prefix-cache hit fraction.
+
+    score = ctx.request.prefix_hit(spec.name): the leading run of the prompt's blocks the plane
+    believes the substrate holds / the prompt's blocks (``placement.prefix``), 0 when it holds none
+    or has no prefix cache. A score, never a filter: it only ever ranks substrates every hard rule
+    admitted. (The time a hit saves is also in the latency estimate; this credits the cache itself:
+    the prefill compute a hit saves the fleet, and a conversation kept where its prefix stays warm.)
+    """
+
+    name = "prefix_locality"
+
+    def score(self, ctx, spec, signals, est):
+        return ctx.request.prefix_hit(spec.name)
+
+
 SCORERS: dict[str, Scorer] = {
     s.name: s
-    for s in (PredictedLatency(), QueuePressure(), MemoryPressure(), CostScorer(), Locality(), ReservedTier())
+    for s in (PredictedLatency(), QueuePressure(), MemoryPressure(), CostScorer(), Locality(), ReservedTier(),
+              PrefixLocality())
 }

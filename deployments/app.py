@@ -15,6 +15,7 @@ from inferplane.config.schema import VllmSubstrate
 from inferplane.config.sizing import replica_counts
 
 from deployments.ingress import Ingress
+from deployments.request_routing import request_router_options
 from deployments.substrate import SubstrateDeployment
 
 DEFAULT_APP_NAME = "inferplane"
@@ -42,6 +43,7 @@ def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool =
             # Serve's default (5) would hold requests at the handle before the substrate sees them.
             max_ongoing_requests=max(16, 2 * per_replica),
             **replicas.serve_options(),
+            **request_router_options(s),
         ).bind(config_text, s.name, app_name)
     ingress_options: dict = {"ray_actor_options": {"num_cpus": 0}}
     if cfg.policy.topology.pin_replicas_to_labels and cfg.ingress.topology is not None:

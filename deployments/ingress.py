@@ -50,6 +50,7 @@ from inferplane.telemetry.journal import Journal, recover
 from inferplane.telemetry.metrics import LabelVocabulary, MetricsOutbox
 
 from deployments import placement_actor
+from deployments.request_routing import routes_by_prefix, routing_prompt
 from deployments.substrate import node_identity
 
 log = logging.getLogger("inferplane.ingress")
@@ -121,6 +122,7 @@ class Ingress:
         self._upstream = {(s.name, m.name): m.upstream_name or m.name for s in cfg.substrates for m in s.models}
         self._emulated = {s.name: s.emulated for s in fleet.substrates}
         self._handles = substrates
+        self._prefix_routed = frozenset(s.name for s in cfg.substrates if routes_by_prefix(s))
         self._actor = placement_actor.get_or_create(app_name, config_text)
         self._id = f"ingress-{uuid.uuid4().hex[:8]}"
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
@@ -385,8 +387,11 @@ class Ingress:
         if isinstance(step, Waiter):
             step = await self._hold(step, req)
         while isinstance(step, Dispatch):
+            # A substrate routed by prefix gets the prompt's text beside the payload, where Serve's
+            # router among its replicas reads it (``deployments.request_routing``).
+            routing = (routing_prompt(payload),) if step.substrate in self._prefix_routed else ()
             stream = self._handles[step.substrate].options(stream=True).generate.remote(
-                dict(payload, model=self._upstream[(step.substrate, step.decision.model)]))
+                dict(payload, model=self._upstream[(step.substrate, step.decision.model)]), *routing)
             try:
                 first = await self._first_event(stream)
             except BaseException:
@@ -490,7 +495,8 @@ class Ingress:
                 tokens, prompt_tokens = event["completion_tokens"], event["prompt_tokens"]
                 yield _sse_line(finish_chunk(api, rid, created, model, event))
                 if include_usage:
-                    yield _sse_line(usage_chunk(api, rid, created, model, prompt_tokens, tokens))
+                    yield _sse_line(usage_chunk(api, rid, created, model, prompt_tokens, tokens,
+                                                event.get("cached_prompt_tokens")))
                 req.close(200, None, time.time(), first_token_s=first_at, output_tokens=tokens,
                           prompt_tokens=prompt_tokens)
                 yield "data: [DONE]\n\n"

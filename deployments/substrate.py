@@ -8,7 +8,8 @@ Events (dicts, so nothing but data crosses Serve):
      "logprobs": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]
                  and "text_offset": characters of text streamed before this delta (when asked for),
      "tool_calls": [{"index", "id", "type": "function", "function": {"name", "arguments"}}] (when made)}
-    {"t": "done", "finish_reason": str, "prompt_tokens": int, "completion_tokens": int}
+    {"t": "done", "finish_reason": str, "prompt_tokens": int, "completion_tokens": int,
+     "cached_prompt_tokens": int (where the engine counted the prompt tokens its prefix cache held)}
     {"t": "error", "code": str, "message": str, "retryable": bool, "status": int|None,
      "retry_after_s": float|None}
 An adapter error is an event, not an exception: the ingress decides whether to re-place.
@@ -148,7 +149,9 @@ class SubstrateDeployment:
             except Exception as exc:  # the actor restarts; keep beating
                 log.debug("heartbeat to placement actor failed: %s", type(exc).__name__)
 
-    async def generate(self, payload: dict):
+    async def generate(self, payload: dict, routing_prompt=None):
+        """``routing_prompt``: the prompt's text for Serve's router among this deployment's replicas
+        (``deployments.request_routing``), read in the caller's process; not used here."""
         streamed = 0  # characters of text so far: the completions logprobs' text_offset
         try:
             async for event in self._adapter.generate(request_from_payload(payload)):
@@ -156,8 +159,11 @@ class SubstrateDeployment:
                     yield delta_event(event, streamed)
                     streamed += len(event.text)
                 elif isinstance(event, Finished):
-                    yield {"t": "done", "finish_reason": event.finish_reason,
-                           "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens}
+                    done = {"t": "done", "finish_reason": event.finish_reason,
+                            "prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens}
+                    if event.cached_prompt_tokens is not None:
+                        done["cached_prompt_tokens"] = event.cached_prompt_tokens
+                    yield done
         except SubstrateError as exc:
             yield {"t": "error", "code": type(exc).__name__, "message": str(exc), "retryable": exc.retryable,
                    "status": exc.status,
@@ -182,7 +188,9 @@ class SubstrateDeployment:
 
     def load(self) -> dict:
         load = self._adapter.load()
-        return {"in_flight": load.in_flight, "queued": load.queued, "kv_cache_usage": load.kv_cache_usage}
+        return {"in_flight": load.in_flight, "queued": load.queued, "kv_cache_usage": load.kv_cache_usage,
+                "prefix_cache_queried_tokens": load.prefix_cache_queried_tokens,
+                "prefix_cache_hit_tokens": load.prefix_cache_hit_tokens}
 
     async def __del__(self) -> None:
         self._stop.set()

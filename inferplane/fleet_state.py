@@ -122,6 +122,11 @@ class SubstrateReport:
     gpu_memory_used_ratio: float | None = None
     node_memory_used_ratio: float | None = None
     node_cpu_used_ratio: float | None = None
+    prefix_cache_queried_tokens: int | None = None
+    """Prompt tokens the engine looked up in its prefix cache since it started (vLLM's
+    ``vllm:prefix_cache_queries``)."""
+    prefix_cache_hit_tokens: int | None = None
+    """Of those, the tokens it found cached (``vllm:prefix_cache_hits``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,7 +513,9 @@ class FleetState:
                      "jurisdiction": r.node_jurisdiction, "age_s": now_s - t, "in_flight": r.in_flight,
                      "queued": r.queued, "gpu_memory_used_ratio": r.gpu_memory_used_ratio,
                      "node_memory_used_ratio": r.node_memory_used_ratio,
-                     "node_cpu_used_ratio": r.node_cpu_used_ratio}
+                     "node_cpu_used_ratio": r.node_cpu_used_ratio,
+                     "prefix_cache_queried_tokens": r.prefix_cache_queried_tokens,
+                     "prefix_cache_hit_tokens": r.prefix_cache_hit_tokens}
                     for rid, (t, r) in sorted(self._replicas[spec.name].items())
                 ],
                 "signals": readings,

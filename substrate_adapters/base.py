@@ -178,6 +178,10 @@ class Finished:
     """``stop``, ``length`` or ``tool_calls``."""
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int | None = None
+    """Prompt tokens the engine took from its prefix cache instead of prefilling (vLLM's
+    ``num_cached_tokens``; a provider's ``usage.prompt_tokens_details.cached_tokens``). None: not
+    reported."""
 
 
 GenerationEvent = TextDelta | Finished

@@ -215,7 +215,8 @@ class _StreamState:
     def __init__(self) -> None:
         self.deltas = 0
         self.finish_reason: str | None = None
-        self.usage: tuple[int, int] | None = None
+        self.usage: tuple[int, int, int | None] | None = None
+        """(prompt, completion, cached prompt tokens or None) as the upstream reported them."""
         self.done = False
         self.calls: dict[int, list[str]] = {}
         """Tool calls by index: [id, name, arguments so far]."""
@@ -424,14 +425,16 @@ class OpenAICompatibleAdapter:
             raise SubstrateProtocolError(
                 f"{self._where}: the stream ended without [DONE] or a finish_reason"
             )
-        prompt_tokens, completion_tokens = stream.usage or (
+        prompt_tokens, completion_tokens, cached = stream.usage or (
             _estimate_prompt_tokens(request),
             stream.deltas,
+            None,
         )
         calls = stream.tool_calls()
         if calls:
             yield TextDelta("", 0, tool_calls=calls)
-        yield Finished(_finish_reason(stream.finish_reason), prompt_tokens, completion_tokens)
+        yield Finished(_finish_reason(stream.finish_reason), prompt_tokens, completion_tokens,
+                       cached_prompt_tokens=cached)
 
     def _consume(self, data: str, api: str, stream: _StreamState) -> list[TextDelta]:
         """The deltas of one event (content, with its tokens' log probabilities); its tool-call
@@ -492,7 +495,9 @@ class OpenAICompatibleAdapter:
             out.append((None, None, usage, None, ()))
         return out
 
-    def _parse_usage(self, usage: object) -> tuple[int, int] | None:
+    def _parse_usage(self, usage: object) -> tuple[int, int, int | None] | None:
+        """(prompt, completion, cached) tokens; cached: ``prompt_tokens_details.cached_tokens``,
+        where the provider reports a well-formed one."""
         if usage is None:
             return None
         if not isinstance(usage, dict):
@@ -502,7 +507,11 @@ class OpenAICompatibleAdapter:
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (prompt, completion)
         ):
             raise SubstrateProtocolError(f"{self._where}: `usage` lacks token counts")
-        return prompt, completion
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        if not (isinstance(cached, int) and not isinstance(cached, bool) and 0 <= cached <= prompt):
+            cached = None
+        return prompt, completion, cached
 
     async def _raise_for_status(self, response: httpx.Response) -> None:
         status = response.status_code

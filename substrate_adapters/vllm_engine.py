@@ -72,13 +72,18 @@ CPU_ENVIRONMENT = {
 class EngineStats:
     """The latest scheduler stats of the engine, written by the stat logger."""
 
-    __slots__ = ("running", "waiting", "kv_cache_usage", "observed_at_s")
+    __slots__ = ("running", "waiting", "kv_cache_usage", "observed_at_s", "prefix_cache_queried_tokens",
+                 "prefix_cache_hit_tokens")
 
     def __init__(self) -> None:
         self.running = 0
         self.waiting = 0
         self.kv_cache_usage: float | None = None
         self.observed_at_s: float | None = None
+        # Totals since the engine started, summed as vLLM sums its counters vllm:prefix_cache_queries
+        # and vllm:prefix_cache_hits (tokens; a preempted request's second lookup is not counted).
+        self.prefix_cache_queried_tokens = 0
+        self.prefix_cache_hit_tokens = 0
 
 
 def _stat_logger_factory(stats: EngineStats):
@@ -97,6 +102,10 @@ def _stat_logger_factory(stats: EngineStats):
             if usage is None:
                 usage = getattr(scheduler_stats, "gpu_cache_usage", None)
             self._stats.kv_cache_usage = None if usage is None else float(usage)
+            prefix = getattr(scheduler_stats, "prefix_cache_stats", None)
+            if prefix is not None:
+                self._stats.prefix_cache_queried_tokens += int(prefix.queries)
+                self._stats.prefix_cache_hit_tokens += int(prefix.hits)
             self._stats.observed_at_s = time.time()
 
         def log_engine_initialized(self) -> None:
@@ -143,6 +152,9 @@ def _start_engine(settings: VllmSettings, model_dir: Path | None, stats: EngineS
         max_num_seqs=engine_cfg.max_num_seqs,
         dtype=engine_cfg.dtype,
         enforce_eager=engine_cfg.enforce_eager,
+        # The CPU build supports it too (blocks of 128 tokens there): a replica that served a
+        # conversation's earlier turns prefills only the new part of the next one.
+        enable_prefix_caching=engine_cfg.enable_prefix_caching,
         disable_log_stats=False,
     )
     if cpu:
@@ -326,6 +338,8 @@ class VllmEngineAdapter:
             queued=s.waiting,
             # Before the first engine step there are no stats: an idle engine holds no KV cache.
             kv_cache_usage=s.kv_cache_usage if s.kv_cache_usage is not None else 0.0,
+            prefix_cache_queried_tokens=s.prefix_cache_queried_tokens,
+            prefix_cache_hit_tokens=s.prefix_cache_hit_tokens,
         )
 
     async def aclose(self) -> None:
@@ -444,7 +458,8 @@ class VllmEngineAdapter:
                                             tool_calls=calls)
                             if calls:
                                 reason_ = "tool_calls"
-                        yield Finished(reason_, prompt_tokens or 0, completion_tokens)
+                        yield Finished(reason_, prompt_tokens or 0, completion_tokens,
+                                       cached_prompt_tokens=getattr(output, "num_cached_tokens", None))
                         return
             except Exception as exc:  # e.g. a prompt longer than max_model_len, or a dead engine
                 raise engine_error(exc) from None

@@ -3,7 +3,8 @@
 They are built from the substrate's events (``deployments.substrate``): ``delta`` events carry the
 generated text, and where asked for its tokens' log probabilities (``logprobs``, with the
 ``text_offset`` of the delta) and the model's tool calls (``tool_calls``); the ``done`` event
-carries the finish reason and the engine's token counts. Shapes, as OpenAI's:
+carries the finish reason and the engine's token counts (with ``cached_prompt_tokens``, where the
+substrate counted them: ``usage.prompt_tokens_details.cached_tokens``). Shapes, as OpenAI's:
 
     chat         choices[0].message {role, content, refusal, tool_calls?}; finish_reason
                  ``tool_calls`` when the model called; logprobs {content: [{token, logprob, bytes,
@@ -21,9 +22,12 @@ from typing import Literal
 Api = Literal["chat", "completion"]
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def _usage(prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int | None = None) -> dict:
+    usage: dict = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                   "total_tokens": prompt_tokens + completion_tokens}
+    if cached_prompt_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_prompt_tokens}
+    return usage
 
 
 def _chat_logprobs(entries: list[dict]) -> dict:
@@ -68,7 +72,7 @@ def completion_body(api: Api, rid: str, created: int, model: str, deltas: list[d
         choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice],
-            "usage": _usage(done["prompt_tokens"], done["completion_tokens"])}
+            "usage": _usage(done["prompt_tokens"], done["completion_tokens"], done.get("cached_prompt_tokens"))}
 
 
 def role_chunk(api: Api, rid: str, created: int, model: str) -> dict:
@@ -111,7 +115,8 @@ def chunk(api: Api, rid: str, created: int, model: str, text: str | None,
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
 
 
-def usage_chunk(api: Api, rid: str, created: int, model: str, prompt_tokens: int, completion_tokens: int) -> dict:
+def usage_chunk(api: Api, rid: str, created: int, model: str, prompt_tokens: int, completion_tokens: int,
+                cached_prompt_tokens: int | None = None) -> dict:
     obj = "chat.completion.chunk" if api == "chat" else "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": model, "choices": [],
-            "usage": _usage(prompt_tokens, completion_tokens)}
+            "usage": _usage(prompt_tokens, completion_tokens, cached_prompt_tokens)}

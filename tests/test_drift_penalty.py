@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pickle
 
+import pytest
+
 from inferplane.cli.explain import render
 from inferplane.fleet_state import FleetState, Outcome, SubstrateReport
 from inferplane.placement import place
@@ -175,3 +177,22 @@ def test_the_penalty_survives_the_audit_row_the_journal_ray_and_explain():
     assert pub.signals[0].drift == (DriftPenalty("ttft", 1.8, 1.2),)
     text = render(d, built.fleet, "signals: test")
     assert "fallback 1 *" in text and "* a (emulated): predicted with drift penalty ×1.80 (ttft ≥ 1.200 s)" in text
+
+
+def test_the_declared_prediction_ignores_penalties_and_observed_floors():
+    """What the detector judges (``declared_ttft_s`` / ``declared_tpot_s``) is the profile's
+    prediction at the placement's load: a penalty or a slow observed reading raises the decision's
+    prediction, never its declared one, so the drift cannot look cured by the estimate learning it."""
+    built, state = setup()
+    plain = decide(built, state)
+    assert plain.declared_ttft_s == plain.predicted_ttft_s  # no reading raised it: the same figure
+    assert plain.declared_tpot_s == pytest.approx(plain.predicted_tpot_s)
+    floors = {name: {"ttft": Floor(1.2, 1.8), "tpot": Floor(0.1, 2.0)} for name in ("a", "b")}
+    state.set_drift_floors(floors)
+    for scored in (True, False):  # the arithmetic and the specification agree
+        d = decide(built, state, scored=scored)
+        assert d.predicted_ttft_s == 1.2 and d.predicted_tpot_s == pytest.approx(0.1)
+        assert d.declared_ttft_s == plain.declared_ttft_s and d.declared_tpot_s == plain.declared_tpot_s
+    # A record of a request that took what the floors predicted is a residual of 1, a declared
+    # residual of ttft / declared: the latter is what the detector is fed.
+    assert d.declared_ttft_s < d.predicted_ttft_s and d.declared_tpot_s < 0.1

@@ -107,7 +107,7 @@ def placement_id(request_id: str, attempt: int) -> str:
 _FIELDS = ("placement_id", "request_id", "attempt", "tenant", "model", "sla_class", "substrate", "fallbacks",
            "primary", "spillover", "spillover_reason", "scorer_names", "predicted_ttft_s", "predicted_e2e_s",
            "estimated_cost_usd", "rejection_code", "rejection_message", "policy_hash", "snapshot_version",
-           "predicted_output_tokens")
+           "predicted_output_tokens", "declared_ttft_s", "declared_tpot_s")
 _set = object.__setattr__
 
 
@@ -144,6 +144,14 @@ class PlacementDecision:
     predicted_output_tokens: float | None
     """The output length the predictions assumed (the request's expected one, see
     ``placement.estimate``); None when nothing was placed, or for a decision made before it was kept."""
+    declared_ttft_s: float | None
+    declared_tpot_s: float | None
+    """What the chosen substrate's *declared* latency profile predicts for this request at the load
+    it was placed on: the estimate before any observed reading raised it (no ``recent_ttft`` floor,
+    the profile's per-token time at that batch size; ``placement.prepared.declared_latency``). The
+    drift detector judges outcomes against these: "slower than declared" stays visible after the
+    estimate has learned the slower latency from outcomes. None when nothing was placed, or for a
+    decision made before they were kept."""
 
     def __init__(self, *, placement_id: str, request_id: str, attempt: int, tenant: str, model: str,
                  sla_class: str, substrate: str | None, fallbacks: tuple[str, ...], primary: str | None,
@@ -152,11 +160,13 @@ class PlacementDecision:
                  predicted_ttft_s: float | None, predicted_e2e_s: float | None,
                  estimated_cost_usd: float | None, rejection_code: RejectionCode | None,
                  rejection_message: str | None, policy_hash: str, snapshot_version: int,
-                 predicted_output_tokens: float | None = None) -> None:
+                 predicted_output_tokens: float | None = None, declared_ttft_s: float | None = None,
+                 declared_tpot_s: float | None = None) -> None:
         _set(self, "_values", (placement_id, request_id, attempt, tenant, model, sla_class, substrate, fallbacks,
                                primary, spillover, spillover_reason, scorer_names, predicted_ttft_s,
                                predicted_e2e_s, estimated_cost_usd, rejection_code, rejection_message,
-                               policy_hash, snapshot_version, predicted_output_tokens))
+                               policy_hash, snapshot_version, predicted_output_tokens, declared_ttft_s,
+                               declared_tpot_s))
         _set(self, "_candidates", tuple(candidates))
         _set(self, "_pending", None)
 
@@ -279,6 +289,8 @@ class PlacementDecision:
             "predicted_ttft_s": self.predicted_ttft_s,
             "predicted_e2e_s": self.predicted_e2e_s,
             "predicted_output_tokens": self.predicted_output_tokens,
+            "declared_ttft_s": self.declared_ttft_s,
+            "declared_tpot_s": self.declared_tpot_s,
             "estimated_cost_usd": self.estimated_cost_usd,
             "http_status": self.http_status,
             "rejection_code": None if self.rejection_code is None else self.rejection_code.value,

@@ -53,7 +53,7 @@ from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejec
 from inferplane.placement.fleet import FleetSpec, ModelRoute, SubstrateSpec
 from inferplane.placement.plan import RoutePlan, Target, scoring, target
 from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
-from inferplane.placement.prepared import NEVER, PreparedSubstrate, ScoringRow, scoring_row
+from inferplane.placement.prepared import NEVER, PreparedSubstrate, ScoringRow, declared_latency, scoring_row
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import Scorer
 from inferplane.placement.signals import DriftPenalty, SubstrateSignals, fresh_value
@@ -482,10 +482,12 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 
     names = rp.names
+    declared_ttft, declared_tpot = declared_latency(snapshot.prepared[t.indices[chosen]], float(request.input_tokens),
+                                                    f_out, hit_at[chosen] if hit_at is not None else 0.0)
     return PlacementDecision.deferred(
         (None, request.request_id, request.attempt, tenant.name,
          route.name, sla.name, names[chosen], None, route.primary,
          chosen != primary, reason, sc.scorer_names, ttft, e2e, cost, None, None, policy.policy_hash,
-         snapshot.version, f_out),
+         snapshot.version, f_out, declared_ttft, declared_tpot),
         _verdicts, verdicts_args, eligible_count,
         (_fallbacks, (totals, eligible_count, ineligible, request.request_id, t.indices, names, chosen)))

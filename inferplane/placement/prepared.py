@@ -187,6 +187,17 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
         0.0 if tpot_r is None else tpot_r.value, in_flight))
 
 
+def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_tokens: float,
+                     prefix_hit: float) -> tuple[float, float]:
+    """``(ttft_s, per_token_s)`` the substrate's declared profile predicts for a request at the load
+    of ``entry``: ``estimate``'s formulas with no observed reading as a floor (no recent_ttft, the
+    decode rate's per-token time rather than recent_tpot). What the drift detector judges outcomes
+    against (``PlacementDecision.declared_ttft_s``)."""
+    per_token_s = entry.per_token_base_s
+    prefill_s = input_tokens * (1.0 - prefix_hit) / entry.prefill_tokens_per_s
+    return entry.fixed_s + entry.queue_factor * (prefill_s + output_tokens * per_token_s) + prefill_s, per_token_s
+
+
 ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,
                    float, float, float, "tuple[float, ScoringRow] | None", "tuple[float, float, float] | None"]
 """(fresh_until_s, tokens_remaining, node_countries, fixed_s, prefill_tokens_per_s, per_token_s,

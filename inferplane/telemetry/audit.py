@@ -343,6 +343,7 @@ def decision_from_record(record: Mapping[str, Any]) -> PlacementDecision:
         rejection_code=None if code is None else RejectionCode(code),
         rejection_message=record["rejection_message"], policy_hash=record["policy_hash"],
         snapshot_version=record["snapshot_version"], predicted_output_tokens=record.get("predicted_output_tokens"),
+        declared_ttft_s=record.get("declared_ttft_s"), declared_tpot_s=record.get("declared_tpot_s"),
     )
 
 

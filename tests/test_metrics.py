@@ -440,6 +440,29 @@ def test_the_drift_gauge_is_1_while_flagged() -> None:
     assert "gpu" in metrics.drift_floors(NOW + 40)
 
 
+def test_the_detector_is_fed_declared_residuals_not_the_prediction_error() -> None:
+    """A substrate three times slower than declared, whose estimate has learned it (the prediction
+    matches the outcome: residual 1), is still flagged: the samples carry observed / declared."""
+    built = plane()
+    d = decide(built)
+    learned = PlacementDecision(**{name: getattr(d, name) for name in DECISION_FIELDS}
+                                | {"candidates": d.candidates, "predicted_ttft_s": TTFT, "predicted_e2e_s": E2E,
+                                   "predicted_output_tokens": TOKENS_OUT - 1.0,
+                                   "declared_ttft_s": TTFT / 3.0, "declared_tpot_s": TPOT / 3.0})
+    outbox = MetricsOutbox(LabelVocabulary.of(built.fleet, built.policy))
+    for i in range(40):
+        outbox.delta.record_request(dataclasses.replace(finished(built, learned), finished_at_s=NOW + i))
+    metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy))
+    metrics.apply_batch("ingress-a", outbox.pending())
+    metrics.set_signals(snapshot(built), NOW + 40)
+    samples = scrape(metrics)
+    assert value(samples, "inferplane_ttft_residual_ratio_sum", substrate=d.substrate) == pytest.approx(40.0)
+    assert value(samples, "inferplane_substrate_drift", substrate=d.substrate, kind="ttft") == 1.0
+    assert value(samples, "inferplane_substrate_drift", substrate=d.substrate, kind="tpot") == 1.0
+    status = metrics.drift_status(NOW + 40)[d.substrate]
+    assert status["ttft_residual_median"] == pytest.approx(3.0)
+
+
 def test_residual_samples_survive_pickling_and_a_merged_backlog() -> None:
     delta = MetricsDelta()
     delta.samples.append(("gpu", 1.0, 1.0, 1.0, 10, 10, 0.1, 0.01))

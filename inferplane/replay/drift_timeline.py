@@ -5,7 +5,7 @@ deadlines-met figure fell: the evidence for "flagged before it hurt".
 scenario's ``policy.health`` gives it (``telemetry.drift.settings_from_policy``, as the placement
 actor builds it) and is fed, as the actor's detector is, every successful finished request's
 ``RequestRecord`` at its finish time in simulated time. The residuals are
-``telemetry.drift.residuals(record)``: nothing of the detector is restated here. It keeps each
+``telemetry.drift.declared_residuals(record)``, as the actor's: nothing of the detector is restated here. It keeps each
 flag's set and clear times (a flag the detector drops because the substrate fell silent for its
 ``window_s`` is cleared at the first observation that sees it gone).
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from inferplane.plane.record import RequestRecord
 from inferplane.replay.outcome import RequestOutcome
 from inferplane.replay.scenario import Event, EventKind
-from inferplane.telemetry.drift import KINDS, DriftDetector, DriftSettings, residuals
+from inferplane.telemetry.drift import KINDS, DriftDetector, DriftSettings, declared_residuals
 
 ROLLING_REQUESTS = 200
 DROP_POINTS = 1.0
@@ -63,7 +63,7 @@ class DriftTimeline:
         """A finished request (as the live plane's metrics take it: successful placed ones only)."""
         if record.status_code != 200 or record.decision is None:
             return
-        ttft_res, tpot_res = residuals(record)
+        ttft_res, tpot_res = declared_residuals(record)
         if ttft_res is None and tpot_res is None:
             return
         now = record.finished_at_s

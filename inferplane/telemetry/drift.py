@@ -9,19 +9,31 @@ observed over predicted, from its ``RequestRecord``:
 
 (``predicted_tpot_s`` is ``(predicted_e2e - predicted_ttft) / predicted_output_tokens``, the
 estimate's per-token time; ``tpot_s`` is ``(e2e - ttft) / (output_tokens - 1)``.) 1 is a perfect
-prediction, 2 twice as slow as predicted.
+prediction, 2 twice as slow as predicted. They measure the *prediction's* error, and are exported
+as such (histograms, audit rows).
 
-``DriftDetector`` is fed each finished request's residuals (``observe``) and flags, per substrate:
+They cannot show drift for long: the estimate takes recent observed latencies as floors, so once a
+substrate slows, its predictions follow within seconds and its residuals return towards 1 (a
+slowdown ×1.6 was flagged, if at all, in the few seconds before the estimate caught up). The
+detector therefore judges the **declared residuals** (``declared_residuals(record)``): observed over
+what the substrate's *declared* profile predicts for the request at the load it was placed on
+(``PlacementDecision.declared_ttft_s`` / ``declared_tpot_s``, the estimate without observed floors).
+"Slower than declared" stays visible for as long as it lasts. A substrate that runs off its profile
+inside the band is judged against its own baseline; one off by more than the band stays flagged,
+which is right: its profile is wrong (``inferplane calibrate``).
+
+``DriftDetector`` is fed each finished request's declared residuals (``observe``) and flags, per
+substrate:
 
 - ``ttft`` / ``tpot``: the median of the last ``window`` residuals (no older than ``window_s``
   before the newest, at least ``min_samples`` of them) is outside ``band``, or is more than
-  ``baseline_factor`` times away from the substrate's own baseline (an EWMA of its medians,
-  learned only while it is not flagged and within half that factor of it, so a drift, sudden or
-  gradual, never becomes the baseline).
+  ``baseline_factor`` times away from the substrate's own baseline (an EWMA in time of its
+  medians, time constant ``baseline_tau_s``, learned only while it is not flagged and within half
+  that factor of it, so a drift, sudden or gradual over minutes, does not become the baseline).
 - ``size``: observed TTFT stops tracking prompt size. Over the last ``size_window`` requests (at
   least ``size_min_samples``, prompt sizes varying: coefficient of variation >= ``size_min_cv``,
   and the predictions themselves saying size matters), least squares of TTFT on input tokens: the
-  fit's R² falls below ``size_r2_drop`` times its baseline (an EWMA learned while not flagged), or
+  fit's R² falls below ``size_r2_drop`` times its baseline (the same EWMA, learned while not flagged), or
   the observed slope falls below ``size_slope_ratio`` times the predicted slope.
 
 Hysteresis: a flag is set after ``confirm`` consecutive evaluations meet its condition, and cleared
@@ -35,8 +47,8 @@ Penalty (``policy.health.residual_drift: penalize``): while a substrate is flagg
 ``r`` times its median prediction over the window at the time it was flagged (``floors``): the
 authority raises the substrate's observed-latency readings to that floor (``fleet_state``), which the
 estimate already takes as floors (``placement.estimate``). The floor and factor are frozen while the
-flag lasts; a request whose prediction was the floor has its residual multiplied back by the factor
-before it is judged, so the penalty does not make the drift look cured.
+flag lasts. Declared predictions never include a floor, so the penalty cannot make the drift look
+cured.
 """
 
 from __future__ import annotations
@@ -50,6 +62,23 @@ from typing import NamedTuple
 from inferplane.plane.record import RequestRecord
 
 KINDS = ("ttft", "tpot", "size")
+
+
+def declared_residuals(record: RequestRecord) -> tuple[float | None, float | None]:
+    """``(ttft, tpot)`` observed over what the substrate's *declared* profile predicted at the load
+    the request was placed on (``PlacementDecision.declared_ttft_s`` / ``declared_tpot_s``): what the
+    detector judges (module doc). None where either side is missing, as in ``residuals``."""
+    d = record.decision
+    if d is None or not d.placed or record.status_code != 200:
+        return None, None
+    ttft = None
+    if record.ttft_s is not None and d.declared_ttft_s:
+        ttft = record.ttft_s / d.declared_ttft_s
+    tpot = None
+    observed, declared = record.tpot_s, d.declared_tpot_s
+    if observed is not None and declared:
+        tpot = observed / declared
+    return ttft, tpot
 
 
 def residuals(record: RequestRecord) -> tuple[float | None, float | None]:
@@ -80,7 +109,10 @@ class DriftSettings:
     clear_band: tuple[float, float] = (0.8, 1.25)
     """A flag clears only with the median back inside it."""
     baseline_factor: float = 1.75
-    baseline_alpha: float = 0.05
+    baseline_tau_s: float = 1800.0
+    """Time constant of the baselines (an EWMA in time, not per evaluation): a gradual drift of
+    minutes hardly moves them. (Per evaluation, at a few requests a second, the baseline followed a
+    15-minute ramp until the ramp's end was "off the baseline" and the flag could never clear.)"""
     confirm: int = 3
     """Consecutive evaluations that set or clear a flag."""
     size_window: int = 48
@@ -95,7 +127,7 @@ class DriftSettings:
     refits ``size_window`` samples (two least-squares fits), which cost most of the detector's time,
     and a 48-sample window moves by a twelfth between evaluations."""
     penalize: bool = False
-    """The authority applies ``floors`` (residuals of floored predictions are multiplied back)."""
+    """The authority applies ``floors``."""
 
     def __post_init__(self) -> None:
         low, high = self.band
@@ -127,7 +159,8 @@ class _Sample(NamedTuple):
 
 
 class _Substrate:
-    __slots__ = ("samples", "last_at_s", "flags", "streaks", "baselines", "floors", "r2_baseline", "last", "seen")
+    __slots__ = ("samples", "last_at_s", "flags", "streaks", "baselines", "floors", "r2_baseline", "last", "seen",
+                 "learned_at")
 
     def __init__(self, size: int) -> None:
         self.samples: deque[_Sample] = deque(maxlen=size)
@@ -135,6 +168,7 @@ class _Substrate:
         self.flags = {k: False for k in KINDS}
         self.streaks = {k: 0 for k in KINDS}
         self.baselines: dict[str, float] = {}  # kind -> EWMA of log median
+        self.learned_at: dict[str, float] = {}  # kind ("size" for R²) -> when its baseline last learned
         self.floors: dict[str, Floor] = {}
         self.r2_baseline: float | None = None
         self.last: dict[str, float] = {}  # what the last evaluation measured (for status)
@@ -157,9 +191,6 @@ class DriftDetector:
         sub = self._subs.get(substrate)
         if sub is None or at_s - sub.last_at_s > s.window_s:
             sub = self._subs[substrate] = _Substrate(max(s.window, s.size_window))
-        if s.penalize:
-            ttft_residual = _unfloored(sub.floors.get("ttft"), ttft_residual, ttft_s)
-            tpot_residual = _unfloored(sub.floors.get("tpot"), tpot_residual, tpot_s)
         sub.samples.append(_Sample(at_s, ttft_residual, tpot_residual, input_tokens, ttft_s, tpot_s))
         sub.last_at_s = max(sub.last_at_s, at_s)
         recent = [x for x in sub.samples if sub.last_at_s - x.at_s <= s.window_s]
@@ -180,8 +211,7 @@ class DriftDetector:
         if not sub.flags[kind]:
             drift = not (s.band[0] <= med <= s.band[1]) or off > math.log(s.baseline_factor)
             if not drift and off <= math.log(s.baseline_factor) / 2:  # a move away is not learned
-                b = sub.baselines.get(kind)
-                sub.baselines[kind] = math.log(med) if b is None else b + s.baseline_alpha * (math.log(med) - b)
+                sub.baselines[kind] = self._learn(sub, kind, sub.baselines.get(kind), math.log(med))
             if self._step(sub, kind, drift):
                 predicted = [o / r for r, o in pairs if o is not None]
                 if med > 1.0 and predicted:
@@ -214,11 +244,20 @@ class DriftDetector:
             lost = (base is not None and base >= s.size_min_baseline_r2 and r2 < s.size_r2_drop * base) or (
                 ratio < s.size_slope_ratio)
             if not lost:
-                sub.r2_baseline = r2 if base is None else base + 0.1 * (r2 - base)
+                sub.r2_baseline = self._learn(sub, "size", base, r2)
             self._step(sub, "size", lost)
         else:
             back = (base is None or r2 >= s.size_r2_clear * base) and ratio >= 2 * s.size_slope_ratio
             self._step(sub, "size", back)
+
+    def _learn(self, sub: _Substrate, kind: str, baseline: float | None, value: float) -> float:
+        """``baseline`` moved toward ``value`` by the time since it last learned (time constant
+        ``baseline_tau_s``); ``value`` itself for the first."""
+        at, last = sub.last_at_s, sub.learned_at.get(kind)
+        sub.learned_at[kind] = at
+        if baseline is None or last is None:
+            return value
+        return baseline + (1.0 - math.exp(-max(0.0, at - last) / self.settings.baseline_tau_s)) * (value - baseline)
 
     def _step(self, sub: _Substrate, kind: str, toward_flip: bool) -> bool:
         """Count an evaluation toward flipping ``kind``; True when it flipped."""
@@ -245,6 +284,8 @@ class DriftDetector:
         """Per substrate: flags, the last medians and size fit, floors (JSON-able)."""
         return {n: {"flags": sorted(k for k in KINDS if sub.flags[k]),
                     "ttft_residual_median": sub.last.get("ttft"), "tpot_residual_median": sub.last.get("tpot"),
+                    "ttft_residual_baseline": _exp(sub.baselines.get("ttft")),
+                    "tpot_residual_baseline": _exp(sub.baselines.get("tpot")),
                     "size_r2": sub.last.get("size_r2"), "size_r2_baseline": sub.r2_baseline,
                     "size_slope_ratio": sub.last.get("size_slope_ratio"),
                     "floors_s": {k: f.floor_s for k, f in sub.floors.items()},
@@ -257,13 +298,8 @@ class DriftDetector:
             del self._subs[n]
 
 
-def _unfloored(floor: Floor | None, residual: float | None, observed: float | None) -> float | None:
-    """A residual against a floored prediction, as against the prediction without the floor
-    (module doc). Unchanged when the prediction was above the floor."""
-    if floor is None or residual is None or observed is None or residual <= 0.0:
-        return residual
-    predicted = observed / residual
-    return residual * floor.factor if predicted <= floor.floor_s * (1.0 + 1e-6) else residual
+def _exp(log_value: float | None) -> float | None:
+    return None if log_value is None else math.exp(log_value)
 
 
 def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:

@@ -91,7 +91,7 @@ from inferplane.placement.policy import PlacementPolicy
 from inferplane.placement.signals import CircuitState
 from inferplane.placement.snapshot import FleetSnapshot
 from inferplane.plane.record import RequestRecord
-from inferplane.telemetry.drift import KINDS, DriftDetector, DriftSettings, residuals
+from inferplane.telemetry.drift import KINDS, DriftDetector, DriftSettings, declared_residuals, residuals
 
 PREFIX = "inferplane_"
 METRICS_PORT = 9464
@@ -380,10 +380,10 @@ class MetricsDelta:
                     self._observe("ttft_residual_ratio", (substrate,), ttft_res)
                 if tpot_res is not None:
                     self._observe("tpot_residual_ratio", (substrate,), tpot_res)
-                if ttft_res is not None or tpot_res is not None:
+                judged = declared_residuals(record)  # what the drift detector judges (telemetry.drift)
+                if judged[0] is not None or judged[1] is not None:
                     self.samples.append((_clean(self._vocab, ("substrate",), (substrate,))[0], record.finished_at_s,
-                                         ttft_res, tpot_res, record.input_tokens, record.output_tokens,
-                                         record.ttft_s, tpot_s))
+                                         *judged, record.input_tokens, record.output_tokens, record.ttft_s, tpot_s))
                     if len(self.samples) > 2 * MAX_DRIFT_SAMPLES:
                         del self.samples[:-MAX_DRIFT_SAMPLES]
 

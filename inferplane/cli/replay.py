@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("azure", "mooncake", "parquet"), help="default: from the suffix")
     p.add_argument("--router", default="all",
                    help="inferplane, round_robin, least_outstanding, ordered_fallback, cheapest_first, "
-                   "fifo_queue, a comma-separated list, or all (default)")
+                   "fifo_queue, a comma-separated list, or all (default); inferplane-no-prefix (by name "
+                   "only) is the plane with the same policy and no prefix-cache belief")
     p.add_argument("--rate-scale", type=float, help="requests per trace row on average (default: scenario's)")
     p.add_argument("--time-scale", type=float, help="arrival times x this (default: scenario's)")
     p.add_argument("--limit", type=int, help="only the first N trace rows")
@@ -92,8 +93,11 @@ def render(report: dict) -> str:
                      "full workload")
     lines.append("")
     classes = sorted({c for r in report["runs"] for c in r["sla_attainment_by_class"]})
+    prefix = any(r.get("prefix_hit_fraction") is not None for r in report["runs"])
     headers = ["router", "SLA %", *[f"{c} %" for c in classes], "ttft p50", "ttft p99", "e2e p50", "e2e p99",
                "cost USD", "spill", "unlogged", "violations", "x-region", "rejected", "of bound SLA", "of bound cost"]
+    if prefix:
+        headers.append("prefix hit %")
     rows = []
     for r in report["runs"]:
         frac = r.get("bound_fraction") or {}
@@ -105,6 +109,9 @@ def render(report: dict) -> str:
             str(r["sovereignty_violations"]), str(r["cross_region_requests"]), str(r["rejected"] + r["failed"]),
             _f(frac.get("sla"), ".3f"), _f(frac.get("cost"), ".3f"),
         ])
+        if prefix:
+            hit = r.get("prefix_hit_fraction")
+            rows[-1].append(_f(None if hit is None else 100 * hit, ".1f"))
     lines.append(render_table(headers, rows, "l" + "r" * (len(headers) - 1)))
     bound = report.get("bound")
     if bound:

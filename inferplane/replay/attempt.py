@@ -44,7 +44,7 @@ class Failure(str, enum.Enum):
 
 class Attempt:
     __slots__ = ("request", "number", "substrate", "dispatched_s", "first_token_s", "done_s", "phase",
-                 "spillover_logged", "timeout_s", "failure", "retry_after_s")
+                 "spillover_logged", "timeout_s", "failure", "retry_after_s", "cached_tokens")
 
     def __init__(self, request: ReplayRequest, number: int, substrate: int, dispatched_s: float,
                  spillover_logged: bool, timeout_s: float | None) -> None:
@@ -59,3 +59,5 @@ class Attempt:
         self.timeout_s = timeout_s
         self.failure: Failure | None = None
         self.retry_after_s: float | None = None
+        self.cached_tokens = 0
+        """Prompt tokens the substrate's prefix cache served (prefill skipped), set when prefill starts."""

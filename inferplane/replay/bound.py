@@ -15,13 +15,20 @@ pair exists only where r may meet its deadlines on s at all:
         e2e_best  = ttft_best + (output - 1) * decode_interval_s(running=1)    <= e2e deadline
     and s is reachable at some time in [arrival, arrival + ttft deadline] (outage events).
 
+Prefix caches, at their best: on a substrate with a prefix cache (``substrate_sim``), a request's
+prefill is taken as ``input - cached_best`` tokens, where ``cached_best = min(run * 512, input - 1)``
+and ``run`` is the leading run of its prefix blocks that any request arriving before it also had:
+an unbounded cache shared by every replica, holding every prompt from its arrival on. A real cache
+is bounded, per replica, and filled only once a prefill has run, so it can only serve less; the
+bound stays an upper bound. Without prefix blocks (Azure traces) nothing changes.
+
 Capacity, from the physics: a request holds a slot for its first-token delay and then decodes; at
 ``running`` = n slots held, one stream decodes at R / (f * (1 + (sigma - 1) n / cap)) tokens/s. Over
 any interval of length T in which a set of requests does all its work, prefill slot-time P and
 decode tokens D satisfy P + D * decode_interval_s(running=cap) <= cap * T (the token rate with
 n_p slots prefilling is at most (cap - n_p) * R / (f * sigma)). So each request contributes
 
-    e[r, s] = first_token_delay_s(input) * (1 - j) + (output - 1) * decode_interval_s(running=cap)
+    e[r, s] = first_token_delay_s(prefilled input) * (1 - j) + (output - 1) * decode_interval_s(running=cap)
 
 effective slot-seconds, and for every interval I = [j*k*W, (j+1)*k*W + d] (windows of W seconds,
 blocks of k = 1, 2, 4, ... windows, d each distinct e2e deadline) the requests that must run
@@ -55,6 +62,7 @@ from inferplane.config import BuiltConfig
 from inferplane.jurisdiction import is_within
 from inferplane.replay.outcome import fixed_cost_usd, usage_cost_usd
 from inferplane.replay.scenario import Event, EventKind
+from inferplane.replay.trace import MOONCAKE_BLOCK_TOKENS
 from inferplane.replay.workload import ReplayRequest
 from substrate_adapters.physics import (
     PhysicsModel,
@@ -117,6 +125,24 @@ def _reachable_in(outages: list[tuple[float, float]], start: float, end: float) 
     return t <= end
 
 
+def _cached_at_best(requests: tuple[ReplayRequest, ...]) -> dict[int, int]:
+    """Request index -> the most prompt tokens any prefix cache could serve it (module docstring):
+    the leading run of its blocks that a request arriving before it had, in an unbounded cache."""
+    seen: set[int] = set()
+    out: dict[int, int] = {}
+    for r in sorted(requests, key=lambda r: (r.arrival_s, r.index)):
+        if not r.prefix_blocks:
+            continue
+        run = 0
+        for b in r.prefix_blocks:
+            if b not in seen:
+                break
+            run += 1
+        out[r.index] = max(0, min(run * MOONCAKE_BLOCK_TOKENS, r.input_tokens - 1))
+        seen.update(r.prefix_blocks)
+    return out
+
+
 def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], requests: tuple[ReplayRequest, ...],
                     events: tuple[Event, ...] = (), *, span_s: float, window_s: float = DEFAULT_WINDOW_S) -> FluidProgramme:
     t_build = time.perf_counter()
@@ -133,6 +159,7 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
     for p in physics:
         best_first.append((p, 1.0 - p.jitter_ratio, decode_interval_s(p, 1), decode_interval_s(p, p.max_concurrency)))
 
+    cached_best = _cached_at_best(requests)
     req_of, sub_of, cost, eff, arrival, d_e2e, d_ttft, tokens = [], [], [], [], [], [], [], []
     for r in requests:
         route = fleet.resolve_model(r.model)
@@ -147,7 +174,8 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
             if r.input_tokens + r.max_tokens > spec.context_windows.get(route.name, 0):
                 continue
             base, low, interval_1, interval_full = best_first[idx]
-            first = first_token_delay_s(base, r.input_tokens)
+            first = first_token_delay_s(
+                base, r.input_tokens - (cached_best.get(r.index, 0) if spec.prefix_cache is not None else 0))
             ttft = (outbound_delay_s(base) + first) * low
             if ttft > sla.ttft_deadline_s:
                 continue

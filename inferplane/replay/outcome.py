@@ -50,6 +50,8 @@ class RequestOutcome:
     rejection: str | None = None
     held_s: float = 0.0
     """Time the router held it before dispatching or refusing it (in ``ttft_s`` when served)."""
+    cached_tokens: int = 0
+    """Prompt tokens the serving substrate's prefix cache served (its prefill skipped them)."""
 
 
 def usage_cost_usd(spec: SubstrateSpec, input_tokens: int, output_tokens: int, ingress_region: str | None) -> float:

@@ -21,6 +21,14 @@ Nothing of the plane is restated here; this module only wires it to the simulato
 
 Requests go to the ingress replicas in turn (``request.index % replicas``).
 
+Prefix-cache locality: the router keeps the plane's own belief of where prompts' blocks are cached
+(``placement.prefix.PrefixIndex``, one bounded LRU per substrate that declares a KV cache, of its
+``PrefixCacheSpec.total_tokens // MOONCAKE_BLOCK_TOKENS`` blocks), fed only with the blocks of
+requests it sees finish on a substrate, as the live plane would learn them; the simulator's caches
+(the truth, ``substrate_sim``) never tell it what they hold. Each request is placed with its
+predicted hit fractions (``PlacementRequest.prefix_hits``). With ``prefix_affinity=False`` it keeps
+no belief: every request predicts no hit (the same policy without prefix affinity).
+
 Each finished request becomes the plane's one ``RequestRecord`` (as the ingress closes it: times
 from arrival at the ingress, the final attempt's decision, the attributed cost), fed at its finish
 time to the actor's drift detector (``replay.drift_timeline``), which records when each substrate
@@ -36,6 +44,7 @@ from inferplane.config.sizing import replica_counts
 from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, SubstrateReport
 from inferplane.health import settings_from_policy
 from inferplane.placement import PlacementRequest
+from inferplane.placement.prefix import PrefixIndex
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
 from inferplane.plane.queue import HoldQueue, Waiter
 from inferplane.plane.record import RequestRecord
@@ -43,6 +52,7 @@ from inferplane.plane.state import ReplicaState
 from inferplane.replay.attempt import Failure
 from inferplane.replay.drift_timeline import DriftTimeline
 from inferplane.replay.router import HELD, Host, Periodic, Placement
+from inferplane.replay.trace import MOONCAKE_BLOCK_TOKENS
 from inferplane.replay.workload import ReplayRequest
 from inferplane.telemetry.cost import request_cost
 from inferplane.telemetry.drift import settings_from_policy as drift_settings_from_policy
@@ -52,9 +62,10 @@ class PlaneRouter:
     name = "inferplane"
 
     def __init__(self, built: BuiltConfig, loads: Mapping[str, Callable[[float], SubstrateReport | None]], *,
-                 heartbeat_s: float, start_s: float, drift: bool = False) -> None:
+                 heartbeat_s: float, start_s: float, drift: bool = False, prefix_affinity: bool = True) -> None:
         """``drift``: feed the plane's drift detector with every finished request (``self.drift``,
-        None without)."""
+        None without). ``prefix_affinity``: keep the prefix-cache belief and place with it (module
+        docstring); False places every request as predicting no hit."""
         cfg = built.config
         self._fleet = built.fleet
         self._policy = built.policy
@@ -78,6 +89,11 @@ class PlaneRouter:
         self._config_hash = built.policy.policy_hash
         self.drift_penalty_requested = health.residual_drift == "penalize"
         self.drift = DriftTimeline(drift_settings_from_policy(health)) if drift else None
+        caches = {s.name: s.prefix_cache.total_tokens // MOONCAKE_BLOCK_TOKENS
+                  for s in built.fleet.substrates if s.prefix_cache is not None}
+        self._prefix = PrefixIndex(caches) if prefix_affinity and caches else None
+        if not prefix_affinity:
+            self.name = "inferplane-no-prefix"
 
     def attach(self, host: Host) -> None:
         self._host = host
@@ -157,7 +173,9 @@ class PlaneRouter:
                 request_id=request.request_id, tenant=request.tenant, model=request.model,
                 sla_class=request.sla_class, input_tokens=request.input_tokens,
                 max_output_tokens=request.max_tokens, arrived_at_s=now_s,
-                ingress_region=self._region, ingress_zone=self._zone))
+                ingress_region=self._region, ingress_zone=self._zone,
+                prefix_hits=self._prefix.hits(request.prefix_blocks)
+                if self._prefix is not None and request.prefix_blocks else ()))
             step = loop.start()
             if self._queues:
                 step = self._queues[i].submit(loop, step, now_s, request.arrival_s)
@@ -178,6 +196,8 @@ class PlaneRouter:
                  output_tokens: int, now_s: float) -> None:
         loop, _ = self._open.pop(request.index)
         loop.finished(True, first_token_s, output_tokens, now_s)
+        if self._prefix is not None and request.prefix_blocks:
+            self._prefix.record(substrate, request.prefix_blocks)  # served there: its blocks are cached there
         e2e = now_s - request.arrival_s
         cost = request_cost(self._fleet.substrate(substrate), request.input_tokens, output_tokens, e2e, self._region)
         i = request.index % len(self._replicas)

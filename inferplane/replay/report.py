@@ -23,6 +23,9 @@ Definitions (every field is per router, over all requests of the workload):
     goodput_rps             requests that met both deadlines / span_s (first to last arrival, the
                             same for every router); goodput_tokens_per_s: their input + output
                             tokens / span_s
+    prefix_hit_fraction     prompt tokens the serving substrates' prefix caches served / prompt tokens,
+                            over completed requests (measured by the simulator's caches, the truth);
+                            None when no request carries prefix blocks (Azure traces)
     held_requests           requests the router held (held_s > 0) before dispatching or refusing
     held_mean_s, held_p99_s over all requests, held or not (0 for a request never held)
 
@@ -157,6 +160,10 @@ def run_report(result: SimulationResult, fixed_cost_usd: float, requests: Sequen
     tenants, jain = tenant_report(result, requests, shares or {})
     span = result.span_s
     good_tokens = sum(_tokens(o, requests) for o in outcomes if o.met_sla) if requests is not None else None
+    prefix_hit = None
+    if requests is not None and any(r.prefix_blocks for r in requests):
+        prompt = sum(requests[o.index].input_tokens for o in completed)
+        prefix_hit = sum(o.cached_tokens for o in completed) / prompt if prompt else 0.0
     return {
         "router": result.router,
         "requests": n,
@@ -192,6 +199,7 @@ def run_report(result: SimulationResult, fixed_cost_usd: float, requests: Sequen
         "events": result.events_run,
         "goodput_rps": met / span if span > 0 else None,
         "goodput_tokens_per_s": good_tokens / span if span > 0 and good_tokens is not None else None,
+        "prefix_hit_fraction": prefix_hit,
         **_held(outcomes),
         "tenants": tenants,
         "jain_fairness_over_shares": jain,

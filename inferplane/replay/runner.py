@@ -28,6 +28,9 @@ from inferplane.replay.workload import ReplayRequest, build_workload, drop_tenan
 from substrate_adapters.physics import PhysicsModel
 
 PLANE = "inferplane"
+PLANE_NO_PREFIX = "inferplane-no-prefix"
+"""The plane with the same policy but no prefix-cache belief (no hit predicted, no prefix credit):
+asked for by name, not part of ``all``."""
 ROUTERS = (PLANE, *BASELINES)
 
 
@@ -68,9 +71,10 @@ def parse_routers(text: str) -> tuple[str, ...]:
     if text == "all":
         return ROUTERS
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in ROUTERS]
+    unknown = [n for n in names if n not in ROUTERS and n != PLANE_NO_PREFIX]
     if unknown or not names:
-        raise ValueError(f"unknown router {', '.join(unknown) or '(none)'}; routers: all, {', '.join(ROUTERS)}")
+        raise ValueError(f"unknown router {', '.join(unknown) or '(none)'}; routers: all, {', '.join(ROUTERS)}, "
+                         f"{PLANE_NO_PREFIX}")
     return names
 
 
@@ -120,9 +124,9 @@ def simulate(prepared: Prepared, router_name: str, *, progress: bool = False, dr
     built = scenario.built
     sim = Simulator(built, prepared.physics, prepared.requests, prepared.events,
                     sample_interval_s=scenario.simulation.sample_interval_s)
-    if router_name == PLANE:
+    if router_name in (PLANE, PLANE_NO_PREFIX):
         router = PlaneRouter(built, sim.loads(), heartbeat_s=scenario.simulation.heartbeat_ms / 1000.0,
-                             start_s=sim.start_s, drift=drift)
+                             start_s=sim.start_s, drift=drift, prefix_affinity=router_name == PLANE)
     else:
         router = baseline(router_name, built, scenario.baselines)
     result = _run(sim, router, prepared, router_name, progress)

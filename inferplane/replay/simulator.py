@@ -287,6 +287,7 @@ class Simulator:
                 spillover=route is not None and spec.name != route.primary,
                 spillover_logged=attempt.spillover_logged,
                 sovereignty_violation=state.violation,
-                cross_region=spec.region != self._built.ingress_region, held_s=state.held_s)
+                cross_region=spec.region != self._built.ingress_region, held_s=state.held_s,
+                cached_tokens=attempt.cached_tokens)
         self._outcomes[req.index] = outcome
         self._open -= 1

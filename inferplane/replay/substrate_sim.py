@@ -14,7 +14,8 @@ For one attempt, in the order of the emulated adapter (``substrate_adapters.emul
     4. waits in a FIFO for one of ``max_concurrency`` slots (unbounded, as vLLM's waiting queue and
        the emulated FIFO are; admission limits are the router's business)
     5. holding its slot, waits (in arrival order) for one of ``prefill_slots`` prefill lanes, then
-       holds the lane for ``first_token_delay_s(input) * draws.jitter(j)``: the first token arrives
+       holds the lane for ``first_token_delay_s(input - cached) * draws.jitter(j)``: the first token
+       arrives. ``cached`` is what the prefix cache serves (below); 0 without prefix blocks.
     6. decodes ``output_tokens - 1`` more tokens, one per ``decode_interval_s(running)``, slowed to
        ``decode_share(prefilling)`` of that rate while any prefill runs, with ``running`` (slots
        held) and ``prefilling`` (lanes held) read continuously: the continuous-time limit of the
@@ -29,6 +30,19 @@ Events: ``slowdown`` multiplies every later duration (``PhysicsModel.with_slowdo
 through V), ``failure_rate`` sets the draw's probability, ``outage`` makes the substrate unreachable
 and silent (no load reports: the plane's signals go stale); as with the emulated adapter's
 ``set_outage``, attempts already past step 1 finish.
+
+Prefix caches (a substrate that declares ``latency.kv_cache_tokens_per_replica``, for requests
+whose trace gives prefix blocks, Mooncake's ``hash_ids``): one ``placement.prefix.BlockCache`` per
+replica (``PrefixCacheSpec.replicas``) of ``kv_cache_tokens_per_replica // MOONCAKE_BLOCK_TOKENS``
+blocks, the engine's whole KV cache: vLLM keeps a finished request's blocks until they are
+evicted, least recently used first, and running requests' blocks are in it too. When a prefill
+starts, the pool's router picks the replica holding the longest leading run of the prompt's blocks
+(Serve's prefix-cache-affinity router inside the pool, issue #17 item 1; load balance among
+replicas is not modelled, the slots are pooled), or the next replica in turn when none holds any;
+``cached = min(run * 512, input - 1)`` tokens are not prefilled (an engine always computes the
+last prompt token), and the prompt's blocks become that replica's most recently used. Prefill time
+is the only thing a hit changes. This is the truth: nothing of it reaches the router, whose belief
+(the plane's ``PrefixIndex``) comes only from the outcomes it sees.
 
 ``load()`` is what the substrate's adapter would report (``substrate_adapters.*.load``):
 
@@ -48,8 +62,10 @@ from dataclasses import dataclass
 
 from inferplane.fleet_state import SubstrateReport
 from inferplane.placement.fleet import SubstrateSpec
+from inferplane.placement.prefix import BlockCache
 from inferplane.replay.attempt import Attempt, Failure, Phase
 from inferplane.replay.clock import EventQueue
+from inferplane.replay.trace import MOONCAKE_BLOCK_TOKENS
 from substrate_adapters.physics import (
     PhysicsDraws,
     PhysicsModel,
@@ -102,6 +118,11 @@ class SimSubstrate:
         self.retry_after_until_s: float | None = None
         self._last_load_key: tuple | None = None
         self._last_load: SubstrateReport | None = None
+        # Prefix caches, one per replica (the module docstring).
+        pc = spec.prefix_cache
+        self.prefix_caches = () if pc is None else tuple(
+            BlockCache(max(1, pc.tokens_per_replica // MOONCAKE_BLOCK_TOKENS)) for _ in range(pc.replicas))
+        self._next_replica = 0
         # Counters for the report.
         self.busy_slot_s = 0.0
         self._busy_at = queue.now
@@ -178,8 +199,26 @@ class SimSubstrate:
         self._advance(now)
         self.prefilling += 1
         self._set_rate(now)
-        delay = first_token_delay_s(self.physics, attempt.request.input_tokens)
+        tokens = attempt.request.input_tokens
+        if self.prefix_caches and attempt.request.prefix_blocks:
+            attempt.cached_tokens = self._prefix_hit(attempt.request.prefix_blocks, tokens)
+            tokens -= attempt.cached_tokens
+        delay = first_token_delay_s(self.physics, tokens)
         self._q.at(now + delay * self._draws.jitter(self.physics.jitter_ratio), self._first_token, attempt)
+
+    def _prefix_hit(self, blocks: tuple[int, ...], input_tokens: int) -> int:
+        """Tokens of this prompt the chosen replica's cache serves; its blocks are cached there after."""
+        caches = self.prefix_caches
+        best, run = None, 0
+        for cache in caches:
+            r = cache.leading_run(blocks)
+            if r > run:
+                best, run = cache, r
+        if best is None:
+            best = caches[self._next_replica]
+            self._next_replica = (self._next_replica + 1) % len(caches)
+        best.touch(blocks)
+        return max(0, min(run * MOONCAKE_BLOCK_TOKENS, input_tokens - 1))
 
     def _end_prefill(self, now: float) -> None:
         """A lane is free: the next waiting prefill takes it, or decode speeds up again."""

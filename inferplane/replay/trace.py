@@ -12,7 +12,10 @@ Formats:
               microsecond). ``arrival_s = TIMESTAMP - first TIMESTAMP``.
 ``mooncake``  Mooncake FAST'25 traces, JSON lines ``{"timestamp": ms from start, "input_length",
               "output_length", "hash_ids"}``. ``arrival_s = (timestamp - first timestamp) / 1000``.
-              ``hash_ids`` (prefix-cache blocks) are read but not modelled by the simulator.
+              ``hash_ids`` are kept (``TraceRow.prefix_blocks``): one id per 512-token block of the
+              prompt (``MOONCAKE_BLOCK_TOKENS``; the last block may be partial), chained as a prefix
+              cache keys blocks, so equal ids mean equal prefixes (the replay's prefix caches,
+              ``substrate_sim``, and the plane's belief, ``placement.prefix``, key on them).
 ``parquet``   Columns ``arrival_s`` (float seconds, any origin), ``input_tokens``,
               ``output_tokens`` (integers), optionally ``tenant`` and ``sla_class`` (strings), which
               then take precedence over the seeded assignment.
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FORMATS = ("azure", "mooncake", "parquet")
+MOONCAKE_BLOCK_TOKENS = 512
+"""Tokens per ``hash_ids`` block in the Mooncake traces (FAST'25 artifact)."""
 
 
 class TraceError(ValueError):
@@ -48,6 +53,9 @@ class TraceRow:
     tenant: str | None = None
     """Only when the trace itself names one (parquet)."""
     sla_class: str | None = None
+    prefix_blocks: tuple[int, ...] = ()
+    """The prompt's chained prefix-cache block ids, first block first (Mooncake's ``hash_ids``, one
+    per ``MOONCAKE_BLOCK_TOKENS`` tokens); () when the trace has none (Azure, parquet)."""
 
 
 def detect_format(path: str | Path) -> str:
@@ -113,7 +121,7 @@ def load_azure(path: str | Path, limit: int | None = None) -> tuple[TraceRow, ..
 
 
 def load_mooncake(path: str | Path, limit: int | None = None) -> tuple[TraceRow, ...]:
-    raw: list[tuple[float, int, int]] = []
+    raw: list[tuple[float, int, int, tuple[int, ...]]] = []
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
@@ -122,13 +130,15 @@ def load_mooncake(path: str | Path, limit: int | None = None) -> tuple[TraceRow,
                 break
             try:
                 obj = json.loads(line)
-                raw.append((float(obj["timestamp"]), int(obj["input_length"]), int(obj["output_length"])))
+                raw.append((float(obj["timestamp"]), int(obj["input_length"]), int(obj["output_length"]),
+                            tuple(int(h) for h in obj.get("hash_ids") or ())))
             except (ValueError, KeyError, TypeError) as exc:
                 raise TraceError(f"{path}:{line_no}: not a Mooncake trace line ({exc})") from None
     if not raw:
         raise TraceError(f"{path}: no data rows")
     t0 = min(r[0] for r in raw)
-    return _ordered([TraceRow(i, (t - t0) / 1000.0, inp, out) for i, (t, inp, out) in enumerate(raw)])
+    return _ordered([TraceRow(i, (t - t0) / 1000.0, inp, out, prefix_blocks=blocks)
+                     for i, (t, inp, out, blocks) in enumerate(raw)])
 
 
 def load_parquet(path: str | Path, limit: int | None = None) -> tuple[TraceRow, ...]:

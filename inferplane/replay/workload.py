@@ -169,6 +169,8 @@ class ReplayRequest:
     """What the client asks for (placement predicts with it)."""
     burst_copy: int = 0
     """0, or j >= 1: the j-th extra copy a tenant's burst made of (trace_index, copy)."""
+    prefix_blocks: tuple[int, ...] = ()
+    """The prompt's chained prefix-cache block ids (the trace row's; copies of a row share them)."""
 
 
 def parse_tenants(spec: str, base: tuple[TenantShare, ...] = ()) -> tuple[TenantShare, ...]:
@@ -264,7 +266,7 @@ def build_workload(rows: tuple[TraceRow, ...], spec: WorkloadSpec, policy: Place
             request_id=f"replay-{trace_index}" + (f".{k}" if k else "") + (f"+b{j}" if j else ""),
             trace_index=trace_index, copy=k, arrival_s=arrival, tenant=tenant, sla_class=sla,
             model=spec.model, input_tokens=row.input_tokens, output_tokens=output, max_tokens=max_tokens,
-            burst_copy=j,
+            burst_copy=j, prefix_blocks=row.prefix_blocks,
         ))
     if not out:
         raise WorkloadError(f"rate scale {spec.rate_scale} left no request of {len(rows)} rows")

@@ -1,0 +1,165 @@
+"""Prefix-cache locality in placement: block hashes, the LRU belief, the scorer, the estimate, and
+that a predicted hit never crosses a hard rule (``inferplane/placement/prefix.py``, ``scorers.py``,
+``estimate.py``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from inferplane.placement import place
+from inferplane.placement.estimate import estimate
+from inferplane.placement.filters import RejectionCode
+from inferplane.placement.prefix import BlockCache, PrefixIndex, block_hashes
+from inferplane.placement.scorers import PrefixLocality
+from tests.builders import context, fleet, request, signals, snapshot, substrate
+from tests.strategies import Scenario, scenarios
+
+# -- block hashes --------------------------------------------------------------------------------
+
+
+def test_equal_prefixes_hash_alike_and_each_hash_covers_the_whole_prefix() -> None:
+    a = list(range(40))
+    b = list(range(32)) + [99] * 8           # differs from the 33rd token on
+    c = [7] + list(range(1, 40))            # differs in the first token only
+    ha, hb, hc = block_hashes(a, 8), block_hashes(b, 8), block_hashes(c, 8)
+    assert len(ha) == 5
+    assert ha[:4] == hb[:4] and ha[4] != hb[4]
+    # A change in the first block changes every later hash, although those blocks' tokens are equal.
+    assert all(x != y for x, y in zip(ha, hc))
+    assert block_hashes(a, 8) == ha  # deterministic
+
+
+def test_a_partial_last_block_is_not_hashed() -> None:
+    assert len(block_hashes(list(range(23)), 8)) == 2
+    assert block_hashes(list(range(7)), 8) == ()
+    assert block_hashes(list(range(23)), 8) == block_hashes(list(range(16)), 8)
+
+
+def test_block_size_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        block_hashes([1, 2, 3], 0)
+
+
+# -- the LRU ---------------------------------------------------------------------------------------
+
+
+@given(st.lists(st.lists(st.integers(0, 50), min_size=1, max_size=12, unique=True), max_size=40),
+       st.integers(1, 20))
+def test_a_block_cache_never_holds_more_than_its_capacity(prompts: list[list[int]], capacity: int) -> None:
+    cache = BlockCache(capacity)
+    for blocks in prompts:
+        cache.touch(blocks)
+        assert len(cache) <= capacity
+        # The prompt's first blocks are its most recent: its head survives its own insertion.
+        assert cache.leading_run(blocks) == min(capacity, len(blocks))
+
+
+def test_the_least_recently_used_block_goes_first_and_a_prompt_keeps_its_head_longest() -> None:
+    cache = BlockCache(4)
+    cache.touch([1, 2, 3])
+    cache.touch([9])        # recency, oldest first: 3, 2, 1, 9
+    cache.touch([10])       # evicts 3, the tail of the first prompt, not its head
+    assert 3 not in cache and all(b in cache for b in (1, 2, 9, 10))
+    assert cache.leading_run([1, 2, 3]) == 2
+
+
+def test_only_a_leading_run_counts() -> None:
+    cache = BlockCache(10)
+    cache.touch([1, 3, 4])
+    assert cache.leading_run([1, 2, 3, 4]) == 1       # 3 and 4 are held, but 2 is not: no reuse past it
+    assert cache.leading_run([2, 3, 4]) == 0
+    assert cache.leading_run([]) == 0
+
+
+def test_a_query_changes_no_recency() -> None:
+    cache = BlockCache(2)
+    cache.touch([1])
+    cache.touch([2])
+    cache.leading_run([1])  # a query, not a use
+    cache.touch([3])
+    assert 1 not in cache and 2 in cache
+
+
+def test_the_index_believes_only_what_it_was_told_per_substrate() -> None:
+    index = PrefixIndex({"a": 8, "b": 8})
+    index.record("a", (1, 2, 3))
+    assert index.hit_fraction("a", (1, 2, 3, 4)) == 0.75
+    assert index.hit_fraction("b", (1, 2, 3, 4)) == 0.0
+    assert index.hit_fraction("no-cache", (1, 2, 3)) == 0.0
+    index.record("no-cache", (1, 2, 3))  # a substrate without a prefix cache learns nothing
+    assert index.hit_fraction("no-cache", (1, 2, 3)) == 0.0
+    assert index.hits((1, 2, 3, 4)) == (("a", 0.75),)
+    assert index.hits(()) == ()
+    assert index.hits((1, 2), substrates=("b",)) == ()
+
+
+# -- the scorer and the estimate -----------------------------------------------------------------
+
+
+@given(st.lists(st.tuples(st.sampled_from(["x", "y", "z"]), st.floats(1e-9, 1.0)), max_size=3,
+                unique_by=lambda t: t[0]))
+def test_prefix_locality_is_the_predicted_hit_and_in_the_unit_interval(hits: list[tuple[str, float]]) -> None:
+    built = fleet(substrate("x")).build()
+    req = request(prefix_hits=tuple(hits))
+    value = PrefixLocality().score(context(built, req), built.fleet.substrate("x"), signals(), None)
+    assert 0.0 <= value <= 1.0
+    assert value == dict(hits).get("x", 0.0)
+
+
+def test_a_hit_lowers_only_the_prefill_it_saves() -> None:
+    """estimate.py: only the uncached part of the prompt is prefilled; decode and cost unchanged
+    (idle substrate, 8,000-token prompt at the builder's prefill rate)."""
+    built = fleet(substrate("x")).build()
+    spec = built.fleet.substrate("x")
+    sig = signals(in_flight=0)
+    cold = estimate(spec, sig, 8000, 100, None, 1000.0, 2.0)
+    warm = estimate(spec, sig, 8000, 100, None, 1000.0, 2.0, 0.75)
+    prefill = 8000 / spec.latency.prefill_tokens_per_s
+    assert cold.ttft_s - warm.ttft_s == pytest.approx(0.75 * prefill)
+    assert (cold.e2e_s - cold.ttft_s) == pytest.approx(warm.e2e_s - warm.ttft_s)
+    assert warm.cost_usd <= cold.cost_usd
+
+
+def test_a_warm_cache_draws_a_request_between_equals_but_not_onto_a_full_substrate() -> None:
+    b = fleet(substrate("a"), substrate("b")).spillover(mode="scored")
+    built = b.build()
+    idle = {"a": signals(in_flight=0), "b": signals(in_flight=0)}
+    assert place(request(prefix_hits=(("b", 0.9),)), snapshot(built, idle), built.policy).substrate == "b"
+    assert place(request(prefix_hits=(("a", 0.9),)), snapshot(built, idle), built.policy).substrate == "a"
+    full_b = {"a": signals(in_flight=0), "b": signals(in_flight=10_000)}
+    d = place(request(prefix_hits=(("b", 1.0),)), snapshot(built, full_b), built.policy)
+    assert d.substrate == "a"
+    assert next(c for c in d.candidates if c.name == "b").code is RejectionCode.CAPACITY
+
+
+# -- a hit never crosses a hard rule ----------------------------------------------------------------
+
+_SOFT = {RejectionCode.PREDICTED_TOO_SLOW}  # the only verdict a faster prediction may change
+
+
+@given(scenarios(), st.data())
+def test_a_predicted_hit_never_admits_what_a_hard_rule_rejects(sc: Scenario, data: st.DataObject) -> None:
+    """Every substrate predicted to hold the whole prompt: each one a hard rule rejects without the
+    hit is rejected with it, for the same reason; and a forbidden jurisdiction is never chosen."""
+    names = [s.name for s in sc.built.fleet.substrates]
+    hits = tuple((n, data.draw(st.floats(0.01, 1.0))) for n in names)
+    cold = dataclasses.replace(sc.request, prefix_hits=())
+    warm = dataclasses.replace(sc.request, prefix_hits=hits)
+    d_cold = place(cold, sc.snapshot, sc.built.policy)
+    d_warm = place(warm, sc.snapshot, sc.built.policy)
+    by_name = {c.name: c for c in d_warm.candidates}
+    for c in d_cold.candidates:
+        if c.code is not None and c.code not in _SOFT:
+            assert by_name[c.name].code == c.code, (c.name, c.code, by_name[c.name].code)
+    allowed = sc.built.policy.tenants[sc.request.tenant].allowed_countries
+    for name in ((d_warm.substrate,) if d_warm.placed else ()) + d_warm.fallbacks:
+        assert sc.built.fleet.substrate(name).countries <= allowed
+    if d_warm.placed:
+        for c in d_warm.candidates:
+            if c.scores is not None:
+                assert all(0.0 <= s <= 1.0 for s in c.scores)
+                assert 0.0 <= c.total <= 1.0

@@ -200,8 +200,8 @@ def test_estimate_stale_load_reading_is_not_an_idle_substrate() -> None:
 
 def test_engine_reports_the_estimate_and_the_scores() -> None:
     """The same fleet through ``place``: the candidate carries the hand-computed estimate and each
-    scorer's value, and the total is the weighted sum (default weights .35 .2 .1 .2 .1 .05 .1, normalised
-    by their sum 1.1)."""
+    scorer's value, and the total is the weighted sum (default weights .35 .2 .1 .2 .1 .05 .05,
+    normalised by their sum 1.05)."""
     built = priced().build()
     snap = snapshot(built, {"x": signals(in_flight=1, kv=0.25)})
     d = place(request(input_tokens=1000, max_output_tokens=100, ingress_region="us-east",
@@ -221,6 +221,6 @@ def test_engine_reports_the_estimate_and_the_scores() -> None:
     }
     assert d.scores_of("x") == pytest.approx(expected)
     weights = {"predicted_latency": 0.35, "queue_pressure": 0.2, "memory_pressure": 0.1, "cost": 0.2,
-               "locality": 0.1, "reserved_tier": 0.05, "prefix_locality": 0.1}
-    total = sum(weights[n] * v for n, v in expected.items()) / 1.1
+               "locality": 0.1, "reserved_tier": 0.05, "prefix_locality": 0.05}
+    total = sum(weights[n] * v for n, v in expected.items()) / 1.05
     assert d.candidates[0].total == pytest.approx(total)

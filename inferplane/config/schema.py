@@ -683,8 +683,9 @@ class ScorerWeights(_Strict):
         default=0.05, description="Weight of using reserved capacity before burst."
     )
     prefix_locality: NonNegativeFloat = Field(
-        default=0.1, description="Weight of the fraction of the prompt the substrate is predicted to hold "
-        "in its prefix cache (the prefill it would not do); 0 turns the credit off."
+        default=0.05, description="Weight of the fraction of the prompt the substrate is predicted to hold "
+        "in its prefix cache (the prefill it would not do; the time that saves is already in the latency "
+        "estimate); 0 turns the credit off, not the estimate's use of the prediction."
     )
 
     @model_validator(mode="after")

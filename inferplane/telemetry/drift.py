@@ -109,6 +109,9 @@ class DriftSettings:
     clear_band: tuple[float, float] = (0.8, 1.25)
     """A flag clears only with the median back inside it."""
     baseline_factor: float = 1.75
+    baseline_warmup: int = 10
+    """A baseline is the mean of its first this many values (one lucky window does not set it),
+    and is judged against only after them."""
     baseline_tau_s: float = 1800.0
     """Time constant of the baselines (an EWMA in time, not per evaluation): a gradual drift of
     minutes hardly moves them. (Per evaluation, at a few requests a second, the baseline followed a
@@ -120,8 +123,11 @@ class DriftSettings:
     size_min_cv: float = 0.25
     size_r2_drop: float = 0.4
     size_r2_clear: float = 0.7
-    size_min_baseline_r2: float = 0.3
+    size_min_baseline_r2: float = 0.6
+    """R² is judged only where size explained most of TTFT: on a substrate whose R² is lower
+    (jitter, a large fixed delay), a 48-sample R² swings by half between windows by chance."""
     size_slope_ratio: float = 0.25
+    """...and the slope only when it is below this times the predicted slope by two standard errors."""
     size_every: int = 4
     """The size fit is evaluated at every this many observations of a substrate, not each one: it
     refits ``size_window`` samples (two least-squares fits), which cost most of the detector's time,
@@ -160,7 +166,7 @@ class _Sample(NamedTuple):
 
 class _Substrate:
     __slots__ = ("samples", "last_at_s", "flags", "streaks", "baselines", "floors", "r2_baseline", "last", "seen",
-                 "learned_at")
+                 "learned_at", "learned_n")
 
     def __init__(self, size: int) -> None:
         self.samples: deque[_Sample] = deque(maxlen=size)
@@ -169,6 +175,7 @@ class _Substrate:
         self.streaks = {k: 0 for k in KINDS}
         self.baselines: dict[str, float] = {}  # kind -> EWMA of log median
         self.learned_at: dict[str, float] = {}  # kind ("size" for R²) -> when its baseline last learned
+        self.learned_n: dict[str, int] = {}  # kind -> values its baseline has learned
         self.floors: dict[str, Floor] = {}
         self.r2_baseline: float | None = None
         self.last: dict[str, float] = {}  # what the last evaluation measured (for status)
@@ -207,7 +214,8 @@ class DriftDetector:
             return
         med = median(r for r, _ in pairs)
         sub.last[kind] = med
-        off = abs(math.log(med) - sub.baselines[kind]) if kind in sub.baselines else 0.0
+        off = (abs(math.log(med) - sub.baselines[kind])
+               if sub.learned_n.get(kind, 0) >= s.baseline_warmup else 0.0)  # no baseline yet: the band alone
         if not sub.flags[kind]:
             drift = not (s.band[0] <= med <= s.band[1]) or off > math.log(s.baseline_factor)
             if not drift and off <= math.log(s.baseline_factor) / 2:  # a move away is not learned
@@ -232,8 +240,8 @@ class DriftDetector:
         sd_x = math.sqrt(sum((x - mean_x) ** 2 for x in xs) / len(xs))
         if mean_x <= 0.0 or sd_x / mean_x < s.size_min_cv:
             return  # sizes do not vary: nothing to judge
-        slope, r2 = _fit(xs, [p[1] for p in pts])
-        p_slope, _ = _fit(xs, [p[2] for p in pts])
+        slope, r2, slope_se = _fit(xs, [p[1] for p in pts])
+        p_slope, _, _ = _fit(xs, [p[2] for p in pts])
         mean_p = sum(p[2] for p in pts) / len(pts)
         if p_slope * sd_x < 0.1 * mean_p:
             return  # the predictions say size hardly matters here
@@ -241,8 +249,9 @@ class DriftDetector:
         sub.last.update(size_r2=r2, size_slope_ratio=ratio)
         base = sub.r2_baseline
         if not sub.flags["size"]:
-            lost = (base is not None and base >= s.size_min_baseline_r2 and r2 < s.size_r2_drop * base) or (
-                ratio < s.size_slope_ratio)
+            judged = base is not None and sub.learned_n.get("size", 0) >= s.baseline_warmup
+            lost = (judged and base >= s.size_min_baseline_r2 and r2 < s.size_r2_drop * base) or (
+                (slope + 2.0 * slope_se) / p_slope < s.size_slope_ratio)
             if not lost:
                 sub.r2_baseline = self._learn(sub, "size", base, r2)
             self._step(sub, "size", lost)
@@ -251,12 +260,15 @@ class DriftDetector:
             self._step(sub, "size", back)
 
     def _learn(self, sub: _Substrate, kind: str, baseline: float | None, value: float) -> float:
-        """``baseline`` moved toward ``value`` by the time since it last learned (time constant
-        ``baseline_tau_s``); ``value`` itself for the first."""
+        """``baseline`` moved toward ``value``: the mean of the first ``baseline_warmup`` values,
+        then by the time since it last learned (time constant ``baseline_tau_s``)."""
         at, last = sub.last_at_s, sub.learned_at.get(kind)
         sub.learned_at[kind] = at
+        n = sub.learned_n[kind] = sub.learned_n.get(kind, 0) + 1
         if baseline is None or last is None:
             return value
+        if n <= self.settings.baseline_warmup:
+            return baseline + (value - baseline) / n
         return baseline + (1.0 - math.exp(-max(0.0, at - last) / self.settings.baseline_tau_s)) * (value - baseline)
 
     def _step(self, sub: _Substrate, kind: str, toward_flip: bool) -> bool:
@@ -302,17 +314,19 @@ def _exp(log_value: float | None) -> float | None:
     return None if log_value is None else math.exp(log_value)
 
 
-def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least squares ``y = a + b x``: ``(b, R²)``; R² is 0 when y does not vary."""
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least squares ``y = a + b x``: ``(b, R², standard error of b)``; R² is 0 when y does not vary."""
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
     sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
     syy = sum((y - my) ** 2 for y in ys)
     if sxx <= 0.0:
-        return 0.0, 0.0
+        return 0.0, 0.0, math.inf
     b = sxy / sxx
-    return b, (0.0 if syy <= 0.0 else max(0.0, min(1.0, sxy * sxy / (sxx * syy))))
+    r2 = 0.0 if syy <= 0.0 else max(0.0, min(1.0, sxy * sxy / (sxx * syy)))
+    se = math.sqrt(max(0.0, syy - b * sxy) / max(1, n - 2) / sxx)
+    return b, r2, se
 
 
 def settings_from_policy(health) -> DriftSettings:

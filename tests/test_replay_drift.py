@@ -44,3 +44,26 @@ def test_the_same_slice_without_the_slowdown_flags_no_substrate(capsys, tmp_path
     assert {name: f for name, f in drift["flags"].items() if f} == {}
     assert drift["slowed"] == [] and drift["deadlines_met"] is None and drift["fault_start_s"] is None
     assert "drift flags" in text
+
+
+RAMP = [f"{SLOWED}:{300 + 60 * i}:60:{1.1 + 0.2 * i:.1f}" for i in range(10)]  # x1.1 to x2.9 over 10 min
+
+
+def test_a_slow_ramp_is_flagged_before_its_deadlines_met_falls_by_a_point(capsys, tmp_path):
+    """The issue's promise on a reduced run: gpu-fra slowed by 10 % more each minute from 300 s is
+    flagged (slower than its declared profile) before its rolling deadlines-met figure falls by
+    more than one point; and not before the ramp begins."""
+    out = tmp_path / "report.json"
+    ramp = [arg for step in RAMP for arg in ("--slowdown", step)]
+    code = main(["replay", SCENARIO, "--trace", AZURE_CONV, "--limit", "6000", "--router", "inferplane",
+                 "--no-bound", "--no-progress", "--out", str(out), *ramp])
+    text, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    drift = json.loads(out.read_text(encoding="utf-8"))["runs"][0]["drift"]
+    flags = drift["flags"][SLOWED]
+    assert flags and all(f["set_s"] >= 300.0 for f in flags), flags
+    first = min(f["set_s"] for f in flags)
+    fell = drift["deadlines_met"][SLOWED]["fell_at_s"]
+    assert fell is not None, drift["deadlines_met"][SLOWED]  # the ramp does hurt by the end
+    assert first < fell, (first, fell)
+    assert {name: f for name, f in drift["flags"].items() if f and name != SLOWED} == {}

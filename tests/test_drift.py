@@ -85,7 +85,7 @@ def test_ttft_independent_of_size_is_flagged_size_and_recovers():
 def test_a_noisy_substrate_whose_size_explains_little_is_not_flagged_size():
     """Jitter of ±50 % leaves prompt size explaining about 40 % of TTFT: a 48-request fit's R² then
     swings by half between windows by chance. Five hours of such a stable substrate raise no
-    ``size`` flag (with R² judged from an R² baseline of 0.3 and no warm-up, they raised 5)."""
+    ``size`` flag (when the detector judged R² against its baseline, they raised 5)."""
     for seed in range(1, 6):
         flags = feed(DriftDetector(), 3000, noise=0.5, seed=seed)
         assert not any("size" in f for f in flags), seed

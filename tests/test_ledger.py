@@ -64,6 +64,28 @@ def test_a_request_closes_once_and_releases_its_lease(plane):
     assert [(r["request_id"], r["status_code"]) for r in rows] == [("req-1", 200)]
 
 
+def test_a_request_dispatched_late_keeps_when_and_its_residuals_start_there(plane):
+    """Time before the final dispatch (the hold queue, a failed attempt) is the client's, not the
+    substrate's: the record keeps it, and both residuals measure TTFT from the dispatch."""
+    from inferplane.telemetry.drift import declared_residuals, residuals
+
+    ledger, state, journal, audit, path = plane
+    req = ledger.open("req-late", NOW - 3.0)  # received 3 s before it was placed and dispatched
+    req.tenant, req.model, req.sla_class, req.input_tokens = "t", "m", "interactive", 100
+    req.attempts = AttemptLoop(state, request(request_id="req-late", model="m", now=NOW))
+    assert isinstance(req.attempts.start(), Dispatch)  # dispatched at NOW (the request's arrival in it)
+    first_token = NOW + req.attempts.decision.predicted_ttft_s
+    record = req.close(200, None, first_token + 1.0, first_token_s=first_token, output_tokens=11)
+    assert record.dispatched_after_s == pytest.approx(3.0)
+    assert record.ttft_s == pytest.approx(3.0 + record.decision.predicted_ttft_s)
+    assert record.substrate_ttft_s == pytest.approx(record.decision.predicted_ttft_s)
+    assert residuals(record)[0] == pytest.approx(1.0)
+    assert declared_residuals(record)[0] == pytest.approx(
+        record.decision.predicted_ttft_s / record.decision.declared_ttft_s)
+    (line,) = _journal_lines(journal)
+    assert line.dispatched_after_s == pytest.approx(3.0)  # journaled, so a replayed record keeps it
+
+
 def test_a_client_that_leaves_is_499_and_not_held_against_the_substrate(plane):
     ledger, state, journal, audit, path = plane
     req = _open_placed(ledger, state)

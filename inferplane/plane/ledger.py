@@ -92,7 +92,9 @@ class RequestLedger:
     def _close(self, req: OpenRequest, status: int, error_code: str | None, now_s: float,
                first_token_s: float | None, output_tokens: int | None, prompt_tokens: int | None) -> RequestRecord:
         loop = req.attempts
+        dispatched_after = None
         if loop is not None and loop.current is not None:
+            dispatched_after = loop.current.dispatched_at_s - req.received_at_s
             if status == 499 or (status != 200 and first_token_s is None):
                 loop.abandoned()  # a client that leaves says nothing about the substrate's health
             else:
@@ -112,7 +114,7 @@ class RequestLedger:
             error_code=error_code, ttft_s=None if first_token_s is None else first_token_s - req.received_at_s,
             e2e_s=e2e if status == 200 else None, input_tokens=input_tokens, output_tokens=output_tokens,
             cost=cost, config_hash=self._policy.policy_hash, held_s=req.held_s, held_reason=req.held_reason,
-            estimated_input_tokens=req.input_tokens)
+            estimated_input_tokens=req.input_tokens, dispatched_after_s=dispatched_after)
         if cost is not None and record.tenant is not None:
             self._state.add_spend(record.tenant, cost.total_usd)
         try:

@@ -59,6 +59,18 @@ class RequestRecord:
     estimated_input_tokens: int | None = None
     """Prompt tokens as the ingress counted them before dispatch (``input_tokens`` is the engine's
     count when it reported one); None when the request ended before they were counted."""
+    dispatched_after_s: float | None = None
+    """Seconds from receipt to the dispatch of the attempt its decision placed (time in the hold
+    queue and on earlier failed attempts); None when nothing was dispatched, or for a record made
+    before it was kept. ``substrate_ttft_s`` subtracts it."""
+
+    @property
+    def substrate_ttft_s(self) -> float | None:
+        """Time to first token from the final attempt's dispatch: the substrate's own TTFT, which
+        its decision predicted (``ttft_s`` is the client's, from receipt)."""
+        if self.ttft_s is None:
+            return None
+        return self.ttft_s - (self.dispatched_after_s or 0.0)
 
     @property
     def attempts(self) -> int:

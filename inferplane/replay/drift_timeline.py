@@ -68,7 +68,7 @@ class DriftTimeline:
             return
         now = record.finished_at_s
         self._detector.observe(record.decision.substrate, now, ttft_res, tpot_res, record.input_tokens,
-                               record.output_tokens, record.ttft_s, record.tpot_s)
+                               record.output_tokens, record.substrate_ttft_s, record.tpot_s)
         flags = self._detector.flags(now)
         for substrate, kinds in flags.items():
             for kind in kinds:

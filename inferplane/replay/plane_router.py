@@ -209,7 +209,8 @@ class PlaneRouter:
                 sla_class=request.sla_class, streamed=True, decision=loop.decision,
                 snapshot_age_s=loop.snapshot_age_s, status_code=200, error_code=None,
                 ttft_s=first_token_s - request.arrival_s, e2e_s=e2e, input_tokens=request.input_tokens,
-                output_tokens=output_tokens, cost=cost, config_hash=self._config_hash))
+                output_tokens=output_tokens, cost=cost, config_hash=self._config_hash,
+                dispatched_after_s=dispatched_s - request.arrival_s))
 
     def failed(self, request: ReplayRequest, substrate: str, failure: Failure, retry_after_s: float | None,
                now_s: float) -> None:

@@ -383,7 +383,8 @@ class MetricsDelta:
                 judged = declared_residuals(record)  # what the drift detector judges (telemetry.drift)
                 if judged[0] is not None or judged[1] is not None:
                     self.samples.append((_clean(self._vocab, ("substrate",), (substrate,))[0], record.finished_at_s,
-                                         *judged, record.input_tokens, record.output_tokens, record.ttft_s, tpot_s))
+                                         *judged, record.input_tokens, record.output_tokens,
+                                         record.substrate_ttft_s, tpot_s))
                     if len(self.samples) > 2 * MAX_DRIFT_SAMPLES:
                         del self.samples[:-MAX_DRIFT_SAMPLES]
 

@@ -15,8 +15,12 @@ from inferplane.placement.estimate import estimate
 from inferplane.placement.filters import RejectionCode
 from inferplane.placement.prefix import BlockCache, PrefixIndex, block_hashes
 from inferplane.placement.scorers import PrefixLocality
+from inferplane.telemetry.audit import audit_row, decision_from_record, recorded_decision
+from inferplane.telemetry.metrics import MetricsDelta, PlaneMetrics
 from tests.builders import context, fleet, request, signals, snapshot, substrate
 from tests.strategies import Scenario, scenarios
+from tests.test_audit import plane, record_for
+from tests.test_metrics import finished, scrape, value
 
 # -- block hashes --------------------------------------------------------------------------------
 
@@ -163,3 +167,31 @@ def test_a_predicted_hit_never_admits_what_a_hard_rule_rejects(sc: Scenario, dat
             if c.scores is not None:
                 assert all(0.0 <= s <= 1.0 for s in c.scores)
                 assert 0.0 <= c.total <= 1.0
+
+
+# -- the prediction on the record: decision, audit row, metric ----------------------------------------
+
+
+def test_the_decision_audit_row_and_metric_carry_the_predicted_hit() -> None:
+    built = plane()
+    snap = snapshot(built)
+    warm = place(request(prefix_hits=(("gpu", 0.5), ("us-api", 1.0))), snap, built.policy)
+    assert warm.substrate == "gpu" and warm.predicted_prefix_hit == 0.5
+    cold = place(request(), snap, built.policy)
+    assert cold.predicted_prefix_hit == 0.0
+    refused = place(request(tenant="nobody"), snap, built.policy)
+    assert refused.predicted_prefix_hit is None
+    assert warm.to_dict()["predicted_prefix_hit"] == 0.5
+    assert decision_from_record(recorded_decision(warm, built.fleet)).predicted_prefix_hit == 0.5
+    row = audit_row(record_for(built, warm), built.fleet, built.policy)
+    assert row["predicted_prefix_hit"] == 0.5
+    assert audit_row(record_for(built, None), built.fleet, built.policy)["predicted_prefix_hit"] is None
+
+    delta = MetricsDelta()
+    delta.record_request(finished(built, warm, tokens_in=1000))
+    delta.record_request(finished(built, cold, tokens_in=1000))
+    metrics = PlaneMetrics()
+    metrics.apply(delta.take())
+    samples = scrape(metrics)
+    assert value(samples, "inferplane_prefix_predicted_tokens_total", tenant="t", substrate="gpu") == 500.0
+    assert value(samples, "inferplane_input_tokens_total", tenant="t", substrate="gpu") == 2000.0

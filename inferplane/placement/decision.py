@@ -107,7 +107,7 @@ def placement_id(request_id: str, attempt: int) -> str:
 _FIELDS = ("placement_id", "request_id", "attempt", "tenant", "model", "sla_class", "substrate", "fallbacks",
            "primary", "spillover", "spillover_reason", "scorer_names", "predicted_ttft_s", "predicted_e2e_s",
            "estimated_cost_usd", "rejection_code", "rejection_message", "policy_hash", "snapshot_version",
-           "predicted_output_tokens", "declared_ttft_s", "declared_tpot_s")
+           "predicted_output_tokens", "declared_ttft_s", "declared_tpot_s", "predicted_prefix_hit")
 _set = object.__setattr__
 
 
@@ -152,6 +152,10 @@ class PlacementDecision:
     drift detector judges outcomes against these: "slower than declared" stays visible after the
     estimate has learned the slower latency from outcomes. None when nothing was placed, or for a
     decision made before they were kept."""
+    predicted_prefix_hit: float | None
+    """The fraction of the prompt placement predicted the chosen substrate's prefix cache holds
+    (``PlacementRequest.prefix_hits``; 0 when none was predicted); None when nothing was placed, or
+    for a decision made before it was kept."""
 
     def __init__(self, *, placement_id: str, request_id: str, attempt: int, tenant: str, model: str,
                  sla_class: str, substrate: str | None, fallbacks: tuple[str, ...], primary: str | None,
@@ -161,12 +165,12 @@ class PlacementDecision:
                  estimated_cost_usd: float | None, rejection_code: RejectionCode | None,
                  rejection_message: str | None, policy_hash: str, snapshot_version: int,
                  predicted_output_tokens: float | None = None, declared_ttft_s: float | None = None,
-                 declared_tpot_s: float | None = None) -> None:
+                 declared_tpot_s: float | None = None, predicted_prefix_hit: float | None = None) -> None:
         _set(self, "_values", (placement_id, request_id, attempt, tenant, model, sla_class, substrate, fallbacks,
                                primary, spillover, spillover_reason, scorer_names, predicted_ttft_s,
                                predicted_e2e_s, estimated_cost_usd, rejection_code, rejection_message,
                                policy_hash, snapshot_version, predicted_output_tokens, declared_ttft_s,
-                               declared_tpot_s))
+                               declared_tpot_s, predicted_prefix_hit))
         _set(self, "_candidates", tuple(candidates))
         _set(self, "_pending", None)
 
@@ -291,6 +295,7 @@ class PlacementDecision:
             "predicted_output_tokens": self.predicted_output_tokens,
             "declared_ttft_s": self.declared_ttft_s,
             "declared_tpot_s": self.declared_tpot_s,
+            "predicted_prefix_hit": self.predicted_prefix_hit,
             "estimated_cost_usd": self.estimated_cost_usd,
             "http_status": self.http_status,
             "rejection_code": None if self.rejection_code is None else self.rejection_code.value,

@@ -482,12 +482,13 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 
     names = rp.names
+    chosen_hit = hit_at[chosen] if hit_at is not None else 0.0
     declared_ttft, declared_tpot = declared_latency(snapshot.prepared[t.indices[chosen]], float(request.input_tokens),
-                                                    f_out, hit_at[chosen] if hit_at is not None else 0.0)
+                                                    f_out, chosen_hit)
     return PlacementDecision.deferred(
         (None, request.request_id, request.attempt, tenant.name,
          route.name, sla.name, names[chosen], None, route.primary,
          chosen != primary, reason, sc.scorer_names, ttft, e2e, cost, None, None, policy.policy_hash,
-         snapshot.version, f_out, declared_ttft, declared_tpot),
+         snapshot.version, f_out, declared_ttft, declared_tpot, chosen_hit),
         _verdicts, verdicts_args, eligible_count,
         (_fallbacks, (totals, eligible_count, ineligible, request.request_id, t.indices, names, chosen)))

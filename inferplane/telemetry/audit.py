@@ -72,6 +72,10 @@ tpot_residual                       float64?               ratio       tpot_s / 
                                                                        per output token (``predicted_tpot_s``),
                                                                        likewise
 estimated_cost_usd                  float64?               USD         the engine's estimate for the chosen
+predicted_prefix_hit                float64?               ratio       the fraction of the prompt placement
+                                                                       predicted the chosen substrate's prefix
+                                                                       cache holds (0: none; null if never
+                                                                       placed, and in older files)
 ttft_deadline_s                     float64?               s           the SLA class's deadline, when known
 e2e_deadline_s                      float64?               s           the SLA class's deadline, when known
 met_sla                             bool?                  -           200 within both deadlines (null: unknown)
@@ -208,6 +212,7 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("ttft_residual", pa.float64()),
         pa.field("tpot_residual", pa.float64()),
         pa.field("estimated_cost_usd", pa.float64()),
+        pa.field("predicted_prefix_hit", pa.float64()),
         pa.field("ttft_deadline_s", pa.float64()),
         pa.field("e2e_deadline_s", pa.float64()),
         pa.field("met_sla", pa.bool_()),
@@ -344,6 +349,7 @@ def decision_from_record(record: Mapping[str, Any]) -> PlacementDecision:
         rejection_message=record["rejection_message"], policy_hash=record["policy_hash"],
         snapshot_version=record["snapshot_version"], predicted_output_tokens=record.get("predicted_output_tokens"),
         declared_ttft_s=record.get("declared_ttft_s"), declared_tpot_s=record.get("declared_tpot_s"),
+        predicted_prefix_hit=record.get("predicted_prefix_hit"),
     )
 
 
@@ -462,6 +468,7 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
         "ttft_residual": None,
         "tpot_residual": None,
         "estimated_cost_usd": None,
+        "predicted_prefix_hit": None,
         "ttft_deadline_s": None,
         "e2e_deadline_s": None,
         "met_sla": None,
@@ -527,6 +534,7 @@ def _decision_columns(decision: PlacementDecision) -> dict[str, Any]:
         "predicted_ttft_s": decision.predicted_ttft_s,
         "predicted_e2e_s": decision.predicted_e2e_s,
         "estimated_cost_usd": decision.estimated_cost_usd,
+        "predicted_prefix_hit": decision.predicted_prefix_hit,
         "snapshot_version": decision.snapshot_version,
         "policy_hash": decision.policy_hash,
     }

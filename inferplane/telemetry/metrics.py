@@ -25,6 +25,9 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
   a function of the request's ``RequestRecord`` (``MetricsDelta.record_request``).
 - ``inferplane_input_tokens_total`` / ``inferplane_output_tokens_total{tenant,substrate}``.
 - ``inferplane_cost_usd_total{tenant,substrate}``: attributed cost (``telemetry.cost``).
+- ``inferplane_prefix_predicted_tokens_total{tenant,substrate}``: prompt tokens placement predicted
+  the substrate's prefix cache would serve (the decision's ``predicted_prefix_hit`` x the request's
+  input tokens); over ``inferplane_input_tokens_total``, the predicted hit ratio.
 - ``inferplane_placement_duration_seconds{result}``: time in ``place()`` (histogram).
 - ``inferplane_request_duration_seconds{substrate,sla_class}``: end-to-end time of successful
   requests, from receipt (histogram).
@@ -133,6 +136,8 @@ COUNTERS: dict[str, CounterDef] = {c.name: c for c in (
     CounterDef("input_tokens", "Input (prompt) tokens of finished requests.", ("tenant", "substrate")),
     CounterDef("output_tokens", "Output (completion) tokens of finished requests.", ("tenant", "substrate")),
     CounterDef("cost_usd", "Attributed cost of finished requests, USD.", ("tenant", "substrate")),
+    CounterDef("prefix_predicted_tokens", "Prompt tokens placement predicted the substrate's prefix cache would "
+               "serve (predicted hit fraction x input tokens).", ("tenant", "substrate")),
     CounterDef("audit_rows_dropped", "Audit rows an ingress replica could not queue.", ()),
     CounterDef("sovereignty_violations",
                "Placed requests whose substrate's jurisdiction is outside the tenant's allowed ones (must be 0).",
@@ -372,6 +377,9 @@ class MetricsDelta:
             self._inc("input_tokens", (tenant, substrate), float(record.input_tokens or 0))
             self._inc("output_tokens", (tenant, substrate), float(record.output_tokens or 0))
             self._inc("cost_usd", (tenant, substrate), 0.0 if record.cost is None else record.cost.total_usd)
+            if d.predicted_prefix_hit:
+                self._inc("prefix_predicted_tokens", (tenant, substrate),
+                          d.predicted_prefix_hit * float(record.input_tokens or 0))
             if self._vocab is not None and self._vocab.violates(tenant, substrate):
                 self._inc("sovereignty_violations", (tenant, substrate))
             if ok:

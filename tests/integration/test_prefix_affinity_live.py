@@ -49,10 +49,14 @@ def _document(conversation: int) -> str:
     return "\n".join(lines)
 
 
-def _replay(url: str) -> list[dict]:
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=EU_KEY, max_retries=0, timeout=300)
+
+
+def _replay(url: str) -> tuple[list[dict], list[list[dict]]]:
     """Every conversation's turns, interleaved turn by turn (one request at a time); per request
-    its conversation, turn and usage."""
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=EU_KEY, max_retries=0, timeout=300)
+    its conversation, turn and usage, and the conversations' histories."""
+    client = _client(url)
     histories = [[{"role": "system", "content": "You answer in one short sentence."},
                   {"role": "user", "content": _document(c) + "\n\nWhich entry mentions a glacier?"}]
                  for c in range(CONVERSATIONS)]
@@ -71,7 +75,15 @@ def _replay(url: str) -> list[dict]:
             served.append({"conversation": c, "turn": turn, "prompt": usage.prompt_tokens,
                            "cached": usage.prompt_tokens_details.cached_tokens})
             history.append({"role": "assistant", "content": answer.choices[0].message.content or ""})
-    return served
+    return served, histories
+
+
+def _streamed_usage(url: str, history: list[dict]):
+    """The usage chunk of a streamed resend of ``history``."""
+    chunks = list(_client(url).chat.completions.create(
+        model="smollm2", messages=history, max_tokens=4, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    return chunks[-1].usage
 
 
 def _replica_counters(plane, expected_queried: int, timeout_s: float = 60.0) -> list[tuple[int, int]]:
@@ -93,15 +105,16 @@ def _replica_counters(plane, expected_queried: int, timeout_s: float = 60.0) -> 
 def _measure(config_text: str, app_name: str) -> dict:
     plane, teardown = _deploy(config_text, app_name, 600)
     try:
-        served = _replay(plane.url)
+        served, histories = _replay(plane.url)
         prompts = sum(s["prompt"] for s in served)
         counters = _replica_counters(plane, prompts)
+        streamed = _streamed_usage(plane.url, histories[0])  # after the counters: not in them
     finally:
         teardown()
     queried, hits = sum(q for q, _ in counters), sum(h for _, h in counters)
     return {"served": served, "replicas": counters, "queried": queried, "hits": hits,
             "hit_rate": hits / queried if queried else 0.0, "cached": sum(s["cached"] for s in served),
-            "prompts": prompts}
+            "prompts": prompts, "streamed": streamed}
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +148,8 @@ def test_affinity_keeps_each_conversation_where_its_history_is_cached(measured):
     later = [s for s in m["served"] if s["turn"] > 0]
     assert all(s["cached"] >= s["prompt"] // 2 for s in later), later
     assert all(queried > 0 for queried, _ in m["replicas"]), m["replicas"]  # conversations spread over both
+    streamed = m["streamed"]  # a streamed answer's usage chunk says so too
+    assert streamed.prompt_tokens_details.cached_tokens >= streamed.prompt_tokens // 2, streamed
 
 
 def test_affinity_hits_the_prefix_cache_more_than_the_default_router(measured):

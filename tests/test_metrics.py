@@ -460,7 +460,7 @@ def test_the_detector_is_fed_declared_residuals_not_the_prediction_error() -> No
     assert value(samples, "inferplane_substrate_drift", substrate=d.substrate, kind="ttft") == 1.0
     assert value(samples, "inferplane_substrate_drift", substrate=d.substrate, kind="tpot") == 1.0
     status = metrics.drift_status(NOW + 40)[d.substrate]
-    assert status["ttft_residual_median"] == pytest.approx(3.0)
+    assert status["ttft_vs_declared_median"] == pytest.approx(3.0)
 
 
 def test_residual_samples_survive_pickling_and_a_merged_backlog() -> None:

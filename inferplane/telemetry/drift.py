@@ -291,9 +291,9 @@ class DriftDetector:
     def status(self, now_s: float) -> dict[str, dict]:
         """Per substrate: flags, the last medians and size fit, floors (JSON-able)."""
         return {n: {"flags": sorted(k for k in KINDS if sub.flags[k]),
-                    "ttft_residual_median": sub.last.get("ttft"), "tpot_residual_median": sub.last.get("tpot"),
-                    "ttft_residual_baseline": _exp(sub.baselines.get("ttft")),
-                    "tpot_residual_baseline": _exp(sub.baselines.get("tpot")),
+                    "ttft_vs_declared_median": sub.last.get("ttft"), "tpot_vs_declared_median": sub.last.get("tpot"),
+                    "ttft_vs_declared_baseline": _exp(sub.baselines.get("ttft")),
+                    "tpot_vs_declared_baseline": _exp(sub.baselines.get("tpot")),
                     "size_r2": sub.last.get("size_r2"),
                     "size_slope_ratio": sub.last.get("size_slope_ratio"),
                     "floors_s": {k: f.floor_s for k, f in sub.floors.items()},

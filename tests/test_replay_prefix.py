@@ -106,3 +106,24 @@ def test_the_bound_stays_above_every_router_with_caches(mooncake) -> None:
     assert with_cache.sla_attainment >= no_cache.sla_attainment
     for router in ("inferplane", "least_outstanding"):
         assert report(small, router)["sla_attainment"] <= with_cache.sla_attainment + 1e-9
+
+
+def test_the_plane_believes_what_it_served_not_what_the_caches_hold(tmp_path: Path, mooncake) -> None:
+    """The same replay with engines that really hold one block each (``simulation.physics``) while
+    the config, and so the plane, believes in millions of tokens: the caches serve almost nothing,
+    and the plane, which learns only from the requests it saw finish, keeps predicting hits as
+    before. Its belief is its own, not a view of the simulator's caches."""
+    scenario = (SCENARIOS / "mooncake-gpu.yaml").read_text()
+    scenario = scenario.replace("config: mooncake-gpu.fleet.yaml", f"config: {SCENARIOS / 'mooncake-gpu.fleet.yaml'}")
+    one_block = "{kv_cache_tokens_per_replica: 512}"
+    scenario = scenario.replace(
+        "  sample_interval_s: 10\n",
+        f"  sample_interval_s: 10\n  physics: {{gpu-fra: {one_block}, gpu-ams: {one_block}, gpu-iad: {one_block}}}\n")
+    (tmp_path / "tiny.yaml").write_text(scenario)
+    tiny = prepare(ReplayOptions(scenario=str(tmp_path / "tiny.yaml"), trace=str(MOONCAKE), limit=2000, bound=False))
+    assert [c.tokens_per_replica for c in tiny.prefix_caches if c is not None] == [512, 512, 512]
+    believed, starved = report(mooncake, "inferplane"), report(tiny, "inferplane")
+    assert believed["prefix_hit_predicted_fraction"] == pytest.approx(believed["prefix_hit_fraction"], abs=0.1)
+    assert starved["prefix_hit_fraction"] < 0.1 < starved["prefix_hit_predicted_fraction"]
+    assert starved["prefix_hit_fraction"] < believed["prefix_hit_fraction"] / 2
+    assert report(mooncake, "least_outstanding")["prefix_hit_predicted_fraction"] is None  # a gateway predicts nothing

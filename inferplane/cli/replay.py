@@ -97,7 +97,7 @@ def render(report: dict) -> str:
     headers = ["router", "SLA %", *[f"{c} %" for c in classes], "ttft p50", "ttft p99", "e2e p50", "e2e p99",
                "cost USD", "spill", "unlogged", "violations", "x-region", "rejected", "of bound SLA", "of bound cost"]
     if prefix:
-        headers.append("prefix hit %")
+        headers += ["prefix hit %", "predicted %"]
     rows = []
     for r in report["runs"]:
         frac = r.get("bound_fraction") or {}
@@ -111,7 +111,8 @@ def render(report: dict) -> str:
         ])
         if prefix:
             hit = r.get("prefix_hit_fraction")
-            rows[-1].append(_f(None if hit is None else 100 * hit, ".1f"))
+            predicted = r.get("prefix_hit_predicted_fraction")
+            rows[-1] += [_f(None if hit is None else 100 * hit, ".1f"), _f(None if predicted is None else 100 * predicted, ".1f")]
     lines.append(render_table(headers, rows, "l" + "r" * (len(headers) - 1)))
     bound = report.get("bound")
     if bound:

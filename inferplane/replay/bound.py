@@ -144,7 +144,10 @@ def _cached_at_best(requests: tuple[ReplayRequest, ...]) -> dict[int, int]:
 
 
 def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], requests: tuple[ReplayRequest, ...],
-                    events: tuple[Event, ...] = (), *, span_s: float, window_s: float = DEFAULT_WINDOW_S) -> FluidProgramme:
+                    events: tuple[Event, ...] = (), *, span_s: float, window_s: float = DEFAULT_WINDOW_S,
+                    prefix_caches: tuple | None = None) -> FluidProgramme:
+    """``prefix_caches``: each substrate's real prefix caches (``runner.Prepared.prefix_caches``);
+    None: as the config declares them."""
     t_build = time.perf_counter()
     fleet, policy = built.fleet, built.policy
     t0 = requests[0].arrival_s if requests else 0.0
@@ -160,6 +163,7 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
         best_first.append((p, 1.0 - p.jitter_ratio, decode_interval_s(p, 1), decode_interval_s(p, p.max_concurrency)))
 
     cached_best = _cached_at_best(requests)
+    has_cache = [(c is not None) for c in (prefix_caches or tuple(s.prefix_cache for s in fleet.substrates))]
     req_of, sub_of, cost, eff, arrival, d_e2e, d_ttft, tokens = [], [], [], [], [], [], [], []
     for r in requests:
         route = fleet.resolve_model(r.model)
@@ -175,7 +179,7 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
                 continue
             base, low, interval_1, interval_full = best_first[idx]
             first = first_token_delay_s(
-                base, r.input_tokens - (cached_best.get(r.index, 0) if spec.prefix_cache is not None else 0))
+                base, r.input_tokens - (cached_best.get(r.index, 0) if has_cache[idx] else 0))
             ttft = (outbound_delay_s(base) + first) * low
             if ttft > sla.ttft_deadline_s:
                 continue

@@ -52,6 +52,8 @@ class RequestOutcome:
     """Time the router held it before dispatching or refusing it (in ``ttft_s`` when served)."""
     cached_tokens: int = 0
     """Prompt tokens the serving substrate's prefix cache served (its prefill skipped them)."""
+    predicted_prefix_hit: float | None = None
+    """The hit fraction the placement that served it predicted (None: no decision, a baseline)."""
 
 
 def usage_cost_usd(spec: SubstrateSpec, input_tokens: int, output_tokens: int, ingress_region: str | None) -> float:

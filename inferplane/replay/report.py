@@ -26,6 +26,9 @@ Definitions (every field is per router, over all requests of the workload):
     prefix_hit_fraction     prompt tokens the serving substrates' prefix caches served / prompt tokens,
                             over completed requests (measured by the simulator's caches, the truth);
                             None when no request carries prefix blocks (Azure traces)
+    prefix_hit_predicted_fraction  the same as the router predicted it at placement (the plane's
+                            ``predicted_prefix_hit`` x prompt tokens / prompt tokens, over completed
+                            requests); None for a router that records no decision
     held_requests           requests the router held (held_s > 0) before dispatching or refusing
     held_mean_s, held_p99_s over all requests, held or not (0 for a request never held)
 
@@ -160,10 +163,13 @@ def run_report(result: SimulationResult, fixed_cost_usd: float, requests: Sequen
     tenants, jain = tenant_report(result, requests, shares or {})
     span = result.span_s
     good_tokens = sum(_tokens(o, requests) for o in outcomes if o.met_sla) if requests is not None else None
-    prefix_hit = None
+    prefix_hit = predicted_hit = None
     if requests is not None and any(r.prefix_blocks for r in requests):
         prompt = sum(requests[o.index].input_tokens for o in completed)
         prefix_hit = sum(o.cached_tokens for o in completed) / prompt if prompt else 0.0
+        if prompt and any(o.predicted_prefix_hit is not None for o in completed):
+            predicted_hit = sum((o.predicted_prefix_hit or 0.0) * requests[o.index].input_tokens
+                                for o in completed) / prompt
     return {
         "router": result.router,
         "requests": n,
@@ -200,6 +206,7 @@ def run_report(result: SimulationResult, fixed_cost_usd: float, requests: Sequen
         "goodput_rps": met / span if span > 0 else None,
         "goodput_tokens_per_s": good_tokens / span if span > 0 and good_tokens is not None else None,
         "prefix_hit_fraction": prefix_hit,
+        "prefix_hit_predicted_fraction": predicted_hit,
         **_held(outcomes),
         "tenants": tenants,
         "jain_fairness_over_shares": jain,

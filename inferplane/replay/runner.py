@@ -22,9 +22,10 @@ from inferplane.replay.plane_router import PlaneRouter
 from inferplane.replay.report import run_report
 from inferplane.replay.scenario import Event, Scenario, load_scenario
 from inferplane.replay.simulator import SimulationResult, Simulator
-from inferplane.replay.substrate_physics import physics_for
+from inferplane.replay.substrate_physics import physics_for, prefix_cache_for
 from inferplane.replay.trace import load_trace
 from inferplane.replay.workload import ReplayRequest, build_workload, drop_tenants, parse_tenants, validate_spec
+from inferplane.placement.fleet import PrefixCacheSpec
 from substrate_adapters.physics import PhysicsModel
 
 PLANE = "inferplane"
@@ -64,6 +65,8 @@ class Prepared:
     physics: tuple[PhysicsModel, ...]
     events: tuple[Event, ...]
     trace_rows: int
+    prefix_caches: tuple[PrefixCacheSpec | None, ...] | None = None
+    """Each substrate's real prefix caches (``substrate_physics.prefix_cache_for``); None: as declared."""
 
 
 def parse_routers(text: str) -> tuple[str, ...]:
@@ -115,15 +118,17 @@ def prepare(options: ReplayOptions) -> Prepared:
     physics = tuple(
         physics_for(s, i, jitter_ratio=sim.jitter_ratio, seed=spec.seed, override=sim.physics.get(s.name))
         for i, s in enumerate(built.config.substrates))
+    caches = tuple(prefix_cache_for(s, built.fleet.substrates[i].prefix_cache, sim.physics.get(s.name))
+                   for i, s in enumerate(built.config.substrates))
     scenario = replace(scenario, workload=spec)
-    return Prepared(scenario, requests, physics, scenario.events + options.events, len(rows))
+    return Prepared(scenario, requests, physics, scenario.events + options.events, len(rows), caches)
 
 
 def simulate(prepared: Prepared, router_name: str, *, progress: bool = False, drift: bool = False) -> SimulationResult:
     scenario = prepared.scenario
     built = scenario.built
     sim = Simulator(built, prepared.physics, prepared.requests, prepared.events,
-                    sample_interval_s=scenario.simulation.sample_interval_s)
+                    sample_interval_s=scenario.simulation.sample_interval_s, prefix_caches=prepared.prefix_caches)
     if router_name in (PLANE, PLANE_NO_PREFIX):
         router = PlaneRouter(built, sim.loads(), heartbeat_s=scenario.simulation.heartbeat_ms / 1000.0,
                              start_s=sim.start_s, drift=drift, prefix_affinity=router_name == PLANE)
@@ -174,7 +179,7 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
         if options.progress:
             print("solving the bound (fluid LP, HiGHS)...", file=sys.stderr)
         programme = build_programme(built, prepared.physics, prepared.requests, prepared.events,
-                                    span_s=span, window_s=options.window_s)
+                                    span_s=span, window_s=options.window_s, prefix_caches=prepared.prefix_caches)
         bound = solve_bound(programme)
         bound_out = bound.to_dict()
         for run in runs:

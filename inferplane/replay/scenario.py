@@ -122,6 +122,9 @@ class PhysicsOverride(_Strict):
         default=None, description="Prefills at once, later ones wait in order.")
     decode_share_during_prefill: Annotated[float, Field(ge=0, le=1)] | None = Field(
         default=None, description="Fraction of its decode rate a stream keeps while a prefill runs.")
+    kv_cache_tokens_per_replica: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="KV-cache tokens each replica really keeps prompts' blocks in (the prefix "
+        "caches the replay runs on); the plane keeps believing the config's `latency.kv_cache_tokens_per_replica`.")
 
 
 class SimulationSection(_Strict):

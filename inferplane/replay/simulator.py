@@ -76,7 +76,7 @@ class SimulationResult:
 
 
 class _RequestState:
-    __slots__ = ("request", "tried", "violation", "attempt", "held_since", "held_s")
+    __slots__ = ("request", "tried", "violation", "attempt", "held_since", "held_s", "predicted_hit")
 
     def __init__(self, request: ReplayRequest) -> None:
         self.request = request
@@ -85,11 +85,15 @@ class _RequestState:
         self.attempt: Attempt | None = None
         self.held_since: float | None = None
         self.held_s = 0.0
+        self.predicted_hit: float | None = None
 
 
 class Simulator:
     def __init__(self, built: BuiltConfig, physics: tuple[PhysicsModel, ...], requests: tuple[ReplayRequest, ...],
-                 events: tuple[Event, ...] = (), *, sample_interval_s: float = 10.0) -> None:
+                 events: tuple[Event, ...] = (), *, sample_interval_s: float = 10.0,
+                 prefix_caches: tuple | None = None) -> None:
+        """``prefix_caches``: each substrate's real prefix caches, in fleet order
+        (``substrate_physics.prefix_cache_for``); None: as the config declares them."""
         if len(physics) != len(built.fleet.substrates):
             raise ValueError("one PhysicsModel per substrate, in fleet order")
         self._built = built
@@ -101,8 +105,10 @@ class Simulator:
         self.start_s = (requests[0].arrival_s if requests else 0.0) - WARMUP_S
         self.queue = EventQueue(self.start_s)
         callbacks = SubstrateCallbacks(self._on_completed, self._on_failed)
-        self.substrates = tuple(SimSubstrate(spec, physics[i], self.queue, callbacks)
-                                for i, spec in enumerate(self._fleet.substrates))
+        self.substrates = tuple(
+            SimSubstrate(spec, physics[i], self.queue, callbacks,
+                         spec.prefix_cache if prefix_caches is None else prefix_caches[i])
+            for i, spec in enumerate(self._fleet.substrates))
         self._by_name = {s.spec.name: s for s in self.substrates}
         cfg = built.config
         self._client_timeout = {
@@ -228,6 +234,7 @@ class Simulator:
         if timeout is None or (client_timeout is not None and client_timeout < timeout):
             timeout = client_timeout  # the smaller of the two that exist
         attempt = Attempt(req, len(state.tried) + 1, spec.index, now, placement.spillover_logged, timeout)
+        state.predicted_hit = None if placement.decision is None else placement.decision.predicted_prefix_hit
         state.attempt = attempt
         self._router.dispatched(req, name, now)
         sub.send(now, attempt)
@@ -288,6 +295,6 @@ class Simulator:
                 spillover_logged=attempt.spillover_logged,
                 sovereignty_violation=state.violation,
                 cross_region=spec.region != self._built.ingress_region, held_s=state.held_s,
-                cached_tokens=attempt.cached_tokens)
+                cached_tokens=attempt.cached_tokens, predicted_prefix_hit=state.predicted_hit)
         self._outcomes[req.index] = outcome
         self._open -= 1

@@ -28,6 +28,11 @@ to one request is what an emulated substrate would do to it.
                        it is, up to jitter; a scenario that wants the truth to differ from the
                        belief says so in ``simulation.physics``.
 
+Prefix caches (``prefix_cache_for``): what the config declares (``SubstrateSpec.prefix_cache``),
+unless ``simulation.physics`` gives ``kv_cache_tokens_per_replica``: then each replica really has
+that many tokens (as many replicas as the config builds caches for), while the plane keeps
+believing the config.
+
 Overrides from ``simulation.physics`` replace fields last (milliseconds become seconds). Each
 substrate's draws are seeded with ``seed * 1000003 + its index in the fleet``.
 """
@@ -36,8 +41,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from inferplane.config.schema import EmulatedSubstrate, Substrate
-from inferplane.config.sizing import replica_counts
+from inferplane.config.schema import EmulatedSubstrate, OpenAICompatibleSubstrate, Substrate
+from inferplane.config.sizing import replica_counts, substrate_sizing
+from inferplane.placement.fleet import PrefixCacheSpec
 from inferplane.replay.scenario import PhysicsOverride
 from substrate_adapters.physics import PhysicsModel
 
@@ -70,7 +76,18 @@ def physics_for(substrate: Substrate, index: int, *, jitter_ratio: float, seed: 
     if override is None:
         return model
     changes = override.model_dump(exclude_none=True)
+    changes.pop("kv_cache_tokens_per_replica", None)  # the prefix caches' truth: ``prefix_cache_for``
     for ms_field in ("ttft_ms", "network_rtt_ms"):
         if ms_field in changes:
             changes[ms_field.replace("_ms", "_s")] = changes.pop(ms_field) / 1000.0
     return replace(model, **changes)
+
+
+def prefix_cache_for(substrate: Substrate, declared: PrefixCacheSpec | None,
+                     override: PhysicsOverride | None = None) -> PrefixCacheSpec | None:
+    """The prefix caches ``substrate`` really has in a replay (module docstring)."""
+    tokens = None if override is None else override.kv_cache_tokens_per_replica
+    if tokens is None:
+        return declared
+    replicas = 1 if isinstance(substrate, OpenAICompatibleSubstrate) else substrate_sizing(substrate).replicas.maximum
+    return PrefixCacheSpec(replicas, tokens)

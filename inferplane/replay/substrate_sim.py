@@ -61,7 +61,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inferplane.fleet_state import SubstrateReport
-from inferplane.placement.fleet import SubstrateSpec
+from inferplane.placement.fleet import PrefixCacheSpec, SubstrateSpec
 from inferplane.placement.prefix import BlockCache
 from inferplane.replay.attempt import Attempt, Failure, Phase
 from inferplane.replay.clock import EventQueue
@@ -87,7 +87,9 @@ class SubstrateCallbacks:
 
 class SimSubstrate:
     def __init__(self, spec: SubstrateSpec, physics: PhysicsModel, queue: EventQueue,
-                 callbacks: SubstrateCallbacks) -> None:
+                 callbacks: SubstrateCallbacks, prefix_cache: PrefixCacheSpec | None = None) -> None:
+        """``prefix_cache``: the caches it really has (the config's, unless the scenario says
+        otherwise: ``substrate_physics.prefix_cache_for``)."""
         self.spec = spec
         self.base_physics = physics
         self.physics = physics
@@ -119,7 +121,7 @@ class SimSubstrate:
         self._last_load_key: tuple | None = None
         self._last_load: SubstrateReport | None = None
         # Prefix caches, one per replica (the module docstring).
-        pc = spec.prefix_cache
+        pc = prefix_cache
         self.prefix_caches = () if pc is None else tuple(
             BlockCache(max(1, pc.tokens_per_replica // MOONCAKE_BLOCK_TOKENS)) for _ in range(pc.replicas))
         self._next_replica = 0

@@ -37,8 +37,10 @@ replica (``PrefixCacheSpec.replicas``) of ``kv_cache_tokens_per_replica // MOONC
 blocks, the engine's whole KV cache: vLLM keeps a finished request's blocks until they are
 evicted, least recently used first, and running requests' blocks are in it too. When a prefill
 starts, the pool's router picks the replica holding the longest leading run of the prompt's blocks
-(Serve's prefix-cache-affinity router inside the pool, issue #17 item 1; load balance among
-replicas is not modelled, the slots are pooled), or the next replica in turn when none holds any;
+when that run is at least ``MATCH_RATE_THRESHOLD`` of them (Serve's prefix-cache-affinity router
+inside the pool, issue #17 item 1, with its default threshold; load balance among replicas is not
+modelled, the slots are pooled), else the next replica in turn (a short match, such as the system
+prompt every conversation shares, must not pile every new conversation onto one replica);
 ``cached = min(run * 512, input - 1)`` tokens are not prefilled (an engine always computes the
 last prompt token), and the prompt's blocks become that replica's most recently used. Prefill time
 is the only thing a hit changes. This is the truth: nothing of it reaches the router, whose belief
@@ -77,6 +79,9 @@ from substrate_adapters.physics import (
 )
 
 EPSILON_TOKENS = 1e-7
+MATCH_RATE_THRESHOLD = 0.1
+"""The least fraction of a prompt's blocks a replica must hold for the pool to route by it
+(``PrefixCacheAffinityRouter``'s default ``match_rate_threshold``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,7 @@ class SimSubstrate:
             r = cache.leading_run(blocks)
             if r > run:
                 best, run = cache, r
-        if best is None:
+        if best is None or run < MATCH_RATE_THRESHOLD * len(blocks):
             best = caches[self._next_replica]
             self._next_replica = (self._next_replica + 1) % len(caches)
         best.touch(blocks)

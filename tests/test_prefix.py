@@ -5,6 +5,8 @@ that a predicted hit never crosses a hard rule (``inferplane/placement/prefix.py
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -20,7 +22,10 @@ from inferplane.telemetry.metrics import MetricsDelta, PlaneMetrics
 from tests.builders import context, fleet, request, signals, snapshot, substrate
 from tests.strategies import Scenario, scenarios
 from tests.test_audit import plane, record_for
+from tests.test_cli import run
 from tests.test_metrics import finished, scrape, value
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # -- block hashes --------------------------------------------------------------------------------
 
@@ -195,3 +200,21 @@ def test_the_decision_audit_row_and_metric_carry_the_predicted_hit() -> None:
     samples = scrape(metrics)
     assert value(samples, "inferplane_prefix_predicted_tokens_total", tenant="t", substrate="gpu") == 500.0
     assert value(samples, "inferplane_input_tokens_total", tenant="t", substrate="gpu") == 2000.0
+
+
+def test_explain_takes_a_believed_prefix_hit_and_shows_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """A 12k-token prompt misses the interactive deadline on the cold primary and goes where 90 % of
+    it is believed cached; the table and the JSON say so; a bad --prefix-hit is refused by name."""
+    args = ["explain", str(ROOT / "configs" / "scenarios" / "enterprise-burst.fleet.yaml"), "--tenant", "global-app",
+            "--model", "llama-70b", "--input-tokens", "12000", "--max-tokens", "256"]
+    code, out, _ = run(capsys, *args, "--prefix-hit", "gpu-iad=0.9", "--json")
+    assert code == 0
+    decision = json.loads(out)
+    assert decision["substrate"] == "gpu-iad" and decision["predicted_prefix_hit"] == 0.9
+    by_name = {c["name"]: c for c in decision["candidates"]}
+    assert by_name["gpu-iad"]["scores"]["prefix_locality"] == 0.9
+    assert by_name["gpu-fra"]["scores"]["prefix_locality"] == 0.0
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "prefix hit" in out and "placed on gpu-iad" not in out
+    code, _, err = run(capsys, *args, "--prefix-hit", "gpu-iad=1.5")
+    assert code != 0 and "--prefix-hit `gpu-iad=1.5`" in err

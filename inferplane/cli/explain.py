@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ingress-zone", help="default: the config's ingress topology")
     p.add_argument("--ingress-region", help="default: the config's ingress topology")
     p.add_argument("--request-id", default="explain-1", help="seeds the tie-break (default explain-1)")
+    p.add_argument("--prefix-hit", action="append", default=[], metavar="SUBSTRATE=FRACTION",
+                   help="the fraction of the prompt SUBSTRATE is believed to hold in its prefix cache "
+                   "(repeatable; default: none anywhere)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.set_defaults(func=cmd)
 
@@ -60,6 +63,17 @@ def decide(args: argparse.Namespace) -> tuple[PlacementDecision, FleetSpec, str]
     tenant = built.policy.tenants.get(args.tenant)
     if tenant is None:
         raise ValueError(f"unknown tenant `{args.tenant}`; tenants: {', '.join(sorted(built.policy.tenants))}")
+    hits = []
+    for item in args.prefix_hit:
+        name, sep, fraction = item.partition("=")
+        try:
+            value = float(fraction)
+        except ValueError:
+            value = -1.0
+        if not sep or name not in built.fleet.index or not 0.0 < value <= 1.0:
+            raise ValueError(f"--prefix-hit `{item}` is not SUBSTRATE=FRACTION with a substrate of the config "
+                             "and 0 < FRACTION <= 1")
+        hits.append((name, value))
     scenario = load_scenario(args.signals) if args.signals else None
     snapshot = snapshot_from_scenario(built.fleet, scenario, WHATIF_NOW_S)
     request = PlacementRequest(
@@ -72,6 +86,7 @@ def decide(args: argparse.Namespace) -> tuple[PlacementDecision, FleetSpec, str]
         arrived_at_s=WHATIF_NOW_S,
         ingress_region=args.ingress_region or built.ingress_region,
         ingress_zone=args.ingress_zone or built.ingress_zone,
+        prefix_hits=tuple(hits),
     )
     signals_note = (
         f"signals from {args.signals} ({len(scenario.substrates)} substrates; the rest idle and fresh)"

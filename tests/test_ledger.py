@@ -86,6 +86,21 @@ def test_a_request_dispatched_late_keeps_when_and_its_residuals_start_there(plan
     assert line.dispatched_after_s == pytest.approx(3.0)  # journaled, so a replayed record keeps it
 
 
+def test_the_engines_cached_tokens_reach_the_record_the_journal_and_the_audit_row(plane):
+    ledger, state, journal, audit, path = plane
+    req = _open_placed(ledger, state)
+    record = req.close(200, None, NOW + 1.0, first_token_s=NOW + 0.2, output_tokens=5, prompt_tokens=900,
+                       cached_tokens=768)
+    assert record.cached_input_tokens == 768
+    assert [line.cached_input_tokens for line in _journal_lines(journal)] == [768]
+    other = _open_placed(ledger, state, "req-2")
+    assert other.close(200, None, NOW + 1.0, first_token_s=NOW + 0.2, output_tokens=5).cached_input_tokens is None
+    ledger.drain()
+    audit.flush()
+    rows = {r["request_id"]: r for r in read_audit(path).to_pylist()}
+    assert (rows["req-1"]["cached_input_tokens"], rows["req-2"]["cached_input_tokens"]) == (768, None)
+
+
 def test_a_client_that_leaves_is_499_and_not_held_against_the_substrate(plane):
     ledger, state, journal, audit, path = plane
     req = _open_placed(ledger, state)

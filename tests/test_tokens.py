@@ -31,6 +31,7 @@ from inferplane.api.tokens import (
 from inferplane.config.schema import InferplaneConfig, TokenizerSpec
 from inferplane.placement.decision import RejectionCode
 from inferplane.placement.engine import place
+from inferplane.placement.prefix import block_hashes
 from tests.builders import build_doc, fleet, request, snapshot, substrate
 
 BUILTIN = "builtin:smollm2-135m-instruct"
@@ -418,3 +419,31 @@ def test_2000_emoji_are_refused_where_no_window_holds_them(smollm2):
     _, decision = _place(built, TokenCounter.from_config(built.config), chat(user(EMOJI)))
     assert decision.substrate is None
     assert decision.rejection_code is RejectionCode.CONTEXT_WINDOW
+
+
+# -- prefix blocks (#17): what the plane's prefix-cache belief is keyed by ----------------------
+
+
+def test_a_conversations_next_turn_shares_the_leading_blocks_of_the_last(counter):
+    """The same token ids the count is of, hashed in chained blocks: the next turn of a
+    conversation (history resent plus a reply and a question) starts with every full block of the
+    previous prompt but the last, which the template's generation prompt ends differently."""
+    doc = "The committee reviewed the quarterly figures line by line. " * 60
+    first = chat({"role": "system", "content": "You are a careful analyst."}, user(doc))
+    second = chat({"role": "system", "content": "You are a careful analyst."}, user(doc),
+                  {"role": "assistant", "content": "Revenue rose; costs rose faster."}, user("Why did costs rise?"))
+    n1, b1 = counter.prompt_and_blocks(first, 64)
+    n2, b2 = counter.prompt_and_blocks(second, 64)
+    assert (n1, n2) == (counter.prompt_tokens(first), counter.prompt_tokens(second))
+    assert len(b1) == n1 // 64 and len(b2) == n2 // 64 and len(b2) > len(b1) >= 5
+    assert b2[:len(b1) - 1] == b1[:-1]  # the shared history, block for block
+    other = chat({"role": "system", "content": "You are a terse analyst."}, user(doc))
+    assert counter.prompt_and_blocks(other, 64)[1][0] != b1[0]  # a different prefix: nothing shared
+
+
+def test_blocks_only_where_the_ids_are_known(counter):
+    ids = list(range(1, 300))
+    assert counter.prompt_and_blocks(completion(ids), 128) == (299, block_hashes(ids, 128))
+    assert counter.prompt_and_blocks(completion(["two", "prompts"]), 128)[1] == ()  # a batch
+    estimated = counter.prompt_and_blocks(chat(user("hello " * 400), model="unknown-model"), 16)
+    assert estimated == (counter.prompt_tokens(chat(user("hello " * 400), model="unknown-model")), ())

@@ -48,6 +48,7 @@ from typing import Protocol
 
 from inferplane.api.openai_schema import ChatCompletionRequest, CompletionRequest
 from inferplane.config.schema import InferplaneConfig, Model, SubstrateKind, TokenizerSpec
+from inferplane.placement.prefix import block_hashes
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,13 @@ class HfTokenizer:
 
     def text_tokens(self, text: str) -> int:
         return len(self._encode_batch([text], add_special_tokens=True)[0])
+
+    def chat_ids(self, turns: Sequence[Turn]) -> list[int] | None:
+        """The token ids the vLLM substrate prefills for these messages; None without a template."""
+        return None if self._template is None else self.text_ids(self.render(turns))
+
+    def text_ids(self, text: str) -> list[int]:
+        return self._encode_batch([text], add_special_tokens=True)[0].ids
 
 
 def _first_line(exc: BaseException) -> str:
@@ -412,6 +420,28 @@ class TokenCounter:
             log.debug("prompt of a %s request estimated, its tokenizer refused it: %s",
                       body.model, _first_line(exc))
             return self._count(ESTIMATE, body)
+
+    def prompt_and_blocks(self, body: ChatCompletionRequest | CompletionRequest,
+                          block_tokens: int) -> tuple[int, tuple[int, ...]]:
+        """``(prompt_tokens(body), the chained hashes of its full block_tokens-token blocks)``
+        (``placement.prefix.block_hashes``), what the plane's prefix-cache belief is keyed by. The
+        blocks are () when they cannot be known exactly: a tokenizer that gives no ids (the
+        estimate, tiktoken), a chat without a template, a batch of prompts, or a prompt the
+        tokenizer refused. A prompt of token ids is hashed as it is."""
+        if isinstance(body, CompletionRequest) and body.prompt and all(isinstance(i, int) for i in body.prompt):
+            return len(body.prompt), block_hashes(body.prompt, block_tokens)
+        tokenizer = self.tokenizer_for(body.model)
+        if isinstance(tokenizer, HfTokenizer):
+            try:
+                if isinstance(body, ChatCompletionRequest):
+                    ids = tokenizer.chat_ids(chat_turns(body))
+                else:
+                    ids = tokenizer.text_ids(body.prompt) if isinstance(body.prompt, str) else None
+            except Exception:  # refused: counted (estimated) below, with no blocks
+                ids = None
+            if ids is not None:
+                return len(ids), block_hashes(ids, block_tokens)
+        return self.prompt_tokens(body), ()
 
     @staticmethod
     def _count(tokenizer: PromptTokenizer, body: ChatCompletionRequest | CompletionRequest) -> int:

@@ -39,7 +39,7 @@ class OpenRequest:
     (parse, then placement); ``close`` freezes them into the record, once."""
 
     __slots__ = ("_ledger", "request_id", "received_at_s", "tenant", "model", "sla_class", "streamed",
-                 "input_tokens", "attempts", "held_s", "held_reason", "record")
+                 "input_tokens", "prefix_blocks", "attempts", "held_s", "held_reason", "record")
 
     def __init__(self, ledger: RequestLedger, request_id: str, received_at_s: float) -> None:
         self._ledger = ledger
@@ -51,6 +51,8 @@ class OpenRequest:
         self.streamed = False
         self.input_tokens: int | None = None
         """The ingress's estimate, until the engine reports its own count."""
+        self.prefix_blocks: tuple[int, ...] = ()
+        """The prompt's chained block hashes (``placement.prefix``), when the ingress knows them."""
         self.attempts: AttemptLoop | None = None
         self.held_s = 0.0
         """Time in the hold queue (``plane.queue``)."""
@@ -58,12 +60,15 @@ class OpenRequest:
         self.record: RequestRecord | None = None
 
     def close(self, status: int, error_code: str | None, now_s: float, *, first_token_s: float | None = None,
-              output_tokens: int | None = None, prompt_tokens: int | None = None) -> RequestRecord | None:
+              output_tokens: int | None = None, prompt_tokens: int | None = None,
+              cached_tokens: int | None = None) -> RequestRecord | None:
         """End the request (first call only; later calls return None). ``first_token_s`` and
-        ``now_s`` are on the plane's clock; ``prompt_tokens`` is the engine's count when known."""
+        ``now_s`` are on the plane's clock; ``prompt_tokens`` is the engine's count when known, and
+        ``cached_tokens`` how many of them it served from its prefix cache."""
         if self.record is not None:
             return None
-        return self._ledger._close(self, status, error_code, now_s, first_token_s, output_tokens, prompt_tokens)
+        return self._ledger._close(self, status, error_code, now_s, first_token_s, output_tokens, prompt_tokens,
+                                   cached_tokens)
 
 
 class RequestLedger:
@@ -90,7 +95,8 @@ class RequestLedger:
         weakref.finalize(owner, _close_abandoned, request, clock, on_abandoned)  # holds the request, not the owner
 
     def _close(self, req: OpenRequest, status: int, error_code: str | None, now_s: float,
-               first_token_s: float | None, output_tokens: int | None, prompt_tokens: int | None) -> RequestRecord:
+               first_token_s: float | None, output_tokens: int | None, prompt_tokens: int | None,
+               cached_tokens: int | None = None) -> RequestRecord:
         loop = req.attempts
         dispatched_after = None
         if loop is not None and loop.current is not None:
@@ -114,7 +120,8 @@ class RequestLedger:
             error_code=error_code, ttft_s=None if first_token_s is None else first_token_s - req.received_at_s,
             e2e_s=e2e if status == 200 else None, input_tokens=input_tokens, output_tokens=output_tokens,
             cost=cost, config_hash=self._policy.policy_hash, held_s=req.held_s, held_reason=req.held_reason,
-            estimated_input_tokens=req.input_tokens, dispatched_after_s=dispatched_after)
+            estimated_input_tokens=req.input_tokens, cached_input_tokens=cached_tokens,
+            dispatched_after_s=dispatched_after)
         if cost is not None and record.tenant is not None:
             self._state.add_spend(record.tenant, cost.total_usd)
         try:

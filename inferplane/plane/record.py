@@ -59,6 +59,10 @@ class RequestRecord:
     estimated_input_tokens: int | None = None
     """Prompt tokens as the ingress counted them before dispatch (``input_tokens`` is the engine's
     count when it reported one); None when the request ended before they were counted."""
+    cached_input_tokens: int | None = None
+    """Prompt tokens the engine served from its prefix cache (vLLM's ``num_cached_tokens``, a
+    provider's ``cached_tokens``): the measured side of ``decision.predicted_prefix_hit``. None when
+    the substrate does not report it."""
     dispatched_after_s: float | None = None
     """Seconds from receipt to the dispatch of the attempt its decision placed (time in the hold
     queue and on earlier failed attempts); None when nothing was dispatched, or for a record made

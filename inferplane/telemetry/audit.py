@@ -57,6 +57,9 @@ input_tokens                        int32?                 tokens      prompt to
 estimated_input_tokens              int32?                 tokens      prompt tokens as the ingress counted them
                                                                        before dispatch (null: not counted, or a
                                                                        row written before the column existed)
+cached_input_tokens                 int32?                 tokens      prompt tokens the engine served from its
+                                                                       prefix cache (null: not reported, and in
+                                                                       older files)
 output_tokens                       int32?                 tokens      completion tokens
 cost_usd                            float64?               USD         attributed cost (``telemetry.cost``) of
                                                                        the final attempt; null if never placed
@@ -108,7 +111,8 @@ upstream's error code) are written only when they name a configured model or cla
 snake_case code); otherwise as ``unknown:<sha256[:12]>`` (``redacted``). A new column may be added in a later version (readers fill it with null for old files);
 renaming or retyping one is a new version. ``recovered_by`` was added that way: a file written
 before it reads with null there, which is what it means (none of its rows was recovered); so were
-``estimated_input_tokens``, ``ttft_residual`` and ``tpot_residual`` (null: not known then).
+``estimated_input_tokens``, ``ttft_residual``, ``tpot_residual``, ``predicted_prefix_hit`` and
+``cached_input_tokens`` (null: not known then).
 
 Files: ``DIR/date=YYYY-MM-DD/audit-<writer_id>-<seq>.parquet`` (Hive partitioning by the row's UTC
 date). Each ``flush`` writes complete files under a hidden temporary name (``.``-prefixed, which
@@ -202,6 +206,7 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("tpot_s", pa.float64()),
         pa.field("input_tokens", pa.int32()),
         pa.field("estimated_input_tokens", pa.int32()),
+        pa.field("cached_input_tokens", pa.int32()),
         pa.field("output_tokens", pa.int32()),
         pa.field("cost_usd", pa.float64()),
         pa.field("cost_tokens_usd", pa.float64()),
@@ -458,6 +463,7 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
         "tpot_s": record.tpot_s,
         "input_tokens": record.input_tokens,
         "estimated_input_tokens": record.estimated_input_tokens,
+        "cached_input_tokens": record.cached_input_tokens,
         "output_tokens": record.output_tokens,
         "cost_usd": None if cost is None else cost.total_usd,
         "cost_tokens_usd": None if cost is None else cost.tokens_usd,

@@ -28,6 +28,8 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
 - ``inferplane_prefix_predicted_tokens_total{tenant,substrate}``: prompt tokens placement predicted
   the substrate's prefix cache would serve (the decision's ``predicted_prefix_hit`` x the request's
   input tokens); over ``inferplane_input_tokens_total``, the predicted hit ratio.
+- ``inferplane_prefix_cached_tokens_total{tenant,substrate}``: prompt tokens the engine reported it
+  served from its prefix cache (the measured side; only substrates that report it).
 - ``inferplane_placement_duration_seconds{result}``: time in ``place()`` (histogram).
 - ``inferplane_request_duration_seconds{substrate,sla_class}``: end-to-end time of successful
   requests, from receipt (histogram).
@@ -138,6 +140,8 @@ COUNTERS: dict[str, CounterDef] = {c.name: c for c in (
     CounterDef("cost_usd", "Attributed cost of finished requests, USD.", ("tenant", "substrate")),
     CounterDef("prefix_predicted_tokens", "Prompt tokens placement predicted the substrate's prefix cache would "
                "serve (predicted hit fraction x input tokens).", ("tenant", "substrate")),
+    CounterDef("prefix_cached_tokens", "Prompt tokens the engine reported serving from its prefix cache.",
+               ("tenant", "substrate")),
     CounterDef("audit_rows_dropped", "Audit rows an ingress replica could not queue.", ()),
     CounterDef("sovereignty_violations",
                "Placed requests whose substrate's jurisdiction is outside the tenant's allowed ones (must be 0).",
@@ -380,6 +384,8 @@ class MetricsDelta:
             if d.predicted_prefix_hit:
                 self._inc("prefix_predicted_tokens", (tenant, substrate),
                           d.predicted_prefix_hit * float(record.input_tokens or 0))
+            if record.cached_input_tokens:
+                self._inc("prefix_cached_tokens", (tenant, substrate), float(record.cached_input_tokens))
             if self._vocab is not None and self._vocab.violates(tenant, substrate):
                 self._inc("sovereignty_violations", (tenant, substrate))
             if ok:

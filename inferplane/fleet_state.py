@@ -23,6 +23,15 @@ Derivation, per substrate:
   (every request handed to the engine) and a provider API's (every request sent and not
   answered); the emulated adapter counts only the slots held, so its waiting requests are added
   (``RUNNING_ONLY_KINDS``). It is the substrate's occupancy (``placement.signals``).
+- ``capacity`` (``SubstrateSignals.capacity``) of a vLLM or emulated substrate follows its replicas:
+  ``SubstrateSpec.capacity_at(live)``, the declared limits scaled by the replicas live over the
+  replicas declared (per-replica slots times live replicas). A replica is live while its reports
+  are within the staleness bound and Serve does not say it is stopping (``set_serve_replicas``,
+  from the actor's poll of Serve): a replica being drained stops adding capacity at once, while
+  its reports still count in the load. None live: capacity 0 (and no ``in_flight``, so nothing is
+  admitted). Replicas Serve is starting are shown (``status``), never counted. A provider API's
+  limit is fleet-level: None, the spec's. ``_grant`` shares out the live capacity, and the
+  outcomes that met "no queue" are those below it.
 - ``queued`` sums (the waiting part of ``in_flight``, not added to it); ``kv_cache_usage`` and
   ``gpu_memory_used_ratio`` take the max, rate-limit headroom the min over replicas.
 - ``recent_ttft_s`` / ``recent_tpot_s`` are medians and ``error_rate`` the failure fraction of the
@@ -78,8 +87,8 @@ from operator import is_not, le, not_, sub
 from typing import NamedTuple
 
 from inferplane.health import BreakerSettings, CircuitBreaker
-from inferplane.placement.fleet import FleetSpec
-from inferplane.placement.signals import CircuitState, DriftPenalty, Reading, SubstrateSignals
+from inferplane.placement.fleet import FleetSpec, SubstrateSpec
+from inferplane.placement.signals import Capacity, CircuitState, DriftPenalty, Reading, SubstrateSignals
 
 OUTCOME_WINDOW = 64
 OUTPUT_LENGTH_WEIGHT = 1.0 / 32.0
@@ -127,6 +136,9 @@ class SubstrateReport:
     ``vllm:prefix_cache_queries``)."""
     prefix_cache_hit_tokens: int | None = None
     """Of those, the tokens it found cached (``vllm:prefix_cache_hits``)."""
+    replicas: int = 1
+    """The engine replicas this report speaks for: 1 from a Serve replica (its own heartbeat); the
+    replay's simulator reports each substrate once for all its configured replicas."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +228,7 @@ class FleetState:
         # change (the replay syncs ten times a simulated second; most syncs change nothing but the
         # ingress counts).
         self._derived = tuple(_Derived(s.name, s.zone, s.region, self._breakers[s.name], self._replicas[s.name],
-                                       s.max_concurrent, s.kind in RUNNING_ONLY_KINDS)
+                                       s.max_concurrent, s.kind in RUNNING_ONLY_KINDS, s)
                               for s in fleet.substrates)
         self._derived_by_name = {d.name: d for d in self._derived}
         # No kept report is older than this, so nothing can expire before it + the bound (a sync
@@ -306,21 +318,41 @@ class FleetState:
             self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
         self._dirty = True
 
+    def set_serve_replicas(self, substrate: str, target: int, starting: int, stopping: frozenset[str]) -> None:
+        """What Serve says of a substrate's deployment: the replicas it aims for (``target``), those
+        it is starting (shown, never admitted to: they admit once they report), and the ids of those
+        it is stopping. A stopping replica's capacity leaves at once, while its heartbeats still
+        arrive (Serve drains it: it takes no new request, its running ones finish, and its reports
+        still count in the load); a replica that merely goes silent leaves when its last report
+        expires."""
+        d = self._derived_by_name[substrate]
+        if (target, starting) != d.serve:
+            d.serve = (target, starting)
+        if stopping != d.stopping:
+            d.stopping = stopping
+            d.rp = None
+            self._dirty = True
+
     def _grant(self, ingress_id: str) -> None:
         """The slots ``ingress_id`` may hold on each substrate until its next sync: what it holds
         now, plus its share of the free slots (``share_of_free_slots``: waiting requests by
         priority first, then evenly), never more than what the other replicas' grants leave. Each
         replica admits only within its grant, so however the syncs interleave the replicas
-        together never put more on a substrate than it admits (``max_concurrent + max_queued``)."""
+        together never put more on a substrate than it admits (``max_concurrent + max_queued``, as
+        they are now: its live capacity, ``set_serve_replicas``)."""
         reports = self._ingress
         me = reports[ingress_id]
         ids = tuple(sorted(reports))
         grants = self._grants
         demand = {i: r.demand for i, r in reports.items() if r.demand}
         mine: dict[str, int] = {}
-        for spec in self._fleet.substrates:
+        for spec, d in zip(self._fleet.substrates, self._derived):
             name = spec.name
-            limit = spec.max_concurrent + spec.max_queued
+            if d.rp is None:  # a replica reported or left since the last snapshot: count it now
+                d.rp = _replica_part(d.replicas.values(), d.running_only)
+                d.count_live()
+            c = d.capacity
+            limit = spec.max_concurrent + spec.max_queued if c is None else c[0] + c[1]
             held = me.in_flight.get(name, 0)
             others_granted = 0
             used = held
@@ -450,6 +482,7 @@ class FleetState:
         rp = d.rp
         if rp is None:
             rp = d.rp = _replica_part(d.replicas.values(), d.running_only)
+            d.count_live()
         # The in-flight reading as (value, time), or rp's own, or None: compared with the last one
         # before a Reading is made. ``occupancy`` is its value (None: unknown).
         newest = rp.newest
@@ -485,17 +518,60 @@ class FleetState:
             in_flight = rp.in_flight
         signals = d.signals = _signals_of(
             in_flight, rp.queued, rp.gpu, rp.kv, rp.rl_req, rp.rl_tok, op.ttft, op.tpot, op.error_rate, circuit,
-            rp.node_countries, rp.unlabelled, external)
+            rp.node_countries, rp.unlabelled, external, d.capacity)
         d.signals_rp, d.signals_op, d.in_flight_value, d.in_flight_at, d.circuit, d.external = \
             rp, op, in_flight_value, in_flight_at, circuit, external
         return signals
 
     # -- status -------------------------------------------------------------------------------
+    @staticmethod
+    def replica_counts(d: _Derived) -> dict[str, int | None]:
+        """live (reporting, not stopping), stopping (draining, still reporting), starting and target
+        (from Serve; None where Serve was not asked: the replay, tests)."""
+        stopping = sum(1 for rid in d.replicas if rid in d.stopping)
+        target, starting = d.serve if d.serve is not None else (None, None)
+        return {"live": d.live, "stopping": stopping, "starting": starting, "target": target}
+
+    @staticmethod
+    def capacity_of(spec: SubstrateSpec, sig: SubstrateSignals) -> dict:
+        """The admission limits now, and whether they follow the replicas (per_replica: the slots
+        one replica adds, ``max_concurrent / replicas`` as declared)."""
+        c = sig.capacity
+        scales = spec.replicas is not None
+        return {"max_concurrent": spec.max_concurrent if c is None else c[0],
+                "max_queued": spec.max_queued if c is None else c[1],
+                "follows_replicas": scales,
+                "per_replica_concurrent": spec.max_concurrent / spec.replicas if scales else None,
+                "declared_max_concurrent": spec.max_concurrent, "declared_replicas": spec.replicas}
+
+    def replica_seconds(self, now_s: float) -> dict[str, float]:
+        """Substrate -> live replica-seconds since this authority started, integrated up to
+        ``now_s`` (each call adds the replicas live at the last count times the time since the last
+        call; the actor calls it at every sync, ten times a second). Owned hardware is paid for
+        while its replicas run: ``x usd_per_replica_second`` is its cost (``owned_cost_usd``)."""
+        out = {}
+        for d in self._derived:
+            last = d.integrated_at_s
+            if last is None or now_s > last:
+                if last is not None:
+                    d.replica_s += d.live * (now_s - last)
+                d.integrated_at_s = now_s
+            out[d.name] = d.replica_s
+        return out
+
+    def capacities(self) -> dict[str, tuple[dict, dict]]:
+        """Substrate -> (``replica_counts``, ``capacity_of``) as of the last snapshot (metrics)."""
+        snap = self._published
+        if snap is None:
+            return {}
+        return {spec.name: (self.replica_counts(d), self.capacity_of(spec, sig))
+                for spec, sig, d in zip(self._fleet.substrates, snap.signals, self._derived)}
+
     def status(self, now_s: float) -> dict:
         """The fleet as this authority sees it, as plain data (``inferplane status``)."""
         snap = self.snapshot(now_s)
         substrates = []
-        for spec, sig in zip(self._fleet.substrates, snap.signals):
+        for spec, sig, d in zip(self._fleet.substrates, snap.signals, self._derived):
             readings = {}
             for signal in ("in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage",
                           "rate_limit_requests_remaining", "rate_limit_tokens_remaining",
@@ -526,6 +602,8 @@ class FleetState:
                 "unlabelled_replicas": sig.unlabelled_replicas,
                 "external": {n: {"value": r.value, "age_s": now_s - r.observed_at_s} for n, r in sig.external},
                 "drift_penalty": [p._asdict() for p in sig.drift],
+                "replicas_now": self.replica_counts(d),
+                "capacity": self.capacity_of(spec, sig),
             })
         ingress = [
             {"ingress": iid, "report_age_s": now_s - r.at_s, "snapshot_version": r.snapshot_version,
@@ -623,11 +701,12 @@ class _Derived:
 
     __slots__ = ("name", "zone", "region", "breaker", "replicas", "outcomes", "rp", "op", "signals",
                  "signals_rp", "signals_op", "in_flight_value", "in_flight_at", "circuit", "external",
-                 "no_queue_below", "running_only", "load_last", "load_t", "load_v", "peak_t", "peak_v")
+                 "no_queue_below", "running_only", "load_last", "load_t", "load_v", "peak_t", "peak_v",
+                 "spec", "live", "capacity", "capacity_live", "stopping", "serve", "replica_s", "integrated_at_s")
 
     def __init__(self, name: str, zone: str, region: str, breaker: CircuitBreaker,
                  replicas: dict[str, tuple[float, SubstrateReport]], max_concurrent: int = 1,
-                 running_only: bool = False) -> None:
+                 running_only: bool = False, spec: SubstrateSpec | None = None) -> None:
         self.name, self.zone, self.region, self.breaker = name, zone, region, breaker
         self.replicas = replicas
         self.outcomes = _OutcomeWindow()
@@ -645,6 +724,35 @@ class _Derived:
         self.load_v: list[float] = []
         self.peak_t: list[float] = []
         self.peak_v: list[float] = []
+        self.spec = spec
+        self.live = 0
+        """Replicas reporting and not stopping (``count_live``)."""
+        self.capacity: Capacity | None = None if spec is None else spec.capacity_at(0)
+        """The live admission limits (``SubstrateSpec.capacity_at``); None: the spec's, fixed."""
+        self.capacity_live = 0
+        """The live count ``capacity`` was worked out for."""
+        self.stopping: frozenset[str] = frozenset()
+        """Ids of the replicas Serve is stopping (``FleetState.set_serve_replicas``)."""
+        self.serve: tuple[int, int] | None = None
+        """(target, starting) replicas as Serve last said; None: not known (the replay, tests)."""
+        self.replica_s = 0.0
+        """Live replica-seconds integrated so far (``FleetState.replica_seconds``)."""
+        self.integrated_at_s: float | None = None
+
+    def count_live(self) -> None:
+        """The replicas live now (reporting, not stopping; each report counts the replicas it speaks
+        for), and the capacity they give; the no-queue load follows it."""
+        stopping = self.stopping
+        live = 0
+        for rid, (_, report) in self.replicas.items():
+            if rid not in stopping:
+                live += report.replicas
+        self.live = live
+        spec = self.spec
+        if live != self.capacity_live and spec is not None and spec.replicas is not None:
+            self.capacity_live = live
+            capacity = self.capacity = spec.capacity_at(live)
+            self.no_queue_below = float(max(capacity[0], 1) - 1)
 
     def record_load(self, occupancy: float, now_s: float) -> None:
         """The occupancy published at ``now_s`` (a change from the last one)."""
@@ -904,7 +1012,7 @@ _KNOWN = partial(is_not, None)
 _new = object.__new__
 _SET_VALUE, _SET_OBSERVED = Reading.value.__set__, Reading.observed_at_s.__set__
 (_SET_IN_FLIGHT, _SET_QUEUED, _SET_GPU, _SET_KV, _SET_RL_REQ, _SET_RL_TOK, _SET_TTFT, _SET_TPOT, _SET_ERROR,
- _SET_CIRCUIT, _SET_COUNTRIES, _SET_UNLABELLED, _SET_EXTERNAL, _SET_DRIFT) = (
+ _SET_CIRCUIT, _SET_COUNTRIES, _SET_UNLABELLED, _SET_EXTERNAL, _SET_DRIFT, _SET_CAPACITY) = (
     getattr(SubstrateSignals, f.name).__set__ for f in fields(SubstrateSignals))
 
 
@@ -916,7 +1024,7 @@ def _reading(value: float, observed_at_s: float) -> Reading:
 
 
 def _signals_of(in_flight, queued, gpu, kv, rl_req, rl_tok, ttft, tpot, error_rate, circuit, countries, unlabelled,
-                external) -> SubstrateSignals:
+                external, capacity=None) -> SubstrateSignals:
     """``SubstrateSignals(...)`` with its fields in declaration order."""
     s = _new(SubstrateSignals)
     _SET_IN_FLIGHT(s, in_flight)
@@ -933,6 +1041,7 @@ def _signals_of(in_flight, queued, gpu, kv, rl_req, rl_tok, ttft, tpot, error_ra
     _SET_UNLABELLED(s, unlabelled)
     _SET_EXTERNAL(s, external)
     _SET_DRIFT(s, ())  # drift penalties are applied afterwards (``_penalized``)
+    _SET_CAPACITY(s, capacity)
     return s
 
 
@@ -958,7 +1067,7 @@ if tuple(f.name for f in fields(PublishedSnapshot)) != (
 if tuple(f.name for f in fields(SubstrateSignals)) != (
         "in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",
         "rate_limit_tokens_remaining", "recent_ttft_s", "recent_tpot_s", "error_rate", "circuit", "node_countries",
-        "unlabelled_replicas", "external", "drift"):
+        "unlabelled_replicas", "external", "drift", "capacity"):
     raise ImportError("_signals_of sets SubstrateSignals' fields in order: keep it in step")
 if tuple(f.name for f in fields(Reading)) != ("value", "observed_at_s"):
     raise ImportError("_reading sets Reading's fields: keep it in step")

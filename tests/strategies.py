@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from inferplane.config.build import BuiltConfig
 from inferplane.placement.request import PlacementRequest
-from inferplane.placement.signals import CircuitState, Reading, SubstrateSignals
+from inferplane.placement.signals import Capacity, CircuitState, Reading, SubstrateSignals
 from inferplane.placement.snapshot import FleetSnapshot
 from tests.builders import EU, MODEL, NOW, fleet, substrate
 
@@ -208,7 +208,7 @@ def random_signals(rng, max_concurrent: int, bound_s: float, now: float = NOW) -
             return float(rng.randint(0, max_concurrent))
         return float(rng.randint(0, 3 * max_concurrent + 2))
 
-    return SubstrateSignals(
+    signals = SubstrateSignals(
         in_flight=r(load()),
         queued=maybe(0.7, load),
         gpu_memory_used_ratio=maybe(0.5, rng.random),
@@ -220,6 +220,13 @@ def random_signals(rng, max_concurrent: int, bound_s: float, now: float = NOW) -
         error_rate=maybe(0.3, rng.random),
         circuit=rng.choice([CircuitState.CLOSED] * 8 + [CircuitState.HALF_OPEN, CircuitState.OPEN]),
     )
+    # A live capacity (the replicas of a scaling substrate) now and then, drawn last so that the
+    # draws above stay what they were: none live (0), fewer or more than the spec declares.
+    if rng.random() < 0.3:
+        signals = dataclasses.replace(signals, capacity=Capacity(
+            rng.choice((0, rng.randint(1, max_concurrent), rng.randint(max_concurrent, 3 * max_concurrent))),
+            rng.randint(0, 4)))
+    return signals
 
 
 @cache

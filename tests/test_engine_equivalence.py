@@ -26,6 +26,7 @@ from inferplane.placement.engine import _tie_key
 from inferplane.placement.estimate import estimate
 from inferplane.placement.filters import DEADLINE_FILTER, DEFAULT_FILTERS
 from inferplane.placement.scorers import SCORERS
+from inferplane.placement.signals import limits
 from inferplane.placement.snapshot import FleetSnapshot
 from tests.strategies import Scenario, scenarios
 
@@ -55,7 +56,7 @@ def reference(sc: Scenario, snapshot: FleetSnapshot) -> dict:
                            request.arrived_at_s, policy.signal_staleness_bound_s, hit)
             full = estimate(spec, sig, request.input_tokens, request.max_output_tokens, request.ingress_region,
                             request.arrived_at_s, policy.signal_staleness_bound_s, hit)
-            row.update(ttft=est.ttft_s, e2e=est.e2e_s, cost=est.cost_usd, starts_now=est.occupancy < spec.max_concurrent,
+            row.update(ttft=est.ttft_s, e2e=est.e2e_s, cost=est.cost_usd, starts_now=est.occupancy < limits(spec, sig)[0],
                        meets_in_full=full.ttft_s <= sla.ttft_deadline_s and full.e2e_s <= sla.e2e_deadline_s)
             rejection = DEADLINE_FILTER.check_estimate(ctx, spec, est, sig, out)
             if rejection is None:

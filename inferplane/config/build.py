@@ -194,6 +194,9 @@ def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateS
         prefix_cache=None if s.latency.kv_cache_tokens_per_replica is None else PrefixCacheSpec(
             1 if isinstance(s, OpenAICompatibleSubstrate) else sizing.replicas.maximum,
             s.latency.kv_cache_tokens_per_replica),
+        # An engine's (or an emulation's) slots are its replicas': its capacity follows the replicas
+        # live. A provider API's limit is the provider's, whatever number of adapters relay to it.
+        replicas=None if isinstance(s, OpenAICompatibleSubstrate) else sizing.replicas.maximum,
     )
 
 

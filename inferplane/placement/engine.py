@@ -56,7 +56,7 @@ from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
 from inferplane.placement.prepared import NEVER, PreparedSubstrate, ScoringRow, declared_latency, scoring_row
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import Scorer
-from inferplane.placement.signals import DriftPenalty, SubstrateSignals, fresh_value
+from inferplane.placement.signals import DriftPenalty, SubstrateSignals, fresh_value, limits
 from inferplane.placement.snapshot import FleetSnapshot
 
 _DYNAMIC_CHECKS = tuple(f.check for f in DYNAMIC_FILTERS)
@@ -458,7 +458,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                     est = estimate(spec, signals[idx], request.input_tokens, f_max, request.ingress_region,
                                    request.arrived_at_s, policy.signal_staleness_bound_s,
                                    hit_at[primary] if hit_at is not None else 0.0)
-                    primary_queues = est.occupancy >= spec.max_concurrent
+                    primary_queues = est.occupancy >= limits(spec, signals[idx])[0]
                     primary_meets_in_full = est.ttft_s <= ttft_deadline and est.e2e_s <= e2e_deadline
         if primary_meets_in_full and not primary_queues and policy.spillover_mode == "on_need":
             chosen = primary

@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from inferplane.placement.fleet import SubstrateSpec
-from inferplane.placement.signals import SubstrateSignals, fresh_value
+from inferplane.placement.signals import SubstrateSignals, fresh_value, limits
 
 BYTES_PER_TOKEN = 4
 
@@ -66,7 +66,9 @@ def estimate(
     prefix_hit: float = 0.0,
 ) -> Estimate:
     lat = spec.latency
-    cap = spec.max_concurrent
+    cap = limits(spec, signals)[0]
+    if cap < 1:  # no live replica: never admitted (no in_flight reading); keep the numbers finite
+        cap = 1
     occupancy = fresh_value(signals.in_flight, now_s, bound_s)
     if occupancy is None:
         # Unknown load: full, or the last known load if that was worse.

@@ -18,6 +18,7 @@ from inferplane.placement.signals import (
     CircuitState,
     SubstrateSignals,
     fresh_value,
+    limits,
     stale_value,
 )
 from inferplane.jurisdiction import is_within
@@ -214,8 +215,10 @@ class SignalsFresh:
 
 class Admission:
     """Rejects when the requests the substrate holds (``in_flight``: running and waiting, see
-    ``signals``) have reached max_concurrent + max_queued. The substrate's own ``queued`` count is
-    part of ``in_flight`` and is not added again."""
+    ``signals``) have reached max_concurrent + max_queued, as they are now (``signals.limits``: the
+    live capacity of a substrate that scales with its replicas). The substrate's own ``queued``
+    count is part of ``in_flight`` and is not added again. No slot at all (no replica live) admits
+    nothing, whatever its queue."""
 
     code = RejectionCode.CAPACITY
 
@@ -223,7 +226,10 @@ class Admission:
         in_flight = fresh_value(signals.in_flight, ctx.now_s, ctx.staleness_bound_s)
         if in_flight is None:  # SignalsFresh normally rejects first; never admit on unknown load
             return Rejection(self.code, "load unknown", "no fresh in_flight signal")
-        limit = spec.max_concurrent + spec.max_queued
+        max_concurrent, max_queued = limits(spec, signals)
+        if max_concurrent < 1:  # whatever its queue: with no slot nothing it queues would ever run
+            return Rejection(self.code, "no live replica", "capacity 0: no replica live and reporting")
+        limit = max_concurrent + max_queued
         if in_flight < limit:
             return None
         return Rejection(self.code, "at capacity", f"{in_flight:.0f} in flight >= {limit}")

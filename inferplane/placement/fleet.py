@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
+from inferplane.placement.signals import Capacity
+
 
 @dataclass(frozen=True, slots=True)
 class LatencyModel:
@@ -73,6 +75,22 @@ class SubstrateSpec:
     prefix_cache: PrefixCacheSpec | None = None
     """Its prefix caches (``latency.kv_cache_tokens_per_replica`` and its replicas at full scale);
     None: no prefix cache."""
+    replicas: int | None = None
+    """The replicas ``max_concurrent`` and ``max_queued`` are declared across (its deployment's
+    maximum): its capacity follows the replicas live now (``capacity_at``). None: a fleet-level
+    limit that no replica count changes (a provider API, whose adapter replicas only relay)."""
+
+    def capacity_at(self, live: int) -> Capacity | None:
+        """Its admission limits with ``live`` replicas reporting: each limit scaled by
+        ``live / replicas``, rounded up (``ceil(max_concurrent * live / replicas)``: the declared
+        limits exactly at full scale, at least one slot per live replica, and 0 with none live).
+        None for a fleet-level limit (``replicas`` None): the spec's own apply."""
+        full = self.replicas
+        if full is None:
+            return None
+        if live == full:
+            return Capacity(self.max_concurrent, self.max_queued)
+        return Capacity(-(-self.max_concurrent * live // full), -(-self.max_queued * live // full))
 
     @property
     def display_name(self) -> str:

@@ -54,7 +54,8 @@ class PreparedSubstrate(NamedTuple):
     """The oldest reading the filters, the estimate or the scorers read (+inf when none)."""
     clear: bool
     """While fresh, passes every filter that reads only signals: circuit closed, in_flight and the
-    kind's required signals reported, in flight below max_concurrent + max_queued,
+    kind's required signals reported, in flight below max_concurrent + max_queued (as they are
+    now: ``signals.capacity`` where given),
     rate-limit requests remaining unreported or at least 1, and no empty set of node countries."""
     tokens_remaining: float
     """Rate-limit tokens remaining (+inf when unreported): a request needing more is rejected."""
@@ -123,6 +124,11 @@ def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate
     """The entry of ``spec`` with ``signals``; the formulas mirror ``estimate`` and the scorers."""
     (cap, admits_below, required, decode_tokens_per_s, slowdown_minus_1, fixed_s, prefill_tokens_per_s,
      usd_in, usd_out, usd_slot_s, egress, region, zone, reserved_score) = _static(spec)
+    live = signals.capacity
+    if live is not None:  # the authority's live capacity (``signals.limits``) instead of the spec's
+        cap, admits_below = live[0], live[0] + live[1]
+        if cap < 1:  # no slot live: admits nothing (``Admission``); keep the numbers finite
+            cap, admits_below = 1, 0
     in_flight_r, kv_r, gpu_r = signals.in_flight, signals.kv_cache_usage, signals.gpu_memory_used_ratio
     requests_left, tokens = signals.rate_limit_requests_remaining, signals.rate_limit_tokens_remaining
     ttft_r, tpot_r = signals.recent_ttft_s, signals.recent_tpot_s

@@ -12,7 +12,7 @@ from typing import Protocol
 from inferplane.placement.context import PlacementContext
 from inferplane.placement.estimate import Estimate
 from inferplane.placement.fleet import SubstrateSpec
-from inferplane.placement.signals import SubstrateSignals
+from inferplane.placement.signals import SubstrateSignals, limits
 
 
 class Scorer(Protocol):
@@ -44,13 +44,15 @@ class QueuePressure:
     """How much of the substrate's concurrency is free, from the estimate's occupancy (the
     ``in_flight`` reading: every request it holds, running or waiting).
 
-    score = 1 - min(1, occupancy / max_concurrent), where an unknown load counts as full.
+    score = 1 - min(1, occupancy / max_concurrent), where an unknown load counts as full
+    (max_concurrent as it is now, ``signals.limits``).
     """
 
     name = "queue_pressure"
 
     def score(self, ctx, spec, signals, est):
-        ratio = est.occupancy / spec.max_concurrent
+        cap = limits(spec, signals)[0]
+        ratio = est.occupancy / cap if cap > 0 else 1.0
         return 0.0 if ratio >= 1.0 else 1.0 - ratio
 
 

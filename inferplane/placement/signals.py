@@ -18,6 +18,9 @@ The load, and the one occupancy placement reads from it:
   engine's waiting requests; emulated: its FIFO; provider APIs: never reported). It is already in
   ``in_flight`` and is never added to it; placement does not read it (status and metrics do).
 
+Capacity: a vLLM or emulated substrate runs ``max_concurrent`` slots per its configured replicas;
+the authority scales that by the replicas live now and hands it over as ``capacity`` (``limits``).
+
 Occupancy is ``in_flight``: admission (``filters.Admission``), the queue wait the estimate predicts
 and ``QueuePressure`` all read that one number.
 
@@ -44,6 +47,14 @@ class CircuitState(str, enum.Enum):
 class Reading:
     value: float
     observed_at_s: float
+
+
+class Capacity(NamedTuple):
+    """A substrate's admission limits now (``SubstrateSignals.capacity``): requests it runs at once,
+    and requests that may wait beyond them. (A named tuple: it crosses Ray as a plain tuple.)"""
+
+    max_concurrent: int
+    max_queued: int
 
 
 class DriftPenalty(NamedTuple):
@@ -95,6 +106,11 @@ class SubstrateSignals:
     drift: tuple[DriftPenalty, ...] = ()
     """The drift penalties applied to ``recent_ttft_s`` / ``recent_tpot_s`` (penalize mode only;
     the readings already carry them): each raised its reading to its floor."""
+    capacity: Capacity | None = None
+    """Its admission limits now, for a substrate whose capacity follows its live replicas
+    (``SubstrateSpec.replicas``): slots per replica times the replicas live and reporting, 0 with
+    none (replicas Serve is still starting are not counted). None: the spec's fleet-level
+    ``max_concurrent`` / ``max_queued`` (provider APIs, and signals built without an authority)."""
 
     @staticmethod
     def idle(observed_at_s: float, *, kv_cache_usage: float | None = 0.0) -> SubstrateSignals:
@@ -104,6 +120,15 @@ class SubstrateSignals:
             queued=Reading(0.0, observed_at_s),
             kv_cache_usage=None if kv_cache_usage is None else Reading(kv_cache_usage, observed_at_s),
         )
+
+
+def limits(spec, signals: SubstrateSignals) -> Capacity | tuple[int, int]:
+    """``(max_concurrent, max_queued)`` of ``spec`` (a ``fleet.SubstrateSpec``) now: the live
+    ``signals.capacity`` where the authority gave one, else the spec's. Every reader of a
+    substrate's limits (admission, the estimate, the scorers, the plane's queue and shares) reads
+    them here, so that capacity reaches placement through the snapshot alone."""
+    c = signals.capacity
+    return (spec.max_concurrent, spec.max_queued) if c is None else c
 
 
 def fresh_value(reading: Reading | None, now_s: float, bound_s: float) -> float | None:

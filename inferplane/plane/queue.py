@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from inferplane.placement import PlacementRequest
 from inferplane.placement.filters import RejectionCode
 from inferplane.plane.attempts import AttemptLoop, Dispatch, Refusal
-from inferplane.placement.signals import fresh_value
+from inferplane.placement.signals import fresh_value, limits
 from inferplane.plane.state import ReplicaState, Unavailable
 
 HOLDABLE = frozenset({RejectionCode.CAPACITY, RejectionCode.RATE_LIMITED, RejectionCode.HELD_BACK})
@@ -316,7 +316,7 @@ class HoldQueue:
                 if idle > deadline:
                     continue
                 reading = None if isinstance(view, Unavailable) else view.signals[spec.index].in_flight
-                if reading is None or reading.value < spec.max_concurrent:
+                if reading is None or reading.value < limits(spec, view.signals[spec.index])[0]:
                     continue  # slow with running slots free: its speed, not a queue
             best = min(best, idle)
             classes.add(spec.substrate_class)

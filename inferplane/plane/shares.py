@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementPolicy
 from inferplane.placement.policy import TenantPolicy
+from inferplane.placement.signals import limits
 
 
 def quota_classes(policy: PlacementPolicy) -> frozenset[str]:
@@ -48,7 +49,7 @@ def free_slots(fleet: FleetSpec, view: FleetSnapshot, substrate_class: str, boun
         reading = signals.in_flight
         if reading is None or now - reading.observed_at_s > bound_s:
             continue
-        free += max(0, spec.max_concurrent - int(reading.value))
+        free += max(0, limits(spec, signals)[0] - int(reading.value))
     return free
 
 

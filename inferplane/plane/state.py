@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 
 from inferplane.fleet_state import Outcome, PublishedSnapshot
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementDecision, PlacementPolicy, PlacementRequest, place
+from inferplane.placement.signals import limits
 from inferplane.plane.shares import closed_substrates, kept_slots, quota_classes, unlent_guarantees
 
 
@@ -279,12 +280,12 @@ class ReplicaState:
             reading = view.signals[i].in_flight
             if reading is None:
                 continue
-            spec = self.fleet.substrates[i]
+            max_concurrent, max_queued = limits(self.fleet.substrates[i], view.signals[i])
             others = self._others_waiting.get(name, {})
             above = sum(n for p, n in others.items() if p > sla.priority)
-            if above and spec.max_concurrent + spec.max_queued - reading.value <= above:
+            if above and max_concurrent + max_queued - reading.value <= above:
                 extra.append((name, f"held for {above} higher-priority request(s) waiting at other ingress replicas"))
-            elif spec.max_queued and reading.value >= spec.max_concurrent:
+            elif max_queued and reading.value >= max_concurrent:
                 waiting = sum(others.values()) + sum(own.get(name, {}).values())
                 extra.append((name, f"running slots full; its own queue is kept while {waiting} request(s) wait "
                                     "in the plane, which orders them"))

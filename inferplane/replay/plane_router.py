@@ -38,6 +38,7 @@ was flagged and cleared (``drift``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from inferplane.config import BuiltConfig
 from inferplane.config.sizing import replica_counts
@@ -140,10 +141,14 @@ class PlaneRouter:
 
     def _heartbeat(self, name: str) -> Callable[[float], None]:
         load = self._loads[name]
+        # One simulated report stands for every replica the config gives the substrate: all live.
+        replicas = self._fleet.substrate(name).replicas or 1
 
         def beat(now: float) -> None:
             report = load(now)
             if report is not None:
+                if replicas != 1:
+                    report = replace(report, replicas=replicas)
                 self._state.report_substrate(name, "replica-0", report, now)
         return beat
 

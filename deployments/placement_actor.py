@@ -43,7 +43,6 @@ class PlacementActor:
         self._app_name = app_name
         self._serve_status: dict = {}
         self._updating_since: dict[str, float] = {}
-        threading.Thread(target=self._poll_serve, name="inferplane-serve-status", daemon=True).start()
         self._state = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s,
                                  settings_from_policy(built.config.policy.health),
                                  built.config.policy.health.latency_window_ms / 1000.0,
@@ -64,6 +63,7 @@ class PlacementActor:
         self._telemetry = built.config.telemetry
         self._metrics_server = None
         self._serve_metrics(log.error)
+        threading.Thread(target=self._poll_serve, name="inferplane-serve-status", daemon=True).start()
 
     def _seed_spend_from_audit(self, cfg) -> None:
         """After a (re)start, this period's spend of every budgeted tenant comes back from the audit
@@ -106,6 +106,9 @@ class PlacementActor:
             if self._penalize_drift and not warming:
                 self._state.set_drift_floors(self._metrics.drift_floors(now))
             published = None if warming else self._state.snapshot(now)
+            replicas = {name: counts for name, (counts, _) in self._state.capacities().items()}
+            replica_seconds = self._state.replica_seconds(now)
+        self._metrics.set_replicas(replicas, replica_seconds)
         if metrics:
             self._metrics.apply_batch(ingress_id, metrics)
         if snapshot_version is not None and snapshot_age_s is not None:
@@ -181,36 +184,46 @@ class PlacementActor:
             self._serve_metrics(log.info)
 
     def _poll_serve(self) -> None:
-        """Replica counts and states of each substrate deployment, from Serve, every 2 s. A
-        deployment UPDATING for over a minute is flagged: an unsatisfiable label selector leaves
-        it there with no message of its own. While the application is RUNNING, actors of earlier
-        configs are retired (``_retire_predecessors``)."""
-        from ray import serve
-
+        """Replica counts and states of each substrate deployment, from Serve, every
+        ``SERVE_POLL_S``; each substrate's target, starting and stopping replicas go to the fleet
+        state (``FleetState.set_serve_replicas``: a replica Serve is stopping adds no capacity from
+        then on). A deployment UPDATING for over a minute is flagged: an unsatisfiable label
+        selector leaves it there with no message of its own. While the application is RUNNING,
+        actors of earlier configs are retired (``_retire_predecessors``)."""
+        names = {s.name for s in self._fleet.substrates}
         while True:
             try:
-                app = serve.status().applications.get(self._app_name)
-                if app is not None and str(getattr(app.status, "value", app.status)) == "RUNNING":
+                app = _serve_details().applications.get(self._app_name)
+                if app is not None and _value(app.status) == "RUNNING":
                     self._retire_predecessors()
                 now = time.time()
                 found = {}
                 for name, dep in (app.deployments.items() if app else ()):
-                    state = str(getattr(dep.status, "value", dep.status))
+                    state = _value(dep.status)
                     if state == "UPDATING":
                         self._updating_since.setdefault(name, now)
                     else:
                         self._updating_since.pop(name, None)
                     stuck = now - self._updating_since.get(name, now) > 60.0
+                    states: dict[str, int] = {}
+                    for r in dep.replicas:
+                        states[_value(r.state)] = states.get(_value(r.state), 0) + 1
                     found[name] = {
                         "status": state,
-                        "replica_states": {str(getattr(k, "value", k)): v for k, v in dep.replica_states.items()},
+                        "replica_states": states,
+                        "target_replicas": dep.target_num_replicas,
                         "message": "stuck UPDATING for over 60 s: no node satisfies its label selector?"
                         if stuck else (dep.message or None),
                     }
+                    if name in names:
+                        stopping = frozenset(r.replica_id for r in dep.replicas if _value(r.state) == "STOPPING")
+                        with self._lock:
+                            self._state.set_serve_replicas(name, dep.target_num_replicas,
+                                                           states.get("STARTING", 0), stopping)
                 self._serve_status = found
             except Exception as exc:  # Serve not up yet, or shutting down
-                log.debug("serve.status() failed: %s", type(exc).__name__)
-            time.sleep(2.0)
+                log.debug("Serve's details unavailable: %s", type(exc).__name__)
+            time.sleep(SERVE_POLL_S)
 
     def started_at_s(self) -> float:
         return self._started_at_s
@@ -218,6 +231,24 @@ class PlacementActor:
     def pid(self) -> int:
         """This actor's process id (tests watch the plane's own processes)."""
         return os.getpid()
+
+
+SERVE_POLL_S = 1.0
+"""How often the actor reads Serve's replica states (the bound on how long a replica Serve has begun
+to stop may still count as capacity)."""
+
+
+def _value(state) -> str:
+    return str(getattr(state, "value", state))
+
+
+def _serve_details():
+    """Serve's instance details (what ``serve.status()`` and the dashboard read), with each
+    deployment's target replica count and every replica's id and state."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    return ServeInstanceDetails(**_get_global_client().get_serve_details())
 
 
 def _actor_names(app_name: str) -> list[str]:

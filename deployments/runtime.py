@@ -57,12 +57,16 @@ def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool |
     from ray import serve
 
     from deployments.app import build_app
+    from inferplane.config import parse_config
+    from inferplane.config.sizing import external_scaling
 
     if gpu is None:
         gpu = ray.cluster_resources().get("GPU", 0) > 0
 
+    scaled_externally, _ = external_scaling(parse_config(config_text, source="<config>"))
     serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
-    serve.run(build_app(config_text, app_name, gpu=gpu), name=app_name, route_prefix="/", blocking=False)
+    serve.run(build_app(config_text, app_name, gpu=gpu), name=app_name, route_prefix="/", blocking=False,
+              external_scaler_enabled=scaled_externally)
 
 
 def wait_ready(url: str, timeout_s: float = 300.0) -> float:

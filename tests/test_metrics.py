@@ -18,6 +18,7 @@ from inferplane.plane.record import RequestRecord
 from inferplane.telemetry.audit import DECISION_FIELDS
 from inferplane.telemetry.cost import CostBreakdown
 from inferplane.telemetry.metrics import (
+    ACTOR_COUNTERS,
     COUNTERS,
     HISTOGRAMS,
     LabelVocabulary,
@@ -329,11 +330,11 @@ def test_names_follow_prometheus_conventions() -> None:
             assert all(s.name == fam.name + "_total" for s in fam.samples)
         if fam.type == "histogram":
             assert fam.name.endswith(("_seconds", "_ratio"))
-    assert {f"inferplane_{c}" for c in COUNTERS} == kinds["counter"]
+    assert {f"inferplane_{c}" for c in (*COUNTERS, *ACTOR_COUNTERS)} == kinds["counter"]
     assert {f"inferplane_{h}" for h in HISTOGRAMS} == kinds["histogram"]
     # ``substrate_drift`` is a 0/1 flag, named as the alert rules expect it.
     assert all(n.endswith(("_requests", "_ratio", "_seconds", "_tokens", "_state", "_info", "_version", "_signal",
-                           "_usd", "_drift"))
+                           "_usd", "_drift", "_replicas"))
                for n in kinds["gauge"])
 
 

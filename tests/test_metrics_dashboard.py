@@ -41,6 +41,7 @@ def populated_sample_names() -> set[str]:
         external=(("power_headroom", Reading(0.7, NOW)),))
     metrics.set_signals(snapshot(built, {"gpu": every}), NOW)
     metrics.set_ingress("ingress-a", 3, 0.1)
+    metrics.set_replicas({"gpu": {"live": 1, "stopping": 0, "starting": 1, "target": 2}}, {"gpu": 60.0})
     text = generate_latest(metrics.registry).decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 

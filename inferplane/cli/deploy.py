@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from inferplane.config import load_config
-from inferplane.config.sizing import replica_counts
+from inferplane.config.sizing import external_scaling, replica_counts
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +43,7 @@ def serve_config(config_path: str, app_name: str, gpu: bool) -> dict:
             "name": app_name,
             "route_prefix": "/",
             "import_path": "deployments.app:app_builder",
+            "external_scaler_enabled": external_scaling(cfg)[0],
             "args": {"config": str(Path(config_path).resolve()), "app_name": app_name, "gpu": gpu},
             "deployments": deployments,
         }],

@@ -1,6 +1,8 @@
 """`inferplane status [--address ADDR]`: the live fleet as the placement actor sees it.
 
-Substrates, their replicas with node, zone and jurisdiction labels, every signal with its age,
+Substrates, their capacity now (a vLLM or emulated substrate's follows its live replicas) with
+replicas live, starting and target, their replicas with node, zone and jurisdiction labels, every
+signal with its age,
 circuit states, the snapshot version, and the ingress replicas with their snapshot age. `--json`
 prints the same as data. Reads the actor of a running plane (`inferplane run` or `deploy`).
 """
@@ -39,6 +41,21 @@ def _reading(r: dict | None, fmt: str = "{:.0f}") -> str:
     return f"{fmt.format(r['value'])} ({r['age_s']:.1f}s)"
 
 
+def _capacity(s: dict) -> str:
+    """"32+8 (2/1/3)": concurrent + queued it admits now, and its replicas live, starting and
+    target ("-" where Serve was not asked); a provider API's fleet-level limit says "fleet"."""
+    cap = s.get("capacity")
+    if cap is None:
+        return "-"
+    limit = f"{cap['max_concurrent']}+{cap['max_queued']}"
+    if not cap["follows_replicas"]:
+        return limit + " fleet"
+    n = s.get("replicas_now") or {}
+    show = ["-" if n.get(k) is None else str(n[k]) for k in ("live", "starting", "target")]
+    stopping = f" {n['stopping']} stopping" if n.get("stopping") else ""
+    return f"{limit} ({'/'.join(show)}){stopping}"
+
+
 def render(status: dict) -> str:
     rows = []
     for s in status["substrates"]:
@@ -58,11 +75,12 @@ def render(status: dict) -> str:
                      _reading(sig["in_flight"]), _reading(sig["queued"]), _reading(sig["kv_cache_usage"], "{:.2f}"),
                      _reading(sig["rate_limit_requests_remaining"]), _reading(sig["recent_ttft_s"], "{:.3f}"),
                      _reading(sig["error_rate"], "{:.2f}"), ",".join(s.get("drift") or ()) or "-",
-                     replicas + warn])
+                     _capacity(s), replicas + warn])
     out = [f"snapshot v{status['snapshot_version']} · policy {status['policy_hash']} · "
            f"staleness bound {status['staleness_bound_s']:.1f}s · readings show value (age)", "",
            render_table(["substrate", "jur", "zone", "circuit", "in flight", "queued", "kv cache",
-                         "rl requests", "ttft s", "errors", "drift", "replicas node@zone/jur"], rows), ""]
+                         "rl requests", "ttft s", "errors", "drift", "capacity (live/starting/target)",
+                         "replicas node@zone/jur"], rows), ""]
     ingress_rows = [[i["ingress"], i["zone"] or "-", str(i["snapshot_version"]),
                      "-" if i["snapshot_age_s"] is None else f"{i['snapshot_age_s']:.2f}s",
                      f"{i['report_age_s']:.2f}s"] for i in status["ingress"]]

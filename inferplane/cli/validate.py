@@ -7,6 +7,7 @@ import argparse
 
 from inferplane.config import build, load_config
 from inferplane.config.schema import PrefixCacheAffinityRequestRouter, VllmSubstrate
+from inferplane.config.sizing import external_scaling
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +30,7 @@ def summary(path: str) -> str:
         f"{len(cfg.sla_classes)} SLA classes · policy {built.policy.policy_hash}"
         + "".join(f"\n  model {model}: prompt tokens counted by {source}" for model, source in tokenizers.items())
         + "".join(f"\n  substrate {s.name}: {_replica_routing(s)}" for s in cfg.substrates if isinstance(s, VllmSubstrate))
+        + f"\n  scaling: {external_scaling(cfg)[1]}"
     )
 
 

@@ -19,6 +19,10 @@ consumer                        count       why
                                             scales a scale-to-zero ingress up on first request)
 ==============================  ==========  ====================================================
 
+A vLLM or emulated substrate's ``capacity`` limits are declared across its maximum replicas; placement
+admits ``ceil(limit * live / maximum)`` with ``live`` replicas reporting (``SubstrateSpec.capacity_at``):
+per-replica slots times live replicas, the declared limit exactly at full scale.
+
 ``substrate_sizing`` adds a substrate's concurrent slots and the owned-hardware cost of one slot
 for one second:
 
@@ -78,6 +82,23 @@ def replica_counts(replicas: Replicas) -> ReplicaCounts:
         return ReplicaCounts(initial=n, minimum=n, maximum=n, target_ongoing_requests=None)
     return ReplicaCounts(initial=scaling.min_replicas, minimum=scaling.min_replicas,
                          maximum=scaling.max_replicas, target_ongoing_requests=scaling.target_ongoing_requests)
+
+
+def external_scaling(cfg) -> tuple[bool, str]:
+    """Whether the application is deployed with Serve's ``external_scaler_enabled`` (the Ray
+    dashboard's ``POST /api/v1/applications/{app}/deployments/{name}/scale`` then scales a
+    deployment), and why. Serve allows it only in an application none of whose deployments
+    configures autoscaling, so: enabled exactly when no substrate and not the ingress has a
+    ``replicas.autoscaling`` block (those are then scaled by Serve's autoscaler, and replica
+    counts change by redeploying the config)."""
+    autoscaled = [s.name for s in cfg.substrates if s.settings.replicas.autoscaling is not None]
+    if cfg.ingress.replicas.autoscaling is not None:
+        autoscaled.append("the ingress")
+    if not autoscaled:
+        return True, "scale any substrate from the Ray dashboard (Serve's scale API; external_scaler_enabled)"
+    return False, (f"Serve autoscales {', '.join(autoscaled)}: the dashboard's scale API is off for this "
+                   "application (Serve allows external scaling only with no autoscaling in it); "
+                   "change replica counts by redeploying")
 
 
 @dataclass(frozen=True, slots=True)

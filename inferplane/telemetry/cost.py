@@ -12,7 +12,10 @@ end-to-end time of ``e2e_s`` seconds on substrate ``s`` (``c = s.cost``):
 ``gpu_usd`` amortises owned hardware: ``usd_per_slot_second`` is the substrate's GPU-hour price x
 its GPUs / 3600 / its concurrent slots (``config.build``), so a request is charged for the one
 slot it held for as long as it held it. Idle slots are charged to nobody: the sum over requests is
-the hardware's cost only when every slot is busy, and the gap is the cost of idle capacity.
+the hardware's cost only when every slot is busy, and the gap is the cost of idle capacity. A slot
+is a share of one replica (``max_concurrent / replicas`` slots each), so the charge does not depend
+on how many replicas run; the hardware's own cost does, and follows them: live replica-seconds x
+``usd_per_replica_second`` (the actor's ``inferplane_substrate_owned_cost_usd_total``).
 
 Egress is charged at 4 bytes per token (``estimate.BYTES_PER_TOKEN``), the same rule the placement
 engine uses for its estimate, so a request's estimated and attributed costs differ only in tokens
@@ -25,6 +28,16 @@ from typing import NamedTuple
 
 from inferplane.placement.estimate import BYTES_PER_TOKEN
 from inferplane.placement.fleet import SubstrateSpec
+
+
+def usd_per_replica_second(spec: SubstrateSpec) -> float:
+    """What one replica of owned hardware costs per second while it runs: one slot's price times a
+    replica's slots (``usd_per_gpu_hour x gpus_per_replica / 3600``); 0 for a provider API, whose
+    price is per token. Times the live replica-seconds (``FleetState.replica_seconds``), the cost
+    of the hardware as it was scaled, busy or idle."""
+    if spec.replicas is None:
+        return 0.0
+    return spec.cost.usd_per_slot_second * spec.max_concurrent / spec.replicas
 
 
 class CostBreakdown(NamedTuple):

@@ -62,6 +62,14 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
   ``inferplane_substrate_circuit_state`` (0 closed, 1 half-open, 2 open),
   ``inferplane_substrate_external_signal{substrate,signal}`` (values the platform team pushed) and
   ``inferplane_substrate_signal_age_seconds{substrate,signal}`` (age when the snapshot was taken).
+- ``inferplane_substrate_replicas{substrate,state}``: replicas live (reporting, admitted to),
+  stopping (draining), starting and target (from Serve), and
+  ``inferplane_substrate_capacity_requests{substrate,limit}``: what it admits now (``concurrent`` slots,
+  ``queued`` places; a vLLM or emulated substrate's follow its live replicas).
+- ``inferplane_substrate_replica_seconds_total{substrate}`` and
+  ``inferplane_substrate_owned_cost_usd_total{substrate}`` (vLLM and emulated substrates): live
+  replica-seconds since the actor started, and the owned hardware's cost over them
+  (``telemetry.cost.usd_per_replica_second``): the hardware as scaled, busy or idle.
 - ``inferplane_snapshot_version`` and ``inferplane_signals_updated_timestamp_seconds`` (the actor's),
   ``inferplane_ingress_snapshot_version{ingress}`` and ``inferplane_ingress_snapshot_age_seconds{ingress}``
   (each ingress replica's, as of its last sync).
@@ -93,9 +101,10 @@ from inferplane.jurisdiction import is_within
 from inferplane.placement.decision import PlacementDecision, SpilloverReason
 from inferplane.placement.fleet import FleetSpec
 from inferplane.placement.policy import PlacementPolicy
-from inferplane.placement.signals import CircuitState
+from inferplane.placement.signals import CircuitState, limits
 from inferplane.placement.snapshot import FleetSnapshot
 from inferplane.plane.record import RequestRecord
+from inferplane.telemetry.cost import usd_per_replica_second
 from inferplane.telemetry.drift import KINDS, DriftDetector, DriftSettings, declared_residuals, residuals
 
 PREFIX = "inferplane_"
@@ -147,6 +156,8 @@ COUNTERS: dict[str, CounterDef] = {c.name: c for c in (
                "Placed requests whose substrate's jurisdiction is outside the tenant's allowed ones (must be 0).",
                ("tenant", "substrate")),
 )}
+ACTOR_COUNTERS = ("substrate_replica_seconds", "substrate_owned_cost_usd")
+"""Counters the actor integrates itself (not shipped by ingress replicas): ``_capacity_families``."""
 HISTOGRAMS: dict[str, HistogramDef] = {h.name: h for h in (
     HistogramDef("placement_duration_seconds", "Time spent in place(), seconds.", ("result",),
                  PLACEMENT_BUCKETS_S),
@@ -510,6 +521,10 @@ class PlaneMetrics:
         self._totals = MetricsDelta()
         self._applied: dict[str, int] = {}
         self._snapshot: FleetSnapshot | None = None
+        self._replicas: dict[str, dict[str, int | None]] = {}
+        """Substrate -> replica counts by state (``FleetState.replica_counts``)."""
+        self._replica_seconds: dict[str, float] = {}
+        """Substrate -> live replica-seconds (``FleetState.replica_seconds``)."""
         self._signals_at_s: float | None = None
         self._ingress: dict[str, tuple[int, float, float | None]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -561,6 +576,16 @@ class PlaneMetrics:
             self._snapshot = snapshot
             self._signals_at_s = now_s
 
+    def set_replicas(self, counts: dict[str, dict[str, int | None]],
+                     replica_seconds: dict[str, float] | None = None) -> None:
+        """Each substrate's replicas by state (live, stopping, starting, target; None: unknown),
+        as the authority last counted them (``FleetState.replica_counts``), and its live
+        replica-seconds so far (``FleetState.replica_seconds``)."""
+        with self._lock:
+            self._replicas = counts
+            if replica_seconds is not None:
+                self._replica_seconds = replica_seconds
+
     def set_ingress(self, ingress_id: str, snapshot_version: int, snapshot_age_s: float,
                     now_s: float | None = None) -> None:
         """An ingress replica's snapshot version and age at its last sync."""
@@ -583,6 +608,7 @@ class PlaneMetrics:
         with self._lock:
             counters, histograms, _ = self._totals.__getstate__()
             snapshot, at_s = self._snapshot, self._signals_at_s
+            replicas = self._replicas, self._replica_seconds
             ingress = dict(self._ingress)
             drift = None if at_s is None else self.drift.flags(at_s)
         vocab = self._vocab
@@ -605,6 +631,7 @@ class PlaneMetrics:
                 fam.add_metric(key, cumulative, sum_value=total)
             yield fam
         yield from self._signal_families(snapshot, at_s)
+        yield from _capacity_families(snapshot, replicas)
         yield from self._tenant_families(snapshot)
         flagged = GaugeMetricFamily(PREFIX + "substrate_drift",
                                     "1 while the substrate's prediction residuals drift (kind ttft, tpot) or its "
@@ -688,6 +715,40 @@ class PlaneMetrics:
         yield external
         yield version
         yield updated
+
+
+def _capacity_families(snapshot: FleetSnapshot | None, replicas: tuple[dict, dict]) -> Iterator[Metric]:
+    """``substrate_replicas{state}``, ``substrate_capacity_requests{limit}``, ``substrate_replica_seconds``
+    and ``substrate_owned_cost_usd`` (module doc)."""
+    replicas, replica_seconds = replicas
+    seconds = CounterMetricFamily(PREFIX + "substrate_replica_seconds",
+                                  "Live replica-seconds of a substrate since the placement actor started.",
+                                  labels=("substrate",))
+    owned = CounterMetricFamily(PREFIX + "substrate_owned_cost_usd",
+                                "Owned hardware's cost over its live replica-seconds, USD (vLLM and emulated "
+                                "substrates with a GPU price; busy or idle).", labels=("substrate",))
+    counts = GaugeMetricFamily(PREFIX + "substrate_replicas",
+                               "Replicas of a substrate by state: live (reporting and admitted to), stopping "
+                               "(draining), starting and target (as Serve says).", labels=("substrate", "state"))
+    capacity = GaugeMetricFamily(PREFIX + "substrate_capacity_requests",
+                                 "Requests a substrate admits now: concurrent slots and queue places (vLLM and "
+                                 "emulated: per replica x live replicas).", labels=("substrate", "limit"))
+    for name, by_state in sorted(replicas.items()):
+        for state, n in by_state.items():
+            if n is not None:
+                counts.add_metric((name, state), n)
+    if snapshot is not None:
+        for spec, sig in zip(snapshot.fleet.substrates, snapshot.signals):
+            max_concurrent, max_queued = limits(spec, sig)
+            capacity.add_metric((spec.name, "concurrent"), max_concurrent)
+            capacity.add_metric((spec.name, "queued"), max_queued)
+            if spec.replicas is not None and spec.name in replica_seconds:
+                seconds.add_metric((spec.name,), replica_seconds[spec.name])
+                owned.add_metric((spec.name,), replica_seconds[spec.name] * usd_per_replica_second(spec))
+    yield counts
+    yield capacity
+    yield seconds
+    yield owned
 
 
 def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = METRICS_PORT):

@@ -1,0 +1,246 @@
+"""Capacity follows live replicas (issue #15): per-replica slots times the replicas reporting, for
+vLLM and emulated substrates; provider APIs keep their fleet-level limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferplane.fleet_state import FleetState, SubstrateReport
+from inferplane.health import BreakerSettings
+from inferplane.placement import place
+from inferplane.placement.filters import RejectionCode
+from inferplane.placement.signals import Capacity, limits
+from inferplane.placement.snapshot import FleetSnapshot
+from tests.builders import fleet, request, substrate
+
+BOUND = 2.0
+NOW = 100.0
+
+
+def built_fleet():
+    """``p``: emulated, 16 slots + 4 queued across 2 replicas (8 + 2 each); ``api``: a provider API
+    with 16 slots whatever its adapter replicas; ``v``: vLLM, 10 slots across 3 replicas."""
+    return fleet(
+        substrate("p").capacity(16, queued=4).replicas(2),
+        substrate("api").kind("openai_compatible").capacity(16).replicas(2),
+        substrate("v").kind("vllm").capacity(10).replicas(3),
+    ).model(primary="p").tenant().build()
+
+
+def authority(built):
+    return FleetState(built.fleet, built.policy.policy_hash, BOUND, BreakerSettings(), latency_window_s=5.0)
+
+
+def signals_of(state: FleetState, name: str, now: float = NOW):
+    return state.snapshot(now).signals[state._fleet.index[name]]
+
+
+def beat(state: FleetState, name: str, replica: str, now: float = NOW, in_flight: int = 0, **kw) -> None:
+    state.report_substrate(name, replica, SubstrateReport(in_flight=in_flight, **kw), now)
+
+
+# -- the arithmetic ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, live, expected", [
+    ("p", 0, (0, 0)), ("p", 1, (8, 2)), ("p", 2, (16, 4)), ("p", 3, (24, 6)),   # 3: scaled past the config
+    ("v", 1, (4, 0)), ("v", 2, (7, 0)), ("v", 3, (10, 0)), ("v", 6, (20, 0)),  # ceil(10 * live / 3)
+])
+def test_capacity_is_per_replica_slots_times_live_replicas(name, live, expected):
+    spec = built_fleet().fleet.substrate(name)
+    assert spec.capacity_at(live) == Capacity(*expected)
+
+
+def test_a_provider_api_keeps_its_fleet_level_limit():
+    spec = built_fleet().fleet.substrate("api")
+    assert spec.replicas is None
+    assert spec.capacity_at(0) is None and spec.capacity_at(5) is None
+
+
+# -- the authority counts live replicas ----------------------------------------------------------
+
+def test_no_replica_reporting_is_zero_capacity_and_nothing_is_admitted():
+    built = built_fleet()
+    state = authority(built)
+    beat(state, "api", "a1")
+    beat(state, "v", "v1", kv_cache_usage=0.0)
+    sig = signals_of(state, "p")
+    assert sig.capacity == Capacity(0, 0) and sig.in_flight is None
+    snap = FleetSnapshot(1, NOW, built.fleet, state.snapshot(NOW).signals, policy=built.policy)
+    decision = place(request(now=NOW), snap, built.policy)
+    assert decision.substrate != "p"
+    assert next(c for c in decision.candidates if c.name == "p").code is not None
+    assert state.status(NOW)["substrates"][0]["capacity"]["max_concurrent"] == 0
+
+
+def test_each_replica_that_reports_adds_its_slots_and_silent_ones_take_them_away():
+    state = authority(built_fleet())
+    beat(state, "p", "r1")
+    assert signals_of(state, "p").capacity == Capacity(8, 2)
+    beat(state, "p", "r2")
+    assert signals_of(state, "p").capacity == Capacity(16, 4)
+    beat(state, "p", "r3")  # the platform team scaled past the config's count: it counts too
+    assert signals_of(state, "p").capacity == Capacity(24, 6)
+    later = NOW + BOUND + 0.5
+    beat(state, "p", "r1", now=later)  # r2 and r3 went silent: their reports expire
+    assert signals_of(state, "p", later).capacity == Capacity(8, 2)
+
+
+def test_a_replica_serve_is_stopping_adds_no_capacity_while_its_load_still_counts():
+    state = authority(built_fleet())
+    for r, n in (("r1", 3), ("r2", 4), ("r3", 5)):
+        beat(state, "p", r, in_flight=n)
+    assert signals_of(state, "p").capacity == Capacity(24, 6)
+    state.set_serve_replicas("p", target=1, starting=0, stopping=frozenset({"r2", "r3"}))
+    sig = signals_of(state, "p", NOW + 0.1)
+    assert sig.capacity == Capacity(8, 2)
+    assert sig.in_flight.value == 12.0  # its draining requests still occupy the substrate
+    counts = state.status(NOW + 0.1)["substrates"][0]["replicas_now"]
+    assert counts == {"live": 1, "stopping": 2, "starting": 0, "target": 1}
+
+
+def test_replicas_starting_are_shown_and_not_admitted_to():
+    state = authority(built_fleet())
+    beat(state, "p", "r1")
+    state.set_serve_replicas("p", target=3, starting=2, stopping=frozenset())
+    status = state.status(NOW)["substrates"][0]
+    assert status["replicas_now"] == {"live": 1, "stopping": 0, "starting": 2, "target": 3}
+    assert status["capacity"]["max_concurrent"] == 8 and status["capacity"]["per_replica_concurrent"] == 8.0
+
+
+def test_one_report_may_speak_for_every_configured_replica():
+    """The replay's simulator reports each substrate once for all its replicas."""
+    state = authority(built_fleet())
+    beat(state, "p", "replica-0", replicas=2)
+    assert signals_of(state, "p").capacity == Capacity(16, 4)
+
+
+def test_a_provider_api_with_one_adapter_replica_reporting_admits_its_whole_limit():
+    built = built_fleet()
+    state = authority(built)
+    beat(state, "api", "a1")
+    sig = signals_of(state, "api")
+    assert sig.capacity is None
+    assert limits(built.fleet.substrate("api"), sig) == (16, 0)
+
+
+# -- placement admits what is live ---------------------------------------------------------------
+
+def _admitted(built, state, in_flight: int, now: float = NOW) -> bool:
+    state.report_ingress("i1", {"p": in_flight}, [], now)
+    snap = FleetSnapshot(1, now, built.fleet, state.snapshot(now).signals, policy=built.policy)
+    decision = place(request(now=now), snap, built.policy)
+    verdict = next(c for c in decision.candidates if c.name == "p")
+    return verdict.code is None
+
+
+@pytest.mark.parametrize("live, in_flight, admitted", [
+    (1, 9, True), (1, 10, False),    # one replica: 8 running + 2 queued
+    (2, 19, True), (2, 20, False),   # the declared 16 + 4
+    (3, 29, True), (3, 30, False),   # scaled to three: 24 + 6
+])
+def test_admission_follows_the_live_capacity(live, in_flight, admitted):
+    built = built_fleet()
+    state = authority(built)
+    for i in range(live):
+        beat(state, "p", f"r{i}")
+    assert _admitted(built, state, in_flight) is admitted
+
+
+def test_admission_rejects_at_capacity_with_the_live_limit_in_the_reason():
+    built = built_fleet()
+    state = authority(built)
+    beat(state, "p", "r0")
+    state.report_ingress("i1", {"p": 10}, [], NOW)
+    snap = FleetSnapshot(1, NOW, built.fleet, state.snapshot(NOW).signals, policy=built.policy)
+    verdict = next(c for c in place(request(now=NOW), snap, built.policy).candidates if c.name == "p")
+    assert verdict.code is RejectionCode.CAPACITY and verdict.reason.endswith(">= 10")
+
+
+def test_grants_split_the_live_capacity_among_ingress_replicas():
+    built = built_fleet()
+    state = authority(built)
+    beat(state, "p", "r0")
+    for i in ("i1", "i2", "i1"):  # a replica is granted slots at its sync once another is live
+        state.report_ingress(i, {"p": 0}, [], NOW)
+    grants = state.snapshot(NOW).grants
+    assert grants["i1"]["p"] + grants["i2"]["p"] <= 10  # 8 + 2 of one replica, not the declared 16 + 4
+
+
+# -- status, metrics and the hardware's cost follow the replicas -------------------------------------
+
+def test_owned_hardware_cost_follows_live_replica_seconds():
+    from inferplane.telemetry.cost import usd_per_replica_second
+
+    built = fleet(substrate("p").capacity(16).replicas(2).cost(gpu_hour=3.6, gpus=1),
+                  substrate("api").kind("openai_compatible").capacity(16)).model(primary="p").tenant().build()
+    spec = built.fleet.substrate("p")
+    assert usd_per_replica_second(spec) == pytest.approx(0.001)  # one GPU at $3.60 an hour
+    assert usd_per_replica_second(built.fleet.substrate("api")) == 0.0
+    state = authority(built)
+    beat(state, "p", "r1", now=0.0)
+    state.snapshot(0.0)
+    assert state.replica_seconds(0.0)["p"] == 0.0
+    for t in (0.5, 1.0, 1.5):  # one replica for 2 s
+        beat(state, "p", "r1", now=t)
+    state.snapshot(2.0)
+    assert state.replica_seconds(2.0)["p"] == pytest.approx(2.0)
+    for t in (2.0, 2.5, 3.0, 3.5):  # two for 2 s more
+        beat(state, "p", "r1", now=t)
+        beat(state, "p", "r2", now=t)
+    state.snapshot(3.5)
+    assert state.replica_seconds(4.0)["p"] == pytest.approx(6.0)
+
+
+def test_metrics_show_replicas_by_state_capacity_and_owned_cost():
+    from prometheus_client import generate_latest
+
+    from inferplane.telemetry.metrics import PlaneMetrics
+
+    built = fleet(substrate("p").capacity(16, queued=4).replicas(2).cost(gpu_hour=3.6, gpus=1),
+                  substrate("api").kind("openai_compatible").capacity(16)).model(primary="p").tenant().build()
+    state = authority(built)
+    beat(state, "p", "r1", now=0.0)
+    beat(state, "api", "a1", now=0.0)
+    state.set_serve_replicas("p", target=3, starting=2, stopping=frozenset())
+    published = state.snapshot(0.0)
+    state.replica_seconds(0.0)
+    metrics = PlaneMetrics()
+    metrics.set_signals(FleetSnapshot(published.version, published.taken_at_s, built.fleet, published.signals), 0.0)
+    metrics.set_replicas({n: c for n, (c, _) in state.capacities().items()}, state.replica_seconds(10.0))
+    text = generate_latest(metrics.registry).decode()
+    for line in ('inferplane_substrate_replicas{state="live",substrate="p"} 1.0',
+                 'inferplane_substrate_replicas{state="starting",substrate="p"} 2.0',
+                 'inferplane_substrate_replicas{state="target",substrate="p"} 3.0',
+                 'inferplane_substrate_capacity_requests{limit="concurrent",substrate="p"} 8.0',
+                 'inferplane_substrate_capacity_requests{limit="queued",substrate="p"} 2.0',
+                 'inferplane_substrate_capacity_requests{limit="concurrent",substrate="api"} 16.0',
+                 'inferplane_substrate_replica_seconds_total{substrate="p"} 10.0',
+                 'inferplane_substrate_owned_cost_usd_total{substrate="p"} 0.01'):
+        assert line in text, line
+    assert 'inferplane_substrate_replica_seconds_total{substrate="api"}' not in text
+
+
+# -- scaling from the dashboard: external scaling unless something autoscales ----------------------
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("config, external", [("local.yaml", True), ("enterprise.example.yaml", False)])
+def test_the_application_is_scaled_externally_exactly_when_nothing_autoscales(config, external):
+    from ray.serve.schema import ServeDeploySchema
+
+    from inferplane.cli.deploy import serve_config
+    from inferplane.cli.validate import summary
+    from inferplane.config import load_config
+    from inferplane.config.sizing import external_scaling
+
+    path = str(CONFIGS / config)
+    cfg = load_config(path)
+    autoscaled = any(s.settings.replicas.autoscaling is not None for s in cfg.substrates)
+    assert autoscaled is not external  # the two shipped configs cover both cases
+    enabled, why = external_scaling(cfg)
+    assert enabled is external
+    doc = serve_config(path, "inferplane", gpu=False)
+    assert doc["applications"][0]["external_scaler_enabled"] is external
+    ServeDeploySchema(**doc)  # Serve refuses external scaling beside autoscaling: both must pass
+    assert f"scaling: {why}" in summary(path)

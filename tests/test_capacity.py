@@ -244,3 +244,17 @@ def test_the_application_is_scaled_externally_exactly_when_nothing_autoscales(co
     assert doc["applications"][0]["external_scaler_enabled"] is external
     ServeDeploySchema(**doc)  # Serve refuses external scaling beside autoscaling: both must pass
     assert f"scaling: {why}" in summary(path)
+
+
+def test_status_shows_capacity_now_with_replicas_live_starting_and_target():
+    from inferplane.cli.status import render
+
+    state = authority(built_fleet())
+    beat(state, "p", "r1")
+    beat(state, "api", "a1")
+    state.set_serve_replicas("p", target=3, starting=2, stopping=frozenset())
+    rows = {line.split()[0]: line for line in render(state.status(NOW)).splitlines()
+            if line.split() and line.split()[0] in ("p", "api", "v")}
+    assert "8+2 (1/2/3)" in rows["p"]       # one replica's slots admitted; two starting, not admitted
+    assert "16+0 fleet" in rows["api"]      # a provider API's limit does not follow its replicas
+    assert "0+0 (0/-/-)" in rows["v"]       # nothing live, and Serve not asked (no actor here)

@@ -41,6 +41,7 @@ from inferplane.config import build, parse_config
 from inferplane.placement import PlacementDecision, PlacementRequest
 from inferplane.placement.filters import RejectionCode, unhonoured_parameter
 from inferplane.placement.plan import models_for
+from inferplane.placement.prefix import PrefixIndex
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
 from inferplane.plane.ledger import CLIENT_DISCONNECTED, OpenRequest, RequestLedger
 from inferplane.plane.queue import HoldQueue, Waiter
@@ -61,6 +62,9 @@ ORPHAN_SCAN_INTERVAL_S = 5.0
 """How often a replica looks for journal segments of killed replicas after its start-up scan."""
 SYNC_TIMEOUT_S = 2.0
 LONG_BODY_BYTES = 8192
+PREFIX_BLOCK_TOKENS = 128
+"""Block size of the plane's prefix-cache belief: vLLM CPU's KV block (a GPU build's is 16; a coarser
+block only loses the partial last one of a prompt). The replay keys by Mooncake's 512-token blocks."""
 """A body this large is tokenized in a worker thread (about 1 µs per token), not on the event loop."""
 FIRST_SNAPSHOT_WAIT_S = 15.0
 """How long a new replica's constructor waits for its first snapshot, beyond the actor's own
@@ -123,6 +127,11 @@ class Ingress:
         self._emulated = {s.name: s.emulated for s in fleet.substrates}
         self._handles = substrates
         self._prefix_routed = frozenset(s.name for s in cfg.substrates if routes_by_prefix(s))
+        # This replica's belief of what each substrate with a prefix cache holds: the blocks of the
+        # prompts it served there (``placement.prefix``); None when no substrate declares a cache.
+        caches = {s.name: s.prefix_cache.total_tokens // PREFIX_BLOCK_TOKENS
+                  for s in fleet.substrates if s.prefix_cache is not None}
+        self._prefix = PrefixIndex(caches) if caches else None
         self._actor = placement_actor.get_or_create(app_name, config_text)
         self._id = f"ingress-{uuid.uuid4().hex[:8]}"
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
@@ -299,8 +308,13 @@ class Ingress:
             raise validation_error(exc) from None
         # The model's own tokenizer (``api.tokens``); a long prompt costs milliseconds to count, so
         # it is counted off the event loop.
-        req.input_tokens = (await asyncio.to_thread(self._tokens.prompt_tokens, body)
-                            if len(raw) > LONG_BODY_BYTES else self._tokens.prompt_tokens(body))
+        if self._prefix is None:
+            req.input_tokens = (await asyncio.to_thread(self._tokens.prompt_tokens, body)
+                                if len(raw) > LONG_BODY_BYTES else self._tokens.prompt_tokens(body))
+        else:  # the same count, and the prompt's blocks for the prefix-cache belief
+            counted = (await asyncio.to_thread(self._tokens.prompt_and_blocks, body, PREFIX_BLOCK_TOKENS)
+                       if len(raw) > LONG_BODY_BYTES else self._tokens.prompt_and_blocks(body, PREFIX_BLOCK_TOKENS))
+            req.input_tokens, req.prefix_blocks = counted
         req.model = body.model
         req.streamed = bool(getattr(body, "stream", False))
         req.sla_class = request.headers.get(SLA_HEADER) or self._policy.tenants[tenant_name].default_sla_class
@@ -379,7 +393,8 @@ class Ingress:
             input_tokens=req.input_tokens, max_output_tokens=max_tokens,
             arrived_at_s=time.time(),  # placed now: a sync may have landed during the parse
             ingress_region=self._region, ingress_zone=self._zone,
-            required_features=required_features(api, body)))
+            required_features=required_features(api, body),
+            prefix_hits=self._prefix.hits(req.prefix_blocks) if req.prefix_blocks else ()))
         payload = substrate_payload(api, body, max_tokens, req.request_id, req.input_tokens)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
@@ -463,9 +478,15 @@ class Ingress:
                       prompt_tokens=next((d["prompt_tokens"] for d in deltas if "prompt_tokens" in d), None))
             raise err
         req.close(200, None, time.time(), first_token_s=first_at, output_tokens=event["completion_tokens"],
-                  prompt_tokens=event["prompt_tokens"])
+                  prompt_tokens=event["prompt_tokens"], cached_tokens=event.get("cached_prompt_tokens"))
+        self._served(req, step)
         body = completion_body(api, rid, int(req.received_at_s), step.decision.model, deltas, event)
         return JSONResponse(body, headers=headers)
+
+    def _served(self, req: OpenRequest, step: Dispatch) -> None:
+        """A request answered in full: its substrate now holds its prompt's blocks (believed)."""
+        if self._prefix is not None and req.prefix_blocks:
+            self._prefix.record(step.substrate, req.prefix_blocks)
 
     async def _stream_events(self, api, rid, step: Dispatch, first, stream, include_usage, req: OpenRequest):
         """The SSE stream. The status line went out as 200, so the record says how the stream really
@@ -498,7 +519,8 @@ class Ingress:
                     yield _sse_line(usage_chunk(api, rid, created, model, prompt_tokens, tokens,
                                                 event.get("cached_prompt_tokens")))
                 req.close(200, None, time.time(), first_token_s=first_at, output_tokens=tokens,
-                          prompt_tokens=prompt_tokens)
+                          prompt_tokens=prompt_tokens, cached_tokens=event.get("cached_prompt_tokens"))
+                self._served(req, step)
                 yield "data: [DONE]\n\n"
                 return
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream: {event['code']}")

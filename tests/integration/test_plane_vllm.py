@@ -161,3 +161,42 @@ def test_with_the_engine_full_batch_requests_wait_and_are_served(vllm_plane):
     assert {r.headers["x-inferplane-substrate"] for r in responses} <= {"local-vllm", "sovereign-de-emulated"}
     held = [int(r.headers["x-inferplane-held-ms"]) for r in responses]
     assert sum(1 for ms in held if ms > 0) >= 8, held
+
+
+def test_a_conversations_next_turn_is_predicted_and_measured_as_cached(vllm_plane):
+    """#17 on the live plane: the ingress hashes each prompt's token blocks with the model's
+    tokenizer, believes a substrate holds the prompts it served there, and predicts the next turn's
+    hit; vLLM's own count of cached tokens lands beside the prediction in the audit row."""
+    from inferplane.telemetry.audit import read_audit
+
+    client = _client(vllm_plane, EU_KEY)
+    document = "Quarterly notes: revenue rose four percent while costs rose six percent. " * 60
+    history = [{"role": "system", "content": "You are a careful analyst."}, {"role": "user", "content": document}]
+    ids = []
+    for question in ("Summarise.", "Why did costs rise?"):
+        raw = client.chat.completions.with_raw_response.create(
+            model="smollm2", messages=history, max_tokens=8, temperature=0,
+            extra_headers={"x-inferplane-sla-class": "batch"})
+        answer = raw.parse()
+        assert raw.headers["x-inferplane-substrate"] == "local-vllm"
+        ids.append(raw.headers["x-inferplane-request-id"])
+        history = history + [{"role": "assistant", "content": answer.choices[0].message.content},
+                             {"role": "user", "content": question}]
+    details = answer.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens >= 512  # the engine served the history cached
+
+    def rows():
+        got = {r["request_id"]: r for r in read_audit(vllm_plane.audit_dir).to_pylist() if r["request_id"] in ids}
+        return got if len(got) == 2 else None
+
+    deadline = time.monotonic() + 30.0
+    audit = rows()
+    while audit is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        audit = rows()
+    assert audit is not None, "no audit rows for the conversation"
+    first, second = audit[ids[0]], audit[ids[1]]
+    assert first["predicted_prefix_hit"] == 0.0  # nothing served yet with this prefix
+    assert second["predicted_prefix_hit"] > 0.5  # the history it served on local-vllm
+    assert second["cached_input_tokens"] == details.cached_tokens
+    assert second["cached_input_tokens"] >= 0.5 * second["input_tokens"]

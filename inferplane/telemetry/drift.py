@@ -75,34 +75,25 @@ def declared_residuals(record: RequestRecord) -> tuple[float | None, float | Non
     the request was placed on (``PlacementDecision.declared_ttft_s`` / ``declared_tpot_s``): what the
     detector judges (module doc). None where either side is missing, as in ``residuals``."""
     d = record.decision
-    if d is None or not d.placed or record.status_code != 200:
-        return None, None
-    ttft = None
-    observed = record.substrate_ttft_s
-    if observed is not None and d.declared_ttft_s:
-        ttft = observed / d.declared_ttft_s
-    tpot = None
-    observed, declared = record.tpot_s, d.declared_tpot_s
-    if observed is not None and declared:
-        tpot = observed / declared
-    return ttft, tpot
+    return _ratios(record, None if d is None else d.declared_ttft_s, None if d is None else d.declared_tpot_s)
 
 
 def residuals(record: RequestRecord) -> tuple[float | None, float | None]:
     """``(ttft_residual, tpot_residual)`` of a successful placed request (module doc); None where
     the observation or the prediction is missing (or the prediction is 0)."""
     d = record.decision
+    return _ratios(record, None if d is None else d.predicted_ttft_s, None if d is None else d.predicted_tpot_s)
+
+
+def _ratios(record: RequestRecord, ttft_s: float | None, tpot_s: float | None) -> tuple[float | None, float | None]:
+    """Observed TTFT (from dispatch) and TPOT over ``ttft_s`` and ``tpot_s``, for a successful placed
+    request; None where a side is missing or the divisor is 0."""
+    d = record.decision
     if d is None or not d.placed or record.status_code != 200:
         return None, None
-    ttft = None
-    observed = record.substrate_ttft_s
-    if observed is not None and d.predicted_ttft_s:
-        ttft = observed / d.predicted_ttft_s
-    tpot = None
-    observed, predicted = record.tpot_s, d.predicted_tpot_s
-    if observed is not None and predicted:
-        tpot = observed / predicted
-    return ttft, tpot
+    observed_ttft, observed_tpot = record.substrate_ttft_s, record.tpot_s
+    return (observed_ttft / ttft_s if observed_ttft is not None and ttft_s else None,
+            observed_tpot / tpot_s if observed_tpot is not None and tpot_s else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -328,6 +328,9 @@ class FleetState:
         d = self._derived_by_name[substrate]
         if (target, starting) != d.serve:
             d.serve = (target, starting)
+        # Once stopping, always: Serve forgets a replica once it is gone, while its last report may
+        # still be within the staleness bound (ids are never reused; kept while the report is).
+        stopping = stopping | {rid for rid in d.stopping if rid in d.replicas}
         if stopping != d.stopping:
             d.stopping = stopping
             d.rp = None

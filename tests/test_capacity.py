@@ -258,3 +258,13 @@ def test_status_shows_capacity_now_with_replicas_live_starting_and_target():
     assert "8+2 (1/2/3)" in rows["p"]       # one replica's slots admitted; two starting, not admitted
     assert "16+0 fleet" in rows["api"]      # a provider API's limit does not follow its replicas
     assert "0+0 (0/-/-)" in rows["v"]       # nothing live, and Serve not asked (no actor here)
+
+
+def test_a_stopped_replica_serve_no_longer_lists_stays_out_until_its_last_report_expires():
+    state = authority(built_fleet())
+    beat(state, "p", "r1")
+    beat(state, "p", "r2")
+    state.set_serve_replicas("p", target=1, starting=0, stopping=frozenset({"r2"}))
+    assert signals_of(state, "p", NOW + 0.1).capacity == Capacity(8, 2)
+    state.set_serve_replicas("p", target=1, starting=0, stopping=frozenset())  # r2 gone from Serve's list
+    assert signals_of(state, "p", NOW + 0.2).capacity == Capacity(8, 2)      # its report is still fresh

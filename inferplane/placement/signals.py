@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # fleet imports this module
+    from inferplane.placement.fleet import SubstrateSpec
 
 
 class CircuitState(str, enum.Enum):
@@ -122,8 +125,8 @@ class SubstrateSignals:
         )
 
 
-def limits(spec, signals: SubstrateSignals) -> Capacity | tuple[int, int]:
-    """``(max_concurrent, max_queued)`` of ``spec`` (a ``fleet.SubstrateSpec``) now: the live
+def limits(spec: SubstrateSpec, signals: SubstrateSignals) -> Capacity | tuple[int, int]:
+    """``(max_concurrent, max_queued)`` of ``spec`` now: the live
     ``signals.capacity`` where the authority gave one, else the spec's. Every reader of a
     substrate's limits (admission, the estimate, the scorers, the plane's queue and shares) reads
     them here, so that capacity reaches placement through the snapshot alone."""

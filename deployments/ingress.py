@@ -62,10 +62,10 @@ ORPHAN_SCAN_INTERVAL_S = 5.0
 """How often a replica looks for journal segments of killed replicas after its start-up scan."""
 SYNC_TIMEOUT_S = 2.0
 LONG_BODY_BYTES = 8192
+"""A body this large is tokenized in a worker thread (about 1 µs per token), not on the event loop."""
 PREFIX_BLOCK_TOKENS = 128
 """Block size of the plane's prefix-cache belief: vLLM CPU's KV block (a GPU build's is 16; a coarser
 block only loses the partial last one of a prompt). The replay keys by Mooncake's 512-token blocks."""
-"""A body this large is tokenized in a worker thread (about 1 µs per token), not on the event loop."""
 FIRST_SNAPSHOT_WAIT_S = 15.0
 """How long a new replica's constructor waits for its first snapshot, beyond the actor's own
 warm-up bound (the signal staleness bound)."""
@@ -132,6 +132,7 @@ class Ingress:
         caches = {s.name: s.prefix_cache.total_tokens // PREFIX_BLOCK_TOKENS
                   for s in fleet.substrates if s.prefix_cache is not None}
         self._prefix = PrefixIndex(caches) if caches else None
+        self._block_tokens = PREFIX_BLOCK_TOKENS if caches else 0  # 0: count only, hash nothing
         self._actor = placement_actor.get_or_create(app_name, config_text)
         self._id = f"ingress-{uuid.uuid4().hex[:8]}"
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
@@ -308,13 +309,10 @@ class Ingress:
             raise validation_error(exc) from None
         # The model's own tokenizer (``api.tokens``); a long prompt costs milliseconds to count, so
         # it is counted off the event loop.
-        if self._prefix is None:
-            req.input_tokens = (await asyncio.to_thread(self._tokens.prompt_tokens, body)
-                                if len(raw) > LONG_BODY_BYTES else self._tokens.prompt_tokens(body))
-        else:  # the same count, and the prompt's blocks for the prefix-cache belief
-            counted = (await asyncio.to_thread(self._tokens.prompt_and_blocks, body, PREFIX_BLOCK_TOKENS)
-                       if len(raw) > LONG_BODY_BYTES else self._tokens.prompt_and_blocks(body, PREFIX_BLOCK_TOKENS))
-            req.input_tokens, req.prefix_blocks = counted
+        # With the count, the prompt's blocks for the prefix-cache belief (none without a cache).
+        count = self._tokens.prompt_and_blocks
+        req.input_tokens, req.prefix_blocks = (await asyncio.to_thread(count, body, self._block_tokens)
+                                               if len(raw) > LONG_BODY_BYTES else count(body, self._block_tokens))
         req.model = body.model
         req.streamed = bool(getattr(body, "stream", False))
         req.sla_class = request.headers.get(SLA_HEADER) or self._policy.tenants[tenant_name].default_sla_class

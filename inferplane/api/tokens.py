@@ -427,7 +427,10 @@ class TokenCounter:
         (``placement.prefix.block_hashes``), what the plane's prefix-cache belief is keyed by. The
         blocks are () when they cannot be known exactly: a tokenizer that gives no ids (the
         estimate, tiktoken), a chat without a template, a batch of prompts, or a prompt the
-        tokenizer refused. A prompt of token ids is hashed as it is."""
+        tokenizer refused. A prompt of token ids is hashed as it is. ``block_tokens`` 0: the count
+        alone, with no blocks (and no cost beyond ``prompt_tokens``)."""
+        if not block_tokens:
+            return self.prompt_tokens(body), ()
         if isinstance(body, CompletionRequest) and body.prompt and all(isinstance(i, int) for i in body.prompt):
             return len(body.prompt), block_hashes(body.prompt, block_tokens)
         tokenizer = self.tokenizer_for(body.model)

@@ -475,14 +475,14 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         else:
             reason = SpilloverReason.PRIMARY_OUTSCORED
     verdict = by_specification.get(chosen)
+    chosen_hit = hit_at[chosen] if hit_at is not None else 0.0
     if verdict is None:
         ttft, e2e, cost = _row_numbers(stale_outcomes.get(chosen) or rows[chosen], t.egress_usd_per_byte[chosen],
-                                       request, f_out, hit_at[chosen] if hit_at is not None else 0.0)
+                                       request, f_out, chosen_hit)
     else:
         ttft, e2e, cost = verdict.ttft_s, verdict.e2e_s, verdict.cost_usd
 
     names = rp.names
-    chosen_hit = hit_at[chosen] if hit_at is not None else 0.0
     declared_ttft, declared_tpot = declared_latency(snapshot.prepared[t.indices[chosen]], float(request.input_tokens),
                                                     f_out, chosen_hit)
     return PlacementDecision.deferred(

@@ -39,6 +39,19 @@ class Plane:
         return serve.get_deployment_handle(name, app_name=self.app_name)
 
 
+def poll(read, timeout_s: float, interval_s: float = 0.5):
+    """``read()`` until it returns something other than None, for at most ``timeout_s``; its last
+    result (None when it never had one)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while value is None and time.monotonic() < deadline:
+        time.sleep(interval_s)
+        value = read()
+    return value
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray

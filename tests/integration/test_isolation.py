@@ -31,7 +31,7 @@ import httpx
 import pytest
 import ray
 
-from tests.integration.conftest import EU_KEY, GLOBAL_KEY, LOCAL_CONFIG, deploy_local_vllm
+from tests.integration.conftest import EU_KEY, GLOBAL_KEY, LOCAL_CONFIG, deploy_local_vllm, poll
 
 pytestmark = pytest.mark.integration
 
@@ -201,11 +201,7 @@ def test_invalid_parameters_from_one_tenant_change_nothing_for_another(vllm_plan
         by_tenant = {t: [r for r in got if r["tenant"] == t] for t in sent}
         return by_tenant if {t: len(v) for t, v in by_tenant.items()} == sent else None
 
-    deadline = time.monotonic() + 30.0
-    audit = rows()
-    while audit is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        audit = rows()
+    audit = poll(rows, 30.0)
     assert audit is not None, "not one audit row per request"
     refused = [r for r in audit["global-app"] if r["error_code"] == "invalid_request"]
     rejected = [r for r in audit["global-app"] if r["error_code"] == "substrate_rejected_request"]

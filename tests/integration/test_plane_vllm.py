@@ -9,7 +9,7 @@ import openai
 import pytest
 import ray
 
-from tests.integration.conftest import EU_KEY, GLOBAL_KEY, deploy_local_vllm
+from tests.integration.conftest import EU_KEY, GLOBAL_KEY, deploy_local_vllm, poll
 
 pytestmark = pytest.mark.integration
 
@@ -189,11 +189,7 @@ def test_a_conversations_next_turn_is_predicted_and_measured_as_cached(vllm_plan
         got = {r["request_id"]: r for r in read_audit(vllm_plane.audit_dir).to_pylist() if r["request_id"] in ids}
         return got if len(got) == 2 else None
 
-    deadline = time.monotonic() + 30.0
-    audit = rows()
-    while audit is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        audit = rows()
+    audit = poll(rows, 30.0)
     assert audit is not None, "no audit rows for the conversation"
     first, second = audit[ids[0]], audit[ids[1]]
     assert first["predicted_prefix_hit"] == 0.0  # nothing served yet with this prefix

@@ -122,6 +122,41 @@ def test_gateways_honour_the_tenants_model_access():
     assert placement.substrate is None and placement.rejection == "model_not_allowed"
 
 
+@pytest.mark.parametrize("name", ["round_robin", "least_outstanding", "cheapest_first"])
+def test_configured_for_compliance_a_gateway_keeps_each_tenant_inside_its_jurisdictions(name):
+    """The as-deployed gateway sends EU requests to `us`; its compliant variant, the same policy over
+    per-tenant endpoint lists, never does, and still spreads a tenant with no restriction."""
+    built = three_jurisdictions()
+    eu = [req(i, i * 0.01, 100, 50, tenant="eu") for i in range(12)]  # overlap: every endpoint gets some
+    world = [req(i, i * 0.01, 100, 50, tenant="world") for i in range(12)]
+    deployed = replay_of(built, eu, name)
+    compliant = replay_of(built, eu, f"{name}-compliant")
+    assert any(o.sovereignty_violation for o in deployed.outcomes) or name == "cheapest_first"
+    assert not any(o.sovereignty_violation for o in compliant.outcomes)
+    assert {o.substrate for o in compliant.outcomes} <= {"de", "fr"}
+    router = baseline(f"{name}-compliant", built, BaselineSection())
+    assert router.name == f"{name}-compliant" and router.compliant
+    assert set(router.endpoints(req(0, 0.0, 1, 1, tenant="eu"))) == {"de", "fr"}
+    assert set(router.endpoints(req(0, 0.0, 1, 1, tenant="world"))) == {"de", "us", "fr"}
+    assert {o.substrate for o in replay_of(built, world, f"{name}-compliant").outcomes} >= (
+        {"de"} if name == "cheapest_first" else {"de", "us", "fr"})
+
+
+def test_cheapest_first_as_deployed_sends_eu_requests_to_the_cheap_us_endpoint_when_de_is_full():
+    # de holds 1; the cheap endpoint next by list price is `us`, outside the EU tenant's reach.
+    de = substrate("de").kind("vllm").cls("gpu_cluster").jurisdiction("DE").capacity(1)
+    us = (substrate("us").kind("openai_compatible").cls("provider_api").tier("burst").jurisdiction("US")
+          .capacity(8).cost(input_per_1m=0.5, output_per_1m=0.5))
+    fr = (substrate("fr").kind("openai_compatible").cls("provider_api").tier("burst").jurisdiction("FR")
+          .capacity(8).cost(input_per_1m=2.0, output_per_1m=2.0))
+    built = fleet(de, us, fr).model("m", primary="de").tenant("eu", allowed=["EU"]).build()
+    gateway = baseline("cheapest_first", built, BaselineSection())
+    compliant = baseline("cheapest_first-compliant", built, BaselineSection())
+    r = req(0, 0.0, 1, 1, tenant="eu")
+    assert gateway.place(r, ("de",), 0.0).substrate == "us"
+    assert compliant.place(r, ("de",), 0.0).substrate == "fr"
+
+
 def test_unknown_baseline_is_an_error():
     with pytest.raises(ValueError, match="unknown baseline"):
         baseline("random", three_jurisdictions(), BaselineSection())

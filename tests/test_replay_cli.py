@@ -45,7 +45,14 @@ def test_replay_all_writes_report_and_plots(capsys, tmp_path):
     report = json.loads(out.read_text(encoding="utf-8"))
     assert set(report) >= {"runs", "bound", "trace", "workload"}
     assert [r["router"] for r in report["runs"]] == [
-        "inferplane", "round_robin", "least_outstanding", "ordered_fallback", "cheapest_first", "fifo_queue"]
+        "inferplane", "round_robin", "least_outstanding", "ordered_fallback", "cheapest_first", "fifo_queue",
+        "round_robin-compliant", "least_outstanding-compliant", "cheapest_first-compliant"]
+    routes = {r["router"]: r["jurisdiction_routes"] for r in report["runs"]}
+    assert routes["inferplane"] == "policy" and routes["fifo_queue"] == routes["round_robin-compliant"] == "per tenant"
+    assert routes["round_robin"] == "none"
+    for r in report["runs"]:
+        if r["jurisdiction_routes"] != "none":
+            assert r["sovereignty_violations"] == 0, r["router"]
     for r in report["runs"]:
         assert RUN_FIELDS <= set(r), RUN_FIELDS - set(r)
         assert r["requests"] == 400 == r["completed"] + r["rejected"] + r["failed"]

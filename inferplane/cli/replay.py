@@ -38,8 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("azure", "mooncake", "parquet"), help="default: from the suffix")
     p.add_argument("--router", default="all",
                    help="inferplane, round_robin, least_outstanding, ordered_fallback, cheapest_first, "
-                   "fifo_queue, a comma-separated list, or all (default); inferplane-no-prefix (by name "
-                   "only) is the plane with the same policy and no prefix-cache belief")
+                   "fifo_queue, round_robin-compliant, least_outstanding-compliant, "
+                   "cheapest_first-compliant (the three configured with per-tenant endpoint lists inside "
+                   "each tenant's jurisdictions), a comma-separated list, or all (default); "
+                   "inferplane-no-prefix (by name only) is the plane with the same policy and no "
+                   "prefix-cache belief")
     p.add_argument("--rate-scale", type=float, help="requests per trace row on average (default: scenario's)")
     p.add_argument("--time-scale", type=float, help="arrival times x this (default: scenario's)")
     p.add_argument("--limit", type=int, help="only the first N trace rows")
@@ -94,7 +97,7 @@ def render(report: dict) -> str:
     lines.append("")
     classes = sorted({c for r in report["runs"] for c in r["sla_attainment_by_class"]})
     prefix = any(r.get("prefix_hit_fraction") is not None for r in report["runs"])
-    headers = ["router", "SLA %", *[f"{c} %" for c in classes], "ttft p50", "ttft p99", "e2e p50", "e2e p99",
+    headers = ["router", "jurisdiction routes", "SLA %", *[f"{c} %" for c in classes], "ttft p50", "ttft p99", "e2e p50", "e2e p99",
                "cost USD", "spill", "unlogged", "violations", "x-region", "rejected", "of bound SLA", "of bound cost"]
     if prefix:
         headers += ["prefix hit %", "predicted %"]
@@ -102,7 +105,7 @@ def render(report: dict) -> str:
     for r in report["runs"]:
         frac = r.get("bound_fraction") or {}
         rows.append([
-            r["router"], f"{100 * r['sla_attainment']:.2f}",
+            r["router"], r.get("jurisdiction_routes", "-"), f"{100 * r['sla_attainment']:.2f}",
             *[f"{100 * r['sla_attainment_by_class'].get(c, 0.0):.2f}" for c in classes],
             _f(r["ttft_p50_s"], ".2f"), _f(r["ttft_p99_s"], ".2f"), _f(r["e2e_p50_s"], ".1f"),
             _f(r["e2e_p99_s"], ".1f"), f"{r['cost_usd']:.2f}", str(r["spillovers"]), str(r["unlogged_spillovers"]),
@@ -113,7 +116,11 @@ def render(report: dict) -> str:
             hit = r.get("prefix_hit_fraction")
             predicted = r.get("prefix_hit_predicted_fraction")
             rows[-1] += [_f(None if hit is None else 100 * hit, ".1f"), _f(None if predicted is None else 100 * predicted, ".1f")]
-    lines.append(render_table(headers, rows, "l" + "r" * (len(headers) - 1)))
+    lines.append(render_table(headers, rows, "ll" + "r" * (len(headers) - 2)))
+    lines.append("jurisdiction routes: policy = the plane's hard filter; per tenant = a gateway configured for "
+                 "compliance (per-tenant endpoint lists); none = a gateway as deployed, whose SLA and cost are "
+                 "won partly by sending prompts where they may not go: compare among the compliant rows. "
+                 "unlogged is 0 for the plane by construction (every decision is logged).")
     bound = report.get("bound")
     if bound:
         lines += ["", f"bound (fluid LP, {bound['window_s']:.0f} s windows, {bound['pairs']} request-substrate "

@@ -18,6 +18,16 @@ all five:
 - **no spillover log**: a gateway records no placement decision, so every request it serves off the
   model's primary substrate is an unlogged spillover.
 
+**As deployed, and configured for compliance.** ``round_robin``, ``least_outstanding`` and
+``cheapest_first`` as deployed spread over every endpoint serving the model: their sovereignty
+violations are what such a gateway does when nobody configures it for the tenants' jurisdictions,
+and their SLA and cost are won partly by sending prompts where they may not go. Each also runs
+*configured for compliance* (``round_robin-compliant``, ...): the same policy over per-tenant
+endpoint lists, one route per tenant listing only the endpoints whose jurisdiction tag lies inside
+the tenant's allowed jurisdictions (``is_within``), as LiteLLM or Envoy users configure per-tenant
+routes. ``ordered_fallback`` and ``fifo_queue`` are configured that way as deployed. The comparison
+that counts is among compliant routers (``COMPLIANT``).
+
 The five policies:
 
 ``round_robin``        endpoints in turn, over every endpoint serving the model.
@@ -61,12 +71,21 @@ from inferplane.replay.scenario import BaselineSection
 from inferplane.replay.workload import ReplayRequest
 
 BASELINES = ("round_robin", "least_outstanding", "ordered_fallback", "cheapest_first", "fifo_queue")
+"""The baselines as deployed."""
+COMPLIANT_SUFFIX = "-compliant"
+COMPLIANT_VARIANTS = tuple(f"{n}{COMPLIANT_SUFFIX}" for n in ("round_robin", "least_outstanding", "cheapest_first"))
+"""The baselines that are not compliant as deployed, configured with per-tenant endpoint lists."""
+COMPLIANT = ("ordered_fallback", "fifo_queue", *COMPLIANT_VARIANTS)
+"""The baselines whose endpoint lists keep every tenant inside its jurisdictions."""
 
 
 class _Gateway(abc.ABC):
     """Endpoint lists, in-flight counts, retries and outlier ejection; subclasses choose."""
 
     name = "gateway"
+    compliant = False
+    """Per-tenant endpoint lists inside each tenant's jurisdictions (else every endpoint serving
+    the model, for every tenant)."""
 
     def __init__(self, built: BuiltConfig, settings: BaselineSection) -> None:
         self._fleet = built.fleet
@@ -76,14 +95,19 @@ class _Gateway(abc.ABC):
         self._errors: Counter[str] = Counter()
         self.ejected_until: dict[str, float] = {}
         self._turn = 0
-        self._serving: dict[str, tuple[str, ...]] = {}
+        self._serving: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def endpoints(self, request: ReplayRequest) -> tuple[str, ...]:
-        serving = self._serving.get(request.model)
+        key = (request.tenant if self.compliant else "", request.model)
+        serving = self._serving.get(key)
         if serving is None:
             route = self._fleet.resolve_model(request.model)
-            serving = () if route is None else tuple(self._fleet.substrates[i].name for i in route.substrate_indices)
-            self._serving[request.model] = serving
+            specs = () if route is None else [self._fleet.substrates[i] for i in route.substrate_indices]
+            if self.compliant:
+                allowed = self._policy.tenants[request.tenant].allowed_countries
+                specs = [s for s in specs if is_within(s.countries, allowed)]
+            serving = tuple(s.name for s in specs)
+            self._serving[key] = serving
         return serving
 
     @abc.abstractmethod
@@ -164,6 +188,7 @@ class LeastOutstanding(_Gateway):
 
 class OrderedFallback(_Gateway):
     name = "ordered_fallback"
+    compliant = True
 
     def __init__(self, built: BuiltConfig, settings: BaselineSection) -> None:
         super().__init__(built, settings)
@@ -204,14 +229,15 @@ class CheapestFirst(_Gateway):
 
     def __init__(self, built: BuiltConfig, settings: BaselineSection) -> None:
         super().__init__(built, settings)
-        self._by_price: dict[str, tuple[str, ...]] = {}
+        self._by_price: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def endpoints(self, request: ReplayRequest) -> tuple[str, ...]:
-        by_price = self._by_price.get(request.model)
+        key = (request.tenant if self.compliant else "", request.model)
+        by_price = self._by_price.get(key)
         if by_price is None:
             serving = [self._fleet.substrate(n) for n in super().endpoints(request)]
             by_price = tuple(s.name for s in sorted(serving, key=lambda s: (list_price_usd_per_1m(s), s.index)))
-            self._by_price[request.model] = by_price
+            self._by_price[key] = by_price
         return by_price
 
     def choose(self, request: ReplayRequest, pool: tuple[str, ...]) -> str:
@@ -289,8 +315,17 @@ class FifoQueue(OrderedFallback):
         self._host.resume(entry[0], Placement(None, rejection="queue_timeout"), now_s)
 
 
+def _configured_for_compliance(cls: type[_Gateway]) -> type[_Gateway]:
+    """``cls`` over per-tenant endpoint lists inside each tenant's jurisdictions."""
+    return type(f"Compliant{cls.__name__}", (cls,), {"name": f"{cls.name}{COMPLIANT_SUFFIX}", "compliant": True})
+
+
+_CLASSES = {c.name: c for c in (RoundRobin, LeastOutstanding, OrderedFallback, CheapestFirst, FifoQueue)}
+_CLASSES.update({variant: _configured_for_compliance(_CLASSES[variant.removesuffix(COMPLIANT_SUFFIX)])
+                 for variant in COMPLIANT_VARIANTS})
+
+
 def baseline(name: str, built: BuiltConfig, settings: BaselineSection) -> _Gateway:
-    classes = {c.name: c for c in (RoundRobin, LeastOutstanding, OrderedFallback, CheapestFirst, FifoQueue)}
-    if name not in classes:
-        raise ValueError(f"unknown baseline `{name}`; baselines: {', '.join(BASELINES)}")
-    return classes[name](built, settings)
+    if name not in _CLASSES:
+        raise ValueError(f"unknown baseline `{name}`; baselines: {', '.join(_CLASSES)}")
+    return _CLASSES[name](built, settings)

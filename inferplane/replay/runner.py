@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, replace
 
 from inferplane.config import BuiltConfig
-from inferplane.replay.baselines import BASELINES, baseline
+from inferplane.replay.baselines import BASELINES, COMPLIANT, COMPLIANT_VARIANTS, baseline
 from inferplane.replay.bound import DEFAULT_WINDOW_S, build_programme, least_cost_usd, solve_bound
 from inferplane.replay.drift_timeline import drift_section
 from inferplane.replay.fidelity import compare, measured_shapes
@@ -32,7 +32,16 @@ PLANE = "inferplane"
 PLANE_NO_PREFIX = "inferplane-no-prefix"
 """The plane with the same policy but no prefix-cache belief (no hit predicted, no prefix credit):
 asked for by name, not part of ``all``."""
-ROUTERS = (PLANE, *BASELINES)
+ROUTERS = (PLANE, *BASELINES, *COMPLIANT_VARIANTS)
+
+
+def jurisdiction_routes(router: str) -> str:
+    """How a router keeps tenants inside their jurisdictions: ``policy`` (the plane's hard filter),
+    ``per tenant`` (a gateway configured with per-tenant endpoint lists) or ``none`` (a gateway as
+    deployed, over every endpoint serving the model)."""
+    if router in (PLANE, PLANE_NO_PREFIX):
+        return "policy"
+    return "per tenant" if router in COMPLIANT else "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +181,7 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
     shares = fair_shares(built)
     runs = [run_report(r, fixed, prepared.requests, shares) for r in results]
     for run, result in zip(runs, results):
+        run["jurisdiction_routes"] = jurisdiction_routes(result.router)
         if result.drift is not None:
             run["drift"] = result.drift
     bound_out = None

@@ -11,7 +11,7 @@ from pathlib import Path
 from ray.serve import Application
 
 from inferplane.config import parse_config
-from inferplane.config.schema import VllmSubstrate
+from inferplane.config.replica_options import substrate_actor_options
 from inferplane.config.sizing import replica_counts
 
 from deployments.ingress import Ingress
@@ -28,18 +28,9 @@ def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool =
     for s in cfg.substrates:
         replicas = replica_counts(s.settings.replicas)
         per_replica = replicas.share(s.capacity.max_concurrent_requests + s.capacity.max_queued_requests)
-        actor_options: dict = {"num_cpus": 0}
-        if cfg.policy.topology.pin_replicas_to_labels:
-            t = cfg.policy.topology
-            # Replicas go to nodes labelled with the substrate's declared zone. Jurisdiction is not
-            # assumed from that: each replica reports its node's jurisdiction label, and a node
-            # outside the declared jurisdiction takes the substrate away from tenants who need it.
-            actor_options["label_selector"] = {t.zone_label: s.topology.zone}
-        if isinstance(s, VllmSubstrate) and gpu:
-            actor_options["num_gpus"] = s.vllm.engine.tensor_parallel_size
         handles[s.name] = SubstrateDeployment.options(
             name=s.name,
-            ray_actor_options=actor_options,
+            ray_actor_options=substrate_actor_options(cfg, s, gpu=gpu),
             # Serve's default (5) would hold requests at the handle before the substrate sees them.
             max_ongoing_requests=max(16, 2 * per_replica),
             **replicas.serve_options(),

@@ -1,9 +1,12 @@
 """`inferplane deploy CONFIG --address ADDR` puts the plane on an existing Ray cluster;
-`inferplane build CONFIG -o serve.yaml` writes a Serve config file that `serve deploy` accepts.
+`inferplane build CONFIG -o serve.yaml` writes a Serve config file that `serve deploy` accepts;
+`inferplane build CONFIG --kuberay -o rayservice.yaml` writes a KubeRay RayService (and a ConfigMap
+holding CONFIG) for `kubectl apply -f`, with GPUs for vLLM replicas (`--gpu` is implied) and every
+substrate's replicas on worker pods labelled with its zone and country.
 
-For both, the `inferplane` package must be importable on the cluster's nodes (install it in the
-cluster's image or runtime environment), and CONFIG must be readable there at the same path for
-`build`'s file.
+For all three, the `inferplane` package must be importable on the cluster's nodes (install it in the
+cluster's image or runtime environment), and for the Serve config file CONFIG must be readable
+there at the same path (the RayService reads it from its ConfigMap).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from inferplane.config import load_config
+from inferplane.config import kuberay, load_config
+from inferplane.config.replica_options import substrate_actor_options
 from inferplane.config.sizing import external_scaling, replica_counts
 
 
@@ -30,30 +34,78 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("-o", "--output", required=True)
     b.add_argument("--app-name", default="inferplane")
     b.add_argument("--gpu", action="store_true", help="ask Ray for GPUs for vLLM substrates")
+    b.add_argument("--kuberay", action="store_true",
+                   help="write a KubeRay RayService manifest (with the config as a ConfigMap) for "
+                   "`kubectl apply -f`, instead of a Serve config; vLLM replicas get GPUs")
+    b.add_argument("--image", default=None,
+                   help=f"--kuberay: the Ray image, which must contain inferplane (default {kuberay.DEFAULT_IMAGE})")
+    b.add_argument("--ray-version", default=kuberay.DEFAULT_RAY_VERSION, help="--kuberay: the image's Ray version")
+    b.add_argument("--secret-name", default=kuberay.DEFAULT_SECRET,
+                   help="--kuberay: the Kubernetes Secret holding each provider's API key, under the "
+                   "key named by its `api_key_env`")
+    b.add_argument("--node-jurisdiction-label", default=kuberay.DEFAULT_NODE_JURISDICTION_LABEL,
+                   help="--kuberay: the Kubernetes node label holding a node's country code")
     b.set_defaults(func=cmd_build)
 
 
-def serve_config(config_path: str, app_name: str, gpu: bool) -> dict:
+def serve_config(config_path: str, app_name: str, gpu: bool, *, cluster_config_path: str | None = None,
+                 host: str | None = None, pin_jurisdiction: bool = False) -> dict:
+    """The Serve config of CONFIG. ``cluster_config_path``: where the cluster's nodes read CONFIG
+    (default: this path, resolved); ``host``: the proxy's address (default the config's ingress
+    host); ``pin_jurisdiction``: pin every substrate's replicas to nodes labelled with its zone and
+    country, whatever the config's ``pin_replicas_to_labels`` (the KubeRay manifest labels its nodes)."""
     cfg = load_config(config_path)
-    deployments = [{"name": s.name, **replica_counts(s.settings.replicas).serve_options()} for s in cfg.substrates]
+    pin = True if pin_jurisdiction else None
+    deployments = [{"name": s.name, **replica_counts(s.settings.replicas).serve_options(),
+                    "ray_actor_options": substrate_actor_options(cfg, s, gpu=gpu, pin=pin,
+                                                                 pin_jurisdiction=pin_jurisdiction)}
+                   for s in cfg.substrates]
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": cfg.ingress.host, "port": cfg.ingress.port},
+        "http_options": {"host": cfg.ingress.host if host is None else host, "port": cfg.ingress.port},
         "applications": [{
             "name": app_name,
             "route_prefix": "/",
             "import_path": "deployments.app:app_builder",
             "external_scaler_enabled": external_scaling(cfg)[0],
-            "args": {"config": str(Path(config_path).resolve()), "app_name": app_name, "gpu": gpu},
+            "args": {"config": cluster_config_path or str(Path(config_path).resolve()), "app_name": app_name,
+                     "gpu": gpu},
             "deployments": deployments,
         }],
     }
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    if args.kuberay:
+        return _build_kuberay(args)
     doc = serve_config(args.config, args.app_name, args.gpu)
     Path(args.output).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     print(f"wrote {args.output}: `serve deploy {args.output}` deploys it")
+    return 0
+
+
+def kuberay_manifest(config_path: str, app_name: str, *, image: str | None = None,
+                     ray_version: str = kuberay.DEFAULT_RAY_VERSION, secret_name: str = kuberay.DEFAULT_SECRET,
+                     node_jurisdiction_label: str = kuberay.DEFAULT_NODE_JURISDICTION_LABEL) -> list[dict]:
+    """The ConfigMap and RayService of CONFIG: its Serve config is ``serve_config``'s, with GPUs for
+    vLLM, every replica pinned to its zone and country, the config read from the ConfigMap, and the
+    proxy on the pod's address (the RayService's serve Service reaches it there)."""
+    doc = serve_config(config_path, app_name, gpu=True, cluster_config_path=kuberay.CONFIG_MOUNT_PATH,
+                       host="0.0.0.0", pin_jurisdiction=True)
+    return kuberay.manifest(load_config(config_path), Path(config_path).read_text(encoding="utf-8"), doc,
+                            kuberay.ClusterOptions(name=app_name, image=image, ray_version=ray_version,
+                                                   secret_name=secret_name,
+                                                   node_jurisdiction_label=node_jurisdiction_label))
+
+
+def _build_kuberay(args: argparse.Namespace) -> int:
+    docs = kuberay_manifest(args.config, args.app_name, image=args.image, ray_version=args.ray_version,
+                            secret_name=args.secret_name, node_jurisdiction_label=args.node_jurisdiction_label)
+    Path(args.output).write_text(kuberay.dump(docs), encoding="utf-8")
+    print(f"wrote {args.output}: a ConfigMap and a RayService; `kubectl apply -f {args.output}` deploys it")
+    if args.image is None:
+        print(f"note: the default image (rayproject/ray:{args.ray_version}-py311) does not contain inferplane: "
+              "pass --image with one that does")
     return 0
 
 

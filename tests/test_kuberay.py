@@ -148,6 +148,7 @@ def test_vllm_replicas_get_their_gpus_and_nothing_else_does(built):
             tp = s.vllm.engine.tensor_parallel_size
             assert deployments[s.name]["ray_actor_options"]["num_gpus"] == tp
             assert _gpus(container) == (str(tp), str(tp))  # one replica per pod
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
             scaling = s.vllm.replicas.autoscaling
             low, high = (scaling.min_replicas, scaling.max_replicas) if scaling else (s.vllm.replicas.num_replicas,) * 2
             assert g["minReplicas"] <= low and g["maxReplicas"] >= high

@@ -165,6 +165,9 @@ def manifest(cfg: InferplaneConfig, config_text: str, serve_config: dict, option
                      "containers": [container], "volumes": [volume]}
         if g.gpus_per_pod:
             pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            # vLLM's workers share tensors through /dev/shm, which a container's default 64 MiB starves.
+            pod["volumes"] = [volume, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+            container["volumeMounts"] = [mount, {"name": "dshm", "mountPath": "/dev/shm"}]
         workers.append({
             "groupName": g.name,
             "replicas": g.replicas,

@@ -12,7 +12,7 @@ from ray.serve import Application
 
 from inferplane.config import parse_config
 from inferplane.config.replica_options import substrate_actor_options
-from inferplane.config.sizing import replica_counts
+from inferplane.config.sizing import plane_autoscaled, replica_counts
 
 from deployments.ingress import Ingress
 from deployments.request_routing import request_router_options
@@ -25,6 +25,7 @@ INGRESS_NAME = "inferplane-ingress"
 def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool = False) -> Application:
     cfg = parse_config(config_text, source="<config>")
     handles = {}
+    by_plane = plane_autoscaled(cfg)  # the placement actor scales these (``plane.autoscale``)
     for s in cfg.substrates:
         replicas = replica_counts(s.settings.replicas)
         per_replica = replicas.share(s.capacity.max_concurrent_requests + s.capacity.max_queued_requests)
@@ -33,7 +34,7 @@ def build_app(config_text: str, app_name: str = DEFAULT_APP_NAME, *, gpu: bool =
             ray_actor_options=substrate_actor_options(cfg, s, gpu=gpu),
             # Serve's default (5) would hold requests at the handle before the substrate sees them.
             max_ongoing_requests=max(16, 2 * per_replica),
-            **replicas.serve_options(),
+            **replicas.serve_options(plane_scaled=s.name in by_plane),
             **request_router_options(s),
         ).bind(config_text, s.name, app_name)
     ingress_options: dict = {"ray_actor_options": {"num_cpus": 0}}

@@ -115,3 +115,13 @@ def test_a_manual_scale_down_under_load_is_not_undone_during_the_hold():
     assert d.target == 1 and not d.changed and d.wanted == 3
     state, d = step(state, DemandSample(31, running=12), 1, S)
     assert d.changed and d.target == 3
+
+
+def test_each_decision_says_its_mode():
+    slow = AutoscaleSettings(1, 3, 4.0, upscale_delay_s=2.0, downscale_delay_s=2.0)
+    state, d = step(ScalerState(), DemandSample(0, running=0), None, slow)
+    modes = [d.mode]
+    for at, running, serve in [(1, 0, 1), (2, 12, 1), (4, 12, 1), (5, 0, 3), (7, 0, 3), (8, 0, 2)]:
+        state, d = step(state, DemandSample(at, running=running), serve, slow)
+        modes.append(d.mode)
+    assert modes == ["waiting", "steady", "up_pending", "up", "down_pending", "down", "manual_hold"]

@@ -225,23 +225,35 @@ def test_metrics_show_replicas_by_state_capacity_and_owned_cost():
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("config, external", [("local.yaml", True), ("enterprise.example.yaml", False)])
-def test_the_application_is_scaled_externally_exactly_when_nothing_autoscales(config, external):
+@pytest.mark.parametrize("config, ingress_autoscales", [("local.yaml", False), ("enterprise.example.yaml", False),
+                                                      ("enterprise.example.yaml", True)])
+def test_the_application_is_scaled_externally_unless_the_ingress_autoscales(config, ingress_autoscales, tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
     from inferplane.cli.deploy import serve_config
     from inferplane.cli.validate import summary
     from inferplane.config import load_config
-    from inferplane.config.sizing import external_scaling
+    from inferplane.config.sizing import external_scaling, plane_autoscaled
 
-    path = str(CONFIGS / config)
+    path = CONFIGS / config
+    if ingress_autoscales:
+        text = path.read_text().replace("\ningress:\n", "\ningress:\n  replicas: {autoscaling: {min_replicas: 1, "
+                                        "max_replicas: 2, target_ongoing_requests: 8}}\n", 1)
+        path = tmp_path / config
+        path.write_text(text)
+    path = str(path)
     cfg = load_config(path)
-    autoscaled = any(s.settings.replicas.autoscaling is not None for s in cfg.substrates)
-    assert autoscaled is not external  # the two shipped configs cover both cases
+    autoscaled = {s.name for s in cfg.substrates if s.settings.replicas.autoscaling is not None}
+    assert bool(autoscaled) is (config == "enterprise.example.yaml")  # the shipped configs cover both
     enabled, why = external_scaling(cfg)
-    assert enabled is external
+    assert enabled is not ingress_autoscales
+    # the plane scales the autoscaled substrates exactly when the application is scaled externally
+    assert plane_autoscaled(cfg) == (frozenset() if ingress_autoscales else autoscaled)
     doc = serve_config(path, "inferplane", gpu=False)
-    assert doc["applications"][0]["external_scaler_enabled"] is external
+    assert doc["applications"][0]["external_scaler_enabled"] is enabled
+    for dep in doc["applications"][0]["deployments"]:
+        # Serve gets an autoscaling config only when its own autoscaler scales the deployment
+        assert ("autoscaling_config" in dep) is (dep["name"] in autoscaled and ingress_autoscales)
     ServeDeploySchema(**doc)  # Serve refuses external scaling beside autoscaling: both must pass
     assert f"scaling: {why}" in summary(path)
 

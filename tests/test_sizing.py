@@ -32,7 +32,10 @@ def test_serve_options_of_a_fixed_count_and_of_autoscaling() -> None:
     assert replica_counts(Replicas(num_replicas=3)).serve_options() == {"num_replicas": 3}
     scaled = replica_counts(Replicas.model_validate({"autoscaling": AUTOSCALING}))
     assert scaled.serve_options() == {"autoscaling_config": {
-        "min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 2.0}}
+        "min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 2.0,
+        "upscale_delay_s": 3.0, "downscale_delay_s": 60.0}}
+    # the plane scales it: Serve starts the replicas that serve the first request, never 0
+    assert scaled.serve_options(plane_scaled=True) == {"num_replicas": 1}
 
 
 @pytest.mark.parametrize(("total", "maximum", "share"), [(16, 1, 16), (16, 4, 4), (17, 4, 5), (1, 4, 1)])

@@ -18,7 +18,7 @@ import yaml
 
 from inferplane.config import kuberay, load_config
 from inferplane.config.replica_options import substrate_actor_options
-from inferplane.config.sizing import external_scaling, replica_counts
+from inferplane.config.sizing import external_scaling, plane_autoscaled, replica_counts
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,8 @@ def serve_config(config_path: str, app_name: str, gpu: bool, *, cluster_config_p
     country, whatever the config's ``pin_replicas_to_labels`` (the KubeRay manifest labels its nodes)."""
     cfg = load_config(config_path)
     pin = True if pin_jurisdiction else None
-    deployments = [{"name": s.name, **replica_counts(s.settings.replicas).serve_options(),
+    by_plane = plane_autoscaled(cfg)  # the placement actor scales these (``plane.autoscale``)
+    deployments = [{"name": s.name, **replica_counts(s.settings.replicas).serve_options(s.name in by_plane),
                     "ray_actor_options": substrate_actor_options(cfg, s, gpu=gpu, pin=pin,
                                                                  pin_jurisdiction=pin_jurisdiction)}
                    for s in cfg.substrates]

@@ -225,7 +225,19 @@ class Autoscaling(_Strict):
     min_replicas: Annotated[int, Field(ge=0)] = Field(description="Fewest replicas.")
     max_replicas: PositiveInt = Field(description="Most replicas.")
     target_ongoing_requests: PositiveFloat = Field(
-        description="Ongoing requests per replica that Serve's autoscaler aims for."
+        description="Concurrent requests per replica the autoscaler aims for (the plane's demand: "
+        "running, held, and spilled or refused because the substrate was full)."
+    )
+    upscale_delay_s: NonNegativeFloat = Field(
+        default=3.0, description="Seconds demand must want more replicas before the plane scales up."
+    )
+    downscale_delay_s: NonNegativeFloat = Field(
+        default=60.0, description="Quiet seconds (demand wanting fewer replicas throughout) before the "
+        "plane scales down."
+    )
+    manual_hold_s: NonNegativeFloat = Field(
+        default=300.0, description="After a scale the plane did not make (e.g. from the Ray dashboard), "
+        "seconds the plane leaves this substrate's replicas alone."
     )
 
     @model_validator(mode="after")
@@ -240,7 +252,8 @@ class Replicas(_Strict):
         default=1, description="A fixed replica count (omit when `autoscaling` is set)."
     )
     autoscaling: Autoscaling | None = Field(
-        default=None, description="Serve autoscaling instead of a fixed count."
+        default=None, description="Autoscaling instead of a fixed count: a substrate's by the plane on "
+        "placement demand, the ingress's by Serve (`inferplane validate` says which)."
     )
 
     @model_validator(mode="after")

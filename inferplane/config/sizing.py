@@ -8,8 +8,10 @@ consumer                        count       why
 ==============================  ==========  ====================================================
 ``config.build`` (cost)         maximum     owned hardware is provisioned, and paid for, for the
                                             most replicas the deployment may run
-``deployments.app``,            all three   Serve gets the fixed count, or min/max/target as its
-``cli.deploy`` (Serve options)              autoscaling config (``ReplicaCounts.serve_options``)
+``deployments.app``,            all three   Serve gets the fixed count; a deployment the plane
+``cli.deploy`` (Serve options)              autoscales starts at ``serving_at_start``; one Serve
+                                            autoscales gets min/max/target as its autoscaling
+                                            config (``ReplicaCounts.serve_options``)
 ``deployments.app``             maximum     a replica's share of the admitted requests
 (``max_ongoing_requests``)                  (``share``): the smallest share any replica can get
 ``replay.substrate_physics``    maximum     the replay sizes a substrate's physics for its full
@@ -51,7 +53,11 @@ class ReplicaCounts:
     maximum: int
     """Most replicas; at least 1."""
     target_ongoing_requests: float | None
-    """Under autoscaling: ongoing requests per replica Serve's autoscaler aims for; else None."""
+    """Under autoscaling: concurrent requests per replica the autoscaler aims for; else None."""
+    upscale_delay_s: float = 0.0
+    downscale_delay_s: float = 0.0
+    manual_hold_s: float = 0.0
+    """Under autoscaling, the ``replicas.autoscaling`` block's delays (``plane.autoscale``)."""
 
     @property
     def serving_at_start(self) -> int:
@@ -66,12 +72,18 @@ class ReplicaCounts:
         """``ceil(total / maximum)``: one replica's part of ``total`` spread over full scale."""
         return -(-total // self.maximum)
 
-    def serve_options(self) -> dict[str, object]:
-        """The replica options of a Serve deployment: ``num_replicas``, or ``autoscaling_config``."""
+    def serve_options(self, plane_scaled: bool = False) -> dict[str, object]:
+        """The replica options of a Serve deployment: ``num_replicas``; or, under autoscaling,
+        ``num_replicas: serving_at_start`` when the plane scales it (``plane_autoscaled``: Serve
+        takes a positive count, and the plane's scaler moves it), else Serve's ``autoscaling_config``."""
         if self.target_ongoing_requests is None:
             return {"num_replicas": self.initial}
+        if plane_scaled:
+            return {"num_replicas": self.serving_at_start}
         return {"autoscaling_config": {"min_replicas": self.minimum, "max_replicas": self.maximum,
-                                       "target_ongoing_requests": self.target_ongoing_requests}}
+                                       "target_ongoing_requests": self.target_ongoing_requests,
+                                       "upscale_delay_s": self.upscale_delay_s,
+                                       "downscale_delay_s": self.downscale_delay_s}}
 
 
 def replica_counts(replicas: Replicas) -> ReplicaCounts:
@@ -81,24 +93,39 @@ def replica_counts(replicas: Replicas) -> ReplicaCounts:
         n = replicas.num_replicas or 1
         return ReplicaCounts(initial=n, minimum=n, maximum=n, target_ongoing_requests=None)
     return ReplicaCounts(initial=scaling.min_replicas, minimum=scaling.min_replicas,
-                         maximum=scaling.max_replicas, target_ongoing_requests=scaling.target_ongoing_requests)
+                         maximum=scaling.max_replicas, target_ongoing_requests=scaling.target_ongoing_requests,
+                         upscale_delay_s=scaling.upscale_delay_s, downscale_delay_s=scaling.downscale_delay_s,
+                         manual_hold_s=scaling.manual_hold_s)
+
+
+def plane_autoscaled(cfg) -> frozenset[str]:
+    """The substrates the placement actor autoscales on placement demand (``plane.autoscale``):
+    those with ``replicas.autoscaling``, while the application is scaled externally
+    (``external_scaling``). Serve's autoscaler scales them only when the ingress autoscales."""
+    if cfg.ingress.replicas.autoscaling is not None:
+        return frozenset()
+    return frozenset(s.name for s in cfg.substrates if s.settings.replicas.autoscaling is not None)
 
 
 def external_scaling(cfg) -> tuple[bool, str]:
     """Whether the application is deployed with Serve's ``external_scaler_enabled`` (the Ray
     dashboard's ``POST /api/v1/applications/{app}/deployments/{name}/scale`` then scales a
-    deployment), and why. Serve allows it only in an application none of whose deployments
-    configures autoscaling, so: enabled exactly when no substrate and not the ingress has a
-    ``replicas.autoscaling`` block (those are then scaled by Serve's autoscaler, and replica
-    counts change by redeploying the config)."""
-    autoscaled = [s.name for s in cfg.substrates if s.settings.replicas.autoscaling is not None]
+    deployment, and the placement actor scales the substrates with ``replicas.autoscaling``
+    through the same controller call), and why. Serve allows it only in an application none of
+    whose deployments has Serve's own autoscaling, so: enabled unless the ingress autoscales (the
+    ingress has no placement demand to scale on; Serve's autoscaler then scales it and every
+    autoscaled substrate, and replica counts change by redeploying)."""
     if cfg.ingress.replicas.autoscaling is not None:
-        autoscaled.append("the ingress")
-    if not autoscaled:
-        return True, "scale any substrate from the Ray dashboard (Serve's scale API; external_scaler_enabled)"
-    return False, (f"Serve autoscales {', '.join(autoscaled)}: the dashboard's scale API is off for this "
-                   "application (Serve allows external scaling only with no autoscaling in it); "
-                   "change replica counts by redeploying")
+        autoscaled = [s.name for s in cfg.substrates if s.settings.replicas.autoscaling is not None]
+        return False, (f"Serve autoscales {', '.join(['the ingress', *autoscaled])}: the dashboard's scale API is "
+                       "off for this application (Serve allows external scaling only with no Serve autoscaling "
+                       "in it); change replica counts by redeploying")
+    planned = sorted(plane_autoscaled(cfg))
+    why = "scale any substrate from the Ray dashboard (Serve's scale API; external_scaler_enabled)"
+    if planned:
+        why += (f"; the plane autoscales {', '.join(planned)} on placement demand, and leaves one scaled "
+                "from the dashboard alone for its manual_hold_s")
+    return True, why
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,9 @@ class Decision:
     wanted: int
     demand: float
     reason: str
+    mode: str
+    """``waiting`` (for Serve's count), ``manual_hold``, ``up``, ``down`` (``changed``),
+    ``up_pending``, ``down_pending`` (waiting out a delay) or ``steady``."""
 
 
 def wanted_replicas(demand: float, s: AutoscaleSettings) -> int:
@@ -113,7 +116,7 @@ def step(state: ScalerState, sample: DemandSample, serve_target: int | None,
     wanted = wanted_replicas(demand, s)
     if state.target is None:  # first sight: adopt Serve's count (a restarted actor included)
         if serve_target is None:
-            return state, Decision(None, False, wanted, demand, state.reason)
+            return state, Decision(None, False, wanted, demand, state.reason, "waiting")
         state = replace(state, target=serve_target, reason=f"adopted Serve's {serve_target} replicas")
     elif serve_target is not None and serve_target != state.target:
         state = ScalerState(target=serve_target, manual_until_s=at + s.manual_hold_s,
@@ -121,7 +124,7 @@ def step(state: ScalerState, sample: DemandSample, serve_target: int | None,
                                    f"left alone for {s.manual_hold_s:g} s")
     if state.manual_until_s is not None:
         if at < state.manual_until_s:
-            return state, Decision(state.target, False, wanted, demand, state.reason)
+            return state, Decision(state.target, False, wanted, demand, state.reason, "manual_hold")
         state = replace(state, manual_until_s=None)
 
     target = state.target
@@ -131,22 +134,22 @@ def step(state: ScalerState, sample: DemandSample, serve_target: int | None,
         if at - up_since >= s.upscale_delay_s:
             new = ScalerState(target=peak, reason=f"up {target} -> {peak}: demand {demand:.1f} over "
                                                   f"{s.target_per_replica:g} per replica")
-            return new, Decision(peak, True, wanted, demand, new.reason)
+            return new, Decision(peak, True, wanted, demand, new.reason, "up")
         new = replace(state, up_since_s=up_since, up_peak=peak, quiet_since_s=None, quiet_peak=0,
                       reason=f"demand {demand:.1f} wants {wanted}: up after {s.upscale_delay_s:g} s")
-        return new, Decision(target, False, wanted, demand, new.reason)
+        return new, Decision(target, False, wanted, demand, new.reason, "up_pending")
     if wanted < target:
         quiet_since = state.quiet_since_s if state.quiet_since_s is not None else at
         peak = max(state.quiet_peak, wanted) if state.quiet_since_s is not None else wanted
         if at - quiet_since >= s.downscale_delay_s:
             new = ScalerState(target=peak, quiet_since_s=at if peak > wanted else None, quiet_peak=wanted,
                               reason=f"down {target} -> {peak}: quiet for {at - quiet_since:.0f} s")
-            return new, Decision(peak, True, wanted, demand, new.reason)
+            return new, Decision(peak, True, wanted, demand, new.reason, "down")
         new = replace(state, up_since_s=None, up_peak=0, quiet_since_s=quiet_since, quiet_peak=peak,
                       reason=f"demand {demand:.1f} wants {wanted}: down after {s.downscale_delay_s:g} s quiet "
                              f"({at - quiet_since:.0f} s so far)")
-        return new, Decision(target, False, wanted, demand, new.reason)
+        return new, Decision(target, False, wanted, demand, new.reason, "down_pending")
     new = replace(state, up_since_s=None, up_peak=0, quiet_since_s=None, quiet_peak=0,
                   reason=f"steady at {target}: demand {demand:.1f}")
-    return new, Decision(target, False, wanted, demand, new.reason)
+    return new, Decision(target, False, wanted, demand, new.reason, "steady")
 

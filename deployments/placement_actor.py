@@ -20,8 +20,10 @@ import time
 import ray
 
 from inferplane.config import build, parse_config
+from inferplane.config.sizing import plane_autoscaled, replica_counts
 from inferplane.health import settings_from_policy
 from inferplane.placement.snapshot import FleetSnapshot
+from inferplane.plane.autoscale import AutoscaleSettings, DemandSample, ScalerState, step
 from inferplane.telemetry.drift import settings_from_policy as drift_settings
 from inferplane.telemetry.metrics import LabelVocabulary, PlaneMetrics, serve_metrics
 from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, Outcome, PublishedSnapshot, SubstrateReport
@@ -63,6 +65,7 @@ class PlacementActor:
         self._telemetry = built.config.telemetry
         self._metrics_server = None
         self._serve_metrics(log.error)
+        self._init_autoscaling(built.config)
         threading.Thread(target=self._poll_serve, name="inferplane-serve-status", daemon=True).start()
 
     def _seed_spend_from_audit(self, cfg) -> None:
@@ -144,6 +147,9 @@ class PlacementActor:
         for sub in out["substrates"]:
             sub["serve"] = self._serve_status.get(sub["name"])
             sub["drift"] = drift.get(sub["name"], {}).get("flags", [])
+            sub["autoscaler"] = self._autoscale_status.get(sub["name"])
+            starts = self._start_times.get(sub["name"])
+            sub["replica_start_s"] = {"last": starts[-1], "max": max(starts), "count": len(starts)} if starts else None
         return out
 
     def _serve_metrics(self, complain) -> None:
@@ -220,10 +226,94 @@ class PlacementActor:
                         with self._lock:
                             self._state.set_serve_replicas(name, dep.target_num_replicas,
                                                            states.get("STARTING", 0), stopping)
+                        self._measure_starts(name, dep.replicas, now)
+                        if name in self._scalers:
+                            self._autoscale(name, dep.target_num_replicas, now)
                 self._serve_status = found
             except Exception as exc:  # Serve not up yet, or shutting down
                 log.debug("Serve's details unavailable: %s", type(exc).__name__)
             time.sleep(SERVE_POLL_S)
+
+    # -- autoscaling on placement demand (``inferplane.plane.autoscale``) ---------------------------
+    def _init_autoscaling(self, cfg) -> None:
+        """A scaler per substrate the plane autoscales (``config.sizing.plane_autoscaled``), the
+        counters its demand is read from, and its gauges on the metrics registry."""
+        self._scalers: dict[str, tuple[AutoscaleSettings, ScalerState]] = {}
+        for s in cfg.substrates:
+            if s.name in plane_autoscaled(cfg):
+                c = replica_counts(s.settings.replicas)
+                self._scalers[s.name] = (AutoscaleSettings(c.minimum, c.maximum, c.target_ongoing_requests,
+                                                           c.upscale_delay_s, c.downscale_delay_s, c.manual_hold_s),
+                                         ScalerState())
+        self._primary_of = {m.name: m.primary for m in self._fleet.models.values()}
+        self._counted: dict[str, tuple[float, float]] = {}
+        self._set_at: dict[str, float] = {}
+        self._autoscale_status: dict[str, dict] = {}
+        self._starting_since: dict[str, float] = {}
+        self._start_times: dict[str, list[float]] = {}
+        if self._scalers:
+            self._metrics.registry.register(_AutoscaleCollector(self))
+
+    def _measure_starts(self, name: str, replicas, now: float) -> None:
+        """A replica's start time: from the poll that first saw it STARTING to the one that sees it
+        RUNNING (to within ``SERVE_POLL_S``); the last ``START_TIMES_KEPT`` per substrate."""
+        for r in replicas:
+            state, rid = _value(r.state), r.replica_id
+            if state == "STARTING":
+                self._starting_since.setdefault(rid, now)
+            elif rid in self._starting_since:
+                since = self._starting_since.pop(rid)
+                if state == "RUNNING":
+                    kept = self._start_times.setdefault(name, [])
+                    kept.append(now - since)
+                    del kept[:-START_TIMES_KEPT]
+
+    def _demand(self, name: str, now: float) -> DemandSample:
+        """What placement asked of ``name``: running and held now, and since the last sample the
+        requests placed on it and those spilled off it or refused because it was full."""
+        with self._lock:
+            published = self._state.snapshot(now)
+        sig = published.signals[self._fleet.index[name]]
+        running = sum(r.value for r in (sig.in_flight, sig.queued) if r is not None)
+        held = sum(sum(by_priority.values()) for by_substrate in published.demand.values()
+                   for sub, by_priority in by_substrate.items() if sub == name)
+        placed = sum(v for k, v in self._metrics.counter_totals("placements").items() if k[3] == name)
+        overflowed = sum(v for k, v in self._metrics.counter_totals("spillovers").items()
+                         if k[0] == name and k[2] == "primary_saturated")
+        overflowed += sum(v for k, v in self._metrics.counter_totals("rejections").items()
+                          if k[0] in OVERFLOW_REFUSALS and self._primary_of.get(k[2]) == name)
+        last = self._counted.get(name, (placed, overflowed))
+        self._counted[name] = (placed, overflowed)
+        return DemandSample(now, running, held, placed - last[0], overflowed - last[1])
+
+    def _autoscale(self, name: str, serve_target: int, now: float) -> None:
+        """One step of ``name``'s scaler; a changed target goes to the Serve controller's
+        ``update_deployment_replicas``, the call the dashboard's scale API makes."""
+        settings, state = self._scalers[name]
+        sample = self._demand(name, now)
+        if serve_target != state.target and now - self._set_at.get(name, -SET_SETTLE_S) < SET_SETTLE_S:
+            serve_target = None  # Serve's details may not show the plane's own change yet: not a manual scale
+        state, decision = step(state, sample, serve_target, settings)
+        if decision.changed:
+            try:
+                _scale_deployment(self._app_name, name, decision.target)
+                self._set_at[name] = now
+                log.warning("autoscaled %s to %d replicas: %s", name, decision.target, decision.reason)
+            except Exception as exc:  # keep the old target; the next step asks again
+                log.warning("could not scale %s to %d: %s", name, decision.target, exc)
+                state = ScalerState(target=serve_target, reason=f"scale to {decision.target} failed: "
+                                                                f"{type(exc).__name__}")
+        self._scalers[name] = (settings, state)
+        status = {"target": decision.target, "wanted": decision.wanted, "demand": round(decision.demand, 2),
+                  "mode": decision.mode, "reason": decision.reason, "min": settings.min_replicas,
+                  "max": settings.max_replicas, "target_per_replica": settings.target_per_replica,
+                  "sample": {"running": sample.running, "held": sample.held, "admitted": sample.admitted,
+                             "overflowed": sample.overflowed}}
+        if decision.changed:
+            status["last_change_at_s"] = now
+        elif name in self._autoscale_status:
+            status["last_change_at_s"] = self._autoscale_status[name].get("last_change_at_s")
+        self._autoscale_status[name] = status
 
     def started_at_s(self) -> float:
         return self._started_at_s
@@ -235,7 +325,61 @@ class PlacementActor:
 
 SERVE_POLL_S = 1.0
 """How often the actor reads Serve's replica states (the bound on how long a replica Serve has begun
-to stop may still count as capacity)."""
+to stop may still count as capacity), and the autoscaler's sample interval."""
+START_TIMES_KEPT = 5
+SET_SETTLE_S = 5.0
+"""For this long after the plane sets a target, a different one in Serve's details is taken for a
+lagging read, not a manual scale."""
+OVERFLOW_REFUSALS = frozenset({"capacity", "queue_full", "shed"})
+"""Refusals of a request because its substrates were full (``plane.queue``): autoscaling demand."""
+
+
+def _scale_deployment(app_name: str, name: str, target: int) -> None:
+    """Set a deployment's target replicas through the Serve controller's
+    ``update_deployment_replicas``: the call the dashboard's ``POST .../deployments/{name}/scale``
+    makes (Ray 2.60 has no public Python API for it); it needs the application's
+    ``external_scaler_enabled``. In-cluster: no dashboard, no token."""
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    ray.get(controller.update_deployment_replicas.remote(DeploymentID(name=name, app_name=app_name), target),
+            timeout=10)
+
+
+class _AutoscaleCollector:
+    """``inferplane_substrate_autoscale_replicas{substrate,kind=target|wanted}``,
+    ``inferplane_substrate_autoscale_demand_requests{substrate}`` and
+    ``inferplane_substrate_autoscale_mode{substrate,mode}`` (1 for the current mode; the reason in
+    words is in ``inferplane status``)."""
+
+    def __init__(self, actor: PlacementActor) -> None:
+        self._actor = actor
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        replicas = GaugeMetricFamily("inferplane_substrate_autoscale_replicas",
+                                     "The plane's autoscaler: the replicas it asks Serve for (target) and those "
+                                     "the last demand sample wanted.", labels=("substrate", "kind"))
+        demand = GaugeMetricFamily("inferplane_substrate_autoscale_demand_requests",
+                                   "Placement demand on an autoscaled substrate: running + held + spilled or "
+                                   "refused because it was full (as concurrent requests).", labels=("substrate",))
+        mode = GaugeMetricFamily("inferplane_substrate_autoscale_mode",
+                                 "The autoscaler's current mode (1): steady, up, down, up_pending, down_pending, "
+                                 "manual_hold or waiting.", labels=("substrate", "mode"))
+        for name, st in sorted(dict(self._actor._autoscale_status).items()):
+            if st["target"] is not None:
+                replicas.add_metric((name, "target"), st["target"])
+            replicas.add_metric((name, "wanted"), st["wanted"])
+            demand.add_metric((name,), st["demand"])
+            mode.add_metric((name, st["mode"]), 1)
+        yield replicas
+        yield demand
+        yield mode
 
 
 def _value(state) -> str:

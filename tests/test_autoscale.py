@@ -125,3 +125,16 @@ def test_each_decision_says_its_mode():
         state, d = step(state, DemandSample(at, running=running), serve, slow)
         modes.append(d.mode)
     assert modes == ["waiting", "steady", "up_pending", "up", "down_pending", "down", "manual_hold"]
+
+
+def test_status_shows_the_autoscalers_target_and_why():
+    from inferplane.cli.status import render
+    from tests.test_capacity import NOW, authority, built_fleet
+
+    status = authority(built_fleet()).status(NOW)
+    status["substrates"][0]["autoscaler"] = {"target": 3, "wanted": 3, "demand": 13.5, "min": 1, "max": 3,
+                                             "reason": "up 1 -> 3: demand 13.5 over 4 per replica"}
+    status["substrates"][0]["replica_start_s"] = {"last": 5.8, "max": 6.1, "count": 2}
+    line = next(x for x in render(status).splitlines() if "up 1 -> 3" in x)
+    assert line.split()[:6] == [status["substrates"][0]["name"], "3", "3", "13.5", "1-3", "5.8"]
+    assert "autoscaled substrate" in render(status)

@@ -89,6 +89,13 @@ def render(status: dict) -> str:
     if external:
         out += ["", render_table(["substrate", "external signal", "value (age)"],
                                  [[a, n, f"{v['value']:g} ({v['age_s']:.1f}s)"] for a, n, v in external])]
+    scaled = [s for s in status["substrates"] if s.get("autoscaler")]
+    if scaled:  # the plane's autoscaler (``plane.autoscale``): its target, and why
+        out += ["", render_table(
+            ["autoscaled substrate", "target", "wanted", "demand", "min-max", "replica start s", "why"],
+            [[s["name"], "-" if a["target"] is None else str(a["target"]), str(a["wanted"]), f"{a['demand']:g}",
+              f"{a['min']}-{a['max']}", "-" if not s.get("replica_start_s") else f"{s['replica_start_s']['last']:.1f}",
+              a["reason"]] for s in scaled for a in [s["autoscaler"]]])]
     return "\n".join(out)
 
 

@@ -563,6 +563,12 @@ class PlaneMetrics:
             self.drift.forget(now_s)
             return self.drift.status(now_s)
 
+    def counter_totals(self, name: str) -> dict[tuple[str, ...], float]:
+        """Counter ``name`` merged over every ingress replica so far: label values -> total (a copy;
+        the actor's autoscaler reads placements, spillovers and rejections from it)."""
+        with self._lock:
+            return dict(self._totals.counters.get(name, {}))
+
     def apply_batch(self, source: str, batch: Iterable[tuple[int, MetricsDelta]]) -> int:
         """``apply`` each ``(seq, delta)`` of a ``MetricsOutbox.pending()``; how many were new."""
         return sum(self.apply(delta, source=source, seq=seq) for seq, delta in batch)

@@ -1,0 +1,132 @@
+"""Issue #15 item 3, live: a substrate autoscaled by the plane on placement demand. Real Ray and
+Serve; every substrate emulated (``autoscaling.yaml``: ``local-gpu-emulated`` is the primary, 1-3
+replicas of 4 slots, up after 1 s of demand, down after 8 quiet seconds, a manual scale left alone
+for 20 s).
+
+A burst of 12 closed-loop clients on one replica of 4 slots: its overflow spills to the burst APIs,
+the plane's demand signal (running + held + spilled because full) wants 3 replicas, the placement
+actor asks Serve for them (the controller call the dashboard's scale API makes), and placement
+admits 3 x 4 once they report. The burst ends: after the quiet period the plane scales back to 1.
+Then a scale the plane did not make (the same controller call, as the dashboard makes it) is left
+alone for its hold period. Times are printed, not asserted."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import ray
+
+from tests.integration.conftest import _deploy
+from tests.integration.test_scaling_live import Load
+
+pytestmark = pytest.mark.integration
+
+APP = "inferplane-autoscaling"
+POOL = "local-gpu-emulated"
+PER_REPLICA = 4
+CONFIG = Path(__file__).parent / "autoscaling.yaml"
+
+
+@pytest.fixture(scope="module")
+def plane():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    plane, teardown = _deploy(CONFIG.read_text(), APP, 120)
+    try:
+        yield plane
+    finally:
+        teardown()
+        ray.shutdown()
+
+
+def _pool() -> dict:
+    from deployments.placement_actor import current_actor
+
+    status = ray.get(current_actor(APP).status.remote(), timeout=10)
+    return next(s for s in status["substrates"] if s["name"] == POOL)
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> tuple[float, dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        s = _pool()
+        if predicate(s):
+            return time.monotonic(), s
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not within {timeout_s:.0f}s: {_pool()}")
+
+
+def _metric(url: str, name: str, labels: str) -> float | None:
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        if line.startswith(f"{name}{{") and all(part in line for part in labels.split(",")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _spilled(rows) -> float:
+    ok = [r for r in rows if r[1] == 200]
+    return sum(1 for r in ok if r[3] == "true") / max(1, len(ok))
+
+
+def test_a_burst_scales_the_substrate_up_on_placement_demand_and_a_quiet_period_down(plane):
+    _, s = _wait_for(lambda s: s["replicas_now"]["live"] == 1 and (s["autoscaler"] or {}).get("target") == 1,
+                     30, "one live replica under the autoscaler")
+    assert s["capacity"]["max_concurrent"] == PER_REPLICA
+    assert s["autoscaler"]["mode"] == "steady"  # no demand: it stays at min_replicas
+
+    load = Load(plane.url).start()
+    try:
+        t_burst = time.monotonic()
+        t_up, up = _wait_for(lambda s: (s["autoscaler"]["target"] or 0) > 1, 30, "the autoscaler scaling up")
+        assert up["autoscaler"]["reason"].startswith("up 1 -> ")
+        assert up["autoscaler"]["sample"]["overflowed"] > 0 or up["autoscaler"]["sample"]["held"] > 0
+        spilled_before = _spilled(load.window(t_burst, t_up))
+        t_first, _ = _wait_for(lambda s: s["replicas_now"]["live"] >= 2, 60, "a new replica admitting")
+        t_full, full = _wait_for(lambda s: s["replicas_now"]["live"] == 3, 60, "three live replicas")
+        assert full["capacity"]["max_concurrent"] == 3 * PER_REPLICA
+        assert full["autoscaler"]["target"] == 3 and full["replicas_now"]["target"] == 3
+        assert full["replica_start_s"] is not None  # Serve's STARTING -> RUNNING, measured by the actor
+        time.sleep(1.5)
+        assert _metric(plane.metrics_url, "inferplane_substrate_autoscale_replicas",
+                       f'substrate="{POOL}",kind="target"') == 3
+        assert _metric(plane.metrics_url, "inferplane_substrate_capacity_requests",
+                       f'substrate="{POOL}",limit="concurrent"') == 3 * PER_REPLICA
+        t3 = time.monotonic()
+        time.sleep(6.0)
+        spilled_after = _spilled(load.window(t3, time.monotonic()))
+    finally:
+        load.stop()
+    t_quiet = time.monotonic()
+    print(f"\nburst: autoscaler asked for {up['autoscaler']['target']} replicas {t_up - t_burst:.2f} s after it "
+          f"began ({up['autoscaler']['reason']}); first new replica admitting {t_first - t_burst:.2f} s, "
+          f"full admission ({3 * PER_REPLICA}) {t_full - t_burst:.2f} s after it; replica start "
+          f"{full['replica_start_s']['last']:.1f} s (Serve STARTING -> RUNNING)")
+    print(f"spilled: {spilled_before:.0%} before the scale-up, {spilled_after:.0%} at 3 replicas")
+    assert spilled_before > 0  # the overflow spilled while the substrate scaled up
+    assert spilled_after < spilled_before
+    assert {r[1] for r in load.results} == {200} and len(load.results) == load.sent
+
+    # -- quiet: down to min_replicas after downscale_delay_s (8 s), not before
+    _, waiting = _wait_for(lambda s: s["autoscaler"]["mode"] == "down_pending", 10, "a quiet period")
+    assert waiting["autoscaler"]["target"] == 3
+    t_down, down = _wait_for(lambda s: s["autoscaler"]["target"] == 1, 40, "the autoscaler scaling down")
+    assert t_down - t_quiet >= 8.0 - 1.5  # the quiet period (less a sample interval and the drain of the last requests)
+    assert "quiet" in down["autoscaler"]["reason"]
+    t_one, one = _wait_for(lambda s: s["replicas_now"]["live"] == 1 and s["replicas_now"]["target"] == 1,
+                           60, "one live replica again")
+    assert one["capacity"]["max_concurrent"] == PER_REPLICA
+    print(f"quiet: scaled down {t_down - t_quiet:.2f} s after the burst ended, one replica "
+          f"{t_one - t_quiet:.2f} s after it")
+
+    # -- a scale the plane did not make (what the dashboard's scale API calls) is left alone
+    from deployments.placement_actor import _scale_deployment
+
+    _scale_deployment(APP, POOL, 2)
+    _, held = _wait_for(lambda s: s["autoscaler"]["mode"] == "manual_hold", 15, "the manual scale being seen")
+    assert held["autoscaler"]["target"] == 2 and "someone else" in held["autoscaler"]["reason"]
+    _wait_for(lambda s: s["replicas_now"]["live"] == 2, 60, "the manual second replica")
+    time.sleep(10.0)  # longer than the quiet period with no demand at all: still 2 (held for 20 s)
+    s = _pool()
+    assert s["autoscaler"]["target"] == 2 and s["replicas_now"]["target"] == 2

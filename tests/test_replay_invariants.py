@@ -94,6 +94,22 @@ def test_bound_by_hand_one_slot():
     assert [o.ttft_s for o in result.outcomes[:3]] == pytest.approx([10.0, 15.0, 20.0])
 
 
+def test_tight_bound_sees_a_burst_the_loose_one_does_not():
+    # One slot; ten requests arrive at once, each needs the slot for 0.5 s before its first token,
+    # which is due within 1 s. Served one after another, two meet it (first tokens at 0.5 and 1.0
+    # s). The loose bound lets them use a minute's slot-seconds: all ten. The first-token rows
+    # know every one of them must have its prefill inside [0, 2] s: four at most.
+    pool = (substrate("pool").kind("vllm").cls("gpu_cluster").capacity(1)
+            .latency(base_ttft_ms=500, rtt_ms=0, prefill=1e9, decode=50))
+    built = fleet(pool).sla("interactive", ttft_ms=1000, e2e_ms=60_000).build()
+    requests = tuple(req(i, 0.0, 0, 1) for i in range(10))
+    physics = tuple(physics_for(s, i, jitter_ratio=0.0, seed=0) for i, s in enumerate(built.config.substrates))
+    assert max_met(build_programme(built, physics, requests, span_s=1.0, first_token_rows=False)) == pytest.approx(10)
+    assert max_met(build_programme(built, physics, requests, span_s=1.0)) == pytest.approx(4)
+    result = replay_of(built, list(requests), "round_robin", settings=BaselineSection(first_byte_timeout_s=1000))
+    assert sum(o.met_sla for o in result.outcomes) == 2
+
+
 def test_bound_respects_jurisdiction_and_outages():
     us = substrate("us").kind("vllm").cls("gpu_cluster").jurisdiction("US").capacity(8)
     de = substrate("de").kind("vllm").cls("gpu_cluster").jurisdiction("DE").capacity(8)
@@ -145,3 +161,5 @@ def test_no_router_beats_the_bound(time_scale):
         assert report["cost_usd"] >= least_cost_usd(programme, min(report["met_sla"], bound.met)) - 1e-6, name
     assert bound.cost_usd >= bound.fixed_cost_usd
     assert least_cost_usd(programme, bound.met / 2) <= bound.cost_usd + 1e-9
+    loose = solve_bound(build_programme(built, physics, requests, span_s=span, first_token_rows=False))
+    assert bound.met <= loose.met + 1e-6  # the tight bound's rows are a superset

@@ -123,9 +123,14 @@ def render(report: dict) -> str:
                  "unlogged is 0 for the plane by construction (every decision is logged).")
     bound = report.get("bound")
     if bound:
-        lines += ["", f"bound (fluid LP, {bound['window_s']:.0f} s windows, {bound['pairs']} request-substrate "
-                      f"pairs): SLA {100 * bound['sla_attainment']:.2f} % at least ${bound['cost_usd']:.2f} "
-                      f"(of which ${bound['fixed_cost_usd']:.2f} reserved hardware)"]
+        lines += ["", f"bound (fluid LP, {bound['window_s']:.0f} s windows and first-token deadlines inside "
+                      f"bursts, {bound['pairs']} request-substrate pairs): SLA {100 * bound['sla_attainment']:.2f} % "
+                      f"at least ${bound['cost_usd']:.2f} (of which ${bound['fixed_cost_usd']:.2f} reserved "
+                      "hardware); of bound is against this one"]
+        loose = bound.get("loose")
+        if loose:
+            lines.append(f"loose bound (the same LP without the first-token rows): SLA "
+                         f"{100 * loose['sla_attainment']:.2f} % at least ${loose['cost_usd']:.2f}")
     fidelity = report.get("fidelity")
     if fidelity:
         live = report["live"]

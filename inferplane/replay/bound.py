@@ -36,6 +36,29 @@ entirely inside I (arrival >= start of I and arrival + e2e deadline <= end of I)
 
     sum of e[r, s] * x[r, s]  <=  max_concurrency(s) * |I|.
 
+First-token deadlines inside bursts (the tight bound; ``first_token_rows``). The rows above let a
+request use its interval's slot-seconds anywhere up to its e2e deadline, so a burst that no
+router could start within a 2 s first-token deadline still looks attainable. A request r that
+meets its first-token deadline D_r starts after its arrival a_r and has its first token, so its
+whole prefill, by a_r + D_r. So for every interval I = [j*w, (j+1)*w + d] (windows of w seconds,
+w = the tightest first-token deadline, 2w, 4w, ... below W; d each distinct first-token deadline)
+the requests arriving in [j*w, (j+1)*w) with D_r <= d do inside I their prefill, first*(1 - j),
+and at least min(decode, end of I - a_r - D_r) of decode (a stream that decodes for t seconds
+uses at least t effective slot-seconds, since decode_interval_s(running=cap) is the slowest):
+
+    sum of (first[r, s] + min(e[r, s] - first[r, s], end(I) - a_r - D_r)) * x[r, s]
+        <=  max_concurrency(s) * |I|.
+
+An engine that prefills a few prompts at a time (``prefill_concurrency`` = L lanes below its
+slots, ``substrate_adapters.physics``) holds a lane for each request's whole first-token phase,
+so the same intervals also have
+
+    sum of first[r, s] * x[r, s]  <=  L(s) * |I|.
+
+Valid for any execution (so still a bound), and tighter where arrivals bunch or prefill is the
+bottleneck: the loose bound (``first_token_rows=False``, the e2e rows above only, which count
+every slot as a prefill lane) is reported beside it.
+
 Rate limits (token buckets of one minute's allowance, refilled per second): requests meeting their
 deadlines on s and arriving in window w were accepted within [w start, w end + ttft deadline], so
 their count is <= rpm * (1 + |I| / 60) and their input + max_tokens <= tpm * (1 + |I| / 60).
@@ -69,6 +92,7 @@ from substrate_adapters.physics import (
     decode_interval_s,
     first_token_delay_s,
     outbound_delay_s,
+    prefill_slots,
 )
 
 DEFAULT_WINDOW_S = 60.0
@@ -93,6 +117,8 @@ class FluidProgramme:
     window_s: float
     capacity_rows: int
     build_s: float
+    first_token_rows: bool = True
+    """Whether the rows for first-token deadlines inside bursts are in (the tight bound)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +134,17 @@ class Bound:
     constraints: int
     window_s: float
     solve_s: float
+    first_token_rows: bool = True
 
     def to_dict(self) -> dict:
+        method = ("fluid LP (HiGHS) over windows, with first-token deadlines inside bursts: max deadlines met, "
+                  "then least cost at that" if self.first_token_rows else
+                  "fluid LP (HiGHS) over windows, e2e deadlines only (loose): max deadlines met, then least "
+                  "cost at that")
         return {"sla_attainment": self.sla_attainment, "met": self.met, "cost_usd": self.cost_usd,
                 "fixed_cost_usd": self.fixed_cost_usd, "requests": self.requests, "pairs": self.pairs,
                 "constraints": self.constraints, "window_s": self.window_s, "solve_s": self.solve_s,
-                "method": "fluid LP per window (HiGHS): max deadlines met, then least cost at that"}
+                "first_token_rows": self.first_token_rows, "method": method}
 
 
 def _reachable_in(outages: list[tuple[float, float]], start: float, end: float) -> bool:
@@ -145,9 +176,10 @@ def _cached_at_best(requests: tuple[ReplayRequest, ...]) -> dict[int, int]:
 
 def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], requests: tuple[ReplayRequest, ...],
                     events: tuple[Event, ...] = (), *, span_s: float, window_s: float = DEFAULT_WINDOW_S,
-                    prefix_caches: tuple | None = None) -> FluidProgramme:
+                    prefix_caches: tuple | None = None, first_token_rows: bool = True) -> FluidProgramme:
     """``prefix_caches``: each substrate's real prefix caches (``runner.Prepared.prefix_caches``);
-    None: as the config declares them."""
+    None: as the config declares them. ``first_token_rows``: the tight bound (module docstring);
+    False: the loose one."""
     t_build = time.perf_counter()
     fleet, policy = built.fleet, built.policy
     t0 = requests[0].arrival_s if requests else 0.0
@@ -164,7 +196,7 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
 
     cached_best = _cached_at_best(requests)
     has_cache = [(c is not None) for c in (prefix_caches or tuple(s.prefix_cache for s in fleet.substrates))]
-    req_of, sub_of, cost, eff, arrival, d_e2e, d_ttft, tokens = [], [], [], [], [], [], [], []
+    req_of, sub_of, cost, eff, prefill, arrival, d_e2e, d_ttft, tokens = [], [], [], [], [], [], [], [], []
     for r in requests:
         route = fleet.resolve_model(r.model)
         tenant = policy.tenants.get(r.tenant)
@@ -191,6 +223,7 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
             sub_of.append(idx)
             cost.append(usage_cost_usd(spec, r.input_tokens, r.output_tokens, built.ingress_region))
             eff.append(first * low + (r.output_tokens - 1) * interval_full)
+            prefill.append(first * low)
             arrival.append(r.arrival_s - t0)
             d_e2e.append(sla.e2e_deadline_s)
             d_ttft.append(sla.ttft_deadline_s)
@@ -199,6 +232,7 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
     req_of_a = np.asarray(req_of, dtype=np.int64)
     sub_of_a = np.asarray(sub_of, dtype=np.int64)
     eff_a = np.asarray(eff, dtype=float)
+    prefill_a = np.asarray(prefill, dtype=float)
     arr_a = np.asarray(arrival, dtype=float)
     de_a = np.asarray(d_e2e, dtype=float)
     dt_a = np.asarray(d_ttft, dtype=float)
@@ -242,6 +276,20 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
             if k >= n_windows:
                 break
             k *= 2
+        if first_token_rows:
+            lanes = prefill_slots(physics[s_idx])
+            w = max(ttft_deadlines[0], 1e-3)
+            while w < window_s:
+                n_w = max(1, math.ceil((horizon + 1e-9) / w))
+                j = np.minimum((arr_a // w).astype(np.int64), n_w - 1)
+                for d in ttft_deadlines:
+                    mask = on_s & (dt_a <= d + 1e-9)
+                    end = (j + 1) * w + d
+                    coef = prefill_a + np.minimum(eff_a - prefill_a, np.maximum(0.0, end - arr_a - dt_a))
+                    add_block(mask, j, n_w, coef, np.full(n_w, cap * (w + d)))
+                    if lanes < cap:
+                        add_block(mask, j, n_w, prefill_a, np.full(n_w, lanes * (w + d)))
+                w *= 2
         rpm, tpm = spec.requests_per_minute, spec.tokens_per_minute
         if rpm is not None or tpm is not None:
             j = np.minimum((arr_a // window_s).astype(np.int64), n_windows - 1)
@@ -268,6 +316,7 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
         usage_cost=np.asarray(cost, dtype=float), a_ub=a_ub,
         b_ub=np.concatenate(rhs) if rhs else np.zeros(0), fixed_cost_usd=fixed_cost_usd(fleet, span_s),
         window_s=window_s, capacity_rows=capacity_rows, build_s=time.perf_counter() - t_build,
+        first_token_rows=first_token_rows,
     )
 
 
@@ -312,5 +361,5 @@ def solve_bound(programme: FluidProgramme) -> Bound:
         sla_attainment=met / programme.requests if programme.requests else 0.0, met=met, cost_usd=cost,
         fixed_cost_usd=programme.fixed_cost_usd, requests=programme.requests, pairs=int(programme.usage_cost.size),
         constraints=int(programme.a_ub.shape[0]), window_s=programme.window_s,
-        solve_s=time.perf_counter() - t + programme.build_s,
+        solve_s=time.perf_counter() - t + programme.build_s, first_token_rows=programme.first_token_rows,
     )

@@ -192,6 +192,10 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
                                     span_s=span, window_s=options.window_s, prefix_caches=prepared.prefix_caches)
         bound = solve_bound(programme)
         bound_out = bound.to_dict()
+        loose = solve_bound(build_programme(built, prepared.physics, prepared.requests, prepared.events,
+                                            span_s=span, window_s=options.window_s,
+                                            prefix_caches=prepared.prefix_caches, first_token_rows=False))
+        bound_out["loose"] = loose.to_dict()
         for run in runs:
             floor = least_cost_usd(programme, min(run["met_sla"], bound.met))
             run["bound_fraction"] = {

@@ -189,8 +189,9 @@ class PublishedSnapshot:
     (``FleetSnapshot.expected_output_tokens``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class IngressReport:
+class IngressReport(NamedTuple):
+    """One ingress replica's last sync, as kept. (A named tuple: one is built on every sync.)"""
+
     at_s: float
     in_flight: dict[str, int]
     snapshot_version: int | None

@@ -3,7 +3,6 @@ and the fidelity comparison on hand-made measurements."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 
@@ -139,7 +138,7 @@ def test_fidelity_ratios_are_over_requests_completed_in_both_runs():
     run = LiveRun(_result([]), tuple(measured), 0, 0.0)
     shapes = measured_shapes(run)
     sim = [_sim_outcome(shapes[i], 0.5, 1.0 + i) for i in range(3)]
-    sim.append(replace(_sim_outcome(shapes[3], 0.5, 1.0), status="rejected"))
+    sim.append(_sim_outcome(shapes[3], 0.5, 1.0)._replace(status="rejected"))
     out = compare(run, _result(sim), shapes)
     assert out["requests_compared"] == 3
     ttft = out["metrics"]["ttft_p50"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from inferplane.config import BuiltConfig
+from inferplane.fleet_state import SubstrateReport
 from inferplane.replay.baselines import baseline
 from inferplane.replay.plane_router import PlaneRouter
 from inferplane.replay.scenario import BaselineSection, Event, EventKind
@@ -183,3 +184,24 @@ def test_every_request_settles_exactly_once_and_replays_are_deterministic():
     second = replay_of(built, requests, "inferplane")
     assert [o.index for o in first.outcomes] == list(range(300))
     assert first.outcomes == second.outcomes
+
+
+def test_every_heartbeat_speaks_for_all_configured_replicas():
+    # One simulated report stands for both replicas of the pool: its capacity follows the replicas
+    # it says are live (2 of 2: the declared 4 + 4; 1 of 2 would be 2 + 2). The adapter returns
+    # the same report object while nothing changed; the copy sent for both replicas is reused
+    # then, and made anew when the report changes.
+    s = (substrate("pool").kind("vllm").cls("gpu_cluster").capacity(4, queued=4)
+         .latency(base_ttft_ms=100, prefill=1000, decode=50).replicas(2))
+    built = fleet(s).build()
+    idle, busy = SubstrateReport(in_flight=0, kv_cache_usage=0.0), SubstrateReport(in_flight=3, kv_cache_usage=0.5)
+    said = iter([idle, idle, busy, busy])
+    router = PlaneRouter(built, {"pool": lambda now: next(said)}, heartbeat_s=0.25, start_s=0.0)
+    beat = router.periodic()[0].run  # the pool's heartbeat (heartbeats come first, in fleet order)
+    authority = router._state  # the placement actor's state the router drives
+    for k, in_flight in enumerate([0.0, 0.0, 3.0, 3.0]):
+        now = 0.25 * k
+        beat(now)
+        (signals,) = authority.snapshot(now).signals
+        assert signals.capacity == (4, 4)
+        assert (signals.in_flight.value, signals.in_flight.observed_at_s) == (in_flight, now)

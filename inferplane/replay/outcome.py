@@ -16,14 +16,16 @@ out before their first token cost nothing (no provider bills a refused request).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from inferplane.placement.fleet import FleetSpec, SubstrateSpec
 from inferplane.telemetry.cost import request_cost
 
 
-@dataclass(frozen=True, slots=True)
-class RequestOutcome:
+class RequestOutcome(NamedTuple):
+    """One request's end in a replay. (A named tuple: one is built per request, and a frozen
+    dataclass's ``__init__`` of twenty fields costs more than the simulator's own settling of it.)"""
+
     index: int
     tenant: str
     sla_class: str

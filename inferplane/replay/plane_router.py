@@ -143,12 +143,19 @@ class PlaneRouter:
         load = self._loads[name]
         # One simulated report stands for every replica the config gives the substrate: all live.
         replicas = self._fleet.substrate(name).replicas or 1
+        # ``load`` returns the same report while what it says is unchanged; so is its copy for
+        # every replica then (made once per change, not per heartbeat).
+        last: list[SubstrateReport | None] = [None, None]  # [load's report, the one sent]
 
         def beat(now: float) -> None:
             report = load(now)
             if report is not None:
                 if replicas != 1:
-                    report = replace(report, replicas=replicas)
+                    if report is last[0]:
+                        report = last[1]
+                    else:
+                        last[0], report = report, replace(report, replicas=replicas)
+                        last[1] = report
                 self._state.report_substrate(name, "replica-0", report, now)
         return beat
 

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from inferplane.placement.decision import PlacementDecision
 from inferplane.replay.attempt import Failure
 from inferplane.replay.workload import ReplayRequest
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
+class Placement(NamedTuple):
+    """A router's answer to one attempt. (A named tuple: one is built per attempt.)"""
+
     substrate: str | None
     """None: the router refuses the request (``rejection`` says why)."""
     spillover_logged: bool = False

@@ -23,7 +23,16 @@ from inferplane.config import build, parse_config
 from inferplane.config.sizing import plane_autoscaled, replica_counts
 from inferplane.health import settings_from_policy
 from inferplane.placement.snapshot import FleetSnapshot
-from inferplane.plane.autoscale import AutoscaleSettings, DemandSample, ScalerState, step
+from inferplane.plane.autoscale import (
+    OVERFLOW_REFUSALS,
+    OVERFLOW_SPILLOVER,
+    AutoscaleSettings,
+    DemandCounter,
+    DemandSample,
+    ScalerState,
+    settings_for,
+    step,
+)
 from inferplane.telemetry.drift import settings_from_policy as drift_settings
 from inferplane.telemetry.metrics import LabelVocabulary, PlaneMetrics, serve_metrics
 from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, Outcome, PublishedSnapshot, SubstrateReport
@@ -227,7 +236,9 @@ class PlacementActor:
                             self._state.set_serve_replicas(name, dep.target_num_replicas,
                                                            states.get("STARTING", 0), stopping)
                         self._measure_starts(name, dep.replicas, now)
-                        if name in self._scalers:
+                        # an actor no ingress replica syncs with (a config being replaced) has no
+                        # demand to scale on, and leaves the substrate to the actor that has
+                        if name in self._scalers and self.live_ingress() > 0:
                             self._autoscale(name, dep.target_num_replicas, now)
                 self._serve_status = found
             except Exception as exc:  # Serve not up yet, or shutting down
@@ -241,12 +252,9 @@ class PlacementActor:
         self._scalers: dict[str, tuple[AutoscaleSettings, ScalerState]] = {}
         for s in cfg.substrates:
             if s.name in plane_autoscaled(cfg):
-                c = replica_counts(s.settings.replicas)
-                self._scalers[s.name] = (AutoscaleSettings(c.minimum, c.maximum, c.target_ongoing_requests,
-                                                           c.upscale_delay_s, c.downscale_delay_s, c.manual_hold_s),
-                                         ScalerState())
+                self._scalers[s.name] = (settings_for(replica_counts(s.settings.replicas)), ScalerState())
         self._primary_of = {m.name: m.primary for m in self._fleet.models.values()}
-        self._counted: dict[str, tuple[float, float]] = {}
+        self._counter = DemandCounter()
         self._set_at: dict[str, float] = {}
         self._autoscale_status: dict[str, dict] = {}
         self._starting_since: dict[str, float] = {}
@@ -273,18 +281,12 @@ class PlacementActor:
         requests placed on it and those spilled off it or refused because it was full."""
         with self._lock:
             published = self._state.snapshot(now)
-        sig = published.signals[self._fleet.index[name]]
-        running = sum(r.value for r in (sig.in_flight, sig.queued) if r is not None)
-        held = sum(sum(by_priority.values()) for by_substrate in published.demand.values()
-                   for sub, by_priority in by_substrate.items() if sub == name)
         placed = sum(v for k, v in self._metrics.counter_totals("placements").items() if k[3] == name)
         overflowed = sum(v for k, v in self._metrics.counter_totals("spillovers").items()
-                         if k[0] == name and k[2] == "primary_saturated")
+                         if k[0] == name and k[2] == OVERFLOW_SPILLOVER)
         overflowed += sum(v for k, v in self._metrics.counter_totals("rejections").items()
                           if k[0] in OVERFLOW_REFUSALS and self._primary_of.get(k[2]) == name)
-        last = self._counted.get(name, (placed, overflowed))
-        self._counted[name] = (placed, overflowed)
-        return DemandSample(now, running, held, placed - last[0], overflowed - last[1])
+        return self._counter.sample(now, published, self._fleet.index[name], name, placed, overflowed)
 
     def _autoscale(self, name: str, serve_target: int, now: float) -> None:
         """One step of ``name``'s scaler; a changed target goes to the Serve controller's
@@ -330,8 +332,6 @@ START_TIMES_KEPT = 5
 SET_SETTLE_S = 5.0
 """For this long after the plane sets a target, a different one in Serve's details is taken for a
 lagging read, not a manual scale."""
-OVERFLOW_REFUSALS = frozenset({"capacity", "queue_full", "shed"})
-"""Refusals of a request because its substrates were full (``plane.queue``): autoscaling demand."""
 
 
 def _scale_deployment(app_name: str, name: str, target: int) -> None:

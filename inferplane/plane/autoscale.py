@@ -29,6 +29,13 @@ counts as one when nothing was admitted in the interval).
 most wanted in that time (at once with a delay of 0). Below it for ``downscale_delay_s`` without a
 sample at or above it (a quiet period): the target becomes the most wanted during that period, and
 a new quiet period starts. Never below ``min_replicas``, never above ``max_replicas``.
+
+**Sampling** (``DemandCounter``): the placement actor and the replay build samples the same way,
+from the published snapshot (running: the substrate's ``in_flight`` + ``queued`` signals; held:
+the ingress replicas' hold-queue demand for it) and two running totals they keep each in their own
+terms (the actor from the merged metric counters, the replay from its decisions): placements on
+the substrate, and overflow (placements spilled off it as ``PRIMARY_SATURATED``, plus requests of
+a model whose primary it is refused with a code in ``OVERFLOW_REFUSALS``).
 """
 
 from __future__ import annotations
@@ -48,6 +55,12 @@ class AutoscaleSettings:
     manual_hold_s: float = 300.0
     """After a target the plane did not set (a scale from the dashboard), the plane leaves the
     substrate alone this long."""
+
+
+OVERFLOW_REFUSALS = frozenset({"capacity", "queue_full", "shed"})
+"""Refusals of a request because its substrates were full (``plane.queue``): autoscaling demand."""
+OVERFLOW_SPILLOVER = "primary_saturated"
+"""The spillover reason that counts as overflow of the primary (``SpilloverReason.PRIMARY_SATURATED``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +115,31 @@ class Decision:
     ``up_pending``, ``down_pending`` (waiting out a delay) or ``steady``."""
 
 
+def settings_for(counts) -> AutoscaleSettings:
+    """The rule's settings from a substrate's ``config.sizing.ReplicaCounts`` under autoscaling."""
+    return AutoscaleSettings(counts.minimum, counts.maximum, counts.target_ongoing_requests,
+                             counts.upscale_delay_s, counts.downscale_delay_s, counts.manual_hold_s)
+
+
+class DemandCounter:
+    """Builds each substrate's ``DemandSample`` from a snapshot and running totals (module doc)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, float]] = {}
+
+    def sample(self, at_s: float, published, index: int, name: str, placed_total: float,
+               overflowed_total: float) -> DemandSample:
+        """``published``: a ``fleet_state.PublishedSnapshot``; ``index``: the substrate's place in
+        its signals; the totals since the start (the first sample counts nothing of them)."""
+        sig = published.signals[index]
+        running = sum(r.value for r in (sig.in_flight, sig.queued) if r is not None)
+        held = sum(sum(by_priority.values()) for by_substrate in published.demand.values()
+                   for sub, by_priority in by_substrate.items() if sub == name)
+        last = self._last.get(name, (placed_total, overflowed_total))
+        self._last[name] = (placed_total, overflowed_total)
+        return DemandSample(at_s, running, held, placed_total - last[0], overflowed_total - last[1])
+
+
 def wanted_replicas(demand: float, s: AutoscaleSettings) -> int:
     """``ceil(demand / target_per_replica)`` within ``[min_replicas, max_replicas]``."""
     raw = math.ceil(demand / s.target_per_replica - 1e-9) if demand > 0 else 0
@@ -132,8 +170,9 @@ def step(state: ScalerState, sample: DemandSample, serve_target: int | None,
         up_since = state.up_since_s if state.up_since_s is not None else at
         peak = max(state.up_peak, wanted) if state.up_since_s is not None else wanted
         if at - up_since >= s.upscale_delay_s:
-            new = ScalerState(target=peak, reason=f"up {target} -> {peak}: demand {demand:.1f} over "
-                                                  f"{s.target_per_replica:g} per replica")
+            new = ScalerState(target=peak, reason=f"up {target} -> {peak}: wanted up to {peak} for "
+                                                  f"{at - up_since:.0f} s at {s.target_per_replica:g} requests "
+                                                  f"per replica (demand now {demand:.1f})")
             return new, Decision(peak, True, wanted, demand, new.reason, "up")
         new = replace(state, up_since_s=up_since, up_peak=peak, quiet_since_s=None, quiet_peak=0,
                       reason=f"demand {demand:.1f} wants {wanted}: up after {s.upscale_delay_s:g} s")

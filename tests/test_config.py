@@ -189,7 +189,7 @@ MISTAKES = [
         BASE + "polcy: {}\n", "polcy",
         ["unknown key `polcy`",
          ("valid keys: ingress, jurisdiction_groups, models, policy, schema_version, sla_classes, "
-          "substrates, telemetry, tenants")], "polcy", id="unknown-top-level-key"),
+          "sources, substrates, teams, telemetry, tenants")], "polcy", id="unknown-top-level-key"),
     pytest.param(
         edit(("{base_ttft_ms: 250, prefill_tokens_per_s: 8000, decode_tokens_per_s: 90}",
               "{base_ttft_ms: 250, decode_tokens_per_s: 90}")),

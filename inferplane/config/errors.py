@@ -25,6 +25,8 @@ class ConfigProblem:
     loc: Loc
     message: str
     line: int | None = None
+    source: str | None = None
+    """The file the problem is in, when it is not the error's own (a fleet file merged with model files)."""
 
     @property
     def path(self) -> str:
@@ -44,6 +46,7 @@ class ConfigError(Exception):
         head = f"{self.source}: {n} problem{'s' if n != 1 else ''}"
         lines = [head]
         for p in self.problems:
-            where = f"{self.source}:{p.line}" if p.line is not None else self.source
+            source = p.source or self.source
+            where = f"{source}:{p.line}" if p.line is not None else source
             lines.append(f"  {where}: {p.path}: {p.message}")
         return "\n".join(lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
@@ -37,18 +37,52 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def load_config(path: str | Path) -> InferplaneConfig:
+def load_config(path: str | Path, model_files: Sequence[str | Path] = ()) -> InferplaneConfig:
+    """The config of a file; with ``model_files``, of the fleet file merged with the teams' model files
+    (``inferplane.config.model_files``): the same ``InferplaneConfig`` either way."""
+    if model_files:
+        from inferplane.config.model_files import merge_files
+
+        return merge_files(path, model_files).config
+    return parse_config(read_text(path), source=path)
+
+
+def read_text(path: str | Path) -> str:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(path, [ConfigProblem((), "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [ConfigProblem((), f"cannot read: {exc}")]) from None
-    return parse_config(text, source=path)
 
 
 def parse_config(text: str, source: str | Path = "<config>") -> InferplaneConfig:
+    document, root = parse_yaml(text, source)
+    try:
+        cfg = InferplaneConfig.model_validate(document)
+    except ValidationError as exc:
+        problems = [_problem(err, root) for err in exc.errors()]
+        if document.get("teams"):
+            problems = [_teams_hint(p) for p in problems]
+        raise ConfigError(source, problems) from None
+    problems = check_references(cfg)
+    if problems:
+        raise ConfigError(source, [ConfigProblem(p.loc, p.message, _line_of(root, p.loc)) for p in problems])
+    return cfg
+
+
+def _teams_hint(p: ConfigProblem) -> ConfigProblem:
+    """A fleet file with teams may leave its models to the teams' model files: say so where they lack."""
+    if p.message == "required" and (p.loc == ("models",) or (len(p.loc) == 3 and p.loc[0] == "substrates"
+                                                              and p.loc[2] == "models")):
+        return ConfigProblem(p.loc, "required, here or from the teams' model files (give them after the fleet "
+                             "file: `inferplane validate FLEET MODEL_FILE...`)", p.line, p.source)
+    return p
+
+
+def parse_yaml(text: str, source: str | Path) -> tuple[dict, yaml.Node]:
+    """The document (a mapping of sections) and its node tree (for lines), or a ConfigError."""
     try:
         document = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
         root = yaml.compose(text, Loader=_Yaml12Loader)
@@ -59,18 +93,21 @@ def parse_config(text: str, source: str | Path = "<config>") -> InferplaneConfig
         raise ConfigError(source, [ConfigProblem((), f"not valid YAML: {problem}", line)]) from None
     if not isinstance(document, dict):
         raise ConfigError(source, [ConfigProblem((), "the top level must be a mapping of sections")])
-    try:
-        cfg = InferplaneConfig.model_validate(document)
-    except ValidationError as exc:
-        raise ConfigError(source, [_problem(err, root) for err in exc.errors()]) from None
-    problems = check_references(cfg)
-    if problems:
-        raise ConfigError(source, [ConfigProblem(p.loc, p.message, _line_of(root, p.loc)) for p in problems])
-    return cfg
+    return document, root
 
 
-def _problem(err: Any, root: yaml.Node | None) -> ConfigProblem:
-    where = _where(err["loc"])
+def shape_problems(err: ValidationError, root: yaml.Node | None, schema: type[BaseModel]) -> list[ConfigProblem]:
+    """Problems of a document ``schema`` refused, each with its path, line and what is valid."""
+    return [_problem(e, root, schema) for e in err.errors()]
+
+
+def line_of(root: yaml.Node | None, loc: Loc) -> int | None:
+    """The 1-based YAML line of the value at ``loc`` (or of its nearest existing parent)."""
+    return _line_of(root, loc)
+
+
+def _problem(err: Any, root: yaml.Node | None, schema: type[BaseModel] = InferplaneConfig) -> ConfigProblem:
+    where = _where(err["loc"], schema)
     loc = where.loc
     message = err["msg"]
     if err["type"] == "extra_forbidden":
@@ -135,8 +172,8 @@ class _Where:
     """The tagged union ``loc`` ends at, when its tag was missing or invalid."""
 
 
-def _where(raw: Loc) -> _Where:
-    model: Any = InferplaneConfig
+def _where(raw: Loc, schema: type[BaseModel] = InferplaneConfig) -> _Where:
+    model: Any = schema
     owner: type[BaseModel] | None = None
     field: FieldInfo | None = None
     union: _TaggedUnion | None = None

@@ -29,6 +29,7 @@ def check_references(cfg: InferplaneConfig) -> list[ConfigProblem]:
         ("models", cfg.models),
         ("tenants", cfg.tenants),
         ("sla_classes", cfg.sla_classes),
+        ("teams", cfg.teams),
     ):
         seen: dict[str, int] = {}
         for i, item in enumerate(items):
@@ -151,6 +152,15 @@ def check_references(cfg: InferplaneConfig) -> list[ConfigProblem]:
             add(("tenants", i, "quotas", j, "guaranteed_slots"),
                 f"tenants are guaranteed {total} slots of `{tier}`, which has {slots_by_class[tier]}; "
                 f"guarantee at most {slots_by_class[tier]} in all")
+
+    # Teams: their grants name substrates that exist and jurisdictions that mean something.
+    for i, team in enumerate(cfg.teams):
+        for j, token in enumerate(team.jurisdictions):
+            check_jurisdiction(("teams", i, "jurisdictions", j), token, allow_any=True)
+        for grant in ("primary", "spillover"):
+            for j, name in enumerate(getattr(team, grant).substrates):
+                if name not in substrates:
+                    add(("teams", i, grant, "substrates", j), f"no substrate named `{name}`; substrates: {_choices(substrates)}")
 
     for name in cfg.policy.spillover.per_model:
         if name not in declared:

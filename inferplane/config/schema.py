@@ -909,6 +909,55 @@ class Telemetry(_Strict):
         default=9464, description="Port of the scrape endpoint.")
 
 
+class SubstrateGrant(_Strict):
+    """Substrates a team's models may use: by name, or every substrate of a class."""
+
+    substrates: list[Name] = Field(default_factory=list, description="Substrates of the fleet, by name.")
+    classes: list[SubstrateClass] = Field(
+        default_factory=list, description="Substrate classes: any substrate of the fleet of one of them.")
+
+
+class PoolGrant(_Strict):
+    """What a team's model file may bring as its own substrates (its own vLLM pools)."""
+
+    max_pools: PositiveInt = Field(default=1, description="Pools the team may bring, over all its model files.")
+    kinds: list[SubstrateKind] = Field(
+        default_factory=lambda: [SubstrateKind.VLLM],
+        description="Kinds a pool may be (`vllm`; `emulated` for demos and tests).")
+    classes: list[SubstrateClass] = Field(
+        default_factory=lambda: [SubstrateClass.GPU_CLUSTER], description="Classes a pool may declare.")
+    max_gpus_per_replica: PositiveInt = Field(
+        default=1, description="Most GPUs one replica may hold (a vLLM pool's `tensor_parallel_size`).")
+    max_replicas: PositiveInt = Field(
+        default=1, description="Most replicas a pool may run (its fixed count, or its autoscaling maximum).")
+
+
+class Team(_Strict):
+    """An ML team's rights: which substrates its model files may put models on, where, and which pools
+    they may bring. A model file reaching outside them is refused."""
+
+    name: Name = Field(description="The team's name, as a model file's `team:` gives it.")
+    jurisdictions: Annotated[list[JurisdictionToken], Field(min_length=1)] = Field(
+        description="Where the team's models may execute: every substrate serving them (its own pools "
+        "too) must lie inside these (country codes, groups, or `*`).")
+    primary: SubstrateGrant = Field(description="Substrates a model of the team may have as its primary.")
+    spillover: SubstrateGrant = Field(
+        default_factory=SubstrateGrant,
+        description="Substrates that may serve the team's models only as spillover (the primary grant "
+        "counts for spillover too).")
+    pools: PoolGrant | None = Field(
+        default=None, description="Own pools the team's model files may bring; omit: none.")
+
+
+class ConfigSource(_Strict):
+    """One file a merged config came from (recorded in the config that is shipped)."""
+
+    path: str = Field(description="The file's path as it was given.")
+    sha256: Sha256Hex = Field(description="SHA-256 of the file's bytes.")
+    kind: Literal["fleet", "models"] = Field(description="`fleet` (the platform's) or `models` (a team's).")
+    team: Name | None = Field(default=None, description="The team of a model file.")
+
+
 class InferplaneConfig(_Strict):
     schema_version: Literal[1] = Field(description="Version of this schema; currently 1.")
     jurisdiction_groups: dict[
@@ -929,3 +978,11 @@ class InferplaneConfig(_Strict):
     policy: Policy = Field(default_factory=Policy, description="Placement policy.")
     ingress: Ingress = Field(default_factory=Ingress, description="The OpenAI-compatible ingress.")
     telemetry: Telemetry = Field(default_factory=Telemetry, description="Audit log and metrics.")
+    teams: list[Team] = Field(
+        default_factory=list, exclude_if=lambda teams: not teams, description="ML teams that deploy models with their own model files, and "
+        "their rights (see `inferplane.config.model_files`). Left out of the dump when empty, so a config "
+        "without teams keeps the policy hash it had before teams existed.")
+    sources: list[ConfigSource] = Field(
+        default_factory=list, exclude=True,
+        description="The files a merged config came from, with their hashes. Provenance only: not part "
+        "of the config's content (excluded from its dump and so from the policy hash).")

@@ -20,9 +20,9 @@ from inferplane.replay.live import LiveOptions, run_live
 from inferplane.replay.outcome import fixed_cost_usd
 from inferplane.replay.plane_router import PlaneRouter
 from inferplane.replay.report import run_report
-from inferplane.replay.scenario import Event, Scenario, load_scenario
+from inferplane.replay.scenario import Event, MismatchSpec, Scenario, load_scenario
 from inferplane.replay.simulator import SimulationResult, Simulator
-from inferplane.replay.substrate_physics import physics_for, prefix_cache_for
+from inferplane.replay.substrate_physics import mismatch_events, physics_for, prefix_cache_for
 from inferplane.replay.trace import load_trace
 from inferplane.replay.workload import ReplayRequest, build_workload, drop_tenants, parse_tenants, validate_spec
 from inferplane.placement.fleet import PrefixCacheSpec
@@ -65,6 +65,9 @@ class ReplayOptions:
     """Feed the plane's drift detector and report its flags (``replay.drift_timeline``); on by
     itself when a fault is injected. Off, the replay skips the detector's cost (about a third of
     the inferplane router's run)."""
+    mismatch: bool | None = None
+    """Draw the true physics around the declared profiles (``simulation.mismatch``; on without one:
+    its defaults); None: as the scenario says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +127,18 @@ def prepare(options: ReplayOptions) -> Prepared:
                              f"{', '.join(built.policy.tenants)}")
         requests = drop_tenants(requests, options.without_tenants)
     sim = scenario.simulation
+    mismatch = sim.mismatch if options.mismatch is None else (sim.mismatch or MismatchSpec()) if options.mismatch else None
     physics = tuple(
-        physics_for(s, i, jitter_ratio=sim.jitter_ratio, seed=spec.seed, override=sim.physics.get(s.name))
+        physics_for(s, i, jitter_ratio=sim.jitter_ratio, seed=spec.seed, override=sim.physics.get(s.name),
+                    mismatch=mismatch)
         for i, s in enumerate(built.config.substrates))
+    drawn = () if mismatch is None or not requests else mismatch_events(
+        tuple(s.name for s in built.config.substrates), mismatch,
+        spec.seed if mismatch.seed is None else mismatch.seed, requests[-1].arrival_s)
     caches = tuple(prefix_cache_for(s, built.fleet.substrates[i].prefix_cache, sim.physics.get(s.name))
                    for i, s in enumerate(built.config.substrates))
     scenario = replace(scenario, workload=spec)
-    return Prepared(scenario, requests, physics, scenario.events + options.events, len(rows), caches)
+    return Prepared(scenario, requests, physics, scenario.events + options.events + drawn, len(rows), caches)
 
 
 def simulate(prepared: Prepared, router_name: str, *, progress: bool = False, drift: bool = False) -> SimulationResult:

@@ -16,6 +16,8 @@ every tenant at an equal share in its default SLA class, no faults) or a scenari
         - {name: global-app, share: 0.7,
            bursts: [{start_s: 600, duration_s: 300, rate_multiplier: 4}]}   # 4x its own rate
     simulation: {jitter_ratio: 0.1, physics: {gpu-fra: {decode_tokens_per_s: 40}}}
+    # or, for physics the plane has to learn (true physics drawn around the declared, drift, brown-outs):
+    #   simulation: {jitter_ratio: 0.1, mismatch: {ratio: 0.3, drift_ratio: 0.1, brownouts_per_hour: 0.5}}
     baselines: {first_byte_timeout_s: 10, ejection_s: 30, consecutive_errors: 3, queue_max_requests: 1024}
     events:
       - {kind: outage, substrate: gpu-fra, at_s: 900, for_s: 120}
@@ -127,6 +129,30 @@ class PhysicsOverride(_Strict):
         "caches the replay runs on); the plane keeps believing the config's `latency.kv_cache_tokens_per_replica`.")
 
 
+class MismatchSpec(_Strict):
+    """Physics the plane has to learn: each substrate's true physics drawn, seeded, around what it
+    declares (``inferplane.replay.substrate_physics``). Placement keeps seeing the declared profile
+    and what outcomes teach it."""
+
+    ratio: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.3, description="Prefill time, decode time and first-token start-up are each off by a factor "
+        "drawn once per substrate, uniformly in [1 - ratio, 1 + ratio].")
+    seed: int | None = Field(default=None, description="Seed of the draws; default: the workload's seed.")
+    drift_ratio: Annotated[float, Field(ge=0)] = Field(
+        default=0.1, description="Slow drift: every duration x a factor that moves between 1 and 1 + this "
+        "along a sine of the substrate's own period and phase (slowdown events).")
+    drift_period_s: Annotated[float, Field(gt=0)] = Field(
+        default=3600.0, description="Mean period of the drift, seconds (each substrate's is drawn in 0.5-1.5x).")
+    step_s: Annotated[float, Field(gt=0)] = Field(
+        default=120.0, description="The drift and brown-outs change a substrate's slowdown at most this often.")
+    brownouts_per_hour: Annotated[float, Field(ge=0)] = Field(
+        default=0.5, description="Brown-outs per substrate per hour on average (each step starts one with "
+        "probability rate x step).")
+    brownout_s: Annotated[float, Field(gt=0)] = Field(default=240.0, description="A brown-out's length, seconds.")
+    brownout_factor: Annotated[float, Field(ge=1)] = Field(
+        default=3.0, description="Every duration x this during a brown-out (on top of the drift).")
+
+
 class SimulationSection(_Strict):
     jitter_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.0, description="Jitter of substrates whose physics is derived from their latency "
@@ -138,6 +164,9 @@ class SimulationSection(_Strict):
         default_factory=dict, description="Substrate name -> overrides of its simulated physics.")
     sample_interval_s: Annotated[float, Field(gt=0)] = Field(
         default=10.0, description="How often substrate load is sampled for the load-over-time plot.")
+    mismatch: MismatchSpec | None = Field(
+        default=None, description="Draw each substrate's true physics around its declared profile, with drift "
+        "and brown-outs (`inferplane replay --suite ... --mismatch on`); none: the truth is the profile.")
 
 
 class BaselineSection(_Strict):

@@ -33,16 +33,24 @@ from inferplane.cli.table import render_table
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay a real trace against a policy and baseline routers",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="a scenario file (configs/scenarios/*.yaml) or an inferplane config")
-    p.add_argument("--trace", required=True, help="trace file (Azure CSV, Mooncake JSONL or parquet)")
+    p.add_argument("config", nargs="?", help="a scenario file (configs/scenarios/*.yaml) or an inferplane config")
+    p.add_argument("--trace", help="trace file (Azure CSV, Mooncake JSONL or parquet); required without --suite")
+    p.add_argument("--suite", metavar="FILE",
+                   help="run every cell of a scenario suite (configs/scenarios/suite/suite.yaml: fleets x traces x "
+                   "loads, the default policy) and print one table; takes --router (default: inferplane and the "
+                   "compliant baselines), --limit (trace rows per cell), --no-bound, --mismatch, --out, --plots")
+    p.add_argument("--mismatch", choices=("on", "off", "both"),
+                   help="true substrate physics drawn around the declared profiles, with drift and brown-outs "
+                   "(simulation.mismatch; on without one: its defaults); both: every suite cell with and without "
+                   "(default: as the scenario says; a suite: off)")
     p.add_argument("--format", choices=("azure", "mooncake", "parquet"), help="default: from the suffix")
-    p.add_argument("--router", default="all",
+    p.add_argument("--router",
                    help="inferplane, round_robin, least_outstanding, ordered_fallback, cheapest_first, "
                    "fifo_queue, round_robin-compliant, least_outstanding-compliant, "
                    "cheapest_first-compliant (the three configured with per-tenant endpoint lists inside "
                    "each tenant's jurisdictions), a comma-separated list, or all (default); "
                    "inferplane-no-prefix (by name only) is the plane with the same policy and no "
-                   "prefix-cache belief")
+                   "prefix-cache belief; with --suite the default is inferplane and the compliant baselines")
     p.add_argument("--rate-scale", type=float, help="requests per trace row on average (default: scenario's)")
     p.add_argument("--time-scale", type=float, help="arrival times x this (default: scenario's)")
     p.add_argument("--limit", type=int, help="only the first N trace rows")
@@ -249,16 +257,24 @@ def cmd(args: argparse.Namespace) -> int:
     from inferplane.replay.runner import ReplayOptions, parse_routers, replay
     from inferplane.replay.scenario import EventKind, parse_event
 
+    if args.suite:
+        return _suite(args)
+    if not args.config or not args.trace:
+        raise ValueError("replay needs CONFIG and --trace FILE, or --suite FILE")
+    if args.mismatch == "both":
+        raise ValueError("--mismatch both runs a suite's cells twice; a single replay takes on or off")
+
     events = tuple(
         [parse_event(EventKind.OUTAGE, t) for t in args.outage]
         + [parse_event(EventKind.FAILURE_RATE, t) for t in args.failure_rate]
         + [parse_event(EventKind.SLOWDOWN, t) for t in args.slowdown])
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     options = ReplayOptions(
-        scenario=args.config, trace=args.trace, routers=parse_routers(args.router), format=args.format,
+        scenario=args.config, trace=args.trace, routers=parse_routers(args.router or "all"), format=args.format,
         time_scale=args.time_scale, rate_scale=args.rate_scale, limit=args.limit, seed=args.seed,
         tenants=args.tenants, without_tenants=tuple(args.without_tenant), events=events, bound=not args.no_bound,
-        window_s=args.window_s, progress=progress, drift=args.drift)
+        window_s=args.window_s, progress=progress, drift=args.drift,
+        mismatch=None if args.mismatch is None else args.mismatch == "on")
     if args.target:
         import os
 
@@ -280,4 +296,26 @@ def cmd(args: argparse.Namespace) -> int:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=2)
     print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    """``--suite FILE``: every cell, one table (``inferplane.replay.suite``)."""
+    from inferplane.replay.runner import parse_routers
+    from inferplane.replay.suite import DEFAULT_ROUTERS, load_suite, render_suite, run_suite, write_heatmap
+
+    if args.config or args.trace:
+        raise ValueError("--suite FILE takes its scenarios and traces from the suite file: drop CONFIG and --trace")
+    if args.target:
+        raise ValueError("--suite replays in simulation only: drop --target")
+    suite = load_suite(args.suite, mismatch=args.mismatch or "off")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    routers = DEFAULT_ROUTERS if args.router is None else parse_routers(args.router)
+    report = run_suite(suite, routers=routers, limit=args.limit, bound=not args.no_bound, progress=progress)
+    if args.plots:
+        report["plots"] = write_heatmap(report, args.plots)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    print(json.dumps(report, indent=2) if args.json else render_suite(report))
     return 0

@@ -119,8 +119,8 @@ def test_a_burst_scales_the_substrate_up_on_placement_demand_and_a_quiet_period_
     t_one, one = _wait_for(lambda s: s["replicas_now"]["live"] == 1 and s["replicas_now"]["target"] == 1,
                            60, "one live replica again")
     assert one["capacity"]["max_concurrent"] == PER_REPLICA
-    print(f"quiet: scaled down {t_down - t_quiet:.2f} s after the burst ended, one replica "
-          f"{t_one - t_quiet:.2f} s after it")
+    print(f"quiet: scaled down {t_down - t_quiet:.2f} s after the burst ended ({down['autoscaler']['reason']}), "
+          f"one replica {t_one - t_quiet:.2f} s after it")
 
     # -- a scale the plane did not make (what the dashboard's scale API calls) is left alone
     from deployments.placement_actor import _scale_deployment

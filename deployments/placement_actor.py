@@ -239,7 +239,10 @@ class PlacementActor:
                         # an actor no ingress replica syncs with (a config being replaced) has no
                         # demand to scale on, and leaves the substrate to the actor that has
                         if name in self._scalers and self.live_ingress() > 0:
-                            self._autoscale(name, dep.target_num_replicas, now)
+                            try:
+                                self._autoscale(name, dep.target_num_replicas, now)
+                            except Exception:  # never let one substrate's scaler stop the poll
+                                log.exception("autoscaler step for %s failed", name)
                 self._serve_status = found
             except Exception as exc:  # Serve not up yet, or shutting down
                 log.debug("Serve's details unavailable: %s", type(exc).__name__)

@@ -170,7 +170,8 @@ def test_provider_keys_come_from_a_secret_and_never_appear(tmp_path, monkeypatch
     for env, value in planted.items():
         monkeypatch.setenv(env, value)
     out = tmp_path / "rayservice.yaml"
-    assert main(["build", ENTERPRISE, "--kuberay", "-o", str(out), "--secret-name", "llm-keys"]) == 0
+    assert main(["build", ENTERPRISE, "--kuberay", "-o", str(out), "--secret-name", "llm-keys",
+                 "--history-file", str(tmp_path / "history.jsonl")]) == 0
     assert "kubectl apply -f" in capsys.readouterr().out
     text = out.read_text()
     assert not [v for v in planted.values() if v in text]
@@ -192,7 +193,7 @@ def test_provider_keys_come_from_a_secret_and_never_appear(tmp_path, monkeypatch
 def test_the_manifest_round_trips_through_yaml_and_carries_the_config(tmp_path, capsys):
     out = tmp_path / "rayservice.yaml"
     assert main(["build", ENTERPRISE, "--kuberay", "-o", str(out), "--image", "registry.example/inferplane:1.0",
-                 "--ray-version", "2.60.0"]) == 0
+                 "--ray-version", "2.60.0", "--history-file", str(tmp_path / "history.jsonl")]) == 0
     assert "does not contain inferplane" not in capsys.readouterr().out  # the note is for the default image
     docs = list(yaml.safe_load_all(out.read_text()))
     assert docs == kuberay_manifest(ENTERPRISE, "inferplane", image="registry.example/inferplane:1.0")

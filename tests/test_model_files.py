@@ -358,7 +358,7 @@ def test_validate_refuses_a_file_outside_its_rights_naming_file_line_and_rule(ca
 
 def test_build_writes_the_merged_config_beside_the_serve_config(capsys, tmp_path: Path):
     out_path = tmp_path / "serve.yaml"
-    code, out, _ = run(capsys, "build", str(FLEET), str(CHAT), str(AGENTS), "-o", str(out_path))
+    code, out, _ = run(capsys, "build", str(FLEET), str(CHAT), str(AGENTS), "-o", str(out_path), "--no-history")
     assert code == 0
     merged_path = tmp_path / "serve.config.yaml"
     assert merged_path.read_text() == merge_files(FLEET, [CHAT, AGENTS]).text
@@ -366,7 +366,7 @@ def test_build_writes_the_merged_config_beside_the_serve_config(capsys, tmp_path
     assert doc["applications"][0]["args"]["config"] == str(merged_path.resolve())
     # The Serve config is the one of the equivalent single file but for where it reads the config.
     single = equivalent_single_file(tmp_path)
-    code, _, _ = run(capsys, "build", str(single), "-o", str(tmp_path / "single-serve.yaml"))
+    code, _, _ = run(capsys, "build", str(single), "-o", str(tmp_path / "single-serve.yaml"), "--no-history")
     single_doc = yaml.safe_load((tmp_path / "single-serve.yaml").read_text())
     assert single_doc["applications"][0]["args"]["config"] == str(single.resolve())
     single_doc["applications"][0]["args"]["config"] = str(merged_path.resolve())
@@ -375,7 +375,8 @@ def test_build_writes_the_merged_config_beside_the_serve_config(capsys, tmp_path
 
 def test_build_kuberay_ships_the_merged_config(capsys, tmp_path: Path):
     out_path = tmp_path / "rayservice.yaml"
-    code, _, _ = run(capsys, "build", str(FLEET), str(CHAT), str(AGENTS), "--kuberay", "-o", str(out_path))
+    code, _, _ = run(capsys, "build", str(FLEET), str(CHAT), str(AGENTS), "--kuberay", "-o", str(out_path),
+                          "--no-history")
     assert code == 0
     (cm,) = [d for d in yaml.safe_load_all(out_path.read_text()) if d and d["kind"] == "ConfigMap"]
     (shipped,) = cm["data"].values()
@@ -388,7 +389,8 @@ def test_deploy_hands_the_merged_text_to_the_app(capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(runtime, "connect", lambda address: calls.append(("connect", address)))
     monkeypatch.setattr(runtime, "deploy", lambda *a, **kw: calls.append(("deploy", *a)))
-    code, out, _ = run(capsys, "deploy", str(FLEET), str(CHAT), str(AGENTS), "--address", "ray://head:10001")
+    code, out, _ = run(capsys, "deploy", str(FLEET), str(CHAT), str(AGENTS), "--address", "ray://head:10001",
+                          "--no-history")
     assert code == 0
     assert calls[0] == ("connect", "ray://head:10001")
     assert calls[1][1] == merge_files(FLEET, [CHAT, AGENTS]).text
@@ -402,5 +404,6 @@ def test_deploy_refuses_before_connecting(capsys, monkeypatch, tmp_path: Path):
     monkeypatch.setattr(runtime, "connect", lambda address: calls.append(address))
     bad = tmp_path / "chat.models.yaml"
     bad.write_text(text(CHAT).replace("team: chat", "team: nobody"), encoding="utf-8")
-    code, _, err = run(capsys, "deploy", str(FLEET), str(bad), str(AGENTS), "--address", "auto")
+    code, _, err = run(capsys, "deploy", str(FLEET), str(bad), str(AGENTS), "--address", "auto",
+                         "--no-history")
     assert code == 1 and calls == [] and "no team `nobody`" in err

@@ -12,11 +12,15 @@ With model files (`kind: models`, one per team or model), CONFIG is the platform
 three merge them into one config (``inferplane.config.model_files``) and ship that one text, which
 records the files and their SHA-256. `build` writes it beside the Serve config (`OUTPUT` with
 `.config.yaml`), `--kuberay` puts it in the ConfigMap, `deploy` hands it to the app.
+
+Every `build` and `deploy` appends a record to the config history next to the audit log (who, when,
+each file's SHA-256, models added, removed or changed): `inferplane history CONFIG` shows it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--app-name", default="inferplane")
     d.add_argument("--gpu", action="store_true", default=None,
                    help="ask Ray for GPUs for vLLM substrates (default: when the cluster has GPUs)")
+    _history_options(d)
     d.set_defaults(func=cmd_deploy)
     b = sub.add_parser("build", help="write a Serve config file for `serve deploy`", description=__doc__)
     b.add_argument("config")
@@ -54,7 +59,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "key named by its `api_key_env`")
     b.add_argument("--node-jurisdiction-label", default=kuberay.DEFAULT_NODE_JURISDICTION_LABEL,
                    help="--kuberay: the Kubernetes node label holding a node's country code")
+    _history_options(b)
     b.set_defaults(func=cmd_build)
+
+
+def _history_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--by", default=None, help="who, for the config history (default: $USER)")
+    p.add_argument("--history-file", default=None,
+                   help="the config history to append to (default: config-history.jsonl in the audit directory)")
+    p.add_argument("--no-history", action="store_true", help="record nothing in the config history")
+
+
+def record_history(args: argparse.Namespace, cfg: InferplaneConfig, text: str, action: str) -> None:
+    """Append what was shipped to the config history; a history that cannot be written is said, not fatal
+    (the artefacts are written already)."""
+    from inferplane.config import history
+    from inferplane.config.model_files import SourceText
+    from inferplane.config.schema import ConfigSource
+
+    if args.no_history:
+        return
+    if not cfg.sources:  # a single file: it is its own source
+        cfg = cfg.model_copy(update={"sources": [ConfigSource(path=args.config, kind="fleet",
+                                                              sha256=SourceText(args.config, text).sha256)]})
+    path = Path(args.history_file) if args.history_file else history.history_path(cfg.telemetry)
+    try:
+        rec = history.append(path, cfg, text, action, by=args.by)
+    except OSError as exc:
+        print(f"warning: the config history was not written ({path}: {exc.strerror or exc})", file=sys.stderr)
+        return
+    print(f"recorded in {path}: {history.summary(rec)}")
 
 
 def shipped_config(config_path: str, model_files: Sequence[str] = ()) -> tuple[InferplaneConfig, str]:
@@ -119,6 +153,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"wrote {merged_path}: {args.config} merged with {len(args.model_files)} model file(s); the cluster "
               "reads it at this path")
     print(f"wrote {args.output}: `serve deploy {args.output}` deploys it")
+    record_history(args, *shipped_config(args.config, args.model_files), "build")
     return 0
 
 
@@ -145,6 +180,7 @@ def _build_kuberay(args: argparse.Namespace) -> int:
     if args.image is None:
         print(f"note: the default image (rayproject/ray:{args.ray_version}-py311) does not contain inferplane: "
               "pass --image with one that does")
+    record_history(args, *shipped_config(args.config, args.model_files), "build --kuberay")
     return 0
 
 
@@ -155,4 +191,5 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     runtime.connect(args.address)
     runtime.deploy(text, args.app_name, cfg.ingress.host, cfg.ingress.port, gpu=args.gpu)
     print(f"deployed `{args.app_name}` to {args.address}; ingress on port {cfg.ingress.port}")
+    record_history(args, cfg, text, f"deploy {args.address} {args.app_name}")
     return 0

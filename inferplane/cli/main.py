@@ -7,10 +7,11 @@ import argparse
 import sys
 
 from inferplane import __version__
-from inferplane.cli import bench, calibrate, deploy, explain, keys, models, replay, report, run, status, validate
+from inferplane.cli import (bench, calibrate, deploy, explain, history, keys, models, replay, report, run, status,
+                            validate)
 from inferplane.config.errors import ConfigError
 
-GROUPS = (validate, explain, run, deploy, status, models, bench, calibrate, keys, report, replay)
+GROUPS = (validate, explain, run, deploy, status, models, history, bench, calibrate, keys, report, replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

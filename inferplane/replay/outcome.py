@@ -12,6 +12,11 @@ because owned and reserved hardware (``usd_per_gpu_hour``) is paid whether used 
 fixed cost of the replay, ``sum over substrates of GPU USD/s * span of the replay``, the same for
 every router, added to every router's total (``fixed_cost_usd``). Attempts that failed or timed
 out before their first token cost nothing (no provider bills a refused request).
+
+A substrate the plane autoscales is paid per replica-second instead: its billed replica-seconds
+over the span (live, starting and draining replicas, ``SimulationResult.replica_s``) x
+``telemetry.cost.usd_per_replica_second``, the live plane's owned-cost rule; that part differs by
+router (a baseline runs it at its starting count throughout).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from inferplane.placement.fleet import FleetSpec, SubstrateSpec
-from inferplane.telemetry.cost import request_cost
+from inferplane.telemetry.cost import request_cost, usd_per_replica_second
 
 
 class RequestOutcome(NamedTuple):
@@ -64,6 +69,10 @@ def usage_cost_usd(spec: SubstrateSpec, input_tokens: int, output_tokens: int, i
     return cost.tokens_usd + cost.egress_usd
 
 
-def fixed_cost_usd(fleet: FleetSpec, span_s: float) -> float:
-    """Owned/reserved hardware over ``span_s``: usd_per_slot_second * slots * span, per substrate."""
-    return sum(s.cost.usd_per_slot_second * s.max_concurrent for s in fleet.substrates) * span_s
+def fixed_cost_usd(fleet: FleetSpec, span_s: float, elastic_replica_s: dict[str, float] | None = None) -> float:
+    """Owned/reserved hardware over ``span_s``: usd_per_slot_second * slots * span, per substrate;
+    for a substrate in ``elastic_replica_s``, its replica-seconds x ``usd_per_replica_second``."""
+    if not elastic_replica_s:
+        return sum(s.cost.usd_per_slot_second * s.max_concurrent for s in fleet.substrates) * span_s
+    return sum(elastic_replica_s[s.name] * usd_per_replica_second(s) if s.name in elastic_replica_s
+               else s.cost.usd_per_slot_second * s.max_concurrent * span_s for s in fleet.substrates)

@@ -21,6 +21,17 @@ Nothing of the plane is restated here; this module only wires it to the simulato
 
 Requests go to the ingress replicas in turn (``request.index % replicas``).
 
+Autoscaling (a substrate with ``replicas.autoscaling`` that the plane scales,
+``config.sizing.plane_autoscaled``): every ``SERVE_POLL_S`` of simulated time the router does what
+the placement actor does at each poll of Serve: it samples the substrate's demand with the actor's
+``plane.autoscale.DemandCounter`` (running and held from the authority's snapshot; placements and
+overflow counted from the decisions it hands out, as the ingress replicas' metric counters count
+them), steps ``plane.autoscale.step`` and hands a changed target to the simulator (``Host.scale``,
+where a new replica starts after the scenario's start delay), and tells the authority Serve's
+target and starting replicas (``FleetState.set_serve_replicas``). Such a substrate's heartbeat
+speaks for its live replicas, so placement capacity follows them as in the plane. Each change is
+kept in ``scaling`` (time, substrate, target, why).
+
 Prefix-cache locality: the router keeps the plane's own belief of where prompts' blocks are cached
 (``placement.prefix.PrefixIndex``, one bounded LRU per substrate that declares a KV cache, of its
 ``PrefixCacheSpec.total_tokens // MOONCAKE_BLOCK_TOKENS`` blocks), fed only with the blocks of
@@ -41,12 +52,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from inferplane.config import BuiltConfig
-from inferplane.config.sizing import replica_counts
+from inferplane.config.sizing import plane_autoscaled, replica_counts
 from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, SubstrateReport
 from inferplane.health import settings_from_policy
 from inferplane.placement import PlacementRequest
 from inferplane.placement.prefix import PrefixIndex
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
+from inferplane.plane.autoscale import (
+    OVERFLOW_REFUSALS,
+    OVERFLOW_SPILLOVER,
+    DemandCounter,
+    ScalerState,
+    settings_for,
+    step as autoscale_step,
+)
 from inferplane.plane.queue import HoldQueue, Waiter
 from inferplane.plane.record import RequestRecord
 from inferplane.plane.state import ReplicaState
@@ -57,6 +76,11 @@ from inferplane.replay.trace import MOONCAKE_BLOCK_TOKENS
 from inferplane.replay.workload import ReplayRequest
 from inferplane.telemetry.cost import request_cost
 from inferplane.telemetry.drift import settings_from_policy as drift_settings_from_policy
+
+
+SERVE_POLL_S = 1.0
+"""How often the placement actor polls Serve and steps its autoscaler
+(``deployments.placement_actor.SERVE_POLL_S``)."""
 
 
 class PlaneRouter:
@@ -95,6 +119,16 @@ class PlaneRouter:
         self._prefix = PrefixIndex(caches) if prefix_affinity and caches else None
         if not prefix_affinity:
             self.name = "inferplane-no-prefix"
+        autoscaled = plane_autoscaled(cfg)
+        self._scalers = {s.name: (settings_for(replica_counts(s.settings.replicas)), ScalerState())
+                         for s in cfg.substrates if s.name in autoscaled}
+        self._serve_target = {s.name: replica_counts(s.settings.replicas).serving_at_start
+                              for s in cfg.substrates if s.name in autoscaled}
+        self._demand = DemandCounter()
+        self._placed: dict[str, int] = dict.fromkeys(self._scalers, 0)
+        self._overflowed: dict[str, int] = dict.fromkeys(self._scalers, 0)
+        self.scaling: list[tuple[float, str, int, str]] = []
+        """Each autoscaling change: (time, substrate, new target, why)."""
 
     def attach(self, host: Host) -> None:
         self._host = host
@@ -119,6 +153,8 @@ class PlaneRouter:
     def _resolved(self, waiter: Waiter) -> None:
         request = self._held.pop(waiter)
         step = waiter.outcome
+        if self._scalers:
+            self._count(request, step)
         if isinstance(step, Refusal):
             self._open.pop(request.index, None)
             placement = Placement(None, rejection=step.code, decision=step.decision)
@@ -137,10 +173,14 @@ class PlaneRouter:
         for i, replica in enumerate(self._replicas):
             phase = self._refresh_s * (i + 0.5) / len(self._replicas)
             out.append(Periodic(self._refresh_s, self._start_s + phase, self._sync(f"ingress-{i}", replica)))
+        if self._scalers:
+            out.append(Periodic(SERVE_POLL_S, self._start_s, self._autoscale))
         return tuple(out)
 
     def _heartbeat(self, name: str) -> Callable[[float], None]:
         load = self._loads[name]
+        if name in self._scalers:
+            return self._elastic_heartbeat(name, load)
         # One simulated report stands for every replica the config gives the substrate: all live.
         replicas = self._fleet.substrate(name).replicas or 1
         # ``load`` returns the same report while what it says is unchanged; so is its copy for
@@ -158,6 +198,46 @@ class PlaneRouter:
                         last[1] = report
                 self._state.report_substrate(name, "replica-0", report, now)
         return beat
+
+    def _elastic_heartbeat(self, name: str, load) -> Callable[[float], None]:
+        """An autoscaled substrate's report speaks for its live replicas (``Host.replicas``)."""
+        def beat(now: float) -> None:
+            report = load(now)
+            if report is not None:
+                live = self._host.replicas(name)[0]
+                if report.replicas != live:
+                    report = replace(report, replicas=live)
+                self._state.report_substrate(name, "replica-0", report, now)
+        return beat
+
+    # -- autoscaling (module docstring) ---------------------------------------------------------
+    def _count(self, request: ReplayRequest, step) -> None:
+        """A placement or a final refusal, counted as the metrics count them for the actor."""
+        if isinstance(step, Refusal):
+            if step.code in OVERFLOW_REFUSALS:
+                route = self._fleet.resolve_model(request.model)
+                if route is not None and route.primary in self._overflowed:
+                    self._overflowed[route.primary] += 1
+            return
+        d = step.decision
+        if d.substrate in self._placed:
+            self._placed[d.substrate] += 1
+        if d.spillover and d.spillover_reason == OVERFLOW_SPILLOVER and d.primary in self._overflowed:
+            self._overflowed[d.primary] += 1
+
+    def _autoscale(self, now: float) -> None:
+        published = self._state.snapshot(now)
+        for name, (settings, state) in self._scalers.items():
+            sample = self._demand.sample(now, published, self._fleet.index[name], name,
+                                         self._placed[name], self._overflowed[name])
+            state, decision = autoscale_step(state, sample, self._serve_target[name], settings)
+            self._scalers[name] = (settings, state)
+            if decision.changed:
+                self._serve_target[name] = decision.target
+                self._host.scale(name, decision.target, now)
+                self.scaling.append((now, name, decision.target, decision.reason))
+            self._state.set_serve_replicas(name, self._serve_target[name], self._host.replicas(name)[1],
+                                           frozenset())
 
     def _sync(self, replica_id: str, replica: ReplicaState) -> Callable[[float], None]:
         def sync(now: float) -> None:
@@ -197,8 +277,12 @@ class PlaneRouter:
                     return HELD
         if isinstance(step, Refusal):
             self._open.pop(request.index, None)
+            if self._scalers:
+                self._count(request, step)
             return Placement(None, rejection=step.code, decision=step.decision)
         self._open[request.index] = (loop, step)
+        if self._scalers:
+            self._count(request, step)
         return Placement(step.substrate, spillover_logged=step.decision.spillover, decision=step.decision)
 
     def dispatched(self, request: ReplayRequest, substrate: str, now_s: float) -> None:

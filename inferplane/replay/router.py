@@ -55,6 +55,12 @@ class Host(Protocol):
     def resume(self, request: ReplayRequest, placement: Placement, now_s: float) -> None:
         """The held ``request``'s answer: dispatch to ``placement.substrate`` or refuse."""
 
+    def replicas(self, name: str) -> tuple[int, int]:
+        """(live, starting) replicas of a substrate the plane autoscales."""
+
+    def scale(self, name: str, target: int, now_s: float) -> None:
+        """Set an autoscaled substrate's target replicas (Serve's ``update_deployment_replicas``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Periodic:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, replace
 
 from inferplane.config import BuiltConfig
+from inferplane.config.sizing import plane_autoscaled
 from inferplane.replay.baselines import BASELINES, COMPLIANT, COMPLIANT_VARIANTS, baseline
 from inferplane.replay.bound import DEFAULT_WINDOW_S, build_programme, least_cost_usd, solve_bound
 from inferplane.replay.drift_timeline import drift_section
@@ -79,6 +80,9 @@ class Prepared:
     trace_rows: int
     prefix_caches: tuple[PrefixCacheSpec | None, ...] | None = None
     """Each substrate's real prefix caches (``substrate_physics.prefix_cache_for``); None: as declared."""
+    replica_start_s: tuple[float, ...] | None = None
+    """Each substrate's replica start delay (``simulation.replica_start_s``, or its ``physics``'
+    own); None: 0 s."""
 
 
 def parse_routers(text: str) -> tuple[str, ...]:
@@ -137,21 +141,28 @@ def prepare(options: ReplayOptions) -> Prepared:
         spec.seed if mismatch.seed is None else mismatch.seed, requests[-1].arrival_s)
     caches = tuple(prefix_cache_for(s, built.fleet.substrates[i].prefix_cache, sim.physics.get(s.name))
                    for i, s in enumerate(built.config.substrates))
+    starts = tuple(sim.replica_start_s if sim.physics.get(s.name) is None or sim.physics[s.name].replica_start_s
+                   is None else sim.physics[s.name].replica_start_s for s in built.config.substrates)
     scenario = replace(scenario, workload=spec)
-    return Prepared(scenario, requests, physics, scenario.events + options.events + drawn, len(rows), caches)
+    return Prepared(scenario, requests, physics, scenario.events + options.events + drawn, len(rows), caches, starts)
 
 
 def simulate(prepared: Prepared, router_name: str, *, progress: bool = False, drift: bool = False) -> SimulationResult:
     scenario = prepared.scenario
     built = scenario.built
     sim = Simulator(built, prepared.physics, prepared.requests, prepared.events,
-                    sample_interval_s=scenario.simulation.sample_interval_s, prefix_caches=prepared.prefix_caches)
+                    sample_interval_s=scenario.simulation.sample_interval_s, prefix_caches=prepared.prefix_caches,
+                    replica_start_s=prepared.replica_start_s)
     if router_name in (PLANE, PLANE_NO_PREFIX):
         router = PlaneRouter(built, sim.loads(), heartbeat_s=scenario.simulation.heartbeat_ms / 1000.0,
                              start_s=sim.start_s, drift=drift, prefix_affinity=router_name == PLANE)
     else:
         router = baseline(router_name, built, scenario.baselines)
     result = _run(sim, router, prepared, router_name, progress)
+    if isinstance(router, PlaneRouter) and router.scaling:
+        result = replace(result, scaling=tuple(
+            {"at_s": t - (prepared.requests[0].arrival_s if prepared.requests else 0.0), "substrate": n,
+             "target": k, "reason": why} for t, n, k, why in router.scaling))
     if isinstance(router, PlaneRouter) and router.drift is not None:
         drift = router.drift
         result = replace(result, drift=drift_section(drift.spans(), drift.settings, router.drift_penalty_requested,
@@ -187,8 +198,13 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
     span = results[0].span_s if results else 0.0
     fixed = fixed_cost_usd(built.fleet, span)
     shares = fair_shares(built)
-    runs = [run_report(r, fixed, prepared.requests, shares) for r in results]
+    elastic = plane_autoscaled(built.config)
+    runs = [run_report(r, fixed_cost_usd(built.fleet, span, _elastic_replica_s(r, elastic)) if elastic else fixed,
+                       prepared.requests, shares) for r in results]
     for run, result in zip(runs, results):
+        if elastic:
+            run["replica_seconds"] = {n: rs for n, rs in zip(result.substrates, result.replica_s) if rs is not None}
+            run["scaling"] = result.scaling
         run["jurisdiction_routes"] = jurisdiction_routes(result.router)
         if result.drift is not None:
             run["drift"] = result.drift
@@ -214,6 +230,11 @@ def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
     report = _header(options, prepared, span)
     report.update(runs=runs, bound=bound_out, wall_time_s=time.perf_counter() - t_all)
     return report, results
+
+
+def _elastic_replica_s(result: SimulationResult, elastic: frozenset[str]) -> dict[str, float]:
+    """Billed replica-seconds of the autoscaled substrates in one run (``outcome.fixed_cost_usd``)."""
+    return {n: rs for n, rs in zip(result.substrates, result.replica_s) if n in elastic}
 
 
 def _header(options: ReplayOptions, prepared: Prepared, span: float) -> dict:

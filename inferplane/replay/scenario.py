@@ -15,9 +15,11 @@ every tenant at an equal share in its default SLA class, no faults) or a scenari
         - {name: eu-bank, share: 0.3, sla_classes: {interactive: 0.7, batch: 0.3}}
         - {name: global-app, share: 0.7,
            bursts: [{start_s: 600, duration_s: 300, rate_multiplier: 4}]}   # 4x its own rate
-    simulation: {jitter_ratio: 0.1, physics: {gpu-fra: {decode_tokens_per_s: 40}}}
+    simulation: {jitter_ratio: 0.1, physics: {gpu-fra: {decode_tokens_per_s: 40}}, replica_start_s: 6}
     # or, for physics the plane has to learn (true physics drawn around the declared, drift, brown-outs):
     #   simulation: {jitter_ratio: 0.1, mismatch: {ratio: 0.3, drift_ratio: 0.1, brownouts_per_hour: 0.5}}
+    replicas:                                   # what if gpu-fra autoscaled (its slots per replica kept)?
+      gpu-fra: {autoscaling: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 10}}
     baselines: {first_byte_timeout_s: 10, ejection_s: 30, consecutive_errors: 3, queue_max_requests: 1024}
     events:
       - {kind: outage, substrate: gpu-fra, at_s: 900, for_s: 120}
@@ -25,7 +27,9 @@ every tenant at an equal share in its default SLA class, no faults) or a scenari
       - {kind: slowdown, substrate: provider-us, at_s: 1200, for_s: 300, value: 2.0}
 
 Command-line options override ``trace`` and the tenant shares (keeping each tenant's classes and
-bursts); events from the command line are added to the file's; ``--without-tenant`` drops a
+bursts); ``replicas`` replaces a vLLM or emulated substrate's ``replicas:`` block, keeping its
+slots per replica (its declared capacity is rescaled to the new maximum), so one fleet file serves
+a scaling what-if; events from the command line are added to the file's; ``--without-tenant`` drops a
 tenant's requests and keeps every other one. Times (events, bursts) are simulated seconds from the
 (scaled) trace's start.
 """
@@ -41,6 +45,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inferplane.config import BuiltConfig, ConfigError, ConfigProblem, build, load_config
+from inferplane.config.schema import InferplaneConfig, OpenAICompatibleSubstrate, Replicas
+from inferplane.config.sizing import replica_counts
 from inferplane.replay.trace import FORMATS
 from inferplane.replay.workload import Burst, MaxTokens, TenantShare, WorkloadSpec
 
@@ -124,6 +130,9 @@ class PhysicsOverride(_Strict):
         default=None, description="Prefills at once, later ones wait in order.")
     decode_share_during_prefill: Annotated[float, Field(ge=0, le=1)] | None = Field(
         default=None, description="Fraction of its decode rate a stream keeps while a prefill runs.")
+    replica_start_s: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="Seconds a new replica of this autoscaled substrate takes to start "
+        "(default: `simulation.replica_start_s`).")
     kv_cache_tokens_per_replica: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="KV-cache tokens each replica really keeps prompts' blocks in (the prefix "
         "caches the replay runs on); the plane keeps believing the config's `latency.kv_cache_tokens_per_replica`.")
@@ -167,6 +176,10 @@ class SimulationSection(_Strict):
     mismatch: MismatchSpec | None = Field(
         default=None, description="Draw each substrate's true physics around its declared profile, with drift "
         "and brown-outs (`inferplane replay --suite ... --mismatch on`); none: the truth is the profile.")
+    replica_start_s: Annotated[float, Field(ge=0)] = Field(
+        default=6.0, description="Seconds from the plane's scale-up to a new replica of an autoscaled "
+        "substrate admitting (measured live for an emulated substrate: 4.9-6.2 s; a vLLM replica on a GPU "
+        "loads its weights first and takes minutes: set it per substrate in `physics`).")
 
 
 class BaselineSection(_Strict):
@@ -220,6 +233,9 @@ class ScenarioFile(_Strict):
     simulation: SimulationSection = Field(default_factory=SimulationSection, description="Simulation.")
     baselines: BaselineSection = Field(default_factory=BaselineSection, description="Baseline gateways.")
     events: list[EventSpec] = Field(default_factory=list, description="Injected faults.")
+    replicas: dict[str, Replicas] = Field(
+        default_factory=dict, description="Substrate name -> its deployment's `replicas:` block instead of "
+        "the config's (a vLLM or emulated substrate; its slots per replica are kept).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,8 +281,41 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ConfigError(path, [ConfigProblem(tuple(e["loc"]), e["msg"].removeprefix("Value error, "))
                                  for e in exc.errors()]) from None
     config_path = (path.parent / spec.config).resolve()
-    built = build(load_config(config_path))
+    built = build(_with_replicas(path, load_config(config_path), spec.replicas))
     return _resolve(path, config_path, built, spec)
+
+
+def _with_replicas(path: Path, cfg: InferplaneConfig, replicas: dict[str, Replicas]) -> InferplaneConfig:
+    """``cfg`` with the scenario's ``replicas`` blocks, each substrate's declared capacity rescaled
+    from its old maximum replicas to the new one (slots per replica kept)."""
+    if not replicas:
+        return cfg
+    problems, substrates = [], []
+    for s in cfg.substrates:
+        new = replicas.get(s.name)
+        if new is None:
+            substrates.append(s)
+            continue
+        if isinstance(s, OpenAICompatibleSubstrate):
+            problems.append(ConfigProblem(("replicas", s.name), "a provider API's capacity is fleet-level: "
+                                          "only a vllm or emulated substrate's replicas may change"))
+            continue
+        old_max, new_max = replica_counts(s.settings.replicas).maximum, replica_counts(new).maximum
+        c = s.capacity
+        if c.max_concurrent_requests % old_max or c.max_queued_requests % old_max:
+            problems.append(ConfigProblem(("replicas", s.name), f"its capacity ({c.max_concurrent_requests} "
+                                          f"concurrent, {c.max_queued_requests} queued) is not a whole number "
+                                          f"per replica over its {old_max} replicas"))
+            continue
+        capacity = c.model_copy(update={"max_concurrent_requests": c.max_concurrent_requests // old_max * new_max,
+                                        "max_queued_requests": c.max_queued_requests // old_max * new_max})
+        block = s.settings.model_copy(update={"replicas": new})
+        substrates.append(s.model_copy(update={"capacity": capacity, s.kind: block}))
+    unknown = sorted(set(replicas) - {s.name for s in cfg.substrates})
+    problems += [ConfigProblem(("replicas", n), "no such substrate") for n in unknown]
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg.model_copy(update={"substrates": substrates})
 
 
 def _resolve(path: Path, config_path: Path, built: BuiltConfig, spec: ScenarioFile) -> Scenario:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from inferplane.config import BuiltConfig
 from inferplane.config.schema import OpenAICompatibleSubstrate
+from inferplane.config.sizing import plane_autoscaled, replica_counts
 from inferplane.fleet_state import SubstrateReport
 from inferplane.jurisdiction import is_within
 from inferplane.replay.attempt import Attempt, Failure, Phase
@@ -73,6 +74,13 @@ class SimulationResult:
     drift: dict | None = None
     """The plane's drift flags and deadlines-met drops (``drift_timeline.drift_section``); None for
     a baseline."""
+    replica_s: tuple[float | None, ...] = ()
+    """Per substrate, replica-seconds billed from the first to the last arrival: an autoscaled
+    substrate's live + starting + draining replicas (``SimSubstrate.replica_seconds``), a fixed
+    pool's replicas x span; None for a provider API. Empty: not known (a live run)."""
+    scaling: tuple[dict, ...] = ()
+    """The plane's autoscaling changes (``PlaneRouter.scaling``): at_s from the first arrival,
+    substrate, target, reason."""
 
 
 class _RequestState:
@@ -91,9 +99,13 @@ class _RequestState:
 class Simulator:
     def __init__(self, built: BuiltConfig, physics: tuple[PhysicsModel, ...], requests: tuple[ReplayRequest, ...],
                  events: tuple[Event, ...] = (), *, sample_interval_s: float = 10.0,
-                 prefix_caches: tuple | None = None) -> None:
+                 prefix_caches: tuple | None = None, replica_start_s: tuple[float, ...] | None = None) -> None:
         """``prefix_caches``: each substrate's real prefix caches, in fleet order
-        (``substrate_physics.prefix_cache_for``); None: as the config declares them."""
+        (``substrate_physics.prefix_cache_for``); None: as the config declares them.
+        ``replica_start_s``: per substrate, how long a new replica takes to start; a substrate the
+        plane autoscales (``config.sizing.plane_autoscaled``) then runs elastic from the replicas
+        Serve starts it with (``SimSubstrate.make_elastic``), and only the plane's router scales
+        it (``scale``): a baseline runs it at that count throughout. None: 0 s."""
         if len(physics) != len(built.fleet.substrates):
             raise ValueError("one PhysicsModel per substrate, in fleet order")
         self._built = built
@@ -110,6 +122,13 @@ class Simulator:
                          spec.prefix_cache if prefix_caches is None else prefix_caches[i])
             for i, spec in enumerate(self._fleet.substrates))
         self._by_name = {s.spec.name: s for s in self.substrates}
+        autoscaled = plane_autoscaled(built.config)
+        for i, (sub, cfg_sub) in enumerate(zip(self.substrates, built.config.substrates)):
+            if cfg_sub.name in autoscaled:
+                counts = replica_counts(cfg_sub.settings.replicas)
+                sub.make_elastic(self.start_s, counts.maximum, counts.serving_at_start,
+                                 0.0 if replica_start_s is None else replica_start_s[i])
+        self._elastic = tuple(s for s in self.substrates if s.elastic)
         cfg = built.config
         self._client_timeout = {
             s.name: (s.openai_compatible.request_timeout_s if isinstance(s, OpenAICompatibleSubstrate) else None)
@@ -145,7 +164,9 @@ class Simulator:
             q.at(event.at_s, self._apply_event, event, True)
             q.at(event.at_s + event.for_s, self._apply_event, event, False)
         q.at_each(self._arrive, ((state.request.arrival_s, (state,)) for state in self._states))
-        for periodic in (*router.periodic(), Periodic(self._sample_s, self.start_s + WARMUP_S, self._sample)):
+        drains = (Periodic(1.0, self.start_s, self._settle_drains),) if self._elastic else ()
+        for periodic in (*router.periodic(), Periodic(self._sample_s, self.start_s + WARMUP_S, self._sample),
+                         *drains):
             q.at(periodic.first_s, self._periodic, periodic)
         # A run makes and drops millions of small objects, all freed by reference counting: the
         # cyclic collector, started by the allocation count, found nothing to collect during the
@@ -163,12 +184,31 @@ class Simulator:
         t0 = self._requests[0].arrival_s if self._requests else 0.0
         return SimulationResult(
             router=router.name, outcomes=outcomes, substrates=tuple(s.spec.name for s in self.substrates),
-            slots=tuple(s.slots for s in self.substrates),
+            slots=tuple(s.per_replica_slots * s.max_replicas if s.elastic else s.slots for s in self.substrates),
             span_s=(self._requests[-1].arrival_s - t0) if self._requests else 0.0,
             end_s=q.now - t0, load=tuple(self._samples),
             busy_slot_s=tuple(s.busy_until(q.now) for s in self.substrates),
             events_run=q.events_run, wall_s=time.perf_counter() - wall0,
+            replica_s=self._replica_seconds(t0),
         )
+
+    def _replica_seconds(self, t0: float) -> tuple[float | None, ...]:
+        span = (self._requests[-1].arrival_s - t0) if self._requests else 0.0
+        return tuple(s.replica_seconds(t0, t0 + span) if s.elastic
+                     else (None if s.spec.replicas is None else s.spec.replicas * span) for s in self.substrates)
+
+    # -- replicas of an autoscaled substrate (the router's scaler drives them) -----------------
+    def replicas(self, name: str) -> tuple[int, int]:
+        """(live, starting) replicas of an autoscaled substrate."""
+        sub = self._by_name[name]
+        return sub.replicas_live, sub.replicas_starting
+
+    def scale(self, name: str, target: int, now_s: float) -> None:
+        self._by_name[name].scale_to(now_s, target)
+
+    def _settle_drains(self, now: float) -> None:
+        for sub in self._elastic:
+            sub.settle_drains(now)
 
     def _periodic(self, now: float, periodic: Periodic) -> None:
         periodic.run(now)

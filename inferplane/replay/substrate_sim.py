@@ -46,6 +46,17 @@ last prompt token), and the prompt's blocks become that replica's most recently 
 is the only thing a hit changes. This is the truth: nothing of it reaches the router, whose belief
 (the plane's ``PrefixIndex``) comes only from the outcomes it sees.
 
+Replicas (``elastic``: a substrate the plane autoscales, ``config.sizing.plane_autoscaled``): its
+slots and prefill lanes are per replica (the pooled physics over its maximum replicas) times the
+replicas running. ``scale_to(target)`` starts replicas that become live ``start_s`` later (a
+starting one is cancelled first when the target drops) or stops live ones: a stopping replica takes
+no new work at once and drains, its running requests finishing; the pool's slots are pooled, so a
+draining replica stops once the pool's running requests fit in the live replicas
+(``settle_drains``). The decode batch fraction is over the slots of live and draining replicas.
+Billed replicas (live + starting + draining, as a cloud bills a machine from its start) are logged
+at every change, for ``replica_seconds``. Prefix caches stay one per replica at full scale.
+A substrate that is not elastic has its replicas at full scale throughout, as before.
+
 ``load()`` is what the substrate's adapter would report (``substrate_adapters.*.load``):
 
     emulated            in_flight = running,            queued = waiting
@@ -60,7 +71,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from inferplane.fleet_state import SubstrateReport
 from inferplane.placement.fleet import PrefixCacheSpec, SubstrateSpec
@@ -133,6 +144,7 @@ class SimSubstrate:
         # Counters for the report.
         self.busy_slot_s = 0.0
         self._busy_at = queue.now
+        self.elastic = False
 
     # -- faults -----------------------------------------------------------------------------
     def set_slowdown(self, now: float, factor: float) -> None:
@@ -147,6 +159,79 @@ class SimSubstrate:
 
     def set_reachable(self, reachable: bool) -> None:
         self.reachable = reachable
+
+    # -- replicas (the module docstring) ----------------------------------------------------
+    def make_elastic(self, now: float, max_replicas: int, live: int, start_s: float) -> None:
+        """Run ``live`` of ``max_replicas`` replicas from now; a new one takes ``start_s`` to start."""
+        self.elastic = True
+        self.max_replicas = max_replicas
+        self.per_replica_slots = max(1, self.physics.max_concurrency // max_replicas)
+        lanes = self.physics.prefill_concurrency
+        self._per_replica_lanes = None if lanes is None else max(1, lanes // max_replicas)
+        self.start_s = start_s
+        self.replicas_live = live
+        self.replicas_draining = 0
+        self._starting: list[object] = []
+        self.replica_log: list[tuple[float, int]] = []
+        self._set_replicas(now)
+
+    @property
+    def replicas_starting(self) -> int:
+        return len(self._starting) if self.elastic else 0
+
+    def scale_to(self, now: float, target: int) -> None:
+        current = self.replicas_live + len(self._starting)
+        while current < target:
+            token = object()
+            self._starting.append(token)
+            self._q.at(now + self.start_s, self._replica_ready, token)
+            current += 1
+        while current > target and self._starting:
+            self._starting.pop()  # the newest start is cancelled first
+            current -= 1
+        while current > target:
+            self.replicas_live -= 1
+            self.replicas_draining += 1
+            current -= 1
+        self._set_replicas(now)
+
+    def settle_drains(self, now: float) -> None:
+        """Draining replicas stop once the running requests fit in the live replicas' slots."""
+        if self.replicas_draining:
+            busy = -(-self.running // self.per_replica_slots) - self.replicas_live
+            if busy < self.replicas_draining:
+                self.replicas_draining = max(0, busy)
+                self._set_replicas(now)
+
+    def _replica_ready(self, now: float, token: object) -> None:
+        if token in self._starting:  # not cancelled meanwhile
+            self._starting.remove(token)
+            self.replicas_live += 1
+            self._set_replicas(now)
+
+    def _set_replicas(self, now: float) -> None:
+        self._advance(now)
+        live, running_on = self.replicas_live, self.replicas_live + self.replicas_draining
+        self.slots = self.per_replica_slots * live
+        lanes = self._per_replica_lanes
+        self.physics = replace(self.physics, max_concurrency=max(1, self.per_replica_slots * running_on),
+                               prefill_concurrency=None if lanes is None else max(1, lanes * running_on))
+        self._rates.clear()
+        billed = running_on + len(self._starting)
+        if not self.replica_log or self.replica_log[-1][1] != billed:
+            self.replica_log.append((now, billed))
+        self._release(now, 0)
+
+    def replica_seconds(self, t0: float, t1: float) -> float:
+        """Billed replica-seconds between ``t0`` and ``t1`` (the log's step function)."""
+        total = 0.0
+        log = self.replica_log
+        for i, (t, n) in enumerate(log):
+            end = log[i + 1][0] if i + 1 < len(log) else t1
+            lo, hi = max(t, t0), min(end, t1)
+            if hi > lo:
+                total += n * (hi - lo)
+        return total
 
     # -- an attempt's life ------------------------------------------------------------------
     def send(self, now: float, attempt: Attempt) -> None:
@@ -357,7 +442,8 @@ class SimSubstrate:
         self._last_load_key = key
         if kind == "vllm":
             running, waiting = key
-            report = SubstrateReport(in_flight=running + waiting, queued=waiting, kv_cache_usage=running / self.slots)
+            report = SubstrateReport(in_flight=running + waiting, queued=waiting,
+                                     kv_cache_usage=min(1.0, running / (self.slots or 1)))
         elif kind == "openai_compatible":
             report = SubstrateReport(
                 in_flight=key[0], queued=0,

@@ -99,31 +99,26 @@ class PreparedSubstrate(NamedTuple):
     in_flight: float
 
 
-def _static(spec: SubstrateSpec) -> tuple:
-    """What ``prepare`` reads from ``spec`` alone, worked out once per spec (the same operations)."""
-    hit = _STATIC.get(id(spec))
-    if hit is not None and hit[0] is spec:
-        return hit[1]
+def substrate_constants(spec: SubstrateSpec) -> tuple:
+    """What ``prepare`` reads from ``spec`` alone (the same operations). A snapshot works these out
+    once for its fleet and hands them on to the next snapshot of the same fleet
+    (``FleetSnapshot.spec_constants``), so no request and no new snapshot repeats them."""
     lat, c = spec.latency, spec.cost
-    static = (spec.max_concurrent, spec.max_concurrent + spec.max_queued, spec.required_signals,
-              lat.decode_tokens_per_s, lat.decode_slowdown_at_full_batch - 1.0,
-              lat.network_rtt_s + lat.base_ttft_s, lat.prefill_tokens_per_s,
-              c.usd_per_input_token, c.usd_per_output_token, c.usd_per_slot_second, c.egress_usd_per_byte,
-              spec.region, spec.zone, 1.0 if spec.tier == "reserved" else 0.0)
-    if len(_STATIC) >= 4096:  # specs of configs no longer in use (tests build many)
-        _STATIC.clear()
-    _STATIC[id(spec)] = (spec, static)  # keeps the spec alive, so its id is not reused meanwhile
-    return static
+    return (spec.max_concurrent, spec.max_concurrent + spec.max_queued, spec.required_signals,
+            lat.decode_tokens_per_s, lat.decode_slowdown_at_full_batch - 1.0,
+            lat.network_rtt_s + lat.base_ttft_s, lat.prefill_tokens_per_s,
+            c.usd_per_input_token, c.usd_per_output_token, c.usd_per_slot_second, c.egress_usd_per_byte,
+            spec.region, spec.zone, 1.0 if spec.tier == "reserved" else 0.0)
 
 
-_STATIC: dict[int, tuple[SubstrateSpec, tuple]] = {}
 _new_entry = tuple.__new__
 
 
-def prepare(spec: SubstrateSpec, signals: SubstrateSignals) -> PreparedSubstrate:
-    """The entry of ``spec`` with ``signals``; the formulas mirror ``estimate`` and the scorers."""
+def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
+    """The entry of a substrate with ``signals``, from its ``substrate_constants``; the formulas
+    mirror ``estimate`` and the scorers."""
     (cap, admits_below, required, decode_tokens_per_s, slowdown_minus_1, fixed_s, prefill_tokens_per_s,
-     usd_in, usd_out, usd_slot_s, egress, region, zone, reserved_score) = _static(spec)
+     usd_in, usd_out, usd_slot_s, egress, region, zone, reserved_score) = constants
     live = signals.capacity
     if live is not None:  # the authority's live capacity (``signals.limits``) instead of the spec's
         cap, admits_below = live[0], live[0] + live[1]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from inferplane.placement.fleet import FleetSpec
 from inferplane.placement.plan import scoring
-from inferplane.placement.prepared import PreparedSubstrate, ScoringRow, prepare, scoring_row
+from inferplane.placement.prepared import PreparedSubstrate, ScoringRow, prepare, scoring_row, substrate_constants
 from inferplane.placement.signals import Reading, SubstrateSignals
 
 if TYPE_CHECKING:
@@ -50,6 +50,10 @@ class FleetSnapshot:
     a pair without an entry is predicted with the max."""
     policy: InitVar[PlacementPolicy | None] = None
     previous: InitVar[FleetSnapshot | None] = None
+    spec_constants: tuple[tuple, ...] = field(init=False, compare=False, repr=False)
+    """``spec_constants[i]``: ``prepared.substrate_constants(fleet.substrates[i])``, what ``prepare``
+    reads from the spec alone: handed on from ``previous`` when it is a snapshot of the same fleet,
+    else worked out here (once per fleet in a chain of snapshots)."""
     prepared: tuple[PreparedSubstrate, ...] = field(init=False, compare=False, repr=False)
     """``prepared[i]``: what placement works out once from ``fleet.substrates[i]`` and
     ``signals[i]`` (``prepared.py``), derived here so that no request repeats it."""
@@ -62,8 +66,8 @@ class FleetSnapshot:
         if len(self.signals) != len(self.fleet.substrates):
             raise ValueError("one SubstrateSignals per substrate, in fleet order")
         constants = None if policy is None else _row_constants(policy)
-        specs = self.fleet.substrates
         if previous is not None and previous.fleet is self.fleet:
+            specs = previous.spec_constants
             old_signals, old_prepared = previous.signals, previous.prepared
             reuse_rows = constants is not None and previous.scored_for is policy
             old_rows = previous.scoring
@@ -80,9 +84,11 @@ class FleetSnapshot:
             elif constants is not None:
                 rows = tuple([scoring_row(e, constants) for e in prepared])
         else:
+            specs = tuple(map(substrate_constants, self.fleet.substrates))
             prepared = tuple(map(prepare, specs, self.signals))
             rows = None if constants is None else tuple([scoring_row(e, constants) for e in prepared])
         # Derived fields of a frozen dataclass, set once while it is being built.
+        object.__setattr__(self, "spec_constants", specs)
         object.__setattr__(self, "prepared", prepared)
         object.__setattr__(self, "scored_for", None if constants is None else policy)
         object.__setattr__(self, "scoring", rows)
@@ -120,7 +126,7 @@ class FleetSnapshot:
         if rows is not None:
             rows = list(rows)
             constants = _row_constants(self.scored_for)
-        specs = self.fleet.substrates
+        specs = self.spec_constants
         for i, sig in changed.items():
             signals[i] = sig
             prepared[i] = entry = prepare(specs[i], sig)
@@ -130,7 +136,8 @@ class FleetSnapshot:
         # The same fields as a constructed snapshot; only the changed entries were prepared anew.
         for set_field, value in zip(_SNAPSHOT_SETTERS, (
                 self.version, self.taken_at_s, self.fleet, tuple(signals), self.tenant_spend_usd,
-                self.expected_output_tokens, tuple(prepared), self.scored_for, None if rows is None else tuple(rows))):
+                self.expected_output_tokens, specs, tuple(prepared), self.scored_for,
+                None if rows is None else tuple(rows))):
             set_field(view, value)
         return view
 
@@ -157,8 +164,9 @@ def _row_constants(policy: PlacementPolicy) -> tuple[float, bool, float, float, 
 
 
 _SNAPSHOT_SETTERS = tuple(getattr(FleetSnapshot, name).__set__ for name in (
-    "version", "taken_at_s", "fleet", "signals", "tenant_spend_usd", "expected_output_tokens", "prepared",
-    "scored_for", "scoring"))
+    "version", "taken_at_s", "fleet", "signals", "tenant_spend_usd", "expected_output_tokens", "spec_constants",
+    "prepared", "scored_for", "scoring"))
 if {f.name for f in fields(FleetSnapshot)} != {"version", "taken_at_s", "fleet", "signals", "tenant_spend_usd",
-                                               "expected_output_tokens", "prepared", "scored_for", "scoring"}:
+                                               "expected_output_tokens", "spec_constants", "prepared", "scored_for",
+                                               "scoring"}:
     raise ImportError("FleetSnapshot.with_dispatches must set every field of the snapshot")

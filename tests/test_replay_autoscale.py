@@ -217,3 +217,23 @@ def test_a_removed_replica_takes_no_new_work_and_is_billed_until_its_requests_fi
     assert all(2.0 + o.ttft_s >= done for o in later)  # admitted only once the 12 had finished
     (t_down, billed), = [(t, n) for t, n in pool.replica_log if 0.5 < t < done + 1.5 and n < 3][:1]
     assert done <= t_down <= done + 1.0 and billed == 1
+
+
+def test_the_replay_pays_the_autoscaled_pool_per_replica_second_and_says_so():
+    from inferplane.cli.replay import render
+    from inferplane.replay.runner import ReplayOptions, replay
+
+    trace = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+    report, results = replay(ReplayOptions(scenario=str(SCENARIOS / "autoscale-whatif-autoscale.yaml"),
+                                           trace=str(trace), routers=("inferplane", "round_robin"), limit=600,
+                                           bound=False))
+    fleet_spec = load_scenario(SCENARIOS / "autoscale-whatif-autoscale.yaml").built.fleet
+    fra = fleet_spec.substrate("gpu-fra")
+    others = sum(s.cost.usd_per_slot_second * s.max_concurrent for s in fleet_spec.substrates if s.name != "gpu-fra")
+    for run, result in zip(report["runs"], results):
+        rs = run["replica_seconds"]["gpu-fra"]
+        assert run["fixed_cost_usd"] == pytest.approx(rs * usd_per_replica_second(fra) + others * result.span_s)
+    plane, rr = report["runs"]
+    assert plane["scaling"] and plane["replica_seconds"]["gpu-fra"] > rr["replica_seconds"]["gpu-fra"]
+    assert rr["scaling"] == () and rr["replica_seconds"]["gpu-fra"] == pytest.approx(results[1].span_s)
+    assert "inferplane: replica-seconds billed (first to last arrival): gpu-fra" in render(report)

@@ -154,6 +154,14 @@ def render(report: dict) -> str:
     for r in report["runs"]:
         if r.get("drift"):
             lines += _drift_lines(r["router"], r["drift"])
+    for r in report["runs"]:
+        if "replica_seconds" in r:  # some substrate is autoscaled (``replay.substrate_sim``)
+            billed = ", ".join(f"{name} {rs:,.0f}" for name, rs in r["replica_seconds"].items())
+            changes = r["scaling"]
+            lines.append(f"{r['router']}: replica-seconds billed (first to last arrival): {billed}; "
+                         f"{len(changes)} autoscaling change(s)"
+                         + "".join(f"; {c['at_s']:.0f} s {c['substrate']} -> {c['target']}" for c in changes[:6])
+                         + ("; ..." if len(changes) > 6 else ""))
     speeds = ", ".join(f"{r['router']} {r['replay_speed']:.0f}" for r in report["runs"] if r["replay_speed"])
     lines.append(f"replay speed (simulated s per wall s): {speeds}")
     lines.append("times in seconds; cost = reserved hardware over the span + usage billed; "

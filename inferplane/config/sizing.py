@@ -16,6 +16,9 @@ consumer                        count       why
 (``max_ongoing_requests``)                  (``share``): the smallest share any replica can get
 ``replay.substrate_physics``    maximum     the replay sizes a substrate's physics for its full
                                             fleet, as the plane admits against the full capacity
+``replay.simulator``            initial,    a substrate the plane autoscales runs elastic from
+                                maximum     ``serving_at_start`` replicas, each with the full
+                                            fleet's slots / ``maximum``
 ``replay.plane_router``         initial     the replay's ingress starts as Serve starts it:
 (ingress replicas)                          ``serving_at_start`` (at least one, since Serve
                                             scales a scale-to-zero ingress up on first request)

@@ -51,6 +51,8 @@ OF_BOUND_TARGET = 0.95
 """Deadlines met at least this fraction of the bound's (issue #14's target)."""
 COST_SLA_POINTS = 0.01
 """A compliant baseline within this much of the plane's deadlines met (or above) must not be cheaper."""
+COST_TOLERANCE = 1e-4
+"""Costs closer than this (relative) are equal: the same reserved hardware over the same span."""
 
 
 class _Strict(BaseModel):
@@ -198,7 +200,8 @@ def shortfalls(runs: list[dict]) -> list[str]:
         if r["sla_attainment"] > plane["sla_attainment"]:
             out.append(f"deadlines met below {r['router']} ({100 * plane['sla_attainment']:.2f} % < "
                        f"{100 * r['sla_attainment']:.2f} %)")
-        if r["sla_attainment"] >= plane["sla_attainment"] - COST_SLA_POINTS and r["cost_usd"] < plane["cost_usd"]:
+        if (r["sla_attainment"] >= plane["sla_attainment"] - COST_SLA_POINTS
+                and r["cost_usd"] < plane["cost_usd"] * (1.0 - COST_TOLERANCE)):
             out.append(f"dearer than {r['router']} at deadlines met within 1 point (${plane['cost_usd']:.2f} > "
                        f"${r['cost_usd']:.2f})")
     if plane["sovereignty_violations"]:

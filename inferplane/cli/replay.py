@@ -8,6 +8,13 @@ with an offline LP. CONFIG is a scenario file (configs/scenarios/) or a plain co
         --trace ../shared/data/traces/AzureLLMInferenceTrace_conv.csv --router all \\
         --out report.json --plots plots/
 
+With ``--suite FILE`` every cell of a scenario suite (fleets x traces x loads, the default policy;
+``inferplane.replay.suite``) is replayed and one table printed, ``--mismatch both`` with and without
+physics the plane has to learn:
+
+    inferplane replay --suite configs/scenarios/suite/suite.yaml --limit 400 --mismatch both \\
+        --out suite.json --plots suite-plots/
+
 With ``--target URL`` the same workload is sent through a running plane instead (streamed, at the
 trace's arrival times, bounded in count, duration and concurrency, loopback only unless
 ``--allow-remote``), and then simulated again with the shapes the requests really had; the report

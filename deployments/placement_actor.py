@@ -232,10 +232,11 @@ class PlacementActor:
                     }
                     if name in names:
                         stopping = frozenset(r.replica_id for r in dep.replicas if _value(r.state) == "STOPPING")
+                        self._measure_starts(name, dep.replicas, now)
                         with self._lock:
                             self._state.set_serve_replicas(name, dep.target_num_replicas,
-                                                           states.get("STARTING", 0), stopping)
-                        self._measure_starts(name, dep.replicas, now)
+                                                           states.get("STARTING", 0), stopping,
+                                                           self._ready_at(name, dep.replicas))
                         # an actor no ingress replica syncs with (a config being replaced) has no
                         # demand to scale on, and leaves the substrate to the actor that has
                         if name in self._scalers and self.live_ingress() > 0:
@@ -278,6 +279,16 @@ class PlacementActor:
                     kept = self._start_times.setdefault(name, [])
                     kept.append(now - since)
                     del kept[:-START_TIMES_KEPT]
+
+    def _ready_at(self, name: str, replicas) -> float | None:
+        """When ``name``'s first starting replica should admit: the poll that first saw it STARTING
+        plus the longest start measured for the substrate (None: none starting, or none measured
+        yet, so a class that holds while scaling up spills until a start has been measured)."""
+        measured = self._start_times.get(name)
+        if not measured:
+            return None
+        since = [self._starting_since[r.replica_id] for r in replicas if r.replica_id in self._starting_since]
+        return min(since) + max(measured) if since else None
 
     def _demand(self, name: str, now: float) -> DemandSample:
         """What placement asked of ``name``: running and held now, and since the last sample the

@@ -187,6 +187,11 @@ class PublishedSnapshot:
     expected_output_tokens: dict[tuple[str, str], float] = field(default_factory=dict)
     """(tenant, canonical model) -> the output length its finished requests produced on average
     (``FleetSnapshot.expected_output_tokens``)."""
+    scaling_up: dict[str, float] = field(default_factory=dict)
+    """Substrate -> when (epoch s) its first starting replica is expected to admit: the time Serve
+    started it plus the longest start measured for the substrate (``set_serve_replicas``). Only
+    substrates with a replica starting and a start measured; an SLA class that holds while scaling up
+    waits for it (``plane.state.ReplicaState.closed_for``)."""
 
 
 class IngressReport(NamedTuple):
@@ -219,6 +224,7 @@ class FleetState:
         self._bound = staleness_bound_s
         self._ingress: dict[str, IngressReport] = {}
         self._grants: dict[str, dict[str, int]] = {}  # ingress replica -> substrate -> slots it may hold
+        self._scaling_up: dict[str, float] = {}  # substrate -> when its starting replica should admit
         self._replicas: dict[str, dict[str, tuple[float, SubstrateReport]]] = {n: {} for n in self._names}
         self._breakers = {n: CircuitBreaker(breaker or BreakerSettings()) for n in self._names}
         self._external: dict[tuple[str, str, str], Reading] = {}
@@ -319,16 +325,25 @@ class FleetState:
             self._breakers[substrate].retry_after(report.retry_after_until_s, now_s)
         self._dirty = True
 
-    def set_serve_replicas(self, substrate: str, target: int, starting: int, stopping: frozenset[str]) -> None:
+    def set_serve_replicas(self, substrate: str, target: int, starting: int, stopping: frozenset[str],
+                           ready_at_s: float | None = None) -> None:
         """What Serve says of a substrate's deployment: the replicas it aims for (``target``), those
         it is starting (shown, never admitted to: they admit once they report), and the ids of those
         it is stopping. A stopping replica's capacity leaves at once, while its heartbeats still
         arrive (Serve drains it: it takes no new request, its running ones finish, and its reports
         still count in the load); a replica that merely goes silent leaves when its last report
-        expires."""
+        expires. ``ready_at_s``: when the first starting replica is expected to admit (None: none
+        starting, or no start measured yet), published as ``PublishedSnapshot.scaling_up``."""
         d = self._derived_by_name[substrate]
         if (target, starting) != d.serve:
             d.serve = (target, starting)
+        ready_at_s = ready_at_s if starting > 0 else None
+        if ready_at_s != self._scaling_up.get(substrate):
+            if ready_at_s is None:
+                del self._scaling_up[substrate]
+            else:
+                self._scaling_up[substrate] = ready_at_s
+            self._dirty = True
         # Once stopping, always: Serve forgets a replica once it is gone, while its last report may
         # still be within the staleness bound (ids are never reused; kept while the report is).
         stopping = stopping | {rid for rid in d.stopping if rid in d.replicas}
@@ -449,6 +464,7 @@ class FleetState:
                 {i: r.demand for i, r in ingress.items() if r.demand},
                 {i: g for i, g in self._grants.items() if i in ingress},
                 self.expected_output_tokens(),
+                dict(self._scaling_up),
             )
             self._dirty = False
         return self._published
@@ -1054,19 +1070,19 @@ _PUBLISHED_SETTERS = tuple(getattr(PublishedSnapshot, f.name).__set__ for f in f
 
 
 def _published_snapshot(version, taken_at_s, policy_hash, signals, tenant_spend_usd, tenant_in_flight, reclaiming,
-                        ingress_ids, demand, grants, expected_output_tokens) -> PublishedSnapshot:
+                        ingress_ids, demand, grants, expected_output_tokens, scaling_up) -> PublishedSnapshot:
     """``PublishedSnapshot(...)`` with every field given, in declaration order."""
     p = _new(PublishedSnapshot)
     for set_field, value in zip(_PUBLISHED_SETTERS, (
             version, taken_at_s, policy_hash, signals, tenant_spend_usd, tenant_in_flight, reclaiming, ingress_ids,
-            demand, grants, expected_output_tokens)):
+            demand, grants, expected_output_tokens, scaling_up)):
         set_field(p, value)
     return p
 
 
 if tuple(f.name for f in fields(PublishedSnapshot)) != (
         "version", "taken_at_s", "policy_hash", "signals", "tenant_spend_usd", "tenant_in_flight", "reclaiming",
-        "ingress_ids", "demand", "grants", "expected_output_tokens"):
+        "ingress_ids", "demand", "grants", "expected_output_tokens", "scaling_up"):
     raise ImportError("_published_snapshot sets PublishedSnapshot's fields in order: keep it in step")
 if tuple(f.name for f in fields(SubstrateSignals)) != (
         "in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",

@@ -201,8 +201,11 @@ class FleetBuilder:
         self._tenants.append(t)
         return self
 
-    def sla(self, name: str = SLA, *, ttft_ms: float = 1500.0, e2e_ms: float = 20_000.0) -> FleetBuilder:
+    def sla(self, name: str = SLA, *, ttft_ms: float = 1500.0, e2e_ms: float = 20_000.0,
+            while_scaling_up: str | None = None) -> FleetBuilder:
         self._sla.append({"name": name, "ttft_deadline_ms": ttft_ms, "e2e_deadline_ms": e2e_ms})
+        if while_scaling_up is not None:
+            self._sla[-1]["while_scaling_up"] = while_scaling_up
         return self
 
     def group(self, name: str, countries: Iterable[str]) -> FleetBuilder:

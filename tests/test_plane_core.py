@@ -267,3 +267,96 @@ def test_the_replica_places_with_the_output_lengths_the_authority_learned():
     assert fresh.publish(_published(built), fresh.take_report(NOW))
     unknown = AttemptLoop(fresh, request(model="m", max_output_tokens=2000)).start()
     assert learned.decision.predicted_e2e_s < unknown.decision.predicted_e2e_s
+
+
+# -- holding for a new replica (sla_classes[].while_scaling_up) ----------------------------------
+
+
+def _scaling_pools():
+    """``p`` (2 slots, idle first token 0.2 s for 1,000 tokens) and ``s``; `interactive` holds while
+    ``p`` scales up, `batch` spills; both have a 1.5 s first-token deadline."""
+    return fleet(
+        substrate("p").cls("gpu_cluster").jurisdiction("DE").capacity(2),
+        substrate("s").cls("sovereign_onprem").jurisdiction("DE").capacity(8),
+    ).model("m", primary="p").spillover(classes=["sovereign_onprem"]).tenant(allowed_sla=["interactive", "batch"]) \
+        .sla("interactive", while_scaling_up="hold").sla("batch").build()
+
+
+def _scaling_state(built, ready_at: float | None, p_in_flight: float = 2.0) -> ReplicaState:
+    state = ReplicaState(built.fleet, built.policy)
+    published = _published(built, in_flight={"p": p_in_flight})
+    scaling_up = {} if ready_at is None else {"p": ready_at}
+    published = PublishedSnapshot(published.version, published.taken_at_s, published.policy_hash,
+                                  published.signals, scaling_up=scaling_up)
+    assert state.publish(published, state.take_report(NOW))
+    return state
+
+
+def test_a_holding_class_waits_for_the_primarys_new_replica_and_the_decision_says_so():
+    built = _scaling_pools()
+    step = AttemptLoop(_scaling_state(built, NOW + 1.0), request(model="m", sla_class="interactive")).start()
+    assert isinstance(step, Refusal) and step.status == 429  # held, not spilled: the queue keeps it
+    held = {c.name: c.reason for c in step.decision.candidates if c.reason}
+    assert "held for p's new replica, expected to admit in 1.0 s" in held["s"]
+    # A class that spills, on the same state, spills as always.
+    step = AttemptLoop(_scaling_state(built, NOW + 1.0), request(model="m", sla_class="batch")).start()
+    assert isinstance(step, Dispatch) and step.substrate == "s" and step.decision.spillover
+
+
+@pytest.mark.parametrize("ready_at, p_in_flight, expected", [
+    (None, 2.0, "s"),          # nothing starting (or no start measured): spill
+    (NOW + 1.4, 2.0, "s"),     # 1.4 s + 0.2 s idle first token > 1.5 s: the replica would be too late
+    (NOW + 0.5, 1.0, "p"),     # room on the primary now: no hold, it goes there
+])
+def test_a_holding_class_spills_when_the_new_replica_cannot_help(ready_at, p_in_flight, expected):
+    built = _scaling_pools()
+    state = _scaling_state(built, ready_at, p_in_flight)
+    step = AttemptLoop(state, request(model="m", sla_class="interactive")).start()
+    assert isinstance(step, Dispatch) and step.substrate == expected
+    assert not any("new replica" in (c.reason or "") for c in step.decision.candidates)
+
+
+def test_the_hold_counts_from_the_requests_arrival_however_often_it_is_placed_again():
+    built = _scaling_pools()
+    state = _scaling_state(built, NOW + 1.0)
+    loop = AttemptLoop(state, request(model="m", sla_class="interactive"))
+    assert isinstance(loop.start(), Refusal)
+    # 1.2 s after arrival the replica (late) could still answer by 1.4 s: it waits on.
+    assert isinstance(loop.place_again(NOW + 1.2), Refusal)
+    # 1.35 s after arrival it no longer can (1.55 s > 1.5 s): the request spills, in time elsewhere.
+    step = loop.place_again(NOW + 1.35)
+    assert isinstance(step, Dispatch) and step.substrate == "s"
+
+
+def test_the_authority_publishes_when_a_starting_replica_should_admit():
+    from inferplane.fleet_state import FleetState
+    from inferplane.health import BreakerSettings
+
+    built = _scaling_pools()
+    authority = FleetState(built.fleet, built.policy.policy_hash, 5.0, BreakerSettings(), latency_window_s=5.0)
+    authority.set_serve_replicas("p", 2, 1, frozenset(), NOW + 4.0)
+    assert authority.snapshot(NOW).scaling_up == {"p": NOW + 4.0}
+    authority.set_serve_replicas("p", 2, 0, frozenset(), NOW + 4.0)  # it started: nothing to wait for
+    assert authority.snapshot(NOW + 0.1).scaling_up == {}
+
+
+def test_a_held_request_goes_to_the_new_replica_when_it_reports():
+    import dataclasses
+
+    from inferplane.placement.signals import Capacity
+    from inferplane.plane.queue import HoldQueue, Waiter
+
+    built = _scaling_pools()
+    state = _scaling_state(built, NOW + 1.0)
+    resolved = []
+    queue = HoldQueue(state, notify=lambda: None, resolved=resolved.append)
+    loop = AttemptLoop(state, request(model="m", sla_class="interactive"))
+    waiter = queue.submit(loop, loop.start(), NOW)
+    assert isinstance(waiter, Waiter) and len(queue) == 1
+    # The new replica reports: the next snapshot has a free slot on p, and nothing is starting.
+    published = _published(built, version=2, at=NOW + 0.8, in_flight={"p": 2.0})
+    capacity = dataclasses.replace(signals(in_flight=2.0, now=NOW + 0.8), capacity=Capacity(3, 0))
+    published = PublishedSnapshot(2, NOW + 0.8, built.policy.policy_hash, (capacity, published.signals[1]))
+    assert state.publish(published, state.take_report(NOW + 0.8))
+    queue.pump(NOW + 0.8)
+    assert resolved == [waiter] and isinstance(waiter.outcome, Dispatch) and waiter.outcome.substrate == "p"

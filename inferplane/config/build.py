@@ -91,7 +91,8 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
                          for q in t.quotas),
         )
     sla = {
-        c.name: SlaPolicy(c.name, c.ttft_deadline_ms / 1000.0, c.e2e_deadline_ms / 1000.0, c.priority)
+        c.name: SlaPolicy(c.name, c.ttft_deadline_ms / 1000.0, c.e2e_deadline_ms / 1000.0, c.priority,
+                          c.while_scaling_up)
         for c in cfg.sla_classes
     }
     raw_weights = cfg.policy.scorer_weights.model_dump()

@@ -668,6 +668,13 @@ class SlaClass(_Strict):
         "highest priority is served first (earliest deadline first within it), and a full queue sheds "
         "the lowest first."
     )
+    while_scaling_up: Literal["spill", "hold"] = Field(
+        default="spill", description="When the model's primary substrate is full while the plane is starting "
+        "replicas for it: `spill` places the request elsewhere as usual (burst capacity while scaling up); "
+        "`hold` keeps it in the hold queue for the new replica, while the replica's expected start (the "
+        "start time measured from Serve) plus its idle first-token time fits the first-token deadline, and "
+        "spills it otherwise. Every held placement says so."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> SlaClass:

@@ -53,6 +53,8 @@ class SlaPolicy:
     ttft_deadline_s: float
     e2e_deadline_s: float
     priority: int
+    while_scaling_up: str = "spill"
+    """``spill`` or ``hold`` (for the primary's new replica; ``plane.state.ReplicaState.closed_for``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,11 +74,15 @@ def refusal_of(decision: PlacementDecision) -> Refusal:
 class AttemptLoop:
     """The attempts of one request on one replica's state. Not thread-safe: one request, one task."""
 
-    __slots__ = ("_state", "_request", "_current", "decision", "snapshot_age_s")
+    __slots__ = ("_state", "_request", "_current", "decision", "snapshot_age_s", "_due_s")
 
     def __init__(self, state: ReplicaState, request: PlacementRequest) -> None:
         self._state = state
         self._request = request
+        sla = state.policy.sla_classes.get(request.sla_class)
+        self._due_s = None if sla is None else request.arrived_at_s + sla.ttft_deadline_s
+        """Its first token is due then (arrival + its class's first-token deadline), however often
+        it is placed again."""
         self._current: Dispatch | None = None
         self.decision: PlacementDecision | None = None
         """The latest decision (what the request's record keeps)."""
@@ -142,7 +146,7 @@ class AttemptLoop:
 
     def _place(self, now_s: float) -> Dispatch | Refusal:
         request = self._request
-        decision, age = self._state.place(request)
+        decision, age = self._state.place(request, self._due_s)
         if isinstance(decision, Unavailable):
             return Refusal(503, "placement_unavailable", decision.message, RETRY_AFTER_S, self.decision)
         self.decision, self.snapshot_age_s = decision, age

@@ -25,6 +25,15 @@ counts in the snapshot with this replica's own since, and the slots other tenant
 requests reclaim. A listener (the replica's hold queue, ``listen``) is told whenever capacity may
 have freed: a lease released, a snapshot adopted.
 
+**Holding for a new replica.** For a request whose SLA class holds while scaling up
+(``sla_classes[].while_scaling_up: hold``) and whose model's primary is full while the plane starts
+a replica for it (the snapshot's ``scaling_up``: when that replica is expected to admit, from the
+start times the actor measured), every other substrate is closed to it while that replica, idle,
+could still give its first token by its deadline (``max(expected, now)`` + the primary's idle
+first-token time <= arrival + the class's first-token deadline). The request waits in the hold
+queue and goes to the new replica when it reports; once the replica can no longer be in time
+(late, or the wait used the slack), the closure lifts and the request spills as it would have.
+
 Thread-safety: the request path (``place``, ``lease``, ``report_outcome``, ``add_spend``) and a
 sync thread (``take_report``, ``publish``) may run concurrently; one lock guards the counts and
 the pending report. Ray-free: the Serve ingress and the replay's plane router both run this class,
@@ -100,6 +109,9 @@ class ReplicaState:
         """Substrate -> requests this replica may hold there until its next sync (several replicas)."""
         self._others_waiting: dict[str, dict[int, int]] = {}
         """Substrate -> priority -> requests waiting for it at the other replicas (last snapshot)."""
+        self._scaling_up: dict[str, float] = {}
+        """Substrate -> when its starting replica is expected to admit (last snapshot)."""
+        self._hold_classes = frozenset(n for n, c in policy.sla_classes.items() if c.while_scaling_up == "hold")
         self.policy = policy
         self._observe = observe
         self._timer = timer
@@ -168,14 +180,17 @@ class ReplicaState:
                 view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight)
         return view
 
-    def place(self, request: PlacementRequest) -> tuple[PlacementDecision | Unavailable, float | None]:
+    def place(self, request: PlacementRequest,
+              due_s: float | None = None) -> tuple[PlacementDecision | Unavailable, float | None]:
         """Place ``request`` on the view at its ``arrived_at_s``; also returns the snapshot's age
-        then (None when unavailable)."""
+        then (None when unavailable). ``due_s``: when its first token is due (default: its
+        ``arrived_at_s`` plus its class's first-token deadline)."""
         view = self.view(request.arrived_at_s)
         if isinstance(view, Unavailable):
             return view, None
-        if self._grant or self._quota_classes or self._others_waiting or (self._demand is not None and self._demand()):
-            closed = self.closed_for(request, view)
+        if (self._grant or self._quota_classes or self._others_waiting or (self._demand is not None and self._demand())
+                or (self._scaling_up and request.sla_class in self._hold_classes)):
+            closed = self.closed_for(request, view, due_s)
             if closed != request.closed:
                 request = replace(request, closed=closed)
         if self._observe is None:
@@ -250,11 +265,24 @@ class ReplicaState:
                 usage[classes[name]] = usage.get(classes[name], 0) + n
         return {c: max(0, n) for c, n in usage.items()}
 
-    def closed_for(self, request: PlacementRequest, view: FleetSnapshot) -> tuple[tuple[str, str], ...]:
+    def closed_for(self, request: PlacementRequest, view: FleetSnapshot,
+                   due_s: float | None = None) -> tuple[tuple[str, str], ...]:
         """The substrates closed to ``request``'s next placement on ``view``: by its tenant's quotas
-        (``plane.shares``), and those whose free slots here are no more than the requests of a
+        (``plane.shares``), those whose free slots here are no more than the requests of a
         higher priority waiting for them at other replicas (a slot this replica freed since the
-        last sync goes to them with the next one, ``share_of_free_slots``)."""
+        last sync goes to them with the next one, ``share_of_free_slots``), and, for a class that
+        holds while scaling up, all but the primary while its new replica can be in time (module
+        doc)."""
+        closed = self._arbitration_closed(request, view)
+        if self._scaling_up and request.sla_class in self._hold_classes:
+            held = self._held_for_new_replica(request, view, due_s)
+            if held:
+                done = {name for name, _ in closed}
+                closed += tuple(h for h in held if h[0] not in done)
+        return closed
+
+    def _arbitration_closed(self, request: PlacementRequest, view: FleetSnapshot) -> tuple[tuple[str, str], ...]:
+        """``closed_for`` by quotas, grants and higher-priority requests waiting elsewhere."""
         closed: tuple[tuple[str, str], ...] = ()
         tenant = self.policy.tenants.get(request.tenant)
         if tenant is not None and self._quota_classes:
@@ -291,6 +319,33 @@ class ReplicaState:
                 extra.append((name, f"running slots full; its own queue is kept while {waiting} request(s) wait "
                                     "in the plane, which orders them"))
         return closed + tuple(extra) if extra else closed
+
+    def _held_for_new_replica(self, request: PlacementRequest, view: FleetSnapshot,
+                              due_s: float | None) -> tuple[tuple[str, str], ...]:
+        """Every substrate but the model's primary, with the reason, while the primary is full and
+        the replica it is starting can still give ``request`` its first token in time; else ()."""
+        route = self.fleet.resolve_model(request.model)
+        if route is None or route.primary in request.exclude:
+            return ()
+        ready_at = self._scaling_up.get(route.primary)
+        if ready_at is None:
+            return ()
+        i = self.fleet.index[route.primary]
+        spec, signals = self.fleet.substrates[i], view.signals[i]
+        reading = signals.in_flight
+        max_concurrent, max_queued = limits(spec, signals)
+        if reading is None or reading.value < max_concurrent + max_queued:
+            return ()  # room on it now (or no reading: the engine decides)
+        now = request.arrived_at_s
+        if due_s is None:
+            due_s = now + self.policy.sla_classes[request.sla_class].ttft_deadline_s
+        lat = spec.latency
+        idle_s = lat.network_rtt_s + lat.base_ttft_s + request.input_tokens / lat.prefill_tokens_per_s
+        if max(ready_at, now) + idle_s > due_s:
+            return ()  # the new replica cannot be in time: spill as usual
+        reason = (f"held for {route.primary}'s new replica, expected to admit in {max(0.0, ready_at - now):.1f} s "
+                  f"(class {request.sla_class} holds while scaling up)")
+        return tuple((self.fleet.substrates[j].name, reason) for j in route.substrate_indices if j != i)
 
     def in_flight(self) -> dict[str, int]:
         """This replica's dispatches not yet released, by substrate (zeros included)."""
@@ -346,6 +401,7 @@ class ReplicaState:
                     for p, n in by_priority.items():
                         row[p] = row.get(p, 0) + n
         self._others_waiting = others
+        self._scaling_up = published.scaling_up
         with self._lock:
             self._pending = published
             self._reported = report.in_flight

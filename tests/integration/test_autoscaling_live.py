@@ -132,3 +132,37 @@ def test_a_burst_scales_the_substrate_up_on_placement_demand_and_a_quiet_period_
     time.sleep(10.0)  # longer than the quiet period with no demand at all: still 2 (held for 20 s)
     s = _pool()
     assert s["autoscaler"]["target"] == 2 and s["replicas_now"]["target"] == 2
+
+
+def test_a_class_that_holds_while_scaling_up_waits_for_the_new_replica_instead_of_spilling(plane):
+    """``batch`` holds while scaling up (``autoscaling.yaml``); the first test measured a replica's
+    start, so the actor now publishes when a starting replica should admit. A burst of batch
+    requests on one replica: while the new replica starts, the overflow waits in the hold queue
+    (every other substrate closed to it, the decision says why) and goes to the new replica, where
+    the interactive overflow of the first test spilled to the APIs."""
+    _, s = _wait_for(lambda s: s["replicas_now"]["live"] == 1 and s["autoscaler"]["target"] == 1, 90,
+                     "one live replica again (manual hold over, quiet period)")
+    assert s["replica_start_s"] is not None  # measured by the first test: holding needs it
+    load = Load(plane.url, sla_class="batch").start()
+    try:
+        t_burst = time.monotonic()
+        t_starting, _ = _wait_for(lambda s: (s["replicas_now"]["starting"] or 0) >= 1, 30, "a replica starting")
+        t_live, _ = _wait_for(lambda s: s["replicas_now"]["live"] >= 2, 60, "the new replica admitting")
+        time.sleep(3.0)
+    finally:
+        load.stop()
+    # Sent after the actor's next poll published the expected start (1 s) and the ingress replicas
+    # synced (0.1 s), while the new replica started: none spilled, and some waited for it.
+    starting = [r for r in load.window(t_starting + 1.5, t_live) if r[1] == 200]
+    before = [r for r in load.window(t_burst, t_starting) if r[1] == 200]
+    print(f"\nhold: {len(before)} answered before a replica was starting ({_spilled(before):.0%} spilled), "
+          f"{len(starting)} sent while it started ({_spilled(starting):.0%} spilled, "
+          f"{sum(1 for r in starting if r[4] > 0)} held up to {max((r[4] for r in starting), default=0)} ms); "
+          f"the replica admitted {t_live - t_starting:.1f} s after it was seen starting")
+    assert {r[1] for r in load.results} == {200} and len(load.results) == load.sent
+    # Held, then served by the pool: without the hold, nothing waits here (the burst APIs have room).
+    held = [r for r in load.results if r[4] > 0]
+    assert held and all(r[2] == POOL and r[3] != "true" for r in held), held
+    # How many were sent while the replica started depends on how fast it starts (one to two
+    # seconds here); whichever they were, none spilled.
+    assert _spilled(starting) == 0.0

@@ -46,9 +46,12 @@ class Load:
     """``CONCURRENCY`` clients, each sending the next request as soon as its last one ends, from a
     thread of its own; every answer is kept as (sent at, status, substrate, spillover)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sla_class: str | None = None) -> None:
         self.url = url
-        self.results: list[tuple[float, int, str | None, str | None]] = []
+        self.headers = {"Authorization": f"Bearer {GLOBAL_KEY}"}
+        if sla_class is not None:
+            self.headers["x-inferplane-sla-class"] = sla_class
+        self.results: list[tuple[float, int, str | None, str | None, int]] = []
         self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
@@ -70,14 +73,13 @@ class Load:
             t = time.monotonic()
             self.sent += 1
             try:
-                r = await client.post(f"{self.url}/v1/chat/completions", json=BODY,
-                                      headers={"Authorization": f"Bearer {GLOBAL_KEY}"})
+                r = await client.post(f"{self.url}/v1/chat/completions", json=BODY, headers=self.headers)
                 self.results.append((t, r.status_code, r.headers.get("x-inferplane-substrate"),
-                                     r.headers.get("x-inferplane-spillover")))
+                                     r.headers.get("x-inferplane-spillover"), int(r.headers.get("x-inferplane-held-ms", 0))))
             except httpx.HTTPError as exc:  # counted as lost: no answer at all
-                self.results.append((t, -1, type(exc).__name__, None))
+                self.results.append((t, -1, type(exc).__name__, None, 0))
 
-    def window(self, start: float, end: float) -> list[tuple[float, int, str | None, str | None]]:
+    def window(self, start: float, end: float) -> list[tuple[float, int, str | None, str | None, int]]:
         return [r for r in self.results if start <= r[0] < end]
 
 

@@ -262,15 +262,20 @@ class Scenario:
     events: tuple[Event, ...]
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """A scenario file, or a plain config taken as a scenario with defaults."""
-    path = Path(path)
+def read_yaml(path: Path):
+    """The YAML document at ``path``; a missing file or bad YAML is a ``ConfigError`` naming it."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(path, [ConfigProblem((), "file not found")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, [ConfigProblem((), f"not valid YAML: {exc}")]) from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """A scenario file, or a plain config taken as a scenario with defaults."""
+    path = Path(path)
+    doc = read_yaml(path)
     if isinstance(doc, dict) and "schema_version" in doc:
         built = build(load_config(path))
         spec = ScenarioFile(scenario_version=1, config=str(path))

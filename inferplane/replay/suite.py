@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferplane.config import ConfigError, ConfigProblem
 from inferplane.config.schema import Policy
 from inferplane.replay.baselines import COMPLIANT, COMPLIANT_VARIANTS
 from inferplane.replay.runner import PLANE, ReplayOptions, replay
-from inferplane.replay.scenario import load_scenario
+from inferplane.replay.scenario import load_scenario, read_yaml
 
 SUITE_VERSION = 1
 DEFAULT_ROUTERS = (PLANE, "ordered_fallback", "fifo_queue", *COMPLIANT_VARIANTS)
@@ -107,12 +106,7 @@ def load_suite(path: str | Path, *, mismatch: str = "off") -> Suite:
     if mismatch not in MISMATCH_MODES:
         raise ValueError(f"--mismatch {mismatch}: one of {', '.join(MISMATCH_MODES)}")
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(path, [ConfigProblem((), "file not found")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, [ConfigProblem((), f"not valid YAML: {exc}")]) from None
+    doc = read_yaml(path)
     try:
         spec = SuiteFile.model_validate(doc if isinstance(doc, dict) else {})
     except ValidationError as exc:

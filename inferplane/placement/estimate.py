@@ -55,6 +55,13 @@ class Estimate(NamedTuple):
     """The output length the estimate assumed (None: the request's ``max_output_tokens``)."""
 
 
+def idle_ttft_s(spec: SubstrateSpec, input_tokens: int) -> float:
+    """The first-token time the declared profile gives ``spec`` when idle: network, base and prefill
+    (what a request waiting for a slot there can hope for once it frees)."""
+    lat = spec.latency
+    return lat.network_rtt_s + lat.base_ttft_s + input_tokens / lat.prefill_tokens_per_s
+
+
 def estimate(
     spec: SubstrateSpec,
     signals: SubstrateSignals,

@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inferplane.placement import PlacementRequest
+from inferplane.placement.estimate import idle_ttft_s
 from inferplane.placement.filters import RejectionCode
 from inferplane.plane.attempts import AttemptLoop, Dispatch, Refusal
 from inferplane.placement.signals import fresh_value, limits
@@ -304,8 +305,7 @@ class HoldQueue:
             if c.code not in HOLDABLE and c.code is not RejectionCode.PREDICTED_TOO_SLOW:
                 continue
             spec = fleet.substrate(c.name)
-            lat = spec.latency
-            idle = lat.network_rtt_s + lat.base_ttft_s + request.input_tokens / lat.prefill_tokens_per_s
+            idle = idle_ttft_s(spec, request.input_tokens)
             if view is None:
                 view = self._state.view(request.arrived_at_s)
             if not isinstance(view, Unavailable):  # what it takes there, as last observed

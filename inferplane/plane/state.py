@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, replace
 
 from inferplane.fleet_state import Outcome, PublishedSnapshot
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementDecision, PlacementPolicy, PlacementRequest, place
+from inferplane.placement.estimate import idle_ttft_s
 from inferplane.placement.signals import limits
 from inferplane.plane.shares import closed_substrates, kept_slots, quota_classes, unlent_guarantees
 
@@ -339,9 +340,7 @@ class ReplicaState:
         now = request.arrived_at_s
         if due_s is None:
             due_s = now + self.policy.sla_classes[request.sla_class].ttft_deadline_s
-        lat = spec.latency
-        idle_s = lat.network_rtt_s + lat.base_ttft_s + request.input_tokens / lat.prefill_tokens_per_s
-        if max(ready_at, now) + idle_s > due_s:
+        if max(ready_at, now) + idle_ttft_s(spec, request.input_tokens) > due_s:
             return ()  # the new replica cannot be in time: spill as usual
         reason = (f"held for {route.primary}'s new replica, expected to admit in {max(0.0, ready_at - now):.1f} s "
                   f"(class {request.sla_class} holds while scaling up)")

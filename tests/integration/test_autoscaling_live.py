@@ -13,6 +13,7 @@ alone for its hold period. Times are printed, not asserted."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ import pytest
 import ray
 
 from tests.integration.conftest import _deploy
-from tests.integration.test_scaling_live import Load
+from tests.integration.test_scaling_live import Load, substrate_status, wait_for_substrate
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +42,8 @@ def plane():
         ray.shutdown()
 
 
-def _pool() -> dict:
-    from deployments.placement_actor import current_actor
-
-    status = ray.get(current_actor(APP).status.remote(), timeout=10)
-    return next(s for s in status["substrates"] if s["name"] == POOL)
-
-
-def _wait_for(predicate, timeout_s: float, what: str) -> tuple[float, dict]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        s = _pool()
-        if predicate(s):
-            return time.monotonic(), s
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout_s:.0f}s: {_pool()}")
+_pool = partial(substrate_status, APP, POOL)
+_wait_for = partial(wait_for_substrate, APP, POOL)
 
 
 def _metric(url: str, name: str, labels: str) -> float | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from functools import partial
 
 import httpx
 import pytest
@@ -83,22 +84,27 @@ class Load:
         return [r for r in self.results if start <= r[0] < end]
 
 
-def _pool_status() -> dict:
+def substrate_status(app: str, name: str) -> dict:
+    """Substrate ``name``'s entry in the status of application ``app``'s placement actor."""
     from deployments.placement_actor import current_actor
 
-    status = ray.get(current_actor(APP).status.remote(), timeout=10)
-    return next(s for s in status["substrates"] if s["name"] == POOL)
+    status = ray.get(current_actor(app).status.remote(), timeout=10)
+    return next(s for s in status["substrates"] if s["name"] == name)
 
 
-def _wait_for(predicate, timeout_s: float, what: str) -> tuple[float, dict]:
-    """Poll the pool's status every 0.1 s until ``predicate(status)``; (when, status)."""
+def wait_for_substrate(app: str, name: str, predicate, timeout_s: float, what: str) -> tuple[float, dict]:
+    """Poll the substrate's status every 0.1 s until ``predicate(status)``; (when, status)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        s = _pool_status()
+        s = substrate_status(app, name)
         if predicate(s):
             return time.monotonic(), s
         time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout_s:.0f}s: {_pool_status()}")
+    raise AssertionError(f"{what} not within {timeout_s:.0f}s: {substrate_status(app, name)}")
+
+
+_pool_status = partial(substrate_status, APP, POOL)
+_wait_for = partial(wait_for_substrate, APP, POOL)
 
 
 def _scale(dashboard: str, n: int) -> httpx.Response:

@@ -244,6 +244,38 @@ class FleetState:
         # substrate -> its drift floors as ((kind, factor, floor_s), ...), sorted (``set_drift_floors``)
         self._drift_floors: dict[str, tuple[tuple[str, float, float], ...]] = {}
 
+    def reconfigured(self, fleet: FleetSpec, policy_hash: str, staleness_bound_s: float,
+                     breaker: BreakerSettings | None = None, latency_window_s: float = 10.0,
+                     budget_periods: dict[str, str] | None = None) -> FleetState:
+        """This state under another config (``models apply``): a new state for ``fleet`` that keeps,
+        for every substrate the two fleets share by name, its replicas' reports, its circuit breaker,
+        its outcome window and what Serve said of its replicas; and, fleet-wide, the tenants' spend,
+        the learnt output lengths, external signals, the ingress replicas' last reports (counts of
+        substrates that remain) and the snapshot version, which keeps rising. A substrate new to
+        ``fleet`` starts as at start-up (not reporting: not eligible); one no longer in it is gone."""
+        new = FleetState(fleet, policy_hash, staleness_bound_s, breaker, latency_window_s, budget_periods)
+        kept = {d.name: d for d in self._derived}
+        for d in new._derived:
+            old = kept.get(d.name)
+            if old is None:
+                continue
+            new._replicas[d.name] = d.replicas = old.replicas
+            new._breakers[d.name] = d.breaker = old.breaker
+            d.outcomes, d.stopping, d.serve = old.outcomes, old.stopping, old.serve
+            d.replica_s, d.integrated_at_s = old.replica_s, old.integrated_at_s
+        names = set(new._replicas)
+        new._spend = {t: v for t, v in self._spend.items() if t in new._budget_periods}
+        new._output_lengths = dict(self._output_lengths)
+        new._expected_output = None
+        new._external = dict(self._external)
+        new._ingress = {i: r._replace(in_flight={k: v for k, v in r.in_flight.items() if k in names})
+                        for i, r in self._ingress.items()}
+        new._scaling_up = {k: v for k, v in self._scaling_up.items() if k in names}
+        new._drift_floors = {k: v for k, v in self._drift_floors.items() if k in names}
+        new._version = self._version
+        new._oldest_report_s = self._oldest_report_s
+        return new
+
     # -- reports ------------------------------------------------------------------------------
     def report_ingress(self, ingress_id: str, in_flight: dict[str, int], outcomes: list[Outcome], now_s: float,
                        *, snapshot_version: int | None = None, snapshot_age_s: float | None = None,

@@ -530,6 +530,11 @@ class PlaneMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
+    def set_vocabulary(self, vocabulary: LabelVocabulary) -> None:
+        """The label values of a newly applied config (``models apply``); totals counted so far stay."""
+        with self._lock:
+            self._vocab = vocabulary
+
     def apply(self, delta: MetricsDelta, *, source: str | None = None, seq: int | None = None) -> bool:
         """Merge one delta; with ``source`` and ``seq``, only if that sequence number of that source
         is newer than the last applied (returns False for a resent one)."""

@@ -169,7 +169,7 @@ def merge_texts(fleet: SourceText, model_files: Sequence[SourceText]) -> MergedC
         raise ConfigError(fleet.path, problems)
 
     sources = [ConfigSource(path=fleet.path, sha256=fleet.sha256, kind="fleet")] + [
-        ConfigSource(path=f.path, sha256=f.sha256, kind="models", team=mf.team)
+        ConfigSource(path=f.path, sha256=f.sha256, kind="models", team=mf.team, models=[m.name for m in mf.models])
         for f, (_, mf) in zip(model_files, parsed) if mf is not None]
     text = _render(merged, sources)
     return MergedConfig(parse_config(text, source="<merged config>"), text, files)

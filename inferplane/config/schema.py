@@ -963,6 +963,8 @@ class ConfigSource(_Strict):
     sha256: Sha256Hex = Field(description="SHA-256 of the file's bytes.")
     kind: Literal["fleet", "models"] = Field(description="`fleet` (the platform's) or `models` (a team's).")
     team: Name | None = Field(default=None, description="The team of a model file.")
+    models: list[Name] | None = Field(default=None, description="The models a model file declares (the audit "
+                               "log's `model_file_sha256` of a request is its model's file's).")
 
 
 class InferplaneConfig(_Strict):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from inferplane.placement import FleetSpec, PlacementPolicy
 from inferplane.plane.attempts import AttemptLoop
@@ -73,7 +73,11 @@ class OpenRequest:
 
 class RequestLedger:
     def __init__(self, ingress_id: str, ingress_region: str | None, fleet: FleetSpec, policy: PlacementPolicy,
-                 state: ReplicaState, journal: Journal, audit: AuditLog, metrics: MetricsOutbox) -> None:
+                 state: ReplicaState, journal: Journal, audit: AuditLog, metrics: MetricsOutbox, *,
+                 model_files: Mapping[str, str] | None = None) -> None:
+        """``model_files``: canonical model -> SHA-256 of the model file that declared it
+        (``config.model_files.model_file_hashes``); each record carries its model's."""
+        self._model_files = dict(model_files or {})
         self._ingress_id = ingress_id
         self._region = ingress_region
         self._fleet = fleet
@@ -121,7 +125,9 @@ class RequestLedger:
             e2e_s=e2e if status == 200 else None, input_tokens=input_tokens, output_tokens=output_tokens,
             cost=cost, config_hash=self._policy.policy_hash, held_s=req.held_s, held_reason=req.held_reason,
             estimated_input_tokens=req.input_tokens, cached_input_tokens=cached_tokens,
-            dispatched_after_s=dispatched_after)
+            dispatched_after_s=dispatched_after,
+            model_file_sha256=self._model_files.get(decision.model if decision is not None
+                                                    else self._fleet.model_names.get(req.model or "", "")))
         if cost is not None and record.tenant is not None:
             self._state.add_spend(record.tenant, cost.total_usd)
         try:

@@ -67,6 +67,10 @@ class RequestRecord:
     """Seconds from receipt to the dispatch of the attempt its decision placed (time in the hold
     queue and on earlier failed attempts); None when nothing was dispatched, or for a record made
     before it was kept. ``substrate_ttft_s`` subtracts it."""
+    model_file_sha256: str | None = None
+    """SHA-256 of the team's model file (``kind: models``) that declared the request's model in the
+    config the answering replica ran; None for a model of the fleet file, a model the config does
+    not know, or a record made before it was kept."""
 
     @property
     def substrate_ttft_s(self) -> float | None:

@@ -101,6 +101,10 @@ recovered_by                        string?                -           the ingre
                                                                        written, ``decision_json`` included, but
                                                                        for the columns taken from the config
                                                                        when that changed (see ``audit_row``)
+model_file_sha256                   string?                -           SHA-256 of the team's model file that
+                                                                       declared the model (``inferplane models
+                                                                       apply``); null for a model of the fleet
+                                                                       file, an unknown one, and in older files
 ==================================  =====================  ==========  ============================================
 
 Every row is built by ``audit_row`` from the request's frozen ``plane.record.RequestRecord``, and
@@ -228,6 +232,7 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("policy_hash", pa.string()),
         pa.field("decision_json", pa.string()),
         pa.field("recovered_by", pa.string()),
+        pa.field("model_file_sha256", pa.string()),
     ],
     metadata={"inferplane.audit.schema_version": str(AUDIT_SCHEMA_VERSION)},
 )
@@ -485,6 +490,7 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
         "policy_hash": None,
         "decision_json": None,
         "recovered_by": recovered_by,
+        "model_file_sha256": record.model_file_sha256,
     }
     if d is not None:
         row.update(_decision_columns(d))

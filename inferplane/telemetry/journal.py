@@ -93,7 +93,7 @@ _YEAR_10000_S = 253_402_300_800
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
 _LINE_KEYS = frozenset(_RECORD_FIELDS) | {"v"}
 _ADDED_IN_V2 = frozenset({"held_s", "held_reason", "estimated_input_tokens", "dispatched_after_s",
-                           "cached_input_tokens"})
+                           "cached_input_tokens", "model_file_sha256"})
 """Record fields added after version 2 lines were first written: a line without them reads with
 their defaults (a replica killed before an upgrade leaves such lines)."""
 _DECISION_KEYS = frozenset(DECISION_FIELDS)

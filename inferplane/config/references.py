@@ -80,10 +80,14 @@ def check_references(cfg: InferplaneConfig) -> list[ConfigProblem]:
                 add(loc, f"`{name}` already names model `{public[name]}`")
             public.setdefault(name, m.name)
     declared = {m.name for m in cfg.models}
+    versions = {m.name: [v.name for v in m.versions] for m in cfg.models if m.versions}
     serving: dict[str, set[str]] = {}
+    serving_version: dict[tuple[str, str], set[str]] = {}
     for s in cfg.substrates:
         for served in s.models:
             serving.setdefault(served.name, set()).add(s.name)
+            if served.version is not None:
+                serving_version.setdefault((served.name, served.version), set()).add(s.name)
     for i, s in enumerate(cfg.substrates):
         for j, served in enumerate(s.models):
             if served.name not in declared:
@@ -91,6 +95,14 @@ def check_references(cfg: InferplaneConfig) -> list[ConfigProblem]:
                     ("substrates", i, "models", j, "name"),
                     f"model `{served.name}` is not declared under models {_choices(declared)}",
                 )
+            elif served.name in versions and served.version is None:
+                add(("substrates", i, "models", j, "version"),
+                    f"model `{served.name}` has versions {_choices(versions[served.name])}: say which one this "
+                    "substrate serves (`version:`; one entry per version it serves)")
+            elif served.version is not None and served.version not in versions.get(served.name, ()):
+                add(("substrates", i, "models", j, "version"),
+                    f"model `{served.name}` has no version `{served.version}`; its versions: "
+                    f"{_choices(versions.get(served.name, ()))}")
     for i, m in enumerate(cfg.models):
         servers = serving.get(m.name, set())
         if m.primary_substrate not in substrates:
@@ -112,6 +124,26 @@ def check_references(cfg: InferplaneConfig) -> list[ConfigProblem]:
                     ("models", i, "spillover_substrates", j),
                     f"substrate `{name}` does not serve `{m.name}`; substrates that do: {_choices(servers)}",
                 )
+        for k, (v, primary, spillover) in enumerate(m.version_routes()):
+            # Each version runs only where a substrate serves that version (its own weights).
+            at = ("models", i, "versions", k)
+            by = serving_version.get((m.name, v.name), set())
+            what = f"`{m.name}` version `{v.name}`"
+            if v.primary_substrate is not None and primary not in substrates:
+                add((*at, "primary_substrate"), f"no substrate named `{primary}`; substrates: {_choices(substrates)}")
+            elif primary in substrates and primary not in by:
+                add((*at, "primary_substrate") if v.primary_substrate is not None else (*at, "name"),
+                    f"substrate `{primary}` does not serve {what}"
+                    + ("" if v.primary_substrate is not None else " (the model's primary_substrate, which the "
+                       "version inherits)") + f"; substrates that do: {_choices(by)}")
+            if "spillover_substrates" in v.model_fields_set:
+                for j, name in enumerate(spillover or []):
+                    if name not in substrates:
+                        add((*at, "spillover_substrates", j),
+                            f"no substrate named `{name}`; substrates: {_choices(substrates)}")
+                    elif name not in by:
+                        add((*at, "spillover_substrates", j),
+                            f"substrate `{name}` does not serve {what}; substrates that do: {_choices(by)}")
 
     # Tenants.
     sla = {c.name for c in cfg.sla_classes}

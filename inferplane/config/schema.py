@@ -103,6 +103,12 @@ class ServedModel(_Strict):
     context_window_tokens: PositiveInt = Field(
         description="The largest input + output token count the substrate accepts for this model."
     )
+    version: Name | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="For a model with `versions`: the version this entry serves (each entry names one; a "
+        "substrate serving two versions lists the model twice, each with its own upstream name). Unset "
+        "for a model without versions.",
+    )
 
 
 class Topology(_Strict):
@@ -452,7 +458,7 @@ class _SubstrateBase(_Strict):
     @field_validator("models")
     @classmethod
     def _models_once(cls, models: list[ServedModel]) -> list[ServedModel]:
-        names = [m.name for m in models]
+        names = [m.name if m.version is None else f"{m.name} version {m.version}" for m in models]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"model listed twice: {', '.join(dup)}")
@@ -540,6 +546,26 @@ class TokenizerSpec(_Strict):
         return self
 
 
+MAX_MODEL_VERSIONS = 2
+"""A model serves at most two versions at once: the stable one and a canary."""
+
+
+class ModelVersion(_Strict):
+    """One version of a model in a rollout: its share of the model's requests, and where it runs when
+    that differs from the model's own `primary_substrate` / `spillover_substrates` (which it inherits)."""
+
+    name: Name = Field(description="The version's name, e.g. `v2`; substrates name it in their serving "
+                       "entries (`version:`), and every decision and audit row records it.")
+    weight: Annotated[int, Field(ge=0, le=100)] = Field(
+        description="Percent of the model's requests this version serves; the versions' weights sum to 100 "
+        "(0 keeps a version declared and its substrates running with no traffic, e.g. after a rollback).")
+    primary_substrate: Name | None = Field(
+        default=None, description="The substrate this version normally runs on; unset: the model's.")
+    spillover_substrates: list[Name] | None = Field(
+        default=None, description="Substrates that may take this version's spillover (`[]` forbids "
+        "spillover); unset: the model's `spillover_substrates`.")
+
+
 class Model(_Strict):
     name: ModelName = Field(description="The public model name clients send.")
     aliases: list[ModelName] = Field(
@@ -560,6 +586,40 @@ class Model(_Strict):
         "substrate's engine tokenizer (its `vllm.engine.model_path`) when that substrate is `vllm`, "
         "else the estimate of 4 characters per token.",
     )
+    versions: list[ModelVersion] | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description=f"A rollout: at most {MAX_MODEL_VERSIONS} versions with weights in percent summing to "
+        "100, e.g. `[{name: v1, weight: 90}, {name: v2, weight: 10, primary_substrate: canary-pool}]`. Each "
+        "request gets one version, chosen from its request id (a retry keeps it), and is placed on that "
+        "version's substrates. Shift or roll back by applying the file with new weights (or one version). "
+        "Unset: no versions (left out of the dump, so a config without versions keeps its policy hash).",
+    )
+
+    @field_validator("versions")
+    @classmethod
+    def _rollout(cls, versions: list[ModelVersion] | None) -> list[ModelVersion] | None:
+        if versions is None:
+            return None
+        if not 1 <= len(versions) <= MAX_MODEL_VERSIONS:
+            raise ValueError(f"give 1 to {MAX_MODEL_VERSIONS} versions (a stable one and a canary), got "
+                             f"{len(versions)}; omit `versions` for a model without versions")
+        names = [v.name for v in versions]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"version name used twice: {', '.join(dup)}")
+        total = sum(v.weight for v in versions)
+        if total != 100:
+            raise ValueError("the versions' weights are percentages and must sum to 100, got "
+                             + " + ".join(str(v.weight) for v in versions) + f" = {total}")
+        return versions
+
+    def version_routes(self) -> list[tuple[ModelVersion, str, list[str] | None]]:
+        """Each version with its effective primary substrate and spillover substrates (its own, or the
+        model's where it sets none); [] for a model without versions."""
+        return [(v, v.primary_substrate or self.primary_substrate,
+                 self.spillover_substrates if "spillover_substrates" not in v.model_fields_set
+                 else v.spillover_substrates)
+                for v in self.versions or ()]
 
 
 class Budget(_Strict):

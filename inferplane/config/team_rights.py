@@ -81,12 +81,19 @@ def check_team_file(cfg: InferplaneConfig, team_index: int, models: list[Model],
         use(("models", j, "primary_substrate"), m.primary_substrate, as_primary=True)
         for k, name in enumerate(m.spillover_substrates or []):
             use(("models", j, "spillover_substrates", k), name, as_primary=False)
+        for k, v in enumerate(m.versions or ()):
+            # A version's own substrates are held to the same grants (inherited ones are checked above).
+            if v.primary_substrate is not None:
+                use(("models", j, "versions", k, "primary_substrate"), v.primary_substrate, as_primary=True)
+            for i, name in enumerate(v.spillover_substrates or []):
+                use(("models", j, "versions", k, "spillover_substrates", i), name, as_primary=False)
     for name, served in serving.items():
         if name in own:
             continue  # a pool's own checks below
         for model in served:
-            primary = next((m.primary_substrate for m in models if m.name == model), None)
-            if primary != name:
+            m = next((m for m in models if m.name == model), None)
+            primaries = {m.primary_substrate, *(p for _, p, _ in m.version_routes())} if m is not None else set()
+            if name not in primaries:
                 use(("serving", name), name, as_primary=False)
                 break
 

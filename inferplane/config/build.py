@@ -27,7 +27,16 @@ from inferplane.config.schema import (
 )
 from inferplane.config.sizing import substrate_sizing
 from inferplane.jurisdiction import JurisdictionCatalog
-from inferplane.placement.fleet import CostModel, FleetSpec, LatencyModel, ModelRoute, PrefixCacheSpec, SubstrateSpec
+from inferplane.placement.fleet import (
+    CostModel,
+    FleetSpec,
+    LatencyModel,
+    ModelRoute,
+    PrefixCacheSpec,
+    Rollout,
+    SubstrateSpec,
+    served_key,
+)
 from inferplane.placement.policy import (
     ExternalRule,
     PlacementPolicy,
@@ -58,6 +67,7 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
 
     models: dict[str, ModelRoute] = {}
     names: dict[str, str] = {}
+    rollouts: dict[str, Rollout] = {}
     for m in cfg.models:
         serving = tuple(s.index for s in substrates if m.name in s.context_windows)
         models[m.name] = ModelRoute(
@@ -69,8 +79,19 @@ def build(cfg: InferplaneConfig) -> BuiltConfig:
         )
         for n in (m.name, *m.aliases):
             names[n] = m.name
+        if m.versions:
+            # Each version is a route of its own: its primary and spillover, on the substrates serving it.
+            rollouts[m.name] = Rollout.of(m.name, [
+                (v.name, v.weight, ModelRoute(
+                    name=m.name, aliases=tuple(m.aliases), primary=primary,
+                    spillover_substrates=None if spill is None else frozenset(spill),
+                    substrate_indices=tuple(s.index for s in substrates
+                                            if served_key(m.name, v.name) in s.context_windows),
+                    version=v.name))
+                for v, primary, spill in m.version_routes()])
     del index
-    fleet = FleetSpec(substrates=substrates, models=MappingProxyType(models), model_names=MappingProxyType(names))
+    fleet = FleetSpec(substrates=substrates, models=MappingProxyType(models), model_names=MappingProxyType(names),
+                      rollouts=MappingProxyType(rollouts))
 
     tenants = {}
     for t in cfg.tenants:
@@ -167,7 +188,7 @@ def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateS
         kind=s.kind.value,
         emulated=s.kind is SubstrateKind.EMULATED,
         emulates=s.emulated.emulates if isinstance(s, EmulatedSubstrate) else None,
-        context_windows=MappingProxyType({m.name: m.context_window_tokens for m in s.models}),
+        context_windows=_context_windows(s),
         region=s.topology.region,
         zone=s.topology.zone,
         jurisdiction=s.jurisdiction,
@@ -199,6 +220,20 @@ def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateS
         # live. A provider API's limit is the provider's, whatever number of adapters relay to it.
         replicas=None if isinstance(s, OpenAICompatibleSubstrate) else sizing.replicas.maximum,
     )
+
+
+def _context_windows(s: Substrate) -> MappingProxyType:
+    """Served key -> the model's context window on ``s``: ``model`` for an entry without a version;
+    ``model@version`` for a version's entry, and ``model`` for the smallest of its versions' windows
+    there (what code that does not know versions, such as the replay's substrate model, reads)."""
+    out: dict[str, int] = {}
+    for m in s.models:
+        if m.version is not None:
+            out[served_key(m.name, m.version)] = m.context_window_tokens
+            out[m.name] = min(out.get(m.name, m.context_window_tokens), m.context_window_tokens)
+        else:
+            out[m.name] = m.context_window_tokens
+    return MappingProxyType(out)
 
 
 ALL_PARAMETERS = frozenset(get_args(HonourableParameter))

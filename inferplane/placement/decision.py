@@ -107,7 +107,8 @@ def placement_id(request_id: str, attempt: int) -> str:
 _FIELDS = ("placement_id", "request_id", "attempt", "tenant", "model", "sla_class", "substrate", "fallbacks",
            "primary", "spillover", "spillover_reason", "scorer_names", "predicted_ttft_s", "predicted_e2e_s",
            "estimated_cost_usd", "rejection_code", "rejection_message", "policy_hash", "snapshot_version",
-           "predicted_output_tokens", "declared_ttft_s", "declared_tpot_s", "predicted_prefix_hit")
+           "predicted_output_tokens", "declared_ttft_s", "declared_tpot_s", "predicted_prefix_hit",
+           "model_version", "rollout")
 _set = object.__setattr__
 
 
@@ -156,6 +157,11 @@ class PlacementDecision:
     """The fraction of the prompt placement predicted the chosen substrate's prefix cache holds
     (``PlacementRequest.prefix_hits``; 0 when none was predicted); None when nothing was placed, or
     for a decision made before it was kept."""
+    model_version: str | None
+    """For a model with versions (``models[].versions``): the version this request was given (from
+    its request id; every attempt of the request gets the same), and placed on. None otherwise."""
+    rollout: str | None
+    """The model's split when it was placed, as ``v1=90,v2=10`` (percent); None without versions."""
 
     def __init__(self, *, placement_id: str, request_id: str, attempt: int, tenant: str, model: str,
                  sla_class: str, substrate: str | None, fallbacks: tuple[str, ...], primary: str | None,
@@ -165,12 +171,13 @@ class PlacementDecision:
                  estimated_cost_usd: float | None, rejection_code: RejectionCode | None,
                  rejection_message: str | None, policy_hash: str, snapshot_version: int,
                  predicted_output_tokens: float | None = None, declared_ttft_s: float | None = None,
-                 declared_tpot_s: float | None = None, predicted_prefix_hit: float | None = None) -> None:
+                 declared_tpot_s: float | None = None, predicted_prefix_hit: float | None = None,
+                 model_version: str | None = None, rollout: str | None = None) -> None:
         _set(self, "_values", (placement_id, request_id, attempt, tenant, model, sla_class, substrate, fallbacks,
                                primary, spillover, spillover_reason, scorer_names, predicted_ttft_s,
                                predicted_e2e_s, estimated_cost_usd, rejection_code, rejection_message,
                                policy_hash, snapshot_version, predicted_output_tokens, declared_ttft_s,
-                               declared_tpot_s, predicted_prefix_hit))
+                               declared_tpot_s, predicted_prefix_hit, model_version, rollout))
         _set(self, "_candidates", tuple(candidates))
         _set(self, "_pending", None)
 
@@ -247,6 +254,17 @@ class PlacementDecision:
         return self.substrate is not None
 
     @property
+    def version_weight_pct(self) -> int | None:
+        """The chosen version's weight in ``rollout`` (percent), or None without versions."""
+        if self.model_version is None or self.rollout is None:
+            return None
+        for part in self.rollout.split(","):
+            name, _, weight = part.partition("=")
+            if name == self.model_version:
+                return int(weight)
+        return None
+
+    @property
     def predicted_tpot_s(self) -> float | None:
         """The predicted time per output token: ``(predicted_e2e - predicted_ttft) / predicted_output_tokens``.
         The estimate predicts ``e2e = ttft + output_tokens * per_token``, so this is its per-token
@@ -296,6 +314,8 @@ class PlacementDecision:
             "declared_ttft_s": self.declared_ttft_s,
             "declared_tpot_s": self.declared_tpot_s,
             "predicted_prefix_hit": self.predicted_prefix_hit,
+            "model_version": self.model_version,
+            "rollout": self.rollout,
             "estimated_cost_usd": self.estimated_cost_usd,
             "http_status": self.http_status,
             "rejection_code": None if self.rejection_code is None else self.rejection_code.value,

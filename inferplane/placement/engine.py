@@ -3,6 +3,10 @@
 Pure: no Ray, no I/O, no clock, no global state. The same function runs in every ingress replica,
 in the placement actor and in the replay simulator.
 
+0. A model with versions (``FleetSpec.rollouts``): the request's version, from its request id
+   (``Rollout.pick``: a stable hash, so every attempt of the request gets the same one); the rest
+   places it on that version's route (its primary, spillover and serving substrates) under every
+   rule below, and the decision records the version and the split.
 1. Request-level checks: the model exists, the tenant exists and may use the model and SLA class.
 2. Filters (``filters.DEFAULT_FILTERS``) over the substrates serving the model, failing closed.
 3. Scorers (``scorers.SCORERS``) over the eligible ones, weighted by the policy (weights sum to 1,
@@ -50,7 +54,7 @@ from inferplane.placement.decision import (
 )
 from inferplane.placement.estimate import BYTES_PER_TOKEN, estimate
 from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejection, RejectionCode
-from inferplane.placement.fleet import FleetSpec, ModelRoute, SubstrateSpec
+from inferplane.placement.fleet import FleetSpec, ModelRoute, Rollout, RolloutVersion, SubstrateSpec
 from inferplane.placement.plan import RoutePlan, Target, scoring, target
 from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
 from inferplane.placement.prepared import NEVER, PreparedSubstrate, ScoringRow, declared_latency, scoring_row
@@ -271,7 +275,8 @@ def _verdicts(request: PlacementRequest, n_out: float, sla: SlaPolicy, policy: P
 
 def _refusal(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementPolicy,
              scorer_names: tuple[str, ...], code: RejectionCode, message: str, model: str,
-             primary: str | None = None, candidates: tuple[CandidateVerdict, ...] = ()) -> PlacementDecision:
+             primary: str | None = None, candidates: tuple[CandidateVerdict, ...] = (),
+             version: RolloutVersion | None = None, rollout: Rollout | None = None) -> PlacementDecision:
     return PlacementDecision(
         placement_id=placement_id(request.request_id, request.attempt),
         request_id=request.request_id, attempt=request.attempt, tenant=request.tenant,
@@ -279,25 +284,30 @@ def _refusal(request: PlacementRequest, snapshot: FleetSnapshot, policy: Placeme
         spillover=False, spillover_reason=None, candidates=candidates, scorer_names=scorer_names,
         predicted_ttft_s=None, predicted_e2e_s=None, estimated_cost_usd=None,
         rejection_code=code, rejection_message=message, policy_hash=policy.policy_hash,
-        snapshot_version=snapshot.version,
+        snapshot_version=snapshot.version, model_version=None if version is None else version.name,
+        rollout=None if rollout is None else rollout.split,
     )
 
 
 def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementPolicy) -> PlacementDecision:
     fleet = snapshot.fleet
     plan = policy.plan
+    # A model with versions: the request's version, from its id (``Rollout.pick``), before anything
+    # else; it is then placed on that version's route under every rule.
+    rollout = fleet.rollouts.get(fleet.model_names.get(request.model, "")) if fleet.rollouts else None
+    version = None if rollout is None else rollout.pick(request.request_id)
+    key = (request.tenant, request.model, request.sla_class, request.ingress_region, request.ingress_zone,
+           None if version is None else version.name)
     if plan is not None and plan.fleet is fleet:
         sc = plan.scoring
-        key = (request.tenant, request.model, request.sla_class, request.ingress_region, request.ingress_zone)
         t = plan.targets.get(key)
         if t is None:  # refused at the request level, or an ingress location the config never names
             t = target(fleet, policy, plan.routes, sc, *key)
     else:  # no plan, or one for another fleet: work out what this request needs, uncached
         sc = scoring(policy)
-        t = target(fleet, policy, None, sc, request.tenant, request.model, request.sla_class,
-                   request.ingress_region, request.ingress_zone)
+        t = target(fleet, policy, None, sc, *key)
     if type(t) is not Target:
-        return _refusal(request, snapshot, policy, sc.scorer_names, *t)
+        return _refusal(request, snapshot, policy, sc.scorer_names, *t, version=version, rollout=rollout)
     tenant, sla, route, rp = t.tenant, t.sla, t.route, t.plan
 
     over_budget_classes = None
@@ -307,7 +317,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
             if tenant.over_budget_classes is None:
                 return _refusal(request, snapshot, policy, sc.scorer_names, RejectionCode.OVER_BUDGET,
                                 f"tenant `{tenant.name}` has spent ${spent:.2f} of its ${tenant.budget_usd:.2f} "
-                                "budget for this period", route.name)
+                                "budget for this period", route.name, version=version, rollout=rollout)
             over_budget_classes = tenant.over_budget_classes
 
     ttft_deadline, e2e_deadline = sla.ttft_deadline_s, sla.e2e_deadline_s
@@ -418,7 +428,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         candidates = _verdicts(*verdicts_args)
         code, message = roll_up(candidates, route.name)
         return _refusal(request, snapshot, policy, sc.scorer_names, code, message, route.name, route.primary,
-                        candidates)
+                        candidates, version, rollout)
 
     # The best total; on a tie for it, the ranking's first (``_ranking``). The rest of the ranking,
     # the fallbacks, is worked out when first read.
@@ -489,6 +499,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         (None, request.request_id, request.attempt, tenant.name,
          route.name, sla.name, names[chosen], None, route.primary,
          chosen != primary, reason, sc.scorer_names, ttft, e2e, cost, None, None, policy.policy_hash,
-         snapshot.version, f_out, declared_ttft, declared_tpot, chosen_hit),
+         snapshot.version, f_out, declared_ttft, declared_tpot, chosen_hit,
+         None if version is None else version.name, None if rollout is None else rollout.split),
         _verdicts, verdicts_args, eligible_count,
         (_fallbacks, (totals, eligible_count, ineligible, request.request_id, t.indices, names, chosen)))

@@ -122,7 +122,7 @@ class ContextWindowFits:
     code = RejectionCode.CONTEXT_WINDOW
 
     def check(self, ctx, spec, signals):
-        window = spec.context_windows.get(ctx.route.name, 0)
+        window = spec.context_windows.get(ctx.route.key, 0)
         needed = ctx.request.input_tokens + ctx.request.max_output_tokens
         if needed <= window:
             return None

@@ -6,6 +6,7 @@ USD per token and countries once, at build time.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -98,6 +99,12 @@ class SubstrateSpec:
         return f"{self.name} (emulated)" if self.emulated and "emulated" not in self.name else self.name
 
 
+def served_key(model: str, version: str | None) -> str:
+    """The key a substrate's ``context_windows`` lists a model (``model``) or one version of it
+    (``model@version``) under; ``@`` is in no model name."""
+    return model if version is None else f"{model}@{version}"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelRoute:
     name: str
@@ -106,7 +113,66 @@ class ModelRoute:
     spillover_substrates: frozenset[str] | None
     """None: any substrate serving the model may take spillover (class rules still apply)."""
     substrate_indices: tuple[int, ...]
-    """Indices (into ``FleetSpec.substrates``) of the substrates serving this model."""
+    """Indices (into ``FleetSpec.substrates``) of the substrates serving this model (this version)."""
+    version: str | None = None
+    """The version this route places (``Rollout``); None for a model's own route."""
+    key: str = ""
+    """``served_key(name, version)``: where the substrates' ``context_windows`` list it (set from them)."""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", served_key(self.name, self.version))
+
+
+class RolloutVersion(NamedTuple):
+    """One version of a rollout: requests whose bucket is below ``upper_bucket`` (and at or above
+    the previous version's) get it."""
+
+    name: str
+    weight_pct: int
+    upper_bucket: int
+    route: ModelRoute
+
+
+ROLLOUT_BUCKETS = 100
+"""A request's bucket is in [0, 100): the weights are percentages."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A model's versions and their split, compiled once from the config (``models[].versions``).
+
+    ``pick(request_id)``: the request's bucket is ``blake2b(model + "/" + request_id) mod 100``, a
+    stable hash, so every placement of one request (a retry, a re-placement after a wait) gets the
+    same version, on any replica, with no shared state; over many requests each version gets its
+    weight's share in expectation. Buckets are handed out in the versions' order ([0, w1) to the
+    first, [w1, w1 + w2) to the next), so shifting weight from one version to the next moves
+    requests in one direction only: raising a canary from 10 to 20 % keeps every request that was on
+    it there. A version of weight 0 gets none."""
+
+    model: str
+    versions: tuple[RolloutVersion, ...]
+    split: str
+    """The split as decisions and audit rows record it: ``v1=90,v2=10``."""
+
+    def pick(self, request_id: str) -> RolloutVersion:
+        digest = hashlib.blake2b(f"{self.model}/{request_id}".encode(), digest_size=8).digest()
+        bucket = int.from_bytes(digest, "big") % ROLLOUT_BUCKETS
+        for v in self.versions:
+            if bucket < v.upper_bucket:
+                return v
+        return self.versions[-1]  # unreachable: the weights sum to 100
+
+    def version(self, name: str) -> RolloutVersion | None:
+        return next((v for v in self.versions if v.name == name), None)
+
+    @classmethod
+    def of(cls, model: str, versions: list[tuple[str, int, ModelRoute]]) -> Rollout:
+        out, upper = [], 0
+        for name, weight, route in versions:
+            upper += weight
+            out.append(RolloutVersion(name, weight, upper, route))
+        return cls(model, tuple(out), ",".join(f"{n}={w}" for n, w, _ in versions))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -118,6 +184,8 @@ class FleetSpec:
     models: Mapping[str, ModelRoute]
     model_names: Mapping[str, str]
     """Every public name and alias -> the canonical model name."""
+    rollouts: Mapping[str, Rollout] = field(default_factory=lambda: MappingProxyType({}))
+    """Canonical model name -> its versions, for the models that declare them."""
     index: Mapping[str, int] = field(init=False, repr=False)
     """Substrate name -> its position in ``substrates``."""
     _lacking: dict[frozenset[str], frozenset[str]] = field(init=False, repr=False)
@@ -140,6 +208,15 @@ class FleetSpec:
     def resolve_model(self, name: str) -> ModelRoute | None:
         canonical = self.model_names.get(name)
         return None if canonical is None else self.models[canonical]
+
+    def route_for(self, name: str, request_id: str) -> ModelRoute | None:
+        """The route a request for model ``name`` (or an alias) is placed on: the version its id
+        picks (``Rollout.pick``) for a model with versions, else the model's own."""
+        canonical = self.model_names.get(name)
+        if canonical is None:
+            return None
+        rollout = self.rollouts.get(canonical)
+        return self.models[canonical] if rollout is None else rollout.pick(request_id).route
 
     def substrate(self, name: str) -> SubstrateSpec:
         return self.substrates[self.index[name]]

@@ -2,7 +2,8 @@
 
 Compiled once, when the config is built (``PlacementPolicy(..., fleet=fleet)``), never per request:
 
-- per (tenant, model), the verdicts of the static filters (``filters.STATIC_FILTERS``: spillover
+- per (tenant, model), and per (tenant, version) of a model with versions (``fleet.Rollout``: each
+  version is a route of its own), the verdicts of the static filters (``filters.STATIC_FILTERS``: spillover
   rules and the tenant's jurisdictions) on every substrate serving the model;
 - the scorers and weights of the policy, in the policy's order, and the constants a snapshot folds
   into its scoring rows (``prepared.scoring_row``);
@@ -82,12 +83,14 @@ class Scoring(NamedTuple):
 class PlacementPlan:
     fleet: FleetSpec
     routes: Mapping[tuple[str, str], RoutePlan]
-    """(tenant name, canonical model name) -> its route plan."""
+    """(tenant name, route key: the canonical model name, or ``model@version`` for a version of a
+    model with versions) -> its route plan."""
     scoring: Scoring
     targets: Mapping[tuple, Target] = field(compare=False, repr=False)
-    """(tenant, model name or alias, SLA class, ingress region, ingress zone) -> its ``Target``, for
-    every tenant, every name of a model it may use, every SLA class it may use, and every ingress
-    location the config knows (see ``compile_plan``). Compiled here, read-only afterwards: a
+    """(tenant, model name or alias, SLA class, ingress region, ingress zone, version or None) -> its
+    ``Target``, for every tenant, every name of a model it may use (each version of a model with
+    versions), every SLA class it may use, and every ingress location the config knows (see
+    ``compile_plan``). Compiled here, read-only afterwards: a
     request with a key not in it (a refusal, or an ingress somewhere the config never names) gets
     its ``target`` worked out per request, uncached, and is decided the same way."""
 
@@ -101,11 +104,16 @@ def models_for(policy: PlacementPolicy, fleet: FleetSpec, tenant_name: str) -> l
     for route in fleet.models.values():
         if tenant.allowed_models is not None and route.name not in tenant.allowed_models:
             continue
-        rp = plan.routes.get((tenant_name, route.name)) if plan is not None and plan.fleet is fleet else None
-        if rp is None:
-            rp = route_plan(fleet, policy, tenant, route)
-        if rp.admitted:
-            out.append(route.name)
+        rollout = fleet.rollouts.get(route.name)
+        # A model with versions is listed when a version that gets requests has somewhere to run.
+        routes = [route] if rollout is None else [v.route for v in rollout.versions if v.weight_pct > 0]
+        for r in routes:
+            rp = plan.routes.get((tenant_name, r.key)) if plan is not None and plan.fleet is fleet else None
+            if rp is None:
+                rp = route_plan(fleet, policy, tenant, r)
+            if rp.admitted:
+                out.append(route.name)
+                break
     return out
 
 
@@ -115,10 +123,11 @@ def compile_plan(fleet: FleetSpec, policy: PlacementPolicy,
     every request the config allows, at each known ingress location: the given ones (the config's
     ingress topology), every substrate's (region, zone) (an ingress on a labelled node usually
     shares a zone with substrates) and unknown (None, None)."""
+    every_route = [*fleet.models.values(), *(v.route for r in fleet.rollouts.values() for v in r.versions)]
     routes = {
-        (tenant.name, route.name): route_plan(fleet, policy, tenant, route)
+        (tenant.name, route.key): route_plan(fleet, policy, tenant, route)
         for tenant in policy.tenants.values()
-        for route in fleet.models.values()
+        for route in every_route
     }
     sc = scoring(policy)
     locations = {(None, None), *ingress_locations, *((s.region, s.zone) for s in fleet.substrates)}
@@ -127,14 +136,17 @@ def compile_plan(fleet: FleetSpec, policy: PlacementPolicy,
         for name, canonical in fleet.model_names.items():
             if tenant.allowed_models is not None and canonical not in tenant.allowed_models:
                 continue
+            rollout = fleet.rollouts.get(canonical)
+            versions = (None,) if rollout is None else tuple(v.name for v in rollout.versions)
             for sla_class in tenant.allowed_sla_classes:
                 if sla_class not in policy.sla_classes:
                     continue
                 for region, zone in locations:
-                    key = (tenant.name, name, sla_class, region, zone)
-                    t = target(fleet, policy, routes, sc, *key)
-                    if type(t) is Target:
-                        targets[key] = t
+                    for version in versions:
+                        key = (tenant.name, name, sla_class, region, zone, version)
+                        t = target(fleet, policy, routes, sc, *key)
+                        if type(t) is Target:
+                            targets[key] = t
     return PlacementPlan(fleet, MappingProxyType(routes), sc, MappingProxyType(targets))
 
 
@@ -182,13 +194,18 @@ class Target:
 
 def target(fleet: FleetSpec, policy: PlacementPolicy, routes: Mapping[tuple[str, str], RoutePlan] | None,
            scoring_: Scoring, tenant_name: str, model: str, sla_class: str, region: str | None,
-           zone: str | None) -> Target | tuple[RejectionCode, str, str]:
-    """The request-level checks and the route for a request with these names, or why such a
-    request is refused: (code, message, model name for the decision). ``routes`` is the plan's
-    (None: compiled here)."""
+           zone: str | None, version: str | None = None) -> Target | tuple[RejectionCode, str, str]:
+    """The request-level checks and the route for a request with these names (for ``version`` of a
+    model with versions: that version's route), or why such a request is refused: (code, message,
+    model name for the decision). ``routes`` is the plan's (None: compiled here)."""
     route = fleet.resolve_model(model)
     if route is None:
         return RejectionCode.UNKNOWN_MODEL, f"model `{model}` does not exist", model
+    if version is not None:
+        chosen = fleet.rollouts[route.name].version(version)
+        if chosen is None:  # a key no request makes: the version comes from the model's own rollout
+            return RejectionCode.UNKNOWN_MODEL, f"model `{route.name}` has no version `{version}`", route.name
+        route = chosen.route
     tenant = policy.tenants.get(tenant_name)
     if tenant is None:
         return RejectionCode.UNKNOWN_TENANT, f"unknown tenant `{tenant_name}`", route.name
@@ -201,7 +218,7 @@ def target(fleet: FleetSpec, policy: PlacementPolicy, routes: Mapping[tuple[str,
     if sla_class not in tenant.allowed_sla_classes:
         return (RejectionCode.SLA_CLASS_NOT_ALLOWED, f"tenant `{tenant.name}` may not use SLA class `{sla_class}`",
                 route.name)
-    rp = None if routes is None else routes.get((tenant.name, route.name))
+    rp = None if routes is None else routes.get((tenant.name, route.key))
     if rp is None:
         rp = route_plan(fleet, policy, tenant, route)
     w_local = 0.0 if scoring_.fast_weights is None else scoring_.fast_weights[4]
@@ -245,7 +262,7 @@ def route_plan(fleet: FleetSpec, policy: PlacementPolicy, tenant: TenantPolicy, 
     names = tuple(fleet.substrates[i].name for i in admitted)
     return RoutePlan(
         verdicts=tuple(verdicts),
-        admitted=tuple((i, fleet.substrates[i].context_windows.get(route.name, 0), fleet.substrates[i].name)
+        admitted=tuple((i, fleet.substrates[i].context_windows.get(route.key, 0), fleet.substrates[i].name)
                        for i in admitted),
         names=names,
         primary=names.index(route.primary) if route.primary in names else -1,

@@ -325,7 +325,7 @@ class ReplicaState:
                               due_s: float | None) -> tuple[tuple[str, str], ...]:
         """Every substrate but the model's primary, with the reason, while the primary is full and
         the replica it is starting can still give ``request`` its first token in time; else ()."""
-        route = self.fleet.resolve_model(request.model)
+        route = self.fleet.route_for(request.model, request.request_id)  # its version's, for a model with versions
         if route is None or route.primary in request.exclude:
             return ()
         ready_at = self._scaling_up.get(route.primary)

@@ -40,6 +40,7 @@ from inferplane.auth import TenantKeys
 from inferplane.config import build, parse_config
 from inferplane.placement import PlacementDecision, PlacementRequest
 from inferplane.placement.filters import RejectionCode, unhonoured_parameter
+from inferplane.placement.fleet import served_key
 from inferplane.placement.plan import models_for
 from inferplane.placement.prefix import PrefixIndex
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
@@ -123,7 +124,9 @@ class Ingress:
         self._keys = TenantKeys((t.name, t.api_keys_sha256) for t in cfg.tenants)
         self._max_body = cfg.ingress.max_body_bytes
         self._default_max_tokens = cfg.ingress.default_max_tokens
-        self._upstream = {(s.name, m.name): m.upstream_name or m.name for s in cfg.substrates for m in s.models}
+        # (substrate, served key: the model, or ``model@version`` for a version) -> the substrate's name for it.
+        self._upstream = {(s.name, served_key(m.name, m.version)): m.upstream_name or m.name
+                          for s in cfg.substrates for m in s.models}
         self._emulated = {s.name: s.emulated for s in fleet.substrates}
         self._handles = substrates
         self._prefix_routed = frozenset(s.name for s in cfg.substrates if routes_by_prefix(s))
@@ -404,7 +407,9 @@ class Ingress:
             # router among its replicas reads it (``deployments.request_routing``).
             routing = (routing_prompt(payload),) if step.substrate in self._prefix_routed else ()
             stream = self._handles[step.substrate].options(stream=True).generate.remote(
-                dict(payload, model=self._upstream[(step.substrate, step.decision.model)]), *routing)
+                dict(payload, model=self._upstream[(step.substrate, served_key(step.decision.model,
+                                                                              step.decision.model_version))]),
+                *routing)
             try:
                 first = await self._first_event(stream)
             except BaseException:
@@ -432,6 +437,8 @@ class Ingress:
         if decision is not None:
             headers["x-inferplane-placement-id"] = decision.placement_id
             headers["x-inferplane-attempts"] = str(decision.attempt)
+            if decision.model_version is not None:
+                headers["x-inferplane-model-version"] = decision.model_version
             if decision.placed:
                 headers["x-inferplane-substrate"] = decision.substrate
                 if err is None:

@@ -95,9 +95,17 @@ def decide(args: argparse.Namespace) -> tuple[PlacementDecision, FleetSpec, str]
     return place(request, snapshot, built.policy), built.fleet, signals_note
 
 
+def rollout_note(decision: PlacementDecision) -> str:
+    """`` version=v2 (10 % of v1=90,v2=10)`` for a model with versions, else ''."""
+    if decision.model_version is None:
+        return ""
+    return f" version={decision.model_version} ({decision.version_weight_pct} % of {decision.rollout})"
+
+
 def render(decision: PlacementDecision, fleet: FleetSpec, signals_note: str) -> str:
     if not decision.candidates:
-        return f"rejected ({decision.http_status} {decision.rejection_code.value}): {decision.rejection_message}"
+        return (f"rejected ({decision.http_status} {decision.rejection_code.value}): {decision.rejection_message}"
+                + (f"\nrollout:{rollout_note(decision)}" if decision.model_version else ""))
     fallback_rank = {name: i + 1 for i, name in enumerate(decision.fallbacks)}
     headers = ["substrate", "class", "jur", "zone", "verdict", "ttft s", "e2e s", "cost USD"]
     headers += [SCORE_HEADERS.get(n, n) for n in decision.scorer_names] + ["total"]
@@ -117,7 +125,7 @@ def render(decision: PlacementDecision, fleet: FleetSpec, signals_note: str) -> 
                     + [f"{v:.2f}" for v in c.scores] + [f"{c.total:.3f}"])
     align = "lllll" + "r" * (len(headers) - 5)
     lines = [
-        f"request  tenant={decision.tenant} model={decision.model} sla={decision.sla_class}",
+        f"request  tenant={decision.tenant} model={decision.model}{rollout_note(decision)} sla={decision.sla_class}",
         f"         {signals_note}",
         "",
         render_table(headers, rows, align),

@@ -19,6 +19,12 @@ ingress_region                      string?                -           the ingre
 tenant                              string?                -           the authenticated tenant (null: no valid key)
 model                               string?                -           the canonical model name; a name the fleet
                                                                        does not serve is ``unknown:<sha256[:12]>``
+model_version                       string?                -           the model's version the request was given
+                                                                       and placed on (``models[].versions``);
+                                                                       null for a model without versions, and
+                                                                       in older files
+rollout                             string?                -           the model's split then, in percent:
+                                                                       ``v1=90,v2=10`` (null likewise)
 sla_class                           string?                -           the SLA class; an unconfigured name is
                                                                        ``unknown:<sha256[:12]>``
 substrate                           string?                -           the chosen substrate (null: not placed)
@@ -115,8 +121,8 @@ upstream's error code) are written only when they name a configured model or cla
 snake_case code); otherwise as ``unknown:<sha256[:12]>`` (``redacted``). A new column may be added in a later version (readers fill it with null for old files);
 renaming or retyping one is a new version. ``recovered_by`` was added that way: a file written
 before it reads with null there, which is what it means (none of its rows was recovered); so were
-``estimated_input_tokens``, ``ttft_residual``, ``tpot_residual``, ``predicted_prefix_hit`` and
-``cached_input_tokens`` (null: not known then).
+``estimated_input_tokens``, ``ttft_residual``, ``tpot_residual``, ``predicted_prefix_hit``,
+``cached_input_tokens``, ``model_version`` and ``rollout`` (null: not known then).
 
 Files: ``DIR/date=YYYY-MM-DD/audit-<writer_id>-<seq>.parquet`` (Hive partitioning by the row's UTC
 date). Each ``flush`` writes complete files under a hidden temporary name (``.``-prefixed, which
@@ -181,6 +187,8 @@ AUDIT_SCHEMA: pa.Schema = pa.schema(
         pa.field("ingress_region", pa.string()),
         pa.field("tenant", pa.string()),
         pa.field("model", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("rollout", pa.string()),
         pa.field("sla_class", pa.string()),
         pa.field("substrate", pa.string()),
         pa.field("substrate_class", pa.string()),
@@ -359,7 +367,8 @@ def decision_from_record(record: Mapping[str, Any]) -> PlacementDecision:
         rejection_message=record["rejection_message"], policy_hash=record["policy_hash"],
         snapshot_version=record["snapshot_version"], predicted_output_tokens=record.get("predicted_output_tokens"),
         declared_ttft_s=record.get("declared_ttft_s"), declared_tpot_s=record.get("declared_tpot_s"),
-        predicted_prefix_hit=record.get("predicted_prefix_hit"),
+        predicted_prefix_hit=record.get("predicted_prefix_hit"), model_version=record.get("model_version"),
+        rollout=record.get("rollout"),
     )
 
 
@@ -439,6 +448,8 @@ def audit_row(record: RequestRecord, fleet: FleetSpec, policy: PlacementPolicy, 
         "ingress_region": record.ingress_region,
         "tenant": tenant,
         "model": model,
+        "model_version": None,
+        "rollout": None,
         "sla_class": sla_class,
         "substrate": None,
         "substrate_class": None,
@@ -534,6 +545,8 @@ def _decision_columns(decision: PlacementDecision) -> dict[str, Any]:
         "placement_id": decision.placement_id,
         "substrate": decision.substrate,
         "primary_substrate": decision.primary,
+        "model_version": decision.model_version,
+        "rollout": decision.rollout,
         "spillover": spill,
         "spillover_reason": decision.spillover_reason.value if spill and decision.spillover_reason else None,
         "spillover_extra_cost_usd": extra_estimate,

@@ -98,7 +98,7 @@ _ADDED_IN_V2 = frozenset({"held_s", "held_reason", "estimated_input_tokens", "di
 their defaults (a replica killed before an upgrade leaves such lines)."""
 _DECISION_KEYS = frozenset(DECISION_FIELDS)
 _DECISION_ADDED_IN_V2 = frozenset({"predicted_output_tokens", "declared_ttft_s", "declared_tpot_s",
-                                   "predicted_prefix_hit"})
+                                   "predicted_prefix_hit", "model_version", "rollout"})
 """Decision fields added after version 2 lines were first written (read with their defaults)."""
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: not per request
 

@@ -23,6 +23,9 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
 - ``inferplane_requests_total{tenant,model,sla_class,substrate,outcome}``: finished requests that
   ran on a substrate, ``outcome`` ``ok`` or ``error``. This and the per-request metrics below are
   a function of the request's ``RequestRecord`` (``MetricsDelta.record_request``).
+- ``inferplane_model_version_requests_total{model,version,outcome}``: finished requests of a model
+  with versions (a canary), by the version each was given, ``outcome`` ``ok``, ``error`` or
+  ``refused``: the split as served, beside the split configured (the decision's ``rollout``).
 - ``inferplane_input_tokens_total`` / ``inferplane_output_tokens_total{tenant,substrate}``.
 - ``inferplane_cost_usd_total{tenant,substrate}``: attributed cost (``telemetry.cost``).
 - ``inferplane_prefix_predicted_tokens_total{tenant,substrate}``: prompt tokens placement predicted
@@ -151,6 +154,8 @@ COUNTERS: dict[str, CounterDef] = {c.name: c for c in (
                "serve (predicted hit fraction x input tokens).", ("tenant", "substrate")),
     CounterDef("prefix_cached_tokens", "Prompt tokens the engine reported serving from its prefix cache.",
                ("tenant", "substrate")),
+    CounterDef("model_version_requests", "Finished requests of a model with versions, by the version they were "
+               "given (models[].versions) and outcome (ok, error, or refused).", ("model", "version", "outcome")),
     CounterDef("audit_rows_dropped", "Audit rows an ingress replica could not queue.", ()),
     CounterDef("sovereignty_violations",
                "Placed requests whose substrate's jurisdiction is outside the tenant's allowed ones (must be 0).",
@@ -202,7 +207,7 @@ API_ERROR_REJECTION: dict[str, str] = {
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SHAPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _REASONS = frozenset(r.value for r in SpilloverReason)
-_FIXED = {"spillover": frozenset({"true", "false"}), "outcome": frozenset({"ok", "error"}),
+_FIXED = {"spillover": frozenset({"true", "false"}), "outcome": frozenset({"ok", "error", "refused"}),
           "result": frozenset({"placed", "rejected", "dispatched", "refused"})}
 
 
@@ -374,6 +379,10 @@ class MetricsDelta:
             return
         if record.held_s > 0.0:
             self.record_held(d, record.held_s, record.status_code == 200 or d.placed)
+        if d.model_version is not None:
+            with self._lock:
+                self._inc("model_version_requests", (d.model, d.model_version, "refused" if not d.placed
+                                                     else "ok" if record.status_code == 200 else "error"))
         if not d.placed:
             code = record.error_code or (None if d.rejection_code is None else d.rejection_code.value)
             self.record_rejection(rejection_code_for(code or "invalid"), d.tenant, d.model)

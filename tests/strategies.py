@@ -78,7 +78,8 @@ def _substrate_doc(draw, name: str) -> dict:
                rpm=rng.choice((None, None, 600, 10_000)), tpm=rng.choice((None, None, 100_000, 10**6)))
     b.latency(base_ttft_ms=rng.uniform(0, 800), rtt_ms=rng.choice((0.0, rng.uniform(1, 200))),
               prefill=rng.uniform(100, 100_000), decode=rng.uniform(5, 1000),
-              slowdown=rng.choice((1.0, rng.uniform(1.0, 4.0))))
+              slowdown=rng.choice((1.0, rng.uniform(1.0, 4.0))),
+              prefill_lanes=rng.choice((None, None, 1, 2, 4)))  # some wait for a prefill lane
     if rng.random() < 0.7:
         b.cost(input_per_1m=rng.choice((0.0, rng.uniform(0, 5))), output_per_1m=rng.uniform(0, 15),
                gpu_hour=rng.choice((0.0, rng.uniform(0, 10))), gpus=rng.randint(0, 8),

@@ -204,6 +204,7 @@ def _substrate(i: int, s: Substrate, catalog: JurisdictionCatalog) -> SubstrateS
             prefill_tokens_per_s=s.latency.prefill_tokens_per_s,
             decode_tokens_per_s=s.latency.decode_tokens_per_s,
             decode_slowdown_at_full_batch=s.latency.decode_slowdown_at_full_batch,
+            prefill_lanes=s.latency.prefill_concurrency,
         ),
         cost=CostModel(
             usd_per_input_token=s.cost.usd_per_1m_input_tokens / 1e6,

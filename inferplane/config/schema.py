@@ -179,7 +179,8 @@ class LatencyProfile(_Strict):
     prefill_concurrency: PositiveInt | None = Field(
         default=None,
         description="Prefills the substrate runs at once; later ones wait their turn (a "
-        "compute-bound engine: 1). Unset: every slot prefills in parallel. Used by replays.",
+        "compute-bound engine: 1). Unset: every slot prefills in parallel. Used by placement's "
+        "estimate (the wait for a prefill lane) and by replays.",
     )
     decode_share_during_prefill: Fraction = Field(
         default=1.0,

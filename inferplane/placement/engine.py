@@ -52,7 +52,7 @@ from inferplane.placement.decision import (
     placement_id,
     roll_up,
 )
-from inferplane.placement.estimate import BYTES_PER_TOKEN, estimate
+from inferplane.placement.estimate import BYTES_PER_TOKEN, estimate, lane_wait_s
 from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejection, RejectionCode
 from inferplane.placement.fleet import FleetSpec, ModelRoute, Rollout, RolloutVersion, SubstrateSpec
 from inferplane.placement.plan import RoutePlan, Target, scoring, target
@@ -178,10 +178,10 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float, hit:
     n_in = request.input_tokens
     prefill_s = (n_in * (1.0 - hit) if hit else n_in) / e.prefill_tokens_per_s
     decode_s = n_out * e.per_token_s
-    if e.queue_factor:
-        ttft = e.fixed_s + e.queue_factor * (prefill_s + decode_s) + prefill_s
-    else:
-        ttft = e.fixed_s + prefill_s
+    ttft = e.fixed_s + e.queue_factor * (prefill_s + decode_s) if e.queue_factor else e.fixed_s
+    if e.prefill_lanes is not None:
+        ttft += lane_wait_s(*e.prefill_lanes, prefill_s, decode_s)
+    ttft += prefill_s
     if e.ttft_floor_s > ttft:
         ttft = e.ttft_floor_s
     e2e = ttft + decode_s
@@ -195,14 +195,14 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float, hit:
 def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float, hit: float) -> tuple[float, float]:
     """(ttft_s, e2e_s) from a scoring row for ``n_out`` output tokens and a predicted prefix-cache
     ``hit`` fraction: the first lines of the loop in ``place``."""
-    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _, _, _) = row
+    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _, _, _, lanes) = row
     f_in = float(request.input_tokens)
     prefill_s = (f_in * (1.0 - hit) if hit else f_in) / prefill_rate
     decode_s = n_out * per_token_s
-    if queue_factor:
-        ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
-    else:
-        ttft = fixed_s + prefill_s
+    ttft = fixed_s + queue_factor * (prefill_s + decode_s) if queue_factor else fixed_s
+    if lanes is not None:
+        ttft += lane_wait_s(*lanes, prefill_s, decode_s)
+    ttft += prefill_s
     if ttft_floor > ttft:
         ttft = ttft_floor
     return ttft, ttft + decode_s
@@ -365,7 +365,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         for row, egress, local_term, hit in zip(rows, t.egress_usd_per_byte, t.locality_terms,
                                                 hit_at if hit_at is not None else _NO_HITS):
             (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
-             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale, probe) = row
+             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale, probe, lanes) = row
             arithmetic = True
             if now > fresh_until:  # a reading is stale: if only the outcome readings are, their row holds
                 arithmetic = False
@@ -373,17 +373,17 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                     row = stale_outcomes[len(totals)] = stale[1]
                     (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
                      ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, _,
-                     probe) = row
+                     probe, lanes) = row
                     arithmetic = now <= fresh_until
             if arithmetic and f_needed <= tokens_left and (countries is None or countries <= allowed):
                 # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
                 # precomputed.
                 prefill_s = (f_in * (1.0 - hit) if hit else f_in) / prefill_rate
                 decode_s = f_out * per_token_s
-                if queue_factor:
-                    ttft = fixed_s + queue_factor * (prefill_s + decode_s) + prefill_s
-                else:
-                    ttft = fixed_s + prefill_s
+                ttft = fixed_s + queue_factor * (prefill_s + decode_s) if queue_factor else fixed_s
+                if lanes is not None:
+                    ttft += lane_wait_s(*lanes, prefill_s, decode_s)
+                ttft += prefill_s
                 if ttft_floor > ttft:
                     ttft = ttft_floor
                 e2e = ttft + decode_s

@@ -15,8 +15,27 @@ Latency (seconds), from the substrate's latency profile and its live load (``occ
     service     = prefill + output_tokens / decode_rate
     queue_wait  = 0                                             if occupancy < max_concurrent
                 = (occupancy - max_concurrent + 1) / max_concurrent * service   otherwise
-    ttft        = network_rtt + base_ttft + queue_wait + prefill
+    lane_wait   = 0                                             without declared prefill lanes
+                = the wait W solving  W = max(0, running / lanes * (W + lane_s) / (W + lane_s + decode)
+                                                 - (lanes - 1) / lanes) * lane_s
+    ttft        = network_rtt + base_ttft + queue_wait + lane_wait + prefill
     e2e         = ttft + output_tokens / decode_rate
+
+The prefill-lane wait: an engine that prefills ``lanes`` prompts at once (``prefill_concurrency``,
+scaled by the live capacity over the declared: ``max(1, prefill_concurrency * max_concurrent now /
+max_concurrent declared)``) makes a request with a slot wait for a lane while the others prefill.
+Each request holds a lane for its first-token phase, ``lane_s = base_ttft + prefill``, then decodes
+for ``decode = output_tokens / decode_rate``. Of the ``running = min(occupancy, max_concurrent)``
+requests holding slots, those in their first-token phase (waiting for a lane or holding one) are,
+by Little's law, ``running`` times the share of a request's time that phase takes,
+``(W + lane_s) / (W + lane_s + decode)`` (mean field: the others are taken to be like this one).
+With ``k`` of them ahead and ``lanes`` lanes, the request waits ``k + 1 - lanes`` lanes' turns of
+``lane_s / lanes`` each. The wait is in its own share, so ``W`` is the fixed point above: with
+``x = W + lane_s``, ``s = running / lanes``, ``x^2 + (decode - lane_s (1 / lanes + s)) x -
+lane_s decode / lanes = 0``, its positive root (``lane_wait_s``). A decode-heavy mix (short
+prompts, long outputs) has almost no wait; a prefill-heavy one (long prompts, short outputs) on a
+one-lane engine queues behind nearly every prompt in flight (with no decode at all, W =
+(running + 1 - lanes) / lanes * lane_s), which slots alone do not show.
 
 ``prefix_hit`` is the fraction of the prompt the substrate is predicted to hold in its prefix cache
 (``PlacementRequest.prefix_hits``, from the plane's ``PrefixIndex``): only the rest is prefilled.
@@ -37,6 +56,7 @@ its concurrent slots (``usd_per_slot_second * e2e``), plus egress for the reques
 
 from __future__ import annotations
 
+from math import sqrt
 from typing import NamedTuple
 
 from inferplane.placement.fleet import SubstrateSpec
@@ -60,6 +80,30 @@ def idle_ttft_s(spec: SubstrateSpec, input_tokens: int) -> float:
     (what a request waiting for a slot there can hope for once it frees)."""
     lat = spec.latency
     return lat.network_rtt_s + lat.base_ttft_s + input_tokens / lat.prefill_tokens_per_s
+
+
+def prefill_lanes(spec: SubstrateSpec, cap: int) -> float | None:
+    """The prefill lanes of ``spec`` with ``cap`` slots live: its declared lanes scaled by the live
+    slots over the declared ones, at least 1; None when it declares none (every slot prefills)."""
+    lanes = spec.latency.prefill_lanes
+    if lanes is None:
+        return None
+    scaled = lanes * cap / spec.max_concurrent
+    return scaled if scaled > 1.0 else 1.0
+
+
+def lane_wait_s(base_s: float, share: float, free: float, prefill_s: float, decode_s: float) -> float:
+    """The wait for a prefill lane (module doc, the fixed point's positive root): ``share`` is
+    running / lanes, ``free`` is (lanes - 1) / lanes. The estimate, the prepared entries and the engine all call this one
+    function, so their numbers are equal."""
+    lane_s = base_s + prefill_s
+    if not lane_s > 0.0 or not share * (lane_s / (lane_s + decode_s)) > free:
+        return 0.0  # the lanes are not all taken even with no wait: none
+    b = decode_s - lane_s * (1.0 - free + share)
+    c = lane_s * decode_s * (1.0 - free)
+    root = sqrt(b * b + 4.0 * c)
+    x = (root - b) / 2.0 if b <= 0.0 else 2.0 * c / (root + b)  # the positive root, without cancellation
+    return x - lane_s if x > lane_s else 0.0
 
 
 def estimate(
@@ -97,7 +141,12 @@ def estimate(
         queue_wait = 0.0
     else:
         queue_wait = (occupancy - cap + 1.0) / cap * (prefill_s + decode_s)
-    ttft = lat.network_rtt_s + lat.base_ttft_s + queue_wait + prefill_s
+    ttft = lat.network_rtt_s + lat.base_ttft_s + queue_wait
+    lanes = prefill_lanes(spec, cap)
+    if lanes is not None:
+        running = occupancy if occupancy < cap else float(cap)
+        ttft += lane_wait_s(lat.base_ttft_s, running / lanes, (lanes - 1.0) / lanes, prefill_s, decode_s)
+    ttft += prefill_s
     recent_ttft = fresh_value(signals.recent_ttft_s, now_s, bound_s)
     if recent_ttft is not None and recent_ttft > ttft:
         ttft = recent_ttft

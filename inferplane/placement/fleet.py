@@ -24,6 +24,9 @@ class LatencyModel:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
     decode_slowdown_at_full_batch: float = 1.0
+    prefill_lanes: int | None = None
+    """Prefills the substrate runs at once at full scale (``prefill_concurrency``); later ones wait
+    for a lane. None: every slot prefills in parallel."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ request's expected output tokens, see ``estimate``)
 
     prefill   = in / prefill_tokens_per_s
     decode    = out * per_token_s
-    ttft      = max(fixed_s + queue_factor * (prefill + decode) + prefill, ttft_floor_s)
+    ttft      = max(fixed_s + queue_factor * (prefill + decode) + lane_wait + prefill, ttft_floor_s)
+    lane_wait = estimate.lane_wait_s(*prefill_lanes, prefill, decode), 0 when prefill_lanes is None
     e2e       = ttft + decode
     cost      = in * usd_per_input_token + out * usd_per_output_token + usd_per_slot_second * e2e
                 (+ (in + out) * 4 * egress_usd_per_byte outside the ingress's region)
@@ -39,6 +40,7 @@ from __future__ import annotations
 from math import nextafter
 from typing import NamedTuple
 
+from inferplane.placement.estimate import lane_wait_s, prefill_lanes
 from inferplane.placement.fleet import SubstrateSpec
 from inferplane.placement.signals import CircuitState, SubstrateSignals
 
@@ -97,6 +99,10 @@ class PreparedSubstrate(NamedTuple):
     """The recent_ttft and recent_tpot values (0 when unreported): once stale, what
     ``DeadlineReachable`` judges a probe by."""
     in_flight: float
+    prefill_lanes: tuple[float, float, float] | None
+    """(base_ttft_s, running / lanes, (lanes - 1) / lanes) for ``estimate.lane_wait_s``, with
+    running = min(occupancy, max_concurrent) and the live lanes (``estimate.prefill_lanes``); None
+    when the substrate declares no prefill lanes."""
 
 
 def substrate_constants(spec: SubstrateSpec) -> tuple:
@@ -108,7 +114,8 @@ def substrate_constants(spec: SubstrateSpec) -> tuple:
             lat.decode_tokens_per_s, lat.decode_slowdown_at_full_batch - 1.0,
             lat.network_rtt_s + lat.base_ttft_s, lat.prefill_tokens_per_s,
             c.usd_per_input_token, c.usd_per_output_token, c.usd_per_slot_second, c.egress_usd_per_byte,
-            spec.region, spec.zone, 1.0 if spec.tier == "reserved" else 0.0)
+            spec.region, spec.zone, 1.0 if spec.tier == "reserved" else 0.0,
+            spec, lat.base_ttft_s)
 
 
 _new_entry = tuple.__new__
@@ -118,7 +125,7 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
     """The entry of a substrate with ``signals``, from its ``substrate_constants``; the formulas
     mirror ``estimate`` and the scorers."""
     (cap, admits_below, required, decode_tokens_per_s, slowdown_minus_1, fixed_s, prefill_tokens_per_s,
-     usd_in, usd_out, usd_slot_s, egress, region, zone, reserved_score) = constants
+     usd_in, usd_out, usd_slot_s, egress, region, zone, reserved_score, spec, base_ttft_s) = constants
     live = signals.capacity
     if live is not None:  # the authority's live capacity (``signals.limits``) instead of the spec's
         cap, admits_below = live[0], live[0] + live[1]
@@ -175,6 +182,9 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
     memory_score = 1.0 if worst < 0.0 else 1.0 - (worst if worst < 1.0 else 1.0)
     ratio = occupancy / cap
     countries = signals.node_countries
+    lanes_now = prefill_lanes(spec, cap)
+    lanes = None if lanes_now is None else (
+        base_ttft_s, (occupancy if occupancy < cap else float(cap)) / lanes_now, (lanes_now - 1.0) / lanes_now)
 
     # Positionally, in the field order of ``PreparedSubstrate`` (a named tuple; ``tuple.__new__``
     # skips its keyword-argument ``__new__``).
@@ -185,7 +195,7 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
         usd_in, usd_out, usd_slot_s, egress, region, zone,
         0.0 if ratio >= 1.0 else 1.0 - ratio, memory_score, reserved_score, occupancy,
         load_oldest, outcomes_newest, per_token_base_s, 0.0 if ttft_r is None else ttft_r.value,
-        0.0 if tpot_r is None else tpot_r.value, in_flight))
+        0.0 if tpot_r is None else tpot_r.value, in_flight, lanes))
 
 
 def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_tokens: float,
@@ -196,14 +206,20 @@ def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_token
     against (``PlacementDecision.declared_ttft_s``)."""
     per_token_s = entry.per_token_base_s
     prefill_s = input_tokens * (1.0 - prefix_hit) / entry.prefill_tokens_per_s
-    return entry.fixed_s + entry.queue_factor * (prefill_s + output_tokens * per_token_s) + prefill_s, per_token_s
+    decode_s = output_tokens * per_token_s
+    ttft = entry.fixed_s + entry.queue_factor * (prefill_s + decode_s)
+    if entry.prefill_lanes is not None:
+        ttft += lane_wait_s(*entry.prefill_lanes, prefill_s, decode_s)
+    return ttft + prefill_s, per_token_s
 
 
 ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,
-                   float, float, float, "tuple[float, ScoringRow] | None", "tuple[float, float, float] | None"]
+                   float, float, float, "tuple[float, ScoringRow] | None", "tuple[float, float, float] | None",
+                   "tuple[float, float, float] | None"]
 """(fresh_until_s, tokens_remaining, node_countries, fixed_s, prefill_tokens_per_s, per_token_s,
 queue_factor, ttft_floor_s, usd_per_input_token, usd_per_output_token, usd_per_slot_second,
-w_queue x queue_score, w_memory x memory_score, w_reserved x reserved_score, stale_outcomes, probe):
+w_queue x queue_score, w_memory x memory_score, w_reserved x reserved_score, stale_outcomes, probe,
+prefill_lanes):
 a plain tuple, so that the engine unpacks it in one instruction.
 
 ``stale_outcomes`` is None or ``(stale_after_s, row)``: once ``now > stale_after_s`` every outcome
@@ -227,7 +243,7 @@ def fresh_until(oldest_s: float, bound_s: float) -> float:
     return t
 
 
-NEVER: ScoringRow = (-_INF, 0.0, None, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None)
+NEVER: ScoringRow = (-_INF, 0.0, None, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None)
 """The row of a substrate the arithmetic may not decide at any time: no ``now`` is <= -inf."""
 
 
@@ -240,7 +256,7 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
         return NEVER
     (oldest, _, tokens, countries, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, usd_in, usd_out,
      usd_slot_s, _, _, _, queue_score, memory_score, reserved_score, _, load_oldest, outcomes_newest, per_token_base_s,
-     last_ttft, last_tpot, in_flight) = entry
+     last_ttft, last_tpot, in_flight, lanes) = entry
     queue_term, memory_term, reserved_term = w_queue * queue_score, w_memory * memory_score, w_reserved * reserved_score
     stale_outcomes = None
     until = fresh_until(oldest, bound_s)
@@ -251,9 +267,9 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
             stale_outcomes = (stale_after, (
                 load_fresh_until, tokens, countries, fixed_s, prefill_rate, per_token_base_s, queue_factor, -_INF,
                 usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, None,
-                (last_ttft, last_tpot, in_flight)))
+                (last_ttft, last_tpot, in_flight), lanes))
     return (until, tokens, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
-            ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale_outcomes, None)
+            ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale_outcomes, None, lanes)
 
 
 if PreparedSubstrate._fields != (
@@ -261,5 +277,5 @@ if PreparedSubstrate._fields != (
         "prefill_tokens_per_s", "per_token_s", "queue_factor", "ttft_floor_s", "usd_per_input_token",
         "usd_per_output_token", "usd_per_slot_second", "egress_usd_per_byte", "region", "zone", "queue_score",
         "memory_score", "reserved_score", "occupancy", "load_oldest_s", "outcomes_newest_s", "per_token_base_s",
-        "last_ttft_s", "last_tpot_s", "in_flight"):
+        "last_ttft_s", "last_tpot_s", "in_flight", "prefill_lanes"):
     raise ImportError("prepare() builds PreparedSubstrate positionally: keep its field order in step")

@@ -38,6 +38,7 @@ from inferplane.api.responses import completion_body, delta_chunk, finish_chunk,
 from inferplane.api.tokens import TokenCounter
 from inferplane.auth import TenantKeys
 from inferplane.config import build, parse_config
+from inferplane.config.model_set import model_file_hashes
 from inferplane.placement import PlacementDecision, PlacementRequest
 from inferplane.placement.filters import RejectionCode, unhonoured_parameter
 from inferplane.placement.fleet import served_key
@@ -136,7 +137,10 @@ class Ingress:
                   for s in fleet.substrates if s.prefix_cache is not None}
         self._prefix = PrefixIndex(caches) if caches else None
         self._block_tokens = PREFIX_BLOCK_TOKENS if caches else 0  # 0: count only, hash nothing
+        # The application's one placement actor, created with this config if it is the first; an
+        # existing one is given this config (a no-op when whoever deployed it applied it already).
         self._actor = placement_actor.get_or_create(app_name, config_text)
+        ray.get(self._actor.apply.remote(config_text), timeout=SYNC_TIMEOUT_S * 5)
         self._id = f"ingress-{uuid.uuid4().hex[:8]}"
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
         self._metrics = MetricsOutbox(LabelVocabulary.of(fleet, policy))
@@ -149,7 +153,7 @@ class Ingress:
         self._audit = AuditLog(audit_dir, self._id, flush_interval_s=cfg.telemetry.audit_flush_interval_ms / 1000.0,
                                on_written=self._journal.written)
         self._ledger = RequestLedger(self._id, self._region, fleet, policy, self._state, self._journal, self._audit,
-                                     self._metrics)
+                                     self._metrics, model_files=model_file_hashes(cfg))
         self._audit_dropped = 0
         self._names = tuple(s.name for s in fleet.substrates)
         self._reported: set[str] = set()
@@ -188,7 +192,7 @@ class Ingress:
             published = ray.get(self._actor.sync.remote(
                 self._id, report.in_flight, report.outcomes, report.snapshot_version, report.snapshot_age_s,
                 self._zone, batch, report.spend_usd, report.tenant_in_flight or None, report.reclaiming or None,
-                report.demand or None),
+                report.demand or None, self._policy.policy_hash),
                 timeout=SYNC_TIMEOUT_S)
         except Exception as exc:  # actor restarting or unreachable: serve on the last snapshot
             self._state.restore(report)

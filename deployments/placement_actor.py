@@ -6,14 +6,23 @@ snapshot; substrate replicas call ``report_substrate`` with their adapter's load
 Ray restarts the actor after a crash (``max_restarts=-1``); it rebuilds its state from the config
 and the reports that resume within one interval, while ingress replicas keep placing on their last
 snapshot up to the policy's snapshot staleness bound.
+
+One actor per application, named after it (``actor_name``), for the application's life: a changed
+config (a redeploy, ``inferplane models apply``) is applied to it (``apply``), which rebuilds the
+fleet and policy and keeps the placement state of every substrate that remains
+(``FleetState.reconfigured``). The config applied last is kept in Ray's internal key-value store,
+so a restart after a crash comes back with it, not with the config the actor was first created
+with. While Serve rolls ingress replicas over to a new config, a replica still running an earlier
+one gets the current signals in its own fleet's order (a substrate its config has and the current
+one lacks: no signals, so not eligible).
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import json
 import logging
 import os
-import re
 import threading
 import time
 
@@ -22,6 +31,7 @@ import ray
 from inferplane.config import build, parse_config
 from inferplane.config.sizing import plane_autoscaled, replica_counts
 from inferplane.health import settings_from_policy
+from inferplane.placement.signals import SubstrateSignals
 from inferplane.placement.snapshot import FleetSnapshot
 from inferplane.plane.autoscale import (
     OVERFLOW_REFUSALS,
@@ -41,17 +51,50 @@ NAMESPACE = "inferplane"
 log = logging.getLogger("inferplane.placement_actor")
 
 
-def actor_name(app_name: str, config_text: str) -> str:
-    """One actor per (application, config): a re-deploy with a new config gets a fresh authority."""
-    digest = hashlib.sha256(config_text.encode()).hexdigest()[:12]
-    return f"inferplane-placement-{app_name}-{digest}"
+def actor_name(app_name: str) -> str:
+    """One actor per application: a changed config is applied to it (``apply``), never a new actor."""
+    return f"inferplane-placement-{app_name}"
+
+
+FLEETS_KEPT = 4
+"""Earlier configs whose ingress replicas still get snapshots in their own fleet's order (a rollout
+replaces them within seconds; more than this many applies during one is not expected)."""
+
+
+def _kv_key(app_name: str) -> str:
+    return f"inferplane/{app_name}/applied-config"
+
+
+def _stored_config(app_name: str) -> dict | None:
+    """The config applied last to ``app_name``'s actor (``apply``), if any: {"text", "files", "applied_at_s"}."""
+    from ray.experimental import internal_kv
+
+    try:
+        raw = internal_kv._internal_kv_get(_kv_key(app_name), namespace=NAMESPACE)
+    except Exception as exc:  # no GCS connection (a unit test): nothing stored
+        log.debug("no stored config: %s", type(exc).__name__)
+        return None
+    return None if raw is None else json.loads(raw)
+
+
+def _store_config(app_name: str, stored: dict) -> None:
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(_kv_key(app_name), json.dumps(stored), overwrite=True, namespace=NAMESPACE)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=64)
 class PlacementActor:
-    def __init__(self, config_text: str, app_name: str = "inferplane") -> None:
+    def __init__(self, config_text: str, app_name: str = "inferplane", files: list | None = None) -> None:
+        stored = _stored_config(app_name)
+        if stored is not None:  # restarted after a crash: the config applied last, not the first
+            config_text, files = stored["text"], stored.get("files")
         built = build(parse_config(config_text, source="<deployed config>"))
         self._app_name = app_name
+        self._name = actor_name(app_name)
+        self._config_text = config_text
+        self._files = list(files or [])
+        self._applied_at_s = None if stored is None else stored.get("applied_at_s")
         self._serve_status: dict = {}
         self._updating_since: dict[str, float] = {}
         self._state = FleetState(built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s,
@@ -64,18 +107,62 @@ class PlacementActor:
         # state's bookkeeping and snapshot versions consistent.
         self._lock = threading.Lock()
         self._fleet = built.fleet
+        self._policy_hash = built.policy.policy_hash
+        self._fleets = {self._policy_hash: built.fleet}
+        """Policy hash -> fleet of the configs applied here, the current one last (``FLEETS_KEPT``)."""
         drift = drift_settings(built.config.policy.health)
         self._metrics = PlaneMetrics(LabelVocabulary.of(built.fleet, built.policy), drift)
         # ``residual_drift: penalize``: the detector's floors reach placement through each snapshot
         # (``FleetState.set_drift_floors``), and every decision predicted with one says so.
         self._penalize_drift = drift.penalize
         self._bound = built.policy.signal_staleness_bound_s
-        self._name = actor_name(app_name, config_text)
         self._telemetry = built.config.telemetry
         self._metrics_server = None
         self._serve_metrics(log.error)
         self._init_autoscaling(built.config)
         threading.Thread(target=self._poll_serve, name="inferplane-serve-status", daemon=True).start()
+
+    def apply(self, config_text: str, files: list | None = None) -> dict:
+        """Make ``config_text`` this application's config, keeping the placement state of every
+        substrate it still has (``FleetState.reconfigured``): signals, breakers, outcome windows,
+        budgets' spend, learnt output lengths, the snapshot version. ``files``: the files it was
+        merged from, as ``[{"path", "kind", "team", "text"}]`` (``models list`` and ``models apply``
+        read them back). Returns what ``config`` returns; an unchanged text changes nothing.
+        Raises ``ConfigError`` for a config that does not validate (nothing changes then)."""
+        if config_text == self._config_text:
+            if files is not None and list(files) != self._files:  # the same config, now with its files
+                self._files = list(files)
+                _store_config(self._app_name, {"text": config_text, "files": self._files,
+                                               "applied_at_s": self._applied_at_s})
+            return self.config()
+        built = build(parse_config(config_text, source="<applied config>"))
+        now = time.time()
+        with self._lock:
+            self._state = self._state.reconfigured(
+                built.fleet, built.policy.policy_hash, built.policy.signal_staleness_bound_s,
+                settings_from_policy(built.config.policy.health), built.config.policy.health.latency_window_ms / 1000.0,
+                {t.name: t.budget.period for t in built.config.tenants if t.budget})
+            self._fleet = built.fleet
+            self._policy_hash = built.policy.policy_hash
+            self._fleets.pop(self._policy_hash, None)
+            self._fleets[self._policy_hash] = built.fleet
+            while len(self._fleets) > FLEETS_KEPT + 1:
+                del self._fleets[next(iter(self._fleets))]
+            self._bound = built.policy.signal_staleness_bound_s
+            self._penalize_drift = drift_settings(built.config.policy.health).penalize
+            self._metrics.set_vocabulary(LabelVocabulary.of(built.fleet, built.policy))
+            self._config_text, self._files, self._applied_at_s = config_text, list(files or []), now
+            self._update_autoscaling(built.config)
+        _store_config(self._app_name, {"text": config_text, "files": self._files, "applied_at_s": now})
+        log.warning("applied a new config (policy %s, %d substrates, %d models)", self._policy_hash,
+                    len(built.fleet.substrates), len(built.fleet.models))
+        return self.config()
+
+    def config(self) -> dict:
+        """The config in force: its text, the files it was merged from, its policy hash and when it
+        was applied (None: the one the actor was created with)."""
+        return {"text": self._config_text, "files": self._files, "policy_hash": self._policy_hash,
+                "applied_at_s": self._applied_at_s}
 
     def _seed_spend_from_audit(self, cfg) -> None:
         """After a (re)start, this period's spend of every budgeted tenant comes back from the audit
@@ -103,9 +190,11 @@ class PlacementActor:
              snapshot_version: int | None = None, snapshot_age_s: float | None = None,
              zone: str | None = None, metrics: list | None = None,
              spend_usd: dict[str, float] | None = None, tenant_in_flight: dict | None = None,
-             reclaiming: dict | None = None, demand: dict | None = None) -> PublishedSnapshot | None:
+             reclaiming: dict | None = None, demand: dict | None = None,
+             policy_hash: str | None = None) -> PublishedSnapshot | None:
         """Record an ingress replica's report and metrics; return the current snapshot (None while
-        warming up)."""
+        warming up). ``policy_hash``: the replica's config; one applied here before the current
+        gets the snapshot in its fleet's order (``_for_config``), an unknown one None."""
         now = time.time()
         with self._lock:
             self._state.report_ingress(ingress_id, in_flight, outcomes, now, snapshot_version=snapshot_version,
@@ -120,6 +209,7 @@ class PlacementActor:
             published = None if warming else self._state.snapshot(now)
             replicas = {name: counts for name, (counts, _) in self._state.capacities().items()}
             replica_seconds = self._state.replica_seconds(now)
+            fleet = self._fleet  # the published snapshot's, also while a config is being applied
         self._metrics.set_replicas(replicas, replica_seconds)
         if metrics:
             self._metrics.apply_batch(ingress_id, metrics)
@@ -127,10 +217,23 @@ class PlacementActor:
             self._metrics.set_ingress(ingress_id, snapshot_version, snapshot_age_s, now_s=now)
         self._metrics.expire_ingress(now, self._bound)
         if published is not None:
-            self._metrics.set_signals(FleetSnapshot(published.version, published.taken_at_s, self._fleet,
+            self._metrics.set_signals(FleetSnapshot(published.version, published.taken_at_s, fleet,
                                                     published.signals, tenant_spend_usd=published.tenant_spend_usd),
                                       now)
+            if policy_hash is not None and policy_hash != published.policy_hash:
+                return self._for_config(published, policy_hash, fleet)
         return published
+
+    def _for_config(self, published: PublishedSnapshot, policy_hash: str, current) -> PublishedSnapshot | None:
+        """``published`` (of fleet ``current``) for a replica still running an earlier config (during
+        a rollout): the same signals, in its fleet's order; a substrate the current config lacks has
+        none (not eligible)."""
+        fleet = self._fleets.get(policy_hash)
+        if fleet is None:
+            return None
+        by_name = dict(zip((s.name for s in current.substrates), published.signals))
+        return dataclasses.replace(published, policy_hash=policy_hash, signals=tuple(
+            by_name.get(s.name, SubstrateSignals()) for s in fleet.substrates))
 
     def report_substrate(self, substrate: str, replica_id: str, report: SubstrateReport) -> None:
         with self._lock:
@@ -174,27 +277,9 @@ class PlacementActor:
         with self._lock:
             return self._state.live_ingress(now)
 
-    def _retire_predecessors(self) -> None:
-        """Retire the application's other placement actors that no ingress replica uses any more,
-        while some use this one: after a redeploy with a changed config, once Serve has replaced
-        every ingress replica of the old config, the old config's actor is orphaned (it would keep
-        the metrics port, and ``status`` could read it). An actor with no ingress replica of its own
-        retires nobody, so an old actor never retires the new one during a rollout. Then take over
-        the metrics port if this actor could not bind it."""
-        if self.live_ingress() == 0:
-            return
-        for name in _actor_names(self._app_name):
-            if name == self._name:
-                continue
-            try:
-                other = ray.get_actor(name, namespace=NAMESPACE)
-                if ray.get(other.live_ingress.remote(), timeout=5) > 0:
-                    continue  # still in use: the rollout is not over
-                ray.kill(other)
-            except Exception as exc:  # gone meanwhile, or not answering: look again next round
-                log.debug("could not retire %s: %s", name, type(exc).__name__)
-                continue
-            log.warning("retired placement actor %s of an earlier config", name)
+    def _take_metrics_port(self) -> None:
+        """Serve metrics if this actor could not bind the port at start (a previous process of it
+        still held it)."""
         if self._metrics_server is None:
             self._serve_metrics(log.info)
 
@@ -204,13 +289,13 @@ class PlacementActor:
         state (``FleetState.set_serve_replicas``: a replica Serve is stopping adds no capacity from
         then on). A deployment UPDATING for over a minute is flagged: an unsatisfiable label
         selector leaves it there with no message of its own. While the application is RUNNING,
-        actors of earlier configs are retired (``_retire_predecessors``)."""
-        names = {s.name for s in self._fleet.substrates}
+        the metrics port is taken if it was not."""
         while True:
             try:
+                names = {s.name for s in self._fleet.substrates}
                 app = _serve_details().applications.get(self._app_name)
                 if app is not None and _value(app.status) == "RUNNING":
-                    self._retire_predecessors()
+                    self._take_metrics_port()
                 now = time.time()
                 found = {}
                 for name, dep in (app.deployments.items() if app else ()):
@@ -263,8 +348,24 @@ class PlacementActor:
         self._autoscale_status: dict[str, dict] = {}
         self._starting_since: dict[str, float] = {}
         self._start_times: dict[str, list[float]] = {}
+        self._collecting = False
         if self._scalers:
             self._metrics.registry.register(_AutoscaleCollector(self))
+            self._collecting = True
+
+    def _update_autoscaling(self, cfg) -> None:
+        """After ``apply``: a scaler for each substrate the plane now autoscales, each kept one with
+        its state; a removed substrate's is dropped."""
+        wanted = plane_autoscaled(cfg)
+        by_name = {s.name: s for s in cfg.substrates}
+        self._scalers = {name: self._scalers.get(name) or (settings_for(replica_counts(by_name[name].settings.replicas)),
+                                                           ScalerState())
+                         for name in wanted}
+        self._autoscale_status = {k: v for k, v in self._autoscale_status.items() if k in wanted}
+        self._primary_of = {m.name: m.primary for m in self._fleet.models.values()}
+        if self._scalers and not self._collecting:
+            self._metrics.registry.register(_AutoscaleCollector(self))
+            self._collecting = True
 
     def _measure_starts(self, name: str, replicas, now: float) -> None:
         """A replica's start time: from the poll that first saw it STARTING to the one that sees it
@@ -409,41 +510,41 @@ def _serve_details():
     return ServeInstanceDetails(**_get_global_client().get_serve_details())
 
 
-def _actor_names(app_name: str) -> list[str]:
-    """The named placement actors of ``app_name`` on this cluster, one per config deployed. Matched
-    exactly (``actor_name``'s shape), never by prefix: app `a`'s prefix is also app `a-b`'s."""
-    pattern = re.compile(rf"inferplane-placement-{re.escape(app_name)}-[0-9a-f]{{12}}")
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == NAMESPACE and pattern.fullmatch(a["name"])]
-
-
 def current_actor(app_name: str) -> ray.actor.ActorHandle:
-    """The placement actor of the config deployed last: the only one once a rollout has finished
-    (the new actor retires its predecessors), the most recently started one during it."""
-    names = _actor_names(app_name)
-    if not names:
-        raise ValueError(f"no placement actor for app `{app_name}` on this cluster; is the plane running?")
-    actors = [ray.get_actor(n, namespace=NAMESPACE) for n in names]
-    if len(actors) == 1:
-        return actors[0]
-    started = ray.get([a.started_at_s.remote() for a in actors], timeout=10)
-    return max(zip(started, actors), key=lambda pair: pair[0])[1]
+    """The application's placement actor."""
+    try:
+        return ray.get_actor(actor_name(app_name), namespace=NAMESPACE)
+    except ValueError:
+        raise ValueError(f"no placement actor for app `{app_name}` on this cluster; is the plane running?") from None
 
 
 def remove_actors(app_name: str) -> None:
-    """Kill every placement actor of ``app_name`` (detached: nothing else removes them)."""
-    for name in _actor_names(app_name):
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-        except ValueError:  # gone meanwhile
-            pass
+    """Kill the placement actor of ``app_name`` (detached: nothing else removes it) and forget its config."""
+    from ray.experimental import internal_kv
+
+    try:
+        ray.kill(ray.get_actor(actor_name(app_name), namespace=NAMESPACE))
+    except ValueError:  # gone meanwhile
+        pass
+    try:
+        internal_kv._internal_kv_del(_kv_key(app_name), namespace=NAMESPACE)
+    except Exception as exc:  # no GCS: nothing stored
+        log.debug("could not forget the applied config: %s", type(exc).__name__)
 
 
 def get_or_create(app_name: str, config_text: str) -> ray.actor.ActorHandle:
-    """The application's actor, created by whichever replica asks first (race-free)."""
+    """The application's actor, created by whichever replica asks first (race-free); an existing
+    actor keeps its config (``apply`` changes it)."""
     return PlacementActor.options(
-        name=actor_name(app_name, config_text),
+        name=actor_name(app_name),
         namespace=NAMESPACE,
         get_if_exists=True,
         lifetime="detached",
     ).remote(config_text, app_name)
+
+
+def apply_config(app_name: str, config_text: str, files: list | None = None, timeout_s: float = 30.0) -> dict:
+    """Make ``config_text`` the application's config: create its actor with it, or apply it to the
+    running one (``PlacementActor.apply``). What deploys a config calls, before Serve rolls out."""
+    actor = get_or_create(app_name, config_text)
+    return ray.get(actor.apply.remote(config_text, files), timeout=timeout_s)

@@ -50,13 +50,18 @@ def connect(address: str, timeout_s: float = 30.0) -> None:
 
 
 def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool | None = None,
-           proxy_location: str = "EveryNode") -> None:
-    """Deploy the app. ``gpu=None`` asks Ray for GPUs for vLLM substrates exactly when the cluster
-    has any (then each replica gets ``tensor_parallel_size`` of them)."""
+           proxy_location: str = "EveryNode", files: list[dict] | None = None, start_proxy: bool = True) -> None:
+    """Deploy the app: apply the config to its placement actor (creating it, or keeping its state:
+    ``placement_actor.apply_config``), then hand Serve the application, which restarts only the
+    deployments the config changed (``deployments.app``). ``gpu=None`` asks Ray for GPUs for vLLM
+    substrates exactly when the cluster has any (then each replica gets ``tensor_parallel_size`` of
+    them). ``files``: the files the config was merged from (``inferplane models list`` reads them).
+    ``start_proxy=False``: the application runs already (``models apply``); its proxy stays as it is."""
     import ray
     from ray import serve
 
     from deployments.app import build_app
+    from deployments.placement_actor import apply_config
     from inferplane.config import parse_config
     from inferplane.config.sizing import external_scaling
 
@@ -64,7 +69,9 @@ def deploy(config_text: str, app_name: str, host: str, port: int, *, gpu: bool |
         gpu = ray.cluster_resources().get("GPU", 0) > 0
 
     scaled_externally, _ = external_scaling(parse_config(config_text, source="<config>"))
-    serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
+    apply_config(app_name, config_text, files)
+    if start_proxy:
+        serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
     serve.run(build_app(config_text, app_name, gpu=gpu), name=app_name, route_prefix="/", blocking=False,
               external_scaler_enabled=scaled_externally)
 
@@ -88,7 +95,7 @@ def wait_ready(url: str, timeout_s: float = 300.0) -> float:
 
 
 def teardown(app_name: str) -> None:
-    """Delete the app and every placement actor it has (one per config it ran), then leave Ray."""
+    """Delete the app and its placement actor, then leave Ray."""
     import ray
     from ray import serve
 

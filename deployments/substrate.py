@@ -24,8 +24,11 @@ import threading
 import ray
 from ray import serve
 
-from inferplane.config import parse_config
 import json
+
+from pydantic import TypeAdapter
+
+from inferplane.config.schema import Substrate, TopologyPolicy
 
 from substrate_adapters.base import (
     ChatTurn,
@@ -125,14 +128,16 @@ def delta_event(delta: TextDelta, text_offset: int) -> dict:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256, health_check_period_s=2)
 class SubstrateDeployment:
-    def __init__(self, config_text: str, substrate_name: str, app_name: str) -> None:
-        cfg = parse_config(config_text, source="<deployed config>")
-        self._name = substrate_name
-        substrate = next(s for s in cfg.substrates if s.name == substrate_name)
-        self._adapter = adapter_for(substrate)
-        self._actor = placement_actor.get_or_create(app_name, config_text)
+    def __init__(self, substrate: dict, topology: dict, app_name: str) -> None:
+        """Built from its own section of the config and the node-label names only, so that a config
+        change elsewhere leaves it running (``deployments.app``)."""
+        spec = TypeAdapter(Substrate).validate_python(substrate)
+        self._name = spec.name
+        self._adapter = adapter_for(spec)
+        self._app_name = app_name
+        self._actor = None  # looked up by the heartbeat: whoever deploys creates it
         self._replica_id = serve.get_replica_context().replica_id.unique_id
-        self._node = node_identity(cfg.policy.topology)
+        self._node = node_identity(TopologyPolicy.model_validate(topology))
         self._gpu = node_stats.GpuMemory()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._report_loop, name="inferplane-heartbeat", daemon=True)
@@ -145,8 +150,11 @@ class SubstrateDeployment:
                 node_memory_used_ratio=node_stats.memory_used_ratio(),
                 node_cpu_used_ratio=node_stats.cpu_used_ratio())
             try:
+                if self._actor is None:
+                    self._actor = placement_actor.current_actor(self._app_name)
                 ray.get(self._actor.report_substrate.remote(self._name, self._replica_id, report), timeout=2.0)
-            except Exception as exc:  # the actor restarts; keep beating
+            except Exception as exc:  # the actor restarts (or is not created yet, or does not know this
+                # substrate until its config is applied); keep beating
                 log.debug("heartbeat to placement actor failed: %s", type(exc).__name__)
 
     async def generate(self, payload: dict, routing_prompt=None):

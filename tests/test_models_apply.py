@@ -179,3 +179,30 @@ def test_a_reconfigured_state_keeps_what_it_knew_of_the_substrates_that_remain()
     assert n.in_flight is None  # a new substrate is not eligible until it reports
     with pytest.raises(KeyError):
         new.report_substrate("q", "r1", SubstrateReport(in_flight=0), 100.3)  # a removed one is gone
+
+
+def test_serve_restarts_only_the_deployments_a_change_touches():
+    """Each deployment's version is a digest of what its replicas are built from (Serve would give
+    every deployment a random one per ``serve.run``, restarting all): adding model B on the
+    sovereign pool changes that pool's and the ingress's versions, never the others'."""
+    from pydantic import TypeAdapter
+
+    from deployments.app import build_app
+    from inferplane.config.schema import Substrate, TopologyPolicy
+
+    def versions(files: list[RunningFile]) -> dict[str, str]:
+        app = build_app(merge(files).text)
+        handles = app._bound_deployment.init_args[2]
+        out = {name: h._bound_deployment._version for name, h in handles.items()}
+        out["ingress"] = app._bound_deployment._version
+        spec, topology, _ = next(iter(handles.values()))._bound_deployment.init_args
+        TypeAdapter(Substrate).validate_python(spec)  # what a substrate replica is built from
+        TopologyPolicy.model_validate(topology)
+        return out
+
+    running = _running("chat.models.yaml")
+    before = versions(running)
+    assert versions(running) == before  # the same config: nothing restarts
+    after = versions(with_applied(running, [_file("chat-b.models.yaml")]))
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"sovereign-de-emulated", "ingress"}

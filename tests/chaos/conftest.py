@@ -185,7 +185,7 @@ class ChaosPlane(Plane):
 
         from deployments.placement_actor import NAMESPACE, actor_name
 
-        return ray.get_actor(actor_name(self.app_name, self.config_text), namespace=NAMESPACE)
+        return ray.get_actor(actor_name(self.app_name), namespace=NAMESPACE)
 
     def status(self, timeout_s: float = 20.0) -> dict:
         import ray
@@ -248,7 +248,7 @@ def deploy_beside(base: ChaosPlane, config_text: str, app_name: str, route_prefi
     def teardown() -> None:
         serve.delete(app_name)
         try:
-            ray.kill(ray.get_actor(actor_name(app_name, text), namespace=NAMESPACE))
+            ray.kill(ray.get_actor(actor_name(app_name), namespace=NAMESPACE))
         except ValueError:
             pass
 

@@ -29,7 +29,7 @@ def _post(plane, *, sla: str | None = None, max_tokens: int = 8) -> httpx.Respon
 def _actor(plane):
     from deployments.placement_actor import NAMESPACE, actor_name
 
-    return ray.get_actor(actor_name(plane.app_name, plane.config_text), namespace=NAMESPACE)
+    return ray.get_actor(actor_name(plane.app_name), namespace=NAMESPACE)
 
 
 def _circuit(plane, name: str) -> str:

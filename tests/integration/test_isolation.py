@@ -76,7 +76,7 @@ def vllm_plane(ray_cluster):
 def _placement_actor(plane):
     from deployments.placement_actor import NAMESPACE, actor_name
 
-    return ray.get_actor(actor_name(plane.app_name, plane.config_text), namespace=NAMESPACE)
+    return ray.get_actor(actor_name(plane.app_name), namespace=NAMESPACE)
 
 
 def test_the_ingress_counts_what_the_engine_counts():

@@ -46,7 +46,7 @@ def labelled_plane(tmp_path_factory):
 def _status(plane) -> dict:
     from deployments.placement_actor import NAMESPACE, actor_name
 
-    actor = ray.get_actor(actor_name(plane.app_name, plane.config_text), namespace=NAMESPACE)
+    actor = ray.get_actor(actor_name(plane.app_name), namespace=NAMESPACE)
     return ray.get(actor.status.remote())
 
 

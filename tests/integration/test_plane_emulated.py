@@ -310,7 +310,7 @@ def test_killing_the_placement_actor_does_not_stop_traffic(emulated_plane):
     from deployments.placement_actor import NAMESPACE, actor_name
 
     bound_s = 3.0
-    actor = ray.get_actor(actor_name(emulated_plane.app_name, emulated_plane.config_text), namespace=NAMESPACE)
+    actor = ray.get_actor(actor_name(emulated_plane.app_name), namespace=NAMESPACE)
     started = ray.get(actor.started_at_s.remote())
     killed_at = time.monotonic()
     ray.kill(actor, no_restart=False)

@@ -4,8 +4,8 @@ real Ray Serve with emulated substrates.
 - Clients that leave mid-dispatch (non-streamed, before any byte) and mid-stream (after two lines)
   must leave no in-flight count behind, in the ingress replicas' reports or in the substrates' own,
   and each such request has exactly one audit row (499, ``client_disconnected``).
-- A redeploy of a changed config leaves one placement actor, the new config's, and ``status``
-  reads it.
+- A redeploy of a changed config leaves one placement actor, the same process with the new config
+  applied, and ``status`` reads it.
 """
 
 from __future__ import annotations
@@ -112,11 +112,16 @@ def test_clients_that_leave_release_every_count_and_leave_one_row_each(emulated_
 
 def test_redeploy_of_a_changed_config_leaves_one_actor_and_status_reads_it(emulated_plane):
     from deployments import runtime
-    from deployments.placement_actor import _actor_names
+    from deployments.placement_actor import NAMESPACE, current_actor
+
+    def actors() -> list[str]:
+        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == NAMESPACE and a["name"].startswith("inferplane-placement-")]
 
     plane = emulated_plane
-    before = _actor_names(plane.app_name)
+    before = actors()
     assert len(before) == 1
+    pid = ray.get(current_actor(plane.app_name).pid.remote(), timeout=10)
     changed = plane.config_text.replace("ttft_deadline_ms: 60000, e2e_deadline_ms: 600000",
                                         "ttft_deadline_ms: 61000, e2e_deadline_ms: 600000", 1)
     assert changed != plane.config_text
@@ -124,12 +129,13 @@ def test_redeploy_of_a_changed_config_leaves_one_actor_and_status_reads_it(emula
     port = int(plane.url.rsplit(":", 1)[1])
     runtime.deploy(changed, plane.app_name, "127.0.0.1", port)
     try:
-        names = _wait_for(lambda: (lambda n: (len(n) == 1 and n != before, n))(_actor_names(plane.app_name)), 90,
-                          "placement actors after the redeploy")
+        # The config is applied to the running actor: status reads it at once, and no second actor appears.
         assert _status(plane)["policy_hash"] == new_hash
-        r = httpx.post(f"{plane.url}/v1/chat/completions", json=dict(LONG, max_tokens=4),
-                       headers={"Authorization": f"Bearer {GLOBAL_KEY}"}, timeout=30)
+        r = _wait_for(lambda: (lambda r: (r.status_code == 200, r))(httpx.post(
+            f"{plane.url}/v1/chat/completions", json=dict(LONG, max_tokens=4),
+            headers={"Authorization": f"Bearer {GLOBAL_KEY}"}, timeout=30)), 60, "an answer after the redeploy")
         assert r.status_code == 200, r.text
-        assert names != before
+        assert actors() == before
+        assert ray.get(current_actor(plane.app_name).pid.remote(), timeout=10) == pid  # the same process
     finally:
-        plane.config_text = changed  # the fixture's teardown removes whatever actors remain
+        plane.config_text = changed

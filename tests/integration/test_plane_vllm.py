@@ -57,7 +57,7 @@ def test_engine_stats_reach_the_snapshot(vllm_plane):
     from inferplane.config import parse_config
 
     index = [s.name for s in parse_config(vllm_plane.config_text).substrates].index("local-vllm")
-    actor = ray.get_actor(actor_name(vllm_plane.app_name, vllm_plane.config_text), namespace=NAMESPACE)
+    actor = ray.get_actor(actor_name(vllm_plane.app_name), namespace=NAMESPACE)
     snap = ray.get(actor.snapshot.remote())
     kv = snap.signals[index].kv_cache_usage
     assert kv is not None and 0.0 <= kv.value <= 1.0
@@ -78,7 +78,7 @@ def test_engine_load_reaches_the_snapshot_and_changes_placement(vllm_plane):
 
     names = [s.name for s in parse_config(vllm_plane.config_text).substrates]
     i = names.index("local-vllm")
-    actor = ray.get_actor(actor_name(vllm_plane.app_name, vllm_plane.config_text), namespace=NAMESPACE)
+    actor = ray.get_actor(actor_name(vllm_plane.app_name), namespace=NAMESPACE)
     seen = {"queued": 0.0, "kv": 0.0, "max_age_s": 0.0}
     done = threading.Event()
 

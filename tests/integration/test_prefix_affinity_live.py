@@ -91,7 +91,7 @@ def _replica_counters(plane, expected_queried: int, timeout_s: float = 60.0) -> 
     reaches ``expected_queried`` (replicas report every quarter second)."""
     from deployments.placement_actor import NAMESPACE, actor_name
 
-    actor = ray.get_actor(actor_name(plane.app_name, plane.config_text), namespace=NAMESPACE)
+    actor = ray.get_actor(actor_name(plane.app_name), namespace=NAMESPACE)
     deadline = time.monotonic() + timeout_s
     while True:
         (sub,) = ray.get(actor.status.remote())["substrates"]

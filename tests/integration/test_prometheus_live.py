@@ -141,7 +141,7 @@ def _send_traffic(plane) -> Counter:
 
     from deployments.placement_actor import NAMESPACE, actor_name
 
-    actor = ray.get_actor(actor_name(plane.app_name, plane.config_text), namespace=NAMESPACE)
+    actor = ray.get_actor(actor_name(plane.app_name), namespace=NAMESPACE)
     ray.get(actor.push_signal.remote("power_headroom", 0.8, "zone", "eu-central-1a"), timeout=10)
     sent: Counter = Counter()
     for i in range(16):

@@ -187,9 +187,17 @@ def _build_kuberay(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from deployments import runtime
 
-    cfg, text = shipped_config(args.config, args.model_files)
+    from inferplane.config.model_set import RunningFile, files_of
+
+    if args.model_files:
+        merged = merge_files(args.config, args.model_files)
+        cfg, text, files = merged.config, merged.text, files_of(merged)
+    else:
+        cfg, text = shipped_config(args.config)
+        files = [RunningFile(args.config, "fleet", text)]
     runtime.connect(args.address)
-    runtime.deploy(text, args.app_name, cfg.ingress.host, cfg.ingress.port, gpu=args.gpu)
+    runtime.deploy(text, args.app_name, cfg.ingress.host, cfg.ingress.port, gpu=args.gpu,
+                   files=[f.as_dict() for f in files])
     print(f"deployed `{args.app_name}` to {args.address}; ingress on port {cfg.ingress.port}")
     record_history(args, cfg, text, f"deploy {args.address} {args.app_name}")
     return 0

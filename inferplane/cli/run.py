@@ -68,7 +68,8 @@ def cmd(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        runtime.deploy(config_text, args.app_name, host, port)
+        runtime.deploy(config_text, args.app_name, host, port,
+                       files=[{"path": args.config, "kind": "fleet", "team": None, "text": config_text}])
         url = f"http://{host}:{port}"
         runtime.wait_ready(url)
         print(f"\ninferplane is serving at {url}/v1 (ready in {time.monotonic() - t0:.0f}s)")

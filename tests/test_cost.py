@@ -91,8 +91,18 @@ def test_impossible_inputs_are_refused(tokens_in: int, tokens_out: int, e2e: flo
 )
 def test_attributed_cost_uses_the_engines_formula(tokens_in, tokens_out, price_in, price_out, gpu_hour, gpus,
                                                   egress, region) -> None:
-    """Fed the engine's own predicted time and token counts, attribution equals the estimate."""
-    spec = spec_of(substrate("s").zone("us-east", "us-east-1a").serves(window=200_000)
+    """Fed the engine's own predicted time and token counts, attribution equals the estimate for a
+    burst-tier substrate. On the reserved tier placement prices only the slot's opportunity (the
+    batch fraction's share, ``estimate``), while attribution keeps amortising the hardware."""
+    reserved = spec_of(substrate("r").zone("us-east", "us-east-1a").serves(window=200_000).tier("reserved")
+                       .cost(input_per_1m=price_in, output_per_1m=price_out, gpu_hour=gpu_hour, gpus=gpus,
+                             egress_per_gb=egress))
+    est = estimate(reserved, idle_for(reserved.kind), tokens_in, tokens_out, region, NOW, 2.0)
+    cost = request_cost(reserved, tokens_in, tokens_out, est.e2e_s, region)
+    batch_frac = min(1.0, 1.0 / reserved.max_concurrent)  # idle: this request's slot alone
+    assert est.cost_usd == pytest.approx(cost.tokens_usd + cost.egress_usd + cost.gpu_usd * batch_frac,
+                                         rel=1e-9, abs=1e-15)
+    spec = spec_of(substrate("s").zone("us-east", "us-east-1a").serves(window=200_000).tier("burst")
                    .cost(input_per_1m=price_in, output_per_1m=price_out, gpu_hour=gpu_hour, gpus=gpus,
                          egress_per_gb=egress))
     est = estimate(spec, idle_for(spec.kind), tokens_in, tokens_out, region, NOW, 2.0)

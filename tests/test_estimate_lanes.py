@@ -87,3 +87,37 @@ def test_on_need_spills_long_prompts_off_a_one_lane_primary_with_free_slots() ->
     d = place(request(**req), snapshot(built, {"p": signals(in_flight=8)}), built.policy)
     assert d.substrate == "p" and not d.spillover
 
+
+# -- Owned hardware: placement prices the opportunity, attribution amortises ------------------------
+
+
+def _pool(tier: str):
+    return fleet(substrate("x").tier(tier).capacity(8).latency(base_ttft_ms=100, prefill=10_000, decode=100)
+                 .cost(gpu_hour=8.0, gpus=1))
+
+
+def _cost(tier: str, in_flight: float | None) -> float:
+    built = _pool(tier).build()
+    spec = built.fleet.substrate("x")
+    return estimate(spec, signals(in_flight=in_flight), 1000, 100, None, 1_000_000.0,
+                    built.policy.signal_staleness_bound_s).cost_usd
+
+
+def test_a_reserved_pool_costs_its_opportunity_rising_with_its_batch() -> None:
+    slot_price = 8.0 / 3600 / 8
+    idle, half, full = _cost("reserved", 0), _cost("reserved", 3), _cost("reserved", 7)
+    # e2e = 0.1 + 0.1 + 100 tokens / the decode rate (100 tok/s, no slowdown) = 1.2 s
+    assert idle == pytest.approx(slot_price * 1 / 8 * 1.2)
+    assert half == pytest.approx(slot_price * 4 / 8 * 1.2)
+    assert full == pytest.approx(slot_price * 1.2)
+    assert _cost("reserved", None) >= full, "an unknown load is priced as a full pool (and a queue)"
+    assert _cost("burst", 0) == pytest.approx(slot_price * 1.2), "burst-tier hardware pays its slot-time in full"
+
+
+def test_attribution_keeps_amortising_reserved_hardware() -> None:
+    from inferplane.telemetry.cost import request_cost
+    built = _pool("reserved").build()
+    spec = built.fleet.substrate("x")
+    attributed = request_cost(spec, 1000, 100, 1.2, None)
+    assert attributed.gpu_usd == pytest.approx(8.0 / 3600 / 8 * 1.2)
+    assert _cost("reserved", 0) < attributed.total_usd

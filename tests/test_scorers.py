@@ -144,14 +144,14 @@ def test_estimate_worked_by_hand() -> None:
     # cost: input   1000 * 0.5e-6          = 0.000500
     #       output   100 * 1.5e-6          = 0.000150
     #       GPU     3.60 USD/h * 1 GPU * 1 replica / 3600 s / 4 slots = 0.00025 USD per slot-second,
-    #               * e2e 4.62 s           = 0.001155
+    #               reserved: its opportunity, x batch_frac 0.5 = 0.000125, * e2e 4.62 s = 0.0005775
     #       egress  (eu-central vs ingress us-east) 1100 tokens * 4 B * 0.1e-9 USD/B = 0.00000044
-    #       total                          = 0.00180544
-    assert e.cost_usd == pytest.approx(0.00180544, rel=1e-9)
+    #       total                          = 0.00122794
+    assert e.cost_usd == pytest.approx(0.00122794, rel=1e-9)
 
 
 def test_estimate_same_region_pays_no_egress() -> None:
-    assert run_estimate(signals(in_flight=1), region="eu-central").cost_usd == pytest.approx(0.001805, rel=1e-9)
+    assert run_estimate(signals(in_flight=1), region="eu-central").cost_usd == pytest.approx(0.0012275, rel=1e-9)
 
 
 def test_estimate_queue_wait_when_full() -> None:
@@ -208,8 +208,8 @@ def test_engine_reports_the_estimate_and_the_scores() -> None:
                       ingress_zone="us-east-1a"), snap, built.policy)
     assert d.substrate == "x"
     assert (d.predicted_ttft_s, d.predicted_e2e_s) == pytest.approx((0.62, 4.62))
-    assert d.estimated_cost_usd == pytest.approx(0.00180544, rel=1e-9)
-    c = 0.00180544 / 1100
+    assert d.estimated_cost_usd == pytest.approx(0.00122794, rel=1e-9)  # the reserved slot's opportunity
+    c = 0.00122794 / 1100
     expected = {
         "predicted_latency": min(1 - 0.62 / 1.5, 1 - 4.62 / 20),  # min(0.5867, 0.769)
         "queue_pressure": 1 - 1 / 4,

@@ -49,9 +49,26 @@ taken as a full substrate, or as its last known load if that was worse
 (occupancy = max(max_concurrent, last in flight)), so uncertainty never makes a substrate look
 faster.
 
-Cost (USD): input and output tokens at the substrate's prices, plus owned hardware amortised over
-its concurrent slots (``usd_per_slot_second * e2e``), plus egress for the request's bytes
-(4 bytes per token) when the substrate is outside the ingress's region (or the region is unknown).
+Cost (USD): input and output tokens at the substrate's prices, plus owned hardware's slot-time,
+plus egress for the request's bytes (4 bytes per token) when the substrate is outside the
+ingress's region (or the region is unknown):
+
+    slot_price  = usd_per_slot_second * batch_frac     reserved tier (owned, paid busy or idle)
+                = usd_per_slot_second                  burst tier
+    cost        = in * usd_per_input_token + out * usd_per_output_token + slot_price * e2e (+ egress)
+
+This is the cost *for placement*: what placing the request here costs the fleet. A reserved pool's
+hardware is paid whether or not it serves, so a slot-second on it costs only its opportunity: the
+work it displaces. With idle slots nothing is displaced (an idle reserved pool is nearly free to
+use); the more of its slots are taken, the likelier the slot is one another request will want and
+have to buy elsewhere, and at a full batch it costs the whole amortised price
+(``usd_per_slot_second``: GPU-hour price x GPUs / 3600 / slots). Linear in the batch fraction
+(this request included) is the simplest rise that meets both ends. A burst-tier pool with a slot
+price (owned hardware that is scaled and billed as it runs) pays its slot-time at the full price.
+*Attribution* (``telemetry.cost``: chargeback, the audit's attributed cost, tenants' budgets) keeps
+amortising every request's slot-time at the full ``usd_per_slot_second``, so the hardware's cost
+is shared out by use; only the placement estimate (``Estimate.cost_usd``, the cost scorer, the
+decision's ``estimated_cost_usd``) prices the opportunity.
 """
 
 from __future__ import annotations
@@ -154,7 +171,7 @@ def estimate(
 
     c = spec.cost
     cost = input_tokens * c.usd_per_input_token + output_tokens * c.usd_per_output_token
-    cost += c.usd_per_slot_second * e2e
+    cost += (c.usd_per_slot_second * batch_frac if spec.tier == "reserved" else c.usd_per_slot_second) * e2e
     if c.egress_usd_per_byte and spec.region != ingress_region:
         cost += (input_tokens + output_tokens) * BYTES_PER_TOKEN * c.egress_usd_per_byte
     return Estimate(ttft, e2e, cost, occupancy, output_tokens)

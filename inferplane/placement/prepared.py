@@ -25,6 +25,8 @@ request's expected output tokens, see ``estimate``)
     lane_wait = estimate.lane_wait_s(*prefill_lanes, prefill, decode), 0 when prefill_lanes is None
     e2e       = ttft + decode
     cost      = in * usd_per_input_token + out * usd_per_output_token + usd_per_slot_second * e2e
+                (``usd_per_slot_second``: the placement's slot price, the batch fraction's share of
+                the amortised price on the reserved tier: see ``estimate``)
                 (+ (in + out) * 4 * egress_usd_per_byte outside the ingress's region)
 
 with the coefficients below, computed by the same float operations as ``estimate`` (so the engine's
@@ -77,6 +79,8 @@ class PreparedSubstrate(NamedTuple):
     usd_per_input_token: float
     usd_per_output_token: float
     usd_per_slot_second: float
+    """The slot price placement pays (``estimate``): reserved tier, the amortised price x the batch
+    fraction; burst tier, the amortised price."""
     egress_usd_per_byte: float
     region: str
     zone: str
@@ -182,6 +186,8 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
     memory_score = 1.0 if worst < 0.0 else 1.0 - (worst if worst < 1.0 else 1.0)
     ratio = occupancy / cap
     countries = signals.node_countries
+    if reserved_score:  # owned hardware paid busy or idle: the opportunity (``estimate``)
+        usd_slot_s = usd_slot_s * batch_frac
     lanes_now = prefill_lanes(spec, cap)
     lanes = None if lanes_now is None else (
         base_ttft_s, (occupancy if occupancy < cap else float(cap)) / lanes_now, (lanes_now - 1.0) / lanes_now)

@@ -17,9 +17,16 @@ is a share of one replica (``max_concurrent / replicas`` slots each), so the cha
 on how many replicas run; the hardware's own cost does, and follows them: live replica-seconds x
 ``usd_per_replica_second`` (the actor's ``inferplane_substrate_owned_cost_usd_total``).
 
+This is *attribution* (chargeback, the audit's attributed cost, tenants' budgets): the hardware's
+cost shared out by use. *Placement* prices a reserved pool's slot-time differently
+(``placement.estimate``): the hardware is paid busy or idle, so a slot costs only its opportunity,
+the amortised price times the pool's batch fraction (about 0 while it has idle slots, the whole
+price when it is full). The two agree on tokens and egress, and on the slot-time of a burst-tier
+pool.
+
 Egress is charged at 4 bytes per token (``estimate.BYTES_PER_TOKEN``), the same rule the placement
-engine uses for its estimate, so a request's estimated and attributed costs differ only in tokens
-and time, never in formula.
+engine uses for its estimate, so a request's estimated and attributed costs differ only in tokens,
+time and the reserved slot's opportunity.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from inferplane.replay.plane_router import PlaneRouter
 from inferplane.replay.runner import ReplayOptions, prepare
 from inferplane.replay.scenario import EventKind, MismatchSpec, load_scenario
 from inferplane.replay.simulator import Simulator
-from inferplane.replay.suite import load_suite
+from inferplane.replay.suite import _run_cell, load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE_DIR = ROOT / "configs" / "scenarios" / "suite"
@@ -35,7 +35,7 @@ def _expected_cells() -> set[tuple[str, str, float]]:
 def test_the_suite_runs_every_cell_through_the_cli(capsys, tmp_path):
     out, plots = tmp_path / "suite.json", tmp_path / "plots"
     code = main(["replay", "--suite", SUITE, "--limit", "100", "--router", ",".join(ROUTERS),
-                 "--out", str(out), "--plots", str(plots), "--no-progress"])
+                 "--out", str(out), "--plots", str(plots), "--no-progress", "--jobs", "2"])
     stdout, _ = capsys.readouterr()
     assert code == 0
     report = json.loads(out.read_text(encoding="utf-8"))
@@ -58,6 +58,22 @@ def test_the_suite_runs_every_cell_through_the_cli(capsys, tmp_path):
     assert (plots / "suite_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "three-jurisdictions" in stdout and "mooncake-synth" in stdout
     assert f"of {len(cells)} cells" in stdout
+    # two worker processes: the cells in the suite's order, each as the same cell replayed here
+    suite = load_suite(SUITE)
+    assert [c["label"] for c in report["cells"]] == [c.label for c in suite.cells]
+    for i in (0, len(suite.cells) - 1):
+        again = _run_cell((suite.cells[i], ROUTERS, 100, True))
+        assert [(r["sla_attainment"], r["cost_usd"], r["of_bound_sla"]) for r in again["runs"]] == \
+            [(r["sla_attainment"], r["cost_usd"], r["of_bound_sla"]) for r in report["cells"][i]["runs"]]
+    # the summary counts each target over the cells, and each cell says how fast the plane's router ran
+    summary = report["summary"]
+    assert summary["cells"] == len(cells) and summary["of_bound_judged"] == len(cells)
+    assert summary["all_targets"] == sum(not c["shortfalls"] for c in report["cells"])
+    assert summary["of_bound"] == sum(c["runs"][0]["of_bound_sla"] >= 0.95 for c in report["cells"])
+    assert summary["no_violations"] == len(cells) == summary["no_unlogged_spillovers"]
+    assert all(c["plane_replay_speed"] == c["runs"][0]["replay_speed"] > 0 for c in report["cells"])
+    assert summary["replay_speed"] == sum(c["plane_replay_speed"] >= 2000 for c in report["cells"])
+    assert f"cells meeting each target, of {len(cells)}: all {summary['all_targets']};" in stdout
 
 
 def test_no_fleet_of_the_suite_carries_a_policy():

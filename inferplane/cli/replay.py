@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run every cell of a scenario suite (configs/scenarios/suite/suite.yaml: fleets x traces x "
                    "loads, the default policy) and print one table; takes --router (default: inferplane and the "
                    "compliant baselines), --limit (trace rows per cell), --no-bound, --mismatch, --out, --plots")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="with --suite: replay N cells at a time in worker processes (default 1; the table and "
+                   "JSON keep the suite's order)")
     p.add_argument("--mismatch", choices=("on", "off", "both"),
                    help="true substrate physics drawn around the declared profiles, with drift and brown-outs "
                    "(simulation.mismatch; on without one: its defaults); both: every suite cell with and without "
@@ -323,10 +326,13 @@ def _suite(args: argparse.Namespace) -> int:
         raise ValueError("--suite FILE takes its scenarios and traces from the suite file: drop CONFIG and --trace")
     if args.target:
         raise ValueError("--suite replays in simulation only: drop --target")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: at least 1")
     suite = load_suite(args.suite, mismatch=args.mismatch or "off")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     routers = DEFAULT_ROUTERS if args.router is None else parse_routers(args.router)
-    report = run_suite(suite, routers=routers, limit=args.limit, bound=not args.no_bound, progress=progress)
+    report = run_suite(suite, routers=routers, limit=args.limit, bound=not args.no_bound, progress=progress,
+                       jobs=args.jobs)
     if args.plots:
         report["plots"] = write_heatmap(report, args.plots)
     if args.out:

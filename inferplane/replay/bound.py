@@ -126,8 +126,9 @@ class Bound:
     sla_attainment: float
     met: float
     """Requests (fluid) meeting their deadlines at the best attainment."""
-    cost_usd: float
-    """The least total cost at which ``sla_attainment`` is reached (fixed + usage)."""
+    cost_usd: float | None
+    """The least total cost at which ``sla_attainment`` is reached (fixed + usage); None when not
+    asked for (``solve_bound(cost=False)``)."""
     fixed_cost_usd: float
     requests: int
     pairs: int
@@ -353,10 +354,13 @@ def least_cost_usd(programme: FluidProgramme, met: float) -> float:
     return programme.fixed_cost_usd + float(res.fun)
 
 
-def solve_bound(programme: FluidProgramme) -> Bound:
+def solve_bound(programme: FluidProgramme, *, cost: bool = True) -> Bound:
+    """The best attainment, and (``cost``) the least cost at it; without, ``cost_usd`` is None and
+    only the first LP is solved (the loose bound of a suite's cell, where only its attainment is
+    read: the least-cost LP is the slower of the two)."""
     t = time.perf_counter()
     met = max_met(programme)
-    cost = least_cost_usd(programme, met)
+    cost = least_cost_usd(programme, met) if cost else None
     return Bound(
         sla_attainment=met / programme.requests if programme.requests else 0.0, met=met, cost_usd=cost,
         fixed_cost_usd=programme.fixed_cost_usd, requests=programme.requests, pairs=int(programme.usage_cost.size),

@@ -52,6 +52,8 @@ COST_SLA_POINTS = 0.01
 """A compliant baseline within this much of the plane's deadlines met (or above) must not be cheaper."""
 COST_TOLERANCE = 1e-4
 """Costs closer than this (relative) are equal: the same reserved hardware over the same span."""
+SPEED_TARGET = 2000.0
+"""The plane's router simulates at least this many seconds per wall second in every cell (#14)."""
 
 
 class _Strict(BaseModel):
@@ -132,24 +134,49 @@ def load_suite(path: str | Path, *, mismatch: str = "off") -> Suite:
 
 
 def run_suite(suite: Suite, *, routers: tuple[str, ...] = DEFAULT_ROUTERS, limit: int | None = None,
-              bound: bool = True, progress: bool = False) -> dict:
-    """Replay every cell; the suite report (plain JSON-able data)."""
+              bound: bool = True, progress: bool = False, jobs: int = 1) -> dict:
+    """Replay every cell; the suite report (plain JSON-able data). ``jobs`` > 1: that many cells at
+    a time in worker processes (each cell is independent and seeded, so its numbers are the same
+    either way); the cells stay in the suite's order."""
     t_all = time.perf_counter()
-    cells = []
-    for n, cell in enumerate(suite.cells, 1):
+    work = [(cell, routers, limit, bound) for cell in suite.cells]
+    cells: list[dict] = []
+
+    def done(n: int, summary: dict) -> None:
+        cells.append(summary)
         if progress:
-            print(f"[{n}/{len(suite.cells)}] {cell.label} ...", file=sys.stderr, flush=True)
-        t_cell = time.perf_counter()
-        report, _ = replay(ReplayOptions(
-            scenario=cell.scenario, trace=cell.trace, routers=routers, format=cell.format, rate_scale=cell.load,
-            limit=limit, bound=bound, mismatch=cell.mismatch))
-        cells.append(cell_summary(cell, report, limit, time.perf_counter() - t_cell))
+            print(f"[{n}/{len(work)}] {summary['label']}: {summary['wall_time_s']:.0f} s", file=sys.stderr, flush=True)
+
+    if jobs <= 1 or len(work) <= 1:
+        for n, args in enumerate(work, 1):
+            done(n, _run_cell(args))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # heaviest first would balance better, but the suite's order keeps the output deterministic:
+        # map returns in submission order whatever the finishing order
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for n, summary in enumerate(pool.map(_run_cell, work), 1):
+                done(n, summary)
     return {
         "suite": suite.path, "description": suite.description, "policy": "default (the schema's)",
         "routers": list(routers), "limit": limit, "bound": bound, "cells": cells,
-        "targets": {"of_bound_sla": OF_BOUND_TARGET, "cost_within_sla_points": COST_SLA_POINTS},
+        "targets": {"of_bound_sla": OF_BOUND_TARGET, "cost_within_sla_points": COST_SLA_POINTS,
+                    "plane_replay_speed": SPEED_TARGET},
+        "summary": target_counts(cells), "jobs": jobs,
         "wall_time_s": time.perf_counter() - t_all,
     }
+
+
+def _run_cell(args: tuple) -> dict:
+    """One cell, in this process or a worker's."""
+    cell, routers, limit, bound = args
+    t_cell = time.perf_counter()
+    report, _ = replay(ReplayOptions(
+        scenario=cell.scenario, trace=cell.trace, routers=routers, format=cell.format, rate_scale=cell.load,
+        limit=limit, bound=bound, mismatch=cell.mismatch, loose_cost=False))
+    return cell_summary(cell, report, limit, time.perf_counter() - t_cell)
 
 
 def cell_summary(cell: Cell, report: dict, limit: int | None, wall_s: float) -> dict:
@@ -163,7 +190,7 @@ def cell_summary(cell: Cell, report: dict, limit: int | None, wall_s: float) -> 
         "ttft_p99_s": r["ttft_p99_s"],
         "of_bound_sla": (r.get("bound_fraction") or {}).get("sla"),
         "of_bound_cost": (r.get("bound_fraction") or {}).get("cost"),
-        "replay_speed": r["replay_speed"],
+        "replay_speed": r["replay_speed"], "wall_time_s": r["wall_time_s"],
     } for r in report["runs"]]
     command = (f"inferplane replay {cell.scenario} --trace {cell.trace}"
                + (f" --format {cell.format}" if cell.format else "") + f" --rate-scale {cell.load:g}"
@@ -175,7 +202,9 @@ def cell_summary(cell: Cell, report: dict, limit: int | None, wall_s: float) -> 
         "bound": None if bound is None else {
             "sla_attainment": bound["sla_attainment"], "cost_usd": bound["cost_usd"],
             "loose_sla_attainment": (bound.get("loose") or {}).get("sla_attainment")},
-        "runs": runs, "shortfalls": shortfalls(runs), "wall_time_s": wall_s,
+        "runs": runs, "shortfalls": shortfalls(runs), "wall_time_s": wall_s, "label": cell.label,
+        "bound_s": None if bound is None else bound["solve_s"] + ((bound.get("loose") or {}).get("solve_s") or 0.0),
+        "plane_replay_speed": next((r["replay_speed"] for r in runs if r["router"] == PLANE), None),
         "command": command + (" (with simulation.mismatch on)" if cell.mismatch else ""),
     }
 
@@ -203,6 +232,38 @@ def shortfalls(runs: list[dict]) -> list[str]:
     if plane["unlogged_spillovers"]:
         out.append(f"{plane['unlogged_spillovers']} unlogged spillovers")
     return out
+
+
+def target_counts(cells: list[dict]) -> dict:
+    """How many cells meet each of issue #14's targets (the plane's run in each cell; a target a
+    cell cannot judge, such as the bound under --no-bound, counts in ``judged`` only where it can)."""
+    out = {"cells": len(cells), "all_targets": 0, "of_bound": 0, "of_bound_judged": 0, "at_least_compliant": 0,
+           "not_dearer": 0, "no_violations": 0, "no_unlogged_spillovers": 0, "replay_speed": 0}
+    for c in cells:
+        plane = next((r for r in c["runs"] if r["router"] == PLANE), None)
+        if plane is None:
+            continue
+        compliant = [r for r in c["runs"] if r["router"] in COMPLIANT]
+        out["all_targets"] += not c["shortfalls"]
+        if plane["of_bound_sla"] is not None:
+            out["of_bound_judged"] += 1
+            out["of_bound"] += plane["of_bound_sla"] >= OF_BOUND_TARGET
+        out["at_least_compliant"] += all(r["sla_attainment"] <= plane["sla_attainment"] for r in compliant)
+        out["not_dearer"] += not any(r["sla_attainment"] >= plane["sla_attainment"] - COST_SLA_POINTS
+                                     and r["cost_usd"] < plane["cost_usd"] * (1.0 - COST_TOLERANCE) for r in compliant)
+        out["no_violations"] += plane["sovereignty_violations"] == 0
+        out["no_unlogged_spillovers"] += plane["unlogged_spillovers"] == 0
+        out["replay_speed"] += (plane["replay_speed"] or 0.0) >= SPEED_TARGET
+    return out
+
+
+def summary_line(counts: dict) -> str:
+    n = counts["cells"]
+    return (f"cells meeting each target, of {n}: all {counts['all_targets']}; >= 95 % of the bound "
+            f"{counts['of_bound']} (of {counts['of_bound_judged']} with a bound); >= every compliant baseline "
+            f"{counts['at_least_compliant']}; no dearer {counts['not_dearer']}; 0 violations {counts['no_violations']}; "
+            f"0 unlogged spillovers {counts['no_unlogged_spillovers']}; plane >= {SPEED_TARGET:,.0f} sim s/s "
+            f"{counts['replay_speed']}")
 
 
 def _f(value: float | None, fmt: str) -> str:
@@ -242,13 +303,16 @@ def render_suite(report: dict) -> str:
             _f(None if plane is None else plane["of_bound_sla"], ".3f"),
             "-" if best is None else f"{best['router']} {100 * best['sla_attainment']:.2f}",
             _f(None if plane is None else plane["cost_usd"], ".2f"),
+            _f(c.get("plane_replay_speed"), ",.0f"), f"{c['wall_time_s']:.0f}",
             "-" if plane is None else ("met" if not c["shortfalls"] else "; ".join(c["shortfalls"])),
         ])
     lines.append(render_table(
         ["fleet", "trace", "load", *(["mismatch"] if mismatch else []), "requests", "bound %", "plane %",
-         "of bound", "best compliant %", "plane USD", "targets"], rows, "l" * (3 + mismatch) + "rrrrlrl"))
+         "of bound", "best compliant %", "plane USD", "plane sim s/s", "cell s", "targets"], rows,
+        "l" * (3 + mismatch) + "rrrrlrrrl"))
     lines.append(f"the plane meets every target in {met_all} of {len(report['cells'])} cells; "
                  f"wall time {report['wall_time_s']:.0f} s")
+    lines.append(summary_line(report.get("summary") or target_counts(report["cells"])))
     return "\n".join(lines)
 
 

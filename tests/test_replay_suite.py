@@ -24,6 +24,8 @@ SUITE_DIR = ROOT / "configs" / "scenarios" / "suite"
 SUITE = str(SUITE_DIR / "suite.yaml")
 AZURE_CONV = str(ROOT.parent / "shared" / "data" / "traces" / "AzureLLMInferenceTrace_conv.csv")
 ROUTERS = ("inferplane", "ordered_fallback", "round_robin-compliant")
+LIMIT = 40
+"""Trace rows per cell of the reduced slice: every cell of the suite, a few seconds each."""
 
 
 def _expected_cells() -> set[tuple[str, str, float]]:
@@ -34,7 +36,7 @@ def _expected_cells() -> set[tuple[str, str, float]]:
 
 def test_the_suite_runs_every_cell_through_the_cli(capsys, tmp_path):
     out, plots = tmp_path / "suite.json", tmp_path / "plots"
-    code = main(["replay", "--suite", SUITE, "--limit", "100", "--router", ",".join(ROUTERS),
+    code = main(["replay", "--suite", SUITE, "--limit", str(LIMIT), "--router", ",".join(ROUTERS),
                  "--out", str(out), "--plots", str(plots), "--no-progress", "--jobs", "2"])
     stdout, _ = capsys.readouterr()
     assert code == 0
@@ -62,7 +64,7 @@ def test_the_suite_runs_every_cell_through_the_cli(capsys, tmp_path):
     suite = load_suite(SUITE)
     assert [c["label"] for c in report["cells"]] == [c.label for c in suite.cells]
     for i in (0, len(suite.cells) - 1):
-        again = _run_cell((suite.cells[i], ROUTERS, 100, True))
+        again = _run_cell((suite.cells[i], ROUTERS, LIMIT, True))
         assert [(r["sla_attainment"], r["cost_usd"], r["of_bound_sla"]) for r in again["runs"]] == \
             [(r["sla_attainment"], r["cost_usd"], r["of_bound_sla"]) for r in report["cells"][i]["runs"]]
     # the summary counts each target over the cells, and each cell says how fast the plane's router ran

@@ -104,8 +104,9 @@ def fair_shares(built: BuiltConfig) -> dict[str, float]:
     return {name: t.share for name, t in built.policy.tenants.items()}
 
 
-def prepare(options: ReplayOptions) -> Prepared:
-    scenario = load_scenario(options.scenario)
+def prepare(options: ReplayOptions, scenario: Scenario | None = None) -> Prepared:
+    """``scenario``: ``options.scenario`` already loaded (a suite loads each of its files once)."""
+    scenario = load_scenario(options.scenario) if scenario is None else scenario
     built = scenario.built
     names = {s.name for s in built.fleet.substrates}
     for e in options.events:
@@ -190,9 +191,10 @@ def _run(sim: Simulator, router, prepared: Prepared, router_name: str, progress:
     return result
 
 
-def replay(options: ReplayOptions) -> tuple[dict, tuple[SimulationResult, ...]]:
+def replay(options: ReplayOptions, scenario: Scenario | None = None) -> tuple[dict, tuple[SimulationResult, ...]]:
+    """``scenario``: ``options.scenario`` already loaded (``prepare``)."""
     t_all = time.perf_counter()
-    prepared = prepare(options)
+    prepared = prepare(options, scenario)
     scenario = prepared.scenario
     built = scenario.built
     drift = options.drift or bool(prepared.events)

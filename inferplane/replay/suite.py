@@ -145,7 +145,10 @@ def run_suite(suite: Suite, *, routers: tuple[str, ...] = DEFAULT_ROUTERS, limit
     def done(n: int, summary: dict) -> None:
         cells.append(summary)
         if progress:
-            print(f"[{n}/{len(work)}] {summary['label']}: {summary['wall_time_s']:.0f} s", file=sys.stderr, flush=True)
+            speed, bound_s = summary["plane_replay_speed"], summary["bound_s"]
+            print(f"[{n}/{len(work)}] {summary['label']}: {summary['requests']} requests, {summary['wall_time_s']:.0f} s"
+                  + ("" if bound_s is None else f" (bound {bound_s:.0f} s)")
+                  + ("" if speed is None else f", plane {speed:,.0f} sim s/s"), file=sys.stderr, flush=True)
 
     if jobs <= 1 or len(work) <= 1:
         for n, args in enumerate(work, 1):

@@ -37,11 +37,14 @@ INGRESS_NAME = "inferplane-ingress"
 
 
 def _code_digest() -> str:
-    """The serving code's identity: the package version and the text of this package's modules
-    (an edited checkout is new code)."""
+    """The serving code's identity: the package version and the text of every module the replicas
+    run (``deployments``, ``inferplane``, ``substrate_adapters``): an edited checkout is new code."""
     h = hashlib.sha256(__version__.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.read_bytes())
+    root = Path(__file__).parent.parent
+    for package in ("deployments", "inferplane", "substrate_adapters"):
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
     return h.hexdigest()
 
 

@@ -39,7 +39,10 @@ Derivation, per substrate:
   of those within ``latency_window_s`` of the newest, dated by it (stale readings: the estimate
   ignores them, the deadline filter admits only probes while they say "too slow"). The medians
   are taken over the outcomes whose load counts at the current occupancy (below), each reading
-  dated by the newest of them; the error rate over all.
+  dated by the newest of them; the error rate over all. ``ttft_ratio`` is the median of observed
+  over declared first-token time (``Outcome.declared_ttft_s``, the decision's) over the same
+  outcomes, those that carry both, dated as the medians: what the estimate scales its prediction
+  by (``placement.estimate``).
 - **A latency reading counts only at a load it bounds.** An outcome's ``load`` is the most
   requests it shared the substrate with: the occupancy published when it was dispatched, or the
   highest published while it ran less itself, whichever is more (from the authority's record of
@@ -158,6 +161,9 @@ class Outcome:
     """Tokens produced (a completed request's teach the expected output length)."""
     dispatched_at_s: float | None = None
     """When the attempt was dispatched (dates the load it met)."""
+    declared_ttft_s: float | None = None
+    """The first-token time the substrate's declared profile predicted for it at placement
+    (``PlacementDecision.declared_ttft_s``): ``ttft_s`` over it teaches ``ttft_ratio``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,7 +576,7 @@ class FleetState:
             in_flight = rp.in_flight
         signals = d.signals = _signals_of(
             in_flight, rp.queued, rp.gpu, rp.kv, rp.rl_req, rp.rl_tok, op.ttft, op.tpot, op.error_rate, circuit,
-            rp.node_countries, rp.unlabelled, external, d.capacity)
+            rp.node_countries, rp.unlabelled, external, d.capacity, op.ttft_ratio)
         d.signals_rp, d.signals_op, d.in_flight_value, d.in_flight_at, d.circuit, d.external = \
             rp, op, in_flight_value, in_flight_at, circuit, external
         return signals
@@ -918,6 +924,7 @@ class _OutcomePart(NamedTuple):
     error_rate: Reading | None
     load_from: float = -_INF
     load_until: float = _INF
+    ttft_ratio: Reading | None = None
 
 
 class _OutcomeWindow:
@@ -930,20 +937,22 @@ class _OutcomeWindow:
     and still held) reduced: their ttft and tpot values sorted, their failures counted, updated as
     outcomes arrive and leave, so that in time order a median is read, not sorted."""
 
-    __slots__ = ("at_s", "ok", "ttft_s", "tpot_s", "load", "descents", "appended", "kept_from", "ttfts", "tpots",
-                 "failures")
+    __slots__ = ("at_s", "ok", "ttft_s", "tpot_s", "ratio", "load", "descents", "appended", "kept_from", "ttfts",
+                 "tpots", "ratios", "failures")
 
     def __init__(self) -> None:
         self.at_s: deque[float] = deque(maxlen=OUTCOME_WINDOW)
         self.ok: deque[bool] = deque(maxlen=OUTCOME_WINDOW)
         self.ttft_s: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
         self.tpot_s: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
+        self.ratio: deque[float | None] = deque(maxlen=OUTCOME_WINDOW)
         self.load: deque[float] = deque(maxlen=OUTCOME_WINDOW)
         self.descents = 0
         self.appended = 0
         self.kept_from = 0
         self.ttfts: list[float] = []
         self.tpots: list[float] = []
+        self.ratios: list[float] = []
         self.failures = 0
 
     def append(self, o: Outcome, load: float = -_INF) -> None:
@@ -961,12 +970,17 @@ class _OutcomeWindow:
         self.ok.append(o.ok)
         self.ttft_s.append(o.ttft_s)
         self.tpot_s.append(o.tpot_s)
+        declared = o.declared_ttft_s
+        ratio = o.ttft_s / declared if o.ttft_s is not None and declared is not None and declared > 0.0 else None
+        self.ratio.append(ratio)
         self.load.append(load)
         self.appended += 1
         if o.ttft_s is not None:
             insort(self.ttfts, o.ttft_s)
         if o.tpot_s is not None:
             insort(self.tpots, o.tpot_s)
+        if ratio is not None:
+            insort(self.ratios, ratio)
         if not o.ok:
             self.failures += 1
 
@@ -979,14 +993,17 @@ class _OutcomeWindow:
         else:  # outcomes kept before are wanted again (an earlier ``now``): reduce afresh
             self.ttfts = sorted(filter(_KNOWN, islice(self.ttft_s, start, None)))
             self.tpots = sorted(filter(_KNOWN, islice(self.tpot_s, start, None)))
+            self.ratios = sorted(filter(_KNOWN, islice(self.ratio, start, None)))
             self.failures = sum(map(not_, islice(self.ok, start, None)))
         self.kept_from = first + start
 
     def _unkeep(self, i: int) -> None:
         """Take the outcome at position ``i`` out of the reduction."""
-        ttft, tpot = self.ttft_s[i], self.tpot_s[i]
+        ttft, tpot, ratio = self.ttft_s[i], self.tpot_s[i], self.ratio[i]
         if ttft is not None:
             del self.ttfts[bisect_left(self.ttfts, ttft)]
+        if ratio is not None:
+            del self.ratios[bisect_left(self.ratios, ratio)]
         if tpot is not None:
             del self.tpots[bisect_left(self.tpots, tpot)]
         if not self.ok[i]:
@@ -1020,12 +1037,14 @@ def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float, count
         failures = outcomes.failures
         top = max(islice(outcomes.load, start, None))
         if top <= counted:  # every one counts: the kept reduction
-            ttfts, tpots, counted_at, load_from, load_until = outcomes.ttfts, outcomes.tpots, at, top, _INF
+            ttfts, tpots, ratios, counted_at, load_from, load_until = (
+                outcomes.ttfts, outcomes.tpots, outcomes.ratios, at, top, _INF)
         else:
             loads = list(islice(outcomes.load, start, None))
             mask = list(map(le, loads, repeat(counted)))
             ttfts = sorted(filter(_KNOWN, compress(islice(outcomes.ttft_s, start, None), mask)))
             tpots = sorted(filter(_KNOWN, compress(islice(outcomes.tpot_s, start, None), mask)))
+            ratios = sorted(filter(_KNOWN, compress(islice(outcomes.ratio, start, None), mask)))
             counted_at = max(compress(islice(times, start, None), mask), default=None)
             load_from = max(compress(loads, mask), default=-_INF)
             load_until = min(compress(loads, map(not_, mask)))  # the least load above counted
@@ -1045,6 +1064,7 @@ def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float, count
         below = [r and load <= counted for r, load in zip(recent, outcomes.load)]
         ttfts = sorted(filter(_KNOWN, compress(outcomes.ttft_s, below)))
         tpots = sorted(filter(_KNOWN, compress(outcomes.tpot_s, below)))
+        ratios = sorted(filter(_KNOWN, compress(outcomes.ratio, below)))
         counted_at = max(compress(times, below), default=None)
         load_from = max((load for load in loads if load <= counted), default=-_INF)
         load_until = min((load for load in loads if load > counted), default=_INF)
@@ -1052,7 +1072,8 @@ def _outcome_part(outcomes: _OutcomeWindow, now_s: float, window_s: float, count
         now_s, valid_until,
         _reading(ttfts[len(ttfts) // 2], counted_at) if ttfts else None,
         _reading(tpots[len(tpots) // 2], counted_at) if tpots else None,
-        _reading(failures / n, at), load_from, load_until))
+        _reading(failures / n, at), load_from, load_until,
+        _reading(ratios[len(ratios) // 2], counted_at) if ratios else None))
 
 
 _KNOWN = partial(is_not, None)
@@ -1064,7 +1085,7 @@ _KNOWN = partial(is_not, None)
 _new = object.__new__
 _SET_VALUE, _SET_OBSERVED = Reading.value.__set__, Reading.observed_at_s.__set__
 (_SET_IN_FLIGHT, _SET_QUEUED, _SET_GPU, _SET_KV, _SET_RL_REQ, _SET_RL_TOK, _SET_TTFT, _SET_TPOT, _SET_ERROR,
- _SET_CIRCUIT, _SET_COUNTRIES, _SET_UNLABELLED, _SET_EXTERNAL, _SET_DRIFT, _SET_CAPACITY) = (
+ _SET_CIRCUIT, _SET_COUNTRIES, _SET_UNLABELLED, _SET_EXTERNAL, _SET_DRIFT, _SET_CAPACITY, _SET_TTFT_RATIO) = (
     getattr(SubstrateSignals, f.name).__set__ for f in fields(SubstrateSignals))
 
 
@@ -1076,7 +1097,7 @@ def _reading(value: float, observed_at_s: float) -> Reading:
 
 
 def _signals_of(in_flight, queued, gpu, kv, rl_req, rl_tok, ttft, tpot, error_rate, circuit, countries, unlabelled,
-                external, capacity=None) -> SubstrateSignals:
+                external, capacity=None, ttft_ratio=None) -> SubstrateSignals:
     """``SubstrateSignals(...)`` with its fields in declaration order."""
     s = _new(SubstrateSignals)
     _SET_IN_FLIGHT(s, in_flight)
@@ -1094,6 +1115,7 @@ def _signals_of(in_flight, queued, gpu, kv, rl_req, rl_tok, ttft, tpot, error_ra
     _SET_EXTERNAL(s, external)
     _SET_DRIFT(s, ())  # drift penalties are applied afterwards (``_penalized``)
     _SET_CAPACITY(s, capacity)
+    _SET_TTFT_RATIO(s, ttft_ratio)
     return s
 
 
@@ -1119,7 +1141,7 @@ if tuple(f.name for f in fields(PublishedSnapshot)) != (
 if tuple(f.name for f in fields(SubstrateSignals)) != (
         "in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",
         "rate_limit_tokens_remaining", "recent_ttft_s", "recent_tpot_s", "error_rate", "circuit", "node_countries",
-        "unlabelled_replicas", "external", "drift", "capacity"):
+        "unlabelled_replicas", "external", "drift", "capacity", "ttft_ratio"):
     raise ImportError("_signals_of sets SubstrateSignals' fields in order: keep it in step")
 if tuple(f.name for f in fields(Reading)) != ("value", "observed_at_s"):
     raise ImportError("_reading sets Reading's fields: keep it in step")

@@ -227,6 +227,11 @@ def random_signals(rng, max_concurrent: int, bound_s: float, now: float = NOW) -
         signals = dataclasses.replace(signals, capacity=Capacity(
             rng.choice((0, rng.randint(1, max_concurrent), rng.randint(max_concurrent, 3 * max_concurrent))),
             rng.randint(0, 4)))
+    # A learned observed / declared first-token ratio now and then (slower or faster than declared),
+    # dated as the recent_ttft reading it comes with (``fleet_state``); drawn last, as above.
+    if signals.recent_ttft_s is not None and rng.random() < 0.5:
+        signals = dataclasses.replace(signals, ttft_ratio=Reading(
+            rng.choice((rng.uniform(0.5, 1.0), 1.0, rng.uniform(1.0, 3.0))), signals.recent_ttft_s.observed_at_s))
     return signals
 
 

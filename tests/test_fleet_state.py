@@ -191,9 +191,26 @@ def _outcome_part_by_definition(outcomes: list[Outcome], now_s: float, window_s:
 
 
 _outcomes = st.lists(st.builds(
-    lambda at, ok, ttft, tpot: Outcome("p", ok, ttft, tpot, at),
-    st.floats(0.0, 40.0), st.booleans(), st.none() | st.floats(0.0, 5.0), st.none() | st.floats(0.0, 1.0)),
+    lambda at, ok, ttft, tpot, declared: Outcome("p", ok, ttft, tpot, at, declared_ttft_s=declared),
+    st.floats(0.0, 40.0), st.booleans(), st.none() | st.floats(0.0, 5.0), st.none() | st.floats(0.0, 1.0),
+    st.none() | st.floats(0.01, 5.0)),
     max_size=150)
+
+
+def _ratio_by_definition(outcomes: list[Outcome], now_s: float, window_s: float,
+                         loads: list[float] | None = None, counted: float = float("inf")):
+    """``ttft_ratio`` by the definition: the median of observed / declared first-token time over
+    the outcomes the ttft median is taken over (those that carry both), dated as it."""
+    loads = [-float("inf")] * len(outcomes) if loads is None else loads
+    last = list(zip(outcomes, loads))[-fs.OUTCOME_WINDOW:]
+    recent = [(o, load) for o, load in last if now_s - o.at_s <= window_s]
+    if not recent and last:
+        newest = last[-1][0].at_s
+        recent = [(o, load) for o, load in last if newest - o.at_s <= window_s]
+    chosen = [o for o, load in recent if load <= counted]
+    ratios = sorted(o.ttft_s / o.declared_ttft_s for o in chosen
+                    if o.ttft_s is not None and o.declared_ttft_s is not None)
+    return Reading(ratios[len(ratios) // 2], max(o.at_s for o in chosen)) if ratios else None
 
 
 @settings(max_examples=300, deadline=None)
@@ -207,6 +224,7 @@ def test_outcome_part_is_the_definition_in_or_out_of_time_order(outcomes, now, w
     part = fs._outcome_part(kept, now, window)
     assert (part.valid_until_s, part.ttft, part.tpot, part.error_rate) == \
         _outcome_part_by_definition(outcomes, now, window)
+    assert part.ttft_ratio == _ratio_by_definition(outcomes, now, window)
 
 
 @settings(max_examples=300, deadline=None)
@@ -247,6 +265,7 @@ def test_outcome_part_counts_the_outcomes_whose_load_is_at_most_the_counted_one(
             part = fs._outcome_part(kept, now, window, counted)
             assert (part.valid_until_s, part.ttft, part.tpot, part.error_rate) == \
                 _outcome_part_by_definition(seen, now, window, loads, counted)
+            assert part.ttft_ratio == _ratio_by_definition(seen, now, window, loads, counted)
             inf = float("inf")
             assert part.load_from <= counted < part.load_until or counted == part.load_until == inf
             for other in (-inf, 0.0, 3.0, 15.0, 16.0, 29.0, 30.0, inf):
@@ -268,6 +287,7 @@ def _arrive_and_look(steps, window, in_order):
         part = fs._outcome_part(kept, now, window)
         assert (part.valid_until_s, part.ttft, part.tpot, part.error_rate) == \
             _outcome_part_by_definition(seen, now, window)
+        assert part.ttft_ratio == _ratio_by_definition(seen, now, window)
 
 
 # -- occupancy: in_flight holds the waiting requests ---------------------------------------------

@@ -182,6 +182,7 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float, hit:
     if e.prefill_lanes is not None:
         ttft += lane_wait_s(*e.prefill_lanes, prefill_s, decode_s)
     ttft += prefill_s
+    ttft *= e.ttft_scale
     if e.ttft_floor_s > ttft:
         ttft = e.ttft_floor_s
     e2e = ttft + decode_s
@@ -195,7 +196,7 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float, hit:
 def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float, hit: float) -> tuple[float, float]:
     """(ttft_s, e2e_s) from a scoring row for ``n_out`` output tokens and a predicted prefix-cache
     ``hit`` fraction: the first lines of the loop in ``place``."""
-    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _, _, _, lanes) = row
+    (_, _, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, _, _, _, _, _, _, _, _, lanes, scale) = row
     f_in = float(request.input_tokens)
     prefill_s = (f_in * (1.0 - hit) if hit else f_in) / prefill_rate
     decode_s = n_out * per_token_s
@@ -203,6 +204,7 @@ def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float, hit: 
     if lanes is not None:
         ttft += lane_wait_s(*lanes, prefill_s, decode_s)
     ttft += prefill_s
+    ttft *= scale
     if ttft_floor > ttft:
         ttft = ttft_floor
     return ttft, ttft + decode_s
@@ -259,7 +261,7 @@ def _verdicts(request: PlacementRequest, n_out: float, sla: SlaPolicy, policy: P
         if verdict is None:
             entry = snapshot.prepared[idx]
             if pos in stale_outcomes:
-                entry = entry._replace(per_token_s=entry.per_token_base_s, ttft_floor_s=-_INF)
+                entry = entry._replace(per_token_s=entry.per_token_base_s, ttft_floor_s=-_INF, ttft_scale=1.0)
             hit = request.prefix_hit(fleet.substrates[idx].name) if request.prefix_hits else 0.0
             ttft, e2e, cost, scores = _arithmetic(entry, request, n_out, sla, policy.cost_reference_usd_per_token, hit)
             # Decided by arithmetic: every reading was fresh (the penalties' too), or every outcome
@@ -365,7 +367,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
         for row, egress, local_term, hit in zip(rows, t.egress_usd_per_byte, t.locality_terms,
                                                 hit_at if hit_at is not None else _NO_HITS):
             (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor,
-             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale, probe, lanes) = row
+             usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale, probe, lanes, scale) = row
             arithmetic = True
             if now > fresh_until:  # a reading is stale: if only the outcome readings are, their row holds
                 arithmetic = False
@@ -373,7 +375,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                     row = stale_outcomes[len(totals)] = stale[1]
                     (fresh_until, tokens_left, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
                      ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, _,
-                     probe, lanes) = row
+                     probe, lanes, scale) = row
                     arithmetic = now <= fresh_until
             if arithmetic and f_needed <= tokens_left and (countries is None or countries <= allowed):
                 # The lines of ``_numbers`` and ``_arithmetic``, inline, with the policy's products
@@ -384,6 +386,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                 if lanes is not None:
                     ttft += lane_wait_s(*lanes, prefill_s, decode_s)
                 ttft += prefill_s
+                ttft *= scale
                 if ttft_floor > ttft:
                     ttft = ttft_floor
                 e2e = ttft + decode_s

@@ -41,8 +41,28 @@ one-lane engine queues behind nearly every prompt in flight (with no decode at a
 (``PlacementRequest.prefix_hits``, from the plane's ``PrefixIndex``): only the rest is prefilled.
 Cost is not reduced by it (cached input is still billed at the substrate's input price here).
 
-When fresh outcome signals exist, the prediction is never more optimistic than what was observed:
-ttft = max(ttft, recent_ttft) and the per-token time is max(1 / decode_rate, recent_tpot). (The
+When fresh outcome signals exist, the prediction is never more optimistic than what was observed.
+The first-token time is scaled by what outcomes taught of this substrate against its profile:
+
+    ttft = ttft * max(TTFT_RATIO_MIN, ttft_ratio)        TTFT_RATIO_MIN = 1
+    ttft = max(ttft, recent_ttft)                        only without a ttft_ratio, or under a ttft drift penalty
+
+``ttft_ratio`` is the median, over the recent outcomes, of observed first-token time over the one
+the declared profile predicted for that request at placement (``declared_ttft_s``: the formulas
+above, queue and lane waits included, at the load and prefix hit it was placed with). A ratio is
+dimensionless, so it transfers across prompt sizes and hits: long prompts' outcomes do not hold a
+short prompt to their first-token time (the size-blind ``recent_ttft`` median did), short ones'
+do not leave a long one unprotected, and a substrate whose physics is 30 % slower than declared is
+predicted 30 % slower at every size. It scales the whole prediction, waits included: the ratio
+was learnt against predictions that included their waits, and slower service makes the waits
+behind it slower alike, so nothing is counted twice (it multiplies, it adds no observed wait). It
+is never below 1: a substrate faster than declared is still predicted at its profile (its medians
+can be low for reasons that do not carry over: a queue predicted and not met, a prefix hit
+predicted too low), so uncertainty never makes a substrate look faster; on the replay with
+mismatched physics, learning < 1 too gained nothing (the suite subset at --limit 1500, 24 cells:
+-2.2 points in total, within noise). ``recent_ttft`` stays the floor where no ratio exists
+(outcomes that carry no declared prediction) and where a drift penalty raised it.
+The per-token time is max(1 / decode_rate, recent_tpot). (The
 authority builds those readings only from outcomes that met no more load than the substrate has
 now, or no queue at all: see ``fleet_state``.) An in-flight reading that is missing or stale is
 taken as a full substrate, or as its last known load if that was worse
@@ -80,6 +100,30 @@ from inferplane.placement.fleet import SubstrateSpec
 from inferplane.placement.signals import SubstrateSignals, fresh_value, limits
 
 BYTES_PER_TOKEN = 4
+
+TTFT_RATIO_MIN = 1.0
+"""The least ``ttft_ratio`` the estimate scales by (module doc): a substrate is never predicted
+faster than its declared profile."""
+
+
+def ttft_scale(signals: SubstrateSignals) -> float | None:
+    """The factor the estimate multiplies a fresh prediction's first-token time by: the learned
+    ``ttft_ratio`` (at least ``TTFT_RATIO_MIN``), or None without one. Read with the ratio fresh."""
+    r = signals.ttft_ratio
+    if r is None:
+        return None
+    return r.value if r.value > TTFT_RATIO_MIN else TTFT_RATIO_MIN
+
+
+def ttft_floored(signals: SubstrateSignals) -> bool:
+    """Whether ``recent_ttft_s`` floors the first-token time: without a learned ratio (outcomes that
+    carry no declared prediction), or when a drift penalty raised it."""
+    if signals.ttft_ratio is None:
+        return True
+    for p in signals.drift:
+        if p.kind == "ttft":
+            return True
+    return False
 
 
 class Estimate(NamedTuple):
@@ -164,9 +208,12 @@ def estimate(
         running = occupancy if occupancy < cap else float(cap)
         ttft += lane_wait_s(lat.base_ttft_s, running / lanes, (lanes - 1.0) / lanes, prefill_s, decode_s)
     ttft += prefill_s
-    recent_ttft = fresh_value(signals.recent_ttft_s, now_s, bound_s)
-    if recent_ttft is not None and recent_ttft > ttft:
-        ttft = recent_ttft
+    if fresh_value(signals.ttft_ratio, now_s, bound_s) is not None:
+        ttft *= ttft_scale(signals)
+    if ttft_floored(signals):
+        recent_ttft = fresh_value(signals.recent_ttft_s, now_s, bound_s)
+        if recent_ttft is not None and recent_ttft > ttft:
+            ttft = recent_ttft
     e2e = ttft + decode_s
 
     c = spec.cost

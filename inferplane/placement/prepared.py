@@ -21,7 +21,7 @@ request's expected output tokens, see ``estimate``)
 
     prefill   = in / prefill_tokens_per_s
     decode    = out * per_token_s
-    ttft      = max(fixed_s + queue_factor * (prefill + decode) + lane_wait + prefill, ttft_floor_s)
+    ttft      = max((fixed_s + queue_factor * (prefill + decode) + lane_wait + prefill) * ttft_scale, ttft_floor_s)
     lane_wait = estimate.lane_wait_s(*prefill_lanes, prefill, decode), 0 when prefill_lanes is None
     e2e       = ttft + decode
     cost      = in * usd_per_input_token + out * usd_per_output_token + usd_per_slot_second * e2e
@@ -42,7 +42,7 @@ from __future__ import annotations
 from math import nextafter
 from typing import NamedTuple
 
-from inferplane.placement.estimate import lane_wait_s, prefill_lanes
+from inferplane.placement.estimate import lane_wait_s, prefill_lanes, ttft_floored, ttft_scale
 from inferplane.placement.fleet import SubstrateSpec
 from inferplane.placement.signals import CircuitState, SubstrateSignals
 
@@ -75,7 +75,7 @@ class PreparedSubstrate(NamedTuple):
     queue_factor: float
     """(occupancy - max_concurrent + 1) / max_concurrent when occupancy >= max_concurrent, else 0."""
     ttft_floor_s: float
-    """recent_ttft, or -inf when unreported."""
+    """recent_ttft where it floors the first-token time (``estimate.ttft_floored``), else -inf."""
     usd_per_input_token: float
     usd_per_output_token: float
     usd_per_slot_second: float
@@ -107,6 +107,9 @@ class PreparedSubstrate(NamedTuple):
     """(base_ttft_s, running / lanes, (lanes - 1) / lanes) for ``estimate.lane_wait_s``, with
     running = min(occupancy, max_concurrent) and the live lanes (``estimate.prefill_lanes``); None
     when the substrate declares no prefill lanes."""
+    ttft_scale: float
+    """``estimate.ttft_scale``: the learned observed / declared first-token ratio (at least
+    ``TTFT_RATIO_MIN``), 1.0 without one."""
 
 
 def substrate_constants(spec: SubstrateSpec) -> tuple:
@@ -145,7 +148,8 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
         if reading is not None and reading.observed_at_s < load_oldest:
             load_oldest = reading.observed_at_s
     oldest, outcomes_newest = load_oldest, -_INF
-    for reading in (ttft_r, tpot_r):
+    ratio_r = signals.ttft_ratio
+    for reading in (ttft_r, tpot_r, ratio_r):
         if reading is not None:
             if reading.observed_at_s < oldest:
                 oldest = reading.observed_at_s
@@ -192,16 +196,19 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
     lanes = None if lanes_now is None else (
         base_ttft_s, (occupancy if occupancy < cap else float(cap)) / lanes_now, (lanes_now - 1.0) / lanes_now)
 
+    scale = 1.0 if ratio_r is None else ttft_scale(signals)
+    floor = -_INF if ttft_r is None or not ttft_floored(signals) else ttft_r.value
+
     # Positionally, in the field order of ``PreparedSubstrate`` (a named tuple; ``tuple.__new__``
     # skips its keyword-argument ``__new__``).
     return _new_entry(PreparedSubstrate, (
         oldest, clear, _INF if tokens is None else tokens.value, countries,
         countries is not None and not signals.unlabelled_replicas,
-        fixed_s, prefill_tokens_per_s, per_token_s, queue_factor, -_INF if ttft_r is None else ttft_r.value,
+        fixed_s, prefill_tokens_per_s, per_token_s, queue_factor, floor,
         usd_in, usd_out, usd_slot_s, egress, region, zone,
         0.0 if ratio >= 1.0 else 1.0 - ratio, memory_score, reserved_score, occupancy,
         load_oldest, outcomes_newest, per_token_base_s, 0.0 if ttft_r is None else ttft_r.value,
-        0.0 if tpot_r is None else tpot_r.value, in_flight, lanes))
+        0.0 if tpot_r is None else tpot_r.value, in_flight, lanes, scale))
 
 
 def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_tokens: float,
@@ -221,17 +228,17 @@ def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_token
 
 ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,
                    float, float, float, "tuple[float, ScoringRow] | None", "tuple[float, float, float] | None",
-                   "tuple[float, float, float] | None"]
+                   "tuple[float, float, float] | None", float]
 """(fresh_until_s, tokens_remaining, node_countries, fixed_s, prefill_tokens_per_s, per_token_s,
 queue_factor, ttft_floor_s, usd_per_input_token, usd_per_output_token, usd_per_slot_second,
 w_queue x queue_score, w_memory x memory_score, w_reserved x reserved_score, stale_outcomes, probe,
-prefill_lanes):
+prefill_lanes, ttft_scale):
 a plain tuple, so that the engine unpacks it in one instruction.
 
 ``stale_outcomes`` is None or ``(stale_after_s, row)``: once ``now > stale_after_s`` every outcome
 reading (recent_ttft, recent_tpot) is stale, and while the load readings are fresh (``now <=
 row[0]``) ``row`` holds instead. A substrate's outcome readings go stale while it is idle, so this
-is common, and its specification is plain: the estimate ignores stale readings (no ttft floor, the
+is common, and its specification is plain: the estimate ignores stale readings (no ttft floor or scale, the
 decode rate's per-token time), and ``DeadlineReachable`` judges the request by the last observed
 latencies too, but only rejects when the substrate already has ``half_open_probe_limit`` requests
 in flight. ``probe``, in such a row only, is (last ttft, last tpot, in flight) for that judgement."""
@@ -249,7 +256,7 @@ def fresh_until(oldest_s: float, bound_s: float) -> float:
     return t
 
 
-NEVER: ScoringRow = (-_INF, 0.0, None, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None)
+NEVER: ScoringRow = (-_INF, 0.0, None, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None, None, None, 1.0)
 """The row of a substrate the arithmetic may not decide at any time: no ``now`` is <= -inf."""
 
 
@@ -262,7 +269,7 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
         return NEVER
     (oldest, _, tokens, countries, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, usd_in, usd_out,
      usd_slot_s, _, _, _, queue_score, memory_score, reserved_score, _, load_oldest, outcomes_newest, per_token_base_s,
-     last_ttft, last_tpot, in_flight, lanes) = entry
+     last_ttft, last_tpot, in_flight, lanes, scale) = entry
     queue_term, memory_term, reserved_term = w_queue * queue_score, w_memory * memory_score, w_reserved * reserved_score
     stale_outcomes = None
     until = fresh_until(oldest, bound_s)
@@ -273,9 +280,10 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
             stale_outcomes = (stale_after, (
                 load_fresh_until, tokens, countries, fixed_s, prefill_rate, per_token_base_s, queue_factor, -_INF,
                 usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, None,
-                (last_ttft, last_tpot, in_flight), lanes))
+                (last_ttft, last_tpot, in_flight), lanes, 1.0))
     return (until, tokens, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
-            ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale_outcomes, None, lanes)
+            ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale_outcomes, None, lanes,
+            scale)
 
 
 if PreparedSubstrate._fields != (
@@ -283,5 +291,5 @@ if PreparedSubstrate._fields != (
         "prefill_tokens_per_s", "per_token_s", "queue_factor", "ttft_floor_s", "usd_per_input_token",
         "usd_per_output_token", "usd_per_slot_second", "egress_usd_per_byte", "region", "zone", "queue_score",
         "memory_score", "reserved_score", "occupancy", "load_oldest_s", "outcomes_newest_s", "per_token_base_s",
-        "last_ttft_s", "last_tpot_s", "in_flight", "prefill_lanes"):
+        "last_ttft_s", "last_tpot_s", "in_flight", "prefill_lanes", "ttft_scale"):
     raise ImportError("prepare() builds PreparedSubstrate positionally: keep its field order in step")

@@ -114,6 +114,12 @@ class SubstrateSignals:
     (``SubstrateSpec.replicas``): slots per replica times the replicas live and reporting, 0 with
     none (replicas Serve is still starting are not counted). None: the spec's fleet-level
     ``max_concurrent`` / ``max_queued`` (provider APIs, and signals built without an authority)."""
+    ttft_ratio: Reading | None = None
+    """The median of observed / declared first-token time over the outcomes ``recent_ttft_s`` is
+    the median of (those whose placement carried the declared profile's prediction), dated as
+    ``recent_ttft_s``: how much slower (or faster) than its profile the substrate really is. When
+    present the estimate scales its prediction by it instead of flooring it with the size-blind
+    ``recent_ttft_s`` (``estimate``). None: no such outcome."""
 
     @staticmethod
     def idle(observed_at_s: float, *, kv_cache_usage: float | None = 0.0) -> SubstrateSignals:

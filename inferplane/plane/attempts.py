@@ -129,7 +129,8 @@ class AttemptLoop:
         tpot = None if first_token_s is None or output_tokens < 2 else (now_s - first_token_s) / (output_tokens - 1)
         self._state.report_outcome(Outcome(
             attempt.substrate, ok, ttft, tpot, now_s, tenant=self._request.tenant, model=attempt.decision.model,
-            output_tokens=output_tokens, dispatched_at_s=attempt.dispatched_at_s))
+            output_tokens=output_tokens, dispatched_at_s=attempt.dispatched_at_s,
+            declared_ttft_s=attempt.decision.declared_ttft_s))
 
     def abandoned(self) -> None:
         """The caller gave up on the current attempt (the client left): release it, judge nothing."""

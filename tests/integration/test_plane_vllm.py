@@ -65,9 +65,12 @@ def test_engine_stats_reach_the_snapshot(vllm_plane):
 
 
 def test_engine_load_reaches_the_snapshot_and_changes_placement(vllm_plane):
-    """24 concurrent 200-token streams on an engine batching 16: the engine's own queue and KV-cache
-    use show in the snapshot while they run, and the plane moves the global tenant's overflow off
-    the saturated primary (saying why), instead of queueing it behind the engine."""
+    """16 batch requests with 700-token prompts and 16 interactive 200-token ones, at once, on an
+    engine batching 16 that prefills a few prompts per step: the engine's own waiting queue and
+    KV-cache use show in the snapshot while they run, and the plane moves the global tenant's
+    interactive overflow off the saturated primary (saying why) instead of queueing it behind the
+    engine. (Short prompts alone no longer make the engine queue: the plane, predicting the lane
+    wait and learning the engine's real first-token time, stops at its 16 slots.)"""
     import asyncio
     import threading
 
@@ -93,13 +96,20 @@ def test_engine_load_reaches_the_snapshot_and_changes_placement(vllm_plane):
                 seen["max_age_s"] = max(seen["max_age_s"], snap.taken_at_s - sig.kv_cache_usage.observed_at_s)
             time.sleep(0.1)
 
+    from inferplane.replay.prompts import prompt_text
+
+    def body(i: int, sla: str) -> dict:
+        if sla == "batch":  # 700-token prompts: the engine prefills a few per step, the rest wait in its queue
+            messages = [{"role": "user", "content": prompt_text(f"queue-{i}", 700)}]
+            return {"model": "smollm2", "messages": messages, "max_tokens": 16, "temperature": 0.8}
+        return {"model": "smollm2", "messages": QUESTION, "max_tokens": 200, "temperature": 0.8}
+
     async def burst():
-        body = {"model": "smollm2", "messages": QUESTION, "max_tokens": 200, "temperature": 0.8,
-                "stream": False}
         async with httpx.AsyncClient(timeout=300) as client:
             return await asyncio.gather(*[
-                client.post(f"{vllm_plane.url}/v1/chat/completions", json=body,
-                            headers={"Authorization": f"Bearer {GLOBAL_KEY}"}) for _ in range(40)])
+                client.post(f"{vllm_plane.url}/v1/chat/completions", json=body(i, sla),
+                            headers={"Authorization": f"Bearer {GLOBAL_KEY}", "x-inferplane-sla-class": sla})
+                for i, sla in enumerate(["batch"] * 16 + ["interactive"] * 16)])
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

@@ -94,9 +94,9 @@ def with_applied(running: Sequence[RunningFile], applied: Sequence[SourceText]) 
             continue
         old = out[at]
         if old.kind != MODEL_FILE_KIND or old.team != new.team:
-            raise ConfigError(f.path, [ConfigProblem(("team",), f"`{new.name}` is running as "
-                                                     f"{'the fleet file' if old.kind != MODEL_FILE_KIND else f'team `{old.team}`' + chr(39) + 's model file'}"
-                                                     f"; team `{new.team}` cannot replace it: rename the file")])
+            running_as = "the fleet file" if old.kind != MODEL_FILE_KIND else f"team `{old.team}`'s model file"
+            raise ConfigError(f.path, [ConfigProblem(("team",), f"`{new.name}` is running as {running_as}; team "
+                                                     f"`{new.team}` cannot replace it: rename the file")])
         out[at] = new
     return out
 
@@ -107,6 +107,10 @@ def without_model(running: Sequence[RunningFile], cfg: InferplaneConfig, name: s
     went with it). Refused (``ValueError``) when the plane does not run it, when the fleet file
     declares it (the platform's), or when ``team`` is given and the model is another team's."""
     canonical = next((m.name for m in cfg.models if name == m.name or name in m.aliases), None)
+
+    def names_it(entry) -> bool:  # a model, serving or pool entry of the model
+        return isinstance(entry, dict) and entry.get("name") == canonical
+
     if canonical is None:
         raise ValueError(f"no model `{name}` in the running plane; it runs: "
                          f"{', '.join(sorted(m.name for m in cfg.models)) or '(none)'}")
@@ -115,7 +119,7 @@ def without_model(running: Sequence[RunningFile], cfg: InferplaneConfig, name: s
         if f.kind != MODEL_FILE_KIND:
             continue
         doc, _ = parse_yaml(f.text, f.path)
-        if any(isinstance(m, dict) and m.get("name") == canonical for m in doc.get("models") or ()):
+        if any(map(names_it, doc.get("models") or ())):
             at, found = i, doc
             break
     if at is None:
@@ -125,17 +129,17 @@ def without_model(running: Sequence[RunningFile], cfg: InferplaneConfig, name: s
     if team is not None and f.team != team:
         raise ValueError(f"model `{canonical}` belongs to team `{f.team}` ({f.path}); team `{team}` may not delete it")
     doc = copy.deepcopy(found)
-    doc["models"] = [m for m in doc["models"] if not (isinstance(m, dict) and m.get("name") == canonical)]
+    doc["models"] = [m for m in doc["models"] if not names_it(m)]
     serving = {}
     for substrate, entries in (doc.get("serving") or {}).items():
-        kept = [e for e in entries or () if not (isinstance(e, dict) and e.get("name") == canonical)]
+        kept = [e for e in entries or () if not names_it(e)]
         if kept:
             serving[substrate] = kept
     if "serving" in doc:
         doc["serving"] = serving
     pools = []
     for pool in doc.get("pools") or ():
-        served = [e for e in pool.get("models") or () if not (isinstance(e, dict) and e.get("name") == canonical)]
+        served = [e for e in pool.get("models") or () if not names_it(e)]
         if served:
             pools.append({**pool, "models": served})
     if "pools" in doc:

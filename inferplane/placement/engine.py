@@ -57,7 +57,14 @@ from inferplane.placement.filters import DEADLINE_FILTER, DYNAMIC_FILTERS, Rejec
 from inferplane.placement.fleet import FleetSpec, ModelRoute, Rollout, RolloutVersion, SubstrateSpec
 from inferplane.placement.plan import RoutePlan, Target, scoring, target
 from inferplane.placement.policy import PlacementPolicy, SlaPolicy, TenantPolicy
-from inferplane.placement.prepared import NEVER, PreparedSubstrate, ScoringRow, declared_latency, scoring_row
+from inferplane.placement.prepared import (
+    NEVER,
+    PreparedSubstrate,
+    ScoringRow,
+    declared_latency,
+    first_token_s,
+    scoring_row,
+)
 from inferplane.placement.request import PlacementRequest
 from inferplane.placement.scorers import Scorer
 from inferplane.placement.signals import DriftPenalty, SubstrateSignals, fresh_value, limits
@@ -178,13 +185,7 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float, hit:
     n_in = request.input_tokens
     prefill_s = (n_in * (1.0 - hit) if hit else n_in) / e.prefill_tokens_per_s
     decode_s = n_out * e.per_token_s
-    ttft = e.fixed_s + e.queue_factor * (prefill_s + decode_s) if e.queue_factor else e.fixed_s
-    if e.prefill_lanes is not None:
-        ttft += lane_wait_s(*e.prefill_lanes, prefill_s, decode_s)
-    ttft += prefill_s
-    ttft *= e.ttft_scale
-    if e.ttft_floor_s > ttft:
-        ttft = e.ttft_floor_s
+    ttft = first_token_s(e.fixed_s, e.queue_factor, e.prefill_lanes, prefill_s, decode_s, e.ttft_scale, e.ttft_floor_s)
     e2e = ttft + decode_s
     cost = n_in * e.usd_per_input_token + n_out * e.usd_per_output_token
     cost += e.usd_per_slot_second * e2e
@@ -200,13 +201,7 @@ def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float, hit: 
     f_in = float(request.input_tokens)
     prefill_s = (f_in * (1.0 - hit) if hit else f_in) / prefill_rate
     decode_s = n_out * per_token_s
-    ttft = fixed_s + queue_factor * (prefill_s + decode_s) if queue_factor else fixed_s
-    if lanes is not None:
-        ttft += lane_wait_s(*lanes, prefill_s, decode_s)
-    ttft += prefill_s
-    ttft *= scale
-    if ttft_floor > ttft:
-        ttft = ttft_floor
+    ttft = first_token_s(fixed_s, queue_factor, lanes, prefill_s, decode_s, scale, ttft_floor)
     return ttft, ttft + decode_s
 
 

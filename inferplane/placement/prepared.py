@@ -211,6 +211,19 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
         0.0 if tpot_r is None else tpot_r.value, in_flight, lanes, scale))
 
 
+def first_token_s(fixed_s: float, queue_factor: float, lanes: tuple[float, float, float] | None, prefill_s: float,
+                  decode_s: float, scale: float = 1.0, floor_s: float = -_INF) -> float:
+    """The first-token time of the module's formula from an entry's (or a scoring row's)
+    coefficients, by the same float operations as ``estimate``: what ``declared_latency`` and the
+    engine's per-entry and per-row paths compute (the loop in ``place`` has these lines inline)."""
+    ttft = fixed_s + queue_factor * (prefill_s + decode_s) if queue_factor else fixed_s
+    if lanes is not None:
+        ttft += lane_wait_s(*lanes, prefill_s, decode_s)
+    ttft += prefill_s
+    ttft *= scale
+    return floor_s if floor_s > ttft else ttft
+
+
 def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_tokens: float,
                      prefix_hit: float) -> tuple[float, float]:
     """``(ttft_s, per_token_s)`` the substrate's declared profile predicts for a request at the load
@@ -219,11 +232,8 @@ def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_token
     against (``PlacementDecision.declared_ttft_s``)."""
     per_token_s = entry.per_token_base_s
     prefill_s = input_tokens * (1.0 - prefix_hit) / entry.prefill_tokens_per_s
-    decode_s = output_tokens * per_token_s
-    ttft = entry.fixed_s + entry.queue_factor * (prefill_s + decode_s)
-    if entry.prefill_lanes is not None:
-        ttft += lane_wait_s(*entry.prefill_lanes, prefill_s, decode_s)
-    return ttft + prefill_s, per_token_s
+    return first_token_s(entry.fixed_s, entry.queue_factor, entry.prefill_lanes, prefill_s,
+                         output_tokens * per_token_s), per_token_s
 
 
 ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,

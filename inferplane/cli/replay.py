@@ -60,7 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "cheapest_first-compliant (the three configured with per-tenant endpoint lists inside "
                    "each tenant's jurisdictions), a comma-separated list, or all (default); "
                    "inferplane-no-prefix (by name only) is the plane with the same policy and no "
-                   "prefix-cache belief; with --suite the default is inferplane and the compliant baselines")
+                   "prefix-cache belief; inferplane-prefix-oracle (by name only) is not a router anyone can "
+                   "run: the plane whose prefix belief is the simulator's caches, the ceiling of prefix affinity; "
+                   "with --suite the default is inferplane and the compliant baselines")
     p.add_argument("--rate-scale", type=float, help="requests per trace row on average (default: scenario's)")
     p.add_argument("--time-scale", type=float, help="arrival times x this (default: scenario's)")
     p.add_argument("--limit", type=int, help="only the first N trace rows")

@@ -87,10 +87,13 @@ class PlaneRouter:
     name = "inferplane"
 
     def __init__(self, built: BuiltConfig, loads: Mapping[str, Callable[[float], SubstrateReport | None]], *,
-                 heartbeat_s: float, start_s: float, drift: bool = False, prefix_affinity: bool = True) -> None:
+                 heartbeat_s: float, start_s: float, drift: bool = False, prefix_affinity: bool = True,
+                 prefix_belief=None) -> None:
         """``drift``: feed the plane's drift detector with every finished request (``self.drift``,
         None without). ``prefix_affinity``: keep the prefix-cache belief and place with it (module
-        docstring); False places every request as predicting no hit."""
+        docstring); False places every request as predicting no hit. ``prefix_belief``: a belief to
+        place with instead of the learnt ``PrefixIndex`` (duck-typed: ``hits(blocks)``,
+        ``record(substrate, blocks)``; the replay's oracle, ``prefix_oracle``)."""
         cfg = built.config
         self._fleet = built.fleet
         self._policy = built.policy
@@ -116,7 +119,8 @@ class PlaneRouter:
         self.drift = DriftTimeline(drift_settings_from_policy(health)) if drift else None
         caches = {s.name: s.prefix_cache.total_tokens // MOONCAKE_BLOCK_TOKENS
                   for s in built.fleet.substrates if s.prefix_cache is not None}
-        self._prefix = PrefixIndex(caches) if prefix_affinity and caches else None
+        self._prefix = (prefix_belief if prefix_belief is not None else PrefixIndex(caches)) \
+            if prefix_affinity and caches else None
         if not prefix_affinity:
             self.name = "inferplane-no-prefix"
         autoscaled = plane_autoscaled(cfg)

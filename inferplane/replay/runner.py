@@ -20,6 +20,7 @@ from inferplane.replay.fidelity import compare, measured_shapes
 from inferplane.replay.live import LiveOptions, run_live
 from inferplane.replay.outcome import fixed_cost_usd
 from inferplane.replay.plane_router import PlaneRouter
+from inferplane.replay.prefix_oracle import PrefixOracle
 from inferplane.replay.report import run_report
 from inferplane.replay.scenario import Event, MismatchSpec, Scenario, load_scenario
 from inferplane.replay.simulator import SimulationResult, Simulator
@@ -33,6 +34,11 @@ PLANE = "inferplane"
 PLANE_NO_PREFIX = "inferplane-no-prefix"
 """The plane with the same policy but no prefix-cache belief (no hit predicted, no prefix credit):
 asked for by name, not part of ``all``."""
+PLANE_PREFIX_ORACLE = "inferplane-prefix-oracle"
+"""Not a router anyone can run: the plane whose prefix belief is the simulator's caches
+(``prefix_oracle.PrefixOracle``), everything else identical; the ceiling of prefix affinity given
+perfect knowledge. Asked for by name, not part of ``all``."""
+PLANE_VARIANTS = (PLANE, PLANE_NO_PREFIX, PLANE_PREFIX_ORACLE)
 ROUTERS = (PLANE, *BASELINES, *COMPLIANT_VARIANTS)
 
 
@@ -40,7 +46,7 @@ def jurisdiction_routes(router: str) -> str:
     """How a router keeps tenants inside their jurisdictions: ``policy`` (the plane's hard filter),
     ``per tenant`` (a gateway configured with per-tenant endpoint lists) or ``none`` (a gateway as
     deployed, over every endpoint serving the model)."""
-    if router in (PLANE, PLANE_NO_PREFIX):
+    if router in PLANE_VARIANTS:
         return "policy"
     return "per tenant" if router in COMPLIANT else "none"
 
@@ -92,10 +98,10 @@ def parse_routers(text: str) -> tuple[str, ...]:
     if text == "all":
         return ROUTERS
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in ROUTERS and n != PLANE_NO_PREFIX]
+    unknown = [n for n in names if n not in ROUTERS and n not in PLANE_VARIANTS]
     if unknown or not names:
         raise ValueError(f"unknown router {', '.join(unknown) or '(none)'}; routers: all, {', '.join(ROUTERS)}, "
-                         f"{PLANE_NO_PREFIX}")
+                         f"{PLANE_NO_PREFIX}, {PLANE_PREFIX_ORACLE}")
     return names
 
 
@@ -156,9 +162,13 @@ def simulate(prepared: Prepared, router_name: str, *, progress: bool = False, dr
     sim = Simulator(built, prepared.physics, prepared.requests, prepared.events,
                     sample_interval_s=scenario.simulation.sample_interval_s, prefix_caches=prepared.prefix_caches,
                     replica_start_s=prepared.replica_start_s)
-    if router_name in (PLANE, PLANE_NO_PREFIX):
+    if router_name in PLANE_VARIANTS:
+        oracle = PrefixOracle(sim.substrates) if router_name == PLANE_PREFIX_ORACLE else None
         router = PlaneRouter(built, sim.loads(), heartbeat_s=scenario.simulation.heartbeat_ms / 1000.0,
-                             start_s=sim.start_s, drift=drift, prefix_affinity=router_name == PLANE)
+                             start_s=sim.start_s, drift=drift, prefix_affinity=router_name != PLANE_NO_PREFIX,
+                             prefix_belief=oracle)
+        if oracle is not None:
+            router.name = PLANE_PREFIX_ORACLE
     else:
         router = baseline(router_name, built, scenario.baselines)
     result = _run(sim, router, prepared, router_name, progress)

@@ -1,0 +1,67 @@
+"""The ceiling of prefix affinity: a prefix-cache belief that is the simulator's truth.
+
+Not a router anyone can run. The plane's own belief (``placement.prefix.PrefixIndex``) learns where
+prompts' blocks are cached only from the requests it saw finish; ``PrefixOracle`` instead reads the
+simulator's caches (``substrate_sim.SimSubstrate.prefix_caches``, one LRU per replica) at the moment
+a request is placed. Given to ``PlaneRouter`` in place of its ``PrefixIndex`` (router
+``inferplane-prefix-oracle``), everything else identical, it measures what prefix affinity could do
+on a fleet and load with perfect knowledge of the caches, so a gap between it and the learnt belief
+is the belief's, and what it still misses is not a router's to win.
+
+What it reports for a substrate is the hit the simulator would credit if the prompt started its
+prefill now: the longest leading run of the prompt's blocks any of its replicas holds
+(``SimSubstrate._prefix_hit`` credits the best replica's run), / the prompt's blocks. It can still
+differ from what is served: the prompt may wait for a slot or a prefill lane while other prompts
+evict its blocks or (a conversation's turns in flight together) add them.
+
+Duck-typed as ``PrefixIndex`` where the plane's router reads it: ``hits(blocks)`` and
+``record(substrate, blocks)`` (a no-op: the simulator's caches record what they serve).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from inferplane.replay.substrate_sim import SimSubstrate
+
+
+class PrefixOracle:
+    """The simulator's prefix caches, read as a belief (module docstring)."""
+
+    __slots__ = ("_caches",)
+
+    def __init__(self, substrates: Iterable[SimSubstrate]) -> None:
+        # The cache objects themselves, not copies: read live at every placement.
+        self._caches = {s.spec.name: s.prefix_caches for s in substrates if s.prefix_caches}
+
+    @property
+    def substrates(self) -> tuple[str, ...]:
+        return tuple(self._caches)
+
+    def record(self, substrate: str, blocks: Sequence[int]) -> None:
+        """Nothing to learn: the simulator's caches already hold what they served."""
+
+    def hit_fraction(self, substrate: str, blocks: Sequence[int]) -> float:
+        """The longest leading run of ``blocks`` a replica of ``substrate`` holds now / ``len(blocks)``;
+        0 for an empty prompt or a substrate without a prefix cache."""
+        caches = self._caches.get(substrate)
+        if not caches or not blocks:
+            return 0.0
+        return max(c.leading_run(blocks) for c in caches) / len(blocks)
+
+    def hits(self, blocks: Sequence[int], substrates: Iterable[str] | None = None) -> tuple[tuple[str, float], ...]:
+        """(substrate, hit fraction) for every substrate (of ``substrates``, or all) with a non-zero
+        hit fraction, as ``PrefixIndex.hits``."""
+        if not blocks:
+            return ()
+        n = len(blocks)
+        out = []
+        all_caches = self._caches
+        for name in (all_caches if substrates is None else substrates):
+            caches = all_caches.get(name)
+            if not caches:
+                continue
+            run = max(c.leading_run(blocks) for c in caches)
+            if run:
+                out.append((name, run / n))
+        return tuple(out)

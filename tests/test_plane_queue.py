@@ -12,6 +12,7 @@ from inferplane.placement import place
 from inferplane.plane.attempts import AttemptLoop, Dispatch, Refusal
 from inferplane.plane.queue import HoldQueue, Waiter
 from inferplane.plane.state import ReplicaState
+from inferplane.placement.signals import Reading
 from tests.builders import NOW, build_doc, fleet, request, signals, substrate
 from tests.strategies import Scenario, scenarios
 from tests.test_engine_equivalence import assert_same, reference
@@ -171,6 +172,29 @@ def test_a_request_gives_up_when_no_wait_can_meet_its_deadline():
     loop = AttemptLoop(host.state, request(request_id="old", tenant="a", model="m", now=NOW))
     step = host.queue.submit(loop, loop.start(), NOW + 1.4)
     assert isinstance(step, Refusal) and "no wait can meet the 1.5s first-token deadline" in step.message
+
+
+def test_the_hope_once_a_slot_frees_is_this_prompts_scaled_by_the_learnt_ratio():
+    """The give-up time is the deadline minus the best first-token time a freed slot gives: the
+    declared idle time of this prompt (0.2 s here) times the ratio learnt there, not the size-blind
+    median of what long prompts took (1.4 s); the median floors it only where no ratio was learnt."""
+    built = _built()
+    give_up = {}
+    for name, ratio in (("ratio 1", 1.0), ("ratio 2", 2.0), ("no ratio", None)):
+        host = Host(built)
+        report = host.state.take_report(NOW)
+        sigs = tuple(dataclasses.replace(
+            signals(in_flight=0.0, ttft_s=1.4, tpot_s=0.01, now=NOW),
+            ttft_ratio=None if ratio is None else Reading(ratio, NOW)) for _ in built.fleet.substrates)
+        assert host.state.publish(PublishedSnapshot(1, NOW, built.policy.policy_hash, sigs), report)
+        for i in range(2):
+            assert isinstance(host.submit(rid=f"r{i}"), Dispatch)
+        held = host.submit(rid="late")
+        assert isinstance(held, Waiter), name
+        give_up[name] = held.give_up_s - NOW
+    assert abs(give_up["ratio 1"] - (1.5 - 0.2)) < 1e-9
+    assert abs(give_up["ratio 2"] - (1.5 - 0.4)) < 1e-9
+    assert abs(give_up["no ratio"] - (1.5 - 1.4)) < 1e-9
 
 
 def test_refusals_a_wait_cannot_change_are_answered_at_once():

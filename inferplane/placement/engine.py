@@ -154,13 +154,15 @@ def _fallbacks(totals: list[float], eligible_count: int, ineligible: int, reques
     return tuple(map(names.__getitem__, ranked))
 
 
-def _probe_admits(probe: tuple[float, float, float], ttft: float, e2e: float, f_out: float, ttft_cut: float,
-                  e2e_cut: float, probe_limit: int) -> bool:
+def _probe_admits(probe: tuple[float, float, float, float], ttft: float, e2e: float, f_out: float,
+                  ttft_cut: float, e2e_cut: float, probe_limit: int) -> bool:
     """``DeadlineReachable``'s judgement of a substrate whose outcome readings are all stale, given
-    its estimate within the cut: the same operations (``max`` keeps its first argument on a tie)."""
-    last_ttft, last_tpot, in_flight = probe
-    if last_ttft > ttft:
-        ttft = last_ttft
+    its estimate within the cut: the same operations (``estimate.learnt_ttft_s`` on the stale
+    readings; ``max`` keeps its first argument on a tie)."""
+    floor, last_tpot, in_flight, scale = probe
+    ttft *= scale
+    if floor > ttft:
+        ttft = floor
     stale_e2e = ttft + f_out * last_tpot
     if stale_e2e > e2e:
         e2e = stale_e2e

@@ -97,7 +97,7 @@ from math import sqrt
 from typing import NamedTuple
 
 from inferplane.placement.fleet import SubstrateSpec
-from inferplane.placement.signals import SubstrateSignals, fresh_value, limits
+from inferplane.placement.signals import SubstrateSignals, fresh_value, limits, stale_value
 
 BYTES_PER_TOKEN = 4
 
@@ -124,6 +124,25 @@ def ttft_floored(signals: SubstrateSignals) -> bool:
         if p.kind == "ttft":
             return True
     return False
+
+
+def learnt_ttft_s(signals: SubstrateSignals, ttft_s: float, now_s: float, bound_s: float, *,
+                  stale: bool = False) -> float:
+    """``ttft_s``, a first-token time the declared profile predicts, with what outcomes taught of
+    the substrate (module doc): times its ``ttft_ratio`` (at least ``TTFT_RATIO_MIN``), then floored
+    by ``recent_ttft`` where that floors (``ttft_floored``). The readings are read fresh, or with
+    ``stale`` only when stale (what was last observed, for ``DeadlineReachable``'s probes). Every
+    reader of the learnt first-token time (the estimate, the probe judgement, the hold queue's
+    hope once a slot frees) goes through here, so none is held to a size-blind median where a
+    ratio was learnt."""
+    read = stale_value if stale else fresh_value
+    if read(signals.ttft_ratio, now_s, bound_s) is not None:
+        ttft_s *= ttft_scale(signals)
+    if ttft_floored(signals):
+        recent_ttft = read(signals.recent_ttft_s, now_s, bound_s)
+        if recent_ttft is not None and recent_ttft > ttft_s:
+            ttft_s = recent_ttft
+    return ttft_s
 
 
 class Estimate(NamedTuple):
@@ -207,13 +226,7 @@ def estimate(
     if lanes is not None:
         running = occupancy if occupancy < cap else float(cap)
         ttft += lane_wait_s(lat.base_ttft_s, running / lanes, (lanes - 1.0) / lanes, prefill_s, decode_s)
-    ttft += prefill_s
-    if fresh_value(signals.ttft_ratio, now_s, bound_s) is not None:
-        ttft *= ttft_scale(signals)
-    if ttft_floored(signals):
-        recent_ttft = fresh_value(signals.recent_ttft_s, now_s, bound_s)
-        if recent_ttft is not None and recent_ttft > ttft:
-            ttft = recent_ttft
+    ttft = learnt_ttft_s(signals, ttft + prefill_s, now_s, bound_s)
     e2e = ttft + decode_s
 
     c = spec.cost

@@ -13,6 +13,7 @@ import enum
 from typing import NamedTuple, Protocol
 
 from inferplane.placement.context import PlacementContext
+from inferplane.placement.estimate import learnt_ttft_s
 from inferplane.placement.fleet import SubstrateSpec
 from inferplane.placement.signals import (
     CircuitState,
@@ -329,8 +330,11 @@ class DeadlineReachable:
     ``policy.half_open_probe_limit`` requests are in flight there; a probe's outcome refreshes the
     observation, and either keeps the cut or ends it:
 
-        stale_ttft = max(est.ttft, last recent_ttft)
+        stale_ttft = est.ttft with the last learnt ttft_ratio or recent_ttft (estimate.learnt_ttft_s)
         stale_e2e  = max(est.e2e, stale_ttft + output_tokens * last recent_tpot)
+
+(the last ``ttft_ratio`` scales this request's prediction, so a short prompt is not held to the
+first-token time long prompts last had there, as the estimate does with fresh readings).
 
     The last observed latencies are those of outcomes that met no more load than the substrate
     has now, or no queue (``fleet_state``): a substrate that has finished a burst is not held to
@@ -352,7 +356,7 @@ class DeadlineReachable:
         last_tpot = stale_value(signals.recent_tpot_s, ctx.now_s, ctx.staleness_bound_s)
         if last_ttft is None and last_tpot is None:
             return None
-        ttft = max(est.ttft_s, last_ttft or 0.0)
+        ttft = learnt_ttft_s(signals, est.ttft_s, ctx.now_s, ctx.staleness_bound_s, stale=True)
         e2e = max(est.e2e_s, ttft + output_tokens * (last_tpot or 0.0))
         if ttft <= ttft_cut and e2e <= e2e_cut:
             return None

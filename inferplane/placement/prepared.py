@@ -11,7 +11,7 @@ request's ``now - oldest_observed_at_s <= signal_staleness_bound_s`` (readings a
 first to expire). Outside that window (but for the case below), or when ``clear`` is False, the engine evaluates the
 substrate with the ``Filter`` and ``Scorer`` objects themselves (the specification), so an entry
 only ever has to be right for an admitted substrate whose readings are fresh. Its fields for
-stale outcome readings (``per_token_base_s``, ``last_ttft_s``, ``last_tpot_s``, ``in_flight``) serve
+stale outcome readings (``per_token_base_s``, ``last_tpot_s``, ``in_flight``) serve
 the second case the arithmetic decides: every load reading fresh and every outcome reading stale
 (``ScoringRow``'s ``stale_outcomes``; the estimate then reads no floor and the decode rate's
 per-token time, and ``DeadlineReachable`` may hold the substrate to probes).
@@ -98,10 +98,9 @@ class PreparedSubstrate(NamedTuple):
     """The newer of the recent_ttft and recent_tpot readings (-inf when neither)."""
     per_token_base_s: float
     """1 / decode_rate: ``per_token_s`` while the recent_tpot reading is stale."""
-    last_ttft_s: float
     last_tpot_s: float
-    """The recent_ttft and recent_tpot values (0 when unreported): once stale, what
-    ``DeadlineReachable`` judges a probe by."""
+    """The recent_tpot value (0 when unreported): once stale, what ``DeadlineReachable`` judges a
+    probe's decode by (its first-token time: ``ttft_floor_s`` and ``ttft_scale``)."""
     in_flight: float
     prefill_lanes: tuple[float, float, float] | None
     """(base_ttft_s, running / lanes, (lanes - 1) / lanes) for ``estimate.lane_wait_s``, with
@@ -207,7 +206,7 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
         fixed_s, prefill_tokens_per_s, per_token_s, queue_factor, floor,
         usd_in, usd_out, usd_slot_s, egress, region, zone,
         0.0 if ratio >= 1.0 else 1.0 - ratio, memory_score, reserved_score, occupancy,
-        load_oldest, outcomes_newest, per_token_base_s, 0.0 if ttft_r is None else ttft_r.value,
+        load_oldest, outcomes_newest, per_token_base_s,
         0.0 if tpot_r is None else tpot_r.value, in_flight, lanes, scale))
 
 
@@ -237,7 +236,7 @@ def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_token
 
 
 ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,
-                   float, float, float, "tuple[float, ScoringRow] | None", "tuple[float, float, float] | None",
+                   float, float, float, "tuple[float, ScoringRow] | None", "tuple[float, float, float, float] | None",
                    "tuple[float, float, float] | None", float]
 """(fresh_until_s, tokens_remaining, node_countries, fixed_s, prefill_tokens_per_s, per_token_s,
 queue_factor, ttft_floor_s, usd_per_input_token, usd_per_output_token, usd_per_slot_second,
@@ -251,7 +250,9 @@ row[0]``) ``row`` holds instead. A substrate's outcome readings go stale while i
 is common, and its specification is plain: the estimate ignores stale readings (no ttft floor or scale, the
 decode rate's per-token time), and ``DeadlineReachable`` judges the request by the last observed
 latencies too, but only rejects when the substrate already has ``half_open_probe_limit`` requests
-in flight. ``probe``, in such a row only, is (last ttft, last tpot, in flight) for that judgement."""
+in flight. ``probe``, in such a row only, is (ttft floor, last tpot, in flight, ttft scale) for that
+judgement: the last learnt first-token ratio scales the estimate, and the last recent_ttft floors it
+only where it floors a fresh one (``estimate.learnt_ttft_s``)."""
 
 
 def fresh_until(oldest_s: float, bound_s: float) -> float:
@@ -279,7 +280,7 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
         return NEVER
     (oldest, _, tokens, countries, _, fixed_s, prefill_rate, per_token_s, queue_factor, ttft_floor, usd_in, usd_out,
      usd_slot_s, _, _, _, queue_score, memory_score, reserved_score, _, load_oldest, outcomes_newest, per_token_base_s,
-     last_ttft, last_tpot, in_flight, lanes, scale) = entry
+     last_tpot, in_flight, lanes, scale) = entry
     queue_term, memory_term, reserved_term = w_queue * queue_score, w_memory * memory_score, w_reserved * reserved_score
     stale_outcomes = None
     until = fresh_until(oldest, bound_s)
@@ -290,7 +291,7 @@ def scoring_row(entry: PreparedSubstrate, constants: tuple[float, bool, float, f
             stale_outcomes = (stale_after, (
                 load_fresh_until, tokens, countries, fixed_s, prefill_rate, per_token_base_s, queue_factor, -_INF,
                 usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, None,
-                (last_ttft, last_tpot, in_flight), lanes, 1.0))
+                (ttft_floor, last_tpot, in_flight, scale), lanes, 1.0))
     return (until, tokens, countries, fixed_s, prefill_rate, per_token_s, queue_factor,
             ttft_floor, usd_in, usd_out, usd_slot_s, queue_term, memory_term, reserved_term, stale_outcomes, None, lanes,
             scale)
@@ -301,5 +302,5 @@ if PreparedSubstrate._fields != (
         "prefill_tokens_per_s", "per_token_s", "queue_factor", "ttft_floor_s", "usd_per_input_token",
         "usd_per_output_token", "usd_per_slot_second", "egress_usd_per_byte", "region", "zone", "queue_score",
         "memory_score", "reserved_score", "occupancy", "load_oldest_s", "outcomes_newest_s", "per_token_base_s",
-        "last_ttft_s", "last_tpot_s", "in_flight", "prefill_lanes", "ttft_scale"):
+        "last_tpot_s", "in_flight", "prefill_lanes", "ttft_scale"):
     raise ImportError("prepare() builds PreparedSubstrate positionally: keep its field order in step")

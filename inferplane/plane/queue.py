@@ -53,10 +53,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from inferplane.placement import PlacementRequest
-from inferplane.placement.estimate import idle_ttft_s
+from inferplane.placement.estimate import idle_ttft_s, learnt_ttft_s
 from inferplane.placement.filters import RejectionCode
 from inferplane.plane.attempts import AttemptLoop, Dispatch, Refusal
-from inferplane.placement.signals import fresh_value, limits
+from inferplane.placement.signals import limits
 from inferplane.plane.state import ReplicaState, Unavailable
 
 HOLDABLE = frozenset({RejectionCode.CAPACITY, RejectionCode.RATE_LIMITED, RejectionCode.HELD_BACK})
@@ -286,7 +286,8 @@ class HoldQueue:
     def _blocked_candidates(self, step: Refusal, request: PlacementRequest
                             ) -> tuple[float, frozenset[str], tuple[str, ...]]:
         """The candidates a wait could open (none: the refusal stands), with the best first-token
-        time one of them gives once free (network, base and prefill) and their classes. A
+        time one of them gives once free (network, base and prefill, scaled by the first-token ratio
+        learnt there: ``estimate.learnt_ttft_s``) and their classes. A
         candidate a wait could open is one refused for a full slot, rate-limit headroom or by the
         plane's arbitration, or one predicted too slow while its running slots are full and that
         would meet the first-token deadline when idle (its queue, not its speed, made it slow; a
@@ -308,10 +309,8 @@ class HoldQueue:
             idle = idle_ttft_s(spec, request.input_tokens)
             if view is None:
                 view = self._state.view(request.arrived_at_s)
-            if not isinstance(view, Unavailable):  # what it takes there, as last observed
-                observed = fresh_value(view.signals[spec.index].recent_ttft_s, request.arrived_at_s, bound)
-                if observed is not None and observed > idle:
-                    idle = observed
+            if not isinstance(view, Unavailable):  # as outcomes taught: scaled by the ratio learnt there
+                idle = learnt_ttft_s(view.signals[spec.index], idle, request.arrived_at_s, bound)
             if c.code is RejectionCode.PREDICTED_TOO_SLOW:
                 if idle > deadline:
                     continue

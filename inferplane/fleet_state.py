@@ -633,7 +633,7 @@ class FleetState:
             readings = {}
             for signal in ("in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage",
                           "rate_limit_requests_remaining", "rate_limit_tokens_remaining",
-                          "recent_ttft_s", "recent_tpot_s", "error_rate"):
+                          "recent_ttft_s", "recent_tpot_s", "error_rate", "ttft_ratio"):
                 r = getattr(sig, signal)
                 readings[signal] = None if r is None else {"value": r.value, "age_s": now_s - r.observed_at_s}
             breaker = self._breakers[spec.name]

@@ -223,7 +223,8 @@ def test_signals_become_per_substrate_gauges() -> None:
     at = NOW - 0.5
     snap = snapshot(built, {
         "gpu": SubstrateSignals(in_flight=Reading(3, at), queued=Reading(1, at), kv_cache_usage=Reading(0.75, at),
-                                gpu_memory_used_ratio=Reading(0.5, NOW - 1.5), error_rate=Reading(0.25, at)),
+                                gpu_memory_used_ratio=Reading(0.5, NOW - 1.5), error_rate=Reading(0.25, at),
+                                ttft_ratio=Reading(1.4, at)),
         "us-api": SubstrateSignals(in_flight=Reading(0, NOW), rate_limit_requests_remaining=Reading(42, NOW),
                                    rate_limit_tokens_remaining=Reading(9000, NOW), circuit=CircuitState.OPEN),
         "eu-api": SubstrateSignals(in_flight=Reading(0, NOW), circuit=CircuitState.HALF_OPEN),
@@ -236,6 +237,8 @@ def test_signals_become_per_substrate_gauges() -> None:
     assert value(s, "inferplane_substrate_kv_cache_usage_ratio", substrate="gpu") == 0.75
     assert value(s, "inferplane_substrate_gpu_memory_used_ratio", substrate="gpu") == 0.5
     assert value(s, "inferplane_substrate_error_ratio", substrate="gpu") == 0.25
+    assert value(s, "inferplane_substrate_ttft_observed_over_declared_ratio", substrate="gpu") == 1.4
+    assert value(s, "inferplane_substrate_ttft_observed_over_declared_ratio", substrate="us-api") is None
     assert value(s, "inferplane_substrate_rate_limit_remaining_requests", substrate="us-api") == 42
     assert value(s, "inferplane_substrate_rate_limit_remaining_tokens", substrate="us-api") == 9000
     assert [value(s, "inferplane_substrate_circuit_state", substrate=n) for n in ("gpu", "eu-api", "us-api")] == [

@@ -63,6 +63,8 @@ def test_a_substrate_slower_than_declared_is_learnt_and_predicted_at_every_size(
     built, state = setup()
     signals = learn(state, [500, 30_000, 2_000, 8_000, 500, 12_000, 1_000], 1.3)
     assert signals.ttft_ratio.value == pytest.approx(1.3)
+    # ``inferplane status`` shows what was learnt (the metric of the same name is in test_metrics).
+    assert state.status(100.2)["substrates"][0]["signals"]["ttft_ratio"]["value"] == pytest.approx(1.3)
     for tokens in (200, 4_000, 40_000):
         assert predicted_ttft(built, signals, tokens) == pytest.approx(1.3 * declared(tokens))
     # After short prompts, a long one is protected by the ratio, not left at the short ones' median.

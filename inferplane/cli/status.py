@@ -74,12 +74,12 @@ def render(status: dict) -> str:
         rows.append([name, s["declared"]["jurisdiction"], s["declared"]["zone"], circuit,
                      _reading(sig["in_flight"]), _reading(sig["queued"]), _reading(sig["kv_cache_usage"], "{:.2f}"),
                      _reading(sig["rate_limit_requests_remaining"]), _reading(sig["recent_ttft_s"], "{:.3f}"),
-                     _reading(sig["error_rate"], "{:.2f}"), ",".join(s.get("drift") or ()) or "-",
+                     _reading(sig.get("ttft_ratio"), "{:.2f}"), _reading(sig["error_rate"], "{:.2f}"), ",".join(s.get("drift") or ()) or "-",
                      _capacity(s), replicas + warn])
     out = [f"snapshot v{status['snapshot_version']} · policy {status['policy_hash']} · "
            f"staleness bound {status['staleness_bound_s']:.1f}s · readings show value (age)", "",
            render_table(["substrate", "jur", "zone", "circuit", "in flight", "queued", "kv cache",
-                         "rl requests", "ttft s", "errors", "drift", "capacity (live/starting/target)",
+                         "rl requests", "ttft s", "ttft/declared", "errors", "drift", "capacity (live/starting/target)",
                          "replicas node@zone/jur"], rows), ""]
     ingress_rows = [[i["ingress"], i["zone"] or "-", str(i["snapshot_version"]),
                      "-" if i["snapshot_age_s"] is None else f"{i['snapshot_age_s']:.2f}s",

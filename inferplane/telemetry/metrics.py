@@ -62,6 +62,8 @@ Metrics (counters end in ``_total``; times in seconds; money in USD):
   ``inferplane_substrate_gpu_memory_used_ratio``, ``inferplane_substrate_kv_cache_usage_ratio``,
   ``inferplane_substrate_rate_limit_remaining_requests``,
   ``inferplane_substrate_rate_limit_remaining_tokens``, ``inferplane_substrate_error_ratio``,
+  ``inferplane_substrate_ttft_observed_over_declared_ratio`` (the learnt first-token ratio the
+  estimate scales by: how much slower than its declared profile the substrate really is),
   ``inferplane_substrate_circuit_state`` (0 closed, 1 half-open, 2 open),
   ``inferplane_substrate_external_signal{substrate,signal}`` (values the platform team pushed) and
   ``inferplane_substrate_signal_age_seconds{substrate,signal}`` (age when the snapshot was taken).
@@ -193,6 +195,9 @@ SIGNAL_GAUGES: dict[str, tuple[str, str]] = {
     "rate_limit_tokens_remaining": ("substrate_rate_limit_remaining_tokens",
                                     "Tokens left in the API's rate-limit window."),
     "error_rate": ("substrate_error_ratio", "Share of recent outcomes that failed, 0-1."),
+    "ttft_ratio": ("substrate_ttft_observed_over_declared_ratio",
+                   "Median of recent outcomes' observed over declared first-token time; placement "
+                   "scales its first-token predictions by it (at least 1)."),
 }
 SIGNAL_FIELDS = (*SIGNAL_GAUGES, "recent_ttft_s", "recent_tpot_s")
 

@@ -17,7 +17,7 @@ from inferplane.replay.plane_router import PlaneRouter
 from inferplane.replay.runner import ReplayOptions, prepare
 from inferplane.replay.scenario import EventKind, MismatchSpec, load_scenario
 from inferplane.replay.simulator import Simulator
-from inferplane.replay.suite import _run_cell, load_suite
+from inferplane.replay.suite import _run_cell, load_suite, render_suite, target_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE_DIR = ROOT / "configs" / "scenarios" / "suite"
@@ -59,7 +59,7 @@ def test_the_suite_runs_every_cell_through_the_cli(capsys, tmp_path):
     assert report["plots"] == [str(plots / "suite_heatmap.png")]
     assert (plots / "suite_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "three-jurisdictions" in stdout and "mooncake-synth" in stdout
-    assert f"of {len(cells)} cells" in stdout
+    assert f"judged cells ({len(cells)} in all)" in stdout
     # two worker processes: the cells in the suite's order, each as the same cell replayed here
     suite = load_suite(SUITE)
     assert [c["label"] for c in report["cells"]] == [c.label for c in suite.cells]
@@ -70,12 +70,40 @@ def test_the_suite_runs_every_cell_through_the_cli(capsys, tmp_path):
     # the summary counts each target over the cells, and each cell says how fast the plane's router ran
     summary = report["summary"]
     assert summary["cells"] == len(cells) and summary["of_bound_judged"] == len(cells)
-    assert summary["all_targets"] == sum(not c["shortfalls"] for c in report["cells"])
+    assert summary["judged"] == len(cells)  # each cell ran the bound and compliant baselines
+    assert summary["placement_targets"] == sum(not c["shortfalls"] for c in report["cells"])
+    assert summary["all_targets"] == sum(not c["shortfalls"] and c["plane_replay_speed"] >= 2000
+                                         for c in report["cells"])
     assert summary["of_bound"] == sum(c["runs"][0]["of_bound_sla"] >= 0.95 for c in report["cells"])
     assert summary["no_violations"] == len(cells) == summary["no_unlogged_spillovers"]
     assert all(c["plane_replay_speed"] == c["runs"][0]["replay_speed"] > 0 for c in report["cells"])
     assert summary["replay_speed"] == sum(c["plane_replay_speed"] >= 2000 for c in report["cells"])
-    assert f"cells meeting each target, of {len(cells)}: all {summary['all_targets']};" in stdout
+    assert (f"cells meeting each target, of {len(cells)}: all {summary['all_targets']} (placement targets "
+            f"{summary['placement_targets']}, of {len(cells)} judged") in stdout
+
+
+def _run(router: str, sla: float, speed: float = 100.0) -> dict:
+    return {"router": router, "jurisdiction_routes": "policy", "sla_attainment": sla, "of_bound_sla": None,
+            "cost_usd": 1.0, "sovereignty_violations": 0, "unlogged_spillovers": 0, "rejected": 0,
+            "replay_speed": speed if router == "inferplane" else None}
+
+
+def test_a_cell_that_cannot_judge_the_plane_is_not_counted_as_meeting_the_targets():
+    """With no bound or no compliant baseline a cell has no shortfall by construction: it is "not
+    judged", never "met"; and the replay speed target is counted apart from the placement ones."""
+    def cell(label, runs, bound):
+        return {"fleet": label, "trace": "t", "load": 1.0, "mismatch": False, "requests": 10, "runs": runs,
+                "bound": bound, "shortfalls": [], "wall_time_s": 1.0, "plane_replay_speed": runs[0]["replay_speed"]}
+    bound = {"sla_attainment": 1.0, "cost_usd": 1.0, "loose_sla_attainment": 1.0}
+    cells = [cell("alone", [_run("inferplane", 0.9)], None),
+             cell("no-bound", [_run("inferplane", 0.9), _run("round_robin-compliant", 0.8)], None),
+             cell("judged", [_run("inferplane", 0.9), _run("round_robin-compliant", 0.8)], bound),
+             cell("judged-fast", [_run("inferplane", 0.9, 2500.0), _run("round_robin-compliant", 0.8)], bound)]
+    counts = target_counts(cells)
+    assert (counts["judged"], counts["placement_targets"], counts["all_targets"], counts["replay_speed"]) == (2, 2, 1, 1)
+    text = render_suite({"suite": "s", "policy": "default", "limit": None, "cells": cells, "wall_time_s": 1.0})
+    assert text.count("not judged (no bound or no compliant baseline)") == 2
+    assert "every placement target in 2 of 2 judged cells (4 in all)" in text
 
 
 def test_no_fleet_of_the_suite_carries_a_policy():

@@ -69,17 +69,68 @@ Solved twice: the best SLA attainment M* = max sum x / N; then the least cost at
 ``m`` (for the bound itself m = M*, and for each router the attainment it reached):
 min sum usage_cost[r, s] x[r, s] s.t. sum x >= m * N, plus the fixed cost of reserved hardware.
 A router meeting m deadlines pays at least that: its served-and-met requests are one feasible point.
+
+Chunks of arrival time (so that memory and time grow linearly with the trace). The programme over
+a whole trace is too big to solve at once (fleet-64 x Azure conversation x4: 77k requests, 2.7M
+pairs; building it passed 13 GB), and most of its rows only couple requests that arrive close
+together. So the requests are split by arrival into chunks of K consecutive windows (K a power of
+two, aligned to the window grid; ``chunk_s``, by default chosen so that a chunk holds about
+``CHUNK_REQUESTS`` requests on average), and each chunk gets its own programme over its own pairs:
+every row above whose terms include a pair of the chunk, with the other chunks' terms dropped,
+except the e2e rows of blocks longer than K windows, which are dropped whole. Every term is
+non-negative (coefficients >= 0, x >= 0), so a row with terms dropped is implied by the full row,
+and dropping a row only relaxes: any x feasible for the whole programme is, chunk by chunk,
+feasible for every chunk's programme. So
+
+    max sum x over the chunks' programmes (each solved alone, then summed) >= M*,
+
+still an upper bound on any router, looser only through rows that straddle a chunk boundary: an
+e2e block's rows never do (blocks of at most K windows lie inside one chunk), but first-token
+windows that are not a divisor of K's length, long e2e deadlines (a request arriving near a
+chunk's end may use capacity up to its deadline, which the next chunk's requests may use too)
+and the blocks longer than K windows do. With one chunk covering every window (``chunk_s`` =
+inf) the programme is the whole one, row for row. Measured on the suite's cells: see the tests
+and ``CHUNK_REQUESTS``.
+
+The least cost across chunks. The chunks share one row, sum x >= m * N. Write
+phi_c(mu) = min usage cost of chunk c's programme s.t. its sum x >= mu (convex, piecewise linear,
+non-decreasing, phi_c(0) = 0); the chunked least cost is min sum_c phi_c(mu_c) s.t.
+sum_c mu_c >= m * N, at most the whole programme's least cost (a relaxation, as above), so still
+a lower bound on what a router meeting m deadlines pays. It is bracketed, never guessed:
+
+* a point: for a price lambda >= 0, solving min (usage_cost - lambda) . x over chunk c alone gives
+  x* with mu = sum x*, phi_c(mu) = usage_cost . x*, and the line phi_c(mu) + lambda (mu' - mu),
+  which lies below phi_c everywhere (weak duality of the Lagrangian of that one row: the
+  Lagrangian relaxation with one price for every chunk is the special case where every chunk is
+  evaluated at the same lambda). Points also come from sum x >= t (its dual is the slope) and
+  from the free pairs (phi_c = 0 up to the free max, slope 0).
+* a lower bound: the upper envelope of a chunk's lines is <= phi_c; the least sum of envelopes
+  at sum mu_c >= m * N (a greedy over their pieces by slope: they are convex) is <= the chunked
+  least cost. That is what is returned (plus the fixed cost).
+* an upper bound: the chords between a chunk's points are >= phi_c and feasible (a convex mix of
+  two feasible points is feasible), so the same greedy over chords is >= the chunked least cost.
+* refinement (the sandwich method): while upper - lower > ``COST_GAP`` of the total (fixed +
+  upper: what a router's cost is divided by), each chunk
+  whose allocation sits inside a chord not yet known to be exact is solved at lambda = that
+  chord's slope, which either adds a point below it or proves it is phi_c there. Points are kept
+  per programme, so each further attainment (one per router) costs only the chunks it refines.
+
+The returned floor is therefore within ``COST_GAP`` of the total (the gap reached is in the
+result, ``cost_gap_usd``) of the exact least cost of the chunked programme, and never above it.
+With one chunk the least-cost LP is solved directly (exact), as before chunking.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linprog
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix, vstack
 
 from inferplane.config import BuiltConfig
 from inferplane.jurisdiction import is_within
@@ -96,6 +147,13 @@ from substrate_adapters.physics import (
 )
 
 DEFAULT_WINDOW_S = 60.0
+CHUNK_REQUESTS = 2000
+"""About this many requests per chunk on average (``chunk_s`` None): the chunk length is the
+largest power-of-two number of windows whose mean request count stays under it."""
+COST_GAP = 1e-4
+"""The least cost across chunks is refined until its bracket is within this fraction of the total
+(fixed + usage) least cost: what a router's cost is compared with."""
+_MAX_REFINE_ROUNDS = 60
 
 
 class BoundError(RuntimeError):
@@ -103,24 +161,57 @@ class BoundError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class Chunk:
+    """The pairs of the requests arriving in windows [first_window, first_window + K)."""
+
+    first_window: int
+    cols: np.ndarray
+    """Indices of the chunk's pairs in the programme's pair arrays."""
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class FluidProgramme:
-    """The LP's data: one column per (request, substrate) pair that can meet its deadlines."""
+    """The LP's data: one column per (request, substrate) pair that can meet its deadlines, in
+    chunks of arrival time whose programmes are built and solved one at a time (module docstring)."""
 
     requests: int
     request_of: np.ndarray
     substrate_of: np.ndarray
     usage_cost: np.ndarray
-    a_ub: object
-    """scipy.sparse matrix: capacity and rate-limit rows, then one row per request."""
-    b_ub: np.ndarray
+    effective: np.ndarray
+    prefill: np.ndarray
+    arrival: np.ndarray
+    """Seconds since the first request's arrival."""
+    d_e2e: np.ndarray
+    d_ttft: np.ndarray
+    tokens: np.ndarray
+    chunks: tuple[Chunk, ...]
+    chunk_windows: int
+    """K: windows per chunk (a power of two)."""
+    n_windows: int
+    horizon_s: float
+    e2e_deadlines: tuple[float, ...]
+    ttft_deadlines: tuple[float, ...]
+    """The distinct deadlines of the whole programme: every chunk has the rows of each."""
+    caps: tuple[int, ...]
+    lanes: tuple[int, ...]
+    rate_limits: tuple[tuple[float | None, float | None], ...]
     fixed_cost_usd: float
     window_s: float
-    capacity_rows: int
     build_s: float
     first_token_rows: bool = True
     """Whether the rows for first-token deadlines inside bursts are in (the tight bound)."""
     memo: dict = field(default_factory=dict, compare=False, repr=False)
-    """Results solved once per programme (``free_met``)."""
+    """Results solved once per programme (``max_met``, ``free_met``, the rows' count)."""
+
+    @property
+    def pairs(self) -> int:
+        return int(self.usage_cost.size)
+
+    @property
+    def chunk_s(self) -> float:
+        return self.chunk_windows * self.window_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +229,25 @@ class Bound:
     window_s: float
     solve_s: float
     first_token_rows: bool = True
+    chunks: int = 1
+    chunk_s: float = math.inf
+    cost_gap_usd: float | None = None
+    """How far above ``cost_usd`` the chunked programme's exact least cost may lie (0: exact)."""
 
     def to_dict(self) -> dict:
         method = ("fluid LP (HiGHS) over windows, with first-token deadlines inside bursts: max deadlines met, "
                   "then least cost at that" if self.first_token_rows else
                   "fluid LP (HiGHS) over windows, e2e deadlines only (loose): max deadlines met, then least "
                   "cost at that")
+        if self.chunks > 1:
+            method += (f"; in {self.chunks} chunks of {self.chunk_s:.0f} s of arrivals solved apart and summed "
+                       "(a relaxation: still a bound), the least cost bracketed across chunks from below")
         return {"sla_attainment": self.sla_attainment, "met": self.met, "cost_usd": self.cost_usd,
                 "fixed_cost_usd": self.fixed_cost_usd, "requests": self.requests, "pairs": self.pairs,
                 "constraints": self.constraints, "window_s": self.window_s, "solve_s": self.solve_s,
-                "first_token_rows": self.first_token_rows, "method": method}
+                "first_token_rows": self.first_token_rows, "chunks": self.chunks,
+                "chunk_s": None if math.isinf(self.chunk_s) else self.chunk_s,
+                "cost_gap_usd": self.cost_gap_usd, "method": method}
 
 
 def _reachable_in(outages: list[tuple[float, float]], start: float, end: float) -> bool:
@@ -177,12 +277,22 @@ def _cached_at_best(requests: tuple[ReplayRequest, ...]) -> dict[int, int]:
     return out
 
 
+def _pow2_at_least(n: float) -> int:
+    k = 1
+    while k < n:
+        k *= 2
+    return k
+
+
 def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], requests: tuple[ReplayRequest, ...],
                     events: tuple[Event, ...] = (), *, span_s: float, window_s: float = DEFAULT_WINDOW_S,
-                    prefix_caches: tuple | None = None, first_token_rows: bool = True) -> FluidProgramme:
+                    prefix_caches: tuple | None = None, first_token_rows: bool = True,
+                    chunk_s: float | None = None) -> FluidProgramme:
     """``prefix_caches``: each substrate's real prefix caches (``runner.Prepared.prefix_caches``);
     None: as the config declares them. ``first_token_rows``: the tight bound (module docstring);
-    False: the loose one."""
+    False: the loose one. ``chunk_s``: seconds of arrivals per chunk, rounded down to a power-of-two
+    number of windows (at least one); inf: one chunk, the whole programme; None: about
+    ``CHUNK_REQUESTS`` requests per chunk."""
     t_build = time.perf_counter()
     fleet, policy = built.fleet, built.policy
     t0 = requests[0].arrival_s if requests else 0.0
@@ -199,7 +309,9 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
 
     cached_best = _cached_at_best(requests)
     has_cache = [(c is not None) for c in (prefix_caches or tuple(s.prefix_cache for s in fleet.substrates))]
-    req_of, sub_of, cost, eff, prefill, arrival, d_e2e, d_ttft, tokens = [], [], [], [], [], [], [], [], []
+    # Typed arrays, not lists of floats: 2.7M pairs on the largest suite cell.
+    req_of, sub_of = array("q"), array("q")
+    cost, eff, prefill, arrival, d_e2e, d_ttft, tokens = (array("d") for _ in range(7))
     for r in requests:
         route = fleet.resolve_model(r.model)
         tenant = policy.tenants.get(r.tenant)
@@ -232,147 +344,191 @@ def build_programme(built: BuiltConfig, physics: tuple[PhysicsModel, ...], reque
             d_ttft.append(sla.ttft_deadline_s)
             tokens.append(r.input_tokens + r.max_tokens)
 
-    req_of_a = np.asarray(req_of, dtype=np.int64)
-    sub_of_a = np.asarray(sub_of, dtype=np.int64)
-    eff_a = np.asarray(eff, dtype=float)
-    prefill_a = np.asarray(prefill, dtype=float)
-    arr_a = np.asarray(arrival, dtype=float)
-    de_a = np.asarray(d_e2e, dtype=float)
-    dt_a = np.asarray(d_ttft, dtype=float)
-    tok_a = np.asarray(tokens, dtype=float)
-    n_vars = len(req_of)
+    arr_a = np.frombuffer(arrival, dtype=float) if len(arrival) else np.zeros(0)
+    n_vars = arr_a.size
     horizon = max(span_s, float(arr_a.max()) if n_vars else 0.0)
     n_windows = max(1, math.ceil((horizon + 1e-9) / window_s))
+    # K: a power of two, so that every block of k <= K windows (aligned at multiples of k) lies in one chunk.
+    if chunk_s is None:
+        per_window = len(requests) / n_windows
+        k_chunk = 1
+        while k_chunk * 2 * per_window <= CHUNK_REQUESTS and k_chunk < n_windows:
+            k_chunk *= 2
+    elif math.isinf(chunk_s):
+        k_chunk = _pow2_at_least(n_windows)
+    else:
+        k_chunk = 1
+        while k_chunk * 2 * window_s <= chunk_s + 1e-9:
+            k_chunk *= 2
+    if k_chunk >= n_windows:
+        k_chunk = _pow2_at_least(n_windows)
+    window_of = np.minimum((arr_a // window_s).astype(np.int64), n_windows - 1)
+    chunk_of = window_of // k_chunk
+    order = np.argsort(chunk_of, kind="stable")
+    bounds = np.searchsorted(chunk_of[order], np.arange(int(chunk_of.max()) + 2 if n_vars else 1))
+    chunks = tuple(Chunk(first_window=c * k_chunk, cols=order[bounds[c]:bounds[c + 1]])
+                   for c in range(len(bounds) - 1) if bounds[c + 1] > bounds[c])
+    return FluidProgramme(
+        requests=len(requests), request_of=np.frombuffer(req_of, dtype=np.int64) if n_vars else np.zeros(0, np.int64),
+        substrate_of=np.frombuffer(sub_of, dtype=np.int64) if n_vars else np.zeros(0, np.int64),
+        usage_cost=np.frombuffer(cost, dtype=float) if n_vars else np.zeros(0),
+        effective=np.frombuffer(eff, dtype=float) if n_vars else np.zeros(0),
+        prefill=np.frombuffer(prefill, dtype=float) if n_vars else np.zeros(0), arrival=arr_a,
+        d_e2e=np.frombuffer(d_e2e, dtype=float) if n_vars else np.zeros(0),
+        d_ttft=np.frombuffer(d_ttft, dtype=float) if n_vars else np.zeros(0),
+        tokens=np.frombuffer(tokens, dtype=float) if n_vars else np.zeros(0),
+        chunks=chunks, chunk_windows=k_chunk, n_windows=n_windows, horizon_s=horizon,
+        e2e_deadlines=tuple(sorted({float(d) for d in np.unique(np.frombuffer(d_e2e, dtype=float))})) if n_vars else (),
+        ttft_deadlines=tuple(sorted({float(d) for d in np.unique(np.frombuffer(d_ttft, dtype=float))})) if n_vars else (),
+        caps=tuple(p.max_concurrency for p in physics), lanes=tuple(prefill_slots(p) for p in physics),
+        rate_limits=tuple((s.requests_per_minute, s.tokens_per_minute) for s in subs),
+        fixed_cost_usd=fixed_cost_usd(fleet, span_s), window_s=window_s,
+        build_s=time.perf_counter() - t_build, first_token_rows=first_token_rows,
+    )
 
+
+def chunk_lp(programme: FluidProgramme, chunk: Chunk) -> tuple[csr_matrix, np.ndarray]:
+    """One chunk's rows (module docstring) over its own pairs, in the order of ``chunk.cols``:
+    capacity and rate-limit rows, then one row per request. Built when solved, not kept (the
+    matrices of every chunk at once are what did not fit)."""
+    p = programme
+    sel = chunk.cols
+    sub, arr, eff, pre = p.substrate_of[sel], p.arrival[sel], p.effective[sel], p.prefill[sel]
+    de, dt, tok = p.d_e2e[sel], p.d_ttft[sel], p.tokens[sel]
+    n_vars = sel.size
+    window_s, n_windows, k_chunk = p.window_s, p.n_windows, p.chunk_windows
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     vals: list[np.ndarray] = []
     rhs: list[np.ndarray] = []
     next_row = 0
-    cols_all = np.arange(n_vars, dtype=np.int64)
 
-    def add_block(mask: np.ndarray, group: np.ndarray, n_groups: int, coef: np.ndarray, limit: np.ndarray) -> None:
+    def add_block(mask: np.ndarray, group: np.ndarray, coef: np.ndarray | float, limit: float) -> None:
+        # one row per group (interval) that has a term of this chunk; rows without terms hold trivially
         nonlocal next_row
-        sel = np.nonzero(mask)[0]
-        rows.append(next_row + group[sel])
-        cols.append(cols_all[sel])
-        vals.append(coef[sel])
-        rhs.append(limit)
-        next_row += n_groups
+        idx = np.nonzero(mask)[0]
+        if idx.size == 0:
+            return
+        groups, inv = np.unique(group[idx], return_inverse=True)
+        rows.append(next_row + inv)
+        cols.append(idx)
+        vals.append(coef[idx] if isinstance(coef, np.ndarray) else np.full(idx.size, coef))
+        rhs.append(np.full(groups.size, limit))
+        next_row += groups.size
 
-    deadlines = sorted({float(d) for d in de_a}) if n_vars else []
-    ttft_deadlines = sorted({float(d) for d in dt_a}) if n_vars else []
-    for s_idx, spec in enumerate(subs):
-        on_s = sub_of_a == s_idx
-        if not on_s.any():
-            continue
-        cap = physics[s_idx].max_concurrency
+    deadlines, ttft_deadlines = p.e2e_deadlines, p.ttft_deadlines
+    for s_idx in np.unique(sub):
+        on_s = sub == s_idx
+        cap = p.caps[s_idx]
         k = 1
-        while True:
+        while k <= k_chunk:  # blocks longer than a chunk are dropped (a relaxation)
             block = k * window_s
             n_blocks = max(1, math.ceil(n_windows / k))
-            j = np.minimum((arr_a // block).astype(np.int64), n_blocks - 1)
+            j = np.minimum((arr // block).astype(np.int64), n_blocks - 1)
             for d in deadlines:
                 end = (j + 1) * block + d
-                mask = on_s & (arr_a + de_a <= end + 1e-9)
-                add_block(mask, j, n_blocks, eff_a, np.full(n_blocks, cap * (block + d)))
+                add_block(on_s & (arr + de <= end + 1e-9), j, eff, cap * (block + d))
             if k >= n_windows:
                 break
             k *= 2
-        if first_token_rows:
-            lanes = prefill_slots(physics[s_idx])
+        if p.first_token_rows:
+            lanes = p.lanes[s_idx]
             w = max(ttft_deadlines[0], 1e-3)
             while w < window_s:
-                n_w = max(1, math.ceil((horizon + 1e-9) / w))
-                j = np.minimum((arr_a // w).astype(np.int64), n_w - 1)
+                n_w = max(1, math.ceil((p.horizon_s + 1e-9) / w))
+                j = np.minimum((arr // w).astype(np.int64), n_w - 1)
                 for d in ttft_deadlines:
-                    mask = on_s & (dt_a <= d + 1e-9)
+                    mask = on_s & (dt <= d + 1e-9)
                     end = (j + 1) * w + d
-                    coef = prefill_a + np.minimum(eff_a - prefill_a, np.maximum(0.0, end - arr_a - dt_a))
-                    add_block(mask, j, n_w, coef, np.full(n_w, cap * (w + d)))
+                    coef = pre + np.minimum(eff - pre, np.maximum(0.0, end - arr - dt))
+                    add_block(mask, j, coef, cap * (w + d))
                     if lanes < cap:
-                        add_block(mask, j, n_w, prefill_a, np.full(n_w, lanes * (w + d)))
+                        add_block(mask, j, pre, lanes * (w + d))
                 w *= 2
-        rpm, tpm = spec.requests_per_minute, spec.tokens_per_minute
+        rpm, tpm = p.rate_limits[s_idx]
         if rpm is not None or tpm is not None:
-            j = np.minimum((arr_a // window_s).astype(np.int64), n_windows - 1)
+            j = np.minimum((arr // window_s).astype(np.int64), n_windows - 1)
             for d in ttft_deadlines:
-                mask = on_s & (dt_a <= d + 1e-9)
+                mask = on_s & (dt <= d + 1e-9)
                 allowance = 1.0 + (window_s + d) / 60.0
                 if rpm is not None:
-                    add_block(mask, j, n_windows, np.ones(n_vars), np.full(n_windows, rpm * allowance))
+                    add_block(mask, j, 1.0, rpm * allowance)
                 if tpm is not None:
-                    add_block(mask, j, n_windows, tok_a, np.full(n_windows, tpm * allowance))
-    capacity_rows = next_row
+                    add_block(mask, j, tok, tpm * allowance)
     # Each request at most once.
-    dense_req = np.unique(req_of_a, return_inverse=True)[1] if n_vars else np.zeros(0, dtype=np.int64)
-    n_req_rows = int(dense_req.max()) + 1 if n_vars else 0
-    add_block(np.ones(n_vars, dtype=bool), dense_req, n_req_rows, np.ones(n_vars), np.ones(n_req_rows))
-
-    a_ub = coo_matrix(
-        (np.concatenate(vals) if vals else np.zeros(0),
-         (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
-          np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64))),
-        shape=(next_row, n_vars)).tocsr()
-    return FluidProgramme(
-        requests=len(requests), request_of=req_of_a, substrate_of=sub_of_a,
-        usage_cost=np.asarray(cost, dtype=float), a_ub=a_ub,
-        b_ub=np.concatenate(rhs) if rhs else np.zeros(0), fixed_cost_usd=fixed_cost_usd(fleet, span_s),
-        window_s=window_s, capacity_rows=capacity_rows, build_s=time.perf_counter() - t_build,
-        first_token_rows=first_token_rows,
-    )
+    add_block(np.ones(n_vars, dtype=bool), np.unique(p.request_of[sel], return_inverse=True)[1], 1.0, 1.0)
+    a_ub = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(next_row, n_vars)).tocsr()
+    return a_ub, np.concatenate(rhs)
 
 
-def _solve(programme: FluidProgramme, objective: np.ndarray, extra_row: np.ndarray | None, extra_rhs: float | None):
-    from scipy.sparse import vstack
-
-    a, b = programme.a_ub, programme.b_ub
-    if extra_row is not None:
-        a = vstack([a, extra_row.reshape(1, -1)]).tocsr()
-        b = np.append(b, extra_rhs)
+def _linprog(objective: np.ndarray, a, b: np.ndarray):
     res = linprog(objective, A_ub=a, b_ub=b, bounds=(0.0, 1.0), method="highs-ipm")
     if res.status != 0:
         raise BoundError(f"the bound's LP did not solve: {res.message}")
     return res
 
 
+def _with_sum_row(a, b: np.ndarray, target: float):
+    """The rows plus sum x >= target (as -sum x <= -target)."""
+    return vstack([a, csr_matrix(-np.ones((1, a.shape[1])))]).tocsr(), np.append(b, -target)
+
+
+def _chunk_max(programme: FluidProgramme, chunk: Chunk) -> float:
+    if "max" not in chunk.memo:
+        a, b = chunk_lp(programme, chunk)
+        chunk.memo["rows"] = a.shape[0]
+        chunk.memo["max"] = float(-_linprog(-np.ones(a.shape[1]), a, b).fun)
+    return chunk.memo["max"]
+
+
 def max_met(programme: FluidProgramme) -> float:
-    """The most requests (fluid) that can meet their deadlines."""
-    n = programme.usage_cost.size
-    if n == 0:
-        return 0.0
-    res = _solve(programme, -np.ones(n), None, None)
-    programme.memo["max"] = float(-res.fun)
+    """The most requests (fluid) that can meet their deadlines: each chunk's most, summed."""
+    if "max" not in programme.memo:
+        programme.memo["max"] = float(sum(_chunk_max(programme, c) for c in programme.chunks))
     return programme.memo["max"]
+
+
+def _chunk_free(programme: FluidProgramme, chunk: Chunk) -> float:
+    if "free" not in chunk.memo:
+        free = programme.usage_cost[chunk.cols] <= 0.0
+        if not free.any():
+            chunk.memo["free"] = 0.0
+        elif free.all() and "max" in chunk.memo:
+            chunk.memo["free"] = chunk.memo["max"]
+        else:
+            a, b = chunk_lp(programme, chunk)
+            cols = np.nonzero(free)[0]
+            chunk.memo["free"] = float(-_linprog(-np.ones(cols.size), a.tocsc()[:, cols], b).fun)
+    return chunk.memo["free"]
 
 
 def free_met(programme: FluidProgramme, target: float) -> float | None:
     """The most requests (fluid) that can meet their deadlines on pairs of no usage cost (reserved
-    hardware in the ingress's region: paid whether it serves or not), solved once per programme;
-    None, without solving, when fewer than ``target`` requests have such a pair at all."""
+    hardware in the ingress's region: paid whether it serves or not), solved once per programme
+    (chunk by chunk, summed); None, without solving, when fewer than ``target`` requests have such
+    a pair at all."""
     free = programme.usage_cost <= 0.0
     if "free" not in programme.memo and free.all() and "max" in programme.memo:
         programme.memo["free"] = programme.memo["max"]
     if "free" not in programme.memo:
         if np.unique(programme.request_of[free]).size < target:
             return None
-        a = programme.a_ub.tocsc()[:, np.nonzero(free)[0]]
-        res = linprog(-np.ones(int(free.sum())), A_ub=a, b_ub=programme.b_ub, bounds=(0.0, 1.0), method="highs-ipm")
-        if res.status != 0:
-            raise BoundError(f"the bound's LP did not solve: {res.message}")
-        programme.memo["free"] = float(-res.fun)
+        programme.memo["free"] = float(sum(_chunk_free(programme, c) for c in programme.chunks))
     return programme.memo["free"]
 
 
 def least_cost_usd(programme: FluidProgramme, met: float) -> float:
-    """The least total cost (fixed + usage) at which ``met`` requests meet their deadlines.
+    """The least total cost (fixed + usage) at which ``met`` requests meet their deadlines; across
+    chunks, a lower bound within ``COST_GAP`` of the total of the chunked programme's exact one (module
+    docstring; the gap reached is in ``programme.memo["cost_gap"]``).
 
     Usage costs are never negative, so the least cost is at least the fixed cost; where that many
     requests can meet their deadlines on pairs of no usage cost (``free_met``, a smaller LP solved
     once per programme), it is exactly the fixed cost and the least-cost LP (the slowest of the
     bound's: 33-391 s against 30-67 s for the max on the suite's full or large cells) is not solved."""
-    n = programme.usage_cost.size
-    if n == 0 or met <= 0:
+    programme.memo["cost_gap"] = 0.0
+    if programme.pairs == 0 or met <= 0:
         return programme.fixed_cost_usd
     # A hair under the target: the solver's tolerance must not make the bound's own optimum infeasible.
     target = met * (1.0 - 1e-7) - 1e-6
@@ -380,20 +536,163 @@ def least_cost_usd(programme: FluidProgramme, met: float) -> float:
         free = free_met(programme, target)
         if free is not None and free >= target:
             return programme.fixed_cost_usd
-    res = _solve(programme, programme.usage_cost, -np.ones(n), -target)
-    return programme.fixed_cost_usd + float(res.fun)
+    if len(programme.chunks) == 1:
+        chunk = programme.chunks[0]
+        a, b = _with_sum_row(*chunk_lp(programme, chunk), target)
+        res = _linprog(programme.usage_cost[chunk.cols], a, b)
+        return programme.fixed_cost_usd + float(res.fun)
+    low, high = _least_usage_across_chunks(programme, target)
+    programme.memo["cost_gap"] = high - low
+    return programme.fixed_cost_usd + low
+
+
+# -- the least cost across chunks: the sandwich of phi_c (module docstring) -------------------------
+
+
+def _top(programme: FluidProgramme, chunk: Chunk, share: float) -> None:
+    """Chunk's point at (nearly) its most met: phi_c(t), t = max * (1 - 1e-7) - share, with the
+    dual of sum x >= t as its slope; or, where its free pairs reach t, (t, 0) at slope 0."""
+    top_met = _chunk_max(programme, chunk)
+    t = max(0.0, top_met * (1.0 - 1e-7) - share)
+    points = chunk.memo.setdefault("points", {})
+    chunk.memo["top"] = t
+    if t <= 0.0:
+        points[0.0] = (0.0, 0.0)
+        return
+    if programme.usage_cost[chunk.cols].min() <= 0.0 and _chunk_free(programme, chunk) >= t:
+        points[t] = (0.0, 0.0)
+        return
+    a, b = _with_sum_row(*chunk_lp(programme, chunk), t)
+    res = _linprog(programme.usage_cost[chunk.cols], a, b)
+    slope = -float(res.ineqlin.marginals[-1])
+    # the dual of sum x >= t is a slope of phi_c at t; without one the point has no line (None)
+    points[t] = (float(res.fun), max(0.0, slope) if math.isfinite(slope) else None)
+
+
+def _at_price(programme: FluidProgramme, chunk: Chunk, price: float) -> tuple[float, float]:
+    """min (usage_cost - price) . x over the chunk alone: (sum x, usage_cost . x) at the optimum."""
+    a, b = chunk_lp(programme, chunk)
+    cost = programme.usage_cost[chunk.cols]
+    res = _linprog(cost - price, a, b)
+    return float(res.x.sum()), float(cost @ res.x)
+
+
+def _envelope(points: dict[float, tuple[float, float]], upto: float) -> list[tuple[float, float]]:
+    """Pieces (length, slope) on [0, upto] of the upper envelope of the lines phi(mu) + s (x - mu),
+    and y = 0 (usage costs are never negative), in order; its value at 0 is 0."""
+    lines = sorted({(0.0, 0.0)} | {(s, phi - s * mu) for mu, (phi, s) in points.items() if s is not None})
+    hull: list[tuple[float, float]] = []
+    for s, b in lines:
+        if hull and hull[-1][0] == s:
+            hull.pop()  # same slope: the larger intercept (sorted) wins
+        while len(hull) >= 2:
+            (s1, b1), (s2, b2) = hull[-2], hull[-1]
+            if (b1 - b) * (s2 - s1) <= (b1 - b2) * (s - s1):  # the new line overtakes s1 before s2 does
+                hull.pop()
+            else:
+                break
+        hull.append((s, b))
+    pieces = []
+    x = 0.0
+    for i, (s, b) in enumerate(hull):
+        end = upto if i + 1 == len(hull) else (b - hull[i + 1][1]) / (hull[i + 1][0] - s)
+        end = min(end, upto)
+        if end > x:
+            pieces.append((end - x, s))
+            x = end
+    return pieces
+
+
+def _chords(points: dict[float, tuple[float, float]]) -> list[tuple[float, float, float]]:
+    """Pieces (start, length, slope) of the chords through (0, 0) and the points, in order."""
+    out = []
+    x, y = 0.0, 0.0
+    for mu in sorted(points):
+        if mu > x:
+            phi = points[mu][0]
+            out.append((x, mu - x, (phi - y) / (mu - x)))
+            x, y = mu, phi
+    return out
+
+
+def _greedy(pieces: list[list[tuple[float, float]]], target: float) -> tuple[float, list[float]]:
+    """The least sum of convex piecewise-linear functions (each a list of (length, slope) from 0 at
+    mu = 0) at sum mu >= target: pieces taken in order of slope, each function's in its own order
+    (a heap, so chords made slightly non-convex by the solver's tolerance stay feasible). Returns
+    (value, mu per function); value inf where the pieces do not reach the target."""
+    alloc = [0.0] * len(pieces)
+    heap = [(ps[0][1], c, 0) for c, ps in enumerate(pieces) if ps]
+    heapq.heapify(heap)
+    value, need = 0.0, target
+    while need > 0.0 and heap:
+        slope, c, i = heapq.heappop(heap)
+        take = min(pieces[c][i][0], need)
+        value += take * slope
+        alloc[c] += take
+        need -= take
+        if i + 1 < len(pieces[c]):
+            heapq.heappush(heap, (pieces[c][i + 1][1], c, i + 1))
+    return (value if need <= 1e-9 * max(1.0, target) else math.inf), alloc
+
+
+def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tuple[float, float]:
+    """(lower, upper): the chunked least usage cost at sum x >= target lies between them, and
+    upper - lower <= COST_GAP * (fixed + upper) unless the rounds run out (module docstring)."""
+    chunks = [c for c in programme.chunks if c.cols.size]
+    if "tops" not in programme.memo:
+        share = 1e-6 / len(chunks)
+        for c in chunks:
+            _top(programme, c, share)
+            free = c.memo.get("free", 0.0)
+            if 0.0 < free < c.memo["top"]:
+                c.memo["points"][free] = (0.0, 0.0)  # phi_c is 0 up to the free pairs' most
+        programme.memo["tops"] = True
+    low, high = 0.0, math.inf
+    for _ in range(_MAX_REFINE_ROUNDS):
+        envelopes = [_envelope(c.memo["points"], _chunk_max(programme, c)) for c in chunks]
+        chords = [_chords(c.memo["points"]) for c in chunks]
+        low, low_alloc = _greedy(envelopes, target)
+        high, high_alloc = _greedy([[(n, s) for _, n, s in ch] for ch in chords], target)
+        if math.isinf(high):  # the target is a hair above the tops' sum (rounding): every chunk at its top
+            high = sum(c.memo["points"][c.memo["top"]][0] for c in chunks)
+        if high - low <= COST_GAP * (programme.fixed_cost_usd + high) + 1e-12:
+            break
+        refined = 0
+        for c, chord, mus in zip(chunks, chords, zip(low_alloc, high_alloc)):
+            exact = c.memo.setdefault("exact", set())
+            prices = set()
+            for mu in mus:
+                for start, length, slope in chord:
+                    if start < mu < start + length and start not in exact:
+                        prices.add((start, slope))
+            scale = 1.0 + max(phi for phi, _ in c.memo["points"].values())
+            for start, slope in prices:
+                met, cost = _at_price(programme, c, slope)
+                phi0 = 0.0 if start == 0.0 else c.memo["points"][start][0]
+                if cost - slope * met >= phi0 - slope * start - 1e-7 * scale:
+                    exact.add(start)  # the chord is phi_c there: nothing lies below it
+                else:
+                    old = c.memo["points"].get(met)
+                    if old is None or cost < old[0]:
+                        c.memo["points"][met] = (cost, slope)
+                refined += 1
+        if not refined:
+            break
+    return low, max(low, high)
 
 
 def solve_bound(programme: FluidProgramme, *, cost: bool = True) -> Bound:
     """The best attainment, and (``cost``) the least cost at it; without, ``cost_usd`` is None and
-    only the first LP is solved (the loose bound of a suite's cell, where only its attainment is
+    only the max LPs are solved (the loose bound of a suite's cell, where only its attainment is
     read: the least-cost LP is the slower of the two)."""
     t = time.perf_counter()
     met = max_met(programme)
     cost = least_cost_usd(programme, met) if cost else None
     return Bound(
         sla_attainment=met / programme.requests if programme.requests else 0.0, met=met, cost_usd=cost,
-        fixed_cost_usd=programme.fixed_cost_usd, requests=programme.requests, pairs=int(programme.usage_cost.size),
-        constraints=int(programme.a_ub.shape[0]), window_s=programme.window_s,
+        fixed_cost_usd=programme.fixed_cost_usd, requests=programme.requests, pairs=programme.pairs,
+        constraints=sum(c.memo.get("rows", 0) for c in programme.chunks), window_s=programme.window_s,
         solve_s=time.perf_counter() - t + programme.build_s, first_token_rows=programme.first_token_rows,
+        chunks=len(programme.chunks), chunk_s=programme.chunk_s if len(programme.chunks) > 1 else math.inf,
+        cost_gap_usd=programme.memo.get("cost_gap") if cost is not None else None,
     )

@@ -1085,7 +1085,8 @@ _KNOWN = partial(is_not, None)
 _new = object.__new__
 _SET_VALUE, _SET_OBSERVED = Reading.value.__set__, Reading.observed_at_s.__set__
 (_SET_IN_FLIGHT, _SET_QUEUED, _SET_GPU, _SET_KV, _SET_RL_REQ, _SET_RL_TOK, _SET_TTFT, _SET_TPOT, _SET_ERROR,
- _SET_CIRCUIT, _SET_COUNTRIES, _SET_UNLABELLED, _SET_EXTERNAL, _SET_DRIFT, _SET_CAPACITY, _SET_TTFT_RATIO) = (
+ _SET_CIRCUIT, _SET_COUNTRIES, _SET_UNLABELLED, _SET_EXTERNAL, _SET_DRIFT, _SET_CAPACITY, _SET_TTFT_RATIO,
+ _SET_PREFILL_CLEAR) = (
     getattr(SubstrateSignals, f.name).__set__ for f in fields(SubstrateSignals))
 
 
@@ -1116,6 +1117,7 @@ def _signals_of(in_flight, queued, gpu, kv, rl_req, rl_tok, ttft, tpot, error_ra
     _SET_DRIFT(s, ())  # drift penalties are applied afterwards (``_penalized``)
     _SET_CAPACITY(s, capacity)
     _SET_TTFT_RATIO(s, ttft_ratio)
+    _SET_PREFILL_CLEAR(s, None)  # a replica's own lane clock, never the authority's (``signals``)
     return s
 
 
@@ -1141,7 +1143,7 @@ if tuple(f.name for f in fields(PublishedSnapshot)) != (
 if tuple(f.name for f in fields(SubstrateSignals)) != (
         "in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",
         "rate_limit_tokens_remaining", "recent_ttft_s", "recent_tpot_s", "error_rate", "circuit", "node_countries",
-        "unlabelled_replicas", "external", "drift", "capacity", "ttft_ratio"):
+        "unlabelled_replicas", "external", "drift", "capacity", "ttft_ratio", "prefill_clear_at_s"):
     raise ImportError("_signals_of sets SubstrateSignals' fields in order: keep it in step")
 if tuple(f.name for f in fields(Reading)) != ("value", "observed_at_s"):
     raise ImportError("_reading sets Reading's fields: keep it in step")

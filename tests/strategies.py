@@ -232,6 +232,11 @@ def random_signals(rng, max_concurrent: int, bound_s: float, now: float = NOW) -
     if signals.recent_ttft_s is not None and rng.random() < 0.5:
         signals = dataclasses.replace(signals, ttft_ratio=Reading(
             rng.choice((rng.uniform(0.5, 1.0), 1.0, rng.uniform(1.0, 3.0))), signals.recent_ttft_s.observed_at_s))
+    # An ingress replica's prefill-lane clock now and then: cleared already, or clearing within
+    # seconds (read only where the substrate declares lanes); drawn last, as above.
+    if rng.random() < 0.4:
+        signals = dataclasses.replace(signals, prefill_clear_at_s=now + rng.choice(
+            (-rng.uniform(0.0, 5.0), 0.0, rng.uniform(0.0, 0.5), rng.uniform(0.5, 10.0))))
     return signals
 
 

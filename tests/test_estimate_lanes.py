@@ -58,7 +58,7 @@ def test_no_decode_means_every_running_request_is_ahead() -> None:
     """With no decode at all every running request is in its first-token phase: W = (running + 1 -
     lanes) / lanes * lane_s."""
     from inferplane.placement.estimate import lane_wait_s
-    assert lane_wait_s(0.1, 8 / 2, 1 / 2, 0.4, 0.0) == pytest.approx((8 + 1 - 2) / 2 * 0.5)
+    assert lane_wait_s(0.1, 8 / 2, 1 / 2, -float("inf"), 0.4, 0.0, 0.0) == pytest.approx((8 + 1 - 2) / 2 * 0.5)
 
 
 def test_decode_heavy_requests_barely_wait() -> None:

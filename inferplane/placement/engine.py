@@ -187,7 +187,8 @@ def _numbers(e: PreparedSubstrate, request: PlacementRequest, n_out: float, hit:
     n_in = request.input_tokens
     prefill_s = (n_in * (1.0 - hit) if hit else n_in) / e.prefill_tokens_per_s
     decode_s = n_out * e.per_token_s
-    ttft = first_token_s(e.fixed_s, e.queue_factor, e.prefill_lanes, prefill_s, decode_s, e.ttft_scale, e.ttft_floor_s)
+    ttft = first_token_s(e.fixed_s, e.queue_factor, e.prefill_lanes, prefill_s, decode_s, request.arrived_at_s,
+                         e.ttft_scale, e.ttft_floor_s)
     e2e = ttft + decode_s
     cost = n_in * e.usd_per_input_token + n_out * e.usd_per_output_token
     cost += e.usd_per_slot_second * e2e
@@ -203,7 +204,7 @@ def _row_latency(row: ScoringRow, request: PlacementRequest, n_out: float, hit: 
     f_in = float(request.input_tokens)
     prefill_s = (f_in * (1.0 - hit) if hit else f_in) / prefill_rate
     decode_s = n_out * per_token_s
-    ttft = first_token_s(fixed_s, queue_factor, lanes, prefill_s, decode_s, scale, ttft_floor)
+    ttft = first_token_s(fixed_s, queue_factor, lanes, prefill_s, decode_s, request.arrived_at_s, scale, ttft_floor)
     return ttft, ttft + decode_s
 
 
@@ -381,7 +382,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
                 decode_s = f_out * per_token_s
                 ttft = fixed_s + queue_factor * (prefill_s + decode_s) if queue_factor else fixed_s
                 if lanes is not None:
-                    ttft += lane_wait_s(*lanes, prefill_s, decode_s)
+                    ttft += lane_wait_s(*lanes, prefill_s, decode_s, now)
                 ttft += prefill_s
                 ttft *= scale
                 if ttft_floor > ttft:
@@ -494,7 +495,7 @@ def place(request: PlacementRequest, snapshot: FleetSnapshot, policy: PlacementP
 
     names = rp.names
     declared_ttft, declared_tpot = declared_latency(snapshot.prepared[t.indices[chosen]], float(request.input_tokens),
-                                                    f_out, chosen_hit)
+                                                    f_out, chosen_hit, request.arrived_at_s)
     return PlacementDecision.deferred(
         (None, request.request_id, request.attempt, tenant.name,
          route.name, sla.name, names[chosen], None, route.primary,

@@ -16,8 +16,8 @@ Latency (seconds), from the substrate's latency profile and its live load (``occ
     queue_wait  = 0                                             if occupancy < max_concurrent
                 = (occupancy - max_concurrent + 1) / max_concurrent * service   otherwise
     lane_wait   = 0                                             without declared prefill lanes
-                = the wait W solving  W = max(0, running / lanes * (W + lane_s) / (W + lane_s + decode)
-                                                 - (lanes - 1) / lanes) * lane_s
+                = max(W, prefill_clear_at - now), W solving  W = max(0, running / lanes * (W + lane_s) /
+                                          (W + lane_s + decode) - (lanes - 1) / lanes) * lane_s
     ttft        = network_rtt + base_ttft + queue_wait + lane_wait + prefill
     e2e         = ttft + output_tokens / decode_rate
 
@@ -36,6 +36,16 @@ lane_s decode / lanes = 0``, its positive root (``lane_wait_s``). A decode-heavy
 prompts, long outputs) has almost no wait; a prefill-heavy one (long prompts, short outputs) on a
 one-lane engine queues behind nearly every prompt in flight (with no decode at all, W =
 (running + 1 - lanes) / lanes * lane_s), which slots alone do not show.
+
+The mean field takes the others to be like this request, so a short prompt behind a long one is
+predicted its own short wait. The ingress replica also keeps a lane clock of what it dispatched
+(``SubstrateSignals.prefill_clear_at_s``: each dispatch adds its ``lane_s / lanes`` from when the
+work before it clears) and the wait is the longer of the two: ``max(W, prefill_clear_at - now)``.
+On the suite's ``api-heavy`` x Azure code cell (one 1-lane pool) the clock, replayed from the
+plane's own dispatches, was within 0.05 s of the observed first-token times on average, the mean
+field 0.84 s, and it predicted all 11 first-token misses the mean field let through (``/tmp``-free
+reproduction: ``tests/test_lane_clock.py``'s docstring). A replica counts only its own dispatches,
+so with several ingress replicas the clock sees its share and the mean field stays the floor.
 
 ``prefix_hit`` is the fraction of the prompt the substrate is predicted to hold in its prefix cache
 (``PlacementRequest.prefix_hits``, from the plane's ``PrefixIndex``): only the rest is prefilled.
@@ -100,6 +110,7 @@ from inferplane.placement.fleet import SubstrateSpec
 from inferplane.placement.signals import SubstrateSignals, fresh_value, limits, stale_value
 
 BYTES_PER_TOKEN = 4
+_INF = float("inf")
 
 TTFT_RATIO_MIN = 1.0
 """The least ``ttft_ratio`` the estimate scales by (module doc): a substrate is never predicted
@@ -172,18 +183,23 @@ def prefill_lanes(spec: SubstrateSpec, cap: int) -> float | None:
     return scaled if scaled > 1.0 else 1.0
 
 
-def lane_wait_s(base_s: float, share: float, free: float, prefill_s: float, decode_s: float) -> float:
-    """The wait for a prefill lane (module doc, the fixed point's positive root): ``share`` is
-    running / lanes, ``free`` is (lanes - 1) / lanes. The estimate, the prepared entries and the engine all call this one
-    function, so their numbers are equal."""
+def lane_wait_s(base_s: float, share: float, free: float, clear_at_s: float, prefill_s: float, decode_s: float,
+                now_s: float) -> float:
+    """The wait for a prefill lane (module doc): the mean field's, the fixed point's positive root
+    (``share`` is running / lanes, ``free`` is (lanes - 1) / lanes), or the lane clock's
+    ``clear_at_s - now_s`` (``SubstrateSignals.prefill_clear_at_s``; -inf without one) when that is
+    longer. The estimate, the prepared entries and the engine all call this one function, so their
+    numbers are equal."""
+    backlog = clear_at_s - now_s
     lane_s = base_s + prefill_s
     if not lane_s > 0.0 or not share * (lane_s / (lane_s + decode_s)) > free:
-        return 0.0  # the lanes are not all taken even with no wait: none
+        return backlog if backlog > 0.0 else 0.0  # the lanes are not all taken even with no wait
     b = decode_s - lane_s * (1.0 - free + share)
     c = lane_s * decode_s * (1.0 - free)
     root = sqrt(b * b + 4.0 * c)
     x = (root - b) / 2.0 if b <= 0.0 else 2.0 * c / (root + b)  # the positive root, without cancellation
-    return x - lane_s if x > lane_s else 0.0
+    wait = x - lane_s if x > lane_s else 0.0
+    return backlog if backlog > wait else wait
 
 
 def estimate(
@@ -225,7 +241,9 @@ def estimate(
     lanes = prefill_lanes(spec, cap)
     if lanes is not None:
         running = occupancy if occupancy < cap else float(cap)
-        ttft += lane_wait_s(lat.base_ttft_s, running / lanes, (lanes - 1.0) / lanes, prefill_s, decode_s)
+        clear_at = signals.prefill_clear_at_s
+        ttft += lane_wait_s(lat.base_ttft_s, running / lanes, (lanes - 1.0) / lanes,
+                            -_INF if clear_at is None else clear_at, prefill_s, decode_s, now_s)
     ttft = learnt_ttft_s(signals, ttft + prefill_s, now_s, bound_s)
     e2e = ttft + decode_s
 

@@ -22,7 +22,7 @@ request's expected output tokens, see ``estimate``)
     prefill   = in / prefill_tokens_per_s
     decode    = out * per_token_s
     ttft      = max((fixed_s + queue_factor * (prefill + decode) + lane_wait + prefill) * ttft_scale, ttft_floor_s)
-    lane_wait = estimate.lane_wait_s(*prefill_lanes, prefill, decode), 0 when prefill_lanes is None
+    lane_wait = estimate.lane_wait_s(*prefill_lanes, prefill, decode, now), 0 when prefill_lanes is None
     e2e       = ttft + decode
     cost      = in * usd_per_input_token + out * usd_per_output_token + usd_per_slot_second * e2e
                 (``usd_per_slot_second``: the placement's slot price, the batch fraction's share of
@@ -102,10 +102,10 @@ class PreparedSubstrate(NamedTuple):
     """The recent_tpot value (0 when unreported): once stale, what ``DeadlineReachable`` judges a
     probe's decode by (its first-token time: ``ttft_floor_s`` and ``ttft_scale``)."""
     in_flight: float
-    prefill_lanes: tuple[float, float, float] | None
-    """(base_ttft_s, running / lanes, (lanes - 1) / lanes) for ``estimate.lane_wait_s``, with
-    running = min(occupancy, max_concurrent) and the live lanes (``estimate.prefill_lanes``); None
-    when the substrate declares no prefill lanes."""
+    prefill_lanes: tuple[float, float, float, float] | None
+    """(base_ttft_s, running / lanes, (lanes - 1) / lanes, prefill_clear_at_s or -inf) for
+    ``estimate.lane_wait_s``, with running = min(occupancy, max_concurrent) and the live lanes
+    (``estimate.prefill_lanes``); None when the substrate declares no prefill lanes."""
     ttft_scale: float
     """``estimate.ttft_scale``: the learned observed / declared first-token ratio (at least
     ``TTFT_RATIO_MIN``), 1.0 without one."""
@@ -192,8 +192,10 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
     if reserved_score:  # owned hardware paid busy or idle: the opportunity (``estimate``)
         usd_slot_s = usd_slot_s * batch_frac
     lanes_now = prefill_lanes(spec, cap)
+    clear_at = signals.prefill_clear_at_s
     lanes = None if lanes_now is None else (
-        base_ttft_s, (occupancy if occupancy < cap else float(cap)) / lanes_now, (lanes_now - 1.0) / lanes_now)
+        base_ttft_s, (occupancy if occupancy < cap else float(cap)) / lanes_now, (lanes_now - 1.0) / lanes_now,
+        -_INF if clear_at is None else clear_at)
 
     scale = 1.0 if ratio_r is None else ttft_scale(signals)
     floor = -_INF if ttft_r is None or not ttft_floored(signals) else ttft_r.value
@@ -210,21 +212,21 @@ def prepare(constants: tuple, signals: SubstrateSignals) -> PreparedSubstrate:
         0.0 if tpot_r is None else tpot_r.value, in_flight, lanes, scale))
 
 
-def first_token_s(fixed_s: float, queue_factor: float, lanes: tuple[float, float, float] | None, prefill_s: float,
-                  decode_s: float, scale: float = 1.0, floor_s: float = -_INF) -> float:
+def first_token_s(fixed_s: float, queue_factor: float, lanes: tuple[float, float, float, float] | None,
+                  prefill_s: float, decode_s: float, now_s: float, scale: float = 1.0, floor_s: float = -_INF) -> float:
     """The first-token time of the module's formula from an entry's (or a scoring row's)
     coefficients, by the same float operations as ``estimate``: what ``declared_latency`` and the
     engine's per-entry and per-row paths compute (the loop in ``place`` has these lines inline)."""
     ttft = fixed_s + queue_factor * (prefill_s + decode_s) if queue_factor else fixed_s
     if lanes is not None:
-        ttft += lane_wait_s(*lanes, prefill_s, decode_s)
+        ttft += lane_wait_s(*lanes, prefill_s, decode_s, now_s)
     ttft += prefill_s
     ttft *= scale
     return floor_s if floor_s > ttft else ttft
 
 
 def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_tokens: float,
-                     prefix_hit: float) -> tuple[float, float]:
+                     prefix_hit: float, now_s: float) -> tuple[float, float]:
     """``(ttft_s, per_token_s)`` the substrate's declared profile predicts for a request at the load
     of ``entry``: ``estimate``'s formulas with no observed reading as a floor (no recent_ttft, the
     decode rate's per-token time rather than recent_tpot). What the drift detector judges outcomes
@@ -232,12 +234,12 @@ def declared_latency(entry: PreparedSubstrate, input_tokens: float, output_token
     per_token_s = entry.per_token_base_s
     prefill_s = input_tokens * (1.0 - prefix_hit) / entry.prefill_tokens_per_s
     return first_token_s(entry.fixed_s, entry.queue_factor, entry.prefill_lanes, prefill_s,
-                         output_tokens * per_token_s), per_token_s
+                         output_tokens * per_token_s, now_s), per_token_s
 
 
 ScoringRow = tuple[float, float, "frozenset[str] | None", float, float, float, float, float, float, float, float,
                    float, float, float, "tuple[float, ScoringRow] | None", "tuple[float, float, float, float] | None",
-                   "tuple[float, float, float] | None", float]
+                   "tuple[float, float, float, float] | None", float]
 """(fresh_until_s, tokens_remaining, node_countries, fixed_s, prefill_tokens_per_s, per_token_s,
 queue_factor, ttft_floor_s, usd_per_input_token, usd_per_output_token, usd_per_slot_second,
 w_queue x queue_score, w_memory x memory_score, w_reserved x reserved_score, stale_outcomes, probe,

@@ -120,6 +120,13 @@ class SubstrateSignals:
     ``recent_ttft_s``: how much slower (or faster) than its profile the substrate really is. When
     present the estimate scales its prediction by it instead of flooring it with the size-blind
     ``recent_ttft_s`` (``estimate``). None: no such outcome."""
+    prefill_clear_at_s: float | None = None
+    """When the prefill lanes of a substrate that declares them clear the first-token work this
+    ingress replica has dispatched there (its lane clock, ``plane.state``): each dispatch adds
+    ``base_ttft + its prompt's prefill`` over the live lanes, from now or from when the work before
+    it clears. The estimate waits for ``prefill_clear_at_s - now`` when that is longer than the
+    mean-field lane wait (``estimate``). Set only in a replica's own view, never by the authority
+    (each replica knows its own dispatches); None: no clock (no lanes, or nothing dispatched)."""
 
     @staticmethod
     def idle(observed_at_s: float, *, kv_cache_usage: float | None = 0.0) -> SubstrateSignals:

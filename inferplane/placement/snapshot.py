@@ -22,6 +22,14 @@ _signal_values = attrgetter(*_SIGNAL_FIELDS)
 # of ``with_dispatches``). ``SubstrateSignals`` validates nothing when built, so nothing is skipped.
 _SIGNAL_SETTERS = tuple(getattr(SubstrateSignals, name).__set__ for name in _SIGNAL_FIELDS)
 _SET_IN_FLIGHT = _SIGNAL_SETTERS[_SIGNAL_FIELDS.index("in_flight")]
+_SET_PREFILL_CLEAR = _SIGNAL_SETTERS[_SIGNAL_FIELDS.index("prefill_clear_at_s")]
+
+
+def _copy(sig: SubstrateSignals) -> SubstrateSignals:
+    copy = object.__new__(SubstrateSignals)
+    for set_field, value in zip(_SIGNAL_SETTERS, _signal_values(sig)):
+        set_field(copy, value)
+    return copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +101,17 @@ class FleetSnapshot:
         object.__setattr__(self, "scored_for", None if constants is None else policy)
         object.__setattr__(self, "scoring", rows)
 
-    def with_dispatches(self, reported: Mapping[str, int], current: Mapping[str, int]) -> FleetSnapshot:
+    def with_dispatches(self, reported: Mapping[str, int], current: Mapping[str, int],
+                        lane_clock: Mapping[str, float] | None = None) -> FleetSnapshot:
         """This snapshot as one ingress replica sees it: the in-flight counts it reported when the
         snapshot was made are replaced by its current ones (``in_flight + current - reported``), so
-        a burst between two syncs is not placed as if the fleet were idle. Ages do not change.
+        a burst between two syncs is not placed as if the fleet were idle, and ``lane_clock``
+        (substrate -> when its prefill lanes clear this replica's dispatches) is set as each named
+        substrate's ``prefill_clear_at_s``. Ages do not change.
 
         Called on every dispatch, so it costs one look-up per named substrate plus the
-        ``prepared`` (and ``scoring``) entries of the substrates whose count changed, not a pass
-        over the fleet."""
+        ``prepared`` (and ``scoring``) entries of the substrates whose count or clock changed, not
+        a pass over the fleet."""
         changed: dict[int, SubstrateSignals] = {}
         index = self.fleet.index
         signals = self.signals
@@ -112,11 +123,16 @@ class FleetSnapshot:
             delta = current.get(name, 0) - reported.get(name, 0)
             sig = signals[i]
             if delta and sig.in_flight is not None:
-                copy = object.__new__(SubstrateSignals)
-                for set_field, value in zip(_SIGNAL_SETTERS, _signal_values(sig)):
-                    set_field(copy, value)
+                copy = changed[i] = _copy(sig)
                 _SET_IN_FLIGHT(copy, Reading(max(0.0, sig.in_flight.value + delta), sig.in_flight.observed_at_s))
-                changed[i] = copy
+        if lane_clock:
+            for name, clear_at in lane_clock.items():
+                i = index.get(name)
+                if i is not None and signals[i].prefill_clear_at_s != clear_at:
+                    copy = changed.get(i)
+                    if copy is None:
+                        copy = changed[i] = _copy(signals[i])
+                    _SET_PREFILL_CLEAR(copy, clear_at)
         if not changed:
             return self
         signals = list(signals)

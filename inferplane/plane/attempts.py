@@ -153,5 +153,8 @@ class AttemptLoop:
         self.decision, self.snapshot_age_s = decision, age
         if not decision.placed:
             return refusal_of(decision)
-        self._current = Dispatch(decision, self._state.lease(decision.substrate, request.tenant), now_s)
+        hit = decision.predicted_prefix_hit
+        prefill_tokens = request.input_tokens * (1.0 - hit) if hit else float(request.input_tokens)
+        self._current = Dispatch(decision, self._state.lease(decision.substrate, request.tenant, prefill_tokens, now_s),
+                                 now_s)
         return self._current

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field, replace
 
 from inferplane.fleet_state import Outcome, PublishedSnapshot
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementDecision, PlacementPolicy, PlacementRequest, place
-from inferplane.placement.estimate import idle_ttft_s
+from inferplane.placement.estimate import idle_ttft_s, prefill_lanes
 from inferplane.placement.signals import limits
 from inferplane.plane.shares import closed_substrates, kept_slots, quota_classes, unlent_guarantees
 
@@ -124,6 +124,10 @@ class ReplicaState:
         # is placed on them. Built from the last one built, it reuses the same entries.
         self._pending: PublishedSnapshot | None = None
         self._reported: dict[str, int] = {}
+        self._lanes = {s.name: s for s in fleet.substrates if s.latency.prefill_lanes is not None}
+        self._lane_clock: dict[str, float] = {}
+        """Substrate (one that declares prefill lanes) -> when its lanes clear the first-token work
+        this replica dispatched there (``lease``), while that is ahead of the last view built."""
         self._view: FleetSnapshot | None = None
         self._outcomes: list[Outcome] = []
         self._spend: Counter[str] = Counter()
@@ -178,7 +182,10 @@ class ReplicaState:
         if view is None:
             with self._lock:
                 self._build_pending()
-                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight)
+                clock = self._lane_clock
+                for name in [n for n, t in clock.items() if t <= now_s]:
+                    del clock[name]  # cleared: no wait from it now, nor for any later request
+                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight, clock)
         return view
 
     def place(self, request: PlacementRequest,
@@ -201,10 +208,25 @@ class ReplicaState:
         self._observe(decision, self._timer() - t0)
         return decision, request.arrived_at_s - view.taken_at_s
 
-    def lease(self, substrate: str, tenant: str | None = None) -> Lease:
+    def lease(self, substrate: str, tenant: str | None = None, prefill_tokens: float = 0.0,
+              now_s: float | None = None) -> Lease:
         """Count a dispatch to ``substrate`` (for ``tenant``) in this replica's view until the lease
-        is released."""
+        is released. Dispatched at ``now_s`` with ``prefill_tokens`` to prefill (its prompt less the
+        predicted prefix hit) to a substrate that declares prefill lanes, it also runs that
+        substrate's lane clock on (``SubstrateSignals.prefill_clear_at_s``): its first-token phase,
+        ``base_ttft + prefill``, over the live lanes, from now or from when the work before it
+        clears. A failed or abandoned dispatch keeps its place on the clock (what it started to
+        prefill is not known)."""
+        spec = self._lanes.get(substrate) if now_s is not None else None
+        if spec is not None:
+            latest = self._pending or self._snapshot
+            cap = spec.max_concurrent if latest is None else limits(spec, latest.signals[spec.index])[0]
+            lat = spec.latency
+            lane_s = lat.base_ttft_s + prefill_tokens / lat.prefill_tokens_per_s
         with self._lock:
+            if spec is not None:
+                start = self._lane_clock.get(substrate, now_s)
+                self._lane_clock[substrate] = (start if start > now_s else now_s) + lane_s / prefill_lanes(spec, cap)
             self._in_flight[substrate] += 1
             if self._quota_classes and tenant is not None:
                 counts = self._tenant_in_flight.get(tenant)

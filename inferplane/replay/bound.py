@@ -102,13 +102,15 @@ a lower bound on what a router meeting m deadlines pays. It is bracketed, never 
   x* with mu = sum x*, phi_c(mu) = usage_cost . x*, and the line phi_c(mu) + lambda (mu' - mu),
   which lies below phi_c everywhere (weak duality of the Lagrangian of that one row: the
   Lagrangian relaxation with one price for every chunk is the special case where every chunk is
-  evaluated at the same lambda). Points also come from sum x >= t (its dual is the slope) and
-  from the free pairs (phi_c = 0 up to the free max, slope 0).
+  evaluated at the same lambda). The free pairs' most is a point too (phi_c = 0 up to there).
+* an upper bound: the chords between a chunk's points (and the max LP's solution, feasible, so at
+  or above phi_c) are >= phi_c and feasible (a convex mix of two feasible points is feasible), so
+  the same greedy over chords is >= the chunked least cost. Before any cost LP: every chunk at its
+  max LP's solution is feasible at any attainment up to the max; where its usage is within
+  ``COST_GAP`` of the total, the fixed cost is the floor and nothing more is solved.
 * a lower bound: the upper envelope of a chunk's lines is <= phi_c; the least sum of envelopes
   at sum mu_c >= m * N (a greedy over their pieces by slope: they are convex) is <= the chunked
   least cost. That is what is returned (plus the fixed cost).
-* an upper bound: the chords between a chunk's points are >= phi_c and feasible (a convex mix of
-  two feasible points is feasible), so the same greedy over chords is >= the chunked least cost.
 * refinement (the sandwich method): while upper - lower > ``COST_GAP`` of the total (fixed +
   upper: what a router's cost is divided by), each chunk
   whose allocation sits inside a chord not yet known to be exact is solved at lambda = that
@@ -478,7 +480,9 @@ def _chunk_max(programme: FluidProgramme, chunk: Chunk) -> float:
     if "max" not in chunk.memo:
         a, b = chunk_lp(programme, chunk)
         chunk.memo["rows"] = a.shape[0]
-        chunk.memo["max"] = float(-_linprog(-np.ones(a.shape[1]), a, b).fun)
+        res = _linprog(-np.ones(a.shape[1]), a, b)
+        chunk.memo["max"] = float(-res.fun)
+        chunk.memo["max_usage"] = float(programme.usage_cost[chunk.cols] @ res.x)
     return chunk.memo["max"]
 
 
@@ -532,6 +536,14 @@ def least_cost_usd(programme: FluidProgramme, met: float) -> float:
         return programme.fixed_cost_usd
     # A hair under the target: the solver's tolerance must not make the bound's own optimum infeasible.
     target = met * (1.0 - 1e-7) - 1e-6
+    if len(programme.chunks) > 1:
+        # every chunk at its most met, as its max LP solved it: feasible, so its usage is >= the chunked
+        # least usage at any target up to the max; where that is within COST_GAP, no cost LP is solved
+        max_met(programme)
+        high = sum(c.memo["max_usage"] for c in programme.chunks)
+        if high <= COST_GAP * (programme.fixed_cost_usd + high):
+            programme.memo["cost_gap"] = high
+            return programme.fixed_cost_usd
     if programme.usage_cost.min() >= 0.0:
         free = free_met(programme, target)
         if free is not None and free >= target:
@@ -549,26 +561,6 @@ def least_cost_usd(programme: FluidProgramme, met: float) -> float:
 # -- the least cost across chunks: the sandwich of phi_c (module docstring) -------------------------
 
 
-def _top(programme: FluidProgramme, chunk: Chunk, share: float) -> None:
-    """Chunk's point at (nearly) its most met: phi_c(t), t = max * (1 - 1e-7) - share, with the
-    dual of sum x >= t as its slope; or, where its free pairs reach t, (t, 0) at slope 0."""
-    top_met = _chunk_max(programme, chunk)
-    t = max(0.0, top_met * (1.0 - 1e-7) - share)
-    points = chunk.memo.setdefault("points", {})
-    chunk.memo["top"] = t
-    if t <= 0.0:
-        points[0.0] = (0.0, 0.0)
-        return
-    if programme.usage_cost[chunk.cols].min() <= 0.0 and _chunk_free(programme, chunk) >= t:
-        points[t] = (0.0, 0.0)
-        return
-    a, b = _with_sum_row(*chunk_lp(programme, chunk), t)
-    res = _linprog(programme.usage_cost[chunk.cols], a, b)
-    slope = -float(res.ineqlin.marginals[-1])
-    # the dual of sum x >= t is a slope of phi_c at t; without one the point has no line (None)
-    points[t] = (float(res.fun), max(0.0, slope) if math.isfinite(slope) else None)
-
-
 def _at_price(programme: FluidProgramme, chunk: Chunk, price: float) -> tuple[float, float]:
     """min (usage_cost - price) . x over the chunk alone: (sum x, usage_cost . x) at the optimum."""
     a, b = chunk_lp(programme, chunk)
@@ -577,14 +569,13 @@ def _at_price(programme: FluidProgramme, chunk: Chunk, price: float) -> tuple[fl
     return float(res.x.sum()), float(cost @ res.x)
 
 
-def _envelope(points: dict[float, tuple[float, float]], upto: float) -> list[tuple[float, float]]:
-    """Pieces (length, slope) on [0, upto] of the upper envelope of the lines phi(mu) + s (x - mu),
+def _envelope(lines: set[tuple[float, float]], upto: float) -> list[tuple[float, float]]:
+    """Pieces (length, slope) on [0, upto] of the upper envelope of ``lines`` (slope, value at 0)
     and y = 0 (usage costs are never negative), in order; its value at 0 is 0."""
-    lines = sorted({(0.0, 0.0)} | {(s, phi - s * mu) for mu, (phi, s) in points.items() if s is not None})
     hull: list[tuple[float, float]] = []
-    for s, b in lines:
+    for s, b in sorted(lines | {(0.0, 0.0)}):
         if hull and hull[-1][0] == s:
-            hull.pop()  # same slope: the larger intercept (sorted) wins
+            hull.pop()  # same slope: the larger value at 0 (sorted last) wins
         while len(hull) >= 2:
             (s1, b1), (s2, b2) = hull[-2], hull[-1]
             if (b1 - b) * (s2 - s1) <= (b1 - b2) * (s - s1):  # the new line overtakes s1 before s2 does
@@ -595,23 +586,21 @@ def _envelope(points: dict[float, tuple[float, float]], upto: float) -> list[tup
     pieces = []
     x = 0.0
     for i, (s, b) in enumerate(hull):
-        end = upto if i + 1 == len(hull) else (b - hull[i + 1][1]) / (hull[i + 1][0] - s)
-        end = min(end, upto)
+        end = upto if i + 1 == len(hull) else min(upto, (b - hull[i + 1][1]) / (hull[i + 1][0] - s))
         if end > x:
             pieces.append((end - x, s))
             x = end
     return pieces
 
 
-def _chords(points: dict[float, tuple[float, float]]) -> list[tuple[float, float, float]]:
-    """Pieces (start, length, slope) of the chords through (0, 0) and the points, in order."""
+def _chords(points: dict[float, float]) -> list[tuple[float, float, float, float]]:
+    """Pieces (start, end, slope, usage at start) of the chords through (0, 0) and the points."""
     out = []
     x, y = 0.0, 0.0
     for mu in sorted(points):
         if mu > x:
-            phi = points[mu][0]
-            out.append((x, mu - x, (phi - y) / (mu - x)))
-            x, y = mu, phi
+            out.append((x, mu, (points[mu] - y) / (mu - x), y))
+            x, y = mu, points[mu]
     return out
 
 
@@ -639,43 +628,42 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tupl
     """(lower, upper): the chunked least usage cost at sum x >= target lies between them, and
     upper - lower <= COST_GAP * (fixed + upper) unless the rounds run out (module docstring)."""
     chunks = [c for c in programme.chunks if c.cols.size]
-    if "tops" not in programme.memo:
-        share = 1e-6 / len(chunks)
-        for c in chunks:
-            _top(programme, c, share)
+    for c in chunks:
+        if "points" not in c.memo:
+            top = _chunk_max(programme, c)
+            # points (mu -> usage of a feasible x: on phi_c or above it) span the chords; lines
+            # (slope, value at 0) lie below phi_c. The max LP's solution is a point; the free
+            # pairs' most is a point on phi_c (0 up to there, the line y = 0 is always in)
+            c.memo["points"] = {top: c.memo["max_usage"]}
+            c.memo["lines"] = set()
+            c.memo["exact"] = set()
             free = c.memo.get("free", 0.0)
-            if 0.0 < free < c.memo["top"]:
-                c.memo["points"][free] = (0.0, 0.0)  # phi_c is 0 up to the free pairs' most
-        programme.memo["tops"] = True
+            if 0.0 < free < top:
+                c.memo["points"][free] = 0.0
     low, high = 0.0, math.inf
     for _ in range(_MAX_REFINE_ROUNDS):
-        envelopes = [_envelope(c.memo["points"], _chunk_max(programme, c)) for c in chunks]
         chords = [_chords(c.memo["points"]) for c in chunks]
-        low, low_alloc = _greedy(envelopes, target)
-        high, high_alloc = _greedy([[(n, s) for _, n, s in ch] for ch in chords], target)
-        if math.isinf(high):  # the target is a hair above the tops' sum (rounding): every chunk at its top
-            high = sum(c.memo["points"][c.memo["top"]][0] for c in chunks)
+        low, low_alloc = _greedy([_envelope(c.memo["lines"], _chunk_max(programme, c)) for c in chunks], target)
+        high, high_alloc = _greedy([[(end - start, s) for start, end, s, _ in ch] for ch in chords], target)
         if high - low <= COST_GAP * (programme.fixed_cost_usd + high) + 1e-12:
             break
         refined = 0
         for c, chord, mus in zip(chunks, chords, zip(low_alloc, high_alloc)):
-            exact = c.memo.setdefault("exact", set())
-            prices = set()
-            for mu in mus:
-                for start, length, slope in chord:
-                    if start < mu < start + length and start not in exact:
-                        prices.add((start, slope))
-            scale = 1.0 + max(phi for phi, _ in c.memo["points"].values())
-            for start, slope in prices:
-                met, cost = _at_price(programme, c, slope)
-                phi0 = 0.0 if start == 0.0 else c.memo["points"][start][0]
-                if cost - slope * met >= phi0 - slope * start - 1e-7 * scale:
-                    exact.add(start)  # the chord is phi_c there: nothing lies below it
-                else:
-                    old = c.memo["points"].get(met)
-                    if old is None or cost < old[0]:
-                        c.memo["points"][met] = (cost, slope)
-                refined += 1
+            # the chords where this chunk's allocations sit and the envelope may lie below them
+            todo = {(start, s, y) for start, end, s, y in chord for mu in mus
+                    if start < mu <= end + 1e-12 and start not in c.memo["exact"]}
+            scale = 1.0 + max(c.memo["points"].values())
+            for start, slope, y in todo:
+                met, usage = _at_price(programme, c, slope)
+                floor = usage - slope * met  # min of usage - slope * mu over the chunk: phi_c >= floor + slope * mu
+                refined += (slope, floor) not in c.memo["lines"]
+                c.memo["lines"].add((slope, floor))
+                if floor >= y - slope * start - 1e-7 * scale:
+                    c.memo["exact"].add(start)  # nothing below the chord: it is phi_c there
+                    refined += 1
+                elif usage < c.memo["points"].get(met, math.inf):
+                    c.memo["points"][met] = usage
+                    refined += 1
         if not refined:
             break
     return low, max(low, high)

@@ -220,7 +220,8 @@ def cell_summary(cell: Cell, report: dict, limit: int | None, wall_s: float) -> 
         "span_s": report["trace"]["span_s"], "policy_hash": report["policy_hash"],
         "bound": None if bound is None else {
             "sla_attainment": bound["sla_attainment"], "cost_usd": bound["cost_usd"],
-            "loose_sla_attainment": (bound.get("loose") or {}).get("sla_attainment")},
+            "loose_sla_attainment": (bound.get("loose") or {}).get("sla_attainment"),
+            "chunks": bound.get("chunks"), "chunk_s": bound.get("chunk_s"), "cost_gap_usd": bound.get("cost_gap_usd")},
         "runs": runs, "shortfalls": shortfalls(runs), "wall_time_s": wall_s, "label": cell.label,
         "bound_s": None if bound is None else bound["solve_s"] + ((bound.get("loose") or {}).get("solve_s") or 0.0),
         "plane_replay_speed": next((r["replay_speed"] for r in runs if r["router"] == PLANE), None),

@@ -43,7 +43,6 @@ from inferplane.placement import PlacementDecision, PlacementRequest
 from inferplane.placement.filters import RejectionCode, unhonoured_parameter
 from inferplane.placement.fleet import served_key
 from inferplane.placement.plan import models_for
-from inferplane.placement.prefix import PrefixIndex
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
 from inferplane.plane.ledger import CLIENT_DISCONNECTED, OpenRequest, RequestLedger
 from inferplane.plane.queue import HoldQueue, Waiter
@@ -131,12 +130,6 @@ class Ingress:
         self._emulated = {s.name: s.emulated for s in fleet.substrates}
         self._handles = substrates
         self._prefix_routed = frozenset(s.name for s in cfg.substrates if routes_by_prefix(s))
-        # This replica's belief of what each substrate with a prefix cache holds: the blocks of the
-        # prompts it served there (``placement.prefix``); None when no substrate declares a cache.
-        caches = {s.name: s.prefix_cache.total_tokens // PREFIX_BLOCK_TOKENS
-                  for s in fleet.substrates if s.prefix_cache is not None}
-        self._prefix = PrefixIndex(caches) if caches else None
-        self._block_tokens = PREFIX_BLOCK_TOKENS if caches else 0  # 0: count only, hash nothing
         # The application's one placement actor, created with this config if it is the first; an
         # existing one is given this config (a no-op when whoever deployed it applied it already).
         self._actor = placement_actor.get_or_create(app_name, config_text)
@@ -144,7 +137,11 @@ class Ingress:
         self._id = f"ingress-{uuid.uuid4().hex[:8]}"
         self._refresh_s = cfg.ingress.snapshot_refresh_ms / 1000.0
         self._metrics = MetricsOutbox(LabelVocabulary.of(fleet, policy))
-        self._state = ReplicaState(fleet, policy, observe=self._metrics.delta.record_decision, replica_id=self._id)
+        # With a substrate that declares a KV cache, the replica keeps a prefix belief of the
+        # blocks of the prompts it served (``placement.prefix``), and prompts are hashed in blocks.
+        self._state = ReplicaState(fleet, policy, observe=self._metrics.delta.record_decision, replica_id=self._id,
+                                   prefix_block_tokens=PREFIX_BLOCK_TOKENS)
+        self._block_tokens = PREFIX_BLOCK_TOKENS if self._state.prefix is not None else 0  # 0: count only, hash nothing
         self._loop: asyncio.AbstractEventLoop | None = None  # the request path's, known at the first request
         self._waiting: dict[Waiter, asyncio.Future] = {}
         self._queue = HoldQueue(self._state, notify=self._pump_soon, resolved=self._on_resolved)
@@ -398,8 +395,7 @@ class Ingress:
             input_tokens=req.input_tokens, max_output_tokens=max_tokens,
             arrived_at_s=time.time(),  # placed now: a sync may have landed during the parse
             ingress_region=self._region, ingress_zone=self._zone,
-            required_features=required_features(api, body),
-            prefix_hits=self._prefix.hits(req.prefix_blocks) if req.prefix_blocks else ()))
+            required_features=required_features(api, body)), req.prefix_blocks)
         payload = substrate_payload(api, body, max_tokens, req.request_id, req.input_tokens)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
@@ -488,14 +484,8 @@ class Ingress:
             raise err
         req.close(200, None, time.time(), first_token_s=first_at, output_tokens=event["completion_tokens"],
                   prompt_tokens=event["prompt_tokens"], cached_tokens=event.get("cached_prompt_tokens"))
-        self._served(req, step)
         body = completion_body(api, rid, int(req.received_at_s), step.decision.model, deltas, event)
         return JSONResponse(body, headers=headers)
-
-    def _served(self, req: OpenRequest, step: Dispatch) -> None:
-        """A request answered in full: its substrate now holds its prompt's blocks (believed)."""
-        if self._prefix is not None and req.prefix_blocks:
-            self._prefix.record(step.substrate, req.prefix_blocks)
 
     async def _stream_events(self, api, rid, step: Dispatch, first, stream, include_usage, req: OpenRequest):
         """The SSE stream. The status line went out as 200, so the record says how the stream really
@@ -529,7 +519,6 @@ class Ingress:
                                                 event.get("cached_prompt_tokens")))
                 req.close(200, None, time.time(), first_token_s=first_at, output_tokens=tokens,
                           prompt_tokens=prompt_tokens, cached_tokens=event.get("cached_prompt_tokens"))
-                self._served(req, step)
                 yield "data: [DONE]\n\n"
                 return
             err = ApiError(502, "substrate_error", f"substrate {name} failed mid-stream: {event['code']}")

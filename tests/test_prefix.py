@@ -218,3 +218,36 @@ def test_explain_takes_a_believed_prefix_hit_and_shows_it(capsys: pytest.Capture
     assert code == 0 and "prefix hit" in out and "placed on gpu-iad" not in out
     code, _, err = run(capsys, *args, "--prefix-hit", "gpu-iad=1.5")
     assert code != 0 and "--prefix-hit `gpu-iad=1.5`" in err
+
+
+def test_a_replica_believes_a_prompt_cached_where_it_was_answered_in_full() -> None:
+    """The belief lives in the replica's state (the Serve ingress and the replay run the same):
+    the attempt loop places with the hits it predicts and, once the request is answered in full,
+    records the prompt's blocks where it was served; a failed attempt teaches nothing."""
+    from inferplane.fleet_state import PublishedSnapshot
+    from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure
+    from inferplane.plane.state import ReplicaState
+    from tests.builders import NOW, signals
+
+    doc = substrate("pool").kind("vllm").capacity(4).obj()
+    doc["latency"]["kv_cache_tokens_per_replica"] = 100 * 16
+    built = fleet(doc).build()
+    state = ReplicaState(built.fleet, built.policy, prefix_block_tokens=16)
+    assert state.prefix is not None and ReplicaState(built.fleet, built.policy).prefix is None
+    report = state.take_report(NOW)
+    assert state.publish(PublishedSnapshot(1, NOW, built.policy.policy_hash,
+                                           (signals(in_flight=0.0, kv=0.0, now=NOW),)), report)
+
+    def attempt(rid: str, blocks: tuple[int, ...]) -> AttemptLoop:
+        loop = AttemptLoop(state, request(request_id=rid, now=NOW, input_tokens=16 * len(blocks)), blocks)
+        assert isinstance(loop.start(), Dispatch)
+        return loop
+
+    failed = attempt("a", (1, 2, 3))
+    failed.failed(FirstByteFailure("unavailable", "down", True, None), NOW)
+    assert state.prefix_hits((1, 2, 3, 4)) == ()
+    served = attempt("b", (1, 2, 3))
+    assert served.request.prefix_hits == ()
+    served.finished(True, NOW + 0.1, 5, NOW + 0.2)
+    assert state.prefix_hits((1, 2, 3, 4)) == (("pool", 0.75),)
+    assert attempt("c", (1, 2, 3, 4)).request.prefix_hits == (("pool", 0.75),)

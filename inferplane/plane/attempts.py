@@ -74,10 +74,16 @@ def refusal_of(decision: PlacementDecision) -> Refusal:
 class AttemptLoop:
     """The attempts of one request on one replica's state. Not thread-safe: one request, one task."""
 
-    __slots__ = ("_state", "_request", "_current", "decision", "snapshot_age_s", "_due_s")
+    __slots__ = ("_state", "_request", "_current", "decision", "snapshot_age_s", "_due_s", "_blocks")
 
-    def __init__(self, state: ReplicaState, request: PlacementRequest) -> None:
+    def __init__(self, state: ReplicaState, request: PlacementRequest, prefix_blocks: tuple[int, ...] = ()) -> None:
+        """``prefix_blocks``: the prompt's prefix blocks; the request is placed with the hits the
+        replica's belief predicts for them (``ReplicaState.prefix_hits``), and once answered in full
+        its blocks are believed cached where it was served."""
         self._state = state
+        self._blocks = prefix_blocks
+        if prefix_blocks and state.prefix is not None:
+            request = replace(request, prefix_hits=state.prefix_hits(prefix_blocks))
         self._request = request
         sla = state.policy.sla_classes.get(request.sla_class)
         self._due_s = None if sla is None else request.arrived_at_s + sla.ttft_deadline_s
@@ -125,6 +131,8 @@ class AttemptLoop:
         canonical model, output tokens and dispatch time (what the authority learns expected output
         lengths and the load each reading met from)."""
         attempt = self._end()
+        if ok and self._blocks:
+            self._state.served(attempt.substrate, self._blocks)
         ttft = None if first_token_s is None else first_token_s - attempt.dispatched_at_s
         tpot = None if first_token_s is None or output_tokens < 2 else (now_s - first_token_s) / (output_tokens - 1)
         self._state.report_outcome(Outcome(

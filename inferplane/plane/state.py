@@ -34,6 +34,12 @@ first-token time <= arrival + the class's first-token deadline). The request wai
 queue and goes to the new replica when it reports; once the replica can no longer be in time
 (late, or the wait used the slack), the closure lifts and the request spills as it would have.
 
+**Its prefix-cache belief.** Where substrates declare a KV cache, the replica keeps the plane's
+belief of the prompt blocks each holds (``placement.prefix.PrefixIndex``, of the declared tokens
+over the caller's block size): a request's predicted hits are read from it (``prefix_hits``) and a
+request answered in full records its blocks where it was served (``AttemptLoop.finished``). Each
+replica believes only what it served.
+
 Thread-safety: the request path (``place``, ``lease``, ``report_outcome``, ``add_spend``) and a
 sync thread (``take_report``, ``publish``) may run concurrently; one lock guards the counts and
 the pending report. Ray-free: the Serve ingress and the replay's plane router both run this class,
@@ -45,13 +51,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, Protocol
 from dataclasses import dataclass, field, replace
 
 from inferplane.fleet_state import Outcome, PublishedSnapshot
 from inferplane.placement import FleetSnapshot, FleetSpec, PlacementDecision, PlacementPolicy, PlacementRequest, place
 from inferplane.placement.estimate import idle_ttft_s, prefill_lanes
+from inferplane.placement.prefix import PrefixIndex
 from inferplane.placement.signals import limits
 from inferplane.plane.shares import closed_substrates, kept_slots, quota_classes, unlent_guarantees
 
@@ -61,6 +68,17 @@ class Unavailable:
     """No snapshot fresh enough to place on: the plane fails closed (503)."""
 
     message: str
+
+
+class PrefixBelief(Protocol):
+    """What the replica reads of a prefix-cache belief (``placement.prefix.PrefixIndex``, or the
+    replay's oracle of the simulator's caches)."""
+
+    def hits(self, blocks: Sequence[int], substrates: Iterable[str] | None = None) -> tuple[tuple[str, float], ...]:
+        ...
+
+    def record(self, substrate: str, blocks: Sequence[int]) -> None:
+        ...
 
 
 class SyncReport(NamedTuple):
@@ -99,12 +117,21 @@ class Lease:
 class ReplicaState:
     def __init__(self, fleet: FleetSpec, policy: PlacementPolicy, *,
                  observe: Callable[[PlacementDecision, float], None] | None = None,
-                 timer: Callable[[], float] = time.perf_counter, replica_id: str | None = None) -> None:
+                 timer: Callable[[], float] = time.perf_counter, replica_id: str | None = None,
+                 prefix_block_tokens: int | None = None, prefix_belief: PrefixBelief | None = None) -> None:
         """``observe(decision, seconds)`` is told of every placement and how long ``place()`` took
         (the ingress's placement metrics); ``timer`` measures it. ``replica_id`` is the id this
         replica syncs under (its rank among the live replicas decides its share of free slots;
-        None: it takes them all)."""
+        None: it takes them all). ``prefix_block_tokens``: the block size of the prompts' prefix
+        blocks (the ingress's tokenizer blocks, a trace's ``hash_ids``); with it and a substrate
+        that declares a KV cache the replica keeps a prefix belief (module doc), None: none.
+        ``prefix_belief``: another belief to keep instead (the replay's oracle)."""
         self.fleet = fleet
+        caches = {s.name: s.prefix_cache.total_tokens // prefix_block_tokens
+                  for s in fleet.substrates if s.prefix_cache is not None} if prefix_block_tokens else {}
+        self.prefix: PrefixBelief | None = (prefix_belief if prefix_belief is not None else PrefixIndex(caches)) \
+            if caches else None
+        """Where this replica believes prompts' blocks are cached (None: no belief kept)."""
         self.replica_id = replica_id
         self._grant: dict[str, int] = {}
         """Substrate -> requests this replica may hold there until its next sync (several replicas)."""
@@ -207,6 +234,16 @@ class ReplicaState:
         decision = place(request, view, self.policy)
         self._observe(decision, self._timer() - t0)
         return decision, request.arrived_at_s - view.taken_at_s
+
+    def prefix_hits(self, blocks: Sequence[int]) -> tuple[tuple[str, float], ...]:
+        """A prompt's predicted hit fraction per substrate believed to hold a leading run of
+        ``blocks`` (``PlacementRequest.prefix_hits``); () without blocks or a belief."""
+        return self.prefix.hits(blocks) if self.prefix is not None and blocks else ()
+
+    def served(self, substrate: str, blocks: Sequence[int]) -> None:
+        """A request with ``blocks`` was answered in full by ``substrate``: believe them cached there."""
+        if self.prefix is not None and blocks:
+            self.prefix.record(substrate, blocks)
 
     def lease(self, substrate: str, tenant: str | None = None, prefill_tokens: float = 0.0,
               now_s: float | None = None) -> Lease:

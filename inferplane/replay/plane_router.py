@@ -32,13 +32,14 @@ target and starting replicas (``FleetState.set_serve_replicas``). Such a substra
 speaks for its live replicas, so placement capacity follows them as in the plane. Each change is
 kept in ``scaling`` (time, substrate, target, why).
 
-Prefix-cache locality: the router keeps the plane's own belief of where prompts' blocks are cached
-(``placement.prefix.PrefixIndex``, one bounded LRU per substrate that declares a KV cache, of its
-``PrefixCacheSpec.total_tokens // MOONCAKE_BLOCK_TOKENS`` blocks), fed only with the blocks of
-requests it sees finish on a substrate, as the live plane would learn them; the simulator's caches
-(the truth, ``substrate_sim``) never tell it what they hold. Each request is placed with its
-predicted hit fractions (``PlacementRequest.prefix_hits``). With ``prefix_affinity=False`` it keeps
-no belief: every request predicts no hit (the same policy without prefix affinity).
+Prefix-cache locality: each simulated ingress replica keeps the plane's own belief of where
+prompts' blocks are cached, as the Serve ingress's does (``ReplicaState.prefix``: a
+``placement.prefix.PrefixIndex``, one bounded LRU per substrate that declares a KV cache, of its
+``PrefixCacheSpec.total_tokens // MOONCAKE_BLOCK_TOKENS`` blocks), fed only with the blocks of the
+requests it sees answered in full (``AttemptLoop.finished``); the simulator's caches (the truth,
+``substrate_sim``) never tell it what they hold. Each request is placed with its predicted hit
+fractions (``PlacementRequest.prefix_hits``). With ``prefix_affinity=False`` no replica keeps a
+belief: every request predicts no hit (the same policy without prefix affinity).
 
 Each finished request becomes the plane's one ``RequestRecord`` (as the ingress closes it: times
 from arrival at the ingress, the final attempt's decision, the attributed cost), fed at its finish
@@ -56,7 +57,6 @@ from inferplane.config.sizing import plane_autoscaled, replica_counts
 from inferplane.fleet_state import ACTOR_WARMUP_S, FleetState, SubstrateReport
 from inferplane.health import settings_from_policy
 from inferplane.placement import PlacementRequest
-from inferplane.placement.prefix import PrefixIndex
 from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure, Refusal
 from inferplane.plane.autoscale import (
     OVERFLOW_REFUSALS,
@@ -108,7 +108,9 @@ class PlaneRouter:
                                  settings_from_policy(health), health.latency_window_ms / 1000.0,
                                  {t.name: t.budget.period for t in cfg.tenants if t.budget})
         n = replica_counts(cfg.ingress.replicas).serving_at_start
-        self._replicas = tuple(ReplicaState(built.fleet, built.policy, replica_id=f"ingress-{i}") for i in range(n))
+        self._replicas = tuple(ReplicaState(built.fleet, built.policy, replica_id=f"ingress-{i}",
+                                            prefix_block_tokens=MOONCAKE_BLOCK_TOKENS if prefix_affinity else None,
+                                            prefix_belief=prefix_belief) for i in range(n))
         self._open: dict[int, tuple[AttemptLoop, Dispatch | Refusal]] = {}  # request index -> loop, last step
         self._host: Host | None = None
         self._queues: tuple[HoldQueue, ...] = ()
@@ -117,10 +119,6 @@ class PlaneRouter:
         self._config_hash = built.policy.policy_hash
         self.drift_penalty_requested = health.residual_drift == "penalize"
         self.drift = DriftTimeline(drift_settings_from_policy(health)) if drift else None
-        caches = {s.name: s.prefix_cache.total_tokens // MOONCAKE_BLOCK_TOKENS
-                  for s in built.fleet.substrates if s.prefix_cache is not None}
-        self._prefix = (prefix_belief if prefix_belief is not None else PrefixIndex(caches)) \
-            if prefix_affinity and caches else None
         if not prefix_affinity:
             self.name = "inferplane-no-prefix"
         autoscaled = plane_autoscaled(cfg)
@@ -269,9 +267,7 @@ class PlaneRouter:
                 request_id=request.request_id, tenant=request.tenant, model=request.model,
                 sla_class=request.sla_class, input_tokens=request.input_tokens,
                 max_output_tokens=request.max_tokens, arrived_at_s=now_s,
-                ingress_region=self._region, ingress_zone=self._zone,
-                prefix_hits=self._prefix.hits(request.prefix_blocks)
-                if self._prefix is not None and request.prefix_blocks else ()))
+                ingress_region=self._region, ingress_zone=self._zone), request.prefix_blocks)
             step = loop.start()
             if self._queues:
                 step = self._queues[i].submit(loop, step, now_s, request.arrival_s)
@@ -295,9 +291,7 @@ class PlaneRouter:
     def finished(self, request: ReplayRequest, substrate: str, dispatched_s: float, first_token_s: float,
                  output_tokens: int, now_s: float) -> None:
         loop, _ = self._open.pop(request.index)
-        loop.finished(True, first_token_s, output_tokens, now_s)
-        if self._prefix is not None and request.prefix_blocks:
-            self._prefix.record(substrate, request.prefix_blocks)  # served there: its blocks are cached there
+        loop.finished(True, first_token_s, output_tokens, now_s)  # and the replica believes its blocks cached there
         e2e = now_s - request.arrival_s
         cost = request_cost(self._fleet.substrate(substrate), request.input_tokens, output_tokens, e2e, self._region)
         i = request.index % len(self._replicas)

@@ -107,7 +107,10 @@ a lower bound on what a router meeting m deadlines pays. It is bracketed, never 
   or above phi_c) are >= phi_c and feasible (a convex mix of two feasible points is feasible), so
   the same greedy over chords is >= the chunked least cost. Before any cost LP: every chunk at its
   max LP's solution is feasible at any attainment up to the max; where its usage is within
-  ``COST_GAP`` of the total, the fixed cost is the floor and nothing more is solved.
+  ``COST_GAP`` of the total, the fixed cost is the floor and nothing more is solved. (With several
+  chunks each max LP breaks ties towards cheap pairs, weight ``TIE`` = 1e-6 of the per-request
+  objective, so that point pays nearly the least; the max it reports, V / (1 - TIE) from its value
+  V, is an upper bound on the chunk's exact max, above it by at most 1e-6 of it.)
 * a lower bound: the upper envelope of a chunk's lines is <= phi_c; the least sum of envelopes
   at sum mu_c >= m * N (a greedy over their pieces by slope: they are convex) is <= the chunked
   least cost. That is what is returned (plus the fixed cost).
@@ -117,8 +120,11 @@ a lower bound on what a router meeting m deadlines pays. It is bracketed, never 
   chord's slope, which either adds a point below it or proves it is phi_c there. Points are kept
   per programme, so each further attainment (one per router) costs only the chunks it refines.
 
-The returned floor is therefore within ``COST_GAP`` of the total (the gap reached is in the
-result, ``cost_gap_usd``) of the exact least cost of the chunked programme, and never above it.
+The returned floor is never above the exact least cost of the chunked programme, and below it by
+at most the gap reached (in the result, ``cost_gap_usd``): ``COST_GAP`` of the total is the aim,
+and the refinement stops short of it only when a round adds nothing (seen near the max, where the
+solver's tolerance leaves slivers of steep chord: 1.2e-4 on a test workload) or after
+``_MAX_REFINE_ROUNDS`` rounds.
 With one chunk the least-cost LP is solved directly (exact), as before chunking.
 """
 
@@ -152,6 +158,9 @@ DEFAULT_WINDOW_S = 60.0
 CHUNK_REQUESTS = 2000
 """About this many requests per chunk on average (``chunk_s`` None): the chunk length is the
 largest power-of-two number of windows whose mean request count stays under it."""
+TIE = 1e-6
+"""With several chunks, each chunk's max LP breaks ties towards cheap pairs with this weight
+(``_chunk_max``): the max it gives is an upper bound at most this fraction above the exact one."""
 COST_GAP = 1e-4
 """The least cost across chunks is refined until its bracket is within this fraction of the total
 (fixed + usage) least cost: what a router's cost is compared with."""
@@ -477,12 +486,24 @@ def _with_sum_row(a, b: np.ndarray, target: float):
 
 
 def _chunk_max(programme: FluidProgramme, chunk: Chunk) -> float:
+    """The chunk's most met. With several chunks the max LP breaks ties towards cheap pairs
+    (objective sum (TIE * cost / max cost - 1) x, module docstring): its value V gives
+    max <= V / (1 - TIE), returned (an upper bound, above the exact max by at most TIE of it), and
+    its solution is a feasible point at (nearly) the max paying (nearly) the least there: the
+    least cost's first upper bound, without another LP. (Its price is top / TIE: its line would be
+    too steep to trust at the solver's tolerance, so it is not used as one.)"""
     if "max" not in chunk.memo:
         a, b = chunk_lp(programme, chunk)
         chunk.memo["rows"] = a.shape[0]
-        res = _linprog(-np.ones(a.shape[1]), a, b)
-        chunk.memo["max"] = float(-res.fun)
-        chunk.memo["max_usage"] = float(programme.usage_cost[chunk.cols] @ res.x)
+        cost = programme.usage_cost[chunk.cols]
+        top = float(cost.max()) if cost.size else 0.0
+        if len(programme.chunks) == 1 or top <= 0.0:
+            res = _linprog(-np.ones(a.shape[1]), a, b)
+            chunk.memo["max"] = float(-res.fun)
+        else:
+            res = _linprog(TIE * cost / top - 1.0, a, b)
+            chunk.memo["max"] = max(float(res.x.sum()), float(-res.fun) / (1.0 - TIE))
+        chunk.memo["max_point"] = (float(res.x.sum()), float(cost @ res.x))
     return chunk.memo["max"]
 
 
@@ -540,7 +561,7 @@ def least_cost_usd(programme: FluidProgramme, met: float) -> float:
         # every chunk at its most met, as its max LP solved it: feasible, so its usage is >= the chunked
         # least usage at any target up to the max; where that is within COST_GAP, no cost LP is solved
         max_met(programme)
-        high = sum(c.memo["max_usage"] for c in programme.chunks)
+        high = sum(c.memo["max_point"][1] for c in programme.chunks)
         if high <= COST_GAP * (programme.fixed_cost_usd + high):
             programme.memo["cost_gap"] = high
             return programme.fixed_cost_usd
@@ -566,6 +587,7 @@ def _at_price(programme: FluidProgramme, chunk: Chunk, price: float) -> tuple[fl
     a, b = chunk_lp(programme, chunk)
     cost = programme.usage_cost[chunk.cols]
     res = _linprog(cost - price, a, b)
+    programme.memo["price_lps"] = programme.memo.get("price_lps", 0) + 1
     return float(res.x.sum()), float(cost @ res.x)
 
 
@@ -630,16 +652,21 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tupl
     chunks = [c for c in programme.chunks if c.cols.size]
     for c in chunks:
         if "points" not in c.memo:
-            top = _chunk_max(programme, c)
+            _chunk_max(programme, c)
             # points (mu -> usage of a feasible x: on phi_c or above it) span the chords; lines
             # (slope, value at 0) lie below phi_c. The max LP's solution is a point; the free
             # pairs' most is a point on phi_c (0 up to there, the line y = 0 is always in)
-            c.memo["points"] = {top: c.memo["max_usage"]}
+            met, usage = c.memo["max_point"]
+            c.memo["points"] = {met: usage}
             c.memo["lines"] = set()
             c.memo["exact"] = set()
             free = c.memo.get("free", 0.0)
-            if 0.0 < free < top:
+            if 0.0 < free < met:
                 c.memo["points"][free] = 0.0
+    # The chords end at the max LPs' points, which may lie a hair (TIE) below the target: the least
+    # cost is non-decreasing in the target, so bracketing it at min(target, their sum) still bounds
+    # the target's from below.
+    target = min(target, sum(c.memo["max_point"][0] for c in chunks))
     low, high = 0.0, math.inf
     for _ in range(_MAX_REFINE_ROUNDS):
         chords = [_chords(c.memo["points"]) for c in chunks]
@@ -650,8 +677,9 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tupl
         refined = 0
         for c, chord, mus in zip(chunks, chords, zip(low_alloc, high_alloc)):
             # the chords where this chunk's allocations sit and the envelope may lie below them
-            todo = {(start, s, y) for start, end, s, y in chord for mu in mus
-                    if start < mu <= end + 1e-12 and start not in c.memo["exact"]}
+            # (an allocation past the last point, where the envelope reaches the max, is the last chord's)
+            todo = {(start, s, y) for i, (start, end, s, y) in enumerate(chord) for mu in mus
+                    if start < mu and (mu <= end + 1e-12 or i + 1 == len(chord)) and start not in c.memo["exact"]}
             scale = 1.0 + max(c.memo["points"].values())
             for start, slope, y in todo:
                 met, usage = _at_price(programme, c, slope)

@@ -122,9 +122,10 @@ a lower bound on what a router meeting m deadlines pays. It is bracketed, never 
 
 The returned floor is never above the exact least cost of the chunked programme, and below it by
 at most the gap reached (in the result, ``cost_gap_usd``): ``COST_GAP`` of the total is the aim,
-and the refinement stops short of it only when a round adds nothing (seen near the max, where the
-solver's tolerance leaves slivers of steep chord: 1.2e-4 on a test workload) or after
-``_MAX_REFINE_ROUNDS`` rounds.
+and the refinement stops short of it only when a round adds nothing or after
+``_MAX_REFINE_ROUNDS`` rounds. Every line's value at 0 comes from the LP's duals by weak duality
+(``_dual_floor``), not from its primal value, so the solver's tolerance cannot lift a line above
+phi_c.
 With one chunk the least-cost LP is solved directly (exact), as before chunking.
 """
 
@@ -489,9 +490,9 @@ def _chunk_max(programme: FluidProgramme, chunk: Chunk) -> float:
     """The chunk's most met. With several chunks the max LP breaks ties towards cheap pairs
     (objective sum (TIE * cost / max cost - 1) x, module docstring): its value V gives
     max <= V / (1 - TIE), returned (an upper bound, above the exact max by at most TIE of it), and
-    its solution is a feasible point at (nearly) the max paying (nearly) the least there: the
-    least cost's first upper bound, without another LP. (Its price is top / TIE: its line would be
-    too steep to trust at the solver's tolerance, so it is not used as one.)"""
+    its solution is a feasible point at (nearly) the max paying (nearly) the least there, and its
+    duals a line below phi_c at slope top / TIE: the least cost's first bracket at the max,
+    without another LP."""
     if "max" not in chunk.memo:
         a, b = chunk_lp(programme, chunk)
         chunk.memo["rows"] = a.shape[0]
@@ -503,6 +504,9 @@ def _chunk_max(programme: FluidProgramme, chunk: Chunk) -> float:
         else:
             res = _linprog(TIE * cost / top - 1.0, a, b)
             chunk.memo["max"] = max(float(res.x.sum()), float(-res.fun) / (1.0 - TIE))
+            # (TIE / top) (cost - price): a price LP at price top / TIE, whose duals give a line
+            price = top / TIE
+            chunk.memo["max_line"] = (price, _dual_floor(a, b, cost - price, res, top / TIE))
         chunk.memo["max_point"] = (float(res.x.sum()), float(cost @ res.x))
     return chunk.memo["max"]
 
@@ -582,13 +586,23 @@ def least_cost_usd(programme: FluidProgramme, met: float) -> float:
 # -- the least cost across chunks: the sandwich of phi_c (module docstring) -------------------------
 
 
-def _at_price(programme: FluidProgramme, chunk: Chunk, price: float) -> tuple[float, float]:
-    """min (usage_cost - price) . x over the chunk alone: (sum x, usage_cost . x) at the optimum."""
+def _dual_floor(a, b: np.ndarray, objective: np.ndarray, res, scale: float = 1.0) -> float:
+    """A lower bound on min objective . x over A x <= b, 0 <= x <= 1 from the solver's duals
+    (``scale``: the solved objective was ``objective / scale``): for any y >= 0 (weak duality, the
+    box kept), min >= -b . y + sum_j min(0, objective_j + (A^T y)_j). Valid whatever the solver's
+    tolerance, so a line through it lies below phi_c."""
+    y = np.maximum(0.0, -np.asarray(res.ineqlin.marginals, dtype=float)) * scale
+    return float(-(b @ y) + np.minimum(0.0, objective + a.T @ y).sum())
+
+
+def _at_price(programme: FluidProgramme, chunk: Chunk, price: float) -> tuple[float, float, float]:
+    """min (usage_cost - price) . x over the chunk alone: (sum x, usage_cost . x) at the optimum,
+    and a lower bound on that min from its duals (``_dual_floor``)."""
     a, b = chunk_lp(programme, chunk)
     cost = programme.usage_cost[chunk.cols]
     res = _linprog(cost - price, a, b)
     programme.memo["price_lps"] = programme.memo.get("price_lps", 0) + 1
-    return float(res.x.sum()), float(cost @ res.x)
+    return float(res.x.sum()), float(cost @ res.x), _dual_floor(a, b, cost - price, res)
 
 
 def _envelope(lines: set[tuple[float, float]], upto: float) -> list[tuple[float, float]]:
@@ -658,7 +672,7 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tupl
             # pairs' most is a point on phi_c (0 up to there, the line y = 0 is always in)
             met, usage = c.memo["max_point"]
             c.memo["points"] = {met: usage}
-            c.memo["lines"] = set()
+            c.memo["lines"] = {c.memo["max_line"]} if "max_line" in c.memo else set()
             c.memo["exact"] = set()
             free = c.memo.get("free", 0.0)
             if 0.0 < free < met:
@@ -682,8 +696,7 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tupl
                     if start < mu and (mu <= end + 1e-12 or i + 1 == len(chord)) and start not in c.memo["exact"]}
             scale = 1.0 + max(c.memo["points"].values())
             for start, slope, y in todo:
-                met, usage = _at_price(programme, c, slope)
-                floor = usage - slope * met  # min of usage - slope * mu over the chunk: phi_c >= floor + slope * mu
+                met, usage, floor = _at_price(programme, c, slope)  # phi_c >= floor + slope * mu
                 refined += (slope, floor) not in c.memo["lines"]
                 c.memo["lines"].add((slope, floor))
                 if floor >= y - slope * start - 1e-7 * scale:

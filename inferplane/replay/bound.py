@@ -503,7 +503,9 @@ def _chunk_max(programme: FluidProgramme, chunk: Chunk) -> float:
             chunk.memo["max"] = float(-res.fun)
         else:
             res = _linprog(TIE * cost / top - 1.0, a, b)
-            chunk.memo["max"] = max(float(res.x.sum()), float(-res.fun) / (1.0 - TIE))
+            # never above the chunk's requests that have a pair (each counts once)
+            chunk.memo["max"] = min(max(float(res.x.sum()), float(-res.fun) / (1.0 - TIE)),
+                                    float(np.unique(programme.request_of[chunk.cols]).size))
             # (TIE / top) (cost - price): a price LP at price top / TIE, whose duals give a line
             price = top / TIE
             chunk.memo["max_line"] = (price, _dual_floor(a, b, cost - price, res, top / TIE))

@@ -68,7 +68,7 @@ from inferplane.plane.autoscale import (
 )
 from inferplane.plane.queue import HoldQueue, Waiter
 from inferplane.plane.record import RequestRecord
-from inferplane.plane.state import ReplicaState
+from inferplane.plane.state import PrefixBelief, ReplicaState
 from inferplane.replay.attempt import Failure
 from inferplane.replay.drift_timeline import DriftTimeline
 from inferplane.replay.router import HELD, Host, Periodic, Placement
@@ -88,12 +88,12 @@ class PlaneRouter:
 
     def __init__(self, built: BuiltConfig, loads: Mapping[str, Callable[[float], SubstrateReport | None]], *,
                  heartbeat_s: float, start_s: float, drift: bool = False, prefix_affinity: bool = True,
-                 prefix_belief=None) -> None:
+                 prefix_belief: PrefixBelief | None = None) -> None:
         """``drift``: feed the plane's drift detector with every finished request (``self.drift``,
         None without). ``prefix_affinity``: keep the prefix-cache belief and place with it (module
         docstring); False places every request as predicting no hit. ``prefix_belief``: a belief to
-        place with instead of the learnt ``PrefixIndex`` (duck-typed: ``hits(blocks)``,
-        ``record(substrate, blocks)``; the replay's oracle, ``prefix_oracle``)."""
+        place with instead of the learnt ``PrefixIndex`` (the replay's oracle, ``prefix_oracle``),
+        shared by the simulated ingress replicas."""
         cfg = built.config
         self._fleet = built.fleet
         self._policy = built.policy

@@ -3,7 +3,8 @@
 Not a router anyone can run. The plane's own belief (``placement.prefix.PrefixIndex``) learns where
 prompts' blocks are cached only from the requests it saw finish; ``PrefixOracle`` instead reads the
 simulator's caches (``substrate_sim.SimSubstrate.prefix_caches``, one LRU per replica) at the moment
-a request is placed. Given to ``PlaneRouter`` in place of its ``PrefixIndex`` (router
+a request is placed. Given to the replay's ingress replicas in place of their ``PrefixIndex``
+(``ReplicaState``'s ``prefix_belief``, through ``PlaneRouter``; router
 ``inferplane-prefix-oracle``), everything else identical, it measures what prefix affinity could do
 on a fleet and load with perfect knowledge of the caches, so a gap between it and the learnt belief
 is the belief's, and what it still misses is not a router's to win.
@@ -14,8 +15,8 @@ prefill now: the longest leading run of the prompt's blocks any of its replicas 
 differ from what is served: the prompt may wait for a slot or a prefill lane while other prompts
 evict its blocks or (a conversation's turns in flight together) add them.
 
-Duck-typed as ``PrefixIndex`` where the plane's router reads it: ``hits(blocks)`` and
-``record(substrate, blocks)`` (a no-op: the simulator's caches record what they serve).
+A ``plane.state.PrefixBelief``, as ``PrefixIndex`` is: ``hits(blocks)`` and ``record(substrate,
+blocks)`` (a no-op: the simulator's caches record what they serve).
 """
 
 from __future__ import annotations
@@ -54,14 +55,5 @@ class PrefixOracle:
         hit fraction, as ``PrefixIndex.hits``."""
         if not blocks:
             return ()
-        n = len(blocks)
-        out = []
-        all_caches = self._caches
-        for name in (all_caches if substrates is None else substrates):
-            caches = all_caches.get(name)
-            if not caches:
-                continue
-            run = max(c.leading_run(blocks) for c in caches)
-            if run:
-                out.append((name, run / n))
-        return tuple(out)
+        names = self._caches if substrates is None else substrates
+        return tuple((name, hit) for name in names if (hit := self.hit_fraction(name, blocks)))

@@ -74,7 +74,15 @@ Derivation, per substrate:
   Each floor applied is named in the signals' ``drift`` (``placement.signals.DriftPenalty``), so
   every decision that predicted with it says so. A change of floors publishes a new version.
 
-Every reading carries the time of the oldest report it was built from, so its age is honest.
+Every reading carries the time of the oldest report it was built from, so its age is honest,
+with one exception: an ingress replica silent for half the staleness bound (``INGRESS_SILENT_FRACTION``:
+Serve stopped it in a rollout, or it was killed) no longer dates ``in_flight``, while its counts are
+still summed until the bound. Dated by it, every substrate's ``in_flight`` would age with its last
+report and, as that neared the bound, reach the other replicas stale (their snapshot adds its own
+age): every substrate ineligible at once, and a burst of 503 ``stale_signals`` on the replicas that
+are fine, though every substrate reports. Its counts can only overstate the load (a silent replica
+places nothing the others do not already leave it: its grant, ``_grant``, stays until the bound),
+so admission stays on the safe side; the substrates' own liveness still dates every reading.
 Reports from replicas silent for longer than the staleness bound are dropped.
 """
 
@@ -112,6 +120,10 @@ ACTOR_WARMUP_S = 0.75
 """After a (re)start the authority publishes nothing for at least this long, and then not until
 every substrate has reported or the staleness bound has passed: until then every substrate would
 look unknown, and ingress replicas do better on their last snapshot."""
+INGRESS_SILENT_FRACTION = 0.5
+"""An ingress replica that has not reported for this fraction of the staleness bound (a replica
+Serve stopped or that was killed) no longer dates the in-flight readings; its counts are still
+summed until the bound drops them (module doc)."""
 EXTERNAL_SCOPES = ("substrate", "zone", "region", "fleet")
 _INF = float("inf")
 
@@ -473,19 +485,26 @@ class FleetState:
             if self._oldest_report_s < now_s - self._bound:
                 self._expire(now_s)
             self._version += 1
-            # in_flight sums over the live ingress replicas, dated by the oldest of their reports.
+            # in_flight sums over the ingress replicas within the bound, dated by the oldest report
+            # of those still syncing (``INGRESS_SILENT_FRACTION``).
             ingress = self._ingress
             if len(ingress) == 1:  # one replica (the replay's, a small deployment's): its counts are the sums
                 (only,) = ingress.values()
                 totals, oldest_ingress = only.in_flight, only.at_s
             else:
                 totals = {}
-                oldest_ingress = None
+                oldest_ingress = oldest_syncing = None
+                syncing_since = now_s - self._bound * INGRESS_SILENT_FRACTION
                 for r in ingress.values():
-                    if oldest_ingress is None or r.at_s < oldest_ingress:
-                        oldest_ingress = r.at_s
+                    at = r.at_s
+                    if oldest_ingress is None or at < oldest_ingress:
+                        oldest_ingress = at
+                    if at >= syncing_since and (oldest_syncing is None or at < oldest_syncing):
+                        oldest_syncing = at
                     for name, n in r.in_flight.items():
                         totals[name] = totals.get(name, 0) + n
+                if oldest_syncing is not None:
+                    oldest_ingress = oldest_syncing
             signals = self._signals
             derived = [signals(d, now_s, totals, oldest_ingress) for d in self._derived]
             if self._drift_floors:

@@ -55,6 +55,28 @@ def test_in_flight_sums_ingress_replicas_and_ages_with_the_oldest():
     assert s.in_flight.value == 7.0 and s.in_flight.observed_at_s == 99.8
 
 
+def test_an_ingress_replica_gone_silent_stops_dating_in_flight_but_its_counts_stay_until_the_bound():
+    """An ingress replica Serve stopped (or that was killed) mid-load: had its last report kept
+    dating every substrate's in_flight, the readings would near the bound with it and reach the
+    replica still serving stale (every substrate refused ``stale_signals``, as the live ``models
+    apply`` test saw during a rollout). Its counts stay (they can only overstate the load) until
+    the bound drops them."""
+    built, state = setup()
+    state.report_ingress("gone", {"p": 4}, [], 100.0)
+    t = 100.0
+    while t < 101.9:
+        t = round(t + 0.1, 3)
+        state.report_substrate("p", "r1", SubstrateReport(in_flight=4), t)
+        state.report_ingress("kept", {"p": 1}, [], t)
+        s = sig(state, "p", t)
+        assert s.in_flight.value == 5.0
+        # silent for half the bound (1 s) or less, it still dates the reading; then no longer
+        assert s.in_flight.observed_at_s == (100.0 if t <= 101.0 else t), t
+        assert t - s.in_flight.observed_at_s <= BOUND / 2
+    state.report_ingress("kept", {"p": 1}, [], 102.1)
+    assert sig(state, "p", 102.1).in_flight.value == 1.0  # past the bound: dropped
+
+
 def test_silent_replicas_expire_after_the_bound():
     built, state = setup()
     state.report_substrate("p", "r1", SubstrateReport(in_flight=0), 100.0)

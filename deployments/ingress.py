@@ -532,10 +532,17 @@ class Ingress:
                           prompt_tokens=prompt_tokens)
 
     def __del__(self) -> None:
-        # Graceful shutdown: stop the background thread and wait for it, write every audit row
-        # still pending, then delete the journal segments those rows were waiting in.
+        # Graceful shutdown: stop the background thread and wait for it, report a last time and
+        # say goodbye (the authority drops this replica and its grant at once, if nothing is in
+        # flight), write every audit row still pending, then delete the journal segments those
+        # rows were waiting in.
         self._stop.set()
         self._background_thread.join(timeout=10.0)
+        self._sync()
+        try:
+            ray.get(self._actor.leave.remote(self._id), timeout=SYNC_TIMEOUT_S)
+        except Exception as exc:  # the actor is gone or busy: the bound drops this replica instead
+            log.info("goodbye to the placement actor failed: %s", type(exc).__name__)
         self._ledger.drain()
         self._audit.close()
         self._journal.close()

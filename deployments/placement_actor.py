@@ -235,6 +235,14 @@ class PlacementActor:
         return dataclasses.replace(published, policy_hash=policy_hash, signals=tuple(
             by_name.get(s.name, SubstrateSignals()) for s in fleet.substrates))
 
+    def leave(self, ingress_id: str) -> bool:
+        """An ingress replica stopping gracefully, after its last sync (``FleetState.leave_ingress``)."""
+        with self._lock:
+            left = self._state.leave_ingress(ingress_id)
+        log.info("ingress replica %s %s", ingress_id, "left" if left else "left with requests in flight: kept until "
+                 "the staleness bound")
+        return left
+
     def report_substrate(self, substrate: str, replica_id: str, report: SubstrateReport) -> None:
         with self._lock:
             self._state.report_substrate(substrate, replica_id, report, time.time())

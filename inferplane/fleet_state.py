@@ -83,7 +83,9 @@ age): every substrate ineligible at once, and a burst of 503 ``stale_signals`` o
 are fine, though every substrate reports. Its counts can only overstate the load (a silent replica
 places nothing the others do not already leave it: its grant, ``_grant``, stays until the bound),
 so admission stays on the safe side; the substrates' own liveness still dates every reading.
-Reports from replicas silent for longer than the staleness bound are dropped.
+Reports from replicas silent for longer than the staleness bound are dropped; an ingress replica
+stopping gracefully says goodbye after its last report and is dropped at once
+(``leave_ingress``).
 """
 
 from __future__ import annotations
@@ -439,6 +441,20 @@ class FleetState:
             portion = share_of_free_slots(max(0, limit - used), ids, wanted, self._version)[ingress_id]
             mine[name] = held + min(room, portion)
         grants[ingress_id] = mine
+
+    def leave_ingress(self, ingress_id: str) -> bool:
+        """An ingress replica stopping gracefully (Serve drained it in a rollout or a scale-down)
+        says goodbye after its last report: it is dropped at once, its grant with it, so its share
+        of the free slots goes back to the others at their next sync instead of after the bound.
+        Refused (False: kept until the bound, as a silent one) while its last report still held
+        requests in flight: those may still run on the substrates, and the counts must stay."""
+        report = self._ingress.get(ingress_id)
+        if report is None or any(report.in_flight.values()):
+            return False
+        del self._ingress[ingress_id]
+        self._grants.pop(ingress_id, None)
+        self._dirty = True
+        return True
 
     def live_ingress(self, now_s: float) -> int:
         """Ingress replicas that reported within the staleness bound."""

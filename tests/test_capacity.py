@@ -166,6 +166,30 @@ def test_grants_split_the_live_capacity_among_ingress_replicas():
     assert grants["i1"]["p"] + grants["i2"]["p"] <= 10  # 8 + 2 of one replica, not the declared 16 + 4
 
 
+def test_an_ingress_replica_saying_goodbye_gives_its_grant_back_at_once_but_not_with_requests_in_flight():
+    """A replica Serve drained in a rollout says goodbye: the other is granted every free slot at
+    its next sync, not half of them until the bound drops the silent one. A replica whose last
+    report still held requests is kept: those may still run, and their counts must stay."""
+    built = built_fleet()
+    state = authority(built)
+    beat(state, "p", "r0")
+    for i in ("i1", "i2", "i1", "i2"):
+        state.report_ingress(i, {"p": 0}, [], NOW)
+    split = state.snapshot(NOW).grants["i2"]["p"]
+    assert split < 10
+    assert state.leave_ingress("i1")
+    state.report_ingress("i2", {"p": 0}, [], NOW + 0.1)
+    snap = state.snapshot(NOW + 0.1)
+    assert snap.grants["i2"]["p"] == 10 and "i1" not in snap.grants
+    assert len(state.status(NOW + 0.1)["ingress"]) == 1
+
+    state.report_ingress("i3", {"p": 3}, [], NOW + 0.2)  # leaves with 3 requests still in flight
+    assert not state.leave_ingress("i3")
+    state.report_ingress("i2", {"p": 0}, [], NOW + 0.3)
+    assert state.snapshot(NOW + 0.3).signals[0].in_flight.value == 3.0
+    assert not state.leave_ingress("unknown")
+
+
 # -- status, metrics and the hardware's cost follow the replicas -------------------------------------
 
 def test_owned_hardware_cost_follows_live_replica_seconds():

@@ -189,7 +189,7 @@ class Ingress:
             published = ray.get(self._actor.sync.remote(
                 self._id, report.in_flight, report.outcomes, report.snapshot_version, report.snapshot_age_s,
                 self._zone, batch, report.spend_usd, report.tenant_in_flight or None, report.reclaiming or None,
-                report.demand or None, self._policy.policy_hash),
+                report.demand or None, self._policy.policy_hash, report.lanes or None),
                 timeout=SYNC_TIMEOUT_S)
         except Exception as exc:  # actor restarting or unreachable: serve on the last snapshot
             self._state.restore(report)

@@ -191,7 +191,7 @@ class PlacementActor:
              zone: str | None = None, metrics: list | None = None,
              spend_usd: dict[str, float] | None = None, tenant_in_flight: dict | None = None,
              reclaiming: dict | None = None, demand: dict | None = None,
-             policy_hash: str | None = None) -> PublishedSnapshot | None:
+             policy_hash: str | None = None, lanes: dict | None = None) -> PublishedSnapshot | None:
         """Record an ingress replica's report and metrics; return the current snapshot (None while
         warming up). ``policy_hash``: the replica's config; one applied here before the current
         gets the snapshot in its fleet's order (``_for_config``), an unknown one None."""
@@ -199,7 +199,7 @@ class PlacementActor:
         with self._lock:
             self._state.report_ingress(ingress_id, in_flight, outcomes, now, snapshot_version=snapshot_version,
                                        snapshot_age_s=snapshot_age_s, zone=zone, tenant_in_flight=tenant_in_flight,
-                                       reclaiming=reclaiming, demand=demand)
+                                       reclaiming=reclaiming, demand=demand, lanes=lanes)
             if spend_usd:
                 self._state.add_spend(spend_usd, now)
             up = now - self._started_at_s

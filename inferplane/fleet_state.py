@@ -212,6 +212,11 @@ class PublishedSnapshot:
     started it plus the longest start measured for the substrate (``set_serve_replicas``). Only
     substrates with a replica starting and a start measured; an SLA class that holds while scaling up
     waits for it (``plane.state.ReplicaState.closed_for``)."""
+    lanes: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    """Ingress replica -> substrate -> (when the substrate's prefill lanes clear the first-token
+    work that replica dispatched, 0 when cleared; the lane-seconds of it in all), as each replica
+    reported it (``plane.state.SyncReport.lanes``; replicas that never dispatched such work are
+    left out): each replica adds the others' new work to its own view (``ReplicaState.publish``)."""
 
 
 class IngressReport(NamedTuple):
@@ -225,6 +230,7 @@ class IngressReport(NamedTuple):
     tenant_in_flight: dict[str, dict[str, int]] | None = None
     reclaiming: dict[str, dict[str, int]] | None = None
     demand: dict[str, dict[int, int]] | None = None
+    lanes: dict[str, tuple[float, float]] | None = None
 
 
 class FleetState:
@@ -301,15 +307,19 @@ class FleetState:
                        *, snapshot_version: int | None = None, snapshot_age_s: float | None = None,
                        zone: str | None = None, tenant_in_flight: dict[str, dict[str, int]] | None = None,
                        reclaiming: dict[str, dict[str, int]] | None = None,
-                       demand: dict[str, dict[int, int]] | None = None) -> None:
+                       demand: dict[str, dict[int, int]] | None = None,
+                       lanes: dict[str, tuple[float, float]] | None = None) -> None:
         """``tenant_in_flight`` (tenant -> substrate -> count) and ``reclaiming`` (class -> tenant ->
         slots) come from replicas of a config with quotas (``plane.shares``); ``demand``
-        (substrate -> priority -> waiting) from replicas holding requests (``plane.queue``)."""
+        (substrate -> priority -> waiting) from replicas holding requests (``plane.queue``);
+        ``lanes`` (substrate -> (lane clock, lane-seconds dispatched)) from replicas that have
+        dispatched to a substrate that declares prefill lanes."""
         replicas = self._replicas
         counts = dict(in_flight) if replicas.keys() >= in_flight.keys() else \
             {k: v for k, v in in_flight.items() if k in replicas}
         self._ingress[ingress_id] = IngressReport(now_s, counts, snapshot_version, snapshot_age_s, zone,
-                                                  tenant_in_flight or None, reclaiming or None, demand or None)
+                                                  tenant_in_flight or None, reclaiming or None, demand or None,
+                                                  lanes or None)
         if len(self._ingress) > 1 or len(self._grants) > 0:
             self._grant(ingress_id)
         if now_s < self._oldest_report_s:
@@ -538,6 +548,7 @@ class FleetState:
                 {i: g for i, g in self._grants.items() if i in ingress},
                 self.expected_output_tokens(),
                 dict(self._scaling_up),
+                {i: r.lanes for i, r in ingress.items() if r.lanes},
             )
             self._dirty = False
         return self._published
@@ -1161,19 +1172,19 @@ _PUBLISHED_SETTERS = tuple(getattr(PublishedSnapshot, f.name).__set__ for f in f
 
 
 def _published_snapshot(version, taken_at_s, policy_hash, signals, tenant_spend_usd, tenant_in_flight, reclaiming,
-                        ingress_ids, demand, grants, expected_output_tokens, scaling_up) -> PublishedSnapshot:
+                        ingress_ids, demand, grants, expected_output_tokens, scaling_up, lanes) -> PublishedSnapshot:
     """``PublishedSnapshot(...)`` with every field given, in declaration order."""
     p = _new(PublishedSnapshot)
     for set_field, value in zip(_PUBLISHED_SETTERS, (
             version, taken_at_s, policy_hash, signals, tenant_spend_usd, tenant_in_flight, reclaiming, ingress_ids,
-            demand, grants, expected_output_tokens, scaling_up)):
+            demand, grants, expected_output_tokens, scaling_up, lanes)):
         set_field(p, value)
     return p
 
 
 if tuple(f.name for f in fields(PublishedSnapshot)) != (
         "version", "taken_at_s", "policy_hash", "signals", "tenant_spend_usd", "tenant_in_flight", "reclaiming",
-        "ingress_ids", "demand", "grants", "expected_output_tokens", "scaling_up"):
+        "ingress_ids", "demand", "grants", "expected_output_tokens", "scaling_up", "lanes"):
     raise ImportError("_published_snapshot sets PublishedSnapshot's fields in order: keep it in step")
 if tuple(f.name for f in fields(SubstrateSignals)) != (
         "in_flight", "queued", "gpu_memory_used_ratio", "kv_cache_usage", "rate_limit_requests_remaining",

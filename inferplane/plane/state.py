@@ -81,6 +81,9 @@ class PrefixBelief(Protocol):
         ...
 
 
+_INF = float("inf")
+
+
 class SyncReport(NamedTuple):
     """What one sync sends the authority: this replica's in-flight counts by substrate, the outcomes
     of its dispatches and its finished requests' attributed cost by tenant since the last sync, and
@@ -98,6 +101,10 @@ class SyncReport(NamedTuple):
     """Substrate class -> tenant -> slots its waiting requests reclaim (``plane.queue``)."""
     demand: dict[str, dict[int, int]]
     """Substrate -> priority -> requests waiting in this replica's queue for a slot of it."""
+    lanes: dict[str, tuple[float, float]] = {}
+    """Substrate -> (when its prefill lanes clear this replica's own first-token work there, its
+    lane clock, 0 when cleared; the lane-seconds of first-token work it has dispatched there in
+    all), for every substrate it has dispatched such work to (``lease``)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -155,6 +162,17 @@ class ReplicaState:
         self._lane_clock: dict[str, float] = {}
         """Substrate (one that declares prefill lanes) -> when its lanes clear the first-token work
         this replica dispatched there (``lease``), while that is ahead of the last view built."""
+        self._lane_work: Counter[str] = Counter()
+        """Substrate -> the lane-seconds of first-token work this replica has dispatched there in
+        all. It and the clock are what it reports (``SyncReport.lanes``)."""
+        self._lane_seen: dict[str, float] = {}
+        """Substrate -> when its lanes clear the work this replica knows of: its own, run on by its
+        dispatches like its clock, and the other replicas', added as each snapshot brings it
+        (``publish``). What its view reads; kept once cleared (the base the next work adds to)."""
+        self._lane_others: dict[tuple[str, str], float] = {}
+        """(other replica, substrate) -> the lane-seconds of its work there the last snapshot said."""
+        self._lane_peers: frozenset[str] = frozenset()
+        """The ingress replicas the last snapshot listed."""
         self._view: FleetSnapshot | None = None
         self._outcomes: list[Outcome] = []
         self._spend: Counter[str] = Counter()
@@ -212,7 +230,9 @@ class ReplicaState:
                 clock = self._lane_clock
                 for name in [n for n, t in clock.items() if t <= now_s]:
                     del clock[name]  # cleared: no wait from it now, nor for any later request
-                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight, clock)
+                # what clears the lanes, of the work this replica knows of; nothing once cleared
+                seen = {n: t for n, t in self._lane_seen.items() if t > now_s} if self._lane_seen else clock
+                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight, seen)
         return view
 
     def place(self, request: PlacementRequest,
@@ -262,8 +282,12 @@ class ReplicaState:
             lane_s = lat.base_ttft_s + prefill_tokens / lat.prefill_tokens_per_s
         with self._lock:
             if spec is not None:
+                lane_s /= prefill_lanes(spec, cap)
                 start = self._lane_clock.get(substrate, now_s)
-                self._lane_clock[substrate] = (start if start > now_s else now_s) + lane_s / prefill_lanes(spec, cap)
+                self._lane_clock[substrate] = (start if start > now_s else now_s) + lane_s
+                start = self._lane_seen.get(substrate, now_s)
+                self._lane_seen[substrate] = (start if start > now_s else now_s) + lane_s
+                self._lane_work[substrate] += lane_s
             self._in_flight[substrate] += 1
             if self._quota_classes and tenant is not None:
                 counts = self._tenant_in_flight.get(tenant)
@@ -433,11 +457,52 @@ class ReplicaState:
                 for name, n in counts.items():
                     if n:
                         tenants.setdefault(tenant, {})[name] = n
+            clock = self._lane_clock
+            lanes = {name: (clock.get(name, 0.0), work) for name, work in self._lane_work.items()} \
+                if self._lane_work else {}
         snap = self._pending or self._snapshot
         return SyncReport(in_flight, outcomes, spend, None if snap is None else snap.version,
                           None if snap is None else now_s - snap.taken_at_s, tenants,
                           self._reclaiming() if self._reclaiming is not None else {},
-                          self._demand() if self._demand is not None else {})
+                          self._demand() if self._demand is not None else {}, lanes)
+
+    def _add_others_lane_work(self, published: PublishedSnapshot) -> None:
+        """With the lock held: the other replicas' first-token work that ``published`` brings, added
+        to what clears the lanes in this replica's view. The lanes serve every replica's work, so
+        the new lane-seconds each other replica reports since the last snapshot add up on top of
+        what was known (work-conserving: the total is the same in any order), and it clears no
+        earlier than any replica's own clock. A replica seen for the first time brings only the
+        work its clock still has ahead; one this replica knew before with nothing dispatched, all
+        of its work."""
+        at = published.taken_at_s
+        added: dict[str, float] = {}
+        latest: dict[str, float] = {}
+        known, peers = self._lane_others, self._lane_peers
+        seen_now: dict[tuple[str, str], float] = {}
+        for rid, lanes in published.lanes.items():
+            if rid == self.replica_id:
+                continue
+            for name, (clear_at, work) in lanes.items():
+                key = (rid, name)
+                if rid in peers:
+                    new = work - known.get(key, 0.0)
+                else:
+                    new = clear_at - at if clear_at > at else 0.0
+                if new > 0.0:
+                    added[name] = added.get(name, 0.0) + new
+                if clear_at > latest.get(name, -_INF):
+                    latest[name] = clear_at
+                seen_now[key] = work
+        self._lane_others = seen_now
+        self._lane_peers = frozenset(published.ingress_ids)  # a replica gone from the snapshot is forgotten
+        seen, own = self._lane_seen, self._lane_clock
+        for name in added.keys() | latest.keys():
+            base = seen.get(name)
+            t = -_INF if base is None else base + added.get(name, 0.0)
+            for floor in (latest.get(name, -_INF), own.get(name, -_INF)):
+                if floor > t:
+                    t = floor
+            seen[name] = t
 
     def restore(self, report: SyncReport) -> None:
         """A sync that did not reach the authority: its outcomes and spend go with the next one."""
@@ -465,6 +530,8 @@ class ReplicaState:
             self._reported = report.in_flight
             self._grant = grant
             self._view = None
+            if published.lanes or self._lane_peers:
+                self._add_others_lane_work(published)
             if self._quota_classes:
                 self._tenant_published = published.tenant_in_flight
                 self._tenant_reported = report.tenant_in_flight

@@ -248,7 +248,7 @@ class PlaneRouter:
                                        snapshot_version=report.snapshot_version,
                                        snapshot_age_s=report.snapshot_age_s, zone=self._zone,
                                        tenant_in_flight=report.tenant_in_flight, reclaiming=report.reclaiming,
-                                       demand=report.demand)
+                                       demand=report.demand, lanes=report.lanes)
             if report.spend_usd:
                 self._state.add_spend(report.spend_usd, now)
             if now - self._start_s >= ACTOR_WARMUP_S:

@@ -4,7 +4,8 @@ Pure bookkeeping with an injected clock; the Ray actor (``deployments.placement_
 wrapper around it. Three kinds of report arrive, each a documented signal source:
 
 - **ingress replicas** (every ``ingress.snapshot_refresh_ms``): their in-flight requests per
-  substrate and their outcomes (time to first token, time per output token, success, Retry-After,
+  substrate, their prefill-lane clocks and lane work (published as they came, ``lanes``), and their
+  outcomes (time to first token, time per output token, success, Retry-After,
   and for a finished request its tenant, model, output tokens and when it was dispatched);
 - **substrate replicas** (every 0.25 s, their heartbeat): what their adapter reads from the
   substrate itself (vLLM engine: running, waiting, KV-cache use; provider API: rate-limit headroom

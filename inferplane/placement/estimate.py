@@ -44,8 +44,9 @@ work before it clears) and the wait is the longer of the two: ``max(W, prefill_c
 On the suite's ``api-heavy`` x Azure code cell (one 1-lane pool) the clock, replayed from the
 plane's own dispatches, was within 0.05 s of the observed first-token times on average, the mean
 field 0.84 s, and it predicted all 11 first-token misses the mean field let through (see
-``tests/test_lane_clock.py``'s docstring). A replica counts only its own dispatches,
-so with several ingress replicas the clock sees its share and the mean field stays the floor.
+``tests/test_lane_clock.py``'s docstring). With several ingress replicas each adds the others'
+lane work as each snapshot brings it (``plane.state.ReplicaState.publish``); what they dispatched
+since their last sync it cannot see, and the mean field, on the published occupancy, stays the floor.
 
 ``prefix_hit`` is the fraction of the prompt the substrate is predicted to hold in its prefix cache
 (``PlacementRequest.prefix_hits``, from the plane's ``PrefixIndex``): only the rest is prefilled.

@@ -583,6 +583,12 @@ def least_cost_usd(programme: FluidProgramme, met: float) -> float:
         if high <= COST_GAP * (programme.fixed_cost_usd + high):
             programme.memo["cost_gap"] = high
             return programme.fixed_cost_usd
+        # what the programme already knows (other attainments' prices) may bracket it: then neither
+        # the free pairs' LPs (137 s on fleet-64 x azure-conv x4 whole) nor a price LP is solved
+        low, high = _least_usage_across_chunks(programme, target, solve=False)
+        if high - low <= COST_GAP * (programme.fixed_cost_usd + high) + 1e-12:
+            programme.memo["cost_gap"] = high - low
+            return programme.fixed_cost_usd + low
     if programme.usage_cost.min() >= 0.0:
         free = free_met(programme, target)
         if free is not None and free >= target:
@@ -718,9 +724,10 @@ def _price_response(programme: FluidProgramme, chunk: Chunk, price: float, slack
     return mu, usage, floor
 
 
-def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tuple[float, float]:
+def _least_usage_across_chunks(programme: FluidProgramme, target: float, *, solve: bool = True) -> tuple[float, float]:
     """(lower, upper): the chunked least usage cost at sum x >= target lies between them, and
-    upper - lower <= COST_GAP * (fixed + upper) unless the rounds run out (module docstring)."""
+    upper - lower <= COST_GAP * (fixed + upper) unless the rounds run out (module docstring);
+    ``solve`` False: from what is known, no LP."""
     chunks = [c for c in programme.chunks if c.cols.size]
     for c in chunks:
         if "points" not in c.memo:
@@ -731,9 +738,9 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tupl
             met, usage = c.memo["max_point"]
             c.memo["points"] = {met: usage}
             c.memo["lines"] = {c.memo["max_line"]} if "max_line" in c.memo else set()
-            free = c.memo.get("free", 0.0)
-            if 0.0 < free < met:
-                c.memo["points"][free] = 0.0
+        free = c.memo.get("free", 0.0)  # solved (``free_met``) after the first call, maybe
+        if 0.0 < free < c.memo["max_point"][0]:
+            c.memo["points"][free] = 0.0
     # The chords end at the max LPs' points, which may lie a hair (TIE) below the target: the least
     # cost is non-decreasing in the target, so bracketing it at min(target, their sum) still bounds
     # the target's from below.
@@ -744,9 +751,8 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tupl
     agg = programme.memo.setdefault("phi_points", {})
     if not agg:
         agg[0.0] = 0.0
-        free = sum(min(c.memo.get("free", 0.0), c.memo["max_point"][0]) for c in chunks)
-        agg[free] = 0.0
         agg[top] = sum(c.memo["max_point"][1] for c in chunks)
+    agg[sum(min(c.memo.get("free", 0.0), c.memo["max_point"][0]) for c in chunks)] = 0.0
     prices = programme.memo.setdefault("phi_prices", set())
     low, high = 0.0, math.inf
     for _ in range(_MAX_REFINE_ROUNDS):
@@ -754,7 +760,7 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float) -> tupl
         high, _ = _greedy([[(end - start, s) for start, end, s, _ in _chords(c.memo["points"])] for c in chunks],
                           target)
         allowed = COST_GAP * (programme.fixed_cost_usd + high)
-        if high - low <= allowed + 1e-12:
+        if high - low <= allowed + 1e-12 or not solve:
             break
         # the chord of Phi's points around the target: its slope is the next price (the sandwich
         # method on Phi); solving there either adds a point of Phi below that chord or shows the

@@ -161,7 +161,7 @@ class ReplicaState:
         self._lanes = {s.name: s for s in fleet.substrates if s.latency.prefill_lanes is not None}
         self._lane_clock: dict[str, float] = {}
         """Substrate (one that declares prefill lanes) -> when its lanes clear the first-token work
-        this replica dispatched there (``lease``), while that is ahead of the last view built."""
+        this replica dispatched there (``lease``; in the past once cleared)."""
         self._lane_work: Counter[str] = Counter()
         """Substrate -> the lane-seconds of first-token work this replica has dispatched there in
         all. It and the clock are what it reports (``SyncReport.lanes``)."""
@@ -227,11 +227,8 @@ class ReplicaState:
         if view is None:
             with self._lock:
                 self._build_pending()
-                clock = self._lane_clock
-                for name in [n for n, t in clock.items() if t <= now_s]:
-                    del clock[name]  # cleared: no wait from it now, nor for any later request
                 # what clears the lanes, of the work this replica knows of; nothing once cleared
-                seen = {n: t for n, t in self._lane_seen.items() if t > now_s} if self._lane_seen else clock
+                seen = {n: t for n, t in self._lane_seen.items() if t > now_s} if self._lane_seen else {}
                 view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight, seen)
         return view
 
@@ -458,8 +455,8 @@ class ReplicaState:
                     if n:
                         tenants.setdefault(tenant, {})[name] = n
             clock = self._lane_clock
-            lanes = {name: (clock.get(name, 0.0), work) for name, work in self._lane_work.items()} \
-                if self._lane_work else {}
+            lanes = {name: (clock[name] if clock[name] > now_s else 0.0, work)
+                     for name, work in self._lane_work.items()} if self._lane_work else {}
         snap = self._pending or self._snapshot
         return SyncReport(in_flight, outcomes, spend, None if snap is None else snap.version,
                           None if snap is None else now_s - snap.taken_at_s, tenants,
@@ -471,7 +468,8 @@ class ReplicaState:
         to what clears the lanes in this replica's view. The lanes serve every replica's work, so
         the new lane-seconds each other replica reports since the last snapshot add up on top of
         what was known (work-conserving: the total is the same in any order), and it clears no
-        earlier than any replica's own clock. A replica seen for the first time brings only the
+        earlier than any other replica's own clock (nor than this one's: ``lease`` runs both on
+        alike). A replica seen for the first time brings only the
         work its clock still has ahead; one this replica knew before with nothing dispatched, all
         of its work."""
         at = published.taken_at_s
@@ -495,14 +493,11 @@ class ReplicaState:
                 seen_now[key] = work
         self._lane_others = seen_now
         self._lane_peers = frozenset(published.ingress_ids)  # a replica gone from the snapshot is forgotten
-        seen, own = self._lane_seen, self._lane_clock
+        seen = self._lane_seen
         for name in added.keys() | latest.keys():
             base = seen.get(name)
             t = -_INF if base is None else base + added.get(name, 0.0)
-            for floor in (latest.get(name, -_INF), own.get(name, -_INF)):
-                if floor > t:
-                    t = floor
-            seen[name] = t
+            seen[name] = max(t, latest.get(name, -_INF))
 
     def restore(self, report: SyncReport) -> None:
         """A sync that did not reach the authority: its outcomes and spend go with the next one."""

@@ -765,7 +765,8 @@ def _least_usage_across_chunks(programme: FluidProgramme, target: float, *, solv
         # the chord of Phi's points around the target: its slope is the next price (the sandwich
         # method on Phi); solving there either adds a point of Phi below that chord or shows the
         # chord is Phi (the price is then one already solved)
-        price = next((ch for ch in _chords(agg) if ch[1] >= target), _chords(agg)[-1])[2]
+        chords = _chords(agg)
+        price = next((ch for ch in chords if ch[1] >= target), chords[-1])[2]
         if price in prices:
             break
         prices.add(price)

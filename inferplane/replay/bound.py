@@ -138,6 +138,19 @@ the skipped chunks' slack, at most an eighth of it) or after ``_MAX_REFINE_ROUND
 line's value at 0 comes from the LP's duals by weak duality (``_dual_floor``), not from its primal
 value, so the solver's tolerance cannot lift a line above phi_c.
 With one chunk the least-cost LP is solved directly (exact), as before chunking.
+
+How each LP is solved (``lp_method``): HiGHS's dual simplex where the chunk's rows have fewer than
+``IPM_FROM_NONZEROS`` non-zeros, its interior point with crossover from there. Both end at an optimal
+basic solution with its duals, and any dual solution gives a valid line (``_dual_floor`` holds for
+every y >= 0), so the choice moves only the time: the max and the floors agree to LP tolerance
+(tests/test_replay_bound_solver.py). Measured per LP, each LP solved by both in one process: the
+suite's chunks but fleet-64's (1k-11k pairs, 20k-250k non-zeros) solve by dual simplex in 0.6-1.2
+times interior point's time for the max and 0.3-1.1 times for a price (three-jurisdictions x
+azure-conv x4, 3,000 rows: 127 LPs, 21.8 s by interior point, 11.7 s by dual simplex); fleet-64's
+(26k-97k pairs, 0.6-2.3M non-zeros) in 2-5.5 times for the max and up to 7 for a price, about even at
+0.6M, so the threshold sits between. (``highs``, HiGHS's own choice, is dual simplex here. Interior
+point without crossover, 1.5-2.6x faster on fleet-64's max LPs, stopped short of optimal on 53 of
+those 127 LPs and on a fleet-64 price LP.)
 """
 
 from __future__ import annotations
@@ -178,6 +191,9 @@ COST_GAP = 1e-4
 """The least cost across chunks is refined until its bracket is within this fraction of the total
 (fixed + usage) least cost: what a router's cost is compared with."""
 _MAX_REFINE_ROUNDS = 60
+IPM_FROM_NONZEROS = 500_000
+"""An LP whose rows have at least this many non-zeros is solved by interior point, a smaller one by
+dual simplex (``lp_method``): the measured crossover on the suite's chunks (module docstring)."""
 
 
 class BoundError(RuntimeError):
@@ -486,8 +502,14 @@ def chunk_lp(programme: FluidProgramme, chunk: Chunk) -> tuple[csr_matrix, np.nd
     return a_ub, np.concatenate(rhs)
 
 
+def lp_method(a) -> str:
+    """HiGHS's dual simplex below ``IPM_FROM_NONZEROS`` non-zeros of the rows, its interior point
+    (with crossover) from there (module docstring)."""
+    return "highs-ds" if a.nnz < IPM_FROM_NONZEROS else "highs-ipm"
+
+
 def _linprog(objective: np.ndarray, a, b: np.ndarray):
-    res = linprog(objective, A_ub=a, b_ub=b, bounds=(0.0, 1.0), method="highs-ipm")
+    res = linprog(objective, A_ub=a, b_ub=b, bounds=(0.0, 1.0), method=lp_method(a))
     if res.status != 0:
         raise BoundError(f"the bound's LP did not solve: {res.message}")
     return res

@@ -220,10 +220,12 @@ def test_explain_takes_a_believed_prefix_hit_and_shows_it(capsys: pytest.Capture
     assert code != 0 and "--prefix-hit `gpu-iad=1.5`" in err
 
 
-def test_a_replica_believes_a_prompt_cached_where_it_was_answered_in_full() -> None:
+def test_a_replica_believes_a_prompt_held_where_it_was_sent_and_cached_once_prefilled() -> None:
     """The belief lives in the replica's state (the Serve ingress and the replay run the same):
-    the attempt loop places with the hits it predicts and, once the request is answered in full,
-    records the prompt's blocks where it was served; a failed attempt teaches nothing."""
+    the attempt loop places with the hits it predicts; a dispatch's blocks count where it went
+    while it is in flight (a prompt sharing them, behind it, finds them); once its first byte has
+    come they stay there as cached, and a dispatch that failed or was abandoned before its first
+    byte leaves nothing behind."""
     from inferplane.fleet_state import PublishedSnapshot
     from inferplane.plane.attempts import AttemptLoop, Dispatch, FirstByteFailure
     from inferplane.plane.state import ReplicaState
@@ -244,10 +246,32 @@ def test_a_replica_believes_a_prompt_cached_where_it_was_answered_in_full() -> N
         return loop
 
     failed = attempt("a", (1, 2, 3))
+    assert state.prefix_hits((1, 2, 3, 4)) == (("pool", 0.75),)  # in flight: held as far as placement can tell
     failed.failed(FirstByteFailure("unavailable", "down", True, None), NOW)
+    assert state.prefix_hits((1, 2, 3, 4)) == ()  # it failed before its first byte: nothing was cached
+    abandoned = attempt("b", (1, 2))
+    abandoned.abandoned()
     assert state.prefix_hits((1, 2, 3, 4)) == ()
-    served = attempt("b", (1, 2, 3))
-    assert served.request.prefix_hits == ()
-    served.finished(True, NOW + 0.1, 5, NOW + 0.2)
-    assert state.prefix_hits((1, 2, 3, 4)) == (("pool", 0.75),)
-    assert attempt("c", (1, 2, 3, 4)).request.prefix_hits == (("pool", 0.75),)
+
+    first = attempt("c", (1, 2, 3))
+    assert first.request.prefix_hits == ()
+    second = attempt("d", (1, 2, 3, 4))  # sent while the first is in flight: predicted to share its blocks
+    assert second.request.prefix_hits == (("pool", 0.75),)
+    second.finished(False, NOW + 0.1, 1, NOW + 0.2)  # it failed mid-stream, after its first byte: prefilled
+    first.finished(True, NOW + 0.1, 5, NOW + 0.2)
+    assert state.prefix_hits((1, 2, 3, 4, 5)) == (("pool", 0.8),)
+    assert attempt("e", (1, 2, 3, 4)).request.prefix_hits == (("pool", 1.0),)
+
+
+def test_blocks_in_flight_are_counted_per_prompt_and_forgotten_when_the_last_settles() -> None:
+    index = PrefixIndex({"a": 8, "b": 8})
+    index.sent("a", (1, 2))
+    index.sent("a", (1, 3))
+    assert index.hit_fraction("a", (1, 2)) == 1.0 and index.hit_fraction("b", (1, 2)) == 0.0
+    index.settled("a", (1, 2), prefilled=False)
+    assert index.hit_fraction("a", (1, 2)) == 0.5  # block 1 is still carried by the other prompt
+    assert index.hits((1, 3)) == (("a", 1.0),)
+    index.settled("a", (1, 3), prefilled=True)
+    assert index.hit_fraction("a", (1, 3)) == 1.0 and index.hit_fraction("a", (1, 2)) == 0.5
+    index.sent("no-cache", (1,))  # a substrate without a prefix cache believes nothing
+    assert index.hit_fraction("no-cache", (1,)) == 0.0

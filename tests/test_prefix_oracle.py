@@ -82,7 +82,10 @@ def test_the_oracle_reads_the_best_replica_and_learns_nothing() -> None:
     assert oracle.hits((1, 2), substrates=("elsewhere",)) == ()
     assert oracle.hit_fraction("pool", (1, 2, 3, 4)) == 1.0 and oracle.hit_fraction("elsewhere", (1,)) == 0.0
     held = (list(replica0._blocks), list(replica1._blocks))
-    oracle.record("pool", (50, 51))  # the simulator's caches record what they serve, not the oracle
+    oracle.sent("pool", (50, 51))  # in flight: held as far as placement can tell ...
+    assert oracle.hit_fraction("pool", (50, 51, 52)) == pytest.approx(2 / 3)
+    oracle.settled("pool", (50, 51), prefilled=True)  # ... then forgotten: the simulator's caches record what they serve
+    assert oracle.hit_fraction("pool", (50, 51, 52)) == 0.0
     assert (list(replica0._blocks), list(replica1._blocks)) == held
     replica1.touch((77,))  # read live, not copied
     assert oracle.hit_fraction("pool", (77, 1)) == 0.5

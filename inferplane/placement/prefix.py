@@ -16,10 +16,16 @@ first blocks are the most recently used and evicted last, as vLLM frees a finish
 tail first: a leading run survives longer than its tail.
 
 ``PrefixIndex``: the plane's *belief*, one ``BlockCache`` per substrate that declares a prefix
-cache, fed only with the blocks of prompts the plane sent there and that succeeded (``record``).
-It never asks a substrate what it holds. ``hits(blocks)`` is what placement reads: per substrate,
-the fraction of the prompt's blocks in the leading run it is believed to hold. The caller puts them
-in ``PlacementRequest.prefix_hits``; ``place()`` stays pure.
+cache, fed only with the blocks of prompts the plane sent there. It never asks a substrate what it
+holds. A prompt counts from the moment it is dispatched (``sent``): an engine caches a prompt's
+blocks as it prefills them, and a prompt that shares them and arrives behind it finds them (as
+Ray Serve's prefix-aware router and SGLang's cache-aware router insert a prompt into the chosen
+replica's tree when they route it, not when it finishes). While in flight its blocks are held
+apart (``InFlightBlocks``, counted); when it settles (``settled``) they go into the LRU if the
+substrate prefilled it (its first byte came) and are forgotten if it failed or was abandoned
+before that. ``hits(blocks)`` is what placement reads: per substrate, the fraction of the
+prompt's blocks in the leading run it is believed to hold, cached or in flight. The caller puts
+them in ``PlacementRequest.prefix_hits``; ``place()`` stays pure.
 """
 
 from __future__ import annotations
@@ -62,11 +68,18 @@ class BlockCache:
     def __contains__(self, block: int) -> bool:
         return block in self._blocks
 
-    def leading_run(self, blocks: Sequence[int]) -> int:
-        """How many of ``blocks``, from the first, are held (stops at the first one that is not).
-        A query: it changes no recency."""
+    def leading_run(self, blocks: Sequence[int], in_flight: Mapping[int, int] | None = None) -> int:
+        """How many of ``blocks``, from the first, are held, or carried by a prompt ``in_flight``
+        (``InFlightBlocks.get``); stops at the first one that is neither. A query: it changes no
+        recency."""
         held = self._blocks
         n = 0
+        if in_flight:
+            for b in blocks:
+                if b not in held and b not in in_flight:
+                    break
+                n += 1
+            return n
         for b in blocks:
             if b not in held:
                 break
@@ -89,26 +102,70 @@ class BlockCache:
             excess -= 1
 
 
+class InFlightBlocks:
+    """The blocks of the prompts in flight to each substrate, counted (prompts share blocks)."""
+
+    __slots__ = ("_by_substrate",)
+
+    def __init__(self, substrates: Iterable[str]) -> None:
+        self._by_substrate: dict[str, dict[int, int]] = {name: {} for name in substrates}
+
+    def get(self, substrate: str) -> dict[int, int] | None:
+        """Block -> prompts in flight to ``substrate`` that carry it; None for an unknown substrate."""
+        return self._by_substrate.get(substrate)
+
+    def add(self, substrate: str, blocks: Sequence[int]) -> None:
+        counts = self._by_substrate.get(substrate)
+        if counts is not None:
+            for b in blocks:
+                counts[b] = counts.get(b, 0) + 1
+
+    def remove(self, substrate: str, blocks: Sequence[int]) -> None:
+        """Undo one ``add`` of the same blocks (more removals than adds of a block are ignored)."""
+        counts = self._by_substrate.get(substrate)
+        if counts is not None:
+            for b in blocks:
+                n = counts.get(b, 0)
+                if n > 1:
+                    counts[b] = n - 1
+                elif n:
+                    del counts[b]
+
+
 class PrefixIndex:
     """The plane's belief of which prompt blocks each substrate holds (see the module docstring).
 
     ``capacity_blocks``: substrate name -> the blocks its cache holds (its KV-cache tokens across
     its replicas / the block size). Substrates not in it have no prefix cache: never a hit."""
 
-    __slots__ = ("_caches",)
+    __slots__ = ("_caches", "_in_flight")
 
     def __init__(self, capacity_blocks: Mapping[str, int]) -> None:
         self._caches = {name: BlockCache(n) for name, n in capacity_blocks.items() if n >= 1}
+        self._in_flight = InFlightBlocks(self._caches)
 
     @property
     def substrates(self) -> tuple[str, ...]:
         return tuple(self._caches)
 
     def record(self, substrate: str, blocks: Sequence[int]) -> None:
-        """A prompt of ``blocks`` was served on ``substrate``: it now holds them (believed)."""
+        """A prompt of ``blocks`` was prefilled on ``substrate``: it now holds them (believed)."""
         cache = self._caches.get(substrate)
         if cache is not None and blocks:
             cache.touch(blocks)
+
+    def sent(self, substrate: str, blocks: Sequence[int]) -> None:
+        """A prompt of ``blocks`` was dispatched to ``substrate``: believed held there while in flight."""
+        if blocks:
+            self._in_flight.add(substrate, blocks)
+
+    def settled(self, substrate: str, blocks: Sequence[int], prefilled: bool) -> None:
+        """The prompt ``sent`` there is no longer in flight; ``prefilled`` (its first byte came):
+        its blocks are cached there (``record``), else what only it held is forgotten."""
+        if blocks:
+            self._in_flight.remove(substrate, blocks)
+            if prefilled:
+                self.record(substrate, blocks)
 
     def hit_fraction(self, substrate: str, blocks: Sequence[int]) -> float:
         """The leading run of ``blocks`` ``substrate`` is believed to hold / ``len(blocks)``, in
@@ -116,7 +173,7 @@ class PrefixIndex:
         cache = self._caches.get(substrate)
         if cache is None or not blocks:
             return 0.0
-        return cache.leading_run(blocks) / len(blocks)
+        return cache.leading_run(blocks, self._in_flight.get(substrate)) / len(blocks)
 
     def hits(self, blocks: Sequence[int], substrates: Iterable[str] | None = None) -> tuple[tuple[str, float], ...]:
         """(substrate, hit fraction) for every substrate (of ``substrates``, or all) with a
@@ -126,11 +183,12 @@ class PrefixIndex:
         n = len(blocks)
         out = []
         caches = self._caches
+        in_flight = self._in_flight
         for name in (caches if substrates is None else substrates):
             cache = caches.get(name)
             if cache is None:
                 continue
-            run = cache.leading_run(blocks)
+            run = cache.leading_run(blocks, in_flight.get(name))
             if run:
                 out.append((name, run / n))
         return tuple(out)

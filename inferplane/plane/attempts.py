@@ -78,8 +78,9 @@ class AttemptLoop:
 
     def __init__(self, state: ReplicaState, request: PlacementRequest, prefix_blocks: tuple[int, ...] = ()) -> None:
         """``prefix_blocks``: the prompt's prefix blocks; the request is placed with the hits the
-        replica's belief predicts for them (``ReplicaState.prefix_hits``), and once answered in full
-        its blocks are believed cached where it was served."""
+        replica's belief predicts for them (``ReplicaState.prefix_hits``), and each dispatch's
+        blocks are believed held where it went from then on: in flight until the attempt ends,
+        then cached there if its first byte came (``ReplicaState.prefix_settled``)."""
         self._state = state
         self._blocks = prefix_blocks
         if prefix_blocks and state.prefix is not None:
@@ -118,7 +119,7 @@ class AttemptLoop:
 
     def failed(self, failure: FirstByteFailure, now_s: float) -> Dispatch | Refusal:
         """The current attempt failed before its first byte at ``now_s``: the next step."""
-        attempt = self._end()
+        attempt = self._end(prefilled=False)
         if not failure.retryable:  # the request's fault, not the substrate's health
             return Refusal(400, "substrate_rejected_request", failure.message, None, self.decision)
         self._state.report_outcome(Outcome(attempt.substrate, False, None, None, now_s, failure.retry_after_s))
@@ -130,9 +131,7 @@ class AttemptLoop:
         the authority: time to first token from dispatch, time per output token, and the tenant,
         canonical model, output tokens and dispatch time (what the authority learns expected output
         lengths and the load each reading met from)."""
-        attempt = self._end()
-        if ok and self._blocks:
-            self._state.served(attempt.substrate, self._blocks)
+        attempt = self._end(prefilled=first_token_s is not None)
         ttft = None if first_token_s is None else first_token_s - attempt.dispatched_at_s
         tpot = None if first_token_s is None or output_tokens < 2 else (now_s - first_token_s) / (output_tokens - 1)
         self._state.report_outcome(Outcome(
@@ -143,14 +142,16 @@ class AttemptLoop:
     def abandoned(self) -> None:
         """The caller gave up on the current attempt (the client left): release it, judge nothing."""
         if self._current is not None:
-            self._end()
+            self._end(prefilled=False)  # whether the substrate prefilled it is not known
 
-    def _end(self) -> Dispatch:
+    def _end(self, prefilled: bool) -> Dispatch:
         attempt = self._current
         if attempt is None:
             raise RuntimeError("no attempt in flight")
         self._current = None
         attempt.lease.release()
+        if self._blocks:
+            self._state.prefix_settled(attempt.substrate, self._blocks, prefilled)
         return attempt
 
     def _place(self, now_s: float) -> Dispatch | Refusal:
@@ -163,6 +164,8 @@ class AttemptLoop:
             return refusal_of(decision)
         hit = decision.predicted_prefix_hit
         prefill_tokens = request.input_tokens * (1.0 - hit) if hit else float(request.input_tokens)
-        self._current = Dispatch(decision, self._state.lease(decision.substrate, request.tenant, prefill_tokens, now_s),
-                                 now_s)
+        lease = self._state.lease(decision.substrate, request.tenant, prefill_tokens, now_s)
+        self._current = Dispatch(decision, lease, now_s)
+        if self._blocks:
+            self._state.prefix_sent(decision.substrate, self._blocks)
         return self._current

@@ -36,9 +36,10 @@ queue and goes to the new replica when it reports; once the replica can no longe
 
 **Its prefix-cache belief.** Where substrates declare a KV cache, the replica keeps the plane's
 belief of the prompt blocks each holds (``placement.prefix.PrefixIndex``, of the declared tokens
-over the caller's block size): a request's predicted hits are read from it (``prefix_hits``) and a
-request answered in full records its blocks where it was served (``AttemptLoop.finished``). Each
-replica believes only what it served.
+over the caller's block size): a request's predicted hits are read from it (``prefix_hits``); a
+dispatch's blocks are believed held where it went from the moment it is sent (``prefix_sent``,
+``AttemptLoop``), and when it settles they stay there as cached if its first byte came, else they
+are forgotten (``prefix_settled``). Each replica believes only what it sent.
 
 Thread-safety: the request path (``place``, ``lease``, ``report_outcome``, ``add_spend``) and a
 sync thread (``take_report``, ``publish``) may run concurrently; one lock guards the counts and
@@ -77,7 +78,10 @@ class PrefixBelief(Protocol):
     def hits(self, blocks: Sequence[int], substrates: Iterable[str] | None = None) -> tuple[tuple[str, float], ...]:
         ...
 
-    def record(self, substrate: str, blocks: Sequence[int]) -> None:
+    def sent(self, substrate: str, blocks: Sequence[int]) -> None:
+        ...
+
+    def settled(self, substrate: str, blocks: Sequence[int], prefilled: bool) -> None:
         ...
 
 
@@ -257,10 +261,16 @@ class ReplicaState:
         ``blocks`` (``PlacementRequest.prefix_hits``); () without blocks or a belief."""
         return self.prefix.hits(blocks) if self.prefix is not None and blocks else ()
 
-    def served(self, substrate: str, blocks: Sequence[int]) -> None:
-        """A request with ``blocks`` was answered in full by ``substrate``: believe them cached there."""
+    def prefix_sent(self, substrate: str, blocks: Sequence[int]) -> None:
+        """A request with ``blocks`` was dispatched to ``substrate``: believe them held there while
+        it is in flight (``placement.prefix.PrefixIndex.sent``)."""
         if self.prefix is not None and blocks:
-            self.prefix.record(substrate, blocks)
+            self.prefix.sent(substrate, blocks)
+
+    def prefix_settled(self, substrate: str, blocks: Sequence[int], prefilled: bool) -> None:
+        """That dispatch ended; ``prefilled``: its first byte came, so ``substrate`` cached its blocks."""
+        if self.prefix is not None and blocks:
+            self.prefix.settled(substrate, blocks, prefilled)
 
     def lease(self, substrate: str, tenant: str | None = None, prefill_tokens: float = 0.0,
               now_s: float | None = None) -> Lease:

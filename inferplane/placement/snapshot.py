@@ -23,6 +23,8 @@ _signal_values = attrgetter(*_SIGNAL_FIELDS)
 _SIGNAL_SETTERS = tuple(getattr(SubstrateSignals, name).__set__ for name in _SIGNAL_FIELDS)
 _SET_IN_FLIGHT = _SIGNAL_SETTERS[_SIGNAL_FIELDS.index("in_flight")]
 _SET_PREFILL_CLEAR = _SIGNAL_SETTERS[_SIGNAL_FIELDS.index("prefill_clear_at_s")]
+_SET_RL_REQUESTS = _SIGNAL_SETTERS[_SIGNAL_FIELDS.index("rate_limit_requests_remaining")]
+_SET_RL_TOKENS = _SIGNAL_SETTERS[_SIGNAL_FIELDS.index("rate_limit_tokens_remaining")]
 
 
 def _copy(sig: SubstrateSignals) -> SubstrateSignals:
@@ -102,12 +104,16 @@ class FleetSnapshot:
         object.__setattr__(self, "scoring", rows)
 
     def with_dispatches(self, reported: Mapping[str, int], current: Mapping[str, int],
-                        lane_clock: Mapping[str, float] | None = None) -> FleetSnapshot:
+                        lane_clock: Mapping[str, float] | None = None,
+                        rate_spent: Mapping[str, tuple[int, int]] | None = None) -> FleetSnapshot:
         """This snapshot as one ingress replica sees it: the in-flight counts it reported when the
         snapshot was made are replaced by its current ones (``in_flight + current - reported``), so
-        a burst between two syncs is not placed as if the fleet were idle, and ``lane_clock``
+        a burst between two syncs is not placed as if the fleet were idle, ``lane_clock``
         (substrate -> when its prefill lanes clear this replica's dispatches) is set as each named
-        substrate's ``prefill_clear_at_s``. Ages do not change.
+        substrate's ``prefill_clear_at_s``, and ``rate_spent`` (substrate -> requests and tokens
+        this replica dispatched there since its rate-limit readings were observed) is taken off
+        those readings, so a burst between two reports does not spend the same headroom twice.
+        Ages do not change.
 
         Called on every dispatch, so it costs one look-up per named substrate plus the
         ``prepared`` (and ``scoring``) entries of the substrates whose count or clock changed, not
@@ -133,6 +139,22 @@ class FleetSnapshot:
                     if copy is None:
                         copy = changed[i] = _copy(signals[i])
                     _SET_PREFILL_CLEAR(copy, clear_at)
+        if rate_spent:
+            for name, (n, tokens) in rate_spent.items():
+                i = index.get(name)
+                if i is None:
+                    continue
+                sig = signals[i]
+                req_left, tok_left = sig.rate_limit_requests_remaining, sig.rate_limit_tokens_remaining
+                if req_left is None and tok_left is None:
+                    continue
+                copy = changed.get(i)
+                if copy is None:
+                    copy = changed[i] = _copy(sig)
+                if req_left is not None:
+                    _SET_RL_REQUESTS(copy, Reading(max(0.0, req_left.value - n), req_left.observed_at_s))
+                if tok_left is not None:
+                    _SET_RL_TOKENS(copy, Reading(max(0.0, tok_left.value - tokens), tok_left.observed_at_s))
         if not changed:
             return self
         signals = list(signals)

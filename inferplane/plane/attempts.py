@@ -164,7 +164,8 @@ class AttemptLoop:
             return refusal_of(decision)
         hit = decision.predicted_prefix_hit
         prefill_tokens = request.input_tokens * (1.0 - hit) if hit else float(request.input_tokens)
-        lease = self._state.lease(decision.substrate, request.tenant, prefill_tokens, now_s)
+        lease = self._state.lease(decision.substrate, request.tenant, prefill_tokens, now_s,
+                                  request.input_tokens + request.max_output_tokens)
         self._current = Dispatch(decision, lease, now_s)
         if self._blocks:
             self._state.prefix_sent(decision.substrate, self._blocks)

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 from dataclasses import dataclass, field, replace
@@ -86,6 +86,8 @@ class PrefixBelief(Protocol):
 
 
 _INF = float("inf")
+_RATE_WINDOW_S = 60.0
+"""A provider's rate limits are per minute: a dispatch older than that is back in its budget."""
 
 
 class SyncReport(NamedTuple):
@@ -177,6 +179,11 @@ class ReplicaState:
         """(other replica, substrate) -> the lane-seconds of its work there the last snapshot said."""
         self._lane_peers: frozenset[str] = frozenset()
         """The ingress replicas the last snapshot listed."""
+        self._limited = frozenset(s.name for s in fleet.substrates
+                                  if s.requests_per_minute is not None or s.tokens_per_minute is not None)
+        self._rate_spent: dict[str, deque[tuple[float, int]]] = {}
+        """Substrate (one with rate limits) -> (dispatched at, input + max output tokens) of this
+        replica's dispatches there not yet older than its last rate-limit reading."""
         self._view: FleetSnapshot | None = None
         self._outcomes: list[Outcome] = []
         self._spend: Counter[str] = Counter()
@@ -233,8 +240,29 @@ class ReplicaState:
                 self._build_pending()
                 # what clears the lanes, of the work this replica knows of; nothing once cleared
                 seen = {n: t for n, t in self._lane_seen.items() if t > now_s} if self._lane_seen else {}
-                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight, seen)
+                spent = self._spent_since_readings(now_s) if self._rate_spent else None
+                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight, seen, spent)
         return view
+
+    def _spent_since_readings(self, now_s: float) -> dict[str, tuple[int, int]]:
+        """With the lock held: per rate-limited substrate, the requests and tokens this replica
+        dispatched there at or after its last rate-limit reading was observed (what that reading
+        cannot yet show); older dispatches are in the reading and are dropped, as are any older
+        than a per-minute limit's window (a reading that stopped coming cannot hold them forever)."""
+        out = {}
+        index = self.fleet.index
+        signals = self._snapshot.signals
+        for name, sent in self._rate_spent.items():
+            sig = signals[index[name]]
+            reading = sig.rate_limit_tokens_remaining or sig.rate_limit_requests_remaining
+            cutoff = now_s - _RATE_WINDOW_S
+            if reading is not None and reading.observed_at_s > cutoff:
+                cutoff = reading.observed_at_s
+            while sent and sent[0][0] < cutoff:
+                sent.popleft()
+            if sent:
+                out[name] = (len(sent), sum(tokens for _, tokens in sent))
+        return out
 
     def place(self, request: PlacementRequest,
               due_s: float | None = None) -> tuple[PlacementDecision | Unavailable, float | None]:
@@ -273,14 +301,16 @@ class ReplicaState:
             self.prefix.settled(substrate, blocks, prefilled)
 
     def lease(self, substrate: str, tenant: str | None = None, prefill_tokens: float = 0.0,
-              now_s: float | None = None) -> Lease:
+              now_s: float | None = None, rate_tokens: int = 0) -> Lease:
         """Count a dispatch to ``substrate`` (for ``tenant``) in this replica's view until the lease
         is released. Dispatched at ``now_s`` with ``prefill_tokens`` to prefill (its prompt less the
         predicted prefix hit) to a substrate that declares prefill lanes, it also runs that
         substrate's lane clock on (``SubstrateSignals.prefill_clear_at_s``): its first-token phase,
         ``base_ttft + prefill``, over the live lanes, from now or from when the work before it
         clears. A failed or abandoned dispatch keeps its place on the clock (what it started to
-        prefill is not known)."""
+        prefill is not known). Dispatched at ``now_s`` to a substrate with rate limits, it takes one
+        request and ``rate_tokens`` (input + max output tokens, what a provider's token bucket
+        takes) off its rate-limit readings until a reading observed after it arrives."""
         spec = self._lanes.get(substrate) if now_s is not None else None
         if spec is not None:
             latest = self._pending or self._snapshot
@@ -295,6 +325,11 @@ class ReplicaState:
                 start = self._lane_seen.get(substrate, now_s)
                 self._lane_seen[substrate] = (start if start > now_s else now_s) + lane_s
                 self._lane_work[substrate] += lane_s
+            if now_s is not None and substrate in self._limited:
+                sent = self._rate_spent.get(substrate)
+                if sent is None:
+                    sent = self._rate_spent[substrate] = deque()
+                sent.append((now_s, rate_tokens))
             self._in_flight[substrate] += 1
             if self._quota_classes and tenant is not None:
                 counts = self._tenant_in_flight.get(tenant)

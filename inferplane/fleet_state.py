@@ -334,9 +334,10 @@ class FleetState:
             if o.ok and o.output_tokens is not None and o.tenant is not None and o.model is not None:
                 self._learn_output_length(o.tenant, o.model, o.output_tokens)
             breaker = self._breakers[o.substrate]
-            breaker.record(o.ok, o.at_s)
-            if o.retry_after_s:
+            if o.retry_after_s:  # back-pressure the substrate timed: held until then, not a failure
                 breaker.retry_after(o.at_s + o.retry_after_s, now_s)
+            else:
+                breaker.record(o.ok, o.at_s)
         self._dirty = True
 
     def _learn_output_length(self, tenant: str, model: str, output_tokens: int) -> None:

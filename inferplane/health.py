@@ -1,8 +1,9 @@
 """A circuit breaker per substrate: closed, open, half-open. Pure, clock injected.
 
     closed    ── ``consecutive_failures`` failures in a row, or an error rate of at least
-                 ``error_rate_to_open`` over the last ``window_s`` (with ``min_samples`` outcomes),
-                 or a Retry-After from the substrate ──▶ open
+                 ``error_rate_to_open`` over the last ``window_s`` (with ``min_samples`` outcomes)
+                 ──▶ open
+              ── a Retry-After from the substrate ──▶ held (open until then) ──▶ closed
     open      ── after the cool-down (``open_cooldown_s``, doubled at each re-opening up to
                  ``max_cooldown_s``; never before a Retry-After has passed) ──▶ half-open
     half-open ── ``probe_successes`` successes ──▶ closed (cool-down reset)
@@ -10,6 +11,15 @@
 
 While half-open, the placement engine admits a substrate only while fewer than ``probe_limit``
 requests are in flight there, so a recovering substrate gets a trickle of probes, not a stampede.
+
+A Retry-After (a 429, or a 503 that names its time) is back-pressure the substrate timed, not ill
+health: a healthy substrate that sends one is held open until then and comes back closed, not
+half-open. Probing it one request at a time afterwards would throttle a provider that is only
+busy far below its limit (measured: on the suite's ``sovereign-pool`` and ``three-jurisdictions``
+x Mooncake synthetic x4, "probe already in flight" was the commonest refusal of the EU tenants'
+only fast substrate). The caller does not count such a failure in the window either
+(``fleet_state.FleetState.report_ingress``). A substrate already open or half-open for failures
+stays on that path: its Retry-After only keeps it open longer.
 """
 
 from __future__ import annotations
@@ -53,13 +63,20 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._cooldown = settings.open_cooldown_s
         self._probe_ok = 0
+        self._held = False
+        """Open only for a Retry-After, from closed: closed again, not half-open, once it passes."""
         self.reason: str | None = None
         """Why the circuit last opened (for status and audit), e.g. ``5 consecutive failures``."""
 
     def state(self, now_s: float) -> CircuitState:
         if self._state is CircuitState.OPEN and now_s >= self._open_until:
-            self._state = CircuitState.HALF_OPEN
-            self._probe_ok = 0
+            if self._held:
+                self._held = False
+                self._state = CircuitState.CLOSED
+                self.reason = None
+            else:
+                self._state = CircuitState.HALF_OPEN
+                self._probe_ok = 0
         return self._state
 
     @property
@@ -82,7 +99,7 @@ class CircuitBreaker:
         self._consecutive += 1
         if state is CircuitState.HALF_OPEN:
             self._open(now_s, "a probe failed while half-open", escalate=True)
-        elif state is CircuitState.CLOSED:
+        elif state is CircuitState.CLOSED or self._held:  # failures while held: as closed, then open for them
             failures = sum(1 for _, good in self._window if not good)
             if self._consecutive >= self._s.consecutive_failures:
                 self._open(now_s, f"{self._consecutive} consecutive failures", escalate=False)
@@ -91,12 +108,15 @@ class CircuitBreaker:
                            escalate=False)
 
     def retry_after(self, until_s: float, now_s: float) -> None:
-        """The substrate said not before ``until_s`` (a 429 or 503 with Retry-After): open until then."""
+        """The substrate said not before ``until_s`` (a 429 or 503 with Retry-After): open until
+        then; held (closed again after) if it was closed, else on its way to half-open."""
         if until_s <= now_s:
             return
         current = self.state(now_s)
         if current is CircuitState.OPEN and self._open_until >= until_s:
             return
+        if current is CircuitState.CLOSED:
+            self._held = True
         self._state = CircuitState.OPEN
         self._open_until = until_s
         self.reason = f"Retry-After: not before {until_s - now_s:.1f}s from now"
@@ -105,6 +125,7 @@ class CircuitBreaker:
         if escalate:
             self._cooldown = min(self._cooldown * 2.0, self._s.max_cooldown_s)
         self._state = CircuitState.OPEN
+        self._held = False
         self._open_until = max(self._open_until, now_s + self._cooldown)
         self._consecutive = 0
         self._window.clear()

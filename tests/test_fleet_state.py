@@ -136,6 +136,20 @@ def test_retry_after_from_a_replica_or_an_outcome_opens_the_circuit():
     assert state._breakers["p"].open_until_s == 110.0
 
 
+def test_failures_with_a_retry_after_hold_the_substrate_and_do_not_count_as_ill_health():
+    built, state = setup()
+    # Six 429s in a row, each naming its time: more than the consecutive failures that open a circuit.
+    for i in range(6):
+        state.report_ingress("i1", {}, [Outcome("p", False, None, None, 100.0 + i, retry_after_s=1.0)], 100.0 + i)
+    assert sig(state, "p", 105.5).circuit is CircuitState.OPEN      # held until 105 + 1
+    state.report_ingress("i1", {}, [], 106.0)  # a sync: the next snapshot
+    assert sig(state, "p", 106.0).circuit is CircuitState.CLOSED    # then open to all, not one probe at a time
+    # The same six failures without a Retry-After are ill health: open, then half-open.
+    for i in range(6):
+        state.report_ingress("i1", {}, [Outcome("q", False, None, None, 100.0 + i)], 100.0 + i)
+    assert sig(state, "q", 104.0).circuit is CircuitState.OPEN
+
+
 def test_node_labels_outside_the_declared_jurisdiction_keep_eu_tenants_away():
     built, state = setup()
     for name in ("p", "q", "v"):

@@ -65,21 +65,32 @@ def test_a_failed_probe_reopens_with_a_doubled_cooldown_capped():
     assert b.state(11.2) is CircuitState.HALF_OPEN
 
 
-def test_retry_after_opens_until_then_and_never_shortens():
+def test_retry_after_holds_a_healthy_substrate_until_then_and_never_shortens():
     b = breaker()
     b.retry_after(30.0, now_s=10.0)
-    assert b.state(29.9) is CircuitState.OPEN
+    assert b.state(29.9) is CircuitState.OPEN and b.reason.startswith("Retry-After")
     b.retry_after(20.0, now_s=11.0)                    # an earlier time does not shorten it
     assert b.state(29.9) is CircuitState.OPEN
-    assert b.state(30.0) is CircuitState.HALF_OPEN
+    assert b.state(30.0) is CircuitState.CLOSED and b.reason is None  # back-pressure, not ill health: no probing
     b.retry_after(5.0, now_s=31.0)                     # already past: ignored
-    assert b.state(31.0) is CircuitState.HALF_OPEN
+    assert b.state(31.0) is CircuitState.CLOSED
+
+
+def test_a_failure_while_held_makes_the_way_back_a_probe():
+    b = breaker()
+    b.retry_after(5.0, now_s=0.0)
+    for i in range(5):                                 # failures of requests sent before the hold
+        b.record(False, 0.1 + 0.01 * i)
+    assert b.state(5.0) is CircuitState.HALF_OPEN
 
 
 @pytest.mark.parametrize("probe_ok", [True, False])
-def test_after_a_retry_after_the_probe_decides(probe_ok):
+def test_a_retry_after_while_open_for_failures_still_ends_in_a_probe(probe_ok):
     b = breaker()
-    b.retry_after(5.0, now_s=0.0)
-    b.record(probe_ok, 5.5)
-    b.record(probe_ok, 5.6) if probe_ok else None
-    assert b.state(5.7) is (CircuitState.CLOSED if probe_ok else CircuitState.OPEN)
+    for i in range(5):
+        b.record(False, 0.1 * i)
+    b.retry_after(9.0, now_s=0.5)                      # keeps it open longer than its cool-down
+    assert b.state(8.9) is CircuitState.OPEN and b.state(9.0) is CircuitState.HALF_OPEN
+    b.record(probe_ok, 9.5)
+    b.record(probe_ok, 9.6) if probe_ok else None
+    assert b.state(9.7) is (CircuitState.CLOSED if probe_ok else CircuitState.OPEN)

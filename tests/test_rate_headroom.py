@@ -87,3 +87,20 @@ def test_dispatches_are_not_held_past_a_minute_when_readings_stop_coming() -> No
     assert isinstance(_send(state, "late", later + 0.01, input_tokens=10), Dispatch)
     state.view(later + 0.02)
     assert [tokens for _, tokens in state._rate_spent["api"]] == [1_010]  # only the dispatch of the last minute
+
+
+def test_two_ingress_replicas_each_spend_half_of_a_reading() -> None:
+    """Neither sees the other's dispatches before the provider's next reading, so each takes an
+    equal share: together they never spend more than the provider said remains."""
+    built = fleet(substrate("api").kind("openai_compatible").serves(window=32_768).capacity(64, rpm=600, tpm=60_000)).build()
+    replicas = [ReplicaState(built.fleet, built.policy, replica_id=rid) for rid in ("a", "b")]
+    sig = signals(in_flight=0.0, rl_requests=100, rl_tokens=25_000, now=NOW)
+    for state in replicas:
+        report = state.take_report(NOW)
+        assert state.publish(PublishedSnapshot(1, NOW, built.policy.policy_hash, (sig,), ingress_ids=("a", "b")), report)
+    for state in replicas:
+        assert isinstance(_send(state, "first", NOW + 0.01), Dispatch)  # 10,000 of its 12,500
+        second = _send(state, "second", NOW + 0.02)  # 20,000 > 12,500: 40,000 in all would be 429s
+        assert isinstance(second, Refusal) and second.code == "rate_limited"
+    view = replicas[0].view(NOW + 0.03)
+    assert view.signals[0].rate_limit_tokens_remaining.value == 2_500

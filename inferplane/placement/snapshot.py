@@ -105,14 +105,17 @@ class FleetSnapshot:
 
     def with_dispatches(self, reported: Mapping[str, int], current: Mapping[str, int],
                         lane_clock: Mapping[str, float] | None = None,
-                        rate_spent: Mapping[str, tuple[int, int]] | None = None) -> FleetSnapshot:
+                        rate_spent: Mapping[str, tuple[int, int]] | None = None,
+                        rate_share: float = 1.0) -> FleetSnapshot:
         """This snapshot as one ingress replica sees it: the in-flight counts it reported when the
         snapshot was made are replaced by its current ones (``in_flight + current - reported``), so
         a burst between two syncs is not placed as if the fleet were idle, ``lane_clock``
         (substrate -> when its prefill lanes clear this replica's dispatches) is set as each named
         substrate's ``prefill_clear_at_s``, and ``rate_spent`` (substrate -> requests and tokens
         this replica dispatched there since its rate-limit readings were observed) is taken off
-        those readings, so a burst between two reports does not spend the same headroom twice.
+        those readings, so a burst between two reports does not spend the same headroom twice;
+        with ``rate_share`` below 1 (one of several ingress replicas) they are first cut to that
+        share, as a per-instance limit of a gateway's replicas is the global one over their count.
         Ages do not change.
 
         Called on every dispatch, so it costs one look-up per named substrate plus the
@@ -152,9 +155,9 @@ class FleetSnapshot:
                 if copy is None:
                     copy = changed[i] = _copy(sig)
                 if req_left is not None:
-                    _SET_RL_REQUESTS(copy, Reading(max(0.0, req_left.value - n), req_left.observed_at_s))
+                    _SET_RL_REQUESTS(copy, Reading(max(0.0, req_left.value * rate_share - n), req_left.observed_at_s))
                 if tok_left is not None:
-                    _SET_RL_TOKENS(copy, Reading(max(0.0, tok_left.value - tokens), tok_left.observed_at_s))
+                    _SET_RL_TOKENS(copy, Reading(max(0.0, tok_left.value * rate_share - tokens), tok_left.observed_at_s))
         if not changed:
             return self
         signals = list(signals)

@@ -184,6 +184,10 @@ class ReplicaState:
         self._rate_spent: dict[str, deque[tuple[float, int]]] = {}
         """Substrate (one with rate limits) -> (dispatched at, input + max output tokens) of this
         replica's dispatches there not yet older than its last rate-limit reading."""
+        self._rate_share = 1.0
+        """This replica's share of a provider's rate-limit headroom: 1 / the ingress replicas the
+        last snapshot listed (each spends what it alone dispatched since a reading; the others'
+        dispatches reach it only in the provider's next reading)."""
         self._view: FleetSnapshot | None = None
         self._outcomes: list[Outcome] = []
         self._spend: Counter[str] = Counter()
@@ -240,19 +244,27 @@ class ReplicaState:
                 self._build_pending()
                 # what clears the lanes, of the work this replica knows of; nothing once cleared
                 seen = {n: t for n, t in self._lane_seen.items() if t > now_s} if self._lane_seen else {}
-                spent = self._spent_since_readings(now_s) if self._rate_spent else None
-                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight, seen, spent)
+                share = self._rate_share
+                spent = self._spent_since_readings(now_s) if self._rate_spent or share < 1.0 else None
+                view = self._view = self._snapshot.with_dispatches(self._reported, self._in_flight, seen, spent,
+                                                                   share)
         return view
 
     def _spent_since_readings(self, now_s: float) -> dict[str, tuple[int, int]]:
         """With the lock held: per rate-limited substrate, the requests and tokens this replica
         dispatched there at or after its last rate-limit reading was observed (what that reading
         cannot yet show); older dispatches are in the reading and are dropped, as are any older
-        than a per-minute limit's window (a reading that stopped coming cannot hold them forever)."""
+        than a per-minute limit's window (a reading that stopped coming cannot hold them forever).
+        With a share below 1 every rate-limited substrate is named, so its headroom is shared."""
         out = {}
         index = self.fleet.index
         signals = self._snapshot.signals
-        for name, sent in self._rate_spent.items():
+        shared = self._rate_share < 1.0
+        for name in (self._limited if shared else tuple(self._rate_spent)):
+            sent = self._rate_spent.get(name)
+            if sent is None:
+                out[name] = (0, 0)
+                continue
             sig = signals[index[name]]
             reading = sig.rate_limit_tokens_remaining or sig.rate_limit_requests_remaining
             cutoff = now_s - _RATE_WINDOW_S
@@ -260,7 +272,7 @@ class ReplicaState:
                 cutoff = reading.observed_at_s
             while sent and sent[0][0] < cutoff:
                 sent.popleft()
-            if sent:
+            if sent or shared:
                 out[name] = (len(sent), sum(tokens for _, tokens in sent))
         return out
 
@@ -310,7 +322,8 @@ class ReplicaState:
         clears. A failed or abandoned dispatch keeps its place on the clock (what it started to
         prefill is not known). Dispatched at ``now_s`` to a substrate with rate limits, it takes one
         request and ``rate_tokens`` (input + max output tokens, what a provider's token bucket
-        takes) off its rate-limit readings until a reading observed after it arrives."""
+        takes) off its rate-limit readings until a reading observed after it arrives; with several
+        ingress replicas, off this replica's equal share of them (``_rate_share``)."""
         spec = self._lanes.get(substrate) if now_s is not None else None
         if spec is not None:
             latest = self._pending or self._snapshot
@@ -568,6 +581,9 @@ class ReplicaState:
         with self._lock:
             self._pending = published
             self._reported = report.in_flight
+            replicas = len(set(published.ingress_ids) | {self.replica_id}) if self.replica_id is not None \
+                else max(1, len(published.ingress_ids))
+            self._rate_share = 1.0 / replicas
             self._grant = grant
             self._view = None
             if published.lanes or self._lane_peers:

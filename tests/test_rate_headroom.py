@@ -86,7 +86,7 @@ def test_dispatches_are_not_held_past_a_minute_when_readings_stop_coming() -> No
                          report)
     assert isinstance(_send(state, "late", later + 0.01, input_tokens=10), Dispatch)
     state.view(later + 0.02)
-    assert [tokens for _, tokens in state._rate_spent["api"]._sent] == [1_010]  # only the dispatch of the last minute
+    assert [tokens for _, tokens in state._rate_spent["api"]] == [1_010]  # only the dispatch of the last minute
 
 
 def test_two_ingress_replicas_each_spend_half_of_a_reading() -> None:

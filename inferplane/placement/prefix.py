@@ -51,9 +51,6 @@ def block_hashes(token_ids: Sequence[int], block_tokens: int) -> tuple[int, ...]
     return tuple(out)
 
 
-_NONE_IN_FLIGHT: Mapping[int, int] = {}
-
-
 class BlockCache:
     """A bounded LRU set of block hashes: at most ``capacity_blocks`` held."""
 
@@ -76,10 +73,15 @@ class BlockCache:
         (``InFlightBlocks.get``); stops at the first one that is neither. A query: it changes no
         recency."""
         held = self._blocks
-        in_flight = in_flight or _NONE_IN_FLIGHT
         n = 0
+        if in_flight:
+            for b in blocks:
+                if b not in held and b not in in_flight:
+                    break
+                n += 1
+            return n
         for b in blocks:
-            if b not in held and b not in in_flight:
+            if b not in held:
                 break
             n += 1
         return n

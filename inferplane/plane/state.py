@@ -90,28 +90,6 @@ _RATE_WINDOW_S = 60.0
 """A provider's rate limits are per minute: a dispatch older than that is back in its budget."""
 
 
-class _RateSpend:
-    """One replica's dispatches to one rate-limited substrate, oldest first, with their tokens
-    summed as they come and go (read on every view rebuild, so never summed from scratch)."""
-
-    __slots__ = ("_sent", "_tokens")
-
-    def __init__(self) -> None:
-        self._sent: deque[tuple[float, int]] = deque()
-        self._tokens = 0
-
-    def add(self, at_s: float, tokens: int) -> None:
-        self._sent.append((at_s, tokens))
-        self._tokens += tokens
-
-    def since(self, cutoff_s: float) -> tuple[int, int]:
-        """Drop the dispatches before ``cutoff_s``; (requests, tokens) of those left."""
-        sent = self._sent
-        while sent and sent[0][0] < cutoff_s:
-            self._tokens -= sent.popleft()[1]
-        return len(sent), self._tokens
-
-
 class SyncReport(NamedTuple):
     """What one sync sends the authority: this replica's in-flight counts by substrate, the outcomes
     of its dispatches and its finished requests' attributed cost by tenant since the last sync, and
@@ -203,9 +181,9 @@ class ReplicaState:
         """The ingress replicas the last snapshot listed."""
         self._limited = frozenset(s.name for s in fleet.substrates
                                   if s.requests_per_minute is not None or s.tokens_per_minute is not None)
-        self._rate_spent: dict[str, _RateSpend] = {}
-        """Substrate (one with rate limits) -> this replica's dispatches there (input + max output
-        tokens each) not yet older than its last rate-limit reading."""
+        self._rate_spent: dict[str, deque[tuple[float, int]]] = {}
+        """Substrate (one with rate limits) -> (dispatched at, input + max output tokens) of this
+        replica's dispatches there not yet older than its last rate-limit reading."""
         self._rate_share = 1.0
         """This replica's share of a provider's rate-limit headroom: 1 / the ingress replicas the
         last snapshot listed (each spends what it alone dispatched since a reading; the others'
@@ -282,18 +260,20 @@ class ReplicaState:
         index = self.fleet.index
         signals = self._snapshot.signals
         shared = self._rate_share < 1.0
-        for name in self._limited:
-            spend = self._rate_spent.get(name)
-            counts = (0, 0)
-            if spend is not None:
-                sig = signals[index[name]]
-                reading = sig.rate_limit_tokens_remaining or sig.rate_limit_requests_remaining
-                cutoff = now_s - _RATE_WINDOW_S
-                if reading is not None and reading.observed_at_s > cutoff:
-                    cutoff = reading.observed_at_s
-                counts = spend.since(cutoff)
-            if counts[0] or shared:
-                out[name] = counts
+        for name in (self._limited if shared else tuple(self._rate_spent)):
+            sent = self._rate_spent.get(name)
+            if sent is None:
+                out[name] = (0, 0)
+                continue
+            sig = signals[index[name]]
+            reading = sig.rate_limit_tokens_remaining or sig.rate_limit_requests_remaining
+            cutoff = now_s - _RATE_WINDOW_S
+            if reading is not None and reading.observed_at_s > cutoff:
+                cutoff = reading.observed_at_s
+            while sent and sent[0][0] < cutoff:
+                sent.popleft()
+            if sent or shared:
+                out[name] = (len(sent), sum(tokens for _, tokens in sent))
         return out
 
     def place(self, request: PlacementRequest,
@@ -359,10 +339,10 @@ class ReplicaState:
                 self._lane_seen[substrate] = (start if start > now_s else now_s) + lane_s
                 self._lane_work[substrate] += lane_s
             if now_s is not None and substrate in self._limited:
-                spend = self._rate_spent.get(substrate)
-                if spend is None:
-                    spend = self._rate_spent[substrate] = _RateSpend()
-                spend.add(now_s, rate_tokens)
+                sent = self._rate_spent.get(substrate)
+                if sent is None:
+                    sent = self._rate_spent[substrate] = deque()
+                sent.append((now_s, rate_tokens))
             self._in_flight[substrate] += 1
             if self._quota_classes and tenant is not None:
                 counts = self._tenant_in_flight.get(tenant)
